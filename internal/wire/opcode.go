@@ -1,0 +1,105 @@
+package wire
+
+import "fmt"
+
+// Opcode names the request a frame carries. Opcodes are grouped by range:
+// 0x0_ connection and channel-generic, 0x1_ kv, 0x2_ queue, 0x3_ log,
+// 0x4_ replication streams, 0x5_ operator requests.
+type Opcode uint8
+
+// Connection and channel-generic requests.
+const (
+	OpHello             Opcode = 0x01 // client name, version, features -> node info and auth nonce
+	OpAuth              Opcode = 0x02 // name, HMAC-SHA256(secret, nonce) -> ok / auth failed
+	OpNoop              Opcode = 0x03 // empty -> empty; keeps a connection alive
+	OpInfo              Opcode = 0x04 // empty -> node info
+	OpGetNumConnections Opcode = 0x05 // empty -> u64 open client connections
+	OpStreamControl     Opcode = 0x06 // control a stream running under this request id
+	OpGetChannels       Opcode = 0x07 // empty -> stream of (kind, name)
+	OpGetChannelSize    Opcode = 0x08 // channel -> kind, records, bytes
+	OpGetSize           Opcode = 0x09 // empty -> records, bytes over all channels
+	OpRemoveChannel     Opcode = 0x0A // channel -> empty; needs the admin credential when auth is on
+)
+
+// kv requests.
+const (
+	OpPut      Opcode = 0x10 // channel, key, ttl, value -> cas
+	OpGet      Opcode = 0x11 // channel, key -> cas, value
+	OpExists   Opcode = 0x12 // channel, key -> u8 bool
+	OpRemove   Opcode = 0x13 // channel, key -> u8 removed
+	OpUpdate   Opcode = 0x14 // channel, key, cas, ttl, value -> cas; compare-and-swap
+	OpPutBatch Opcode = 0x15 // channel, records -> u32 stored
+	OpGetAll   Opcode = 0x16 // channel, options -> stream of record batches
+	OpMirror   Opcode = 0x17 // channel, options -> stream of changes
+)
+
+// queue requests.
+const (
+	OpPush    Opcode = 0x20 // channels, value -> empty
+	OpPop     Opcode = 0x21 // channel -> value, or status empty
+	OpConsume Opcode = 0x22 // channel, subscriber -> stream of value batches
+	OpProduce Opcode = 0x23 // channels, then a client stream of value batches -> u64 stored
+	OpQueues  Opcode = 0x24 // empty -> stream of queue channel stats
+)
+
+// log requests.
+const (
+	OpLogPut      Opcode = 0x30 // channel, timestamp, value -> empty
+	OpLogPutBatch Opcode = 0x31 // channel, records -> u32 stored
+	OpLogRange    Opcode = 0x32 // channel, from, to, filter -> stream of record batches
+)
+
+// Replication: a connection that sends OpStreamOpen becomes a mutation
+// stream connection (see internal/stream and docs/protocol.md).
+const (
+	OpStreamOpen Opcode = 0x40
+)
+
+// Operator requests.
+const (
+	OpDumpNow  Opcode = 0x50 // empty -> stream of per-channel dump results
+	OpReplica  Opcode = 0x51 // u8 action (stop/start/set), settings -> empty
+	OpPromote  Opcode = 0x52 // empty -> empty; a standby becomes active
+	OpStatus   Opcode = 0x53 // empty -> JSON status document
+	OpFailover Opcode = 0x54 // reserved for the cluster layer
+)
+
+var opNames = map[Opcode]string{
+	OpHello: "Hello", OpAuth: "Auth", OpNoop: "Noop", OpInfo: "Info",
+	OpGetNumConnections: "GetNumConnections", OpStreamControl: "StreamControl",
+	OpGetChannels: "GetChannels", OpGetChannelSize: "GetChannelSize", OpGetSize: "GetSize",
+	OpRemoveChannel: "RemoveChannel",
+	OpPut:           "Put", OpGet: "Get", OpExists: "Exists", OpRemove: "Remove", OpUpdate: "Update",
+	OpPutBatch: "PutBatch", OpGetAll: "GetAll", OpMirror: "Mirror",
+	OpPush: "Push", OpPop: "Pop", OpConsume: "Consume", OpProduce: "Produce", OpQueues: "Queues",
+	OpLogPut: "LogPut", OpLogPutBatch: "LogPutBatch", OpLogRange: "LogRange",
+	OpStreamOpen: "StreamOpen",
+	OpDumpNow:    "DumpNow", OpReplica: "Replica", OpPromote: "Promote", OpStatus: "Status",
+	OpFailover: "Failover",
+}
+
+// Known reports whether op is an opcode of protocol version 1.
+func (op Opcode) Known() bool { _, ok := opNames[op]; return ok }
+
+// String returns the request name, e.g. "Put".
+func (op Opcode) String() string {
+	if s, ok := opNames[op]; ok {
+		return s
+	}
+	return fmt.Sprintf("Opcode(%#02x)", uint8(op))
+}
+
+// Stream control actions, the first body byte of OpStreamControl.
+const (
+	StreamCredit  = 1 // u32 bytes: the receiver grants this many more body bytes
+	StreamSuspend = 2 // the sender stops sending until StreamResume
+	StreamResume  = 3
+	StreamStop    = 4 // the sender ends the stream with StatusStopped
+)
+
+// Channel kinds, as carried in GetChannels and GetChannelSize answers.
+const (
+	KindKV    = 1
+	KindQueue = 2
+	KindLog   = 3
+)
