@@ -150,3 +150,8 @@ func (h Header) String() string {
 	return fmt.Sprintf("magic=%#x v=%d op=%s flags=%#x status=%s vb=%d id=%d len=%d",
 		h.Magic, h.Version, h.Opcode, h.Flags, h.Status, h.VBucket, h.ID, h.BodyLen)
 }
+
+// PatchStatus rewrites the status of the frame begun at off.
+func PatchStatus(dst []byte, off int, st Status) {
+	binary.LittleEndian.PutUint16(dst[off+4:], uint16(st))
+}

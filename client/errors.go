@@ -1,0 +1,98 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+
+	"shoal/internal/wire"
+)
+
+// Errors a call can return; test with errors.Is. Every error a node sends
+// is an *Error that matches one of these by its status.
+var (
+	ErrNotFound           = errors.New("not found")
+	ErrExists             = errors.New("exists: CAS mismatch")
+	ErrNotMyVBucket       = errors.New("not my vbucket")
+	ErrValueTooBig        = errors.New("value too big")
+	ErrKeyTooBig          = errors.New("key too big")
+	ErrBadKey             = errors.New("bad key")
+	ErrBadChannelName     = errors.New("bad channel name")
+	ErrBadRequest         = errors.New("bad request")
+	ErrUnsupported        = errors.New("unsupported")
+	ErrAuthRequired       = errors.New("authentication required")
+	ErrAuthFailed         = errors.New("authentication failed")
+	ErrOutOfMemory        = errors.New("out of memory")
+	ErrTooManyConnections = errors.New("too many connections")
+	ErrBusy               = errors.New("busy")
+	ErrInternal           = errors.New("internal error")
+	ErrNotPermitted       = errors.New("not permitted")
+	ErrWrongKind          = errors.New("channel is of another kind")
+	ErrEmpty              = errors.New("queue empty")
+	ErrSubscribed         = errors.New("channel has subscribers")
+	ErrChannelRemoved     = errors.New("channel removed")
+	ErrNoSpace            = errors.New("no space left on the node's disk")
+	ErrBadRange           = errors.New("bad range")
+	ErrBadFilter          = errors.New("bad filter")
+	ErrShuttingDown       = errors.New("node shutting down")
+	ErrProtocol           = errors.New("protocol error")
+
+	// ErrDisconnected: the connection to the node broke, or cannot be
+	// made now. A write that got it may or may not have been applied.
+	ErrDisconnected = errors.New("disconnected")
+	// ErrClosed: the client was closed.
+	ErrClosed = errors.New("client closed")
+)
+
+var statusErrors = map[wire.Status]error{
+	wire.StatusNotFound: ErrNotFound, wire.StatusExists: ErrExists, wire.StatusNotMyVBucket: ErrNotMyVBucket,
+	wire.StatusValueTooBig: ErrValueTooBig, wire.StatusKeyTooBig: ErrKeyTooBig, wire.StatusBadKey: ErrBadKey,
+	wire.StatusBadChannelName: ErrBadChannelName, wire.StatusBadRequest: ErrBadRequest,
+	wire.StatusUnsupported: ErrUnsupported, wire.StatusAuthRequired: ErrAuthRequired,
+	wire.StatusAuthFailed: ErrAuthFailed, wire.StatusOutOfMemory: ErrOutOfMemory,
+	wire.StatusTooManyConnections: ErrTooManyConnections, wire.StatusBusy: ErrBusy,
+	wire.StatusInternal: ErrInternal, wire.StatusNotPermitted: ErrNotPermitted,
+	wire.StatusFrameTooBig: ErrBadRequest, wire.StatusBadFrame: ErrProtocol,
+	wire.StatusWrongKind: ErrWrongKind, wire.StatusEmpty: ErrEmpty, wire.StatusSubscribed: ErrSubscribed,
+	wire.StatusChannelRemoved: ErrChannelRemoved, wire.StatusNoSpace: ErrNoSpace,
+	wire.StatusBadRange: ErrBadRange, wire.StatusBadFilter: ErrBadFilter,
+	wire.StatusShuttingDown: ErrShuttingDown,
+}
+
+// Error is an error status a node answered with.
+type Error struct {
+	Status  uint16 // the wire status code (docs/protocol.md)
+	Message string // the node's explanation, may be empty
+	Node    string // the node's address
+	// Active is the address of the node that is active for the vBucket,
+	// when the status is "not my vbucket" and the node knows it.
+	Active string
+}
+
+// Error implements error.
+func (e *Error) Error() string {
+	s := wire.Status(e.Status).String()
+	if e.Message != "" {
+		s += ": " + e.Message
+	}
+	if e.Active != "" {
+		s += " (active node: " + e.Active + ")"
+	}
+	return fmt.Sprintf("%s: %s", e.Node, s)
+}
+
+// Is matches the sentinel error of the status.
+func (e *Error) Is(target error) bool {
+	return statusErrors[wire.Status(e.Status)] == target
+}
+
+func statusError(node string, st wire.Status, body []byte) error {
+	e := &Error{Status: uint16(st), Node: node}
+	if st == wire.StatusNotMyVBucket {
+		d := wire.NewDecoder(body)
+		e.Active = string(d.Bytes8())
+		e.Message = "this node is not active for the key's vbucket"
+	} else {
+		e.Message = string(body)
+	}
+	return e
+}

@@ -1,0 +1,165 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+
+	"shoal/internal/wire"
+)
+
+// GetAllOption changes a GetAll.
+type GetAllOption func(*getAllOptions)
+
+type getAllOptions struct {
+	keysOnly bool
+	filter   []byte
+	after    []byte
+}
+
+// KeysOnly makes GetAll send keys without values.
+func KeysOnly() GetAllOption { return func(o *getAllOptions) { o.keysOnly = true } }
+
+// ValueFilter makes GetAll send only records whose value contains sub.
+func ValueFilter(sub []byte) GetAllOption {
+	return func(o *getAllOptions) { o.filter = bytes.Clone(sub) }
+}
+
+// After starts GetAll after key, as returned by an earlier GetAll (the
+// order is stable: vBucket, then the key's hash).
+func After(key []byte) GetAllOption { return func(o *getAllOptions) { o.after = bytes.Clone(key) } }
+
+// GetAll streams every record of a kv channel, in batches, flow-controlled.
+// The order is stable, so a GetAll resumes after the last key received
+// when its connection breaks.
+func (c *Client) GetAll(ctx context.Context, channel string, opts ...GetAllOption) *Stream[Record] {
+	var o getAllOptions
+	for _, fn := range opts {
+		fn(&o)
+	}
+	s := newStream[Record](c, ctx, c.kvNode(), wire.OpGetAll)
+	last := o.after
+	var flags uint8
+	if o.keysOnly {
+		flags = 1
+	}
+	s.request = func(b []byte, credit uint32) []byte {
+		b = wire.AppendStr8(b, channel)
+		b = wire.AppendU8(b, flags)
+		b = wire.AppendU32(b, credit)
+		b = wire.AppendBytes8(b, last)
+		return wire.AppendBytes32(b, o.filter)
+	}
+	s.decode = func(body []byte, yield func(Record, error) bool) (bool, error) {
+		d := wire.NewDecoder(body)
+		n := d.U32()
+		for i := uint32(0); i < n; i++ {
+			key, cas, val := d.Bytes8(), d.U64(), d.Bytes32()
+			if d.Err() != nil {
+				return false, fmt.Errorf("%w: malformed GetAll batch", ErrProtocol)
+			}
+			last = key
+			r := Record{Key: key, CAS: cas}
+			if !o.keysOnly {
+				r.Value = val
+			}
+			if !yield(r, nil) {
+				return false, nil
+			}
+		}
+		return true, nil
+	}
+	return s
+}
+
+// MirrorEventType says what a MirrorEvent is.
+type MirrorEventType uint8
+
+// Mirror event types.
+const (
+	MirrorPut          MirrorEventType = 1 // the record was written
+	MirrorDelete       MirrorEventType = 2 // the record was removed or expired
+	MirrorRefresh      MirrorEventType = 3 // a record of a full refresh
+	MirrorRefreshEnd   MirrorEventType = 4 // the refresh is complete
+	MirrorUpdatesLost  MirrorEventType = 5 // updates were dropped (this consumer was too slow); a refresh follows
+	MirrorReconnecting MirrorEventType = 6 // the connection broke; a refresh follows
+)
+
+// String names the event type.
+func (t MirrorEventType) String() string {
+	switch t {
+	case MirrorPut:
+		return "put"
+	case MirrorDelete:
+		return "delete"
+	case MirrorRefresh:
+		return "refresh"
+	case MirrorRefreshEnd:
+		return "refresh-end"
+	case MirrorUpdatesLost:
+		return "updates-lost"
+	case MirrorReconnecting:
+		return "reconnecting"
+	}
+	return "unknown"
+}
+
+// MirrorEvent is one change of a mirrored channel.
+type MirrorEvent struct {
+	Type  MirrorEventType
+	Key   []byte
+	Value []byte
+}
+
+// MirrorOption changes a Mirror.
+type MirrorOption func(*mirrorOptions)
+
+type mirrorOptions struct{ refresh bool }
+
+// InitialRefresh starts the Mirror with every record of the channel.
+func InitialRefresh() MirrorOption { return func(o *mirrorOptions) { o.refresh = true } }
+
+// Mirror streams the changes of a kv channel: puts, removes, and the
+// removal of the channel (ErrChannelRemoved ends the stream). A consumer
+// too slow to keep up gets MirrorUpdatesLost and then a full refresh; after
+// a reconnect it gets MirrorReconnecting and a full refresh.
+func (c *Client) Mirror(ctx context.Context, channel string, opts ...MirrorOption) *Stream[MirrorEvent] {
+	var o mirrorOptions
+	for _, fn := range opts {
+		fn(&o)
+	}
+	s := newStream[MirrorEvent](c, ctx, c.kvNode(), wire.OpMirror)
+	refresh := o.refresh
+	pendingReconnect := false
+	s.request = func(b []byte, credit uint32) []byte {
+		b = wire.AppendStr8(b, channel)
+		var flags uint8
+		if refresh {
+			flags = 1
+		}
+		b = wire.AppendU8(b, flags)
+		return wire.AppendU32(b, credit)
+	}
+	s.reopened = func() { refresh, pendingReconnect = true, true }
+	s.decode = func(body []byte, yield func(MirrorEvent, error) bool) (bool, error) {
+		if pendingReconnect {
+			pendingReconnect = false
+			if !yield(MirrorEvent{Type: MirrorReconnecting}, nil) {
+				return false, nil
+			}
+		}
+		d := wire.NewDecoder(body)
+		n := d.U32()
+		for i := uint32(0); i < n; i++ {
+			typ, key, val := d.U8(), d.Bytes8(), d.Bytes32()
+			if d.Err() != nil {
+				return false, fmt.Errorf("%w: malformed Mirror batch", ErrProtocol)
+			}
+			if !yield(MirrorEvent{Type: MirrorEventType(typ), Key: key, Value: val}, nil) {
+				return false, nil
+			}
+		}
+		return true, nil
+	}
+	return s
+}

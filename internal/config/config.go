@@ -1,0 +1,174 @@
+// Package config holds the daemon's settings: defaults, the TOML file given
+// with --config (unknown keys are an error) and command-line flags, which
+// win over the file.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+
+	"shoal/internal/vbucket"
+	"shoal/internal/wire"
+)
+
+// Config is everything shoald can be told. Every field has a flag of the
+// same name with dashes (max_value_size is --max-value-size) and a TOML key.
+type Config struct {
+	// Listen is the data port (clients and peers).
+	Listen string `toml:"listen"`
+	// HTTP is the address of /metrics, /status and the console page; "" or
+	// "off" disables it.
+	HTTP string `toml:"http"`
+	// Data is the data directory.
+	Data string `toml:"data"`
+	// LogDir holds root.log and stats.log; default DATA/log.
+	LogDir string `toml:"log_dir"`
+	// LogFormat is "text" or "json" for root.log.
+	LogFormat string `toml:"log_format"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `toml:"log_level"`
+	// StatsInterval is the period of stats.log lines; 0 disables stats.log.
+	StatsInterval Duration `toml:"stats_interval"`
+	// Credentials is a file of name:hex-secret lines; when set every client
+	// must authenticate.
+	Credentials string `toml:"credentials"`
+	// TLSCert and TLSKey enable TLS on the data port.
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
+	// MaxValueSize is the largest value a record may have.
+	MaxValueSize Size `toml:"max_value_size"`
+	// MemoryLimit caps the kv engine's memory; 0 means no limit. At the limit
+	// writes are refused with "out of memory" while reads and removes go on.
+	MemoryLimit Size `toml:"memory_limit"`
+	// MaxConnections caps open client connections.
+	MaxConnections int `toml:"max_connections"`
+	// VBuckets is the number of vBuckets (fixed when a cluster is created).
+	VBuckets int `toml:"vbuckets"`
+	// NodeID names the node; default: generated once and kept in DATA/node-id.
+	NodeID string `toml:"node_id"`
+	// Console prints a one-line status to stdout when it is a terminal.
+	Console bool `toml:"console"`
+}
+
+// Default returns the settings of a node started with no arguments.
+func Default() Config {
+	return Config{
+		Listen:         "127.0.0.1:7400",
+		HTTP:           "127.0.0.1:7480",
+		Data:           "./shoal-data",
+		LogFormat:      "text",
+		LogLevel:       "info",
+		StatsInterval:  Duration(30e9),
+		MaxValueSize:   1 << 20,
+		MaxConnections: 5000,
+		VBuckets:       vbucket.Default,
+		Console:        true,
+	}
+}
+
+// ErrHelp is returned by Load when -h or --help was given.
+var ErrHelp = flag.ErrHelp
+
+// Load builds the configuration from defaults, the file named by --config
+// (if any) and the flags in args, in that order of precedence (flags win).
+// Usage and errors go to output.
+func Load(args []string, output io.Writer) (Config, error) {
+	// First pass: find --config only.
+	pre := flag.NewFlagSet("shoald", flag.ContinueOnError)
+	pre.SetOutput(io.Discard)
+	path := pre.String("config", "", "")
+	bind(pre, &Config{})
+	_ = pre.Parse(args) // errors are reported by the second pass
+
+	cfg := Default()
+	if *path != "" {
+		md, err := toml.DecodeFile(*path, &cfg)
+		if err != nil {
+			return cfg, fmt.Errorf("cannot read config file %s: %w", *path, err)
+		}
+		if und := md.Undecoded(); len(und) > 0 {
+			keys := make([]string, len(und))
+			for i, k := range und {
+				keys[i] = k.String()
+			}
+			return cfg, fmt.Errorf("config file %s: unknown keys: %s", *path, strings.Join(keys, ", "))
+		}
+	}
+	fs := flag.NewFlagSet("shoald", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.String("config", "", "TOML file with the same settings as the flags (flags win)")
+	bind(fs, &cfg)
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if cfg.LogDir == "" {
+		cfg.LogDir = filepath.Join(cfg.Data, "log")
+	}
+	return cfg, cfg.Validate()
+}
+
+func bind(fs *flag.FlagSet, c *Config) {
+	fs.StringVar(&c.Listen, "listen", c.Listen, "data port address (clients and peers)")
+	fs.StringVar(&c.HTTP, "http", c.HTTP, `HTTP address for /metrics, /status and the console page ("off" disables)`)
+	fs.StringVar(&c.Data, "data", c.Data, "data directory")
+	fs.StringVar(&c.LogDir, "log-dir", c.LogDir, "directory of root.log and stats.log (default DATA/log)")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "root.log format: text or json")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "log level: debug, info, warn, error")
+	fs.Var(&c.StatsInterval, "stats-interval", "period of stats.log lines (0 disables)")
+	fs.StringVar(&c.Credentials, "credentials", c.Credentials, "file of name:hex-secret lines; clients must authenticate")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "TLS certificate (PEM) for the data port")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "TLS private key (PEM)")
+	fs.Var(&c.MaxValueSize, "max-value-size", "largest value of a record (e.g. 1MiB)")
+	fs.Var(&c.MemoryLimit, "memory-limit", "kv memory limit (e.g. 4GiB; 0 = none)")
+	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections, "most open client connections")
+	fs.IntVar(&c.VBuckets, "vbuckets", c.VBuckets, "number of vBuckets")
+	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "node name (default: generated and kept in DATA/node-id)")
+	fs.BoolVar(&c.Console, "console", c.Console, "print a status line when stdout is a terminal")
+}
+
+// Validate checks the settings and says what is wrong.
+func (c *Config) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("listen %q: %w", c.Listen, err))
+	}
+	if c.HTTP != "" && c.HTTP != "off" {
+		if _, _, err := net.SplitHostPort(c.HTTP); err != nil {
+			errs = append(errs, fmt.Errorf("http %q: %w", c.HTTP, err))
+		}
+	}
+	if c.Data == "" {
+		errs = append(errs, errors.New("data: must not be empty"))
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		errs = append(errs, fmt.Errorf("log-format %q: want text or json", c.LogFormat))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log-level %q: want debug, info, warn or error", c.LogLevel))
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("tls-cert and tls-key must be given together"))
+	}
+	if c.MaxValueSize < 0 || c.MaxValueSize > wire.MaxValueLen {
+		errs = append(errs, fmt.Errorf("max-value-size %s: must be at most %s", c.MaxValueSize, Size(wire.MaxValueLen)))
+	}
+	if c.MaxConnections < 1 {
+		errs = append(errs, fmt.Errorf("max-connections %d: must be at least 1", c.MaxConnections))
+	}
+	if c.VBuckets < 1 || c.VBuckets > vbucket.Max {
+		errs = append(errs, fmt.Errorf("vbuckets %d: must be 1..%d", c.VBuckets, vbucket.Max))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,214 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"html/template"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"shoal/internal/stats"
+)
+
+// reportKV reports the kv engine: totals, per channel and per action.
+func (n *Node) reportKV(f *stats.Fields) {
+	var recs, bytes int64
+	for _, cs := range n.kv.Channels() {
+		recs += cs.Records
+		bytes += cs.Bytes
+		f.Gauge("channel/"+cs.Name+"/records", "channel_records", "Records in a channel.", float64(cs.Records), "channel", cs.Name, "kind", "kv")
+		f.Gauge("channel/"+cs.Name+"/bytes", "channel_bytes", "Key and value bytes in a channel.", float64(cs.Bytes), "channel", cs.Name, "kind", "kv")
+	}
+	f.Gauge("total_records", "records", "Records in all channels.", float64(recs), "kind", "kv")
+	f.Gauge("total_bytes", "bytes", "Key and value bytes in all channels.", float64(bytes), "kind", "kv")
+	f.Gauge("kv_memory", "kv_memory_bytes", "Memory of the kv engine (what --memory-limit caps).", float64(n.kv.MemoryUsage()))
+	c := n.kv.Counters()
+	for _, a := range []struct {
+		name    string
+		records int64
+		bytes   int64
+	}{
+		{"written", c.Written, c.WrittenBytes},
+		{"read", c.Read, c.ReadBytes},
+		{"deleted", c.Deleted, 0},
+		{"expired", c.Expired, 0},
+		{"iterated", c.Iterated, 0},
+	} {
+		f.Counter("action/"+a.name+"/records", "action_records_total", "Records handled by action.", float64(a.records), "action", a.name)
+		if a.bytes > 0 {
+			f.Counter("action/"+a.name+"/bytes", "action_bytes_total", "Bytes handled by action.", float64(a.bytes), "action", a.name)
+		}
+	}
+}
+
+// statsLoop appends a line to stats.log every interval.
+func (n *Node) statsLoop(ctx context.Context) {
+	t := time.NewTicker(time.Duration(n.cfg.StatsInterval))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n.writeStats()
+		}
+	}
+}
+
+func (n *Node) writeStats() {
+	path := filepath.Join(n.cfg.LogDir, "stats.log")
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		n.log.Warn("cannot open stats.log", "err", err)
+		return
+	}
+	defer f.Close()
+	n.statsW.SetOutput(f)
+	if err := n.statsW.Write(time.Now(), n.stats.Collect()); err != nil {
+		n.log.Warn("cannot write stats.log", "err", err)
+	}
+}
+
+// consoleLoop redraws one status line on a terminal every second.
+func (n *Node) consoleLoop(ctx context.Context, w io.Writer) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var prevReqs float64
+	prevAt := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprint(w, "\r\033[K")
+			return
+		case now := <-t.C:
+			var reqs float64
+			for _, f := range n.stats.Collect() {
+				if f.Metric == "requests_handled_total" {
+					reqs += f.Value
+				}
+			}
+			rate := (reqs - prevReqs) / now.Sub(prevAt).Seconds()
+			prevReqs, prevAt = reqs, now
+			recs, bytes := n.kv.Size()
+			fmt.Fprintf(w, "\r\033[K%s  %s  conns %d  req/s %.0f  kv %d records %s  mem %s  up %s",
+				n.cfg.NodeID, n.ln.Addr(), n.srv.NumConnections(), rate, recs, human(bytes),
+				human(n.kv.MemoryUsage()), time.Since(n.started).Round(time.Second))
+		}
+	}
+}
+
+func human(b int64) string {
+	switch {
+	case b >= 1<<30:
+		return fmt.Sprintf("%.1fGiB", float64(b)/(1<<30))
+	case b >= 1<<20:
+		return fmt.Sprintf("%.1fMiB", float64(b)/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.1fKiB", float64(b)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", b)
+}
+
+// info adds node fields to the Info answer.
+func (n *Node) info() map[string]any {
+	recs, bytes := n.kv.Size()
+	return map[string]any{
+		"listen":       n.ln.Addr().String(),
+		"http":         addrString(n.HTTPAddr()),
+		"data":         n.cfg.Data,
+		"kv_records":   recs,
+		"kv_bytes":     bytes,
+		"kv_memory":    n.kv.MemoryUsage(),
+		"memory_limit": int64(n.cfg.MemoryLimit),
+	}
+}
+
+// Status is the /status document.
+type Status struct {
+	NodeID        string          `json:"node_id"`
+	Version       string          `json:"version"`
+	Listen        string          `json:"listen"`
+	HTTP          string          `json:"http"`
+	Data          string          `json:"data"`
+	UptimeSeconds int64           `json:"uptime_seconds"`
+	VBuckets      int             `json:"vbuckets"`
+	Connections   int64           `json:"connections"`
+	KV            KVStatus        `json:"kv"`
+	Channels      []ChannelStatus `json:"channels"`
+}
+
+// KVStatus is the kv engine in /status.
+type KVStatus struct {
+	Records     int64 `json:"records"`
+	Bytes       int64 `json:"bytes"`
+	Memory      int64 `json:"memory_bytes"`
+	MemoryLimit int64 `json:"memory_limit_bytes"`
+}
+
+// ChannelStatus is one channel in /status.
+type ChannelStatus struct {
+	Name    string `json:"name"`
+	Kind    string `json:"kind"`
+	Records int64  `json:"records"`
+	Bytes   int64  `json:"bytes"`
+}
+
+// Status returns the node's status.
+func (n *Node) Status() Status {
+	st := Status{
+		NodeID: n.cfg.NodeID, Version: n.version, Listen: n.ln.Addr().String(), HTTP: addrString(n.HTTPAddr()),
+		Data: n.cfg.Data, UptimeSeconds: int64(time.Since(n.started).Seconds()), VBuckets: n.cfg.VBuckets,
+		Connections: n.srv.NumConnections(), Channels: []ChannelStatus{},
+	}
+	st.KV.Records, st.KV.Bytes = n.kv.Size()
+	st.KV.Memory, st.KV.MemoryLimit = n.kv.MemoryUsage(), int64(n.cfg.MemoryLimit)
+	for _, cs := range n.kv.Channels() {
+		st.Channels = append(st.Channels, ChannelStatus{Name: cs.Name, Kind: "kv", Records: cs.Records, Bytes: cs.Bytes})
+	}
+	return st
+}
+
+func (n *Node) httpHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(stats.NewCollector(n.stats))
+	reg.MustRegister(collectors.NewGoCollector())
+	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "shoal"}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(n.Status())
+	})
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		consolePage.Execute(w, n.Status())
+	})
+	return mux
+}
+
+var consolePage = template.Must(template.New("console").Funcs(template.FuncMap{"human": human}).Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2"><title>shoal {{.NodeID}}</title>
+<style>body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}th{background:#f4f4f4}.n{text-align:right}</style>
+</head><body>
+<h1>shoal node {{.NodeID}}</h1>
+<p>version {{.Version}} · data port {{.Listen}} · up {{.UptimeSeconds}} s · {{.Connections}} connections · {{.VBuckets}} vBuckets</p>
+<h2>kv</h2>
+<p>{{.KV.Records}} records, {{human .KV.Bytes}} of keys and values, {{human .KV.Memory}} of memory{{if .KV.MemoryLimit}} of a {{human .KV.MemoryLimit}} limit{{end}}</p>
+<h2>Channels</h2>
+<table><tr><th>channel</th><th>kind</th><th class="n">records</th><th class="n">bytes</th></tr>
+{{range .Channels}}<tr><td>{{.Name}}</td><td>{{.Kind}}</td><td class="n">{{.Records}}</td><td class="n">{{human .Bytes}}</td></tr>
+{{else}}<tr><td colspan="4">no channels yet</td></tr>{{end}}
+</table>
+<p><a href="/status">/status</a> · <a href="/metrics">/metrics</a></p>
+</body></html>
+`))

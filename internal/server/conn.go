@@ -1,0 +1,396 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"shoal/internal/wire"
+)
+
+const readBufSize = 16 << 10
+
+// conn is one client connection.
+type conn struct {
+	s  *Server
+	nc net.Conn
+	br *bufio.Reader
+
+	ctx    context.Context // done when the connection closes
+	cancel context.CancelFunc
+
+	// Authentication state, touched only by the reader goroutine.
+	nonce  []byte
+	user   string
+	authed bool
+	admin  bool
+
+	big []byte // body buffer for frames larger than the read buffer
+
+	// takeover is set by dispatch when the connection leaves the request
+	// protocol; readLoop hands it over once the frame is consumed.
+	takeover     TakeoverFunc
+	takeoverH    wire.Header
+	takeoverBody []byte
+	tookOver     bool
+
+	// Output side. out collects answers; one goroutine at a time writes it.
+	wmu        sync.Mutex
+	wcond      *sync.Cond // signalled when out shrinks or the connection fails
+	out        []byte
+	spare      []byte
+	writing    bool
+	werr       error
+	deadlineAt time.Time // the write deadline currently set on nc
+
+	smu      sync.Mutex
+	streams  map[uint32]*stream
+	swg      sync.WaitGroup // stream goroutines
+
+	shutting chan struct{} // closed by beginShutdown
+	shutOnce sync.Once
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	c := &conn{s: s, nc: nc, shutting: make(chan struct{})}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.wcond = sync.NewCond(&c.wmu)
+	c.authed = s.cfg.Credentials == nil
+	return c
+}
+
+type countingReader struct {
+	r io.Reader
+	s *Server
+}
+
+func (r countingReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.s.bytesIn.Add(uint64(n))
+	return n, err
+}
+
+// serve runs the connection until it closes.
+func (c *conn) serve() {
+	defer c.finish()
+	if c.s.cfg.TLS != nil {
+		tc := tls.Server(c.nc, c.s.cfg.TLS)
+		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := tc.Handshake(); err != nil {
+			c.s.cfg.Logger.Debug("TLS handshake failed", "remote", c.nc.RemoteAddr(), "err", err)
+			return
+		}
+		tc.SetDeadline(time.Time{})
+		c.nc = tc
+	}
+	c.br = bufio.NewReaderSize(countingReader{c.nc, c.s}, readBufSize)
+	c.readLoop()
+}
+
+// readLoop reads and dispatches frames until the connection fails, the
+// client closes it, or the server shuts down.
+func (c *conn) readLoop() {
+	framing := false // a read deadline is set for an unfinished frame
+	for {
+		if n := c.br.Buffered(); n == 0 {
+			if !c.flush() {
+				return
+			}
+			if framing {
+				c.nc.SetReadDeadline(time.Time{})
+				framing = false
+			}
+		} else if n < wire.HeaderLen && !framing {
+			c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
+			framing = true
+		}
+		if !c.waitRoom() {
+			return
+		}
+		hb, err := c.br.Peek(wire.HeaderLen)
+		if err != nil {
+			c.readFailed(err)
+			return
+		}
+		h, err := wire.ParseHeader(hb)
+		if err == nil && h.Magic != wire.MagicRequest {
+			err = wire.ErrBadMagic
+		}
+		if err != nil {
+			// The stream cannot be trusted to delimit frames any more.
+			st := wire.StatusBadFrame
+			if errors.Is(err, wire.ErrFrameTooBig) {
+				st = wire.StatusFrameTooBig
+			}
+			c.reply(h, st, []byte(err.Error()))
+			c.flush()
+			c.s.cfg.Logger.Info("closing connection after a bad frame", "remote", c.nc.RemoteAddr(), "err", err)
+			return
+		}
+		n := int(h.BodyLen)
+		if !framing && c.br.Buffered() < wire.HeaderLen+n {
+			c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
+			framing = true
+		}
+		hd := &c.s.handlers[h.Opcode]
+		if hd.fn != nil && n > hd.limit {
+			// In sync: skip the body and refuse the request.
+			c.br.Discard(wire.HeaderLen)
+			if _, err := io.CopyN(io.Discard, c.br, int64(n)); err != nil {
+				c.readFailed(err)
+				return
+			}
+			st := wire.StatusValueTooBig
+			c.replyf(h, st, "request body of %d bytes is over the limit of %d for %s", n, hd.limit, h.Opcode)
+			c.s.ops[h.Opcode].errors.Add(1)
+			continue
+		}
+		var body []byte
+		if wire.HeaderLen+n <= c.br.Size() {
+			b, err := c.br.Peek(wire.HeaderLen + n)
+			if err != nil {
+				c.readFailed(err)
+				return
+			}
+			body = b[wire.HeaderLen:]
+			c.dispatch(h, body)
+			c.br.Discard(wire.HeaderLen + n)
+		} else {
+			c.br.Discard(wire.HeaderLen)
+			if cap(c.big) < n {
+				c.big = make([]byte, n)
+			}
+			body = c.big[:n]
+			if _, err := io.ReadFull(c.br, body); err != nil {
+				c.readFailed(err)
+				return
+			}
+			c.dispatch(h, body)
+			if cap(c.big) > 4<<20 {
+				c.big = nil // do not keep a huge buffer for an idle connection
+			}
+		}
+		if c.takeover != nil {
+			c.handOver()
+			return
+		}
+	}
+}
+
+func (c *conn) readFailed(err error) {
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+	case c.isShuttingDown():
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		c.s.cfg.Logger.Debug("client closed the connection in the middle of a frame", "remote", c.nc.RemoteAddr())
+	default:
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			c.s.cfg.Logger.Info("dropping a client that did not finish its frame", "remote", c.nc.RemoteAddr(), "timeout", c.s.cfg.FrameTimeout)
+			return
+		}
+		c.s.cfg.Logger.Debug("read failed", "remote", c.nc.RemoteAddr(), "err", err)
+	}
+}
+
+// dispatch runs the handler of one request.
+func (c *conn) dispatch(h wire.Header, body []byte) {
+	op := h.Opcode
+	hd := &c.s.handlers[op]
+	if hd.fn == nil {
+		if fn, ok := c.s.takeover[op]; ok {
+			if !c.authed || (c.s.cfg.Credentials != nil && !c.admin) {
+				c.replyf(h, wire.StatusNotPermitted, "%s needs the %q credential", op, "admin")
+				return
+			}
+			c.takeover, c.takeoverH, c.takeoverBody = fn, h, append([]byte(nil), body...)
+			return
+		}
+		c.replyf(h, wire.StatusUnsupported, "opcode %#02x is not supported by this node", uint8(op))
+		return
+	}
+	if !c.authed && !hd.open {
+		c.replyf(h, wire.StatusAuthRequired, "%s needs authentication: send HELLO and AUTH first", op)
+		return
+	}
+	if hd.admin && c.s.cfg.Credentials != nil && !c.admin {
+		c.replyf(h, wire.StatusNotPermitted, "%s needs the %q credential", op, "admin")
+		return
+	}
+	st := &c.s.ops[op]
+	a := st.active.Add(1)
+	if a > st.maxActive.Load() {
+		st.maxActive.Store(a)
+	}
+	start := time.Now()
+	hd.fn(c, h, body)
+	st.lat.Observe(time.Since(start))
+	st.active.Add(-1)
+}
+
+// handOver gives the connection to a takeover function (replication),
+// with any bytes already read after the takeover frame.
+func (c *conn) handOver() {
+	if !c.flush() {
+		return
+	}
+	c.nc.SetReadDeadline(time.Time{})
+	nc := c.nc
+	if n := c.br.Buffered(); n > 0 {
+		left, _ := c.br.Peek(n)
+		nc = &prefixConn{Conn: c.nc, r: io.MultiReader(bytes.NewReader(append([]byte(nil), left...)), c.nc)}
+	}
+	c.tookOver = true
+	c.takeover(nc, c.takeoverH, c.takeoverBody)
+}
+
+// prefixConn is a connection whose first reads return bytes already
+// buffered by the request reader.
+type prefixConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+// reply appends a complete answer frame.
+func (c *conn) reply(h wire.Header, st wire.Status, body []byte) {
+	b, off := c.begin(h, st, 0)
+	b = append(b, body...)
+	c.end(b, off)
+}
+
+// replyf appends an error answer with a formatted message.
+func (c *conn) replyf(h wire.Header, st wire.Status, format string, args ...any) {
+	if st != wire.StatusOK {
+		c.s.ops[h.Opcode].errors.Add(1)
+	}
+	b, off := c.begin(h, st, 0)
+	b = appendf(b, format, args...)
+	c.end(b, off)
+}
+
+// begin locks the output buffer and appends the header of an answer to h;
+// the caller appends the body and calls end.
+func (c *conn) begin(h wire.Header, st wire.Status, flags byte) ([]byte, int) {
+	c.wmu.Lock()
+	return wire.BeginFrame(c.out, wire.Header{
+		Magic: wire.MagicResponse, Version: wire.Version, Opcode: h.Opcode, Flags: flags,
+		Status: st, VBucket: h.VBucket, ID: h.ID,
+	})
+}
+
+// end finishes the frame begun at off and unlocks the output buffer.
+func (c *conn) end(b []byte, off int) {
+	c.out = wire.EndFrame(b, off)
+	c.wmu.Unlock()
+}
+
+// flush writes the output buffer unless another goroutine is writing it
+// (that one picks up what was added). It returns false when the connection
+// has failed.
+func (c *conn) flush() bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return false
+	}
+	if c.writing {
+		return true
+	}
+	for len(c.out) > 0 && c.werr == nil {
+		buf := c.out
+		c.out = c.spare[:0]
+		c.writing = true
+		now := time.Now()
+		setDeadline := now.Add(c.s.cfg.WriteTimeout / 2).After(c.deadlineAt)
+		c.wmu.Unlock()
+		if setDeadline {
+			c.nc.SetWriteDeadline(now.Add(c.s.cfg.WriteTimeout))
+		}
+		n, err := c.nc.Write(buf)
+		c.s.bytesOut.Add(uint64(n))
+		c.wmu.Lock()
+		if setDeadline {
+			c.deadlineAt = now.Add(c.s.cfg.WriteTimeout)
+		}
+		c.writing = false
+		if cap(buf) <= 1<<20 {
+			c.spare = buf[:0]
+		} else {
+			c.spare = nil
+		}
+		if err != nil {
+			c.werr = err
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				c.s.cfg.Logger.Info("dropping a client that does not read its answers", "remote", c.nc.RemoteAddr(), "timeout", c.s.cfg.WriteTimeout)
+			}
+			c.nc.Close()
+		}
+		c.wcond.Broadcast()
+	}
+	return c.werr == nil
+}
+
+// waitRoom blocks while too many answer bytes wait for the socket. It
+// returns false when the connection has failed.
+func (c *conn) waitRoom() bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for len(c.out) > c.s.cfg.MaxPendingOut && c.werr == nil {
+		if !c.writing {
+			c.wmu.Unlock()
+			c.flush()
+			c.wmu.Lock()
+			continue
+		}
+		c.wcond.Wait()
+	}
+	return c.werr == nil
+}
+
+func (c *conn) isShuttingDown() bool {
+	select {
+	case <-c.shutting:
+		return true
+	default:
+		return false
+	}
+}
+
+// beginShutdown makes the reader stop after the requests already received.
+func (c *conn) beginShutdown() {
+	c.shutOnce.Do(func() {
+		close(c.shutting)
+		if nc := c.nc; nc != nil {
+			nc.SetReadDeadline(time.Now())
+		}
+	})
+}
+
+// finish ends streams, writes what is left and closes the connection.
+func (c *conn) finish() {
+	if c.tookOver {
+		c.cancel()
+		return
+	}
+	c.cancel()
+	c.endStreams()
+	c.swg.Wait()
+	c.flush()
+	c.nc.Close()
+}
+
+func newNonce() []byte {
+	b := make([]byte, wire.NonceLen)
+	rand.Read(b)
+	return b
+}

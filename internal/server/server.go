@@ -1,0 +1,327 @@
+// Package server is a node's data port: the accept loop, the connection
+// limit, TLS, the per-connection read and write loop that answers pipelined
+// requests in batches, the handshake and authentication, flow-controlled
+// streams, and the request handlers that call the engines.
+//
+// One goroutine reads each connection. Requests are decoded straight out
+// of the read buffer and answered into an output buffer; the buffer is
+// written when the read buffer is drained, so one read and one write serve
+// every request that arrived together. Streams (GetAll, Mirror, ...) run in
+// goroutines of their own and share the output buffer.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"shoal/internal/catalog"
+	"shoal/internal/kv"
+	"shoal/internal/stats"
+	"shoal/internal/wire"
+)
+
+// Config configures a Server.
+type Config struct {
+	// NodeID and Version are reported by HELLO and Info.
+	NodeID  string
+	Version string
+	// VBuckets is the node's vBucket count.
+	VBuckets int
+	// MaxValueSize is the largest value a request may carry.
+	MaxValueSize int
+	// MaxConnections caps open client connections; more are refused with
+	// StatusTooManyConnections and closed.
+	MaxConnections int
+	// TLS, when set, wraps every accepted connection.
+	TLS *tls.Config
+	// Credentials maps client names to secrets; when non-nil every
+	// connection must authenticate before any data request.
+	Credentials map[string][]byte
+	// WriteTimeout drops a client whose socket accepts nothing for this long
+	// (it sends requests but does not read answers). Default 10s.
+	WriteTimeout time.Duration
+	// FrameTimeout drops a client that starts a frame and does not finish it
+	// within this time. Default 60s.
+	FrameTimeout time.Duration
+	// MaxPendingOut is how many answer bytes may wait for the socket before
+	// the connection stops reading requests. Default 4 MiB.
+	MaxPendingOut int
+	// Info adds fields to the Info answer.
+	Info func() map[string]any
+	// Logger receives connection and request errors.
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.FrameTimeout <= 0 {
+		c.FrameTimeout = 60 * time.Second
+	}
+	if c.MaxPendingOut <= 0 {
+		c.MaxPendingOut = 4 << 20
+	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = 5000
+	}
+	if c.MaxValueSize <= 0 {
+		c.MaxValueSize = 1 << 20
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Engines are the storage engines a server serves. A nil engine's requests
+// are answered with StatusUnsupported.
+type Engines struct {
+	Catalog *catalog.Catalog
+	KV      *kv.Store
+}
+
+// Ownership says whether this node is active for a vBucket. A node that is
+// not (a standby replica) refuses writes with StatusNotMyVBucket naming the
+// active node's address.
+type Ownership interface {
+	Active(vb uint16) (active bool, activeAddr string)
+}
+
+type allActive struct{}
+
+func (allActive) Active(uint16) (bool, string) { return true, "" }
+
+// TakeoverFunc receives a connection whose first request asked to leave the
+// request protocol (OpStreamOpen). It owns nc from then on.
+type TakeoverFunc func(nc net.Conn, h wire.Header, body []byte)
+
+type handlerFunc func(c *conn, h wire.Header, body []byte)
+
+type handler struct {
+	fn    handlerFunc
+	limit int  // largest body accepted
+	open  bool // allowed before authentication
+	write bool // a write: refused by a node that is not active for the vBucket
+	admin bool // needs the admin credential when auth is on
+}
+
+// Server serves the data port.
+type Server struct {
+	cfg      Config
+	eng      Engines
+	handlers [256]handler
+	own      atomic.Value // ownershipBox
+	takeover map[wire.Opcode]TakeoverFunc
+	start    time.Time
+
+	mu      sync.Mutex
+	ln      []net.Listener
+	conns   map[*conn]struct{}
+	closing bool
+	connWG  sync.WaitGroup
+
+	nconns   atomic.Int64
+	accepted atomic.Uint64
+	refused  atomic.Uint64
+	bytesIn  atomic.Uint64
+	bytesOut atomic.Uint64
+	ops      [256]opStats
+}
+
+type ownershipBox struct{ Ownership }
+
+type opStats struct {
+	lat       stats.Latency
+	active    atomic.Int64
+	maxActive atomic.Int64
+	errors    atomic.Uint64
+}
+
+// New returns a server for eng.
+func New(cfg Config, eng Engines) *Server {
+	cfg.setDefaults()
+	if eng.Catalog == nil {
+		eng.Catalog = catalog.New()
+	}
+	s := &Server{cfg: cfg, eng: eng, conns: map[*conn]struct{}{}, takeover: map[wire.Opcode]TakeoverFunc{}, start: time.Now()}
+	s.own.Store(ownershipBox{allActive{}})
+	s.registerGeneric()
+	if eng.KV != nil {
+		s.registerKV()
+	}
+	return s
+}
+
+// SetOwnership changes which vBuckets this node serves writes for.
+func (s *Server) SetOwnership(o Ownership) {
+	if o == nil {
+		o = allActive{}
+	}
+	s.own.Store(ownershipBox{o})
+}
+
+func (s *Server) ownership() Ownership { return s.own.Load().(ownershipBox).Ownership }
+
+// HandleTakeover routes connections whose first data request is op to fn.
+// Call before Serve.
+func (s *Server) HandleTakeover(op wire.Opcode, fn TakeoverFunc) { s.takeover[op] = fn }
+
+func (s *Server) handle(op wire.Opcode, h handler) {
+	if h.limit == 0 {
+		h.limit = 64 << 10
+	}
+	s.handlers[op] = h
+}
+
+// singleLimit is the largest body of a request carrying one value.
+func (s *Server) singleLimit() int { return s.cfg.MaxValueSize + 2*256 + 64 }
+
+// batchLimit is the largest body of a request carrying many values.
+func (s *Server) batchLimit() int { return max(s.singleLimit(), 16<<20) }
+
+// ErrClosed is returned by Serve after Shutdown.
+var ErrClosed = errors.New("server: closed")
+
+// Serve accepts connections on ln until Shutdown. It returns ErrClosed after
+// Shutdown, or the error that stopped the accept loop.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrClosed
+	}
+	s.ln = append(s.ln, ln)
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.cfg.Logger.Warn("accept failed; retrying", "err", err, "retry_in", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+		}
+		delay = 0
+		s.accepted.Add(1)
+		s.startConn(nc)
+	}
+}
+
+func (s *Server) startConn(nc net.Conn) {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	if s.nconns.Add(1) > int64(s.cfg.MaxConnections) {
+		s.nconns.Add(-1)
+		s.refused.Add(1)
+		go refuse(nc, s.cfg.MaxConnections)
+		return
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		s.nconns.Add(-1)
+		nc.Close()
+		return
+	}
+	c := newConn(s, nc)
+	s.conns[c] = struct{}{}
+	s.connWG.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.connWG.Done()
+		c.serve()
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		s.nconns.Add(-1)
+	}()
+}
+
+// refuse answers an over-limit connection with StatusTooManyConnections and
+// closes it. The answer goes out before any TLS handshake, in clear: it is
+// only a status.
+func refuse(nc net.Conn, limit int) {
+	msg := fmt.Sprintf("the node serves at most %d connections", limit)
+	b, off := wire.BeginFrame(nil, wire.Header{Magic: wire.MagicResponse, Version: wire.Version, Status: wire.StatusTooManyConnections})
+	b = append(b, msg...)
+	b = wire.EndFrame(b, off)
+	nc.SetWriteDeadline(time.Now().Add(time.Second))
+	nc.Write(b)
+	nc.Close()
+}
+
+// Shutdown stops accepting, lets every connection finish the requests it
+// has already received, ends streams with StatusShuttingDown and closes
+// the connections. It waits until they are closed or ctx is done, then
+// closes whatever is left.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for _, ln := range s.ln {
+		ln.Close()
+	}
+	for c := range s.conns {
+		c.beginShutdown()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.connWG.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.nc.Close()
+		}
+		s.mu.Unlock()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// NumConnections returns the number of open client connections.
+func (s *Server) NumConnections() int64 { return s.nconns.Load() }
+
+// Report implements stats.Source: bytes, connections and per-request counts
+// and latencies.
+func (s *Server) Report(f *stats.Fields) {
+	f.Counter("bytes_sent", "bytes_sent_total", "Bytes written to client connections.", float64(s.bytesOut.Load()))
+	f.Counter("bytes_received", "bytes_received_total", "Bytes read from client connections.", float64(s.bytesIn.Load()))
+	n := s.nconns.Load()
+	f.Gauge("handling_connections", "connections", "Open client connections.", float64(n))
+	f.Gauge("handling_connections_pcnt", "connections_percent", "Open connections in percent of --max-connections.", float64(n)*100/float64(s.cfg.MaxConnections))
+	f.Counter("connections_accepted", "connections_accepted_total", "Connections accepted.", float64(s.accepted.Load()))
+	f.Counter("connections_refused", "connections_refused_total", "Connections refused over --max-connections.", float64(s.refused.Load()))
+	for op := range s.ops {
+		st := &s.ops[op]
+		if st.lat.Count() == 0 {
+			continue
+		}
+		name := wire.Opcode(op).String()
+		prefix := "request/" + name
+		st.lat.Report(f, prefix, "request", name)
+		f.Gauge(prefix+"/max_active", "requests_max_active", "Most requests of this kind in progress at once.", float64(st.maxActive.Load()), "request", name)
+		f.Counter(prefix+"/errors", "requests_errors_total", "Requests answered with an error status.", float64(st.errors.Load()), "request", name)
+	}
+}
