@@ -98,8 +98,14 @@ func (c *conn) serve() {
 // client closes it, or the server shuts down.
 func (c *conn) readLoop() {
 	framing := false // a read deadline is set for an unfinished frame
+	// A frame that has begun must be complete within FrameTimeout; an idle
+	// connection (nothing buffered) may wait forever.
+	partial := func() {
+		c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
+		framing = true
+	}
 	for {
-		if n := c.br.Buffered(); n == 0 {
+		if c.br.Buffered() == 0 {
 			if !c.flush() {
 				return
 			}
@@ -107,12 +113,16 @@ func (c *conn) readLoop() {
 				c.nc.SetReadDeadline(time.Time{})
 				framing = false
 			}
-		} else if n < wire.HeaderLen && !framing {
-			c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
-			framing = true
+			if _, err := c.br.Peek(1); err != nil {
+				c.readFailed(err)
+				return
+			}
 		}
 		if !c.waitRoom() {
 			return
+		}
+		if c.br.Buffered() < wire.HeaderLen {
+			partial()
 		}
 		hb, err := c.br.Peek(wire.HeaderLen)
 		if err != nil {
@@ -135,9 +145,8 @@ func (c *conn) readLoop() {
 			return
 		}
 		n := int(h.BodyLen)
-		if !framing && c.br.Buffered() < wire.HeaderLen+n {
-			c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
-			framing = true
+		if c.br.Buffered() < wire.HeaderLen+n {
+			partial()
 		}
 		hd := &c.s.handlers[h.Opcode]
 		if hd.fn != nil && n > hd.limit {
