@@ -43,12 +43,12 @@ type Op uint8
 
 // Mutation operations.
 const (
-	OpSet          Op = 1 // kv: Key now holds Value (with Expiry)
-	OpDelete       Op = 2 // kv: Key removed (a tombstone)
-	OpExpire       Op = 3 // kv: Key expired (a tombstone)
-	OpPush         Op = 4 // queue: Value pushed; Seqno identifies the record
-	OpPop          Op = 5 // queue: the record pushed at seqno Ref of this vBucket was popped
-	OpAppend       Op = 6 // log: (Timestamp, Value) appended
+	OpSet           Op = 1 // kv: Key now holds Value (with Expiry)
+	OpDelete        Op = 2 // kv: Key removed (a tombstone)
+	OpExpire        Op = 3 // kv: Key expired (a tombstone)
+	OpPush          Op = 4 // queue: Value pushed; Seqno identifies the record
+	OpPop           Op = 5 // queue: the record pushed at seqno Ref of this vBucket was popped
+	OpAppend        Op = 6 // log: (Timestamp, Value) appended
 	OpRemoveChannel Op = 7 // any: every record of Channel in this vBucket removed
 )
 

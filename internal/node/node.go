@@ -39,9 +39,9 @@ type Node struct {
 	lock    *os.File
 	started time.Time
 
-	cat   *catalog.Catalog
-	kv    *kv.Store
-	srv   *server.Server
+	cat    *catalog.Catalog
+	kv     *kv.Store
+	srv    *server.Server
 	stats  *stats.Registry
 	statsW *stats.LogWriter // keeps the previous counters, for deltas
 

@@ -50,9 +50,9 @@ type conn struct {
 	werr       error
 	deadlineAt time.Time // the write deadline currently set on nc
 
-	smu      sync.Mutex
-	streams  map[uint32]*stream
-	swg      sync.WaitGroup // stream goroutines
+	smu     sync.Mutex
+	streams map[uint32]*stream
+	swg     sync.WaitGroup // stream goroutines
 
 	shutting chan struct{} // closed by beginShutdown
 	shutOnce sync.Once

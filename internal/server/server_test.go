@@ -2,8 +2,8 @@ package server
 
 import (
 	"bytes"
-	"errors"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
