@@ -59,8 +59,8 @@ type Node struct {
 // New prepares a node: it creates the data and log directories, takes the
 // data directory's lock, opens the logs and the engines and binds the
 // ports. Run serves.
-func New(cfg config.Config, version string) (n *Node, err error) {
-	n = &Node{cfg: cfg, version: version, started: time.Now(), cat: catalog.New(), stats: &stats.Registry{}, statsW: stats.NewLogWriter(nil)}
+func New(cfg config.Config, version string) (_ *Node, err error) {
+	n := &Node{cfg: cfg, version: version, started: time.Now(), cat: catalog.New(), stats: &stats.Registry{}, statsW: stats.NewLogWriter(nil)}
 	defer func() {
 		if err != nil {
 			n.close()

@@ -1,0 +1,112 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"time"
+
+	"shoal/client"
+)
+
+// A node started with `go run ./cmd/shoald` listens on 127.0.0.1:7400.
+func Example() {
+	ctx := context.Background()
+	c, err := client.Dial(ctx, "127.0.0.1:7400")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	if _, err := c.Put(ctx, "users", []byte("alice"), []byte(`{"age":31}`)); err != nil {
+		log.Fatal(err)
+	}
+	v, err := c.Get(ctx, "users", []byte("alice"))
+	switch {
+	case errors.Is(err, client.ErrNotFound):
+		fmt.Println("no alice")
+	case err != nil:
+		log.Fatal(err)
+	default:
+		fmt.Printf("alice: %s\n", v)
+	}
+}
+
+// Update is a compare-and-swap: it writes only if nobody changed the record
+// since it was read.
+func ExampleClient_Update() {
+	ctx := context.Background()
+	c, err := client.Dial(ctx, "127.0.0.1:7400")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	for {
+		v, cas, err := c.Gets(ctx, "counters", []byte("visits"))
+		if errors.Is(err, client.ErrNotFound) {
+			v, cas = []byte("0"), 0
+			if _, err := c.Put(ctx, "counters", []byte("visits"), v); err != nil {
+				log.Fatal(err)
+			}
+			continue
+		} else if err != nil {
+			log.Fatal(err)
+		}
+		var n int
+		fmt.Sscan(string(v), &n)
+		_, err = c.Update(ctx, "counters", []byte("visits"), fmt.Append(nil, n+1), cas)
+		if errors.Is(err, client.ErrExists) {
+			continue // somebody else won the race: read again
+		}
+		if err != nil {
+			log.Fatal(err)
+		}
+		break
+	}
+}
+
+// GetAll streams a whole channel; the loop may stop early, and the stream
+// can be suspended, resumed or stopped from another goroutine.
+func ExampleClient_GetAll() {
+	ctx := context.Background()
+	c, err := client.Dial(ctx, "127.0.0.1:7400")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	for rec, err := range c.GetAll(ctx, "users", client.ValueFilter([]byte(`"age":31`))).All() {
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Printf("%s\t%s\n", rec.Key, rec.Value)
+	}
+}
+
+// Mirror follows a channel's changes as they happen.
+func ExampleClient_Mirror() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := client.Dial(ctx, "127.0.0.1:7400", client.WithTimeout(0))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	for ev, err := range c.Mirror(ctx, "users", client.InitialRefresh()).All() {
+		if err != nil {
+			log.Println("mirror ended:", err)
+			return
+		}
+		fmt.Println(ev.Type, string(ev.Key))
+	}
+}
+
+// Authentication and TLS are options of Dial.
+func ExampleWithAuth() {
+	secret := []byte("0123456789abcdef") // the hex secret of "app" in the node's credentials file, decoded
+	c, err := client.Dial(context.Background(), "127.0.0.1:7400", client.WithAuth("app", secret), client.WithTimeout(5*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+}
