@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/s2"
@@ -178,6 +179,8 @@ func (r *receiver) readErr(err error, boundary bool) error {
 		return fmt.Errorf("%w in the middle of a packet", ErrPeerClosed)
 	case errors.As(err, &ne) && ne.Timeout():
 		return r.expired
+	case errors.Is(err, syscall.ECONNRESET):
+		return fmt.Errorf("%w (reset)", ErrPeerClosed)
 	}
 	return fmt.Errorf("cannot read from %s: %w", r.conn.RemoteAddr(), err)
 }
