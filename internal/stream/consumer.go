@@ -178,6 +178,8 @@ type Consumer struct {
 	producer string
 	conns    []*cconn
 
+	ending atomic.Bool // set when the session starts to end: deliver nothing more
+
 	mu        sync.Mutex
 	cause     error // why the session ended; nil while it runs
 	causeConn int   // the connection that failed first, -1 for Close
@@ -356,6 +358,7 @@ func (c *Consumer) fail(i int, err error) {
 		return
 	}
 	c.cause, c.causeConn = err, i
+	c.ending.Store(true)
 	c.mu.Unlock()
 	if i >= 0 {
 		c.log.Warn("stream session failed", "conn", i, "err", err)
@@ -533,6 +536,9 @@ func (cc *cconn) readLoop() error {
 		}
 		dc.reset(payload)
 		for dc.more() {
+			if cc.c.ending.Load() {
+				return ErrClosed // the session's cause is already set
+			}
 			if err := dc.next(&m); err != nil {
 				return err
 			}

@@ -125,18 +125,17 @@ func (r Request) valid() bool { return r.SnapStart <= r.Start && r.Start <= r.Sn
 
 // message is one decoded message; only the fields of its type are set.
 type message struct {
-	typ     byte
-	vb      uint16
-	seqno   uint64 // end: rollback target or last seqno sent
-	start   uint64 // snapshot
-	end     uint64 // snapshot
-	reason  Reason
-	text    []byte // end: message for people
-	log     []FailoverEntry
-	req     Request
-	ack     uint32
-	mut     engine.Mutation
-	mutSize int
+	typ    byte
+	vb     uint16
+	seqno  uint64 // end: rollback target or last seqno sent
+	start  uint64 // snapshot
+	end    uint64 // snapshot
+	reason Reason
+	text   []byte // end: message for people
+	log    []FailoverEntry
+	req    Request
+	ack    uint32
+	mut    engine.Mutation
 }
 
 // errMalformed is wrapped by every decoding error.
@@ -261,7 +260,6 @@ func (dc *decoder) more() bool { return dc.d.Len() > 0 }
 // next decodes the next message into m.
 func (dc *decoder) next(m *message) error {
 	d := &dc.d
-	before := d.Len()
 	m.typ = d.U8()
 	m.vb = 0
 	switch m.typ {
@@ -287,7 +285,6 @@ func (dc *decoder) next(m *message) error {
 			return err
 		}
 		m.vb = m.mut.VBucket
-		m.mutSize = before - d.Len()
 	case msgEnd:
 		m.vb = d.U16()
 		m.reason = Reason(d.U8())

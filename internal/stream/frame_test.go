@@ -99,7 +99,6 @@ func genMessage(t *rapid.T) message {
 func normalized(ms []message) []message {
 	out := make([]message, len(ms))
 	for i, m := range ms {
-		m.mutSize = 0
 		if m.typ == msgMutation {
 			m.vb = m.mut.VBucket
 		}

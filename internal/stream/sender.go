@@ -52,7 +52,6 @@ type sender struct {
 	drain   bool          // on stop: write what is pending first
 	ack     uint64        // a consumer: bytes to acknowledge
 	out     int64         // a producer: bytes sent and not yet acknowledged
-	maxOut  int64         // the most bytes ever outstanding
 
 	data   chan struct{} // pending got its first message, or an ack is due
 	full   chan struct{} // pending reached the batch size
@@ -299,7 +298,6 @@ func (s *sender) take() []byte {
 	}
 	if s.cfg.window > 0 {
 		s.out += int64(len(buf))
-		s.maxOut = max(s.maxOut, s.out)
 	}
 	return buf
 }

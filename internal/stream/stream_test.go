@@ -62,6 +62,26 @@ func TestSnapshotThenLive(t *testing.T) {
 	}
 }
 
+// TestItemLargerThanWindow: a mutation larger than the whole credit window
+// still goes, alone, and the stream goes on after it.
+func TestItemLargerThanWindow(t *testing.T) {
+	srv := newServer(t, ProducerConfig{})
+	srv.eng.put(0, "small", []byte("v"))
+	srv.eng.put(0, "big", make([]byte, 256<<10))
+	srv.eng.put(0, "after", []byte("v"))
+	rec := newRecorder()
+	c := dial(t, srv.addr(), ConsumerConfig{BufferSize: 1024, Compression: true, Handler: rec})
+	if err := c.Request(Request{VBucket: 0}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the three mutations", func() bool { return rec.last(0) == 3 })
+	srv.eng.put(0, "big-live", make([]byte, 300<<10))
+	waitFor(t, "the live one", func() bool { return rec.last(0) == 4 })
+	if d := diffMutations(srv.eng.history(0), rec.got(0)); d != "" {
+		t.Fatalf("(-engine +consumer):\n%s", d)
+	}
+}
+
 func TestResumeAndRollback(t *testing.T) {
 	srv := newServer(t, ProducerConfig{})
 	srv.eng.fill(2, 50, 10)
