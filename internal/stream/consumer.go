@@ -43,6 +43,10 @@ var connIDs atomic.Uint64
 // nothing more, so a slow handler slows the producer down (credit flow).
 // Byte slices and the failover log alias the library's buffers and are
 // valid only during the call. A method may call the Consumer's methods.
+//
+// A non-nil error from Started, Snapshot or Mutation stops that vBucket's
+// stream: the consumer asks the producer to close it, drops what still
+// arrives for it, and reports Ended with ReasonHandler and the error.
 type Handler interface {
 	// Started reports that the producer accepted the request for vb and
 	// sends its failover log (newest first, as the producer's Accept
@@ -60,10 +64,6 @@ type Handler interface {
 	// once per connection.
 	Lost(err *ConnError)
 }
-
-// A non-nil error from Started, Snapshot or Mutation stops that vBucket's
-// stream: the consumer asks the producer to close it, drops what still
-// arrives for it, and reports Ended with ReasonHandler and the error.
 
 // End describes the end of one vBucket stream.
 type End struct {
@@ -431,12 +431,13 @@ func (c *Consumer) newConn(i int, conn net.Conn, peer string, features uint32) *
 	cc.recv.s2 = features&FeatureS2 != 0
 	if cfg.Spy != nil {
 		cc.recv.spy, cc.recv.id, cc.recv.peer, cc.recv.bucket = cfg.Spy, cc.id, peer, cfg.Bucket
-		cc.recv.heard() // the open reply
 	}
 	return cc
 }
 
+// start runs the connection's goroutines once the whole session is open.
 func (cc *cconn) start() {
+	cc.recv.heard() // the open reply
 	go func() {
 		defer close(cc.send.done)
 		cc.c.fail(cc.i, cc.send.run())
