@@ -112,7 +112,7 @@ func TestWithStreams(t *testing.T) {
 	spy := NewSpy()
 	mon := NewMonitor(Config{Self: "node-b", Tick: tick}, spy)
 	c, err := stream.Dial(context.Background(), stream.ConsumerConfig{Name: "node-b", Bucket: "kv",
-		Addr: ln.Addr().String(), NoopInterval: 20 * time.Millisecond, Handler: nopHandler{}, Spy: spy, Logger: quiet})
+		Addr: ln.Addr().String(), NoopInterval: 40 * time.Millisecond, Handler: nopHandler{}, Spy: spy, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -168,7 +168,7 @@ func TestPeerGoesSilent(t *testing.T) {
 // notices within two NOOP intervals and closes; the other learns from the
 // close.
 func TestHalfOpen(t *testing.T) {
-	const noop = 50 * time.Millisecond
+	const noop = 100 * time.Millisecond
 	for _, tt := range []struct {
 		name        string
 		dir         int
@@ -267,8 +267,8 @@ func (r *rawConsumer) send(t *testing.T, kind byte, payload []byte) {
 func TestCreditNeverGranted(t *testing.T) {
 	const (
 		window = 4096
-		noop   = 20 * time.Millisecond
-		stall  = 300 * time.Millisecond
+		noop   = 60 * time.Millisecond
+		stall  = 500 * time.Millisecond
 	)
 	srv := newServer(t, ProducerConfig{StallTimeout: stall})
 	srv.eng.fill(1, 400, 100)
@@ -283,7 +283,7 @@ func TestCreditNeverGranted(t *testing.T) {
 			select {
 			case <-stopNoops:
 				return
-			case <-time.After(noop / 2):
+			case <-time.After(noop / 4):
 				raw.send(t, kindNoop, nil)
 			}
 		}
@@ -292,6 +292,7 @@ func TestCreditNeverGranted(t *testing.T) {
 
 	// read returns the credit the messages packets cost until n NOOPs in a
 	// row arrived, or the connection ended.
+	var lastData time.Time
 	read := func(n int) (credit int, err error) {
 		for noops := 0; noops < n; {
 			p, err := raw.recv.next()
@@ -302,7 +303,7 @@ func TestCreditNeverGranted(t *testing.T) {
 				noops++
 				continue
 			}
-			noops = 0
+			noops, lastData = 0, time.Now()
 			credit += HeaderLen + len(p)
 		}
 		return credit, nil
@@ -323,12 +324,12 @@ func TestCreditNeverGranted(t *testing.T) {
 	if second < window || second > window+maxOvershoot {
 		t.Fatalf("after one ack the producer sent %d bytes", second)
 	}
-	start := time.Now()
 	if _, err := read(1 << 30); !errors.Is(err, ErrPeerClosed) {
 		t.Fatalf("stalled connection: %v, want it closed by the producer", err)
 	}
-	if e := time.Since(start); e < stall-4*noop || e > stall+time.Second {
-		t.Errorf("closed after %v, want about %v", e, stall)
+	// The producer began to wait for credit just before the last data arrived.
+	if e := time.Since(lastData); e < stall-20*time.Millisecond || e > stall+time.Second {
+		t.Errorf("closed %v after the last data, want about %v", e, stall)
 	}
 	if err := srv.serveErr(); !errors.Is(err, ErrStalled) {
 		t.Fatalf("Serve = %v, want ErrStalled", err)
@@ -443,16 +444,24 @@ func (s *recordingSpy) Forget(conn uint64) {
 	s.forgot[conn] = true
 }
 
-// TestSpy: on an idle session kept alive by 20 ms NOOPs, each connection
-// tells its spy at most once per 100 ms, naming the peer and the bucket,
-// and forgets on close.
+// TestSpy: while mutations flow every few milliseconds, each connection
+// tells its spy at most once per 100 ms, naming the peer and the bucket, and
+// forgets on close.
 func TestSpy(t *testing.T) {
-	const run = 450 * time.Millisecond
+	const run = 650 * time.Millisecond
 	consumerSpy, producerSpy := newRecordingSpy(), newRecordingSpy()
 	srv := newServer(t, ProducerConfig{Spy: producerSpy})
 	rec := newRecorder()
-	c := dial(t, srv.addr(), ConsumerConfig{Connections: 2, NoopInterval: 20 * time.Millisecond, Handler: rec, Spy: consumerSpy})
-	time.Sleep(run)
+	c := dial(t, srv.addr(), ConsumerConfig{Connections: 2, NoopInterval: 100 * time.Millisecond, Handler: rec, Spy: consumerSpy})
+	for vb := range uint16(2) {
+		if err := c.Request(Request{VBucket: vb}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for start := time.Now(); time.Since(start) < run; time.Sleep(5 * time.Millisecond) {
+		srv.eng.put(0, "k", nil)
+		srv.eng.put(1, "k", nil)
+	}
 	c.Close()
 	c.Wait()
 	for range 2 {
