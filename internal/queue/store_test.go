@@ -371,8 +371,8 @@ func TestSubscribers(t *testing.T) {
 	}
 }
 
-func decodeBatch(t testing.TB, b []byte) []string {
-	t.Helper()
+// decodeBatch splits a Next batch into its values.
+func decodeBatch(t interface{ Fatalf(string, ...any) }, b []byte) []string {
 	d := wire.NewDecoder(b)
 	var out []string
 	for d.Len() > 0 {
