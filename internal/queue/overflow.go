@@ -210,9 +210,9 @@ func (o *overflow) peek() (*ofRecord, error) {
 		if o.cached {
 			return &o.head, nil
 		}
-		rec, err := o.readHead()
+		skipped, err := o.readHead()
 		if err == nil {
-			if rec {
+			if skipped {
 				continue
 			}
 			o.cached = true
@@ -312,20 +312,39 @@ func (o *overflow) drain() {
 
 // dropCorrupt gives up the rest of the head segment and recounts.
 func (o *overflow) dropCorrupt() error {
-	if len(o.segs) == 1 {
-		o.log.Error("overflow lost its unreadable tail", "dir", o.dir, "records", o.records)
-		o.drain()
-		return nil
+	o.closeReader()
+	o.cut(0, o.headOff)
+	return o.recount()
+}
+
+// cut ends segment i logically at off: what follows is unreadable.
+func (o *overflow) cut(i int, off int64) {
+	o.segs[i].size = off
+	if i == len(o.segs)-1 && o.w.f != nil {
+		o.w.size, o.w.torn = off, true // cut for real before the next write
 	}
-	o.dropHeadSegment()
+}
+
+// recount counts the live records again, cutting every segment at its
+// first unreadable frame.
+func (o *overflow) recount() error {
 	var records, bytes int64
-	err := o.scan(func(r *ofRecord) bool {
-		records++
-		bytes += int64(len(r.value))
-		return true
-	})
-	if err != nil {
-		return err
+	for i, s := range o.segs {
+		start := int64(magicLen)
+		if i == 0 {
+			start = o.headOff
+		}
+		_, bad, err := o.scanSegment(s, start, func(r *ofRecord) bool {
+			records++
+			bytes += int64(len(r.value))
+			return true
+		})
+		if err != nil {
+			return err
+		}
+		if bad >= 0 {
+			o.cut(i, bad)
+		}
 	}
 	o.records, o.bytes = records, bytes
 	if records == 0 {
@@ -353,14 +372,15 @@ func (o *overflow) removeAt(pos ofPos, vlen int) {
 
 // scan calls fn for every live record from the head on, in order, until fn
 // returns false. It reads with handles of its own. The record passed to fn
-// is valid only during the call.
+// is valid only during the call. A segment's unreadable rest is logged and
+// skipped (reading the head cuts it off for good).
 func (o *overflow) scan(fn func(r *ofRecord) bool) error {
 	for i, s := range o.segs {
 		start := int64(magicLen)
 		if i == 0 {
 			start = o.headOff
 		}
-		more, err := o.scanSegment(s, start, fn)
+		more, _, err := o.scanSegment(s, start, fn)
 		if err != nil || !more {
 			return err
 		}
@@ -368,33 +388,42 @@ func (o *overflow) scan(fn func(r *ofRecord) bool) error {
 	return nil
 }
 
-func (o *overflow) scanSegment(s segment, start int64, fn func(r *ofRecord) bool) (bool, error) {
+// scanSegment calls fn for the live records of s from offset start on. It
+// returns whether fn wants more, and the offset of the first unreadable
+// frame (-1 when there is none).
+func (o *overflow) scanSegment(s segment, start int64, fn func(r *ofRecord) bool) (bool, int64, error) {
 	path := o.segPath(s.n)
 	f, err := o.fs.Open(path)
 	if err != nil {
-		return false, fmt.Errorf("cannot open overflow segment: %w", err)
+		return false, -1, fmt.Errorf("cannot open overflow segment: %w", err)
 	}
 	defer f.Close()
 	fr := newFrameReader(&offsetReader{f: f, off: start}, start)
 	for fr.off < s.size {
 		off := fr.off
 		typ, body, err := fr.next()
+		var vb uint16
+		var seqno uint64
+		var value []byte
+		if err == nil {
+			vb, seqno, value, err = decodeRecord(typ, body)
+		}
 		if err != nil {
-			return false, fmt.Errorf("cannot scan overflow segment %q at %d: %w", path, off, err)
+			if err == io.EOF || errors.Is(err, errTorn) || errors.Is(err, ErrCorrupt) {
+				o.log.Error("overflow segment unreadable from here on", "file", path, "offset", off, "err", err)
+				return true, off, nil
+			}
+			return false, -1, fmt.Errorf("cannot read overflow segment %q at %d: %w", path, off, err)
 		}
 		pos := ofPos{seg: s.n, off: off}
 		if _, ok := o.skip[pos]; ok {
 			continue
 		}
-		vb, seqno, value, err := decodeRecord(typ, body)
-		if err != nil {
-			return false, fmt.Errorf("cannot scan overflow segment %q at %d: %w", path, off, err)
-		}
 		if !fn(&ofRecord{pos: pos, size: fr.off - off, vb: vb, seqno: seqno, value: value}) {
-			return false, nil
+			return false, -1, nil
 		}
 	}
-	return true, nil
+	return true, -1, nil
 }
 
 // sync makes the appended records durable.
@@ -545,12 +574,6 @@ func (o *overflow) restore(st ofState, exact bool, seen func(vb uint16, seqno ui
 		o.log.Error("overflow head beyond its segment's end", "dir", o.dir, "head", o.headOff, "size", o.segs[0].size)
 		o.headOff, recount = o.segs[0].size, true
 	}
-	if recount {
-		o.records, o.bytes = 0, 0
-		if err := o.scan(func(r *ofRecord) bool { o.records++; o.bytes += int64(len(r.value)); return true }); err != nil {
-			return err
-		}
-	}
 	if o.records <= 0 || len(o.segs) == 0 {
 		o.drain()
 		return nil
@@ -561,6 +584,9 @@ func (o *overflow) restore(st ofState, exact bool, seen func(vb uint16, seqno ui
 		return fmt.Errorf("cannot open overflow segment: %w", err)
 	}
 	o.w = appender{f: f, size: last.size, torn: true} // cut and positioned before the first write
+	if recount {
+		return o.recount()
+	}
 	return nil
 }
 
