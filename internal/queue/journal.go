@@ -159,8 +159,12 @@ func decodeEntry(typ byte, body []byte, nvb int) (entry, error) {
 		e.value = d.Rest()
 	case entryPop:
 		e.channel = channel()
-		e.subscribed = d.U8() != 0
+		sub := d.U8()
+		e.subscribed = sub == 1
 		e.subscriber = string(d.Bytes8())
+		if sub > 1 || (sub == 0 && e.subscriber != "") {
+			return e, fmt.Errorf("%w: pop entry with subscribed flag %d and subscriber %q", ErrCorrupt, sub, e.subscriber)
+		}
 		n := d.U32()
 		if d.Err() == nil && uint64(n)*18 != uint64(d.Len()) {
 			return e, fmt.Errorf("%w: pop entry claims %d records in %d bytes", ErrCorrupt, n, d.Len())
