@@ -253,6 +253,14 @@ func Open(cfg Config) (*Store, error) {
 		s.closeFiles()
 		return nil, err
 	}
+	var records int64
+	for _, ch := range s.channels {
+		for _, q := range ch.queues {
+			records += q.records()
+		}
+	}
+	s.log.Info("queue store open", "dir", cfg.Dir, "durability", cfg.Durability.String(),
+		"channels", len(s.channels), "records", records)
 	if s.journal != nil {
 		s.journal.start()
 	} else if cfg.IndexInterval > 0 {
@@ -706,15 +714,17 @@ func (s *Store) Counters() Counters {
 // Sync makes everything acknowledged so far durable: in journal mode it
 // fsyncs the journal, in memory mode it writes the overflow index.
 func (s *Store) Sync() error {
-	if s.journal != nil {
-		return classify(s.journal.sync())
-	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		return ErrClosed
 	}
-	return s.writeIndex()
+	if s.journal == nil {
+		defer s.mu.Unlock()
+		return s.writeIndex()
+	}
+	s.mu.Unlock()
+	return classify(s.journal.sync())
 }
 
 // writeIndex writes the state file without the rings (memory mode) and

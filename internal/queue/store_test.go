@@ -486,3 +486,17 @@ func TestDiskFullWhileOverflowing(t *testing.T) {
 		})
 	}
 }
+
+func TestParseDurability(t *testing.T) {
+	for _, d := range []Durability{DurabilityMemory, DurabilityJournal} {
+		if got, err := ParseDurability(d.String()); got != d || err != nil {
+			t.Errorf("ParseDurability(%q) = %v, %v", d, got, err)
+		}
+	}
+	if _, err := ParseDurability("disk"); err == nil {
+		t.Error("ParseDurability accepted \"disk\"")
+	}
+	if _, err := Open(Config{Dir: t.TempDir(), Durability: 7}); err == nil {
+		t.Error("Open accepted an unknown durability")
+	}
+}
