@@ -225,3 +225,36 @@ func TestCorruptOverflowRecord(t *testing.T) {
 		t.Fatalf("stats after reading everything: %+v", st)
 	}
 }
+
+// Recovery follows the state file, not the configured mode: a crashed
+// journal-mode store opened in memory mode still replays its journal, and
+// a crashed memory-mode store opened in journal mode keeps the overflow
+// written after its last index.
+func TestModeSwitchAfterCrash(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	cfg.Durability = DurabilityJournal
+	s := mustOpen(t, cfg)
+	want := seq("m", 0, 100)
+	for _, v := range want[:60] {
+		mustPush(t, s, v, "q")
+	}
+	s.abandon()
+	cfg.Durability = DurabilityMemory
+	s = mustOpen(t, cfg)
+	if st := stats(t, s, "q", ""); st.Records != 60 {
+		t.Fatalf("journal replayed in memory mode: %+v", st)
+	}
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	ring := stats(t, s, "q", "").MemoryRecords
+	for _, v := range want[60:] {
+		mustPush(t, s, v, "q") // overflow written after the index
+	}
+	s.abandon()
+	cfg.Durability = DurabilityJournal
+	s = mustOpen(t, cfg)
+	defer s.Close()
+	equal(t, "memory crash opened in journal mode", popAll(t, s, "q"), want[ring:])
+}

@@ -26,9 +26,6 @@ const segSuffix = ".seg"
 // frameRecord is the frame type of an overflow record.
 const frameRecord = 'P'
 
-// recordOverhead is the size of a record frame beyond its value.
-const recordOverhead = frameHeaderLen + 1 + 2 + 8
-
 // segment is one overflow segment file.
 type segment struct {
 	n    uint64 // its number, also its name

@@ -418,6 +418,8 @@ func (s *Store) recover() error {
 	if err := s.fs.Remove(s.path(stateTmpName)); err == nil {
 		s.log.Warn("removed a state file left half-written by a crash", "file", s.path(stateTmpName))
 	}
+	// Without a state file a journal may still exist (a crash during the
+	// first checkpoint): replay it from its first segment.
 	r := &restorer{s: s, ofs: make(map[*queue]ofState), ids: make(map[uint64]bool), h: stateHead{journalFirst: 1}}
 	clean := true
 	f, err := s.fs.Open(s.path(stateName))
@@ -437,9 +439,12 @@ func (s *Store) recover() error {
 		}
 		clean = r.h.rings
 	}
-	journal := s.cfg.Durability == DurabilityJournal
+	// A state written by a journal checkpoint names the journal that
+	// continues it: its overflow positions are exact and the journal is
+	// replayed, whatever mode the store is opened in now.
+	fromJournal := r.h.journalFirst > 0
 	for q, st := range r.ofs {
-		err := q.of.restore(st, journal, func(vb uint16, seqno uint64) {
+		err := q.of.restore(st, fromJournal, func(vb uint16, seqno uint64) {
 			s.vbs[vb].seqno = max(s.vbs[vb].seqno, seqno)
 			q.ch.setVB(vb)
 		})
@@ -447,40 +452,61 @@ func (s *Store) recover() error {
 			return err
 		}
 	}
-	if err := s.removeOrphans(); err != nil {
+	if err := s.removeOrphans(fromJournal); err != nil {
 		return err
 	}
-	if !journal {
-		if !clean {
-			s.log.Warn("queue store was not closed cleanly: memory rings are lost, overflow restored from its index")
-			for i := range s.vbs {
-				s.vbs[i].lastRemoval = s.vbs[i].seqno
+	if fromJournal {
+		s.journal = newJournal(s.fs, s.log, s.journalDir(), 0, s.cfg.FsyncInterval)
+		s.checkpointAt = math.MaxInt64 // no checkpoint while replaying
+		last, err := s.journal.replay(r.h.journalFirst, s.replay)
+		if err != nil {
+			return err
+		}
+		s.journal.gen = last
+		for _, ch := range s.channels {
+			for _, q := range ch.queues {
+				if err := q.refill(); err != nil {
+					return err
+				}
 			}
 		}
+	} else if !clean {
+		s.log.Warn("queue store was not closed cleanly: memory rings are lost, overflow restored from its index")
+		for i := range s.vbs {
+			s.vbs[i].lastRemoval = s.vbs[i].seqno
+		}
+	}
+	if s.cfg.Durability == DurabilityJournal {
+		if s.journal == nil {
+			s.journal = newJournal(s.fs, s.log, s.journalDir(), 0, s.cfg.FsyncInterval)
+		}
+		return s.checkpoint()
+	}
+	if s.journal == nil {
 		return s.writeIndex()
 	}
-	s.journal = newJournal(s.fs, s.log, s.journalDir(), 0, s.cfg.FsyncInterval)
-	first := max(r.h.journalFirst, 1)
-	s.checkpointAt = math.MaxInt64 // no checkpoint while replaying
-	last, err := s.journal.replay(first, s.replay)
+	// Opened in memory mode after journal mode: the index takes over.
+	j := s.journal
+	s.journal = nil
+	if err := s.writeIndex(); err != nil {
+		return err
+	}
+	gens, err := j.segments()
 	if err != nil {
 		return err
 	}
-	s.journal.gen = last
-	for _, ch := range s.channels {
-		for _, q := range ch.queues {
-			if err := q.refill(); err != nil {
-				return err
-			}
+	for _, g := range gens {
+		if err := s.fs.Remove(j.segPath(g)); err != nil {
+			return fmt.Errorf("cannot delete journal segment: %w", err)
 		}
 	}
-	return s.checkpoint()
+	return nil
 }
 
 // removeOrphans deletes overflow directories of queues the state does not
 // know: in journal mode queues created since the checkpoint (the journal
 // rebuilds them), otherwise ones left by a crash after their removal.
-func (s *Store) removeOrphans() error {
+func (s *Store) removeOrphans(fromJournal bool) error {
 	ents, err := s.fs.ReadDir(s.overflowDir())
 	if err != nil {
 		return fmt.Errorf("cannot list overflow directory: %w", err)
@@ -500,7 +526,7 @@ func (s *Store) removeOrphans() error {
 		if known[id] {
 			continue
 		}
-		if s.cfg.Durability == DurabilityJournal {
+		if fromJournal {
 			s.log.Info("deleting overflow of a queue created after the checkpoint; the journal rebuilds it", "dir", s.queueDir(id))
 		} else {
 			s.log.Warn("deleting overflow of a queue the state does not know", "dir", s.queueDir(id))
