@@ -21,20 +21,20 @@ import (
 
 // Errors returned by the Store. Callers test them with errors.Is.
 var (
-	ErrEmpty           = errors.New("queue: empty")
-	ErrSubscribed      = errors.New("queue: channel has subscribers")
-	ErrChannelRemoved  = errors.New("queue: channel removed")
-	ErrNoChannels      = errors.New("queue: no channel given")
-	ErrTooManyChannels = errors.New("queue: more channels than a push may name")
-	ErrBadChannelName  = errors.New("queue: bad channel name")
-	ErrBadSubscriber   = errors.New("queue: bad subscriber name")
-	ErrValueTooBig     = errors.New("queue: value too big")
-	ErrNoSpace         = errors.New("queue: no space left on device")
-	ErrClosed          = errors.New("queue: closed")
-	ErrCorrupt         = errors.New("queue: corrupt file")
-	ErrStreamLagged    = errors.New("queue: stream consumer fell too far behind")
-	ErrBadVBucket      = errors.New("queue: vbucket out of range")
-	ErrBadMutation     = errors.New("queue: mutation the queue engine does not apply")
+	ErrEmpty           = errors.New("queue: empty")                                    // the queue holds no record
+	ErrSubscribed      = errors.New("queue: channel has subscribers")                  // Pop on a subscribed channel
+	ErrChannelRemoved  = errors.New("queue: channel removed")                          // ends the consumers of a removed channel
+	ErrNoChannels      = errors.New("queue: no channel given")                         // Push without channels
+	ErrTooManyChannels = errors.New("queue: more channels than a push may name")       // Push to over wire.MaxPushChannels
+	ErrBadChannelName  = errors.New("queue: bad channel name")                         // not 1..255 bytes of [A-Za-z0-9_-]
+	ErrBadSubscriber   = errors.New("queue: bad subscriber name")                      // not 0..255 bytes of [A-Za-z0-9_-]
+	ErrValueTooBig     = errors.New("queue: value too big")                            // over Config.MaxValueSize
+	ErrNoSpace         = errors.New("queue: no space left on device")                  // the disk is full; nothing was stored
+	ErrClosed          = errors.New("queue: closed")                                   // the store or the consumer was closed
+	ErrCorrupt         = errors.New("queue: corrupt file")                             // a state or journal file is damaged
+	ErrStreamLagged    = errors.New("queue: stream consumer fell too far behind")      // ends a Stream whose sink is too slow
+	ErrBadVBucket      = errors.New("queue: vbucket out of range")                     // a vBucket >= Config.VBuckets
+	ErrBadMutation     = errors.New("queue: mutation the queue engine does not apply") // Apply of a kv or log operation
 )
 
 // Durability is how the store keeps records across restarts.
