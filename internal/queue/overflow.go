@@ -497,6 +497,8 @@ func cmpU64(a, b uint64) int {
 // for each of them. Segments the state no longer needs are deleted.
 func (o *overflow) restore(st ofState, exact bool, seen func(vb uint16, seqno uint64)) error {
 	o.lastSeg = st.lastSeg
+	st.headOff = max(st.headOff, magicLen) // offsets inside the magic come only from damage
+	st.tailOff = max(st.tailOff, magicLen)
 	ents, err := o.fs.ReadDir(o.dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		if st.records > 0 {
