@@ -43,8 +43,9 @@
 // the journal before it is acknowledged; with FsyncInterval 0 the
 // acknowledgement waits for an fsync that covers it (group commit: one
 // fsync covers every writer waiting at the time). After kill -9 nothing
-// acknowledged is lost and nothing popped comes back (only the one pop
-// whose acknowledgement was in flight may be gone). When the journal
+// acknowledged is lost and nothing popped comes back; a pop that reached
+// the disk but whose answer died with the process counts as done. When the
+// journal
 // exceeds JournalSize (or twice the bytes held in rings) a checkpoint
 // writes the rings and overflow positions to the state file and starts a
 // new journal segment; recovery loads the state file, cuts the overflow
