@@ -1,0 +1,852 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"shoal/internal/engine"
+	"shoal/internal/vbucket"
+	"shoal/internal/vfs"
+	"shoal/internal/wire"
+)
+
+// Errors returned by the Store. Callers test them with errors.Is.
+var (
+	ErrEmpty           = errors.New("queue: empty")                                    // the queue holds no record
+	ErrSubscribed      = errors.New("queue: channel has subscribers")                  // Pop on a subscribed channel
+	ErrChannelRemoved  = errors.New("queue: channel removed")                          // ends the consumers of a removed channel
+	ErrNoChannels      = errors.New("queue: no channel given")                         // Push without channels
+	ErrTooManyChannels = errors.New("queue: more channels than a push may name")       // Push to over wire.MaxPushChannels
+	ErrBadChannelName  = errors.New("queue: bad channel name")                         // not 1..255 bytes of [A-Za-z0-9_-]
+	ErrBadSubscriber   = errors.New("queue: bad subscriber name")                      // not 0..255 bytes of [A-Za-z0-9_-]
+	ErrValueTooBig     = errors.New("queue: value too big")                            // over Config.MaxValueSize
+	ErrNoSpace         = errors.New("queue: no space left on device")                  // the disk is full; nothing was stored
+	ErrClosed          = errors.New("queue: closed")                                   // the store or the consumer was closed
+	ErrCorrupt         = errors.New("queue: corrupt file")                             // a state or journal file is damaged
+	ErrStreamLagged    = errors.New("queue: stream consumer fell too far behind")      // ends a Stream whose sink is too slow
+	ErrBadVBucket      = errors.New("queue: vbucket out of range")                     // a vBucket >= Config.VBuckets
+	ErrBadMutation     = errors.New("queue: mutation the queue engine does not apply") // Apply of a kv or log operation
+)
+
+// Durability is how the store keeps records across restarts.
+type Durability uint8
+
+// Durability modes.
+const (
+	// DurabilityMemory keeps records in memory and their overflow on disk.
+	// A clean Close saves the rings and Open restores them, order
+	// included; a crash loses what was in memory, and the overflow comes
+	// back as its last index (written every IndexInterval) describes it.
+	DurabilityMemory Durability = iota
+	// DurabilityJournal writes every push and pop to an append-only
+	// journal before acknowledging it; with FsyncInterval 0 the journal is
+	// fsynced (group commit) before any push or pop returns, so a crash
+	// loses nothing acknowledged and brings back nothing popped.
+	DurabilityJournal
+)
+
+// String returns "memory" or "journal".
+func (d Durability) String() string {
+	if d == DurabilityJournal {
+		return "journal"
+	}
+	return "memory"
+}
+
+// ParseDurability parses "memory" or "journal".
+func ParseDurability(s string) (Durability, error) {
+	switch s {
+	case "memory":
+		return DurabilityMemory, nil
+	case "journal":
+		return DurabilityJournal, nil
+	}
+	return 0, fmt.Errorf("unknown queue durability %q (want memory or journal)", s)
+}
+
+// Defaults of Config.
+const (
+	DefaultRingSize      = 64 << 20
+	DefaultSegmentSize   = 64 << 20
+	DefaultJournalSize   = 64 << 20
+	DefaultIndexInterval = 10 * time.Second
+)
+
+// Config configures a Store.
+type Config struct {
+	// Dir holds the state file and the overflow and journal directories.
+	Dir string
+	// FS is the file system; nil means vfs.Default.
+	FS vfs.FS
+	// VBuckets is the cluster's vBucket count; 0 means vbucket.Default.
+	VBuckets int
+	// RingSize is the memory ring capacity of a queue in bytes, record
+	// headers (16 bytes each) included; 0 means DefaultRingSize.
+	RingSize int64
+	// RingSizeByPrefix overrides RingSize for channels whose name starts
+	// with a key. No key may be a prefix of another.
+	RingSizeByPrefix map[string]int64
+	// Durability is DurabilityMemory (the default) or DurabilityJournal.
+	Durability Durability
+	// FsyncInterval is, in journal mode, how often the journal is fsynced;
+	// 0 means before every acknowledgement (group commit).
+	FsyncInterval time.Duration
+	// JournalSize is the journal length that triggers a checkpoint (the
+	// rings and the overflow index saved, the journal restarted); it grows
+	// to twice the bytes held in rings when that is larger. 0 means
+	// DefaultJournalSize.
+	JournalSize int64
+	// SegmentSize is the size at which an overflow segment file is
+	// closed and a new one started; 0 means DefaultSegmentSize.
+	SegmentSize int64
+	// IndexInterval is, in memory mode, how often the overflow index is
+	// written (it is also written when queues appear, change or go away);
+	// 0 means DefaultIndexInterval, negative means only then and on Sync.
+	IndexInterval time.Duration
+	// MaxValueSize is the largest value accepted; 0 means
+	// wire.MaxValueLen, the most it may be. A value larger than a ring
+	// goes straight to the overflow.
+	MaxValueSize int
+	// Logger receives the store's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) normalize() error {
+	if c.Dir == "" {
+		return errors.New("queue: no directory configured")
+	}
+	if c.FS == nil {
+		c.FS = vfs.Default
+	}
+	if c.VBuckets == 0 {
+		c.VBuckets = vbucket.Default
+	}
+	if c.VBuckets < 1 || c.VBuckets > vbucket.Max {
+		return fmt.Errorf("queue: %d vbuckets is out of range 1..%d", c.VBuckets, vbucket.Max)
+	}
+	if c.RingSize == 0 {
+		c.RingSize = DefaultRingSize
+	}
+	if c.SegmentSize == 0 {
+		c.SegmentSize = DefaultSegmentSize
+	}
+	if c.JournalSize == 0 {
+		c.JournalSize = DefaultJournalSize
+	}
+	if c.IndexInterval == 0 {
+		c.IndexInterval = DefaultIndexInterval
+	}
+	if c.MaxValueSize == 0 {
+		c.MaxValueSize = wire.MaxValueLen
+	}
+	if c.RingSize < 0 || c.SegmentSize < 0 || c.JournalSize < 0 || c.FsyncInterval < 0 {
+		return errors.New("queue: negative size or interval in config")
+	}
+	if c.MaxValueSize < 0 || c.MaxValueSize > wire.MaxValueLen {
+		return fmt.Errorf("queue: max value size %d is out of range 0..%d", c.MaxValueSize, wire.MaxValueLen)
+	}
+	if c.Durability > DurabilityJournal {
+		return fmt.Errorf("queue: unknown durability %d", c.Durability)
+	}
+	for p, size := range c.RingSizeByPrefix {
+		if p == "" || size <= 0 {
+			return fmt.Errorf("queue: ring size %d for prefix %q: want a non-empty prefix and a positive size", size, p)
+		}
+		for o := range c.RingSizeByPrefix {
+			if o != p && strings.HasPrefix(o, p) {
+				return fmt.Errorf("queue: ring size prefixes %q and %q overlap", p, o)
+			}
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+func (c *Config) ringSize(channel string) int64 {
+	for p, size := range c.RingSizeByPrefix {
+		if strings.HasPrefix(channel, p) {
+			return size
+		}
+	}
+	return c.RingSize
+}
+
+// Counters are totals since Open of records pushed by Push (one per
+// channel named) and popped by Pop or a Consumer.
+type Counters struct {
+	PushedRecords, PushedBytes uint64
+	PoppedRecords, PoppedBytes uint64
+}
+
+// vbState is one vBucket's seqno and live streams.
+type vbState struct {
+	seqno uint64
+	// lastRemoval is the seqno of the latest pop or removal; a stream
+	// cannot resume from before it (see Stream).
+	lastRemoval uint64
+	streams     []*streamer
+}
+
+// Store is the queue engine: every queue channel of a node. It is safe for
+// concurrent use. It implements engine.Engine.
+type Store struct {
+	cfg Config
+	fs  vfs.FS
+	log *slog.Logger
+
+	mu              sync.Mutex
+	closed          bool
+	channels        map[string]*channel
+	vbs             []vbState
+	rr              uint32 // round-robin vBucket choice
+	nextQueueID     uint64
+	journal         *journal // nil in memory mode
+	sinceCheckpoint int64
+	checkpointAt    int64
+	garbage         []string // files to delete after the next state write
+	enc             []byte
+	items           []popItem
+	marks           []qMark
+
+	pushedRecords, pushedBytes atomic.Uint64
+	poppedRecords, poppedBytes atomic.Uint64
+
+	stopIndex chan struct{}
+	bg        sync.WaitGroup
+}
+
+var _ engine.Engine = (*Store)(nil)
+
+// Open opens the store in cfg.Dir, restoring what it holds: after a clean
+// Close everything, order included; after a crash what the durability
+// mode promises (see Durability).
+func Open(cfg Config) (*Store, error) {
+	if err := cfg.normalize(); err != nil {
+		return nil, err
+	}
+	s := &Store{
+		cfg:         cfg,
+		fs:          cfg.FS,
+		log:         cfg.Logger.With("engine", "queue"),
+		channels:    make(map[string]*channel),
+		vbs:         make([]vbState, cfg.VBuckets),
+		nextQueueID: 1,
+		stopIndex:   make(chan struct{}),
+	}
+	for _, d := range []string{cfg.Dir, s.overflowDir(), s.journalDir()} {
+		if err := s.fs.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("cannot create queue directory %q: %w", d, err)
+		}
+	}
+	if err := s.recover(); err != nil {
+		s.closeFiles()
+		return nil, err
+	}
+	var records int64
+	for _, ch := range s.channels {
+		for _, q := range ch.queues {
+			records += q.records()
+		}
+	}
+	s.log.Info("queue store open", "dir", cfg.Dir, "durability", cfg.Durability.String(),
+		"channels", len(s.channels), "records", records)
+	if s.journal != nil {
+		s.journal.start()
+	} else if cfg.IndexInterval > 0 {
+		s.bg.Add(1)
+		go s.indexLoop()
+	}
+	return s, nil
+}
+
+func (s *Store) overflowDir() string { return filepath.Join(s.cfg.Dir, "overflow") }
+func (s *Store) journalDir() string  { return filepath.Join(s.cfg.Dir, "journal") }
+func (s *Store) queueDir(id uint64) string {
+	return filepath.Join(s.overflowDir(), fmt.Sprintf("%016x", id))
+}
+
+func (s *Store) indexLoop() {
+	defer s.bg.Done()
+	t := time.NewTicker(s.cfg.IndexInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopIndex:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		if !s.closed {
+			s.writeIndex()
+		}
+		s.mu.Unlock()
+	}
+}
+
+// newChannel creates a channel with its first queue.
+func (s *Store) newChannel(name string, subscribed bool, subscriber string) *channel {
+	ch := &channel{
+		name:       name,
+		subscribed: subscribed,
+		ringSize:   s.cfg.ringSize(name),
+		vbits:      make([]uint64, (len(s.vbs)+63)/64),
+	}
+	ch.queues = []*queue{s.newQueue(ch, subscriber, s.nextQueueID)}
+	s.nextQueueID++
+	s.channels[name] = ch
+	return ch
+}
+
+func (s *Store) newQueue(ch *channel, subscriber string, id uint64) *queue {
+	q := &queue{id: id, ch: ch, subscriber: subscriber}
+	q.ring.limit = ch.ringSize
+	q.of = overflow{fs: s.fs, log: s.log, dir: s.queueDir(id), segSize: s.cfg.SegmentSize, garbage: &s.garbage}
+	return q
+}
+
+// forget drops a channel: its consumers end with why and its files go to
+// the garbage list.
+func (s *Store) forget(ch *channel, why error) {
+	for _, q := range ch.queues {
+		q.end(why)
+		q.of.close()
+		if q.of.dirReady {
+			s.garbage = append(s.garbage, q.of.dir)
+		}
+	}
+	delete(s.channels, ch.name)
+}
+
+// logEntry appends an encoded entry to the journal (nothing in memory
+// mode) and returns its sequence number.
+func (s *Store) logEntry(b []byte) (uint64, error) {
+	if s.journal == nil {
+		return 0, nil
+	}
+	lsn, err := s.journal.append(b)
+	if err != nil {
+		return 0, classify(err)
+	}
+	s.sinceCheckpoint += int64(len(b))
+	return lsn, nil
+}
+
+// durable waits, in journal mode with FsyncInterval 0, until lsn is on disk.
+func (s *Store) durable(ctx context.Context, lsn uint64) error {
+	if s.journal == nil || s.journal.interval > 0 || lsn == 0 {
+		return nil
+	}
+	return classify(s.journal.wait(ctx, lsn))
+}
+
+// classify marks a full disk with ErrNoSpace.
+func classify(err error) error {
+	if err != nil && errors.Is(err, syscall.ENOSPC) && !errors.Is(err, ErrNoSpace) {
+		return fmt.Errorf("%w: %w", ErrNoSpace, err)
+	}
+	return err
+}
+
+func validSubscriber(name string) bool {
+	return name == "" || wire.ValidChannelString(name)
+}
+
+// Push stores value in every channel named (1..255 of them, created on
+// first use), in every subscriber queue of each. It succeeds only when the
+// value is stored everywhere; otherwise nothing is stored. The record's
+// vBucket is vbucket.Of(routingKey) when routingKey is not empty, else the
+// next one round-robin; each channel's copy gets its own seqno there. A
+// full disk while overflowing fails the push with ErrNoSpace. In journal
+// mode with FsyncInterval 0, Push returns after the journal is on disk (or
+// ctx is done: the record may then be stored without having been
+// acknowledged).
+func (s *Store) Push(ctx context.Context, channels []string, value, routingKey []byte) error {
+	if len(channels) == 0 {
+		return ErrNoChannels
+	}
+	if len(channels) > wire.MaxPushChannels {
+		return ErrTooManyChannels
+	}
+	for _, name := range channels {
+		if !wire.ValidChannelString(name) {
+			return fmt.Errorf("%w: %q", ErrBadChannelName, name)
+		}
+	}
+	if len(value) > s.cfg.MaxValueSize {
+		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrValueTooBig, len(value), s.cfg.MaxValueSize)
+	}
+	targets := make([]pushTarget, len(channels))
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	var vb uint16
+	if len(routingKey) > 0 {
+		vb = vbucket.Of(routingKey, len(s.vbs))
+	} else {
+		vb = uint16(s.rr % uint32(len(s.vbs)))
+		s.rr++
+	}
+	for i, name := range channels {
+		targets[i] = pushTarget{channel: name, seqno: s.vbs[vb].seqno + 1 + uint64(i)}
+	}
+	lsn, err := s.push(vb, targets, value, true)
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	s.pushedRecords.Add(uint64(len(channels)))
+	s.pushedBytes.Add(uint64(len(channels) * len(value)))
+	return s.durable(ctx, lsn)
+}
+
+// push stores value at the targets, all or nothing, and journals it when
+// log is set.
+func (s *Store) push(vb uint16, targets []pushTarget, value []byte, log bool) (uint64, error) {
+	marks := s.marks[:0]
+	var created []*channel
+	fail := func(err error) (uint64, error) {
+		for i := len(marks) - 1; i >= 0; i-- {
+			marks[i].rollback()
+		}
+		for _, ch := range created {
+			s.forget(ch, ErrChannelRemoved)
+		}
+		return 0, classify(err)
+	}
+	for _, t := range targets {
+		ch := s.channels[t.channel]
+		if ch == nil {
+			ch = s.newChannel(t.channel, false, "")
+			created = append(created, ch)
+		}
+		for _, q := range ch.queues {
+			m, err := q.push(vb, t.seqno, value)
+			if err != nil {
+				return fail(fmt.Errorf("cannot push to channel %q: %w", t.channel, err))
+			}
+			marks = append(marks, m)
+		}
+	}
+	var lsn uint64
+	if log {
+		s.enc = appendPushEntry(s.enc[:0], vb, targets, value)
+		var err error
+		if lsn, err = s.logEntry(s.enc); err != nil {
+			return fail(err)
+		}
+	}
+	newDir := false
+	for _, m := range marks {
+		m.commit()
+		newDir = newDir || m.of.newDir
+	}
+	s.marks = marks[:0]
+	for _, t := range targets {
+		ch := s.channels[t.channel]
+		ch.setVB(vb)
+		s.vbs[vb].seqno = max(s.vbs[vb].seqno, t.seqno)
+		for _, q := range ch.queues {
+			q.notify()
+		}
+		if s.streaming(vb) {
+			s.emit(engine.Mutation{VBucket: vb, Seqno: t.seqno, Op: engine.OpPush, Channel: t.channel, Value: value})
+		}
+	}
+	if newDir && s.journal == nil {
+		s.writeIndex()
+	}
+	s.maybeCheckpoint()
+	return lsn, nil
+}
+
+// Pop removes the oldest record of channel and appends its value to dst.
+// It returns ErrEmpty when there is none (or no such channel) and
+// ErrSubscribed when the channel has subscribers. In journal mode with
+// FsyncInterval 0 it returns only after the pop is on disk.
+func (s *Store) Pop(channel string, dst []byte) ([]byte, error) {
+	if !wire.ValidChannelString(channel) {
+		return dst, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return dst, ErrClosed
+	}
+	ch := s.channels[channel]
+	if ch == nil {
+		s.mu.Unlock()
+		return dst, ErrEmpty
+	}
+	if ch.subscribed {
+		s.mu.Unlock()
+		return dst, ErrSubscribed
+	}
+	dst, n, lsn, err := s.take(ch.queues[0], dst, 0, false)
+	s.mu.Unlock()
+	if err != nil {
+		return dst, err
+	}
+	if n == 0 {
+		return dst, ErrEmpty
+	}
+	return dst, s.durable(context.Background(), lsn)
+}
+
+// take pops up to maxBytes of values (at least one record) from q into dst,
+// journaling the pops first.
+func (s *Store) take(q *queue, dst []byte, maxBytes int, framed bool) ([]byte, int, uint64, error) {
+	if s.closed {
+		return dst, 0, 0, ErrClosed
+	}
+	items, err := q.heads(s.items[:0], maxBytes)
+	s.items = items[:0]
+	if err != nil {
+		return dst, 0, 0, fmt.Errorf("cannot read queue %q: %w", q.ch.name, err)
+	}
+	if len(items) == 0 {
+		return dst, 0, 0, nil
+	}
+	for i := range items {
+		s.vbs[items[i].vb].seqno++
+		items[i].popSeqno = s.vbs[items[i].vb].seqno
+	}
+	var lsn uint64
+	if s.journal != nil {
+		pops := make([]popRef, len(items))
+		for i, it := range items {
+			pops[i] = popRef{vb: it.vb, ref: it.seqno, seqno: it.popSeqno}
+		}
+		s.enc = appendPopEntry(s.enc[:0], q, pops)
+		if lsn, err = s.logEntry(s.enc); err != nil {
+			for _, it := range items {
+				s.vbs[it.vb].seqno--
+			}
+			return dst, 0, 0, err
+		}
+	}
+	dst = q.take(dst, items, framed)
+	var bytes uint64
+	for _, it := range items {
+		s.vbs[it.vb].lastRemoval = it.popSeqno
+		bytes += uint64(it.vlen)
+		s.emitPop(q, it.vb, it.popSeqno, it.seqno)
+	}
+	if err := q.refill(); err != nil {
+		s.log.Error("cannot refill ring from overflow", "channel", q.ch.name, "err", err)
+	}
+	s.poppedRecords.Add(uint64(len(items)))
+	s.poppedBytes.Add(bytes)
+	s.maybeCheckpoint()
+	return dst, len(items), lsn, nil
+}
+
+func (s *Store) emitPop(q *queue, vb uint16, seqno, ref uint64) {
+	if !s.streaming(vb) {
+		return
+	}
+	m := engine.Mutation{VBucket: vb, Seqno: seqno, Op: engine.OpPop, Channel: q.ch.name, Ref: ref}
+	if q.ch.subscribed {
+		m.Key = []byte(q.subscriber)
+	}
+	s.emit(m)
+}
+
+// Subscribe attaches a consumer to the queue of subscriber (0..255 bytes
+// of [A-Za-z0-9_-]) in channel, creating the channel when needed. The
+// first subscription of a channel, whatever its name, takes over the
+// records already queued; every further subscriber name starts with an
+// empty queue and receives every record pushed from then on; consumers
+// sharing a name split one queue. Subscriptions are permanent until the
+// channel is removed.
+func (s *Store) Subscribe(channel, subscriber string) (*Consumer, error) {
+	if !wire.ValidChannelString(channel) {
+		return nil, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
+	}
+	if !validSubscriber(subscriber) {
+		return nil, fmt.Errorf("%w: %q", ErrBadSubscriber, subscriber)
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, ErrClosed
+	}
+	q, lsn, err := s.subscribe(channel, subscriber, true)
+	if err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	c := &Consumer{s: s, q: q, ready: make(chan struct{}, 1)}
+	q.consumers = append(q.consumers, c)
+	if q.records() > 0 {
+		c.signal()
+	}
+	s.mu.Unlock()
+	if err := s.durable(context.Background(), lsn); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (s *Store) subscribe(channel, subscriber string, log bool) (*queue, uint64, error) {
+	ch := s.channels[channel]
+	if ch != nil && ch.subscribed {
+		if q := ch.queue(subscriber); q != nil {
+			return q, 0, nil
+		}
+	}
+	var lsn uint64
+	if log {
+		s.enc = appendNameEntry(s.enc[:0], entrySubscribe, channel, subscriber)
+		var err error
+		if lsn, err = s.logEntry(s.enc); err != nil {
+			return nil, 0, err
+		}
+	}
+	var q *queue
+	switch {
+	case ch == nil:
+		q = s.newChannel(channel, true, subscriber).queues[0]
+	case !ch.subscribed:
+		ch.subscribed = true
+		q = ch.queues[0]
+		q.subscriber = subscriber
+	default:
+		q = s.newQueue(ch, subscriber, s.nextQueueID)
+		s.nextQueueID++
+		ch.queues = append(ch.queues, q)
+	}
+	if s.journal == nil {
+		s.writeIndex()
+	}
+	s.maybeCheckpoint()
+	return q, lsn, nil
+}
+
+// RemoveChannel deletes a channel with all its queues and subscriptions.
+// Its consumers end with ErrChannelRemoved. It reports whether the channel
+// existed.
+func (s *Store) RemoveChannel(channel string) (bool, error) {
+	if !wire.ValidChannelString(channel) {
+		return false, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false, ErrClosed
+	}
+	ok, lsn, err := s.removeChannel(channel, true)
+	s.mu.Unlock()
+	if err != nil {
+		return false, err
+	}
+	return ok, s.durable(context.Background(), lsn)
+}
+
+func (s *Store) removeChannel(channel string, log bool) (bool, uint64, error) {
+	ch := s.channels[channel]
+	if ch == nil {
+		return false, 0, nil
+	}
+	var lsn uint64
+	if log {
+		s.enc = appendNameEntry(s.enc[:0], entryRemove, channel, "")
+		var err error
+		if lsn, err = s.logEntry(s.enc); err != nil {
+			return false, 0, err
+		}
+	}
+	for i := range s.vbs {
+		vb := uint16(i)
+		if !ch.hasVB(vb) {
+			continue
+		}
+		s.vbs[vb].seqno++
+		s.vbs[vb].lastRemoval = s.vbs[vb].seqno
+		if s.streaming(vb) {
+			s.emit(engine.Mutation{VBucket: vb, Seqno: s.vbs[vb].seqno, Op: engine.OpRemoveChannel, Channel: channel})
+		}
+	}
+	s.forget(ch, ErrChannelRemoved)
+	if s.journal == nil {
+		s.writeIndex()
+	}
+	s.maybeCheckpoint()
+	return true, lsn, nil
+}
+
+// Channels describes every queue, sorted by channel and then in
+// subscription order.
+func (s *Store) Channels() []ChannelStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []ChannelStats
+	for _, ch := range s.channels {
+		for _, q := range ch.queues {
+			out = append(out, q.stats())
+		}
+	}
+	slices.SortStableFunc(out, func(a, b ChannelStats) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Counters returns the push and pop totals since Open.
+func (s *Store) Counters() Counters {
+	return Counters{
+		PushedRecords: s.pushedRecords.Load(), PushedBytes: s.pushedBytes.Load(),
+		PoppedRecords: s.poppedRecords.Load(), PoppedBytes: s.poppedBytes.Load(),
+	}
+}
+
+// Sync makes everything acknowledged so far durable: in journal mode it
+// fsyncs the journal, in memory mode it writes the overflow index.
+func (s *Store) Sync() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	if s.journal == nil {
+		defer s.mu.Unlock()
+		return s.writeIndex()
+	}
+	s.mu.Unlock()
+	return classify(s.journal.sync())
+}
+
+// writeIndex writes the state file without the rings (memory mode) and
+// deletes the files it no longer refers to. Failures are logged and
+// returned; the next write retries.
+func (s *Store) writeIndex() error {
+	if err := s.syncOverflows(); err != nil {
+		s.log.Error("cannot write overflow index", "err", err)
+		return err
+	}
+	if err := s.writeState(false, 0); err != nil {
+		s.log.Error("cannot write overflow index", "err", err)
+		return err
+	}
+	s.collectGarbage()
+	return nil
+}
+
+func (s *Store) syncOverflows() error {
+	for _, ch := range s.channels {
+		for _, q := range ch.queues {
+			if err := q.of.sync(); err != nil {
+				return classify(err)
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Store) collectGarbage() {
+	for _, p := range s.garbage {
+		if err := s.fs.RemoveAll(p); err != nil {
+			s.log.Warn("cannot delete queue file", "path", p, "err", err)
+		}
+	}
+	s.garbage = s.garbage[:0]
+}
+
+// maybeCheckpoint checkpoints in journal mode once the journal is long
+// enough.
+func (s *Store) maybeCheckpoint() {
+	if s.journal == nil || s.sinceCheckpoint < s.checkpointAt {
+		return
+	}
+	if err := s.checkpoint(); err != nil {
+		s.log.Error("checkpoint failed; retried later", "err", err)
+		s.checkpointAt = s.sinceCheckpoint + s.cfg.JournalSize/4
+	}
+}
+
+// checkpoint (journal mode) saves the rings and the overflow index in a
+// state file and restarts the journal after it.
+func (s *Store) checkpoint() error {
+	next := s.journal.gen + 1
+	f, err := s.journal.createSegment(next)
+	if err != nil {
+		return classify(err)
+	}
+	if err := s.syncOverflows(); err == nil {
+		err = s.writeState(true, next)
+	}
+	if err != nil {
+		_ = f.Close()
+		_ = s.fs.Remove(s.journal.segPath(next))
+		return classify(err)
+	}
+	s.journal.switchTo(f, next)
+	s.collectGarbage()
+	s.sinceCheckpoint = 0
+	var ringBytes int64
+	for _, ch := range s.channels {
+		for _, q := range ch.queues {
+			ringBytes += int64(q.ring.used)
+		}
+	}
+	s.checkpointAt = max(s.cfg.JournalSize, 2*ringBytes)
+	return nil
+}
+
+// Close saves everything (memory mode: rings and overflow index; journal
+// mode: a checkpoint) and releases the files. Consumers end with ErrClosed,
+// streams with ErrClosed.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	var err error
+	if s.journal != nil {
+		err = s.checkpoint()
+	} else if err = s.syncOverflows(); err == nil {
+		if err = s.writeState(true, 0); err == nil {
+			s.collectGarbage()
+		}
+	}
+	for _, ch := range s.channels {
+		for _, q := range ch.queues {
+			q.end(ErrClosed)
+		}
+	}
+	for i := range s.vbs {
+		s.endStreams(uint16(i), ErrClosed)
+	}
+	s.mu.Unlock()
+	close(s.stopIndex)
+	s.bg.Wait()
+	s.closeFiles()
+	if err != nil {
+		return fmt.Errorf("cannot save queues on close: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) closeFiles() {
+	if s.journal != nil {
+		s.journal.close()
+	}
+	for _, ch := range s.channels {
+		for _, q := range ch.queues {
+			q.of.close()
+		}
+	}
+}
