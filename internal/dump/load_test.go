@@ -281,6 +281,15 @@ func TestLoadSinkFailure(t *testing.T) {
 	}
 }
 
+func TestLoadChecksConfig(t *testing.T) {
+	sink := newFakeStore(4)
+	for _, cfg := range []LoadConfig{{VBuckets: 4, Sink: sink}, {Dir: "d", Sink: sink}, {Dir: "d", VBuckets: 4}} {
+		if _, err := Load(context.Background(), cfg); err == nil {
+			t.Errorf("Load(%+v) accepted", cfg)
+		}
+	}
+}
+
 func TestParseOnCorrupt(t *testing.T) {
 	for _, p := range []OnCorrupt{OnCorruptBackup, OnCorruptFail, OnCorruptSkip} {
 		if got, err := ParseOnCorrupt(p.String()); err != nil || got != p {
