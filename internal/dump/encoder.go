@@ -23,7 +23,8 @@ type Summary struct {
 
 // Encoder writes one dump file to an io.Writer, append-only. Records are
 // gathered into blocks of about BlockSize raw bytes that are compressed in
-// parallel (up to GOMAXPROCS blocks at a time) and written in order.
+// parallel (on up to GOMAXPROCS cores, with at most 2*GOMAXPROCS blocks in
+// memory) and written in order.
 //
 // An Encoder is not safe for concurrent use. After NewEncoder succeeds,
 // either Close or Abort must be called.

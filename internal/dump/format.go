@@ -102,8 +102,12 @@ func (h Header) validate() error {
 	if !wire.ValidChannelString(h.Channel) {
 		return fmt.Errorf("dump: invalid channel name %q", h.Channel)
 	}
-	if h.VBuckets < 1 || h.VBuckets > vbucket.Max {
-		return fmt.Errorf("dump: vbucket count %d out of range 1..%d", h.VBuckets, vbucket.Max)
+	return checkVBuckets(h.VBuckets)
+}
+
+func checkVBuckets(n int) error {
+	if n < 1 || n > vbucket.Max {
+		return fmt.Errorf("dump: vbucket count %d out of range 1..%d", n, vbucket.Max)
 	}
 	return nil
 }

@@ -16,7 +16,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"shoal/internal/kv"
-	"shoal/internal/vbucket"
 	"shoal/internal/vfs"
 	"shoal/internal/wire"
 )
@@ -116,11 +115,12 @@ const (
 // Load returns the results of the channels it finished and the first error
 // that made it stop; a missing directory is an empty one.
 func Load(ctx context.Context, cfg LoadConfig) ([]LoadResult, error) {
+	if err := checkVBuckets(cfg.VBuckets); err != nil {
+		return nil, err
+	}
 	switch {
 	case cfg.Dir == "":
 		return nil, errors.New("dump: no directory to load")
-	case cfg.VBuckets < 1 || cfg.VBuckets > vbucket.Max:
-		return nil, fmt.Errorf("dump: vbucket count %d out of range 1..%d", cfg.VBuckets, vbucket.Max)
 	case cfg.Sink == nil:
 		return nil, errors.New("dump: no sink to load into")
 	}

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"shoal/internal/kv"
-	"shoal/internal/vbucket"
 	"shoal/internal/vfs"
 )
 
@@ -84,11 +83,12 @@ type Manager struct {
 
 // NewManager checks cfg and returns a Manager.
 func NewManager(cfg Config) (*Manager, error) {
+	if err := checkVBuckets(cfg.VBuckets); err != nil {
+		return nil, err
+	}
 	switch {
 	case cfg.Dir == "":
 		return nil, errors.New("dump: no directory")
-	case cfg.VBuckets < 1 || cfg.VBuckets > vbucket.Max:
-		return nil, fmt.Errorf("dump: vbucket count %d out of range 1..%d", cfg.VBuckets, vbucket.Max)
 	case cfg.Source == nil:
 		return nil, errors.New("dump: no source")
 	case cfg.Interval < 0:
