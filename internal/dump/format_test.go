@@ -357,3 +357,27 @@ func TestHostileLengthsDoNotAllocate(t *testing.T) {
 		t.Fatalf("Scan of a %d-byte file allocated %d bytes", len(b), n)
 	}
 }
+
+func TestAddOneRecordAtATime(t *testing.T) {
+	// The external dumper gets records one by one from GetAll, in no
+	// vBucket order, and adds them one at a time.
+	const vbs = 8
+	s := newFakeStore(vbs)
+	s.fill("ch", 500, 20)
+	var buf bytes.Buffer
+	e, err := NewEncoder(&buf, Header{Channel: "ch", VBuckets: vbs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range s.contents()["ch"] { // map order: vBuckets interleaved
+		vb := vbucket.Of(r.Key, vbs)
+		if err := e.Add(vb, s.seqno[vb], []kv.Record{r}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := decodeInto(t, buf.Bytes(), vbs)
+	sameData(t, got, s)
+}

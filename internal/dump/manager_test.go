@@ -198,6 +198,37 @@ func TestManagerShutdownAbandonsRunningDump(t *testing.T) {
 	sameData(t, got, s)
 }
 
+// clockSource advances a fake clock while it is snapshotted, as a long dump
+// would.
+type clockSource struct {
+	*fakeStore
+	clk  *fakeClock
+	took time.Duration
+}
+
+func (s clockSource) SnapshotChannel(ch string, fn func(vb uint16, seqno uint64, recs []kv.Record) error) error {
+	s.clk.Advance(s.took)
+	return s.fakeStore.SnapshotChannel(ch, fn)
+}
+
+func TestManagerDumpLongerThanInterval(t *testing.T) {
+	s := newFakeStore(faultVBuckets)
+	s.fill("a", 10, 10)
+	clk := newFakeClock()
+	m := newTestManager(t, t.TempDir(), clockSource{fakeStore: s, clk: clk, took: 2 * time.Hour}, clk, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- m.Run(ctx) }()
+	clk.Advance(<-clk.waits)
+	if d := <-clk.waits; d != 6*time.Minute {
+		t.Fatalf("delay after a 2h dump with a 1h interval: %v, want 6m", d)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestNewManagerChecksConfig(t *testing.T) {
 	s := newFakeStore(4)
 	for _, cfg := range []Config{
