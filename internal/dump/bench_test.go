@@ -1,0 +1,269 @@
+package dump
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"shoal/internal/kv"
+	"shoal/internal/vbucket"
+	"shoal/internal/vfs"
+)
+
+// The benchmark data: 16-byte keys "key:%012d" and 100-byte values, 60
+// random hex digits then 40 bytes of fixed JSON-like text, so that zstd has
+// something but not everything to compress.
+const (
+	benchVBuckets = vbucket.Default
+	benchKeyLen   = 16
+	benchValueLen = 100
+	benchRecLen   = benchKeyLen + benchValueLen
+	benchTail     = `","state":"active","region":"eu-west"}  `
+)
+
+// benchSource is a Source of one channel, "bench", packed per vBucket, that
+// copies a vBucket under its lock as the kv engine does and records how
+// long it held the lock.
+type benchSource struct {
+	vbs     []benchVB
+	records int
+
+	mu     sync.Mutex
+	pauses []time.Duration
+}
+
+type benchVB struct {
+	mu    sync.Mutex
+	data  []byte // records of benchRecLen bytes: key, value
+	seqno uint64
+}
+
+func newBenchSource(n int) *benchSource {
+	s := &benchSource{vbs: make([]benchVB, benchVBuckets), records: n}
+	per := (n/benchVBuckets + n/benchVBuckets/8 + 8) * benchRecLen
+	for i := range s.vbs {
+		s.vbs[i].data = make([]byte, 0, per)
+	}
+	rng := rand.New(rand.NewPCG(11, 12))
+	const hex = "0123456789abcdef"
+	var rec [benchRecLen]byte
+	copy(rec[:], "key:")
+	copy(rec[benchKeyLen+60:], benchTail)
+	for i := range n {
+		for j, x := benchKeyLen-1, i; j >= len("key:"); j, x = j-1, x/10 {
+			rec[j] = byte('0' + x%10)
+		}
+		for j := benchKeyLen; j < benchKeyLen+60; j++ {
+			rec[j] = hex[rng.Uint32()&15]
+		}
+		v := &s.vbs[vbucket.Of(rec[:benchKeyLen], benchVBuckets)]
+		v.data = append(v.data, rec[:]...)
+		v.seqno++
+	}
+	return s
+}
+
+func (s *benchSource) ChannelNames() []string { return []string{"bench"} }
+
+func (s *benchSource) SnapshotChannel(_ string, fn func(vb uint16, seqno uint64, recs []kv.Record) error) error {
+	var scratch []byte
+	var recs []kv.Record
+	for i := range s.vbs {
+		v := &s.vbs[i]
+		v.mu.Lock()
+		start := time.Now()
+		scratch = append(scratch[:0], v.data...)
+		recs = recs[:0]
+		for off, seq := 0, uint64(1); off < len(scratch); off, seq = off+benchRecLen, seq+1 {
+			recs = append(recs, kv.Record{Key: scratch[off : off+benchKeyLen], Value: scratch[off+benchKeyLen : off+benchRecLen], Seqno: seq})
+		}
+		pause := time.Since(start)
+		seqno := v.seqno
+		v.mu.Unlock()
+		s.mu.Lock()
+		s.pauses = append(s.pauses, pause)
+		s.mu.Unlock()
+		if err := fn(uint16(i), seqno, recs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pauseP99 returns the 99th percentile and the longest lock hold.
+func (s *benchSource) pauseP99() (p99, longest time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := slices.Clone(s.pauses)
+	slices.Sort(p)
+	if len(p) == 0 {
+		return 0, 0
+	}
+	return p[len(p)*99/100], p[len(p)-1]
+}
+
+// countingSink counts what it is given and reads every key byte, without
+// storing: the loader's own cost.
+type countingSink struct {
+	records, bytes atomic.Int64
+	check          atomic.Uint64
+}
+
+func (s *countingSink) Load(_ string, _ uint16, _ uint64, recs []kv.Record) error {
+	var n, sum uint64
+	for _, r := range recs {
+		n += uint64(len(r.Key) + len(r.Value))
+		sum += uint64(r.Key[len(r.Key)-1])
+	}
+	s.records.Add(int64(len(recs)))
+	s.bytes.Add(int64(n))
+	s.check.Add(sum)
+	return nil
+}
+
+func BenchmarkEncode(b *testing.B) {
+	src := newBenchSource(100_000)
+	b.SetBytes(int64(src.records * benchRecLen))
+	for b.Loop() {
+		e, err := NewEncoder(io.Discard, Header{Channel: "bench", VBuckets: benchVBuckets})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := src.SnapshotChannel("bench", e.Add); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := e.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(src.records)*float64(b.N)/b.Elapsed().Seconds(), "records/s")
+}
+
+func BenchmarkDecode(b *testing.B) {
+	src := newBenchSource(100_000)
+	var buf bytes.Buffer
+	e, err := NewEncoder(&buf, Header{Channel: "bench", VBuckets: benchVBuckets})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := src.SnapshotChannel("bench", e.Add); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := e.Close(); err != nil {
+		b.Fatal(err)
+	}
+	sink := &countingSink{}
+	b.SetBytes(int64(src.records * benchRecLen))
+	for b.Loop() {
+		if _, err := Decode(bytes.NewReader(buf.Bytes()), "bench", func(vb uint16, seqno uint64, recs []kv.Record) error {
+			return sink.Load("bench", vb, seqno, recs)
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(src.records)*float64(b.N)/b.Elapsed().Seconds(), "records/s")
+}
+
+// benchRecordsEnv opts in to BenchmarkDumpLarge and gives its record count.
+const benchRecordsEnv = "SHOAL_DUMP_BENCH_RECORDS"
+
+// BenchmarkDumpLarge writes and loads a dump of $SHOAL_DUMP_BENCH_RECORDS
+// records (10 million for the issue's figures) in a directory on disk
+// ($SHOAL_DUMP_BENCH_DIR, else a temporary one), next to the disk's own
+// sequential speed measured by dd with O_DIRECT in the same directory.
+func BenchmarkDumpLarge(b *testing.B) {
+	n, err := strconv.Atoi(os.Getenv(benchRecordsEnv))
+	if err != nil || n <= 0 {
+		b.Skipf("set %s=10000000 to run", benchRecordsEnv)
+	}
+	dir := os.Getenv("SHOAL_DUMP_BENCH_DIR")
+	if dir == "" {
+		dir = b.TempDir()
+	}
+	ddWrite, ddRead := ddSpeeds(b, dir)
+	src := newBenchSource(n)
+	raw := float64(n * benchRecLen)
+	const mb = 1e6
+	for i := 0; i < b.N; i++ {
+		start, cpu0 := time.Now(), cpuTime()
+		sum, err := WriteFile(vfs.Default, dir, Header{Channel: "bench", VBuckets: benchVBuckets, Created: start}, func(e *Encoder) error {
+			return src.SnapshotChannel("bench", e.Add)
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		write, writeCPU := time.Since(start).Seconds(), (cpuTime() - cpu0).Seconds()
+
+		sink := &countingSink{}
+		start, cpu0 = time.Now(), cpuTime()
+		if _, err := Load(context.Background(), LoadConfig{Dir: dir, VBuckets: benchVBuckets, Sink: sink, Logger: (&logBuffer{}).logger()}); err != nil {
+			b.Fatal(err)
+		}
+		load, loadCPU := time.Since(start).Seconds(), (cpuTime() - cpu0).Seconds()
+		if sink.records.Load() != int64(n) {
+			b.Fatalf("loaded %d records of %d", sink.records.Load(), n)
+		}
+		file := float64(sum.FileBytes)
+		p99, longest := src.pauseP99()
+		b.ReportMetric(float64(n)/write, "write-records/s")
+		b.ReportMetric(file/mb/write, "write-file-MB/s")
+		b.ReportMetric(float64(n)/load, "load-records/s")
+		b.ReportMetric(float64(p99.Microseconds()), "pause-p99-µs")
+		b.Logf("%d records (%.0f MB raw) -> %.0f MB file (ratio %.2f), GOMAXPROCS %d",
+			n, raw/mb, file/mb, raw/file, runtime.GOMAXPROCS(0))
+		b.Logf("disk (dd, O_DIRECT, 1 GiB): write %.0f MB/s, read %.0f MB/s", ddWrite, ddRead)
+		b.Logf("dump write: %.2f s (%.2f CPU s), %.2f M records/s, %.0f MB/s raw, %.0f MB/s to disk = %.0f%% of the disk's write speed",
+			write, writeCPU, float64(n)/write/1e6, raw/mb/write, file/mb/write, 100*file/mb/write/ddWrite)
+		b.Logf("dump load:  %.2f s (%.2f CPU s), %.2f M records/s, %.0f MB/s raw, %.0f MB/s of file (verify pass + decode pass; file in page cache)",
+			load, loadCPU, float64(n)/load/1e6, raw/mb/load, file/mb/load)
+		b.Logf("per-vBucket snapshot pause (copy under the vBucket lock, %d vBuckets, ~%d records each): p99 %v, max %v",
+			benchVBuckets, n/benchVBuckets, p99, longest)
+	}
+}
+
+var ddSpeed = regexp.MustCompile(`(\d+) bytes .* copied, ([0-9.]+) s`)
+
+// ddSpeeds measures the sequential write and read speed (MB/s) of dir's
+// disk with dd and O_DIRECT.
+func ddSpeeds(b *testing.B, dir string) (write, read float64) {
+	f := filepath.Join(dir, "dd.bench")
+	defer os.Remove(f)
+	run := func(args ...string) float64 {
+		out, err := exec.Command("dd", args...).CombinedOutput()
+		if err != nil {
+			b.Fatalf("dd %v: %v\n%s", args, err, out)
+		}
+		m := ddSpeed.FindSubmatch(out)
+		if m == nil {
+			b.Fatalf("cannot parse dd output %q", out)
+		}
+		n, _ := strconv.ParseFloat(string(m[1]), 64)
+		s, _ := strconv.ParseFloat(string(m[2]), 64)
+		return n / s / 1e6
+	}
+	write = run("if=/dev/zero", "of="+f, "bs=1M", "count=1024", "oflag=direct")
+	read = run("if="+f, "of=/dev/null", "bs=1M", "iflag=direct")
+	return write, read
+}
+
+// cpuTime returns the user plus system CPU time of the process so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
