@@ -2,8 +2,10 @@ package logstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -11,6 +13,7 @@ import (
 
 	"shoal/internal/logstore/segment"
 	"shoal/internal/vbucket"
+	"shoal/internal/vfs"
 	"shoal/internal/wire"
 )
 
@@ -243,8 +246,10 @@ func (s *Store) syncWriter(sf *segFile) error {
 }
 
 // rollback cuts every file of a failed batch back to its committed size.
-// A file that cannot be cut is closed and takes no more appends (its tail
-// then reads as damage).
+// A file that cannot be cut is closed and takes no more appends; its tail
+// is invisible until the next Open, which cuts what is torn there (whole
+// frames of the refused batch that made it to disk before the failure
+// then read as stored: the one case where a refused append can reappear).
 func (s *Store) rollback(b *batch) {
 	for _, fb := range b.files {
 		sf := fb.sf
@@ -332,12 +337,26 @@ func (s *Store) writable(c *channel, start uint64) (*segFile, error) {
 	return s.createSegment(c, i, start, gen)
 }
 
+// maxGenSkips bounds the generations createSegment skips over files that
+// are not in the index.
+const maxGenSkips = 16
+
 // createSegment creates a plain segment file, fsyncs its header and its
 // directory entry, and inserts it at index i of c.segs.
 func (s *Store) createSegment(c *channel, i int, start uint64, gen uint32) (*segFile, error) {
 	hdr := segment.Header{Start: start, Span: s.span}
-	path := filepath.Join(c.dir, segName(start, gen, false))
-	f, err := s.fs.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	var path string
+	var f vfs.File
+	var err error
+	for range maxGenSkips {
+		// A file Open ignored (a bad header) may hold this name.
+		path = filepath.Join(c.dir, segName(start, gen, false))
+		f, err = s.fs.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		if !errors.Is(err, fs.ErrExist) {
+			break
+		}
+		gen++
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot create segment %q: %w", path, noSpace(err))
 	}
