@@ -8,7 +8,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
+	"sync"
 	"time"
 
 	"shoal/internal/logstore/segment"
@@ -58,12 +60,19 @@ func (s *Store) Append(ctx context.Context, ch string, recs []Rec, routingKey []
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	req := &request{ch: ch, recs: recs, vb: -1, done: make(chan error, 1)}
+	req := requests.Get().(*request)
+	*req = request{ch: ch, recs: recs, vb: -1, done: req.done}
 	if routingKey != nil {
 		req.vb = int(vbucket.Of(routingKey, s.cfg.VBuckets))
 	}
-	return s.submit(req)
+	err := s.submit(req)
+	req.recs = nil
+	requests.Put(req)
+	return err
 }
+
+// requests recycles requests and their channels.
+var requests = sync.Pool{New: func() any { return &request{done: make(chan error, 1)} }}
 
 // submit queues req for the committer and waits for its outcome.
 func (s *Store) submit(req *request) error {
@@ -85,16 +94,27 @@ func (s *Store) signal() {
 	}
 }
 
+// gatherBelow is the batch size under which the committer, in interval
+// mode, yields once to let more appenders queue before it commits: without
+// it, batches of one or two records each pay a whole write.
+const gatherBelow = 32
+
 // commitLoop is the committer: it takes every queued request at once and
 // commits them as one batch (group commit), until Close.
 func (s *Store) commitLoop() {
 	defer s.wg.Done()
 	var spare []*request
+	b := newBatch()
 	for {
 		s.qmu.Lock()
 		for len(s.queue) == 0 && !s.qclosed {
 			s.qmu.Unlock()
 			<-s.qsignal
+			s.qmu.Lock()
+		}
+		if s.cfg.Fsync > 0 && len(s.queue) < gatherBelow && !s.qclosed {
+			s.qmu.Unlock()
+			runtime.Gosched()
 			s.qmu.Lock()
 		}
 		batch := s.queue
@@ -103,7 +123,7 @@ func (s *Store) commitLoop() {
 		if len(batch) == 0 {
 			return
 		}
-		err := s.commit(batch)
+		err := s.commit(batch, b)
 		for i, r := range batch {
 			r.done <- err
 			batch[i] = nil
@@ -115,6 +135,7 @@ func (s *Store) commitLoop() {
 // fileBatch is what one batch appends to one segment file.
 type fileBatch struct {
 	sf   *segFile
+	c    *channel
 	buf  []byte
 	recs []appended
 }
@@ -127,23 +148,56 @@ type appended struct {
 	value []byte // the caller's, valid until the batch is acknowledged
 }
 
-// batch is the work of one commit.
+// batch is the work of one commit. The committer reuses one.
 type batch struct {
 	files  []*fileBatch
+	free   []*fileBatch
 	byFile map[*segFile]*fileBatch
 	high   map[uint16]uint64 // tentative seqnos
 	rr     uint64
-	chans  map[*fileBatch]*channel
+}
+
+func newBatch() *batch {
+	return &batch{byFile: map[*segFile]*fileBatch{}, high: map[uint16]uint64{}}
+}
+
+// reset empties b for the next commit, keeping its buffers.
+func (b *batch) reset(rr uint64) {
+	for _, fb := range b.files {
+		*fb = fileBatch{buf: fb.buf[:0], recs: fb.recs[:0]}
+		b.free = append(b.free, fb)
+	}
+	b.files = b.files[:0]
+	clear(b.byFile)
+	clear(b.high)
+	b.rr = rr
+}
+
+// fileFor returns the fileBatch of sf, adding one.
+func (b *batch) fileFor(sf *segFile, c *channel) *fileBatch {
+	if fb := b.byFile[sf]; fb != nil {
+		return fb
+	}
+	var fb *fileBatch
+	if n := len(b.free); n > 0 {
+		fb, b.free = b.free[n-1], b.free[:n-1]
+	} else {
+		fb = &fileBatch{}
+	}
+	fb.sf, fb.c = sf, c
+	b.byFile[sf] = fb
+	b.files = append(b.files, fb)
+	return fb
 }
 
 // commit writes a batch of requests. Either all of it is stored (and, in
 // Fsync-always mode, fsynced) or none of it: on failure every file it
 // touched is cut back to its size before the batch.
-func (s *Store) commit(reqs []*request) error {
+func (s *Store) commit(reqs []*request, b *batch) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	s.useTick++
-	b := &batch{byFile: map[*segFile]*fileBatch{}, high: map[uint16]uint64{}, rr: s.rr, chans: map[*fileBatch]*channel{}}
+	b.reset(s.rr)
 	err := s.prepare(reqs, b)
 	if err == nil {
 		err = s.writeBatch(b)
@@ -195,13 +249,7 @@ func (s *Store) prepare(reqs []*request, b *batch) error {
 			if err != nil {
 				return err
 			}
-			fb := b.byFile[sf]
-			if fb == nil {
-				fb = &fileBatch{sf: sf}
-				b.byFile[sf] = fb
-				b.files = append(b.files, fb)
-				b.chans[fb] = c
-			}
+			fb := b.fileFor(sf, c)
 			fb.buf = segment.AppendFrame(fb.buf, &segment.Record{
 				Timestamp: rec.Timestamp, VBucket: vb, Seqno: seqno, Value: rec.Value})
 			fb.recs = append(fb.recs, appended{ts: rec.Timestamp, vb: vb, seqno: seqno, value: rec.Value})
@@ -275,7 +323,7 @@ func (s *Store) publish(b *batch) {
 	var n, nbytes uint64
 	s.mu.Lock()
 	for _, fb := range b.files {
-		sf, c := fb.sf, b.chans[fb]
+		sf, c := fb.sf, fb.c
 		sf.size += int64(len(fb.buf))
 		for i := range fb.recs {
 			a := &fb.recs[i]

@@ -217,4 +217,3 @@ func TestModel(t *testing.T) {
 		})
 	})
 }
-
