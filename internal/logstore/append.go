@@ -104,7 +104,7 @@ const gatherBelow = 32
 func (s *Store) commitLoop() {
 	defer s.wg.Done()
 	var spare []*request
-	b := newBatch()
+	b := newBatch(s.cfg.VBuckets)
 	for {
 		s.qmu.Lock()
 		for len(s.queue) == 0 && !s.qclosed {
@@ -153,12 +153,14 @@ type batch struct {
 	files  []*fileBatch
 	free   []*fileBatch
 	byFile map[*segFile]*fileBatch
-	high   map[uint16]uint64 // tentative seqnos
+	high   []uint64 // tentative seqnos per vBucket, valid where stamp == gen
+	stamp  []uint32
+	gen    uint32
 	rr     uint64
 }
 
-func newBatch() *batch {
-	return &batch{byFile: map[*segFile]*fileBatch{}, high: map[uint16]uint64{}}
+func newBatch(nvb int) *batch {
+	return &batch{byFile: map[*segFile]*fileBatch{}, high: make([]uint64, nvb), stamp: make([]uint32, nvb)}
 }
 
 // reset empties b for the next commit, keeping its buffers.
@@ -169,7 +171,10 @@ func (b *batch) reset(rr uint64) {
 	}
 	b.files = b.files[:0]
 	clear(b.byFile)
-	clear(b.high)
+	if b.gen++; b.gen == 0 {
+		clear(b.stamp)
+		b.gen = 1
+	}
 	b.rr = rr
 }
 
@@ -218,6 +223,7 @@ func (s *Store) commit(reqs []*request, b *batch) error {
 // prepare assigns vBuckets and seqnos and encodes the frames, per file.
 func (s *Store) prepare(reqs []*request, b *batch) error {
 	nvb := uint64(s.cfg.VBuckets)
+	var fb *fileBatch // the file of the previous record, most often the next one's too
 	for _, req := range reqs {
 		c, err := s.channelForAppend(req.ch)
 		if err != nil {
@@ -233,9 +239,9 @@ func (s *Store) prepare(reqs []*request, b *batch) error {
 				vb = uint16(b.rr % nvb)
 				b.rr++
 			}
-			cur, ok := b.high[vb]
-			if !ok {
-				cur = s.high[vb]
+			cur := s.high[vb]
+			if b.stamp[vb] == b.gen {
+				cur = b.high[vb]
 			}
 			seqno := cur + 1
 			if req.seqno != 0 {
@@ -244,12 +250,14 @@ func (s *Store) prepare(reqs []*request, b *batch) error {
 				}
 				seqno = req.seqno
 			}
-			b.high[vb] = seqno
-			sf, err := s.writable(c, s.bucket(rec.Timestamp))
-			if err != nil {
-				return err
+			b.high[vb], b.stamp[vb] = seqno, b.gen
+			if start := s.bucket(rec.Timestamp); fb == nil || fb.c != c || fb.sf.hdr.Start != start {
+				sf, err := s.writable(c, start)
+				if err != nil {
+					return err
+				}
+				fb = b.fileFor(sf, c)
 			}
-			fb := b.fileFor(sf, c)
 			fb.buf = segment.AppendFrame(fb.buf, &segment.Record{
 				Timestamp: rec.Timestamp, VBucket: vb, Seqno: seqno, Value: rec.Value})
 			fb.recs = append(fb.recs, appended{ts: rec.Timestamp, vb: vb, seqno: seqno, value: rec.Value})
