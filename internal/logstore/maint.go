@@ -52,7 +52,9 @@ func (s *Store) Channels() []ChannelStats {
 	defer s.mu.RUnlock()
 	out := make([]ChannelStats, 0, len(s.channels))
 	for _, name := range slices.Sorted(maps.Keys(s.channels)) {
-		out = append(out, s.channels[name].stats())
+		if c := s.channels[name]; len(c.segs) > 0 { // not one whose first append failed
+			out = append(out, c.stats())
+		}
 	}
 	return out
 }
@@ -63,7 +65,7 @@ func (s *Store) ChannelSize(ch string) (ChannelStats, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	c := s.channels[ch]
-	if c == nil {
+	if c == nil || len(c.segs) == 0 {
 		return ChannelStats{}, false
 	}
 	return c.stats(), true

@@ -29,7 +29,7 @@ func (s *Store) openViews(segs []*segFile) ([]*view, error) {
 			closeViews(vs)
 			return nil, fmt.Errorf("cannot open segment %q: %w", sf.path, err)
 		}
-		vs = append(vs, &view{f: f, path: sf.path, hdr: sf.hdr, size: sf.size, sorted: sf.sorted || sf.compressed()})
+		vs = append(vs, &view{f: f, path: sf.path, hdr: sf.hdr, size: sf.size, sorted: sf.sorted})
 	}
 	return vs, nil
 }
@@ -49,18 +49,24 @@ type source interface {
 	damage() int
 }
 
-// newSource returns a source over v.
+// newSource returns a source over v. A compressed file is always read
+// front to back: rewrites write them sorted, and one that is not (damage
+// that passed the CRCs) is read whole rather than cut short.
 func (s *Store) newSource(v *view, lo, hi uint64) source {
-	if v.sorted {
-		return &seqSource{rd: segment.NewReader(v.f, v.hdr, v.size, s.validator(v.hdr), s.dec), lo: lo, hi: hi}
+	compressed := v.hdr.Flags&segment.FlagCompressed != 0
+	if v.sorted || compressed {
+		return &seqSource{rd: segment.NewReader(v.f, v.hdr, v.size, s.validator(v.hdr), s.dec), lo: lo, hi: hi,
+			sorted: v.sorted}
 	}
 	return &sortSource{s: s, v: v, lo: lo, hi: hi}
 }
 
-// seqSource reads a sorted file front to back.
+// seqSource reads a file front to back; when the file is sorted it stops
+// at the first timestamp past hi.
 type seqSource struct {
 	rd     *segment.Reader
 	lo, hi uint64
+	sorted bool
 	done   bool
 }
 
@@ -68,8 +74,11 @@ func (q *seqSource) next() (*segment.Record, bool) {
 	for !q.done && q.rd.Next() {
 		r := q.rd.Record()
 		if r.Timestamp > q.hi {
-			q.done = true
-			break
+			if q.sorted {
+				q.done = true
+				break
+			}
+			continue
 		}
 		if r.Timestamp >= q.lo {
 			return r, true

@@ -317,6 +317,10 @@ func (rd *Reader) Next() bool {
 		}
 		raw, err := rd.blocks.Decode(rd.dec, rd.raw)
 		rd.raw = raw
+		if errors.Is(err, zstd.ErrDecoderClosed) {
+			rd.err = err
+			return false
+		}
 		if err != nil {
 			rd.damage = append(rd.damage, Damage{Offset: rd.blocks.Offset(), Length: rd.blocks.Size()})
 			continue
