@@ -92,8 +92,8 @@ func (q *seqSource) damage() int { return len(q.rd.Damage()) }
 
 // sortSource reads an unsorted plain file in two passes: it first indexes
 // the frames in [lo, hi] (24 bytes each), sorts the index stably by
-// timestamp, then reads the frames in that order, coalescing adjacent ones
-// into one read.
+// timestamp, then reads the frames in that order, a stretch of up to
+// maxCoalesce bytes at a time.
 type sortSource struct {
 	s       *Store
 	v       *view
@@ -155,25 +155,31 @@ func (q *sortSource) next() (*segment.Record, bool) {
 	return nil, false
 }
 
-// fill reads the run of index entries from q.i that lie back to back in
-// the file.
+// fill reads, in one go, the stretch of the file that holds the index
+// entries from q.i on for as long as that stretch stays within
+// maxCoalesce bytes: in a file that is nearly in order, many records.
 func (q *sortSource) fill() {
-	start := q.idx[q.i]
-	end := start.off + start.n
-	for j := q.i + 1; j < len(q.idx) && q.idx[j].off == end && end-start.off+q.idx[j].n <= maxCoalesce; j++ {
-		end += q.idx[j].n
+	first := q.idx[q.i]
+	lo, hi := first.off, first.off+first.n
+	for j := q.i + 1; j < len(q.idx); j++ {
+		e := q.idx[j]
+		nlo, nhi := min(lo, e.off), max(hi, e.off+e.n)
+		if nhi-nlo > maxCoalesce {
+			break
+		}
+		lo, hi = nlo, nhi
 	}
-	n := int(end - start.off)
+	n := int(hi - lo)
 	if cap(q.buf) < n {
 		q.buf = make([]byte, n, max(n, maxCoalesce))
 	}
 	q.buf = q.buf[:n]
-	if _, err := q.v.f.ReadAt(q.buf, start.off); err != nil {
-		q.e = fmt.Errorf("cannot read segment %q at %d: %w", q.v.path, start.off, err)
+	if _, err := q.v.f.ReadAt(q.buf, lo); err != nil {
+		q.e = fmt.Errorf("cannot read segment %q at %d: %w", q.v.path, lo, err)
 		q.buf = q.buf[:0]
 		return
 	}
-	q.bufOff = start.off
+	q.bufOff = lo
 }
 
 func (q *sortSource) err() error  { return q.e }
