@@ -3,7 +3,7 @@
 // kept on disk in time-bucketed segment files.
 //
 // Layout. Dir/vbuckets.state holds the per-vBucket seqno floors and the
-// channel-removal tombstones (see state.go). Each channel is a directory
+// channel-removal tombstones. Each channel is a directory
 // Dir/CHANNEL holding segment files named START-GEN.seg (plain) or
 // START-GEN.segz (zstd-compressed): START is the first timestamp of the
 // file's time bucket (16 hex digits), GEN a generation number (8 hex

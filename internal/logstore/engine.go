@@ -181,8 +181,8 @@ func appendMutation(ch string, a *appended) engine.Mutation {
 // Stream sends vb's mutations after seqno from: first a snapshot read
 // from the files, in seqno order (records of every channel, and the
 // channel-removal tombstones), then live mutations as they commit, each as
-// a snapshot of one. A stream that falls more than maxSubQueue mutations
-// behind catches up from the files again. It returns when ctx is done, sink
+// a snapshot of one. A stream that falls more than 4096 mutations (or 4
+// MiB) behind catches up from the files again. It returns when ctx is done, sink
 // fails, the store closes (ErrClosed) or vb is dropped (ErrVBucketDropped);
 // engine.ErrRollback when from is above HighSeqno(vb).
 func (s *Store) Stream(ctx context.Context, vb uint16, from uint64, sink engine.Sink) error {

@@ -47,8 +47,9 @@ const (
 	maxStateSize = 64 << 20
 )
 
-// ErrBadState means the state file is damaged; `shoal check --repair`
-// rebuilds it.
+// ErrBadState means the state file is damaged: Open refuses the
+// directory; `shoal check --repair` moves the file aside so that the next
+// Open rebuilds it from the segments.
 var ErrBadState = errors.New("logstore: damaged vbuckets.state")
 
 // tombs are channel-removal tombstones: channel -> vBucket -> the seqno

@@ -23,14 +23,14 @@ import (
 
 // Errors callers test with errors.Is; the server maps each to a status.
 var (
-	ErrClosed         = errors.New("logstore: store closed")
-	ErrBadChannel     = errors.New("logstore: bad channel name")
-	ErrBadRange       = errors.New("logstore: bad range: from is after to")
-	ErrBadFilter      = errors.New("logstore: bad filter")
-	ErrValueTooBig    = errors.New("logstore: value too big")
-	ErrNoSpace        = errors.New("logstore: no space left on device")
-	ErrBadMutation    = errors.New("logstore: mutation not applicable to the log engine")
-	ErrVBucketDropped = errors.New("logstore: vbucket dropped")
+	ErrClosed         = errors.New("logstore: store closed")                              // after Close
+	ErrBadChannel     = errors.New("logstore: bad channel name")                          // not 1..255 of [A-Za-z0-9_-]
+	ErrBadRange       = errors.New("logstore: bad range: from is after to")               // Range with from > to
+	ErrBadFilter      = errors.New("logstore: bad filter")                                // a regexp that does not compile
+	ErrValueTooBig    = errors.New("logstore: value too big")                             // over Config.MaxValueSize
+	ErrNoSpace        = errors.New("logstore: no space left on device")                   // disk full (wraps ENOSPC)
+	ErrBadMutation    = errors.New("logstore: mutation not applicable to the log engine") // Apply/Stream/DropVBucket input
+	ErrVBucketDropped = errors.New("logstore: vbucket dropped")                           // ends a Stream of a dropped vBucket
 )
 
 // noSpace marks a full-disk error with ErrNoSpace (keeping the original).
