@@ -24,6 +24,7 @@ import (
 
 	"shoal/internal/catalog"
 	"shoal/internal/kv"
+	"shoal/internal/queue"
 	"shoal/internal/stats"
 	"shoal/internal/wire"
 )
@@ -86,6 +87,7 @@ func (c *Config) setDefaults() {
 type Engines struct {
 	Catalog *catalog.Catalog
 	KV      *kv.Store
+	Queue   *queue.Store
 }
 
 // Ownership says whether this node is active for a vBucket. A node that is
@@ -156,6 +158,9 @@ func New(cfg Config, eng Engines) *Server {
 	s.registerGeneric()
 	if eng.KV != nil {
 		s.registerKV()
+	}
+	if eng.Queue != nil {
+		s.registerQueue()
 	}
 	return s
 }
