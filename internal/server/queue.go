@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 
 	"shoal/internal/engine"
@@ -91,7 +92,17 @@ func (c *conn) queueFail(h wire.Header, err error) {
 	if st == wire.StatusInternal {
 		c.s.cfg.Logger.Error("request failed", "op", h.Opcode.String(), "err", err)
 	}
-	c.replyf(h, st, "%v", err)
+	c.replyf(h, st, "%s", queueMessage(st, err))
+}
+
+// queueMessage is the message of an error answer: the engine's text
+// without its package prefix, or nothing when the status says it all.
+func queueMessage(st wire.Status, err error) string {
+	msg := strings.TrimPrefix(err.Error(), "queue: ")
+	if msg == st.String() {
+		return ""
+	}
+	return msg
 }
 
 // channelList is a decoded, checked list of queue channel names (u8 n,
@@ -227,7 +238,8 @@ func (c *conn) queueConsume(h wire.Header, body []byte) {
 		// an fsync.
 		cons, err := c.s.eng.Queue.Subscribe(name, subscriber)
 		if err != nil {
-			return queueStatus(err), err.Error()
+			st := queueStatus(err)
+			return st, queueMessage(st, err)
 		}
 		defer cons.Close()
 		return c.consume(st, cons)
@@ -273,7 +285,7 @@ func (c *conn) consume(st *stream, cons *queue.Consumer) (wire.Status, string) {
 			if st == wire.StatusInternal {
 				c.s.cfg.Logger.Error("consume failed", "err", err)
 			}
-			return st, err.Error()
+			return st, queueMessage(st, err)
 		}
 	}
 }
@@ -330,6 +342,9 @@ func (c *conn) queueProduce(h wire.Header, body []byte) {
 		c.q.produces[h.ID] = p
 	}
 	if st, msg := c.produceValues(p, d); st != wire.StatusOK {
+		if msg == "" {
+			msg = st.String()
+		}
 		c.replyf(h, st, "%s; %d records of this Produce were stored before", msg, p.stored)
 		c.produceRefused(h)
 		return
@@ -373,7 +388,7 @@ func (c *conn) produceValues(p *produce, d wire.Decoder) (wire.Status, string) {
 			if st == wire.StatusInternal {
 				c.s.cfg.Logger.Error("produce failed", "err", err)
 			}
-			return st, err.Error()
+			return st, queueMessage(st, err)
 		}
 		p.stored++
 	}
