@@ -93,6 +93,7 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 			c.nodes = append(c.nodes, newNode(a, &c.o))
 		}
 	}
+	c.rr.Store(rand.Uint32()) // short-lived clients (CLI runs) spread too
 	if len(c.nodes) == 0 {
 		return nil, errors.New("client: no node address given")
 	}
