@@ -32,12 +32,14 @@ type queueConn struct {
 	produces map[uint32]*produce // open Produce requests by id
 	names    []string            // channel names of the Push being handled
 	buf      []byte              // a popped value
+}
 
-	// Answers waiting for the journal's fsync, sent by one goroutine at a
-	// time (ackLoop).
-	mu     sync.Mutex
-	acks   []durableAck
-	acking bool
+// durableAcks are the answers of every connection that wait for the
+// journal's fsync, sent by one goroutine at a time (Server.ackLoop).
+type durableAcks struct {
+	mu      sync.Mutex
+	pending []durableAck
+	running bool
 }
 
 // produce is one open Produce request.
@@ -50,6 +52,7 @@ type produce struct {
 // durableAck is an answer to send once the journal is on disk: empty for a
 // Push, the stored count for a Produce.
 type durableAck struct {
+	c      *conn
 	h      wire.Header
 	stored uint64
 }
@@ -413,35 +416,44 @@ func (c *conn) produceRefused(h wire.Header) {
 }
 
 // ackWhenDurable answers a stored Push or Produce once the journal has been
-// fsynced past it. The reader goes on meanwhile: one goroutine per
-// connection (started on demand) syncs and answers everything that waits,
-// so the pipelined pushes of a connection share fsyncs.
+// fsynced past it. The reader goes on meanwhile. One goroutine per server
+// (started on demand) calls Store.Sync for every answer waiting when it
+// starts, then sends them: the pushes of every connection that arrive
+// during an fsync share the next one (group commit). The connection does
+// not finish before its answers are sent.
 func (c *conn) ackWhenDurable(a durableAck) {
-	c.q.mu.Lock()
-	c.q.acks = append(c.q.acks, a)
-	start := !c.q.acking
-	c.q.acking = true
-	c.q.mu.Unlock()
+	a.c = c
+	c.swg.Add(1)
+	g := &c.s.acks
+	g.mu.Lock()
+	g.pending = append(g.pending, a)
+	start := !g.running
+	g.running = true
+	g.mu.Unlock()
 	if start {
-		c.swg.Add(1)
-		go c.ackLoop()
+		go c.s.ackLoop()
 	}
 }
 
-func (c *conn) ackLoop() {
-	defer c.swg.Done()
+// ackLoop syncs the journal and sends the answers that wait for it, until
+// none is left.
+func (s *Server) ackLoop() {
+	g := &s.acks
 	var batch []durableAck
+	var conns []*conn
 	for {
-		c.q.mu.Lock()
-		batch, c.q.acks = c.q.acks, batch[:0]
+		g.mu.Lock()
+		batch, g.pending = g.pending, batch[:0]
 		if len(batch) == 0 {
-			c.q.acking = false
-			c.q.mu.Unlock()
+			g.running = false
+			g.mu.Unlock()
 			return
 		}
-		c.q.mu.Unlock()
-		err := c.s.eng.Queue.Sync()
+		g.mu.Unlock()
+		err := s.eng.Queue.Sync() // covers every push appended before its call
+		conns = conns[:0]
 		for _, a := range batch {
+			c := a.c
 			switch {
 			case err != nil:
 				c.queueFail(a.h, fmt.Errorf("stored, but the journal could not be made durable: %w", err))
@@ -451,13 +463,17 @@ func (c *conn) ackLoop() {
 			default:
 				c.reply(a.h, wire.StatusOK, nil)
 			}
+			if len(conns) == 0 || conns[len(conns)-1] != c {
+				conns = append(conns, c)
+			}
 		}
-		if !c.flush() {
-			c.q.mu.Lock()
-			c.q.acking = false
-			c.q.mu.Unlock()
-			return
+		for _, c := range conns {
+			c.flush() // twice for a connection whose answers interleave with another's: harmless
 		}
+		for _, a := range batch {
+			a.c.swg.Done()
+		}
+		clear(batch) // drop the connections
 	}
 }
 

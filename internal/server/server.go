@@ -136,6 +136,8 @@ type Server struct {
 	bytesIn  atomic.Uint64
 	bytesOut atomic.Uint64
 	ops      [256]opStats
+
+	acks durableAcks // queue answers waiting for the journal (queue.go)
 }
 
 type ownershipBox struct{ Ownership }
