@@ -440,7 +440,6 @@ func (c *conn) ackWhenDurable(a durableAck) {
 func (s *Server) ackLoop() {
 	g := &s.acks
 	var batch []durableAck
-	var conns []*conn
 	for {
 		g.mu.Lock()
 		batch, g.pending = g.pending, batch[:0]
@@ -451,7 +450,7 @@ func (s *Server) ackLoop() {
 		}
 		g.mu.Unlock()
 		err := s.eng.Queue.Sync() // covers every push appended before its call
-		conns = conns[:0]
+		counts := map[*conn]int{}
 		for _, a := range batch {
 			c := a.c
 			switch {
@@ -463,17 +462,17 @@ func (s *Server) ackLoop() {
 			default:
 				c.reply(a.h, wire.StatusOK, nil)
 			}
-			if len(conns) == 0 || conns[len(conns)-1] != c {
-				conns = append(conns, c)
-			}
-		}
-		for _, c := range conns {
-			c.flush() // twice for a connection whose answers interleave with another's: harmless
-		}
-		for _, a := range batch {
-			a.c.swg.Done()
+			counts[c]++
 		}
 		clear(batch) // drop the connections
+		// Each connection writes in a goroutine of its own: a client that
+		// does not read must not hold up the others' answers.
+		for c, n := range counts {
+			go func() {
+				c.flush()
+				c.swg.Add(-n)
+			}()
+		}
 	}
 }
 
