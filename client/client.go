@@ -11,8 +11,13 @@
 // calls are pipelined over its connections (many requests in flight, sent
 // together), which is how one connection reaches high throughput. Every
 // call takes a context. A broken connection is re-dialled on the next call,
-// with backoff while the node stays unreachable; streams (GetAll, Mirror)
-// resume by themselves where they were.
+// with backoff while the node stays unreachable; streams (GetAll, Mirror,
+// Consume) resume by themselves where they were.
+//
+// Queue requests (Push, Pop, Consume, Produce) use every node given to
+// Dial: pushes and pops go round-robin and move on from nodes that are
+// down (pops also from nodes whose queue is empty), Consume merges the
+// records of all nodes.
 package client
 
 import (
@@ -93,6 +98,7 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 			c.nodes = append(c.nodes, newNode(a, &c.o))
 		}
 	}
+	c.rr.Store(rand.Uint32()) // short-lived clients (CLI runs) spread too
 	if len(c.nodes) == 0 {
 		return nil, errors.New("client: no node address given")
 	}

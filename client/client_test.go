@@ -17,21 +17,35 @@ import (
 	"shoal/client"
 	"shoal/internal/faultnet"
 	"shoal/internal/kv"
+	"shoal/internal/queue"
 	"shoal/internal/server"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// node is an in-process node serving the kv engine.
+// node is an in-process node serving the kv and queue engines.
 type node struct {
 	addr string
 	s    *server.Server
 	kv   *kv.Store
+	q    *queue.Store
 	done chan struct{}
 }
 
 func startNode(t testing.TB, cfg server.Config, addr string) *node {
 	t.Helper()
+	return startNodeIn(t, cfg, addr, queue.Config{Dir: t.TempDir()})
+}
+
+// startNodeIn starts a node whose queue store is configured by qcfg.
+func startNodeIn(t testing.TB, cfg server.Config, addr string, qcfg queue.Config) *node {
+	t.Helper()
+	qcfg.VBuckets = 64
+	qcfg.Logger = slog.New(slog.DiscardHandler)
+	qs, err := queue.Open(qcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	store, _ := kv.New(kv.Config{VBuckets: 64})
 	cfg.VBuckets = 64
 	cfg.NodeID = "test"
@@ -43,17 +57,19 @@ func startNode(t testing.TB, cfg server.Config, addr string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &node{addr: ln.Addr().String(), s: server.New(cfg, server.Engines{KV: store}), kv: store, done: make(chan struct{})}
+	n := &node{addr: ln.Addr().String(), s: server.New(cfg, server.Engines{KV: store, Queue: qs}), kv: store, q: qs, done: make(chan struct{})}
 	go func() { defer close(n.done); n.s.Serve(ln) }()
 	t.Cleanup(n.stop)
 	return n
 }
 
+// stop shuts the node down and closes its queue store (saving it).
 func (n *node) stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	n.s.Shutdown(ctx)
 	<-n.done
+	n.q.Close()
 }
 
 func dial(t testing.TB, addr string, opts ...client.Option) *client.Client {

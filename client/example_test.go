@@ -110,3 +110,44 @@ func ExampleWithAuth() {
 	}
 	defer c.Close()
 }
+
+// Queues: Push and Pop spread over the nodes given to Dial; Consume reads
+// from all of them.
+func ExampleClient_Push() {
+	ctx := context.Background()
+	c, err := client.Dial(ctx, "127.0.0.1:7400,127.0.0.1:7401")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Push(ctx, []string{"jobs", "audit"}, []byte("resize image 42")); err != nil {
+		log.Fatal(err)
+	}
+	v, err := c.Pop(ctx, "jobs")
+	switch {
+	case errors.Is(err, client.ErrEmpty):
+		fmt.Println("nothing to do")
+	case err != nil:
+		log.Fatal(err)
+	default:
+		fmt.Printf("job: %s\n", v)
+	}
+}
+
+// Consume subscribes to a channel: workers sharing a subscriber name split
+// its records.
+func ExampleClient_Consume() {
+	ctx := context.Background()
+	c, err := client.Dial(ctx, "127.0.0.1:7400")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	for v, err := range c.Consume(ctx, "audit", "archiver").All() {
+		if err != nil {
+			log.Println("consume ended:", err)
+			return
+		}
+		fmt.Printf("%s\n", v)
+	}
+}

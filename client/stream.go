@@ -31,6 +31,12 @@ type Stream[T any] struct {
 	// reopened is called before the request is sent again after a
 	// reconnect (Mirror asks for a refresh then).
 	reopened func()
+	// resumeOnShutdown makes a stream that the node ended because it is
+	// shutting down reconnect (to the node once it is back) like one
+	// whose connection broke (Consume).
+	resumeOnShutdown bool
+	// parts, when set, are the per-node streams this one merges.
+	parts []*Stream[T]
 
 	mu        sync.Mutex
 	frames    []result
@@ -129,6 +135,10 @@ func (s *Stream[T]) All() iter.Seq2[T, error] {
 		}
 		s.started = true
 		s.mu.Unlock()
+		if s.parts != nil {
+			s.merge(yield)
+			return
+		}
 		if err := s.open(); err != nil {
 			yield(zero, err)
 			return
@@ -141,9 +151,16 @@ func (s *Stream[T]) All() iter.Seq2[T, error] {
 				yield(zero, err)
 				return
 			}
-			if r.err != nil { // the connection broke: resume elsewhere
+			if r.err != nil || (s.resumeOnShutdown && r.status == wire.StatusShuttingDown) {
+				// The connection broke or the node is stopping: resume.
 				if s.isStopped() {
 					return
+				}
+				if r.err == nil { // the node is stopping: give it time to go
+					select {
+					case <-s.ctx.Done():
+					case <-time.After(50 * time.Millisecond):
+					}
 				}
 				if s.reopened != nil {
 					s.reopened()
@@ -210,6 +227,13 @@ func (s *Stream[T]) abandon() {
 }
 
 func (s *Stream[T]) ctl(action uint8) error {
+	if s.parts != nil {
+		var errs []error
+		for _, p := range s.parts {
+			errs = append(errs, p.ctl(action))
+		}
+		return errors.Join(errs...)
+	}
 	s.mu.Lock()
 	switch action {
 	case wire.StreamSuspend:

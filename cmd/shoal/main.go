@@ -1,6 +1,7 @@
 // Command shoal is the command-line client and operator tool of shoal
-// nodes: kv get/put/..., streams (getall, mirror), channel management and
-// node information. Run `shoal --help` for the commands.
+// nodes: kv get/put/..., streams (getall, mirror), queues (push, pop,
+// consume, queues), channel management and node information. Run `shoal
+// --help` for the commands.
 package main
 
 import (
@@ -56,6 +57,7 @@ func main() {
 	pf.BoolVar(&g.tlsInsecure, "tls-insecure", false, "do not verify the node's certificate (implies --tls)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "timeout of each request")
 	root.AddCommand(kvCommands(g)...)
+	root.AddCommand(queueCommands(g)...)
 	root.AddCommand(channelCommands(g)...)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

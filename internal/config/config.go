@@ -55,6 +55,22 @@ type Config struct {
 	NodeID string `toml:"node_id"`
 	// Console prints a one-line status to stdout when it is a terminal.
 	Console bool `toml:"console"`
+
+	// QueueRingSize is the memory ring of every queue (a channel, or one
+	// subscriber's queue of it) in bytes, 16-byte record headers included;
+	// records beyond it overflow to disk.
+	QueueRingSize Size `toml:"queue_ring_size"`
+	// QueueRingSizeByPrefix overrides QueueRingSize for channels whose name
+	// starts with a key (the TOML table [queue_ring_size_by_prefix]; no
+	// flag). No key may be a prefix of another.
+	QueueRingSizeByPrefix map[string]Size `toml:"queue_ring_size_by_prefix"`
+	// QueueDurability is "memory" (a clean stop saves the queues, a crash
+	// loses what is in memory) or "journal" (every push and pop is
+	// journaled first).
+	QueueDurability string `toml:"queue_durability"`
+	// QueueFsyncInterval is, in journal mode, how often the journal is
+	// fsynced; "always" fsyncs before every answer (group commit).
+	QueueFsyncInterval FsyncInterval `toml:"queue_fsync_interval"`
 }
 
 // Default returns the settings of a node started with no arguments.
@@ -70,6 +86,9 @@ func Default() Config {
 		MaxConnections: 5000,
 		VBuckets:       vbucket.Default,
 		Console:        true,
+
+		QueueRingSize:   64 << 20,
+		QueueDurability: "memory",
 	}
 }
 
@@ -134,6 +153,9 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.VBuckets, "vbuckets", c.VBuckets, "number of vBuckets")
 	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "node name (default: generated and kept in DATA/node-id)")
 	fs.BoolVar(&c.Console, "console", c.Console, "print a status line when stdout is a terminal")
+	fs.Var(&c.QueueRingSize, "queue-ring-size", "memory ring of each queue (e.g. 64MiB); more overflows to disk")
+	fs.StringVar(&c.QueueDurability, "queue-durability", c.QueueDurability, "queue durability: memory (a crash loses the rings) or journal")
+	fs.Var(&c.QueueFsyncInterval, "queue-fsync-interval", "journal mode: fsync period (e.g. 10ms), or always (before every answer)")
 }
 
 // Validate checks the settings and says what is wrong.
@@ -170,5 +192,6 @@ func (c *Config) Validate() error {
 	if c.VBuckets < 1 || c.VBuckets > vbucket.Max {
 		errs = append(errs, fmt.Errorf("vbuckets %d: must be 1..%d", c.VBuckets, vbucket.Max))
 	}
+	errs = append(errs, c.validateQueue()...)
 	return errors.Join(errs...)
 }

@@ -26,6 +26,7 @@ import (
 	"shoal/internal/config"
 	"shoal/internal/engine"
 	"shoal/internal/kv"
+	"shoal/internal/queue"
 	"shoal/internal/server"
 	"shoal/internal/stats"
 )
@@ -41,6 +42,7 @@ type Node struct {
 
 	cat    *catalog.Catalog
 	kv     *kv.Store
+	queue  *queue.Store
 	srv    *server.Server
 	stats  *stats.Registry
 	statsW *stats.LogWriter // keeps the previous counters, for deltas
@@ -94,6 +96,9 @@ func New(cfg config.Config, version string) (_ *Node, err error) {
 	for _, cs := range n.kv.Channels() {
 		n.cat.Claim([]byte(cs.Name), engine.KindKV)
 	}
+	if err := n.openQueue(); err != nil {
+		return nil, err
+	}
 	scfg := server.Config{
 		NodeID:         n.cfg.NodeID,
 		Version:        version,
@@ -115,11 +120,12 @@ func New(cfg config.Config, version string) (_ *Node, err error) {
 		}
 		scfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	n.srv = server.New(scfg, server.Engines{Catalog: n.cat, KV: n.kv})
+	n.srv = server.New(scfg, server.Engines{Catalog: n.cat, KV: n.kv, Queue: n.queue})
 	n.stats.Add(n.srv)
 	n.stats.Add(stats.Process{})
 	n.stats.Add(stats.Uptime(n.started))
 	n.stats.Add(stats.SourceFunc(n.reportKV))
+	n.stats.Add(stats.SourceFunc(n.reportQueue))
 
 	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("cannot listen on the data port: %w", err)
@@ -157,6 +163,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.log.Info("shoald started", "node_id", n.cfg.NodeID, "version", n.version, "listen", n.ln.Addr().String(),
 		"http", addrString(n.HTTPAddr()), "data", n.cfg.Data, "vbuckets", n.cfg.VBuckets,
 		"max_value_size", n.cfg.MaxValueSize.String(), "memory_limit", n.cfg.MemoryLimit.String(),
+		"queue_durability", n.cfg.QueueDurability, "queue_fsync_interval", n.cfg.QueueFsyncInterval.String(),
 		"auth", n.cfg.Credentials != "", "tls", n.cfg.TLSCert != "")
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -225,6 +232,11 @@ func (n *Node) close() {
 		}
 		if n.kv != nil {
 			n.kv.Close()
+		}
+		if n.queue != nil {
+			if err := n.queue.Close(); err != nil {
+				n.log.Error("cannot save the queues", "err", err)
+			}
 		}
 		if n.logFile != nil {
 			n.logFile.Close()

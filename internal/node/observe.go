@@ -99,9 +99,13 @@ func (n *Node) consoleLoop(ctx context.Context, w io.Writer) {
 			rate := (reqs - prevReqs) / now.Sub(prevAt).Seconds()
 			prevReqs, prevAt = reqs, now
 			recs, bytes := n.kv.Size()
-			fmt.Fprintf(w, "\r\033[K%s  %s  conns %d  req/s %.0f  kv %d records %s  mem %s  up %s",
+			var qrecs int64
+			for _, q := range n.queue.Channels() {
+				qrecs += q.Records
+			}
+			fmt.Fprintf(w, "\r\033[K%s  %s  conns %d  req/s %.0f  kv %d records %s  mem %s  queue %d records  up %s",
 				n.cfg.NodeID, n.ln.Addr(), n.srv.NumConnections(), rate, recs, human(bytes),
-				human(n.kv.MemoryUsage()), time.Since(n.started).Round(time.Second))
+				human(n.kv.MemoryUsage()), qrecs, time.Since(n.started).Round(time.Second))
 		}
 	}
 }
@@ -129,6 +133,8 @@ func (n *Node) info() map[string]any {
 		"kv_bytes":     bytes,
 		"kv_memory":    n.kv.MemoryUsage(),
 		"memory_limit": int64(n.cfg.MemoryLimit),
+
+		"queue_durability": n.cfg.QueueDurability,
 	}
 }
 
@@ -143,6 +149,7 @@ type Status struct {
 	VBuckets      int             `json:"vbuckets"`
 	Connections   int64           `json:"connections"`
 	KV            KVStatus        `json:"kv"`
+	Queue         QueueStatus     `json:"queue"`
 	Channels      []ChannelStatus `json:"channels"`
 }
 
@@ -174,6 +181,7 @@ func (n *Node) Status() Status {
 	for _, cs := range n.kv.Channels() {
 		st.Channels = append(st.Channels, ChannelStatus{Name: cs.Name, Kind: "kv", Records: cs.Records, Bytes: cs.Bytes})
 	}
+	n.queueStatus(&st)
 	return st
 }
 
@@ -211,6 +219,12 @@ var consolePage = template.Must(template.New("console").Funcs(template.FuncMap{"
 <p>version {{.Version}} · data port {{.Listen}} · up {{.UptimeSeconds}} s · {{.Connections}} connections · {{.VBuckets}} vBuckets</p>
 <h2>kv</h2>
 <p>{{.KV.Records}} records, {{human .KV.Bytes}} of keys and values, {{human .KV.Memory}} of memory{{if .KV.MemoryLimit}} of a {{human .KV.MemoryLimit}} limit{{end}}</p>
+<h2>queue</h2>
+<p>{{.Queue.Durability}} durability{{if eq .Queue.Durability "journal"}}, fsync {{.Queue.FsyncInterval}}{{end}} · {{.Queue.Records}} records, {{human .Queue.Bytes}} · {{.Queue.PushedRecords}} pushed, {{.Queue.PoppedRecords}} popped since start</p>
+<table><tr><th>channel</th><th>subscriber</th><th class="n">records</th><th class="n">in memory</th><th class="n">on disk</th><th class="n">ring</th><th class="n">full</th><th class="n">consumers</th></tr>
+{{range .Queue.Queues}}<tr><td>{{.Channel}}</td><td>{{with .Subscriber}}"{{.}}"{{else}}-{{end}}</td><td class="n">{{.Records}}</td><td class="n">{{.MemoryRecords}} · {{human .MemoryBytes}}</td><td class="n">{{.OverflowRecords}} · {{human .OverflowBytes}}</td><td class="n">{{human .RingSize}}</td><td class="n">{{.FullnessPercent}} %</td><td class="n">{{.Consumers}}</td></tr>
+{{else}}<tr><td colspan="8">no queues yet</td></tr>{{end}}
+</table>
 <h2>Channels</h2>
 <table><tr><th>channel</th><th>kind</th><th class="n">records</th><th class="n">bytes</th></tr>
 {{range .Channels}}<tr><td>{{.Name}}</td><td>{{.Kind}}</td><td class="n">{{.Records}}</td><td class="n">{{human .Bytes}}</td></tr>

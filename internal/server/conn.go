@@ -56,6 +56,8 @@ type conn struct {
 
 	shutting chan struct{} // closed by beginShutdown
 	shutOnce sync.Once
+
+	q queueConn // queue requests' state (queue.go)
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -158,7 +160,9 @@ func (c *conn) readLoop() {
 			}
 			st := wire.StatusValueTooBig
 			c.replyf(h, st, "request body of %d bytes is over the limit of %d for %s", n, hd.limit, h.Opcode)
-			c.s.ops[h.Opcode].errors.Add(1)
+			if h.Opcode == wire.OpProduce {
+				c.produceRefused(h)
+			}
 			continue
 		}
 		var body []byte

@@ -18,6 +18,10 @@ func FuzzConnection(f *testing.F) {
 	f.Add(frame(wire.OpMirror, 0, 3, append(wire.AppendStr8(nil, "c"), 1, 0, 0, 0, 0)))
 	f.Add(frame(wire.OpPutBatch, 0, 4, []byte{1, 'c', 255, 255, 255, 255}))
 	f.Add(frame(wire.OpHello, 0, 5, []byte{4, 't', 'e', 's', 't', 1, 0, 0, 0, 0, 0}))
+	f.Add(frame(wire.OpPush, 0, 6, pushBody([]string{"q", "r"}, "key", "value")))
+	f.Add(frame(wire.OpPop, 0, 7, wire.AppendStr8(nil, "q")))
+	f.Add(frame(wire.OpConsume, 0, 8, consumeBody("q", "sub", 10)))
+	f.Add(append(frame(wire.OpProduce, 0, 9, append([]byte{1, 1, 'q'}, valuesBody("a", "b")...)), frame(wire.OpQueues, 0, 10, nil)...))
 	f.Add([]byte("garbage garbage garbage"))
 	ts := startServer(f, Config{FrameTimeout: 200 * time.Millisecond, MaxValueSize: 4096})
 	f.Fuzz(func(t *testing.T, data []byte) {

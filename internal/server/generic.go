@@ -24,6 +24,9 @@ func (s *Server) features() uint32 {
 	if s.eng.KV != nil {
 		f |= FeatureKV
 	}
+	if s.eng.Queue != nil {
+		f |= FeatureQueue
+	}
 	if _, ok := s.takeover[wire.OpStreamOpen]; ok {
 		f |= FeatureReplication
 	}
@@ -148,6 +151,9 @@ func (s *Server) channelSizes() []ChannelSize {
 			out = append(out, ChannelSize{Name: cs.Name, Kind: engine.KindKV, Records: cs.Records, Bytes: cs.Bytes})
 		}
 	}
+	if s.eng.Queue != nil {
+		out = append(out, queueChannelSizes(s.eng.Queue.Channels())...)
+	}
 	return out
 }
 
@@ -184,6 +190,10 @@ func (c *conn) getChannelSize(h wire.Header, body []byte) {
 			if c.s.eng.KV != nil {
 				st := c.s.eng.KV.ChannelSize(name)
 				cs.Records, cs.Bytes = st.Records, st.Bytes
+			}
+		case engine.KindQueue:
+			if c.s.eng.Queue != nil {
+				cs.Records, cs.Bytes = queueChannelSize(c.s.eng.Queue, name)
 			}
 		}
 	}
@@ -229,6 +239,13 @@ func (c *conn) removeChannel(h wire.Header, body []byte) {
 	case engine.KindKV:
 		if c.s.eng.KV != nil {
 			c.s.eng.KV.RemoveChannel(name)
+		}
+	case engine.KindQueue:
+		if c.s.eng.Queue != nil {
+			if _, err := c.s.eng.Queue.RemoveChannel(name); err != nil {
+				c.queueFail(h, err)
+				return
+			}
 		}
 	}
 	c.s.eng.Catalog.Drop(name)

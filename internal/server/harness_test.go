@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"shoal/internal/kv"
+	"shoal/internal/queue"
 	"shoal/internal/vbucket"
 	"shoal/internal/wire"
 )
@@ -25,6 +26,7 @@ const testVBuckets = 64
 type testServer struct {
 	s      *Server
 	kv     *kv.Store
+	q      *queue.Store
 	addr   string
 	writes atomic.Int64 // Write calls on accepted connections
 	reads  atomic.Int64 // Read calls on accepted connections
@@ -32,9 +34,26 @@ type testServer struct {
 
 func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
+// startServer serves a kv store and a memory-mode queue store.
 func startServer(t testing.TB, cfg Config) *testServer {
 	t.Helper()
+	return startServerWith(t, cfg, queue.Config{})
+}
+
+// startServerWith is startServer with a queue store configured by qcfg
+// (Dir defaults to a temporary directory).
+func startServerWith(t testing.TB, cfg Config, qcfg queue.Config) *testServer {
+	t.Helper()
 	store, err := kv.New(kv.Config{VBuckets: testVBuckets, MaxValueSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qcfg.Dir == "" {
+		qcfg.Dir = t.TempDir()
+	}
+	qcfg.VBuckets = testVBuckets
+	qcfg.Logger = quietLogger()
+	qs, err := queue.Open(qcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,8 +64,8 @@ func startServer(t testing.TB, cfg Config) *testServer {
 	if cfg.NodeID == "" {
 		cfg.NodeID = "test-node"
 	}
-	ts := &testServer{kv: store}
-	ts.s = New(cfg, Engines{KV: store})
+	ts := &testServer{kv: store, q: qs}
+	ts.s = New(cfg, Engines{KV: store, Queue: qs})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -60,6 +79,7 @@ func startServer(t testing.TB, cfg Config) *testServer {
 		ts.s.Shutdown(ctx)
 		<-done
 		store.Close()
+		qs.Close()
 	})
 	return ts
 }

@@ -24,6 +24,7 @@ import (
 
 	"shoal/internal/catalog"
 	"shoal/internal/kv"
+	"shoal/internal/queue"
 	"shoal/internal/stats"
 	"shoal/internal/wire"
 )
@@ -86,6 +87,7 @@ func (c *Config) setDefaults() {
 type Engines struct {
 	Catalog *catalog.Catalog
 	KV      *kv.Store
+	Queue   *queue.Store
 }
 
 // Ownership says whether this node is active for a vBucket. A node that is
@@ -134,6 +136,8 @@ type Server struct {
 	bytesIn  atomic.Uint64
 	bytesOut atomic.Uint64
 	ops      [256]opStats
+
+	acks durableAcks // queue answers waiting for the journal (queue.go)
 }
 
 type ownershipBox struct{ Ownership }
@@ -156,6 +160,9 @@ func New(cfg Config, eng Engines) *Server {
 	s.registerGeneric()
 	if eng.KV != nil {
 		s.registerKV()
+	}
+	if eng.Queue != nil {
+		s.registerQueue()
 	}
 	return s
 }

@@ -166,6 +166,9 @@ func (c *conn) control(h wire.Header, body []byte) {
 	}
 	st.cond.Broadcast()
 	st.mu.Unlock()
+	if action == wire.StreamStop {
+		st.cancel() // wakes a stream waiting for data (Mirror, Consume)
+	}
 }
 
 // endStreams wakes every stream so it ends.

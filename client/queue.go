@@ -1,0 +1,404 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"shoal/internal/wire"
+)
+
+// Queue requests are spread over every node the client was given: Push
+// and Pop start at the next node round-robin and move on to the others
+// (see each), Consume reads from all of them, a Producer writes to one.
+
+// PushOption changes a Push.
+type PushOption func(*pushOptions)
+
+type pushOptions struct{ routingKey []byte }
+
+// WithRoutingKey makes the node put the record in the vBucket of key (as a
+// kv key would be) instead of picking one round-robin.
+func WithRoutingKey(key []byte) PushOption {
+	return func(o *pushOptions) { o.routingKey = key }
+}
+
+// checkChannels validates a list of 1..255 channel names.
+func checkChannels(channels []string) error {
+	if len(channels) == 0 || len(channels) > wire.MaxPushChannels {
+		return fmt.Errorf("%w: %d channels; give 1 to %d", ErrBadRequest, len(channels), wire.MaxPushChannels)
+	}
+	for _, ch := range channels {
+		if !wire.ValidChannelString(ch) {
+			return fmt.Errorf("%w: %q: use 1-255 of A-Z a-z 0-9 _ -", ErrBadChannelName, ch)
+		}
+	}
+	return nil
+}
+
+func appendChannels(b []byte, channels []string) []byte {
+	b = wire.AppendU8(b, uint8(len(channels)))
+	for _, ch := range channels {
+		b = wire.AppendStr8(b, ch)
+	}
+	return b
+}
+
+// start returns the index of the node a round-robin request begins with.
+func (c *Client) start() int { return int((c.rr.Add(1) - 1) % uint32(len(c.nodes))) }
+
+// try runs one request on node n. sent is false when the request certainly
+// did not reach the node (no connection could be had).
+func (c *Client) try(ctx context.Context, n *node, op wire.Opcode, body []byte) (r []byte, sent bool, err error) {
+	if c.closed.Load() {
+		return nil, false, ErrClosed
+	}
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	cn, err := n.conn(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	r, err = cn.do(ctx, op, 0, body)
+	return r, true, err
+}
+
+// Push stores value in every channel named (1 to 255 of them) on one node:
+// the next one round-robin. It is acknowledged when the node holds it in
+// every channel (durable as the node's --queue-durability says). When a
+// node cannot be reached, or answers that it is shutting down, out of disk
+// space or busy, the value was not stored there and Push tries the next
+// node; it fails when every node did. ErrDisconnected after the request
+// went out means the value may or may not be stored: Push then does not
+// retry elsewhere, so as not to store it twice.
+func (c *Client) Push(ctx context.Context, channels []string, value []byte, opts ...PushOption) error {
+	if err := checkChannels(channels); err != nil {
+		return err
+	}
+	var o pushOptions
+	for _, fn := range opts {
+		fn(&o)
+	}
+	if len(o.routingKey) > wire.MaxKeyLen {
+		return fmt.Errorf("%w: routing key of %d bytes, the limit is %d", ErrKeyTooBig, len(o.routingKey), wire.MaxKeyLen)
+	}
+	bp := getBuf()
+	b := appendChannels((*bp)[:0], channels)
+	b = wire.AppendBytes8(b, o.routingKey)
+	b = append(b, value...)
+	*bp = b
+	defer putBuf(bp)
+	var errs []error
+	first := c.start()
+	for i := range c.nodes {
+		_, sent, err := c.try(ctx, c.nodes[(first+i)%len(c.nodes)], wire.OpPush, b)
+		if err == nil {
+			return nil
+		}
+		if !notStored(err, sent) || ctx.Err() != nil {
+			return err
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// notStored reports whether a failed Push certainly stored nothing, so that
+// it may go to another node.
+func notStored(err error, sent bool) bool {
+	if !sent {
+		return true
+	}
+	return errors.Is(err, ErrShuttingDown) || errors.Is(err, ErrNoSpace) || errors.Is(err, ErrBusy)
+}
+
+// Pop removes and returns the oldest record of channel from one node,
+// starting with the next one round-robin and moving on while a node's
+// queue is empty or the node is down. It returns ErrEmpty only when every
+// node answered that it was empty; otherwise the errors of the nodes that
+// did not (ErrDisconnected for one that is down, ErrSubscribed where the
+// channel has subscribers), joined.
+func (c *Client) Pop(ctx context.Context, channel string) ([]byte, error) {
+	if !wire.ValidChannelString(channel) {
+		return nil, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
+	}
+	body := wire.AppendStr8(nil, channel)
+	var errs []error
+	first := c.start()
+	for i := range c.nodes {
+		v, _, err := c.try(ctx, c.nodes[(first+i)%len(c.nodes)], wire.OpPop, body)
+		switch {
+		case err == nil:
+			return v, nil
+		case ctx.Err() != nil:
+			return nil, err
+		case errors.Is(err, ErrEmpty):
+		default:
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("%w: channel %q on %d node(s)", ErrEmpty, channel, len(c.nodes))
+	}
+	return nil, errors.Join(errs...)
+}
+
+// Consume subscribes as subscriber (0..255 bytes of [A-Za-z0-9_-]; "" is a
+// name too) to channel on every node and streams the records of all of
+// them, merged as they arrive (each node's in its order). The first
+// subscriber of a channel takes over the records already queued; every
+// further subscriber name gets every record pushed from then on; Consume
+// streams sharing a subscriber name split the records. Pop is refused on a
+// channel with subscribers.
+//
+// The stream is flow-controlled (WithStreamWindow): a node takes records
+// out of the queue only when it may send them. It reconnects to a node
+// that went away or restarted and goes on; records a node had sent when
+// the connection broke are lost (at most once). It ends when the channel
+// is removed (ErrChannelRemoved), on Stop or when ctx is done. The values
+// yielded stay valid after the loop body.
+func (c *Client) Consume(ctx context.Context, channel, subscriber string) *Stream[[]byte] {
+	parts := make([]*Stream[[]byte], len(c.nodes))
+	for i, n := range c.nodes {
+		s := newStream[[]byte](c, ctx, n, wire.OpConsume)
+		s.request = func(b []byte, credit uint32) []byte {
+			b = wire.AppendStr8(b, channel)
+			b = wire.AppendStr8(b, subscriber)
+			return wire.AppendU32(b, credit)
+		}
+		s.decode = decodeValues
+		s.resumeOnShutdown = true
+		parts[i] = s
+	}
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return merged(ctx, parts)
+}
+
+// decodeValues yields the values of a Consume batch: u32 n, n × bytes32.
+func decodeValues(body []byte, yield func([]byte, error) bool) (bool, error) {
+	d := wire.NewDecoder(body)
+	n := d.U32()
+	for range n {
+		v := d.Bytes32()
+		if d.Err() != nil {
+			return false, fmt.Errorf("%w: malformed Consume batch", ErrProtocol)
+		}
+		if !yield(v, nil) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// produceFrame is the value bytes a Producer collects before it sends a
+// frame.
+const produceFrame = 64 << 10
+
+// Producer streams values to a list of channels on one node (Produce).
+// Values are sent in frames of about 64 KiB as they are given and stored
+// in the order of the Send calls; the node acknowledges once, on Close,
+// with the number stored. A Producer is safe for concurrent use.
+type Producer struct {
+	c     *Client
+	ctx   context.Context
+	cn    *conn
+	res   *call // receives the node's one answer
+	lists []byte
+
+	mu      sync.Mutex
+	id      uint32 // 0 until the first frame is sent
+	buf     []byte // values of the next frame
+	count   uint32
+	err     error
+	stopped bool
+}
+
+// Produce opens a Producer to channels (1 to 255) on one node: the next one
+// round-robin that can be reached. Nothing is sent until the first frame
+// fills or Close.
+func (c *Client) Produce(ctx context.Context, channels []string) (*Producer, error) {
+	if err := checkChannels(channels); err != nil {
+		return nil, err
+	}
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
+	var errs []error
+	first := c.start()
+	for i := range c.nodes {
+		cn, err := c.nodes[(first+i)%len(c.nodes)].conn(ctx)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return &Producer{c: c, ctx: ctx, cn: cn, res: &call{ch: make(chan result, 1)}, lists: appendChannels(nil, channels)}, nil
+	}
+	return nil, errors.Join(errs...)
+}
+
+// Node returns the address of the node the Producer writes to.
+func (p *Producer) Node() string { return p.cn.addr }
+
+// Send queues value to be pushed to the Producer's channels; it may write
+// a frame. An error means the Produce failed: the node answered an error
+// (its message says how many values it stored) or the connection broke
+// (how many were stored is unknown); later calls return the same error.
+func (p *Producer) Send(value []byte) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.failed(); err != nil {
+		return err
+	}
+	if len(value) > wire.MaxValueLen {
+		p.err = fmt.Errorf("%w: value of %d bytes", ErrValueTooBig, len(value))
+		return p.err
+	}
+	if size := len(p.buf) + 4 + len(value); size > produceFrame && (p.count > 0 || p.id == 0) {
+		if err := p.flush(true); err != nil {
+			return err
+		}
+	}
+	p.buf = wire.AppendBytes32(p.buf, value)
+	p.count++
+	if len(p.buf) >= produceFrame {
+		return p.flush(true)
+	}
+	return nil
+}
+
+// failed returns the error that ended the Produce, if any: an early answer
+// of the node is one.
+func (p *Producer) failed() error {
+	if p.err != nil {
+		return p.err
+	}
+	if p.stopped {
+		return fmt.Errorf("%w: the Producer is closed", ErrClosed)
+	}
+	select {
+	case r := <-p.res.ch:
+		p.err = answerError(p.cn.addr, r)
+		if p.err == nil {
+			p.err = fmt.Errorf("%w: %s answered a Produce before its last frame", ErrProtocol, p.cn.addr)
+		}
+	default:
+	}
+	return p.err
+}
+
+// answerError turns an answer into its error (nil for ok).
+func answerError(addr string, r result) error {
+	if r.err != nil {
+		return r.err
+	}
+	if r.status != wire.StatusOK {
+		return statusError(addr, r.status, r.body)
+	}
+	return nil
+}
+
+// flush sends the collected values as one frame.
+func (p *Producer) flush(more bool) error {
+	var body []byte
+	if p.id == 0 {
+		body = append(body, p.lists...)
+	}
+	body = wire.AppendU32(body, p.count)
+	body = append(body, p.buf...)
+	var flags byte
+	if more {
+		flags = wire.FlagMore
+	}
+	var cl *call
+	if p.id == 0 {
+		cl = p.res
+	}
+	id, err := p.cn.send(wire.OpProduce, 0, flags, body, cl, nil, p.id)
+	if err != nil {
+		p.err = err
+		return err
+	}
+	p.id = id
+	p.buf, p.count = p.buf[:0], 0
+	return nil
+}
+
+// Close sends what is left and waits for the node's answer: the number of
+// values stored in every channel. After an error, how many were stored is
+// in the error's message.
+func (p *Producer) Close() (uint64, error) {
+	p.mu.Lock()
+	if err := p.failed(); err != nil {
+		p.mu.Unlock()
+		return 0, err
+	}
+	err := p.flush(false)
+	p.stopped = true
+	p.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := p.c.ctx(p.ctx)
+	defer cancel()
+	select {
+	case r := <-p.res.ch:
+		if err := answerError(p.cn.addr, r); err != nil {
+			return 0, err
+		}
+		if len(r.body) != 8 {
+			return 0, fmt.Errorf("%w: Produce answer of %d bytes", ErrProtocol, len(r.body))
+		}
+		return u64(r.body), nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// QueueStats describes one queue of a node: a channel without
+// subscribers, or one subscriber's queue of a channel.
+type QueueStats struct {
+	Node       string // the node's address
+	Channel    string
+	Subscribed bool   // the channel has subscribers
+	Subscriber string // this queue's subscriber name, when Subscribed
+	Records    int64  // records queued, in memory and overflow
+	Bytes      int64  // value bytes queued
+
+	MemoryRecords   int64 // in the memory ring
+	MemoryBytes     int64
+	OverflowRecords int64 // in the disk overflow
+	OverflowBytes   int64
+
+	RingSize  int64 // the ring's capacity in bytes
+	Fullness  int   // percent of the ring in use, record headers included
+	Consumers int   // Consume streams attached now
+}
+
+// Queues lists the queues of every node, node by node in the order the
+// client was given them, each sorted by channel.
+func (c *Client) Queues(ctx context.Context) ([]QueueStats, error) {
+	var out []QueueStats
+	for _, n := range c.nodes {
+		r, err := c.do(ctx, n, wire.OpQueues, 0, nil)
+		if err != nil {
+			return nil, err
+		}
+		d := wire.NewDecoder(r)
+		count := d.U32()
+		for i := uint32(0); i < count && d.Err() == nil; i++ {
+			q := QueueStats{Node: n.addr, Channel: string(d.Bytes8()), Subscribed: d.U8() == 1, Subscriber: string(d.Bytes8())}
+			for _, f := range []*int64{&q.Records, &q.Bytes, &q.MemoryRecords, &q.MemoryBytes, &q.OverflowRecords, &q.OverflowBytes, &q.RingSize} {
+				*f = int64(d.U64())
+			}
+			q.Fullness, q.Consumers = int(d.U8()), int(d.U16())
+			out = append(out, q)
+		}
+		if d.Finish() != nil {
+			return nil, fmt.Errorf("%w: malformed Queues answer from %s", ErrProtocol, n.addr)
+		}
+	}
+	return out, nil
+}
