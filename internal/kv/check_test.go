@@ -77,7 +77,7 @@ func checkTable(t *table, vb uint16, nvb int) error {
 	if count != t.count || live != t.live || liveBytes != t.liveBytes {
 		return fmt.Errorf("counted %d/%d/%d, table says %d/%d/%d", count, live, liveBytes, t.count, t.live, t.liveBytes)
 	}
-	var chunkMem int64
+	var chunkMem, data int64
 	free := map[int]bool{}
 	for _, ci := range t.free {
 		free[int(ci)] = true
@@ -90,16 +90,16 @@ func checkTable(t *table, vb uint16, nvb int) error {
 			continue
 		}
 		chunkMem += int64(cap(c.buf))
-		want := cap(c.buf)
-		if ci == t.tail {
-			want = len(c.buf)
+		data += int64(used[ci])
+		if used[ci]+c.garbage != len(c.buf) {
+			return fmt.Errorf("chunk %d (tail %v): %d live + %d garbage != %d", ci, ci == t.tail, used[ci], c.garbage, len(c.buf))
 		}
-		if used[ci]+c.garbage != want {
-			return fmt.Errorf("chunk %d (tail %v): %d live + %d garbage != %d", ci, ci == t.tail, used[ci], c.garbage, want)
-		}
-		if ci != t.tail && 2*c.garbage > cap(c.buf) {
+		if ci != t.tail && c.garbage > cap(c.buf)/evacuateAt {
 			return fmt.Errorf("chunk %d: %d of %d bytes garbage, not evacuated", ci, c.garbage, cap(c.buf))
 		}
+	}
+	if data != t.data {
+		return fmt.Errorf("record bytes %d, table says %d", data, t.data)
 	}
 	if chunkMem != t.chunkMem {
 		return fmt.Errorf("chunk bytes %d, table says %d", chunkMem, t.chunkMem)
@@ -109,3 +109,5 @@ func checkTable(t *table, vb uint16, nvb int) error {
 	}
 	return nil
 }
+
+func hashOf(key []byte) uint64 { return xxhash.Sum64(key) }

@@ -65,13 +65,13 @@ func sweepAll(s *Store) {
 	s.sweepMu.Lock()
 	defer s.sweepMu.Unlock()
 	for n := 0; n <= len(s.parts); {
-		vb := s.sweep.vb
-		p := s.parts[vb]
+		p := s.parts[s.sweep.vb]
 		p.mu.Lock()
+		started := s.sweep.started
 		s.sweepStep(p, s.nowUnix(), 1<<20)
 		p.mu.Unlock()
-		if s.sweep.vb != vb {
-			n++
+		if started && !s.sweep.started {
+			n++ // a vBucket done
 		}
 	}
 }

@@ -189,47 +189,83 @@ func (st *storeTest) Sweep(t *rapid.T) {
 	now := st.now()
 	age := int64(modelTombTTL / time.Second)
 	high := slices.Clone(st.m.seqno)
-	var expired []*modelRec
+	// Work out the sweep's effect; what depends on the order in which the
+	// sweeper visits the slots is read back from the store and validated.
+	var readBack []func()
 	for ch, recs := range st.m.recs {
 		for key, r := range recs {
 			vb := st.m.vb(key)
+			tb := st.s.parts[vb].tables[ch]
+			find := func() (rec, bool) {
+				i, ok := tb.find([]byte(key), mix(xxhash.Sum64String(key)))
+				if !ok {
+					return rec{}, false
+				}
+				return tb.recAt(i), true
+			}
 			switch {
-			case r.tomb && now-r.stamp >= age:
+			case r.tomb && now-r.stamp >= age && r.seqno != high[vb]:
 				st.m.purged[vb] = max(st.m.purged[vb], r.seqno)
 				delete(recs, key)
+			case r.tomb && now-r.stamp >= age:
+				// The tombstone of the latest mutation is kept, unless an
+				// expiry came first in this sweep.
+				readBack = append(readBack, func() {
+					if _, ok := find(); !ok {
+						if st.m.seqno[vb] == high[vb] {
+							t.Fatalf("tombstone %s/%s of the latest mutation purged", ch, key)
+						}
+						st.m.purged[vb] = max(st.m.purged[vb], r.seqno)
+						delete(recs, key)
+					}
+				})
 			case !r.tomb && r.expiry != 0 && now >= r.expiry:
 				st.m.seqno[vb]++
 				*r = modelRec{tomb: true, stamp: now}
-				expired = append(expired, r)
-				// The sweeper picks the order, hence the seqnos: read them back.
-				p := st.s.parts[vb]
-				tb := p.tables[ch]
-				defer func() {
-					i, ok := tb.find([]byte(key), mix(xxhash.Sum64String(key)))
+				// The sweeper picks the order, hence the seqnos.
+				readBack = append(readBack, func() {
+					got, ok := find()
 					if !ok {
 						t.Fatalf("expired %s/%s gone", ch, key)
 					}
-					r.seqno = tb.recAt(i).seqno
+					r.seqno = got.seqno
 					if r.seqno <= high[vb] || r.seqno > st.m.seqno[vb] {
 						t.Fatalf("expired %s/%s at seqno %d outside (%d, %d]", ch, key, r.seqno, high[vb], st.m.seqno[vb])
 					}
-				}()
+				})
 			}
-		}
-		if len(recs) == 0 {
-			delete(st.m.recs, ch)
 		}
 	}
 	for vb, rm := range st.m.removed {
 		for ch, c := range rm {
-			if now-c.stamp >= age {
+			if now-c.stamp < age {
+				continue
+			}
+			if c.seqno != high[vb] {
 				st.m.purged[vb] = max(st.m.purged[vb], c.seqno)
 				delete(rm, ch)
+				continue
 			}
+			readBack = append(readBack, func() {
+				if st.s.parts[vb].removedAt(ch) == 0 {
+					if st.m.seqno[vb] == high[vb] {
+						t.Fatalf("removal of %s in vb %d, the latest mutation, purged", ch, vb)
+					}
+					st.m.purged[vb] = max(st.m.purged[vb], c.seqno)
+					delete(rm, ch)
+				}
+			})
 		}
 	}
 	sweepAll(st.s)
-	_ = expired
+	for _, f := range readBack {
+		f()
+	}
+	for ch, recs := range st.m.recs {
+		if len(recs) == 0 {
+			delete(st.m.recs, ch)
+		}
+	}
 }
 
 func (st *storeTest) Scan(t *rapid.T) {

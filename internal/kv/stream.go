@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -250,15 +251,7 @@ func (st *streamer) snapshot(from uint64) (end, cursor uint64, err error) {
 			}
 		}
 	}
-	slices.SortFunc(st.items, func(a, b item) int {
-		switch {
-		case a.seqno < b.seqno:
-			return -1
-		case a.seqno > b.seqno:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(st.items, func(a, b item) int { return cmp.Compare(a.seqno, b.seqno) })
 	return p.seqno, p.log.head, nil
 }
 

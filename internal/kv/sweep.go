@@ -42,7 +42,11 @@ func (s *Store) sweepLoop(interval time.Duration) {
 // sweepSlots examines about budget index slots from where the last sweep
 // stopped: it expires records of active vBuckets (one OpExpire mutation
 // each), purges tombstones older than TombstoneTTL (raising the purge
-// seqno), drops empty tables and shrinks sparse ones.
+// seqno), drops empty tables, shrinks sparse indexes, trims tail chunks
+// that are mostly garbage and compacts chunk descriptors. The tombstone (or
+// channel removal) of a vBucket's latest mutation is kept: a snapshot then
+// always ends with a mutation at its end seqno, so a consumer's seqno
+// reaches the producer's.
 func (s *Store) sweepSlots(budget int) {
 	s.sweepMu.Lock()
 	defer s.sweepMu.Unlock()
@@ -67,7 +71,7 @@ func (s *Store) sweepStep(p *partition, now int64, n int) int {
 		c.started = true
 		kept := p.removed[:0]
 		for _, ct := range p.removed {
-			if now-fromStamp(ct.stamp) >= s.tombstoneAge() {
+			if now-fromStamp(ct.stamp) >= s.tombstoneAge() && ct.seqno != p.seqno {
 				p.purged = max(p.purged, ct.seqno)
 			} else {
 				kept = append(kept, ct)
@@ -100,7 +104,7 @@ func (s *Store) sweepStep(p *partition, now int64, n int) int {
 		r := t.recAt(c.pos)
 		switch {
 		case r.tomb():
-			if now-fromStamp(r.stamp) >= s.tombstoneAge() {
+			if now-fromStamp(r.stamp) >= s.tombstoneAge() && r.seqno != p.seqno {
 				p.purged = max(p.purged, r.seqno)
 				t.drop(c.pos)
 				continue // another entry may have shifted into c.pos
@@ -118,6 +122,8 @@ func (s *Store) sweepStep(p *partition, now int64, n int) int {
 			slots := len(t.slots)
 			t.shrink()
 			s.slots.Add(int64(len(t.slots) - slots))
+			t.trimTail()
+			t.compactChunks()
 		}
 	}
 	return max(work, 1)

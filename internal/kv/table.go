@@ -25,9 +25,10 @@ const (
 
 // Arena and index sizing.
 const (
-	minSlots = 8
-	minChunk = 256
-	maxChunk = 16 << 10 // records above maxChunk/2 get a chunk of their own
+	minSlots  = 8
+	minChunk  = 256
+	spanChunk = 8 << 10  // chunk size of tables past 32 KiB
+	maxChunk  = 16 << 10 // records above maxChunk/2 get a chunk of their own
 	// tableOverhead approximates a table's fixed cost (struct, map entry).
 	tableOverhead = 256
 	chunkDescSize = int64(unsafe.Sizeof(chunk{}))
@@ -36,6 +37,11 @@ const (
 // hintedSlots is the largest index whose home slots come from the stored
 // hint alone (a variable so that tests can exercise larger tables).
 var hintedSlots = uint64(1) << hintBits
+
+// evacuateAt: a chunk is evacuated when more than 1/evacuateAt of it is
+// garbage. 4 keeps chunk garbage near 15% of the arena under remove+insert
+// churn, for three bytes copied per byte reclaimed (see docs/design.md).
+const evacuateAt = 4
 
 // errTableFull is returned when a table would need more than maxChunks
 // chunks; callers report it as ErrOutOfMemory.
@@ -60,7 +66,7 @@ func (a *memAccount) fits(n int64) bool {
 // chunk is one arena slab: records are appended to buf up to cap(buf).
 type chunk struct {
 	buf     []byte
-	garbage int // bytes of dead records, plus the unused tail once retired
+	garbage int // bytes of dead records in buf
 }
 
 // table holds the records of one channel in one vBucket: an arena of chunks
@@ -77,6 +83,7 @@ type table struct {
 	retired   []int32 // former tail chunks to check for evacuation
 	tail      int     // chunk appended to; -1 = none
 	chunkMem  int64   // bytes of chunk buffers
+	data      int64   // bytes of the records the index refers to
 	mem       int64   // everything this table adds to MemoryUsage
 	acct      *memAccount
 }
@@ -183,15 +190,20 @@ func (t *table) shrink() {
 }
 
 // chunkSize picks the size of a new chunk for an n-byte record: a chunk of
-// its own above maxChunk/2, else a power of two around sqrt(64 × arena
-// bytes), which balances the unused tail of the last chunk against the
-// number of chunks.
+// its own above maxChunk/2; else, while the table is small, a power of two
+// near a quarter of its records' bytes; past that spanChunk (or the next power of
+// two holding two such records). Go gives size classes of 8 KiB and up a
+// span per object, so freeing such a chunk frees its span: smaller chunks
+// would share spans and fragment the heap after removals.
 func (t *table) chunkSize(n int) (size int, dedicated bool) {
 	if n > maxChunk/2 {
 		return n, true
 	}
 	size = minChunk
-	for size < maxChunk && (size < 2*n || int64(size)*int64(size) < 64*t.chunkMem) {
+	for size < spanChunk && int64(size) < t.data/4 {
+		size *= 2
+	}
+	for size < 2*n {
 		size *= 2
 	}
 	return size, false
@@ -259,8 +271,6 @@ func (t *table) alloc(n int) (uint64, []byte, error) {
 	c.buf = c.buf[:n]
 	if !dedicated {
 		if t.tail >= 0 {
-			old := &t.chunks[t.tail]
-			old.garbage += cap(old.buf) - len(old.buf)
 			t.retired = append(t.retired, int32(t.tail))
 		}
 		t.tail = ci
@@ -274,7 +284,8 @@ func (t *table) garbage(ref uint64, n int) {
 	ci := int(ref >> offBits)
 	c := &t.chunks[ci]
 	c.garbage += n
-	if ci != t.tail && 2*c.garbage > cap(c.buf) {
+	t.data -= int64(n)
+	if ci != t.tail && c.garbage > cap(c.buf)/evacuateAt {
 		t.evacuate(ci)
 	}
 }
@@ -300,16 +311,63 @@ func (t *table) evacuate(ci int) {
 	t.freeChunk(ci)
 }
 
-// settle evacuates retired tail chunks that are mostly garbage. It runs at
-// the end of every mutation, when no caller holds a ref.
+// settle evacuates retired tail chunks that collected too much garbage
+// while they were the tail. It runs at the end of every mutation, when no
+// caller holds a ref. Evacuation moves only live records and creates no
+// garbage, so it cannot cascade.
 func (t *table) settle() {
 	for len(t.retired) > 0 {
 		ci := int(t.retired[len(t.retired)-1])
 		t.retired = t.retired[:len(t.retired)-1]
-		if ci != t.tail && t.chunks[ci].buf != nil && 2*t.chunks[ci].garbage > cap(t.chunks[ci].buf) {
+		if c := &t.chunks[ci]; ci != t.tail && c.buf != nil && c.garbage > cap(c.buf)/evacuateAt {
 			t.evacuate(ci)
 		}
 	}
+}
+
+// trimTail evacuates the tail chunk when more of it is garbage than live:
+// after mass removals the tail gives its memory back too (other chunks are
+// evacuated as they turn into garbage). The sweeper calls it.
+func (t *table) trimTail() {
+	if t.tail < 0 || 2*t.chunks[t.tail].garbage <= len(t.chunks[t.tail].buf) {
+		return
+	}
+	ci := t.tail
+	t.tail = -1
+	t.evacuate(ci)
+	t.settle()
+}
+
+// compactChunks renumbers the chunks when most descriptors are unused, so
+// that the descriptor array shrinks after mass removals. It rewrites every
+// slot's ref.
+func (t *table) compactChunks() {
+	used := len(t.chunks) - len(t.free)
+	if cap(t.chunks) < 8 || cap(t.chunks) <= 2*used {
+		return
+	}
+	renum := make([]int32, len(t.chunks))
+	chunks := make([]chunk, 0, used)
+	for ci, c := range t.chunks {
+		if c.buf != nil {
+			renum[ci] = int32(len(chunks))
+			chunks = append(chunks, c)
+		}
+	}
+	for i, s := range t.slots {
+		if s != 0 {
+			ref := s & refMask
+			t.slots[i] = s&^refMask | uint64(renum[ref>>offBits])<<offBits | ref&offMask
+		}
+	}
+	if t.tail >= 0 {
+		t.tail = int(renum[t.tail])
+	}
+	for i, ci := range t.retired {
+		t.retired[i] = renum[ci]
+	}
+	t.addMem(int64(cap(chunks)-cap(t.chunks)) * chunkDescSize)
+	t.chunks, t.free = chunks, nil
 }
 
 // set writes a new version of key. i and found come from find (m is the
@@ -336,6 +394,7 @@ func (t *table) set(i int, found bool, m, seqno uint64, flags byte, key, value [
 		return err
 	}
 	putRec(dst, seqno, flags, key, value, stamp)
+	t.data += int64(size)
 	if found {
 		t.slots[i] = t.slots[i]&^refMask | ref
 		t.account(&old, -1)
