@@ -12,7 +12,12 @@ import (
 // benchKey writes the i-th 16-byte key ("key:%012d", as the Redis
 // measurement of reference/perf_anchors.md §1.3) into b.
 func benchKey(b []byte, i int) []byte {
-	return fmt.Appendf(b[:0], "key:%012d", i)
+	b = append(b[:0], "key:000000000000"...)
+	for j := len(b) - 1; i > 0 && j >= 4; j-- {
+		b[j] = byte('0' + i%10)
+		i /= 10
+	}
+	return b
 }
 
 func heapInuse() uint64 {

@@ -8,8 +8,6 @@ import (
 	"sync"
 
 	"github.com/cespare/xxhash/v2"
-
-	"shoal/internal/wire"
 )
 
 // scanEntry is one record copied by Scan; its bytes are in scanBuf.buf.
@@ -156,11 +154,8 @@ func (s *Store) copyChannel(p *partition, ch string, recs []Record, buf []byte) 
 // each is validated (ErrWrongVBucket when its key is not of vb). Load is
 // meant for startup, before streams of vb run.
 func (s *Store) Load(ch string, vb uint16, seqno uint64, recs []Record) error {
-	if s.closed.Load() {
-		return ErrClosed
-	}
-	if !wire.ValidChannelString(ch) {
-		return fmt.Errorf("kv: load channel %q: %w", ch, ErrBadChannel)
+	if err := s.checkChannel(ch); err != nil {
+		return fmt.Errorf("kv: load: %w", err)
 	}
 	if int(vb) >= len(s.parts) {
 		return fmt.Errorf("kv: load vbucket %d: %w", vb, ErrBadVBucket)

@@ -208,12 +208,20 @@ func checkKey(key []byte) error {
 	return nil
 }
 
-func (s *Store) checkWrite(ch string, key, value []byte) error {
+// checkChannel refuses writes to a closed store or a bad channel name.
+func (s *Store) checkChannel(ch string) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
 	if !wire.ValidChannelString(ch) {
 		return fmt.Errorf("kv: channel %q: %w", ch, ErrBadChannel)
+	}
+	return nil
+}
+
+func (s *Store) checkWrite(ch string, key, value []byte) error {
+	if err := s.checkChannel(ch); err != nil {
+		return err
 	}
 	if err := checkKey(key); err != nil {
 		return err

@@ -13,6 +13,8 @@ import (
 	"shoal/internal/vbucket"
 )
 
+var _ engine.Engine = (*Store)(nil)
+
 // Live delivery limits: what one stream copies under one read lock.
 const (
 	liveBatchRecords = 256
@@ -379,7 +381,7 @@ func (s *Store) Apply(m *engine.Mutation) error {
 			return fmt.Errorf("kv: apply %v seqno %d: key of vbucket %d sent for %d: %w", m.Op, m.Seqno, vb, m.VBucket, ErrWrongVBucket)
 		}
 	case engine.OpRemoveChannel:
-		if err := s.checkWrite(m.Channel, []byte{0}, nil); err != nil {
+		if err := s.checkChannel(m.Channel); err != nil {
 			return fmt.Errorf("kv: apply %v seqno %d: %w", m.Op, m.Seqno, err)
 		}
 	default:

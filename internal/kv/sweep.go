@@ -14,6 +14,7 @@ const (
 	sweepSegment   = 1024 // slots examined per lock hold
 	sweepMinBudget = 8192 // slots examined per tick, at least
 	sweepRounds    = 50   // ticks per full pass, at most (with larger budgets)
+	sweepVBCost    = 16   // work charged for visiting a vBucket or a table
 )
 
 // sweepCursor is where the sweeper stopped: vBucket, table, slot.
@@ -63,8 +64,9 @@ func (s *Store) tombstoneAge() int64 {
 	return int64((s.cfg.TombstoneTTL + time.Second - 1) / time.Second)
 }
 
-// sweepStep does at most n slots of work in p (at least 1 unit, so sweeps
-// progress) and returns the work done. p.mu is held.
+// sweepStep does at most n slots of work in p and returns the work done,
+// charging sweepVBCost for moving to another vBucket or table (so sweeps
+// progress, and an idle store is not swept in circles). p.mu is held.
 func (s *Store) sweepStep(p *partition, now int64, n int) int {
 	c := &s.sweep
 	if !c.started {
@@ -79,20 +81,20 @@ func (s *Store) sweepStep(p *partition, now int64, n int) int {
 		}
 		clear(p.removed[len(kept):])
 		p.removed = kept
-		return 1
+		return sweepVBCost
 	}
 	if !c.inTable {
 		name, ok := p.nextTable(c.ch)
 		if !ok {
 			*c = sweepCursor{vb: (c.vb + 1) % len(s.parts)}
-			return 1
+			return sweepVBCost
 		}
 		c.ch, c.pos, c.inTable = name, 0, true
 	}
 	t := p.tables[c.ch]
 	if t == nil {
 		c.inTable = false
-		return 1
+		return sweepVBCost
 	}
 	work := 0
 	for work < n && c.pos < len(t.slots) {
