@@ -268,7 +268,7 @@ func (s *Store) store(p *partition, t *table, ch string, i int, found bool, m, s
 		s.slots.Add(minSlots)
 		p.tables[t.name] = t
 		i, found = t.find(key, m)
-	} else if limited && !s.acct.fits(t.cost(size, !found)) {
+	} else if limited && !s.acct.fits(t.cost(size, i, found)) {
 		return t, ErrOutOfMemory
 	}
 	slots := len(t.slots)
@@ -286,13 +286,7 @@ func (s *Store) store(p *partition, t *table, ch string, i int, found bool, m, s
 // newTableCost is what a new table holding one n-byte record adds to
 // MemoryUsage.
 func newTableCost(n int) int64 {
-	size := n
-	if n <= maxChunk/2 {
-		size = minChunk
-		for size < 2*n {
-			size *= 2
-		}
-	}
+	size, _ := (&table{}).chunkSize(n)
 	return tableOverhead + minSlots*8 + int64(size) + chunkDescSize
 }
 

@@ -191,10 +191,10 @@ func (t *table) shrink() {
 
 // chunkSize picks the size of a new chunk for an n-byte record: a chunk of
 // its own above maxChunk/2; else, while the table is small, a power of two
-// near a quarter of its records' bytes; past that spanChunk (or the next power of
-// two holding two such records). Go gives size classes of 8 KiB and up a
-// span per object, so freeing such a chunk frees its span: smaller chunks
-// would share spans and fragment the heap after removals.
+// near a quarter of its records' bytes; past that spanChunk (or the next
+// power of two holding two such records). Go gives size classes of 8 KiB
+// and up a span per object, so freeing such a chunk frees its span: smaller
+// chunks would share spans and fragment the heap after removals.
 func (t *table) chunkSize(n int) (size int, dedicated bool) {
 	if n > maxChunk/2 {
 		return n, true
@@ -210,10 +210,13 @@ func (t *table) chunkSize(n int) (size int, dedicated bool) {
 }
 
 // cost is the number of bytes MemoryUsage grows by if a record of n bytes
-// is written (isNew: it takes a new slot).
-func (t *table) cost(n int, isNew bool) int64 {
+// is written at slot i (found: over the entry there; else in a new slot).
+func (t *table) cost(n, i int, found bool) int64 {
+	if found && t.recAt(i).size == n {
+		return 0 // in place
+	}
 	var c int64
-	if isNew && t.needsGrow() {
+	if !found && t.needsGrow() {
 		c += int64(len(t.slots)/2) * 8
 	}
 	if t.tail >= 0 {
@@ -279,7 +282,7 @@ func (t *table) alloc(n int) (uint64, []byte, error) {
 }
 
 // garbage records that the n-byte record at ref is dead, and evacuates its
-// chunk when more than half of it is dead.
+// chunk when more than 1/evacuateAt of it is dead.
 func (t *table) garbage(ref uint64, n int) {
 	ci := int(ref >> offBits)
 	c := &t.chunks[ci]
