@@ -70,6 +70,7 @@ func (n *node) stop() {
 	n.s.Shutdown(ctx)
 	<-n.done
 	n.q.Close()
+	n.kv.Close()
 }
 
 func dial(t testing.TB, addr string, opts ...client.Option) *client.Client {
