@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -69,7 +68,6 @@ shoal_channel_records{channel="a"} 3
 	if err := testutil.CollectAndCompare(NewCollector(reg), strings.NewReader(want)); err != nil {
 		t.Fatal(err)
 	}
-	_ = prometheus.NewRegistry().Register(NewCollector(reg))
 }
 
 func TestProcessReportsCPUAndRSS(t *testing.T) {
