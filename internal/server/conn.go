@@ -54,6 +54,8 @@ type conn struct {
 	streams map[uint32]*stream
 	swg     sync.WaitGroup // stream goroutines
 
+	appends appends // log appends in flight (log.go)
+
 	shutting chan struct{} // closed by beginShutdown
 	shutOnce sync.Once
 }
@@ -240,6 +242,14 @@ func (c *conn) dispatch(h wire.Header, body []byte) {
 	}
 	start := time.Now()
 	hd.fn(c, h, body)
+	if !hd.async {
+		c.s.requestDone(op, start)
+	}
+}
+
+// requestDone records the end of a request that started at start.
+func (s *Server) requestDone(op wire.Opcode, start time.Time) {
+	st := &s.ops[op]
 	st.lat.Observe(time.Since(start))
 	st.active.Add(-1)
 }
@@ -247,6 +257,7 @@ func (c *conn) dispatch(h wire.Header, body []byte) {
 // handOver gives the connection to a takeover function (replication),
 // with any bytes already read after the takeover frame.
 func (c *conn) handOver() {
+	c.appends.wg.Wait()
 	if !c.flush() {
 		return
 	}
@@ -394,6 +405,7 @@ func (c *conn) finish() {
 	c.cancel()
 	c.endStreams()
 	c.swg.Wait()
+	c.appends.wg.Wait()
 	c.flush()
 	c.nc.Close()
 }

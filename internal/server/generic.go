@@ -24,6 +24,9 @@ func (s *Server) features() uint32 {
 	if s.eng.KV != nil {
 		f |= FeatureKV
 	}
+	if s.eng.Log != nil {
+		f |= FeatureLog
+	}
 	if _, ok := s.takeover[wire.OpStreamOpen]; ok {
 		f |= FeatureReplication
 	}
@@ -148,7 +151,7 @@ func (s *Server) channelSizes() []ChannelSize {
 			out = append(out, ChannelSize{Name: cs.Name, Kind: engine.KindKV, Records: cs.Records, Bytes: cs.Bytes})
 		}
 	}
-	return out
+	return s.logChannelSizes(out)
 }
 
 // getChannels: -> u32 count, then (u8 kind, str8 name) per channel.
@@ -185,6 +188,8 @@ func (c *conn) getChannelSize(h wire.Header, body []byte) {
 				st := c.s.eng.KV.ChannelSize(name)
 				cs.Records, cs.Bytes = st.Records, st.Bytes
 			}
+		case engine.KindLog:
+			cs.Records, cs.Bytes = c.s.logChannelSize(name)
 		}
 	}
 	b, off := c.begin(h, wire.StatusOK, 0)
@@ -229,6 +234,10 @@ func (c *conn) removeChannel(h wire.Header, body []byte) {
 	case engine.KindKV:
 		if c.s.eng.KV != nil {
 			c.s.eng.KV.RemoveChannel(name)
+		}
+	case engine.KindLog:
+		if !c.removeLogChannel(h, name) {
+			return
 		}
 	}
 	c.s.eng.Catalog.Drop(name)

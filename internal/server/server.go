@@ -24,6 +24,7 @@ import (
 
 	"shoal/internal/catalog"
 	"shoal/internal/kv"
+	"shoal/internal/logstore"
 	"shoal/internal/stats"
 	"shoal/internal/wire"
 )
@@ -86,6 +87,7 @@ func (c *Config) setDefaults() {
 type Engines struct {
 	Catalog *catalog.Catalog
 	KV      *kv.Store
+	Log     *logstore.Store
 }
 
 // Ownership says whether this node is active for a vBucket. A node that is
@@ -111,6 +113,7 @@ type handler struct {
 	open  bool // allowed before authentication
 	write bool // a write: refused by a node that is not active for the vBucket
 	admin bool // needs the admin credential when auth is on
+	async bool // answers from a goroutine of its own, which calls requestDone
 }
 
 // Server serves the data port.
@@ -156,6 +159,9 @@ func New(cfg Config, eng Engines) *Server {
 	s.registerGeneric()
 	if eng.KV != nil {
 		s.registerKV()
+	}
+	if eng.Log != nil {
+		s.registerLog()
 	}
 	return s
 }
