@@ -1,6 +1,7 @@
 // Command shoal is the command-line client and operator tool of shoal
-// nodes: kv get/put/..., streams (getall, mirror), channel management and
-// node information. Run `shoal --help` for the commands.
+// nodes: kv get/put/..., streams (getall, mirror), log put/range, channel
+// management, node information, and the offline check of a node's log
+// files. Run `shoal --help` for the commands.
 package main
 
 import (
@@ -57,6 +58,7 @@ func main() {
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "timeout of each request")
 	root.AddCommand(kvCommands(g)...)
 	root.AddCommand(channelCommands(g)...)
+	root.AddCommand(logCommand(g), checkCommand())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := root.ExecuteContext(ctx)

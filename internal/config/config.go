@@ -11,6 +11,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -55,6 +56,16 @@ type Config struct {
 	NodeID string `toml:"node_id"`
 	// Console prints a one-line status to stdout when it is a terminal.
 	Console bool `toml:"console"`
+	// LogFsync is the log engine's durability mode (log.go).
+	LogFsync FsyncMode `toml:"log_fsync"`
+	// LogSegmentSpan is the time span of a log segment file.
+	LogSegmentSpan Duration `toml:"log_segment_span"`
+	// LogCompressAfter zstd-compresses log segments that long after their
+	// span ended; 0 never.
+	LogCompressAfter Age `toml:"log_compress_after"`
+	// LogRetention deletes log segments that long after their span ended;
+	// 0 never.
+	LogRetention Age `toml:"log_retention"`
 }
 
 // Default returns the settings of a node started with no arguments.
@@ -70,6 +81,8 @@ func Default() Config {
 		MaxConnections: 5000,
 		VBuckets:       vbucket.Default,
 		Console:        true,
+		LogFsync:       DefaultLogFsync,
+		LogSegmentSpan: Duration(time.Hour),
 	}
 }
 
@@ -134,6 +147,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.VBuckets, "vbuckets", c.VBuckets, "number of vBuckets")
 	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "node name (default: generated and kept in DATA/node-id)")
 	fs.BoolVar(&c.Console, "console", c.Console, "print a status line when stdout is a terminal")
+	bindLog(fs, c)
 }
 
 // Validate checks the settings and says what is wrong.
@@ -170,5 +184,6 @@ func (c *Config) Validate() error {
 	if c.VBuckets < 1 || c.VBuckets > vbucket.Max {
 		errs = append(errs, fmt.Errorf("vbuckets %d: must be 1..%d", c.VBuckets, vbucket.Max))
 	}
+	errs = append(errs, c.validateLog())
 	return errors.Join(errs...)
 }

@@ -26,6 +26,7 @@ import (
 	"shoal/internal/config"
 	"shoal/internal/engine"
 	"shoal/internal/kv"
+	"shoal/internal/logstore"
 	"shoal/internal/server"
 	"shoal/internal/stats"
 )
@@ -44,6 +45,8 @@ type Node struct {
 	srv    *server.Server
 	stats  *stats.Registry
 	statsW *stats.LogWriter // keeps the previous counters, for deltas
+
+	logStore *logstore.Store // the log engine (log.go)
 
 	ln     net.Listener
 	httpLn net.Listener
@@ -94,6 +97,9 @@ func New(cfg config.Config, version string) (_ *Node, err error) {
 	for _, cs := range n.kv.Channels() {
 		n.cat.Claim([]byte(cs.Name), engine.KindKV)
 	}
+	if err := n.openLog(); err != nil {
+		return nil, err
+	}
 	scfg := server.Config{
 		NodeID:         n.cfg.NodeID,
 		Version:        version,
@@ -115,7 +121,7 @@ func New(cfg config.Config, version string) (_ *Node, err error) {
 		}
 		scfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	n.srv = server.New(scfg, server.Engines{Catalog: n.cat, KV: n.kv})
+	n.srv = server.New(scfg, server.Engines{Catalog: n.cat, KV: n.kv, Log: n.logStore})
 	n.stats.Add(n.srv)
 	n.stats.Add(stats.Process{})
 	n.stats.Add(stats.Uptime(n.started))
@@ -225,6 +231,11 @@ func (n *Node) close() {
 		}
 		if n.kv != nil {
 			n.kv.Close()
+		}
+		if n.logStore != nil {
+			if err := n.logStore.Close(); err != nil {
+				n.log.Error("cannot close the log engine", "err", err)
+			}
 		}
 		if n.logFile != nil {
 			n.logFile.Close()

@@ -143,6 +143,7 @@ type Status struct {
 	VBuckets      int             `json:"vbuckets"`
 	Connections   int64           `json:"connections"`
 	KV            KVStatus        `json:"kv"`
+	Log           *LogStatus      `json:"log,omitempty"`
 	Channels      []ChannelStatus `json:"channels"`
 }
 
@@ -174,6 +175,7 @@ func (n *Node) Status() Status {
 	for _, cs := range n.kv.Channels() {
 		st.Channels = append(st.Channels, ChannelStatus{Name: cs.Name, Kind: "kv", Records: cs.Records, Bytes: cs.Bytes})
 	}
+	n.logStatus(&st)
 	return st
 }
 

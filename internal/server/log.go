@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -65,14 +66,19 @@ func logStatus(err error) wire.Status {
 	return wire.StatusInternal
 }
 
-// logFail answers with the status of a log engine error and its text. An
-// error without a status of its own (an I/O error) is logged too.
+// logFail answers with the status of a log engine error and its text
+// (without the engine's name for the condition, which the status says).
+// An error without a status of its own (an I/O error) is logged too.
 func (c *conn) logFail(h wire.Header, err error) {
 	st := logStatus(err)
-	if st == wire.StatusInternal || st == wire.StatusNoSpace {
+	if st == wire.StatusInternal {
 		c.s.cfg.Logger.Error("log request failed", "op", h.Opcode.String(), "err", err)
 	}
-	c.replyf(h, st, "%v", err)
+	msg := err.Error()
+	for _, e := range []error{logstore.ErrBadRange, logstore.ErrBadFilter, logstore.ErrValueTooBig, logstore.ErrBadChannel} {
+		msg = strings.TrimPrefix(msg, e.Error()+": ")
+	}
+	c.replyf(h, st, "%s", msg)
 }
 
 // checkRoutingKey checks the header's vBucket against a routing key and
@@ -245,7 +251,7 @@ func (c *conn) logRange(h wire.Header, body []byte) {
 	case filterRegexp:
 		var err error
 		if filter, err = logstore.Regexp(string(fsrc)); err != nil {
-			c.replyf(h, wire.StatusBadFilter, "%v", err)
+			c.logFail(h, err)
 			return
 		}
 	default:
