@@ -103,11 +103,13 @@ func (c *conn) readLoop() {
 	// A frame that has begun must be complete within FrameTimeout; an idle
 	// connection (nothing buffered) may wait forever.
 	partial := func() {
+		c.commitAppends() // do not hold appends while the frame arrives
 		c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
 		framing = true
 	}
 	for {
 		if c.br.Buffered() == 0 {
+			c.commitAppends()
 			if !c.flush() {
 				return
 			}
@@ -257,6 +259,7 @@ func (s *Server) requestDone(op wire.Opcode, start time.Time) {
 // handOver gives the connection to a takeover function (replication),
 // with any bytes already read after the takeover frame.
 func (c *conn) handOver() {
+	c.commitAppends()
 	c.appends.wg.Wait()
 	if !c.flush() {
 		return
@@ -405,6 +408,7 @@ func (c *conn) finish() {
 	c.cancel()
 	c.endStreams()
 	c.swg.Wait()
+	c.commitAppends()
 	c.appends.wg.Wait()
 	c.flush()
 	c.nc.Close()

@@ -19,12 +19,15 @@ import (
 
 // Log requests. An append waits for the log engine's group commit (with
 // fsync=always, for the fsync), so it does not run on the connection's
-// reader: the handler validates and copies the request, and a goroutine of
-// its own appends and answers into the shared output buffer. Other
-// requests of the connection are answered meanwhile, and appends that
-// arrive together share one commit. Appends in flight at once on one
-// connection may be stored in any order; a writer that needs order waits
-// for each answer (or sends one LogPutBatch).
+// reader. The handler validates the request and copies what the append
+// keeps; consecutive appends of the connection to one channel (with one
+// routing key) are gathered into a group until the reader has handled
+// everything that arrived together, and then a goroutine commits the group
+// with one Append and answers each of its requests into the shared output
+// buffer, with one write. Other requests of the connection are answered
+// meanwhile, so an answer to an append may come after answers to later
+// requests. The records of a group are stored in request order; appends
+// of different groups in flight at once may be stored in any order.
 
 // Bounds of the appends one connection may have in flight: a request
 // weighs its body plus appendOverhead, and the reader stops reading while
@@ -35,10 +38,37 @@ const (
 	appendBudget   = 64 << 20
 )
 
-// appends counts and bounds a connection's appends in flight.
+// A group is committed once it holds groupRecords records or groupBytes
+// bytes of values, even if more appends follow.
+const (
+	groupRecords = 4096
+	groupBytes   = 4 << 20
+)
+
+// appends holds a connection's group being gathered and counts and bounds
+// its appends in flight. Only the reader touches open and sem's creation.
 type appends struct {
-	sem *semaphore.Weighted // created with the first append
-	wg  sync.WaitGroup
+	open *appendGroup
+	sem  *semaphore.Weighted // created with the first append
+	wg   sync.WaitGroup
+}
+
+// appendGroup is consecutive appends of one connection to one channel
+// with one routing key, committed by one Append.
+type appendGroup struct {
+	name   string
+	key    []byte
+	recs   []logstore.Rec
+	bytes  int
+	weight int64
+	reqs   []appendReq
+}
+
+// appendReq is one request of a group.
+type appendReq struct {
+	h     wire.Header
+	start time.Time
+	count uint32 // LogPutBatch: records stored, for the answer
 }
 
 func (s *Server) registerLog() {
@@ -118,8 +148,8 @@ func (c *conn) logPut(h wire.Header, body []byte) {
 		own := make([]byte, len(key)+len(val))
 		copy(own, key)
 		copy(own[len(key):], val)
-		recs := []logstore.Rec{{Timestamp: ts, Value: own[len(key):]}}
-		c.appendAsync(h, start, len(body), name, recs, routingKey(own[:len(key)]), nil)
+		rec := [1]logstore.Rec{{Timestamp: ts, Value: own[len(key):]}}
+		c.queueAppend(h, start, len(body), name, rec[:], own[:len(key)], 0)
 		return
 	}
 	c.s.requestDone(h.Opcode, start)
@@ -179,43 +209,75 @@ func (c *conn) parseLogPutBatch(h wire.Header, body []byte, start time.Time) boo
 	if !ok {
 		return false
 	}
-	c.appendAsync(h, start, len(body), name, recs, routingKey(key), func(b []byte) []byte {
-		return wire.AppendU32(b, n)
-	})
+	c.queueAppend(h, start, len(body), name, recs, key, n)
 	return true
 }
 
-// appendAsync appends recs in a goroutine and answers when the append is
-// durable; answer appends the body of the OK answer (nil: empty). The
-// reader blocks here while the connection's appends in flight are at
-// their bound.
-func (c *conn) appendAsync(h wire.Header, start time.Time, size int, name string, recs []logstore.Rec, key []byte, answer func(b []byte) []byte) {
+// queueAppend adds an append (request h, of size body bytes) to the
+// connection's open group, committing the open group first if it is for
+// another channel or key or full. The reader blocks here while the
+// connection's appends in flight are at their bound.
+func (c *conn) queueAppend(h wire.Header, start time.Time, size int, name string, recs []logstore.Rec, key []byte, count uint32) {
 	a := &c.appends
+	if g := a.open; g != nil && (g.name != name || !bytes.Equal(g.key, key)) {
+		c.commitAppends()
+	}
 	if a.sem == nil {
 		a.sem = semaphore.NewWeighted(appendBudget)
 	}
 	weight := int64(min(size+appendOverhead, appendBudget))
-	if err := a.sem.Acquire(c.ctx, weight); err != nil {
-		c.s.requestDone(h.Opcode, start) // the connection is closing
+	if !a.sem.TryAcquire(weight) {
+		c.commitAppends() // never wait for room the open group holds
+		if err := a.sem.Acquire(c.ctx, weight); err != nil {
+			c.s.requestDone(h.Opcode, start) // the connection is closing
+			return
+		}
+	}
+	g := a.open
+	if g == nil {
+		g = &appendGroup{name: name, key: key}
+		a.open = g
+	}
+	g.recs = append(g.recs, recs...)
+	for i := range recs {
+		g.bytes += len(recs[i].Value)
+	}
+	g.weight += weight
+	g.reqs = append(g.reqs, appendReq{h: h, start: start, count: count})
+	if len(g.recs) >= groupRecords || g.bytes >= groupBytes {
+		c.commitAppends()
+	}
+}
+
+// commitAppends commits the open group, if any, in a goroutine that
+// answers each of its requests once the group is durable. The reader
+// calls it whenever it has handled everything that arrived together.
+func (c *conn) commitAppends() {
+	a := &c.appends
+	g := a.open
+	if g == nil {
 		return
 	}
+	a.open = nil
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		defer a.sem.Release(weight)
+		defer a.sem.Release(g.weight)
 		// Not c.ctx: a request the node has received is carried out even
 		// if the connection closes meanwhile; shutdown waits for it.
-		err := c.s.eng.Log.Append(context.Background(), name, recs, key)
-		if err != nil {
-			c.logFail(h, err)
-		} else {
-			b, off := c.begin(h, wire.StatusOK, 0)
-			if answer != nil {
-				b = answer(b)
+		err := c.s.eng.Log.Append(context.Background(), g.name, g.recs, routingKey(g.key))
+		for _, r := range g.reqs {
+			if err != nil {
+				c.logFail(r.h, err)
+			} else {
+				b, off := c.begin(r.h, wire.StatusOK, 0)
+				if r.h.Opcode == wire.OpLogPutBatch {
+					b = wire.AppendU32(b, r.count)
+				}
+				c.end(b, off)
 			}
-			c.end(b, off)
+			c.s.requestDone(r.h.Opcode, r.start)
 		}
-		c.s.requestDone(h.Opcode, start)
 		c.flush()
 	}()
 }
