@@ -363,11 +363,16 @@ func (s *Store) channelForAppend(name string) (*channel, error) {
 	if err := s.fs.SyncDir(s.cfg.Dir); err != nil {
 		return nil, fmt.Errorf("cannot sync %q: %w", s.cfg.Dir, noSpace(err))
 	}
-	c := &channel{name: name, dir: dir, vbMax: map[uint16]uint64{}, rewriting: map[uint64]uint32{}}
+	c := s.newChannel(name, dir)
 	s.mu.Lock()
 	s.channels[name] = c
 	s.mu.Unlock()
 	return c, nil
+}
+
+// newChannel returns an empty channel.
+func (s *Store) newChannel(name, dir string) *channel {
+	return &channel{name: name, dir: dir, vbMax: make([]uint64, s.cfg.VBuckets), rewriting: map[uint64]uint32{}}
 }
 
 // writable returns the segment of c that takes appends for the bucket at
