@@ -9,9 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"shoal/client"
@@ -96,7 +98,68 @@ func logCommand(g *globals) *cobra.Command {
 			return nil
 		}),
 	}
-	cmd.AddCommand(put, rng, channels)
+	cmd.AddCommand(put, rng, channels, logBenchCommand(g))
+	return cmd
+}
+
+func logBenchCommand(g *globals) *cobra.Command {
+	var writers, batch, size int
+	var dur time.Duration
+	cmd := &cobra.Command{
+		Use:   "bench CHANNEL",
+		Short: "Append to CHANNEL from concurrent writers for a while and print the throughput",
+		Long: "Append --size-byte values to CHANNEL from --writers goroutines sharing one client for\n" +
+			"--duration, one record per LogPut or --batch per LogPutBatch, and print records/s and\n" +
+			"MB/s of values. The records stay in the channel.",
+		Args: cobra.ExactArgs(1),
+		RunE: g.run(func(ctx context.Context, c *client.Client, a []string) error {
+			if writers < 1 || batch < 1 || size < 0 {
+				return usageError{errors.New("--writers and --batch must be at least 1, --size at least 0")}
+			}
+			var n atomic.Int64
+			ctx, cancel := context.WithTimeout(ctx, dur)
+			defer cancel()
+			value := make([]byte, size)
+			start := time.Now()
+			eg, gctx := errgroup.WithContext(ctx)
+			for range writers {
+				eg.Go(func() error {
+					recs := make([]client.LogRecord, batch)
+					for gctx.Err() == nil {
+						ts := uint64(time.Now().Unix())
+						var err error
+						if batch == 1 {
+							err = c.LogPut(gctx, a[0], ts, value)
+						} else {
+							for i := range recs {
+								recs[i] = client.LogRecord{Timestamp: ts, Value: value}
+							}
+							_, err = c.LogPutBatch(gctx, a[0], recs)
+						}
+						if err != nil {
+							if gctx.Err() != nil {
+								return nil // the duration is over
+							}
+							return err
+						}
+						n.Add(int64(batch))
+					}
+					return nil
+				})
+			}
+			if err := eg.Wait(); err != nil {
+				return err
+			}
+			sec := time.Since(start).Seconds()
+			fmt.Printf("%d records in %.1f s: %.0f records/s, %.1f MB/s of values\n",
+				n.Load(), sec, float64(n.Load())/sec, float64(n.Load())*float64(size)/sec/1e6)
+			return nil
+		}),
+	}
+	cmd.Flags().IntVar(&writers, "writers", 50, "concurrent writers")
+	cmd.Flags().IntVar(&batch, "batch", 1, "records per request: 1 uses LogPut, more LogPutBatch")
+	cmd.Flags().IntVar(&size, "size", 100, "value size in bytes")
+	cmd.Flags().DurationVar(&dur, "duration", 10*time.Second, "how long to append")
 	return cmd
 }
 

@@ -44,6 +44,10 @@ func TestLogCLI(t *testing.T) {
 	if _, err := fmt.Sscanf(r.Stdout, "%d\tnow\n", &ts); err != nil || ts < before || ts > time.Now().Unix() {
 		t.Fatalf("record put with the default --ts: %q", r.Stdout)
 	}
+	if r := f(0, "", "log", "bench", "bench", "--duration", "300ms", "--writers", "4", "--batch", "10"); !strings.Contains(r.Stdout, "records/s") {
+		t.Fatalf("log bench: %q", r.Stdout)
+	}
+	f(0, "", "rmchannel", "bench")
 	f(0, "events\n", "log", "channels")
 	f(0, "events\tlog\n", "channels")
 	f(0, "records 5\nbytes 38\n", "size", "events")
