@@ -185,8 +185,10 @@ func (c *conn) parseLogPutBatch(h wire.Header, body []byte, start time.Time) boo
 	}
 	// Copy what the append keeps (the key and the records), then read the
 	// records out of the copy.
-	prefix := len(body) - d.Len()
-	own := append(bytes.Clone(key), body[prefix:]...)
+	rest := body[len(body)-d.Len():]
+	own := make([]byte, len(key)+len(rest))
+	copy(own, key)
+	copy(own[len(key):], rest)
 	key, rd := own[:len(key)], wire.NewDecoder(own[len(key):])
 	recs := make([]logstore.Rec, n)
 	for i := range recs {
@@ -235,7 +237,7 @@ func (c *conn) queueAppend(h wire.Header, start time.Time, size int, name string
 	}
 	g := a.open
 	if g == nil {
-		g = &appendGroup{name: name, key: key}
+		g = &appendGroup{name: name, key: key, recs: make([]logstore.Rec, 0, max(64, 2*len(recs)))}
 		a.open = g
 	}
 	g.recs = append(g.recs, recs...)
