@@ -7,7 +7,8 @@
 // of the read buffer and answered into an output buffer; the buffer is
 // written when the read buffer is drained, so one read and one write serve
 // every request that arrived together. Streams (GetAll, Mirror, ...) run in
-// goroutines of their own and share the output buffer.
+// goroutines of their own and share the output buffer, as do log appends
+// waiting for their group commit (log.go).
 package server
 
 import (
