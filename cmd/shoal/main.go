@@ -1,7 +1,8 @@
 // Command shoal is the command-line client and operator tool of shoal
 // nodes: kv get/put/..., streams (getall, mirror), queues (push, pop,
-// consume, queues), channel management and node information. Run `shoal
-// --help` for the commands.
+// consume, queues), log put/range, channel management, node information,
+// and the offline check of a node's log files. Run `shoal --help` for the
+// commands.
 package main
 
 import (
@@ -59,6 +60,7 @@ func main() {
 	root.AddCommand(kvCommands(g)...)
 	root.AddCommand(queueCommands(g)...)
 	root.AddCommand(channelCommands(g)...)
+	root.AddCommand(logCommand(g), checkCommand())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := root.ExecuteContext(ctx)

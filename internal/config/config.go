@@ -11,6 +11,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -71,6 +72,16 @@ type Config struct {
 	// QueueFsyncInterval is, in journal mode, how often the journal is
 	// fsynced; "always" fsyncs before every answer (group commit).
 	QueueFsyncInterval FsyncInterval `toml:"queue_fsync_interval"`
+	// LogFsync is the log engine's durability mode (log.go).
+	LogFsync FsyncMode `toml:"log_fsync"`
+	// LogSegmentSpan is the time span of a log segment file.
+	LogSegmentSpan Duration `toml:"log_segment_span"`
+	// LogCompressAfter zstd-compresses log segments that long after their
+	// span ended; 0 never.
+	LogCompressAfter Age `toml:"log_compress_after"`
+	// LogRetention deletes log segments that long after their span ended;
+	// 0 never.
+	LogRetention Age `toml:"log_retention"`
 }
 
 // Default returns the settings of a node started with no arguments.
@@ -89,6 +100,8 @@ func Default() Config {
 
 		QueueRingSize:   64 << 20,
 		QueueDurability: "memory",
+		LogFsync:        DefaultLogFsync,
+		LogSegmentSpan:  Duration(time.Hour),
 	}
 }
 
@@ -156,6 +169,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.Var(&c.QueueRingSize, "queue-ring-size", "memory ring of each queue (e.g. 64MiB); more overflows to disk")
 	fs.StringVar(&c.QueueDurability, "queue-durability", c.QueueDurability, "queue durability: memory (a crash loses the rings) or journal")
 	fs.Var(&c.QueueFsyncInterval, "queue-fsync-interval", "journal mode: fsync period (e.g. 10ms), or always (before every answer)")
+	bindLog(fs, c)
 }
 
 // Validate checks the settings and says what is wrong.
@@ -193,5 +207,6 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("vbuckets %d: must be 1..%d", c.VBuckets, vbucket.Max))
 	}
 	errs = append(errs, c.validateQueue()...)
+	errs = append(errs, c.validateLog())
 	return errors.Join(errs...)
 }

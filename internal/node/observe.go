@@ -150,6 +150,7 @@ type Status struct {
 	Connections   int64           `json:"connections"`
 	KV            KVStatus        `json:"kv"`
 	Queue         QueueStatus     `json:"queue"`
+	Log           *LogStatus      `json:"log,omitempty"`
 	Channels      []ChannelStatus `json:"channels"`
 }
 
@@ -182,6 +183,7 @@ func (n *Node) Status() Status {
 		st.Channels = append(st.Channels, ChannelStatus{Name: cs.Name, Kind: "kv", Records: cs.Records, Bytes: cs.Bytes})
 	}
 	n.queueStatus(&st)
+	n.logStatus(&st)
 	return st
 }
 
