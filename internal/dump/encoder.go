@@ -31,6 +31,7 @@ type Summary struct {
 type Encoder struct {
 	w      io.Writer
 	vbs    int
+	codec  Codec
 	crc    uint32 // running CRC32C (unmasked) of every byte written
 	err    error  // sticky: the first error
 	sum    Summary
@@ -62,9 +63,13 @@ func NewEncoder(w io.Writer, h Header) (*Encoder, error) {
 	if err := h.validate(); err != nil {
 		return nil, err
 	}
+	if h.Codec == 0 {
+		h.Codec = CodecZstd
+	}
 	e := &Encoder{
 		w:          w,
 		vbs:        h.VBuckets,
+		codec:      h.Codec,
 		seqnos:     make([]uint64, h.VBuckets),
 		seen:       make([]bool, h.VBuckets),
 		runAt:      -1,
@@ -161,7 +166,7 @@ func (e *Encoder) finishBlock() error {
 	p.done = make(chan struct{})
 	go func() {
 		defer close(p.done)
-		p.comp = zstdEncoder().EncodeAll(p.raw, p.comp[:0])
+		p.comp = compress(e.codec, p.raw, p.comp)
 	}()
 	e.pending = append(e.pending, p)
 	if len(e.pending) >= e.maxPending {
@@ -190,7 +195,7 @@ func (e *Encoder) writeOldest() error {
 }
 
 func (e *Encoder) writeChunk(typ byte, rawLen int, comp []byte, records uint32) error {
-	ch := chunkHeader{typ: typ, rawLen: uint32(rawLen), compLen: uint32(len(comp)), records: records}
+	ch := chunkHeader{typ: typ, codec: e.codec, rawLen: uint32(rawLen), compLen: uint32(len(comp)), records: records}
 	ch.put(e.chunkHdr[:])
 	ch.crc = chunkCRC(e.chunkHdr[:], comp)
 	ch.put(e.chunkHdr[:])
@@ -241,7 +246,7 @@ func (e *Encoder) Close() (Summary, error) {
 	for _, s := range e.seqnos {
 		seqnos = binary.LittleEndian.AppendUint64(seqnos, s)
 	}
-	if err := e.writeChunk(chunkSeqnos, len(seqnos), zstdEncoder().EncodeAll(seqnos, nil), 0); err != nil {
+	if err := e.writeChunk(chunkSeqnos, len(seqnos), compress(e.codec, seqnos, nil), 0); err != nil {
 		return e.sum, err
 	}
 	var f [footerLen]byte
