@@ -14,6 +14,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"shoal/internal/dump"
 	"shoal/internal/vbucket"
 	"shoal/internal/wire"
 )
@@ -55,6 +56,17 @@ type Config struct {
 	NodeID string `toml:"node_id"`
 	// Console prints a one-line status to stdout when it is a terminal.
 	Console bool `toml:"console"`
+
+	// DumpDir holds the kv dumps; default DATA/dump.
+	DumpDir string `toml:"dump_dir"`
+	// DumpInterval is the period of the kv dumps (the first one comes at a
+	// random time within it); 0 dumps only on shutdown and on demand.
+	DumpInterval Duration `toml:"dump_interval"`
+	// DumpCodec compresses the kv dumps: zstd or s2.
+	DumpCodec dump.Codec `toml:"dump_codec"`
+	// OnCorruptDump is what start-up does with a kv dump that does not
+	// verify: fail, backup or skip.
+	OnCorruptDump dump.OnCorrupt `toml:"on_corrupt_dump"`
 }
 
 // Default returns the settings of a node started with no arguments.
@@ -70,6 +82,9 @@ func Default() Config {
 		MaxConnections: 5000,
 		VBuckets:       vbucket.Default,
 		Console:        true,
+		DumpInterval:   DefaultDumpInterval,
+		DumpCodec:      dump.CodecZstd,
+		OnCorruptDump:  dump.OnCorruptBackup,
 	}
 }
 
@@ -134,6 +149,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.VBuckets, "vbuckets", c.VBuckets, "number of vBuckets")
 	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "node name (default: generated and kept in DATA/node-id)")
 	fs.BoolVar(&c.Console, "console", c.Console, "print a status line when stdout is a terminal")
+	bindDump(fs, c)
 }
 
 // Validate checks the settings and says what is wrong.

@@ -59,6 +59,18 @@ func ParseCodec(s string) (Codec, error) {
 	return 0, fmt.Errorf("dump: unknown codec %q (want zstd or s2)", s)
 }
 
+// Set implements flag.Value.
+func (c *Codec) Set(s string) error {
+	v, err := ParseCodec(s)
+	if err == nil {
+		*c = v
+	}
+	return err
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler (TOML strings).
+func (c *Codec) UnmarshalText(b []byte) error { return c.Set(string(b)) }
+
 func (c Codec) valid() bool { return c == CodecZstd || c == CodecS2 }
 
 // Block sizes.
