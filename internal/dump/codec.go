@@ -39,12 +39,17 @@ var (
 	})
 )
 
-// compress appends the payload of raw compressed with c to dst[:0].
+// compress appends raw compressed with c to dst.
 func compress(c Codec, raw, dst []byte) []byte {
 	if c == CodecS2 {
-		return s2.Encode(dst[:0], raw)
+		n := len(dst)
+		if room := s2.MaxEncodedLen(len(raw)); cap(dst)-n < room {
+			dst = slices.Grow(dst, room)
+		}
+		out := s2.Encode(dst[n:cap(dst)], raw) // in place: there is room
+		return dst[:n+len(out)]
 	}
-	return zstdEncoder().EncodeAll(raw, dst[:0])
+	return zstdEncoder().EncodeAll(raw, dst)
 }
 
 // decompress decodes a chunk payload of codec c into buf, which must come
