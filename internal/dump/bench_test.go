@@ -194,19 +194,19 @@ func BenchmarkDumpLarge(b *testing.B) {
 	if dir == "" {
 		dir = b.TempDir()
 	}
-	ddWrite, ddRead := ddSpeeds(b, dir)
-	b.Logf("disk (dd, O_DIRECT, 1 GiB): write %.0f MB/s, read %.0f MB/s", ddWrite, ddRead)
 	src := newBenchSource(n)
 	for _, codec := range []Codec{CodecZstd, CodecS2} {
-		b.Run(codec.String(), func(b *testing.B) { benchDumpLarge(b, src, dir, codec, ddWrite) })
+		b.Run(codec.String(), func(b *testing.B) { benchDumpLarge(b, src, dir, codec) })
 	}
 }
 
-func benchDumpLarge(b *testing.B, src *benchSource, dir string, codec Codec, ddWrite float64) {
+func benchDumpLarge(b *testing.B, src *benchSource, dir string, codec Codec) {
 	n := src.records
 	raw := float64(n * benchRecLen)
 	const mb = 1e6
 	for i := 0; i < b.N; i++ {
+		ddWrite, ddRead := ddSpeeds(b, dir)
+		b.Logf("disk (dd, O_DIRECT, 1 GiB): write %.0f MB/s, read %.0f MB/s", ddWrite, ddRead)
 		src.mu.Lock()
 		src.pauses = src.pauses[:0]
 		src.mu.Unlock()
