@@ -1,6 +1,7 @@
 // Command shoal is the command-line client and operator tool of shoal
-// nodes: kv get/put/..., streams (getall, mirror), channel management and
-// node information. Run `shoal --help` for the commands.
+// nodes: kv get/put/..., streams (getall, mirror), channel management,
+// node information, and the kv dumps (dump --now, the external dumper dump
+// --out, dump inspect, restore). Run `shoal --help` for the commands.
 package main
 
 import (

@@ -9,12 +9,14 @@
 //	ch.dump          the latest complete dump
 //	ch.dump.backup   the dump before it
 //	ch.dump.tmp      a dump being written (a leftover one is ignored at load)
+//	deleted/         the files of removed channels (Manager.RemoveChannel)
 //
 // WriteFile writes ch.dump.tmp, fsyncs it, renames ch.dump to ch.dump.backup,
 // renames ch.dump.tmp to ch.dump and fsyncs the directory, so a crash or a
 // failed write at any step leaves the previous dump loadable. Load reads
 // every channel of a directory in parallel and applies the OnCorrupt policy
-// to a file that does not verify.
+// to a file that does not verify. A Manager makes a node's dumps:
+// periodic, on demand and final.
 //
 // # Format, version 2
 //
