@@ -1,8 +1,9 @@
 // Command shoal is the command-line client and operator tool of shoal
 // nodes: kv get/put/..., streams (getall, mirror), queues (push, pop,
 // consume, queues), log put/range, channel management, node information,
-// and the offline check of a node's log files. Run `shoal --help` for the
-// commands.
+// the kv dumps (dump --now, the external dumper dump --out, dump inspect,
+// restore) and the offline check of a node's log files. Run `shoal --help`
+// for the commands.
 package main
 
 import (
@@ -61,6 +62,7 @@ func main() {
 	root.AddCommand(queueCommands(g)...)
 	root.AddCommand(channelCommands(g)...)
 	root.AddCommand(logCommand(g), checkCommand())
+	root.AddCommand(dumpCommands(g)...)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := root.ExecuteContext(ctx)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"shoal/internal/dump"
 	"shoal/internal/vbucket"
 	"shoal/internal/wire"
 )
@@ -82,6 +83,16 @@ type Config struct {
 	// LogRetention deletes log segments that long after their span ended;
 	// 0 never.
 	LogRetention Age `toml:"log_retention"`
+	// DumpDir holds the kv dumps; default DATA/dump.
+	DumpDir string `toml:"dump_dir"`
+	// DumpInterval is the period of the kv dumps (the first one comes at a
+	// random time within it); 0 dumps only on shutdown and on demand.
+	DumpInterval Duration `toml:"dump_interval"`
+	// DumpCodec compresses the kv dumps: zstd or s2.
+	DumpCodec dump.Codec `toml:"dump_codec"`
+	// OnCorruptDump is what start-up does with a kv dump that does not
+	// verify: fail, backup or skip.
+	OnCorruptDump dump.OnCorrupt `toml:"on_corrupt_dump"`
 }
 
 // Default returns the settings of a node started with no arguments.
@@ -102,6 +113,9 @@ func Default() Config {
 		QueueDurability: "memory",
 		LogFsync:        DefaultLogFsync,
 		LogSegmentSpan:  Duration(time.Hour),
+		DumpInterval:    DefaultDumpInterval,
+		DumpCodec:       dump.CodecZstd,
+		OnCorruptDump:   dump.OnCorruptBackup,
 	}
 }
 
@@ -170,6 +184,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.QueueDurability, "queue-durability", c.QueueDurability, "queue durability: memory (a crash loses the rings) or journal")
 	fs.Var(&c.QueueFsyncInterval, "queue-fsync-interval", "journal mode: fsync period (e.g. 10ms), or always (before every answer)")
 	bindLog(fs, c)
+	bindDump(fs, c)
 }
 
 // Validate checks the settings and says what is wrong.
