@@ -20,16 +20,6 @@ import (
 )
 
 // dialNode connects the Go client to a node of the test.
-func dialNode(t *testing.T, addr string) *client.Client {
-	t.Helper()
-	c, err := client.Dial(context.Background(), addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // putRecords stores keys key-from .. key-(from+n-1) in ch with values of
 // size bytes and returns them.
 func putRecords(t *testing.T, addr, ch string, from, n, size int) map[string]string {

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"shoal/client"
 	"shoal/internal/testproc"
 )
 
@@ -243,17 +245,27 @@ func TestAuthAndTLSWithCLI(t *testing.T) {
 }
 
 func TestMemoryLimit(t *testing.T) {
-	n := testproc.Start(t, "--memory-limit", "64KiB")
-	value := strings.Repeat("x", 1000)
-	var r testproc.Result
-	for i := 0; i < 200; i++ {
-		r = testproc.CLI(t, n.Addr, "", "put", "m", fmt.Sprint("k", i), value)
-		if r.Code != 0 {
+	n := testproc.Start(t, "--memory-limit", "256KiB")
+	c := dialNode(t, n.Addr)
+	value := []byte(strings.Repeat("x", 1000))
+	stored := 0
+	for ; stored < 10000; stored++ {
+		_, err := c.Put(t.Context(), "m", fmt.Appendf(nil, "k%d", stored), value)
+		if errors.Is(err, client.ErrOutOfMemory) {
 			break
 		}
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
+	if stored == 10000 || stored < 100 {
+		t.Fatalf("a 256 KiB node took %d records of 1000 bytes", stored)
+	}
+	// The same key again: its vBucket has no room (others may still have
+	// room in their last chunk: the limit applies to allocations).
+	r := testproc.CLI(t, n.Addr, "", "put", "m", fmt.Sprintf("k%d", stored), string(value))
 	if r.Code == 0 || !strings.Contains(r.Stderr, "out of memory") {
-		t.Fatalf("200 KB into a 64 KiB node: %+v", r)
+		t.Fatalf("put at the limit: %+v", r)
 	}
 	if r := testproc.CLI(t, n.Addr, "", "get", "m", "k1"); r.Code != 0 {
 		t.Fatalf("reads stop at the limit: %+v", r)

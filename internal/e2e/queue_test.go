@@ -20,16 +20,6 @@ import (
 	"shoal/internal/testproc"
 )
 
-func dialNode(t *testing.T, addr string) *client.Client {
-	t.Helper()
-	c, err := client.Dial(t.Context(), addr, client.WithTimeout(20*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // value is record number i of a test, padded to 100 bytes.
 func value(i int) []byte {
 	v := fmt.Appendf(nil, "%d:", i)
