@@ -57,6 +57,7 @@ func main() {
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "timeout of each request")
 	root.AddCommand(kvCommands(g)...)
 	root.AddCommand(channelCommands(g)...)
+	root.AddCommand(benchCommand(g))
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := root.ExecuteContext(ctx)
