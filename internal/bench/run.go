@@ -15,22 +15,26 @@ import (
 
 // Result is what one run measured. Latencies are in milliseconds.
 type Result struct {
-	Target    string  `json:"target"`
-	Workload  string  `json:"workload"`
-	Conns     int     `json:"conns"`
-	Pipeline  int     `json:"pipeline"`
-	Keys      int64   `json:"keys"`
-	ValueSize int     `json:"value_size"`
-	Requests  int64   `json:"requests"` // answered requests in the measured time, errors included
-	Errors    int64   `json:"errors"`
-	Misses    int64   `json:"misses"` // gets of missing keys, pops of an empty queue, empty ranges
-	Seconds   float64 `json:"seconds"`
-	OpsPerSec float64 `json:"ops_per_sec"` // requests answered without error per second
-	MeanMs    float64 `json:"mean_ms"`
-	P50Ms     float64 `json:"p50_ms"`
-	P99Ms     float64 `json:"p99_ms"`
-	P999Ms    float64 `json:"p999_ms"`
-	MaxMs     float64 `json:"max_ms"`
+	Target    string `json:"target"`
+	Workload  string `json:"workload"`
+	Conns     int    `json:"conns"`
+	Pipeline  int    `json:"pipeline"`
+	Keys      int64  `json:"keys"`
+	ValueSize int    `json:"value_size"`
+	Requests  int64  `json:"requests"` // answered requests in the measured time, errors included
+	// WarmupRequests were answered before the measured time (and the range
+	// workload's fill is not counted at all), for a server-side cost per
+	// request.
+	WarmupRequests int64   `json:"warmup_requests"`
+	Errors         int64   `json:"errors"`
+	Misses         int64   `json:"misses"` // gets of missing keys, pops of an empty queue, empty ranges
+	Seconds        float64 `json:"seconds"`
+	OpsPerSec      float64 `json:"ops_per_sec"` // requests answered without error per second
+	MeanMs         float64 `json:"mean_ms"`
+	P50Ms          float64 `json:"p50_ms"`
+	P99Ms          float64 `json:"p99_ms"`
+	P999Ms         float64 `json:"p999_ms"`
+	MaxMs          float64 `json:"max_ms"`
 	// FirstError is the first error seen, for the record.
 	FirstError string `json:"first_error,omitempty"`
 }
@@ -67,6 +71,7 @@ type run struct {
 type tally struct {
 	hist     *hdrhistogram.Histogram
 	requests int64
+	warmup   int64 // requests answered in the warmup
 	errors   int64
 	misses   int64
 	last     time.Time // when its last measured answer came
@@ -318,6 +323,8 @@ func (r *run) drive(ctx context.Context, c Conn, t *tally, seed uint64) {
 			r.failed.Add(t.record(out[:n]))
 			r.done.Add(int64(n))
 			t.last = time.Now()
+		} else {
+			t.warmup += int64(n)
 		}
 		if err != nil && c != nil {
 			c.Close()
@@ -430,6 +437,7 @@ func (r *run) result(start time.Time, tallies []tally) Result {
 			h.Merge(t.hist)
 		}
 		res.Requests += t.requests
+		res.WarmupRequests += t.warmup
 		res.Errors += t.errors
 		res.Misses += t.misses
 		if t.last.After(end) {
