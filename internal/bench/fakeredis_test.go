@@ -20,6 +20,7 @@ type fakeRedis struct {
 	wg sync.WaitGroup
 
 	errOn     string       // reply -ERR injected to this command
+	mute      atomic.Bool  // answer nothing but PING
 	dropAfter atomic.Int64 // close the connection at this command count (once), 0: never
 
 	mu      sync.Mutex
@@ -93,6 +94,9 @@ func (f *fakeRedis) serve(c net.Conn) {
 			n := f.commands.Add(1)
 			if d := f.dropAfter.Load(); d > 0 && n >= d && !f.dropped.Swap(true) {
 				return
+			}
+			if f.mute.Load() && args[0] != "PING" {
+				continue
 			}
 			f.exec(bw, args)
 			if br.Buffered() == 0 {

@@ -47,6 +47,10 @@ const (
 	histDigits = 3
 )
 
+// stopGrace is how long the requests in flight at the end of a run may
+// take before they are cancelled (a variable for the tests).
+var stopGrace = 10 * time.Second
+
 // Phases of a run.
 const (
 	phaseWarmup int32 = iota
@@ -90,9 +94,11 @@ func Run(ctx context.Context, t Target, o Options) (Result, error) {
 	for i := range r.value {
 		r.value[i] = 'x'
 	}
-	// The client's per-call timeout costs a timer per request; a deadline on
-	// the context replaces it.
-	ctx, cancel := context.WithDeadline(ctx, time.Now().Add(24*time.Hour))
+	// The shoal client's per-call timeout costs a timer per request; a
+	// deadline on the context replaces it. A run that does not stop within
+	// stopGrace of its end is cut by cancelling.
+	parent := ctx
+	ctx, cancel := context.WithDeadline(ctx, time.Now().Add(100*365*24*time.Hour))
 	defer cancel()
 	if o.Workload == Range {
 		if err := r.fillLog(ctx); err != nil {
@@ -142,6 +148,7 @@ func Run(ctx context.Context, t Target, o Options) (Result, error) {
 		defer tk.Stop()
 		tick = tk.C
 	}
+	var grace <-chan time.Time
 wait:
 	for {
 		select {
@@ -149,8 +156,12 @@ wait:
 			break wait
 		case <-deadline:
 			r.phase.Store(phaseStop)
-		case <-ctx.Done():
+			grace = time.After(stopGrace)
+		case <-parent.Done():
 			r.phase.Store(phaseStop)
+			cancel()
+		case <-grace:
+			cancel()
 		case now := <-tick:
 			fmt.Fprint(o.Progress, progressLine(string(o.Workload), t.String(), now.Sub(start), r.done.Load(), r.failed.Load()))
 		}
@@ -164,15 +175,15 @@ wait:
 			return res, tallies[i].fatal
 		}
 	}
-	if res.Requests == 0 {
-		if res.FirstError != "" {
-			return res, fmt.Errorf("no request succeeded: %s", res.FirstError)
-		}
-		if ctx.Err() == nil {
-			return res, errors.New("no request was answered in the measured time")
-		}
+	switch {
+	case parent.Err() != nil:
+		return res, parent.Err()
+	case res.Requests == 0:
+		return res, errors.New("no request was answered in the measured time")
+	case res.Errors == res.Requests:
+		return res, fmt.Errorf("every request failed; the first with: %s", res.FirstError)
 	}
-	return res, ctx.Err()
+	return res, nil
 }
 
 // progressLine is the live line: it starts with a carriage return so that

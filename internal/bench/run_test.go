@@ -204,6 +204,21 @@ func TestRunReconnects(t *testing.T) {
 	}
 }
 
+func TestRunCutsHungRequests(t *testing.T) {
+	defer func(g time.Duration) { stopGrace = g }(stopGrace)
+	stopGrace = 100 * time.Millisecond
+	f := startFakeRedis(t)
+	f.mute.Store(true)
+	r, _ := NewRedis(f.url())
+	o := quick(Set)
+	o.Requests, o.Duration = 0, 100*time.Millisecond
+	start := time.Now()
+	res, err := Run(t.Context(), r, o)
+	if err == nil || !strings.Contains(err.Error(), "every request failed") || res.Errors != 12 || time.Since(start) > 5*time.Second {
+		t.Errorf("%+v, %v after %v", res, err, time.Since(start))
+	}
+}
+
 func TestRunServerGone(t *testing.T) {
 	f := startFakeRedis(t)
 	r, _ := NewRedis(f.url())
@@ -227,7 +242,7 @@ func TestRunCancel(t *testing.T) {
 }
 
 // startNode runs a node in this process and returns its data address.
-func startNode(t *testing.T) string {
+func startNode(t testing.TB) string {
 	t.Helper()
 	cfg := config.Default()
 	dir := t.TempDir()
