@@ -11,7 +11,11 @@
 #        GET and SET at 50 conns x pipeline 1 and 16, and 1 conn x pipeline 1;
 #        push/pop (LPUSH/RPOP) at 50 x 1 and 50 x 16 once shoal's queue client
 #        exists (skipped with a note until then);
-#   3. prints the medians and the ratio shoal/Redis, and writes them with the
+#   3. tool check (when redis-benchmark is installed and CHECK is not 0):
+#      redis-benchmark and `shoal bench --target redis://...` alternately
+#      against the same Redis, SET/GET at 50 x 1 and 50 x 16, REPS times, to
+#      show that the tool loads Redis as redis-benchmark does;
+#   4. prints the medians and the ratio shoal/Redis, and writes them with the
 #      machine and the commands into docs/performance.md between the markers
 #      <!-- vs-redis:begin --> and <!-- vs-redis:end -->.
 # It stops exactly the processes it started (by PID), also on error or Ctrl-C.
@@ -20,9 +24,11 @@
 # Env:    REPS (3), DURATION (10s), WARMUP (1s) of every run, N_KEYS (1000000),
 #         PIN=0 disables CPU pinning (default with >= 2 CPUs: both servers on
 #         CPU 0, the load generator on CPU 1, as in the Redis anchors),
-#         DOC (docs/performance.md; DOC=- prints only).
+#         DOC (docs/performance.md; DOC=- prints only), CHECK=0 skips the tool
+#         check, N_CHECK1 / N_CHECK16 (200000 / 1000000) requests per check run.
 # Needs:  go (builds shoal and shoald), redis-server and redis-cli (Debian:
-#         redis-server redis-tools), awk; taskset (util-linux) for pinning.
+#         redis-server redis-tools), awk; taskset (util-linux) for pinning;
+#         redis-benchmark (redis-tools) for the tool check.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,6 +36,9 @@ REPS=${REPS:-3}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-1s}
 N_KEYS=${N_KEYS:-1000000}
+CHECK=${CHECK:-1}
+N_CHECK1=${N_CHECK1:-200000}
+N_CHECK16=${N_CHECK16:-1000000}
 DOC=${DOC:-$ROOT/docs/performance.md}
 HOST=127.0.0.1
 
@@ -75,11 +84,15 @@ echo "building shoal and shoald into $WORK/bin" >&2
 (cd "$ROOT" && go build -o "$WORK/bin/" ./cmd/shoal ./cmd/shoald)
 SHOAL=$WORK/bin/shoal
 
-# free_port prints a port nothing listens on (bash's /dev/tcp connects).
+# free_port prints a port below the ephemeral range (which outgoing
+# connections use) that nothing listens on (bash's /dev/tcp connects) and
+# that is not among its arguments.
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
   local p
   for _ in $(seq 1 100); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
+    case " $* " in *" $p "*) continue ;; esac
     if ! (exec 3<>"/dev/tcp/$HOST/$p") 2>/dev/null; then
       echo "$p"
       return
@@ -89,8 +102,8 @@ free_port() {
   return 1
 }
 RPORT=$(free_port)
-SPORT=$(free_port)
-HPORT=$(free_port)
+SPORT=$(free_port "$RPORT")
+HPORT=$(free_port "$RPORT" "$SPORT")
 
 # taskset execs its command, so $! is the server's own PID.
 "${SRV_PIN[@]}" redis-server --bind "$HOST" --port "$RPORT" --save "" --appendonly no \
@@ -184,9 +197,40 @@ for rep in $(seq 1 "$REPS"); do
     done
   done
 done
+
+# --- 3. tool check -----------------------------------------------------------
+CHECK_RAW=$WORK/check.csv
+CHECK_NOTE=
+if [ "$CHECK" = 0 ]; then
+  CHECK_NOTE="Tool check skipped (CHECK=0)."
+elif ! command -v redis-benchmark >/dev/null; then
+  CHECK_NOTE="Tool check skipped: redis-benchmark is not installed (Debian: redis-tools)."
+else
+  echo "tool,label,conns,pipeline,rep,ops_per_sec,cpu_us_per_req" >"$CHECK_RAW"
+  for rep in $(seq 1 "$REPS"); do
+    order="redis-benchmark shoal-bench"
+    if [ $((rep % 2)) = 0 ]; then order="shoal-bench redis-benchmark"; fi
+    for cfg in "GET get 50 1 $N_CHECK1" "SET set 50 1 $N_CHECK1" "GET get 50 16 $N_CHECK16" "SET set 50 16 $N_CHECK16"; do
+      read -r label workload conns pipeline n <<<"$cfg"
+      for tool in $order; do
+        c0=$(cpu_ticks "$RPID")
+        if [ "$tool" = redis-benchmark ]; then
+          ops=$("${CLI_PIN[@]}" redis-benchmark -h "$HOST" -p "$RPORT" --csv -t "$workload" -n "$n" -c "$conns" \
+            -P "$pipeline" -r "$N_KEYS" -d 100 | tr -d '"' | awk -F, 'NR==2{print $2}')
+        else
+          ops=$(bench redis --workload "$workload" --requests "$n" --warmup 0 --conns "$conns" --pipeline "$pipeline" \
+            --keys "$N_KEYS" --value-size 100 | json_field ops_per_sec) || ops=
+        fi
+        c1=$(cpu_ticks "$RPID")
+        echo "$tool,$label,$conns,$pipeline,$rep,$ops,$(awk -v c=$((c1 - c0)) -v hz="$HZ" -v n="$n" 'BEGIN{printf "%.2f", c / hz * 1e6 / n}')" >>"$CHECK_RAW"
+        echo "check rep $rep $label ${conns}x$pipeline $tool: $ops ops/s" >&2
+      done
+    done
+  done
+fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# --- 3. medians, table, doc --------------------------------------------------
+# --- 4. medians, table, doc --------------------------------------------------
 median() { sort -g | awk '{a[NR]=$1} END{if (NR==0) print ""; else if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 col() { awk -F, -v t="$1" -v l="$2" -v c="$3" -v p="$4" -v k="$5" '$1==t && $2==l && $3==c && $4==p && $k!="" {print $k}' "$RAW" | median; }
 fmt_int() { awk -v x="$1" 'BEGIN{ if (x=="") {print "n/a"; exit} s=sprintf("%d", x+0.5); o=""; while (length(s)>3) {o="," substr(s,length(s)-2) o; s=substr(s,1,length(s)-3)} print s o}'; }
@@ -207,6 +251,21 @@ TABLE=$WORK/table.md
   done
   echo "| memory per key ($(fmt_int "$N_KEYS") keys, 16 B key, 100 B value) | | $MEM_REDIS B | $MEM_SHOAL B | **$(ratio "$MEM_SHOAL" "$MEM_REDIS")** | used_memory delta | RSS delta | |"
 } >"$TABLE"
+CHECK_TABLE=$WORK/check-table.md
+if [ -z "$CHECK_NOTE" ]; then
+  ccol() { awk -F, -v t="$1" -v l="$2" -v p="$3" -v k="$4" '$1==t && $2==l && $4==p && $k!="" {print $k}' "$CHECK_RAW" | median; }
+  {
+    echo "| request | conns x pipeline | redis-benchmark ops/s | shoal bench ops/s | shoal bench / redis-benchmark | Redis CPU µs/request under redis-benchmark / shoal bench |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for cfg in "GET 1" "SET 1" "GET 16" "SET 16"; do
+      read -r label pipeline <<<"$cfg"
+      rb=$(ccol redis-benchmark "$label" "$pipeline" 6)
+      sb=$(ccol shoal-bench "$label" "$pipeline" 6)
+      echo "| $label | 50 x $pipeline | $(fmt_int "$rb") | $(fmt_int "$sb") | $(ratio "$sb" "$rb") |" \
+        "$(ccol redis-benchmark "$label" "$pipeline" 7) / $(ccol shoal-bench "$label" "$pipeline" 7) |"
+    done
+  } >"$CHECK_TABLE"
+fi
 ERRS=$(awk -F, 'NR>1 && $9!="" {s+=$9} END{print s+0}' "$RAW")
 CPU=$(awk -F': *' '/^model name/{print $2; exit}' /proc/cpuinfo)
 
@@ -225,6 +284,12 @@ SECTION=$WORK/section.md
   echo
   cat "$TABLE"
   echo
+  echo "Tool check: the same Redis loaded by redis-benchmark and by \`shoal bench --target redis://\`,"
+  echo "alternately, medians of $REPS runs of $(fmt_int "$N_CHECK1") (pipeline 1) or $(fmt_int "$N_CHECK16") (pipeline 16) requests."
+  echo "The Redis CPU per request is the figure that noise does not move: equal, the two tools load Redis alike."
+  echo
+  if [ -n "$CHECK_NOTE" ]; then echo "$CHECK_NOTE"; else cat "$CHECK_TABLE"; fi
+  echo
   echo "Machine: $(nproc) CPUs ($CPU), kernel $(uname -r), $(go version | awk '{print $3}'), Redis $REDIS_VERSION;"
   echo "pinning: servers ${SRV_PIN[*]:-unpinned}, load generator ${CLI_PIN[*]:-unpinned} (both servers get one CPU: Redis is single-threaded, shoald runs with GOMAXPROCS 1);"
   echo "load average before $LOAD_BEFORE, after $LOAD_AFTER (other work on the machine makes every figure noisy: compare ratios of one run, not runs)."
@@ -237,6 +302,9 @@ SECTION=$WORK/section.md
   echo "# memory: redis-cli info memory (used_memory) and /proc/PID/status (VmRSS) around"
   echo "${CLI_PIN[*]:+${CLI_PIN[*]} }shoal bench --target redis://127.0.0.1:RPORT ${LOAD_ARGS[*]} --json --quiet"
   echo "${CLI_PIN[*]:+${CLI_PIN[*]} }shoal bench --addr 127.0.0.1:SPORT ${LOAD_ARGS[*]} --json --quiet"
+  echo "# tool check, against the Redis server:"
+  echo "${CLI_PIN[*]:+${CLI_PIN[*]} }redis-benchmark -h 127.0.0.1 -p RPORT --csv -t get|set -n N -c 50 -P 1|16 -r $N_KEYS -d 100"
+  echo "${CLI_PIN[*]:+${CLI_PIN[*]} }shoal bench --target redis://127.0.0.1:RPORT --workload get|set --requests N --warmup 0 --conns 50 --pipeline 1|16 --keys $N_KEYS --value-size 100 --json --quiet"
   echo "# every row, for TARGET in --target redis://127.0.0.1:RPORT and --addr 127.0.0.1:SPORT:"
   echo "${CLI_PIN[*]:+${CLI_PIN[*]} }shoal bench TARGET --workload W --conns C --pipeline P --keys $N_KEYS --value-size 100 --duration $DURATION --warmup $WARMUP --json --quiet"
   echo '```'
