@@ -31,7 +31,8 @@ and prints ops/s and latency percentiles (p50, p99, p99.9).
 Keys are key:%012d over --keys (redis-benchmark -r), values --value-size bytes
 (-d). With --target redis://HOST:PORT the same workload goes to a Redis server
 (SET/GET, LPUSH/RPOP, XADD/XRANGE), so both figures come from one tool.
-The load workload sets every key of the key space once, then stops.`,
+The load workload sets every key of the key space once, then stops.
+Requests still in flight when the time is up get 10s to finish.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f := cmd.Flags()

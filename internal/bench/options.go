@@ -49,6 +49,8 @@ const (
 	MaxKeys      = 1_000_000_000_000 // keys are key:%012d
 	MaxValueSize = 16 << 20
 	MaxRange     = 10000
+	// MaxBatchBytes bounds Pipeline x ValueSize, the values of one batch.
+	MaxBatchBytes = 1 << 30
 )
 
 // Options describe one run.
@@ -98,6 +100,9 @@ func (o *Options) Validate() error {
 	}
 	if o.ValueSize < 0 || o.ValueSize > MaxValueSize {
 		errs = append(errs, fmt.Errorf("value size %d: want 0..%d", o.ValueSize, MaxValueSize))
+	}
+	if int64(o.Pipeline)*int64(o.ValueSize) > MaxBatchBytes {
+		errs = append(errs, fmt.Errorf("a batch of %d values of %d bytes is over %d bytes", o.Pipeline, o.ValueSize, MaxBatchBytes))
 	}
 	if o.Requests < 0 {
 		errs = append(errs, fmt.Errorf("requests %d: must not be negative", o.Requests))

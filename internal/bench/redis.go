@@ -274,13 +274,8 @@ type reply struct {
 	msg  string
 }
 
-// readReply reads one reply, with its nested replies.
-//
-//	+OK\r\n               simple string
-//	-ERR message\r\n      error
-//	:42\r\n               integer
-//	$5\r\nhello\r\n       bulk string ($-1\r\n: nil)
-//	*2\r\n<reply><reply>  array (*-1\r\n: nil)
+// readReply reads one reply, with its nested replies (the forms are in the
+// package comment); depth is the nesting level of the reply.
 func readReply(br *bufio.Reader, depth int) (reply, error) {
 	line, err := br.ReadSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) {

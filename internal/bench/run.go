@@ -244,7 +244,7 @@ func (r *run) fillLog(ctx context.Context) error {
 	defer c.Close()
 	reqs, out := make([]Request, batch), make([]Outcome, batch)
 	reqs[0] = Request{Op: OpDrop, Channel: r.ch}
-	if err := r.checked(c.Do(ctx, reqs[:1], out[:1]), out[:1]); err != nil {
+	if err := firstError(c.Do(ctx, reqs[:1], out[:1]), out[:1]); err != nil {
 		return fmt.Errorf("cannot empty %s: %w", r.ch, err)
 	}
 	for ts := int64(1); ts <= r.o.Keys; {
@@ -252,7 +252,7 @@ func (r *run) fillLog(ctx context.Context) error {
 		for i := range n {
 			reqs[i] = Request{Op: OpAppend, Channel: r.ch, Value: r.value, Time: ts + int64(i)}
 		}
-		if err := r.checked(c.Do(ctx, reqs[:n], out[:n]), out[:n]); err != nil {
+		if err := firstError(c.Do(ctx, reqs[:n], out[:n]), out[:n]); err != nil {
 			return fmt.Errorf("cannot fill %s: %w", r.ch, err)
 		}
 		ts += int64(n)
@@ -260,8 +260,8 @@ func (r *run) fillLog(ctx context.Context) error {
 	return nil
 }
 
-// checked returns err or the first request error of out.
-func (r *run) checked(err error, out []Outcome) error {
+// firstError returns err or the first request error of out.
+func firstError(err error, out []Outcome) error {
 	if err != nil {
 		return err
 	}

@@ -48,6 +48,7 @@ func TestValidate(t *testing.T) {
 		{"value", func(o *Options) { o.ValueSize = -1 }, "value size"},
 		{"no end", func(o *Options) { o.Duration = 0 }, "duration or a number of requests"},
 		{"requests", func(o *Options) { o.Requests = -1 }, "requests -1"},
+		{"batch", func(o *Options) { o.Pipeline, o.ValueSize = 1024, 2<<20 }, "a batch of 1024 values"},
 		{"warmup", func(o *Options) { o.Warmup = -time.Second }, "warmup"},
 		{"ratio", func(o *Options) { o.GetRatio = 1.5 }, "get ratio"},
 		{"range", func(o *Options) { o.RangeOf = 0 }, "range of 0"},
