@@ -63,6 +63,7 @@ func main() {
 	root.AddCommand(channelCommands(g)...)
 	root.AddCommand(logCommand(g), checkCommand())
 	root.AddCommand(dumpCommands(g)...)
+	root.AddCommand(benchCommand(g))
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := root.ExecuteContext(ctx)

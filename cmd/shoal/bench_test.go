@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"shoal/internal/config"
+	"shoal/internal/node"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// startNode runs a node in this process and returns its data address.
+func startNode(t *testing.T) string {
+	t.Helper()
+	cfg := config.Default()
+	dir := t.TempDir()
+	cfg.Listen, cfg.HTTP, cfg.Data, cfg.LogDir = "127.0.0.1:0", "off", dir, filepath.Join(dir, "log")
+	cfg.LogLevel, cfg.StatsInterval, cfg.Console = "error", 0, false
+	n, err := node.New(cfg, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("node: %v", err)
+		}
+	})
+	return n.Addr().String()
+}
+
+// runBench runs `shoal --addr addr bench args...`.
+func runBench(t *testing.T, addr string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	g := &globals{addr: addr, timeout: 5 * time.Second}
+	cmd := benchCommand(g)
+	var out, errOut bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	cmd.SetArgs(args)
+	err = cmd.ExecuteContext(t.Context())
+	return out.String(), errOut.String(), err
+}
+
+func TestBenchShoal(t *testing.T) {
+	addr := startNode(t)
+	out, _, err := runBench(t, addr, "--workload", "load", "--keys", "200", "--conns", "2", "--pipeline", "8", "--json", "--quiet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res map[string]any
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("%v: %q", err, out)
+	}
+	for k, want := range map[string]any{"requests": 200.0, "errors": 0.0, "workload": "load", "target": "shoal " + addr, "conns": 2.0, "pipeline": 8.0} {
+		if res[k] != want {
+			t.Errorf("%s = %v, want %v", k, res[k], want)
+		}
+	}
+	for _, k := range []string{"ops_per_sec", "p50_ms", "p99_ms", "p999_ms"} {
+		if v, ok := res[k].(float64); !ok || v <= 0 {
+			t.Errorf("%s = %v", k, res[k])
+		}
+	}
+
+	out, stderr, err := runBench(t, addr, "--workload", "get", "--keys", "200", "--conns", "3", "--pipeline", "2", "--duration", "300ms", "--warmup", "50ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"target    shoal " + addr, "workload  get, 3 conns x pipeline 2, 200 keys, 100-byte values", ", 0 errors, 0 misses", "ops/s", "p99.9"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in %q", want, out)
+		}
+	}
+	if !strings.Contains(stderr, "\rget shoal "+addr) {
+		t.Errorf("no progress line on stderr: %q", stderr)
+	}
+
+	_, _, err = runBench(t, addr, "--workload", "push", "--requests", "10", "--quiet")
+	if err == nil || !strings.Contains(err.Error(), "not supported") {
+		t.Errorf("push: %v", err)
+	}
+}
+
+func TestBenchUsage(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--duration", "1s", "--requests", "5"}, "not both"},
+		{[]string{"--workload", "lpush"}, "unknown workload"},
+		{[]string{"--conns", "0"}, "conns 0"},
+		{[]string{"--target", "memcached://x"}, "want shoal or redis://"},
+		{[]string{"--target", "redis://:pw@127.0.0.1:1"}, "passwords"},
+		{[]string{"extra"}, "unknown command"},
+	} {
+		_, _, err := runBench(t, "127.0.0.1:1", c.args...)
+		var ue usageError
+		if err == nil || !strings.Contains(err.Error(), c.want) || (c.args[0] != "extra" && !errors.As(err, &ue)) {
+			t.Errorf("%v: %v; want a usage error with %q", c.args, err, c.want)
+		}
+	}
+}

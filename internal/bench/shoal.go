@@ -1,0 +1,98 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"shoal/client"
+)
+
+// Shoal is a shoal node (or cluster) spoken to through the client package.
+// Every connection is a Client of its own with one connection, and a batch
+// of P requests is P concurrent calls on it, which the client pipelines.
+type Shoal struct {
+	name string
+	dial func(ctx context.Context) (*client.Client, error)
+}
+
+// NewShoal returns the shoal target named name (for results) whose
+// connections dial opens. dial must return a Client with one connection
+// (the default), so that the node sees the connections and pipeline depth
+// of the run.
+func NewShoal(name string, dial func(ctx context.Context) (*client.Client, error)) *Shoal {
+	return &Shoal{name: name, dial: dial}
+}
+
+// String implements Target.
+func (s *Shoal) String() string { return "shoal " + s.name }
+
+// Open implements Target.
+func (s *Shoal) Open(ctx context.Context, pipeline int) (Conn, error) {
+	c, err := s.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &shoalConn{c: c}, nil
+}
+
+// shoalConn is one Client.
+type shoalConn struct {
+	c *client.Client
+}
+
+// Do implements Conn. The client re-dials a broken connection by itself,
+// so Do fails as a whole only for an operation the client cannot do yet.
+func (s *shoalConn) Do(ctx context.Context, reqs []Request, out []Outcome) error {
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := 1; i < len(reqs); i++ {
+		wg.Go(func() { out[i] = s.one(ctx, &reqs[i], start) })
+	}
+	out[0] = s.one(ctx, &reqs[0], start)
+	wg.Wait()
+	for _, o := range out {
+		if errors.Is(o.Err, ErrUnsupported) {
+			return o.Err
+		}
+	}
+	return nil
+}
+
+// one runs one request.
+func (s *shoalConn) one(ctx context.Context, q *Request, start time.Time) Outcome {
+	var err error
+	var miss bool
+	switch q.Op {
+	case OpGet:
+		_, err = s.c.Get(ctx, q.Channel, q.Key)
+		if errors.Is(err, client.ErrNotFound) {
+			miss, err = true, nil
+		}
+	case OpSet:
+		_, err = s.c.Put(ctx, q.Channel, q.Key, q.Value)
+	case OpDrop:
+		err = s.c.RemoveChannel(ctx, q.Channel)
+	default:
+		// Push, Pop (queue) and Append, Range (log) wait for the queue and
+		// log clients.
+		err = fmt.Errorf("%w: the shoal client has no %s yet (the %s client comes with its engine)", ErrUnsupported, q.Op, kindOf(q.Op))
+	}
+	return Outcome{Latency: time.Since(start), Miss: miss, Err: err}
+}
+
+// kindOf names the channel kind of an operation.
+func kindOf(op Op) string {
+	switch op {
+	case OpPush, OpPop:
+		return "queue"
+	case OpAppend, OpRange:
+		return "log"
+	}
+	return "kv"
+}
+
+// Close implements Conn.
+func (s *shoalConn) Close() error { return s.c.Close() }
