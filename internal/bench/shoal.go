@@ -75,23 +75,33 @@ func (s *shoalConn) one(ctx context.Context, q *Request, start time.Time) Outcom
 		_, err = s.c.Put(ctx, q.Channel, q.Key, q.Value)
 	case OpDrop:
 		err = s.c.RemoveChannel(ctx, q.Channel)
+	case OpPush:
+		err = s.c.Push(ctx, []string{q.Channel}, q.Value)
+	case OpPop:
+		_, err = s.c.Pop(ctx, q.Channel)
+		if errors.Is(err, client.ErrEmpty) {
+			miss, err = true, nil
+		}
+	case OpAppend:
+		ts := q.Time
+		if ts == 0 {
+			ts = time.Now().Unix()
+		}
+		err = s.c.LogPut(ctx, q.Channel, uint64(ts), q.Value)
+	case OpRange:
+		n := 0
+		for _, rerr := range s.c.LogRange(ctx, q.Channel, uint64(q.Time), uint64(q.Time+int64(q.Count)-1)).All() {
+			if rerr != nil {
+				err = rerr
+				break
+			}
+			n++
+		}
+		miss = err == nil && n == 0
 	default:
-		// Push, Pop (queue) and Append, Range (log) wait for the queue and
-		// log clients.
-		err = fmt.Errorf("%w: the shoal client has no %s yet (the %s client comes with its engine)", ErrUnsupported, q.Op, kindOf(q.Op))
+		err = fmt.Errorf("%w: %s", ErrUnsupported, q.Op)
 	}
 	return Outcome{Latency: time.Since(start), Miss: miss, Err: err}
-}
-
-// kindOf names the channel kind of an operation.
-func kindOf(op Op) string {
-	switch op {
-	case OpPush, OpPop:
-		return "queue"
-	case OpAppend, OpRange:
-		return "log"
-	}
-	return "kv"
 }
 
 // Close implements Conn.
