@@ -4,10 +4,10 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -54,15 +54,15 @@ type conn struct {
 	nc   net.Conn
 	info NodeInfo
 
-	mu      sync.Mutex
-	out     []byte
-	spare   []byte
-	writing bool
-	nextID  uint32
-	calls   map[uint32]*call
-	sinks   map[uint32]frameSink
-	err     error // set once the connection is broken
-	done    chan struct{}
+	mu     sync.Mutex
+	out    []byte
+	spare  []byte
+	wake   chan struct{} // tells writeLoop that out has requests
+	nextID uint32
+	calls  map[uint32]*call
+	sinks  map[uint32]frameSink
+	err    error // set once the connection is broken
+	done   chan struct{}
 }
 
 // dialConn connects to addr and runs the handshake.
@@ -89,8 +89,9 @@ func dialConn(ctx context.Context, addr string, o *options) (*conn, error) {
 		}
 		nc = tc
 	}
-	c := &conn{addr: addr, nc: nc, calls: map[uint32]*call{}, sinks: map[uint32]frameSink{}, done: make(chan struct{})}
+	c := &conn{addr: addr, nc: nc, calls: map[uint32]*call{}, sinks: map[uint32]frameSink{}, done: make(chan struct{}), wake: make(chan struct{}, 1)}
 	go c.readLoop()
+	go c.writeLoop()
 	if err := c.handshake(ctx, o); err != nil {
 		c.close(err)
 		return nil, err
@@ -127,8 +128,8 @@ func (c *conn) handshake(ctx context.Context, o *options) error {
 	return nil
 }
 
-// send queues one request frame and writes it unless another goroutine is
-// writing. It registers the call or sink under a fresh id first.
+// send queues one request frame for the writer goroutine, registering the
+// call or sink under a fresh id first (or id, for stream control).
 func (c *conn) send(op wire.Opcode, vb uint16, flags byte, body []byte, cl *call, sink frameSink, id uint32) (uint32, error) {
 	c.mu.Lock()
 	if c.err != nil {
@@ -152,30 +153,46 @@ func (c *conn) send(op wire.Opcode, vb uint16, flags byte, body []byte, cl *call
 	h := wire.Header{Magic: wire.MagicRequest, Version: wire.Version, Opcode: op, Flags: flags, VBucket: vb, ID: id, BodyLen: uint32(len(body))}
 	c.out = wire.AppendHeader(c.out, h)
 	c.out = append(c.out, body...)
-	if c.writing {
-		c.mu.Unlock()
-		return id, nil
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default: // the writer is already due to run
 	}
-	c.writing = true
-	for len(c.out) > 0 {
+	return id, nil
+}
+
+// writeLoop writes whatever requests have accumulated, until the
+// connection closes. Concurrent callers only append, so requests issued
+// together leave in one write: that is what pipelines them. Before each
+// write the loop yields once, letting callers that are already runnable
+// (woken together by a batch of answers) add their requests first.
+func (c *conn) writeLoop() {
+	for {
+		select {
+		case <-c.wake:
+		case <-c.done:
+			return
+		}
+		runtime.Gosched()
+		c.mu.Lock()
+		if len(c.out) == 0 {
+			c.mu.Unlock()
+			continue
+		}
 		buf := c.out
-		c.out = c.spare[:0]
+		c.out, c.spare = c.spare[:0], nil // spare is buf's again after the write
 		c.mu.Unlock()
 		_, err := c.nc.Write(buf)
-		c.mu.Lock()
 		if cap(buf) <= 1<<20 {
+			c.mu.Lock()
 			c.spare = buf[:0]
+			c.mu.Unlock()
 		}
 		if err != nil {
-			c.writing = false
-			c.mu.Unlock()
 			c.close(fmt.Errorf("%w: %s: write: %w", ErrDisconnected, c.addr, err))
-			return id, nil // the call (if any) is failed by close
+			return
 		}
 	}
-	c.writing = false
-	c.mu.Unlock()
-	return id, nil
 }
 
 // do sends a request and waits for its answer. It returns the body of an
@@ -298,5 +315,3 @@ func (c *conn) broken() error {
 	defer c.mu.Unlock()
 	return c.err
 }
-
-var errConnClosed = errors.New("connection closed by the client")
