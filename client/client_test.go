@@ -17,6 +17,7 @@ import (
 	"shoal/client"
 	"shoal/internal/faultnet"
 	"shoal/internal/kv"
+	"shoal/internal/logstore"
 	"shoal/internal/queue"
 	"shoal/internal/server"
 )
@@ -29,6 +30,7 @@ type node struct {
 	s    *server.Server
 	kv   *kv.Store
 	q    *queue.Store
+	log  *logstore.Store
 	done chan struct{}
 }
 
@@ -47,6 +49,10 @@ func startNodeIn(t testing.TB, cfg server.Config, addr string, qcfg queue.Config
 		t.Fatal(err)
 	}
 	store, _ := kv.New(kv.Config{VBuckets: 64})
+	logs, err := logstore.Open(logstore.Config{Dir: t.TempDir(), VBuckets: 64, MaintainEvery: -1, Logger: qcfg.Logger})
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg.VBuckets = 64
 	cfg.NodeID = "test"
 	cfg.Logger = slog.New(slog.DiscardHandler)
@@ -57,7 +63,7 @@ func startNodeIn(t testing.TB, cfg server.Config, addr string, qcfg queue.Config
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &node{addr: ln.Addr().String(), s: server.New(cfg, server.Engines{KV: store, Queue: qs}), kv: store, q: qs, done: make(chan struct{})}
+	n := &node{addr: ln.Addr().String(), s: server.New(cfg, server.Engines{KV: store, Queue: qs, Log: logs}), kv: store, q: qs, log: logs, done: make(chan struct{})}
 	go func() { defer close(n.done); n.s.Serve(ln) }()
 	t.Cleanup(n.stop)
 	return n
@@ -71,6 +77,7 @@ func (n *node) stop() {
 	<-n.done
 	n.q.Close()
 	n.kv.Close()
+	n.log.Close()
 }
 
 func dial(t testing.TB, addr string, opts ...client.Option) *client.Client {

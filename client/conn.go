@@ -161,6 +161,39 @@ func (c *conn) send(op wire.Opcode, vb uint16, flags byte, body []byte, cl *call
 	return id, nil
 }
 
+// sendMany queues n requests at once (one lock, one wake of the writer)
+// and returns their ids. req(i) returns request i, or a nil call to skip it.
+func (c *conn) sendMany(n int, req func(i int) (wire.Opcode, uint16, []byte, *call)) ([]uint32, error) {
+	ids := make([]uint32, 0, n)
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		return nil, err
+	}
+	for i := range n {
+		op, vb, body, cl := req(i)
+		if cl == nil {
+			continue
+		}
+		c.nextID++
+		if c.nextID == 0 {
+			c.nextID = 1
+		}
+		id := c.nextID
+		c.calls[id] = cl
+		ids = append(ids, id)
+		c.out = wire.AppendHeader(c.out, wire.Header{Magic: wire.MagicRequest, Version: wire.Version, Opcode: op, VBucket: vb, ID: id, BodyLen: uint32(len(body))})
+		c.out = append(c.out, body...)
+	}
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	return ids, nil
+}
+
 // writeLoop writes whatever requests have accumulated, until the
 // connection closes. Concurrent callers only append, so requests issued
 // together leave in one write: that is what pipelines them. Before each

@@ -41,12 +41,19 @@ func (s *Shoal) Open(ctx context.Context, pipeline int) (Conn, error) {
 // shoalConn is one Client.
 type shoalConn struct {
 	c *client.Client
+	p *client.Pipeline
 }
 
-// Do implements Conn. The client re-dials a broken connection by itself,
-// so Do fails as a whole only for an operation the client cannot do yet.
+// Do implements Conn. A batch of single-record requests goes through a
+// client Pipeline: one write, then every answer, as the RESP client does;
+// ranges and drops run as concurrent calls. The client re-dials a broken
+// connection by itself, so Do fails as a whole only for an operation the
+// client cannot do.
 func (s *shoalConn) Do(ctx context.Context, reqs []Request, out []Outcome) error {
 	start := time.Now()
+	if s.pipelined(ctx, reqs, out, start) {
+		return nil
+	}
 	var wg sync.WaitGroup
 	for i := 1; i < len(reqs); i++ {
 		wg.Go(func() { out[i] = s.one(ctx, &reqs[i], start) })
@@ -59,6 +66,50 @@ func (s *shoalConn) Do(ctx context.Context, reqs []Request, out []Outcome) error
 		}
 	}
 	return nil
+}
+
+// pipelined runs reqs through a Pipeline if every one of them can go in
+// one; it reports whether it did.
+func (s *shoalConn) pipelined(ctx context.Context, reqs []Request, out []Outcome, start time.Time) bool {
+	if s.p == nil {
+		s.p = s.c.Pipeline()
+	}
+	res := make([]*client.Result, len(reqs))
+	for i := range reqs {
+		q := &reqs[i]
+		switch q.Op {
+		case OpGet:
+			res[i] = s.p.Get(q.Channel, q.Key)
+		case OpSet:
+			res[i] = s.p.Put(q.Channel, q.Key, q.Value)
+		case OpPush:
+			res[i] = s.p.Push([]string{q.Channel}, q.Value)
+		case OpPop:
+			res[i] = s.p.Pop(q.Channel)
+		case OpAppend:
+			ts := q.Time
+			if ts == 0 {
+				ts = time.Now().Unix()
+			}
+			res[i] = s.p.LogPut(q.Channel, uint64(ts), q.Value)
+		default:
+			s.p = nil // drop what was added
+			return false
+		}
+	}
+	err := s.p.Exec(ctx)
+	lat := time.Since(start)
+	for i, r := range res {
+		o := Outcome{Latency: lat, Err: err}
+		if err == nil {
+			o.Err = r.Err
+			if errors.Is(r.Err, client.ErrNotFound) || errors.Is(r.Err, client.ErrEmpty) {
+				o.Miss, o.Err = true, nil
+			}
+		}
+		out[i] = o
+	}
+	return true
 }
 
 // one runs one request.
