@@ -1,0 +1,128 @@
+package repl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"shoal/internal/engine"
+	"shoal/internal/stream"
+	"shoal/internal/wire"
+)
+
+// Bucket is one engine a producer serves and its failover logs. The
+// bucket name is what a consumer asks for: "kv", "queue" or "log".
+type Bucket struct {
+	Name   string
+	Engine engine.Engine
+	Logs   *Logs
+}
+
+// ProducerConfig configures NewProducer.
+type ProducerConfig struct {
+	// Name is this node's name, told to consumers. Required.
+	Name string
+	// Buckets are the engines served. Required.
+	Buckets []Bucket
+	// IdleTimeout, if set, overrides stream.DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// Spy, if set, is told about the traffic received from consumers.
+	Spy stream.Spy
+	// Logger; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Producer serves replication streams from a node's engines: one
+// stream.Producer per bucket, whose Accept hook checks each request
+// against the bucket's failover logs (Decide). The node's server hands it
+// every connection whose first request is wire.OpStreamOpen.
+type Producer struct {
+	byName map[string]*stream.Producer
+	first  *stream.Producer
+}
+
+// NewProducer checks cfg and returns a producer.
+func NewProducer(cfg ProducerConfig) (*Producer, error) {
+	if len(cfg.Buckets) == 0 {
+		return nil, errors.New("repl: producer without buckets")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	p := &Producer{byName: make(map[string]*stream.Producer, len(cfg.Buckets))}
+	for _, b := range cfg.Buckets {
+		if b.Engine == nil || b.Logs == nil {
+			return nil, fmt.Errorf("repl: bucket %q without engine or failover logs", b.Name)
+		}
+		sp, err := stream.NewProducer(stream.ProducerConfig{
+			Name:        cfg.Name,
+			Engines:     func(name string) engine.Engine { return engineIf(name == b.Name, b.Engine) },
+			Accept:      accept(b),
+			IdleTimeout: cfg.IdleTimeout,
+			Spy:         cfg.Spy,
+			Logger:      cfg.Logger.With("bucket", b.Name),
+		})
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := p.byName[b.Name]; dup {
+			return nil, fmt.Errorf("repl: bucket %q given twice", b.Name)
+		}
+		p.byName[b.Name] = sp
+		if p.first == nil {
+			p.first = sp
+		}
+	}
+	return p, nil
+}
+
+func engineIf(ok bool, e engine.Engine) engine.Engine {
+	if ok {
+		return e
+	}
+	return nil
+}
+
+// accept is the Accept hook of bucket b: the DCP rules against its
+// failover log.
+func accept(b Bucket) func(string, stream.Request) ([]stream.FailoverEntry, error) {
+	return func(_ string, req stream.Request) ([]stream.FailoverEntry, error) {
+		high := b.Engine.HighSeqno(req.VBucket)
+		log := b.Logs.Ensure(req.VBucket, high)
+		if log == nil {
+			return nil, fmt.Errorf("no vbucket %d", req.VBucket)
+		}
+		if to, ok := Decide(log, high, req); !ok {
+			return nil, &stream.RollbackError{Seqno: to}
+		}
+		return log, nil
+	}
+}
+
+// Serve runs one stream connection (see stream.Producer.Serve): it reads
+// the bucket named by the open frame's body and hands the connection to
+// that bucket's producer. A body it cannot read, or an unknown bucket,
+// goes to any producer, which answers it with the error.
+func (p *Producer) Serve(ctx context.Context, conn net.Conn, h wire.Header, body []byte) error {
+	sp := p.byName[openBucket(body)]
+	if sp == nil {
+		sp = p.first
+	}
+	return sp.Serve(ctx, conn, h, body)
+}
+
+// openBucket returns the bucket an OpStreamOpen body names (version u8,
+// consumer str8, bucket str8, ...; docs/protocol.md), or "".
+func openBucket(body []byte) string {
+	d := wire.NewDecoder(body)
+	d.U8()
+	d.Bytes8()
+	b := d.Bytes8()
+	if d.Err() != nil {
+		return ""
+	}
+	return string(b)
+}
