@@ -59,6 +59,7 @@ func main() {
 	root.AddCommand(kvCommands(g)...)
 	root.AddCommand(queueCommands(g)...)
 	root.AddCommand(channelCommands(g)...)
+	root.AddCommand(replCommands(g)...)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := root.ExecuteContext(ctx)

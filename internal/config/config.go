@@ -71,6 +71,8 @@ type Config struct {
 	// QueueFsyncInterval is, in journal mode, how often the journal is
 	// fsynced; "always" fsyncs before every answer (group commit).
 	QueueFsyncInterval FsyncInterval `toml:"queue_fsync_interval"`
+
+	Replication // the standby replica and liveness (repl.go)
 }
 
 // Default returns the settings of a node started with no arguments.
@@ -89,6 +91,8 @@ func Default() Config {
 
 		QueueRingSize:   64 << 20,
 		QueueDurability: "memory",
+
+		Replication: defaultReplication(),
 	}
 }
 
@@ -156,6 +160,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.Var(&c.QueueRingSize, "queue-ring-size", "memory ring of each queue (e.g. 64MiB); more overflows to disk")
 	fs.StringVar(&c.QueueDurability, "queue-durability", c.QueueDurability, "queue durability: memory (a crash loses the rings) or journal")
 	fs.Var(&c.QueueFsyncInterval, "queue-fsync-interval", "journal mode: fsync period (e.g. 10ms), or always (before every answer)")
+	bindReplication(fs, c)
 }
 
 // Validate checks the settings and says what is wrong.
@@ -193,5 +198,6 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("vbuckets %d: must be 1..%d", c.VBuckets, vbucket.Max))
 	}
 	errs = append(errs, c.validateQueue()...)
+	errs = append(errs, c.validateReplication()...)
 	return errors.Join(errs...)
 }

@@ -47,6 +47,8 @@ type Node struct {
 	stats  *stats.Registry
 	statsW *stats.LogWriter // keeps the previous counters, for deltas
 
+	rep *replication // replication and liveness (repl.go)
+
 	ln     net.Listener
 	httpLn net.Listener
 	httpS  *http.Server
@@ -126,6 +128,9 @@ func New(cfg config.Config, version string) (_ *Node, err error) {
 	n.stats.Add(stats.Uptime(n.started))
 	n.stats.Add(stats.SourceFunc(n.reportKV))
 	n.stats.Add(stats.SourceFunc(n.reportQueue))
+	if err := n.setupRepl(); err != nil {
+		return nil, err
+	}
 
 	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("cannot listen on the data port: %w", err)
@@ -189,6 +194,7 @@ func (n *Node) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.statsLoop(bg) }()
 	}
+	n.startRepl(bg, &wg)
 	if n.cfg.Console && isTerminal(os.Stdout) {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.consoleLoop(bg, os.Stdout) }()
@@ -200,6 +206,7 @@ func (n *Node) Run(ctx context.Context) error {
 	case runErr = <-serveErr:
 		n.log.Error("a listener failed; shutting down", "err", runErr)
 	}
+	n.stopRepl()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := n.srv.Shutdown(sctx); err != nil {

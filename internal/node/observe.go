@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"shoal/internal/liveness"
 	"shoal/internal/stats"
 )
 
@@ -151,6 +152,9 @@ type Status struct {
 	KV            KVStatus        `json:"kv"`
 	Queue         QueueStatus     `json:"queue"`
 	Channels      []ChannelStatus `json:"channels"`
+	// Liveness is the last report of the liveness monitor (repl.go).
+	Liveness    *liveness.Report  `json:"liveness"`
+	Replication ReplicationStatus `json:"replication"`
 }
 
 // KVStatus is the kv engine in /status.
@@ -182,6 +186,7 @@ func (n *Node) Status() Status {
 		st.Channels = append(st.Channels, ChannelStatus{Name: cs.Name, Kind: "kv", Records: cs.Records, Bytes: cs.Bytes})
 	}
 	n.queueStatus(&st)
+	n.replStatus(&st, false)
 	return st
 }
 

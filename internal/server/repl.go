@@ -39,6 +39,10 @@ type Replication interface {
 // replicates nothing; the request is answered StatusBadRequest.
 var ErrNotStandby = errors.New("the node is not a standby replica")
 
+// ErrBadSettings wraps the error of settings a Replica set refuses; the
+// request is answered StatusBadRequest.
+var ErrBadSettings = errors.New("bad replication settings")
+
 // Largest OpReplica settings: a day of NOOP interval or idle timeout.
 const maxReplicaMillis = 24 * 3600 * 1000
 
@@ -84,7 +88,7 @@ func (c *conn) replicationAnswer(h wire.Header, err error) {
 	switch {
 	case err == nil:
 		c.reply(h, wire.StatusOK, nil)
-	case errors.Is(err, ErrNotStandby):
+	case errors.Is(err, ErrNotStandby), errors.Is(err, ErrBadSettings):
 		c.replyf(h, wire.StatusBadRequest, "%v", err)
 	default:
 		c.s.cfg.Logger.Error("request failed", "op", h.Opcode.String(), "err", err)
