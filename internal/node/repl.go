@@ -275,8 +275,10 @@ func (n *Node) replica(action uint8, s server.ReplicaSettings) error {
 // replAdmin serves the replication requests of the data port.
 type replAdmin struct{ n *Node }
 
-func (a replAdmin) Replica(action uint8, s server.ReplicaSettings) error { return a.n.replica(action, s) }
-func (a replAdmin) Promote() error                                      { return a.n.promote() }
+func (a replAdmin) Replica(action uint8, s server.ReplicaSettings) error {
+	return a.n.replica(action, s)
+}
+func (a replAdmin) Promote() error { return a.n.promote() }
 func (a replAdmin) Status(vbuckets bool) ([]byte, error) {
 	return json.Marshal(a.n.statusDoc(vbuckets))
 }
