@@ -42,7 +42,7 @@ func allVBuckets(n int) []uint16 {
 // producer, a real data port (internal/server) whose StreamOpen takeover
 // goes to a Producer.
 type side struct {
-	t     *testing.T
+	t     testing.TB
 	name  string
 	dir   string
 	kv    *kv.Store
@@ -57,7 +57,7 @@ type side struct {
 }
 
 // newSide opens the engines of a node in dir (reused by a restart).
-func newSide(t *testing.T, name, dir string, withQueue, withLog bool) *side {
+func newSide(t testing.TB, name, dir string, withQueue, withLog bool) *side {
 	t.Helper()
 	s := &side{t: t, name: name, dir: dir, logs: map[string]*Logs{}}
 	var err error
@@ -175,7 +175,7 @@ func (s *side) replicate(addr, bucket string, e engine.Engine, mod func(*Config)
 }
 
 // eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+func eventually(t testing.TB, d time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -210,7 +210,7 @@ func kvContents(s *kv.Store) string {
 
 // sameKV waits until the replica's kv equals the producer's and the
 // replicator reports every vBucket caught up.
-func sameKV(t *testing.T, a, b *kv.Store, r *Replicator) {
+func sameKV(t testing.TB, a, b *kv.Store, r *Replicator) {
 	t.Helper()
 	eventually(t, 20*time.Second, "replica equal to the producer", func() (bool, string) {
 		want, got := kvContents(a), kvContents(b)
