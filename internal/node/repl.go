@@ -129,7 +129,7 @@ func (n *Node) setupStandby(log *slog.Logger) error {
 				NoopInterval: time.Duration(n.cfg.ReplicaNoopInterval),
 				IdleTimeout:  time.Duration(n.cfg.ReplicaIdleTimeout),
 			},
-			Handshake: repl.Handshake(n.cfg.NodeID, n.cfg.ReplicaUser, secret),
+			Handshake: repl.Handshake(n.cfg.NodeID, n.cfg.ReplicaUser, secret, n.cfg.VBuckets),
 			Spy:       rp.spy,
 			ApplyHook: hook,
 			Logger:    n.log.With("part", "repl"),
@@ -272,13 +272,19 @@ func (n *Node) replica(action uint8, s server.ReplicaSettings) error {
 	return nil
 }
 
-// replAdmin serves the replication requests of the data port.
+// replAdmin serves the replication requests of the data port
+// (server.Replication).
 type replAdmin struct{ n *Node }
 
+// Replica runs `shoal replica stop|start|set`.
 func (a replAdmin) Replica(action uint8, s server.ReplicaSettings) error {
 	return a.n.replica(action, s)
 }
+
+// Promote runs `shoal promote`.
 func (a replAdmin) Promote() error { return a.n.promote() }
+
+// Status returns the status document as JSON.
 func (a replAdmin) Status(vbuckets bool) ([]byte, error) {
 	return json.Marshal(a.n.statusDoc(vbuckets))
 }

@@ -17,8 +17,9 @@ const maxHandshakeReply = 4096
 // connection before opening the stream: HELLO as client name, then AUTH
 // as user with secret when user is not empty. When the producer has
 // credentials, user must be the admin credential (stream connections are
-// an operator's business).
-func Handshake(name, user string, secret []byte) func(ctx context.Context, conn net.Conn) error {
+// an operator's business). A producer whose vBucket count is not vbuckets
+// is refused (0: not checked): its keys would map to other vBuckets.
+func Handshake(name, user string, secret []byte, vbuckets int) func(ctx context.Context, conn net.Conn) error {
 	return func(_ context.Context, conn net.Conn) error {
 		b := wire.AppendStr8(nil, name)
 		b = wire.AppendU16(b, wire.Version)
@@ -30,12 +31,15 @@ func Handshake(name, user string, secret []byte) func(ctx context.Context, conn 
 		d := wire.NewDecoder(reply)
 		d.Bytes8() // node id
 		d.Bytes8() // version
-		d.U16()    // vbuckets
-		d.U32()    // features
+		theirs := int(d.U16())
+		d.U32() // features
 		required := d.U8() == 1
 		nonce := d.Rest()
 		if d.Err() != nil || len(nonce) != wire.NonceLen {
 			return fmt.Errorf("%w: malformed HELLO answer", wire.ErrMalformed)
+		}
+		if vbuckets != 0 && theirs != vbuckets {
+			return fmt.Errorf("the producer has %d vbuckets, this node %d: they cannot replicate each other", theirs, vbuckets)
 		}
 		if user == "" {
 			if required {

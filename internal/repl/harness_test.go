@@ -158,7 +158,7 @@ func (s *side) replicate(addr, bucket string, e engine.Engine, mod func(*Config)
 	s.t.Helper()
 	cfg := Config{
 		Name: s.name, Addr: addr, Bucket: bucket, Engine: e, Logs: s.logs[bucket],
-		VBuckets: allVBuckets(testVBuckets), Handshake: Handshake(s.name, "", nil),
+		VBuckets: allVBuckets(testVBuckets), Handshake: Handshake(s.name, "", nil, testVBuckets),
 		BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
 		Options: Options{NoopInterval: 200 * time.Millisecond}, Logger: quiet,
 	}

@@ -298,7 +298,9 @@ func (r *Replicator) run(ctx context.Context, done chan struct{}) {
 		if ctx.Err() != nil {
 			return
 		}
+		msg := "cannot open a replication session; retrying"
 		if err == nil {
+			msg = "replication session lost; reconnecting"
 			cause, retuned := r.follow(ctx, s)
 			if ctx.Err() != nil {
 				return
@@ -319,7 +321,7 @@ func (r *Replicator) run(ctx context.Context, done chan struct{}) {
 		wait := backoff(failures, r.cfg.BackoffMin, r.cfg.BackoffMax, r.rnd)
 		r.noteErr(err)
 		r.setState(StateBackoff)
-		r.log.Warn("replication session lost; reconnecting", "err", err, "retry_in", wait.Round(time.Millisecond))
+		r.log.Warn(msg, "err", err, "retry_in", wait.Round(time.Millisecond))
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():

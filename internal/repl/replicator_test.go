@@ -448,14 +448,21 @@ func TestAuthenticatedProducer(t *testing.T) {
 
 	// Without credentials, and as a user that is not admin: refused, retried.
 	for _, hs := range []struct{ user, want string }{{"", "requires authentication"}, {"reader", "not permitted"}} {
-		r := b.replicate(addr, "kv", b.kv, func(c *Config) { c.Handshake = Handshake("node-b", hs.user, secret) })
+		r := b.replicate(addr, "kv", b.kv, func(c *Config) { c.Handshake = Handshake("node-b", hs.user, secret, testVBuckets) })
 		eventually(t, 10*time.Second, "a refusal", func() (bool, string) {
 			st := r.Status(false)
 			return strings.Contains(st.LastError, hs.want), fmt.Sprintf("%+v", st)
 		})
 		r.Stop()
 	}
-	r := b.replicate(addr, "kv", b.kv, func(c *Config) { c.Handshake = Handshake("node-b", "admin", secret) })
+	// A producer with another vBucket count is refused.
+	r := b.replicate(addr, "kv", b.kv, func(c *Config) { c.Handshake = Handshake("node-b", "admin", secret, 2*testVBuckets) })
+	eventually(t, 10*time.Second, "a refusal", func() (bool, string) {
+		st := r.Status(false)
+		return strings.Contains(st.LastError, "vbuckets"), fmt.Sprintf("%+v", st)
+	})
+	r.Stop()
+	r = b.replicate(addr, "kv", b.kv, func(c *Config) { c.Handshake = Handshake("node-b", "admin", secret, testVBuckets) })
 	sameKV(t, a.kv, b.kv, r)
 }
 
