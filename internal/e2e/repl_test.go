@@ -601,6 +601,13 @@ func TestPromote(t *testing.T) {
 	if r.Code != 0 || !strings.Contains(r.Stdout, "replica of "+a.Addr) || !strings.Contains(r.Stdout, "caught up") {
 		t.Fatalf("status of the standby: %d %q %q", r.Code, r.Stdout, r.Stderr)
 	}
+	r = testproc.CLI(t, b.Addr, "", "status", "--vbuckets")
+	if lines := strings.Split(r.Stdout, "\n"); r.Code != 0 || !strings.Contains(r.Stdout, "\nvbucket\tkv\tqueue\n") || !strings.Contains(r.Stdout, "\n63\t") {
+		t.Fatalf("status --vbuckets: %d lines %q", len(lines), r.Stderr)
+	}
+	if r := testproc.CLI(t, a.Addr, "", "status"); r.Code != 0 || !strings.Contains(r.Stdout, " active ") {
+		t.Fatalf("status of the active: %d %q %q", r.Code, r.Stdout, r.Stderr)
+	}
 	if r := testproc.CLI(t, b.Addr, "", "promote"); r.Code != 0 {
 		t.Fatalf("promote: %d %q", r.Code, r.Stderr)
 	}
