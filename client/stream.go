@@ -12,7 +12,7 @@ import (
 )
 
 // Stream is a flow-controlled stream of items from one node (GetAll,
-// Mirror, ...). Range over All; call Suspend, Resume and Stop from any
+// Mirror, ...), or from each node in turn (LogRange). Range over All; call Suspend, Resume and Stop from any
 // goroutine. If the connection breaks, the stream reconnects and resumes
 // where it was (for GetAll: after the last key received).
 type Stream[T any] struct {
@@ -37,6 +37,10 @@ type Stream[T any] struct {
 	resumeOnShutdown bool
 	// parts, when set, are the per-node streams this one merges.
 	parts []*Stream[T]
+	// advance, when set, is called when the node finished the stream;
+	// if it returns true it has pointed the stream at another node (n),
+	// which is asked next (LogRange reads every node in turn).
+	advance func() bool
 
 	mu        sync.Mutex
 	frames    []result
@@ -173,6 +177,14 @@ func (s *Stream[T]) All() iter.Seq2[T, error] {
 				continue
 			}
 			if r.flags&wire.FlagMore == 0 {
+				if r.status == wire.StatusOK && s.advance != nil && s.advance() {
+					consumed = 0
+					if err := s.open(); err != nil {
+						yield(zero, err)
+						return
+					}
+					continue
+				}
 				switch r.status {
 				case wire.StatusOK, wire.StatusStopped:
 				default:

@@ -1,7 +1,8 @@
 // Command shoal is the command-line client and operator tool of shoal
 // nodes: kv get/put/..., streams (getall, mirror), queues (push, pop,
-// consume, queues), channel management and node information. Run `shoal
-// --help` for the commands.
+// consume, queues), log put/range, channel management, node information,
+// and the offline check of a node's log files. Run `shoal --help` for the
+// commands.
 package main
 
 import (
@@ -60,6 +61,7 @@ func main() {
 	root.AddCommand(queueCommands(g)...)
 	root.AddCommand(channelCommands(g)...)
 	root.AddCommand(replCommands(g)...)
+	root.AddCommand(logCommand(g), checkCommand())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := root.ExecuteContext(ctx)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -72,6 +73,17 @@ type Config struct {
 	// fsynced; "always" fsyncs before every answer (group commit).
 	QueueFsyncInterval FsyncInterval `toml:"queue_fsync_interval"`
 
+	// LogFsync is the log engine's durability mode (log.go).
+	LogFsync FsyncMode `toml:"log_fsync"`
+	// LogSegmentSpan is the time span of a log segment file.
+	LogSegmentSpan Duration `toml:"log_segment_span"`
+	// LogCompressAfter zstd-compresses log segments that long after their
+	// span ended; 0 never.
+	LogCompressAfter Age `toml:"log_compress_after"`
+	// LogRetention deletes log segments that long after their span ended;
+	// 0 never.
+	LogRetention Age `toml:"log_retention"`
+
 	Replication // the standby replica and liveness (repl.go)
 }
 
@@ -91,6 +103,9 @@ func Default() Config {
 
 		QueueRingSize:   64 << 20,
 		QueueDurability: "memory",
+
+		LogFsync:       DefaultLogFsync,
+		LogSegmentSpan: Duration(time.Hour),
 
 		Replication: defaultReplication(),
 	}
@@ -161,6 +176,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.QueueDurability, "queue-durability", c.QueueDurability, "queue durability: memory (a crash loses the rings) or journal")
 	fs.Var(&c.QueueFsyncInterval, "queue-fsync-interval", "journal mode: fsync period (e.g. 10ms), or always (before every answer)")
 	bindReplication(fs, c)
+	bindLog(fs, c)
 }
 
 // Validate checks the settings and says what is wrong.
@@ -199,5 +215,6 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateQueue()...)
 	errs = append(errs, c.validateReplication()...)
+	errs = append(errs, c.validateLog())
 	return errors.Join(errs...)
 }

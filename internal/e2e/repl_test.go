@@ -25,8 +25,8 @@ import (
 // as real processes, inject one of the six disconnect cases of seed 001
 // while a writer goes on writing to the active, and end by comparing both
 // nodes: every vBucket's high seqno per engine (status --vbuckets), every
-// kv record with its CAS (GetAll), the queue sizes, and the active's kv
-// against what the writer had acknowledged.
+// kv record with its CAS (GetAll), every log record, the queue sizes, and
+// the active's kv against what the writer had acknowledged.
 
 // replVBuckets keeps the status documents small.
 const replVBuckets = "64"
@@ -116,8 +116,9 @@ func streaming(st node.Status) bool {
 }
 
 // kvWriter writes to the active until stopped: puts and removes over a
-// small key space in three channels, and queue pushes. It keeps what the
-// active acknowledged; a write that failed leaves its key uncertain.
+// small key space in three channels, queue pushes and log appends. It
+// keeps what the active acknowledged; a write that failed leaves its key
+// uncertain.
 type kvWriter struct {
 	c    *client.Client
 	stop chan struct{}
@@ -128,6 +129,8 @@ type kvWriter struct {
 	uncertain map[string]bool
 	pushed    int64 // acknowledged pushes
 	pushFails int64 // pushes with an unknown outcome
+	logged    int64 // acknowledged log appends
+	logFails  int64 // appends with an unknown outcome
 	acked     int64
 	failed    int64
 }
@@ -163,13 +166,24 @@ func (w *kvWriter) run() {
 			_, err = w.c.Put(ctx, ch, []byte(key), []byte(val))
 		case r < 95:
 			_, err = w.c.Remove(ctx, ch, []byte(key))
-		default:
+		case r < 97:
 			err = w.c.Push(ctx, []string{"q"}, []byte(fmt.Sprintf("p%d", i)))
 			w.mu.Lock()
 			if err == nil {
 				w.pushed++
 			} else {
 				w.pushFails++
+			}
+			w.mu.Unlock()
+			cancel()
+			continue
+		default:
+			err = w.c.LogPut(ctx, "l", uint64(1_700_000_000+i), []byte(fmt.Sprintf("e%d", i)))
+			w.mu.Lock()
+			if err == nil {
+				w.logged++
+			} else {
+				w.logFails++
 			}
 			w.mu.Unlock()
 			cancel()
@@ -209,14 +223,14 @@ func (w *kvWriter) waitWrites(t *testing.T, n int64) {
 	})
 }
 
-// forget makes every key uncertain: the active lost its kv data.
+// forget makes every key uncertain: the active lost its kv data (its
+// queue and log survive a clean restart).
 func (w *kvWriter) forget() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for id := range w.model {
 		w.uncertain[id] = true
 	}
-	w.pushed, w.pushFails = 0, w.pushed+w.pushFails
 }
 
 func (w *kvWriter) finish() {
@@ -246,6 +260,21 @@ func kvRecords(t *testing.T, c *client.Client) map[string]string {
 	return out
 }
 
+// logRecords reads every record of the writer's log channel, in order.
+func logRecords(t *testing.T, c *client.Client) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out []string
+	for r, err := range c.LogAll(ctx, "l").All() {
+		if err != nil {
+			t.Fatalf("log range: %v", err)
+		}
+		out = append(out, fmt.Sprintf("%d %s", r.Timestamp, r.Value))
+	}
+	return out
+}
+
 // compareNodes stops the writer, waits until the standby has caught up
 // (every vBucket's high seqno equal per engine, every replicator caught
 // up), then compares the kv records with their CAS, the queue sizes, and
@@ -267,7 +296,7 @@ func compareNodes(t *testing.T, w *kvWriter, active, standby *client.Client) {
 				return false, fmt.Sprintf("%s: %s, %d lagging, last error %q", e.Bucket, e.State, e.Lagging, e.LastError)
 			}
 		}
-		for _, b := range []string{"kv", "queue"} {
+		for _, b := range []string{"kv", "queue", "log"} {
 			ha, hb := sa.Replication.HighSeqnos[b], sb.Replication.HighSeqnos[b]
 			if len(ha) == 0 || fmt.Sprint(ha) != fmt.Sprint(hb) {
 				return false, fmt.Sprintf("%s high seqnos differ:\nactive  %v\nstandby %v", b, ha, hb)
@@ -278,6 +307,9 @@ func compareNodes(t *testing.T, w *kvWriter, active, standby *client.Client) {
 		}
 		return true, ""
 	})
+	if la, lb := logRecords(t, active), logRecords(t, standby); fmt.Sprint(la) != fmt.Sprint(lb) || len(la) == 0 {
+		t.Errorf("log records differ: %d on the active, %d on the standby", len(la), len(lb))
+	}
 	ra, rb := kvRecords(t, active), kvRecords(t, standby)
 	if len(ra) == 0 {
 		t.Fatal("the active holds no kv record")
@@ -309,13 +341,16 @@ func compareNodes(t *testing.T, w *kvWriter, active, standby *client.Client) {
 	if q := sa.Queue.Records; q < w.pushed || q > w.pushed+w.pushFails {
 		t.Errorf("queue holds %d records; %d pushes acknowledged, %d uncertain", q, w.pushed, w.pushFails)
 	}
-	t.Logf("compared: %d kv records equal with their CAS, %d keys as acknowledged (%d writes, %d failed), %d queue records",
-		len(ra), certain, w.acked, w.failed, sa.Queue.Records)
+	if sa.Log == nil || sa.Log.Records < uint64(w.logged) || sa.Log.Records > uint64(w.logged+w.logFails) {
+		t.Errorf("log holds %+v records; %d appends acknowledged, %d uncertain", sa.Log, w.logged, w.logFails)
+	}
+	t.Logf("compared: %d kv records equal with their CAS, %d keys as acknowledged (%d writes, %d failed), %d queue records, %d log records",
+		len(ra), certain, w.acked, w.failed, sa.Queue.Records, sa.Log.Records)
 }
 
 // Case 1: the producer is shut down cleanly (SIGTERM) and restarted on
-// its data: the standby reconnects. The queue survives a clean restart
-// and its replica resumes; the kv engine restarts empty until dumps are
+// its data: the standby reconnects. The queue and the log survive a clean
+// restart and their replicas resume; the kv engine restarts empty until dumps are
 // wired, so its vBuckets start new histories and the standby rolls back
 // to the active's (empty) state — exactly what the active holds.
 func TestReplicaProducerShutdown(t *testing.T) {
@@ -347,8 +382,10 @@ func TestReplicaProducerShutdown(t *testing.T) {
 	}
 	compareNodes(t, w, dialShort(t, a2.Addr), cb)
 	st, _ = nodeStatus(cb, false)
-	if q := engineStatus(st, "queue"); q.Rollbacks != 0 {
-		t.Fatalf("the queue replica rolled back %d vbuckets after a clean restart with its data: %+v", q.Rollbacks, q)
+	for _, b := range []string{"queue", "log"} {
+		if e := engineStatus(st, b); e.Rollbacks != 0 {
+			t.Fatalf("the %s replica rolled back %d vbuckets after a clean restart with its data: %+v", b, e.Rollbacks, e)
+		}
 	}
 	t.Logf("kv rollbacks after the restart without a kv dump: %d", engineStatus(st, "kv").Rollbacks)
 }
@@ -437,7 +474,7 @@ func TestReplicaConnectionClosed(t *testing.T) {
 		p.Cut()
 		poll(t, 20*time.Second, "a new session after the cut", func() (bool, string) {
 			st, err := nodeStatus(cb, false)
-			return err == nil && streaming(st) && sum(st, reconnects) >= uint64(2*(i+1)), fmt.Sprintf("%+v", st.Replication)
+			return err == nil && streaming(st) && sum(st, reconnects) >= uint64(len(st.Replication.Engines)*(i+1)), fmt.Sprintf("%+v", st.Replication)
 		})
 	}
 	w.waitWrites(t, 700)
@@ -602,7 +639,7 @@ func TestPromote(t *testing.T) {
 		t.Fatalf("status of the standby: %d %q %q", r.Code, r.Stdout, r.Stderr)
 	}
 	r = testproc.CLI(t, b.Addr, "", "status", "--vbuckets")
-	if lines := strings.Split(r.Stdout, "\n"); r.Code != 0 || !strings.Contains(r.Stdout, "\nvbucket\tkv\tqueue\n") || !strings.Contains(r.Stdout, "\n63\t") {
+	if lines := strings.Split(r.Stdout, "\n"); r.Code != 0 || !strings.Contains(r.Stdout, "\nvbucket\tkv\tlog\tqueue\n") || !strings.Contains(r.Stdout, "\n63\t") {
 		t.Fatalf("status --vbuckets: %d lines %q", len(lines), r.Stderr)
 	}
 	if r := testproc.CLI(t, a.Addr, "", "status"); r.Code != 0 || !strings.Contains(r.Stdout, " active ") {

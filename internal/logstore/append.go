@@ -99,12 +99,18 @@ func (s *Store) signal() {
 // it, batches of one or two records each pay a whole write.
 const gatherBelow = 32
 
+// maxGather bounds how long the committer waits for the writers of the
+// previous batch in Fsync-always mode (see gather).
+const maxGather = 2 * time.Millisecond
+
 // commitLoop is the committer: it takes every queued request at once and
 // commits them as one batch (group commit), until Close.
 func (s *Store) commitLoop() {
 	defer s.wg.Done()
 	var spare []*request
 	b := newBatch(s.cfg.VBuckets)
+	var prevReqs int           // requests of the previous batch
+	var prevTook time.Duration // how long its commit took
 	for {
 		s.qmu.Lock()
 		for len(s.queue) == 0 && !s.qclosed {
@@ -112,10 +118,13 @@ func (s *Store) commitLoop() {
 			<-s.qsignal
 			s.qmu.Lock()
 		}
-		if s.cfg.Fsync > 0 && len(s.queue) < gatherBelow && !s.qclosed {
+		switch {
+		case s.cfg.Fsync > 0 && len(s.queue) < gatherBelow && !s.qclosed:
 			s.qmu.Unlock()
 			runtime.Gosched()
 			s.qmu.Lock()
+		case s.cfg.Fsync == 0:
+			s.gather(prevReqs, min(prevTook, maxGather))
 		}
 		batch := s.queue
 		s.queue = spare[:0]
@@ -123,12 +132,41 @@ func (s *Store) commitLoop() {
 		if len(batch) == 0 {
 			return
 		}
+		t0 := time.Now()
 		err := s.commit(batch, b)
+		prevReqs, prevTook = len(batch), time.Since(t0)
 		for i, r := range batch {
 			r.done <- err
 			batch[i] = nil
 		}
 		spare = batch
+	}
+}
+
+// gather, in Fsync-always mode, waits (with qmu held, released while
+// waiting) until want requests are queued, or for at most limit. Writers
+// that append one record after another come back as soon as their batch
+// is acknowledged; without the wait the next batch would hold only those
+// that queued during the previous fsync, about half of them, and every
+// fsync would serve half the writers. want is the size of the previous
+// batch and limit how long its commit took, so a writer waits at most
+// about one more fsync, and only while the previous batch's writers are
+// still coming back.
+func (s *Store) gather(want int, limit time.Duration) {
+	if len(s.queue) >= want || limit <= 0 {
+		return
+	}
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	for len(s.queue) < want && !s.qclosed {
+		s.qmu.Unlock()
+		select {
+		case <-s.qsignal:
+		case <-t.C:
+			s.qmu.Lock()
+			return
+		}
+		s.qmu.Lock()
 	}
 }
 
@@ -363,11 +401,16 @@ func (s *Store) channelForAppend(name string) (*channel, error) {
 	if err := s.fs.SyncDir(s.cfg.Dir); err != nil {
 		return nil, fmt.Errorf("cannot sync %q: %w", s.cfg.Dir, noSpace(err))
 	}
-	c := &channel{name: name, dir: dir, vbMax: map[uint16]uint64{}, rewriting: map[uint64]uint32{}}
+	c := s.newChannel(name, dir)
 	s.mu.Lock()
 	s.channels[name] = c
 	s.mu.Unlock()
 	return c, nil
+}
+
+// newChannel returns an empty channel.
+func (s *Store) newChannel(name, dir string) *channel {
+	return &channel{name: name, dir: dir, vbMax: make([]uint64, s.cfg.VBuckets), rewriting: map[uint64]uint32{}}
 }
 
 // writable returns the segment of c that takes appends for the bucket at

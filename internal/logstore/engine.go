@@ -109,7 +109,7 @@ func (s *Store) DropVBucket(vb uint16) error {
 	s.mu.Lock()
 	s.high, s.tombs = high, tb
 	for _, c := range s.channels {
-		delete(c.vbMax, vb)
+		c.vbMax[vb] = 0
 	}
 	s.endSubs(func(sb *sub) bool { return sb.vb == vb }, ErrVBucketDropped)
 	s.mu.Unlock()

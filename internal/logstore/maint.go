@@ -105,7 +105,11 @@ func (s *Store) RemoveChannel(ch string) error {
 	high := slices.Clone(s.high)
 	tb := cloneTombs(s.tombs)
 	var muts []engine.Mutation
-	for _, vb := range slices.Sorted(maps.Keys(c.vbMax)) {
+	for i, mx := range c.vbMax {
+		if mx == 0 {
+			continue
+		}
+		vb := uint16(i)
 		high[vb]++
 		tb.set(ch, vb, high[vb])
 		muts = append(muts, engine.Mutation{VBucket: vb, Seqno: high[vb], Op: engine.OpRemoveChannel, Channel: ch})
@@ -167,7 +171,7 @@ func (s *Store) applyRemove(ch string, vb uint16, seqno uint64) error {
 	hidden := c != nil
 	if c != nil {
 		for v, mx := range c.vbMax {
-			if mx > tb[ch][v] {
+			if mx > tb[ch][uint16(v)] {
 				hidden = false
 			}
 		}

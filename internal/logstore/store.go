@@ -88,7 +88,7 @@ type channel struct {
 	name      string
 	dir       string
 	segs      []*segFile        // sorted by (bucket start, generation)
-	vbMax     map[uint16]uint64 // highest seqno of each vBucket found in the channel's files
+	vbMax     []uint64          // highest seqno of each vBucket found in the channel's files (0: none)
 	rewriting map[uint64]uint32 // bucket start -> generation a rewrite in progress will write
 }
 
@@ -309,7 +309,7 @@ func (s *Store) loadChannel(name string) error {
 		return cands[i].gen < cands[j].gen
 	})
 	cands = s.dropSuperseded(cands)
-	c := &channel{name: name, dir: dir, vbMax: map[uint16]uint64{}, rewriting: map[uint64]uint32{}}
+	c := s.newChannel(name, dir)
 	for _, cand := range cands {
 		sf, err := s.scanCandidate(c, cand)
 		if err != nil {

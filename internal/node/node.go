@@ -26,6 +26,7 @@ import (
 	"shoal/internal/config"
 	"shoal/internal/engine"
 	"shoal/internal/kv"
+	"shoal/internal/logstore"
 	"shoal/internal/queue"
 	"shoal/internal/server"
 	"shoal/internal/stats"
@@ -47,7 +48,8 @@ type Node struct {
 	stats  *stats.Registry
 	statsW *stats.LogWriter // keeps the previous counters, for deltas
 
-	rep *replication // replication and liveness (repl.go)
+	rep      *replication    // replication and liveness (repl.go)
+	logStore *logstore.Store // the log engine (log.go)
 
 	ln     net.Listener
 	httpLn net.Listener
@@ -101,6 +103,9 @@ func New(cfg config.Config, version string) (_ *Node, err error) {
 	if err := n.openQueue(); err != nil {
 		return nil, err
 	}
+	if err := n.openLog(); err != nil {
+		return nil, err
+	}
 	scfg := server.Config{
 		NodeID:         n.cfg.NodeID,
 		Version:        version,
@@ -122,7 +127,7 @@ func New(cfg config.Config, version string) (_ *Node, err error) {
 		}
 		scfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	n.srv = server.New(scfg, server.Engines{Catalog: n.cat, KV: n.kv, Queue: n.queue})
+	n.srv = server.New(scfg, server.Engines{Catalog: n.cat, KV: n.kv, Queue: n.queue, Log: n.logStore})
 	n.stats.Add(n.srv)
 	n.stats.Add(stats.Process{})
 	n.stats.Add(stats.Uptime(n.started))
@@ -243,6 +248,11 @@ func (n *Node) close() {
 		if n.queue != nil {
 			if err := n.queue.Close(); err != nil {
 				n.log.Error("cannot save the queues", "err", err)
+			}
+		}
+		if n.logStore != nil {
+			if err := n.logStore.Close(); err != nil {
+				n.log.Error("cannot close the log engine", "err", err)
 			}
 		}
 		if n.logFile != nil {

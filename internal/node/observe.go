@@ -151,6 +151,7 @@ type Status struct {
 	Connections   int64           `json:"connections"`
 	KV            KVStatus        `json:"kv"`
 	Queue         QueueStatus     `json:"queue"`
+	Log           *LogStatus      `json:"log,omitempty"`
 	Channels      []ChannelStatus `json:"channels"`
 	// Liveness is the last report of the liveness monitor (repl.go).
 	Liveness    *liveness.Report  `json:"liveness"`
@@ -186,6 +187,7 @@ func (n *Node) Status() Status {
 		st.Channels = append(st.Channels, ChannelStatus{Name: cs.Name, Kind: "kv", Records: cs.Records, Bytes: cs.Bytes})
 	}
 	n.queueStatus(&st)
+	n.logStatus(&st)
 	n.replStatus(&st, false)
 	return st
 }

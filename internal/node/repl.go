@@ -68,7 +68,7 @@ func (n *Node) setupRepl() error {
 	for _, b := range []struct {
 		name string
 		e    engine.Engine
-	}{{"kv", n.kv}, {"queue", n.queue}} {
+	}{{"kv", n.kv}, {"queue", n.queue}, {"log", n.logStore}} {
 		logs, err := repl.OpenLogs(repl.LogsConfig{Path: filepath.Join(dir, "failover-"+b.name), VBuckets: n.cfg.VBuckets, Logger: log.With("bucket", b.name)}, b.e.HighSeqno)
 		if err != nil {
 			return err

@@ -59,7 +59,7 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 		}
 		sp, err := stream.NewProducer(stream.ProducerConfig{
 			Name:        cfg.Name,
-			Engines:     func(name string) engine.Engine { return engineIf(name == b.Name, b.Engine) },
+			Engines:     func(name string) engine.Engine { return engineIf(name == b.Name, ascending{b.Engine}) },
 			Accept:      accept(b),
 			IdleTimeout: cfg.IdleTimeout,
 			Spy:         cfg.Spy,
@@ -84,6 +84,35 @@ func engineIf(ok bool, e engine.Engine) engine.Engine {
 		return e
 	}
 	return nil
+}
+
+// ascending is an engine whose snapshot markers start after the previous
+// marker's end (or after the stream's from seqno). The stream protocol
+// wants markers ascending, start being the first seqno a snapshot may
+// hold; the log engine marks each live mutation Snapshot(last, seqno) and
+// the queue engine its first snapshot Snapshot(from, high), both starting
+// at the seqno already sent. Raising start to it + 1 changes nothing else:
+// every mutation that follows is above it.
+type ascending struct{ engine.Engine }
+
+// Stream implements engine.Engine.
+func (a ascending) Stream(ctx context.Context, vb uint16, from uint64, sink engine.Sink) error {
+	return a.Engine.Stream(ctx, vb, from, &ascendingSink{Sink: sink, end: from})
+}
+
+// ascendingSink raises marker starts above the previous end.
+type ascendingSink struct {
+	engine.Sink
+	end uint64 // the previous marker's end, or the stream's from
+}
+
+// Snapshot implements engine.Sink.
+func (s *ascendingSink) Snapshot(start, end uint64) error {
+	if start <= s.end && end > s.end {
+		start = s.end + 1
+	}
+	s.end = max(s.end, end)
+	return s.Sink.Snapshot(start, end)
 }
 
 // accept is the Accept hook of bucket b: the DCP rules against its

@@ -54,6 +54,8 @@ type conn struct {
 	streams map[uint32]*stream
 	swg     sync.WaitGroup // stream goroutines
 
+	appends appends // log appends in flight (log.go)
+
 	shutting chan struct{} // closed by beginShutdown
 	shutOnce sync.Once
 
@@ -103,11 +105,13 @@ func (c *conn) readLoop() {
 	// A frame that has begun must be complete within FrameTimeout; an idle
 	// connection (nothing buffered) may wait forever.
 	partial := func() {
+		c.commitAppends() // do not hold appends while the frame arrives
 		c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
 		framing = true
 	}
 	for {
 		if c.br.Buffered() == 0 {
+			c.commitAppends()
 			if !c.flush() {
 				return
 			}
@@ -244,6 +248,14 @@ func (c *conn) dispatch(h wire.Header, body []byte) {
 	}
 	start := time.Now()
 	hd.fn(c, h, body)
+	if !hd.async {
+		c.s.requestDone(op, start)
+	}
+}
+
+// requestDone records the end of a request that started at start.
+func (s *Server) requestDone(op wire.Opcode, start time.Time) {
+	st := &s.ops[op]
 	st.lat.Observe(time.Since(start))
 	st.active.Add(-1)
 }
@@ -251,6 +263,8 @@ func (c *conn) dispatch(h wire.Header, body []byte) {
 // handOver gives the connection to a takeover function (replication),
 // with any bytes already read after the takeover frame.
 func (c *conn) handOver() {
+	c.commitAppends()
+	c.appends.wg.Wait()
 	if !c.flush() {
 		return
 	}
@@ -398,6 +412,8 @@ func (c *conn) finish() {
 	c.cancel()
 	c.endStreams()
 	c.swg.Wait()
+	c.commitAppends()
+	c.appends.wg.Wait()
 	c.flush()
 	c.nc.Close()
 }

@@ -27,6 +27,9 @@ func (s *Server) features() uint32 {
 	if s.eng.Queue != nil {
 		f |= FeatureQueue
 	}
+	if s.eng.Log != nil {
+		f |= FeatureLog
+	}
 	if _, ok := s.takeover[wire.OpStreamOpen]; ok {
 		f |= FeatureReplication
 	}
@@ -154,7 +157,7 @@ func (s *Server) channelSizes() []ChannelSize {
 	if s.eng.Queue != nil {
 		out = append(out, queueChannelSizes(s.eng.Queue.Channels())...)
 	}
-	return out
+	return s.logChannelSizes(out)
 }
 
 // getChannels: -> u32 count, then (u8 kind, str8 name) per channel.
@@ -195,6 +198,8 @@ func (c *conn) getChannelSize(h wire.Header, body []byte) {
 			if c.s.eng.Queue != nil {
 				cs.Records, cs.Bytes = queueChannelSize(c.s.eng.Queue, name)
 			}
+		case engine.KindLog:
+			cs.Records, cs.Bytes = c.s.logChannelSize(name)
 		}
 	}
 	b, off := c.begin(h, wire.StatusOK, 0)
@@ -249,6 +254,10 @@ func (c *conn) removeChannel(h wire.Header, body []byte) {
 				c.queueFail(h, err)
 				return
 			}
+		}
+	case engine.KindLog:
+		if !c.removeLogChannel(h, name) {
+			return
 		}
 	}
 	c.s.eng.Catalog.Drop(name)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"shoal/internal/kv"
+	"shoal/internal/logstore"
 	"shoal/internal/queue"
 	"shoal/internal/wire"
 )
@@ -62,8 +63,12 @@ func startReplServer(t *testing.T, cfg Config, r Replication) (*Server, string) 
 	if err != nil {
 		t.Fatal(err)
 	}
+	ls, err := logstore.Open(logstore.Config{Dir: t.TempDir(), VBuckets: testVBuckets, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg.VBuckets, cfg.Logger, cfg.NodeID = testVBuckets, quietLogger(), "repl-node"
-	s := New(cfg, Engines{KV: store, Queue: qs})
+	s := New(cfg, Engines{KV: store, Queue: qs, Log: ls})
 	s.HandleReplication(r)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -78,6 +83,7 @@ func startReplServer(t *testing.T, cfg Config, r Replication) (*Server, string) 
 		<-done
 		store.Close()
 		qs.Close()
+		ls.Close()
 	})
 	return s, ln.Addr().String()
 }
@@ -184,6 +190,9 @@ func TestStandbyRefusesWrites(t *testing.T) {
 		{"consume", wire.OpConsume, 0, consumeBody("q", "", 0)},
 		{"produce", wire.OpProduce, 0, append(wire.AppendStr8([]byte{1}, "q"), valuesBody("v")...)},
 		{"remove channel", wire.OpRemoveChannel, 0, wire.AppendStr8(nil, "c")},
+		{"log put", wire.OpLogPut, 0, logPutBody("l", 1, "", "v")},
+		{"log put with a key", wire.OpLogPut, vbOf("user-1"), logPutBody("l", 1, "user-1", "v")},
+		{"log put batch", wire.OpLogPutBatch, 0, logBatchBody("l", "", logRec{1, "v"})},
 	} {
 		h, body := r.call(tc.op, tc.vb, tc.body)
 		if h.Status != wire.StatusNotMyVBucket || string(body) != want {

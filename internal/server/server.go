@@ -7,7 +7,8 @@
 // of the read buffer and answered into an output buffer; the buffer is
 // written when the read buffer is drained, so one read and one write serve
 // every request that arrived together. Streams (GetAll, Mirror, ...) run in
-// goroutines of their own and share the output buffer.
+// goroutines of their own and share the output buffer, as do log appends
+// waiting for their group commit (log.go).
 package server
 
 import (
@@ -24,6 +25,7 @@ import (
 
 	"shoal/internal/catalog"
 	"shoal/internal/kv"
+	"shoal/internal/logstore"
 	"shoal/internal/queue"
 	"shoal/internal/stats"
 	"shoal/internal/wire"
@@ -88,6 +90,7 @@ type Engines struct {
 	Catalog *catalog.Catalog
 	KV      *kv.Store
 	Queue   *queue.Store
+	Log     *logstore.Store
 }
 
 // Ownership says whether this node is active for a vBucket. A node that is
@@ -113,6 +116,7 @@ type handler struct {
 	open  bool // allowed before authentication
 	write bool // a write: refused by a node that is not active for the vBucket
 	admin bool // needs the admin credential when auth is on
+	async bool // answers from a goroutine of its own, which calls requestDone
 }
 
 // Server serves the data port.
@@ -163,6 +167,9 @@ func New(cfg Config, eng Engines) *Server {
 	}
 	if eng.Queue != nil {
 		s.registerQueue()
+	}
+	if eng.Log != nil {
+		s.registerLog()
 	}
 	return s
 }

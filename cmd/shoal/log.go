@@ -1,0 +1,266 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"shoal/client"
+	"shoal/internal/logstore"
+	"shoal/internal/vfs"
+)
+
+func logCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "log",
+		Short: "Append to and read log channels (records of timestamp and value)",
+	}
+	var ts, key string
+	put := &cobra.Command{
+		Use:   "put CHANNEL VALUE",
+		Short: "Append VALUE (VALUE - reads stdin) with timestamp --ts (default now)",
+		Args:  cobra.ExactArgs(2),
+		RunE: g.run(func(ctx context.Context, c *client.Client, a []string) error {
+			t, err := parseTimestamp(ts)
+			if err != nil {
+				return err
+			}
+			v, err := readValue(a[1])
+			if err != nil {
+				return err
+			}
+			var opts []client.LogWriteOption
+			if key != "" {
+				opts = append(opts, client.RoutingKey([]byte(key)))
+			}
+			return c.LogPut(ctx, a[0], t, v, opts...)
+		}),
+	}
+	put.Flags().StringVar(&ts, "ts", "now", "timestamp: unix seconds, RFC 3339 time, or now")
+	put.Flags().StringVar(&key, "key", "", "routing key: store the record in this key's vBucket (default round-robin)")
+
+	var filter, regex string
+	rng := &cobra.Command{
+		Use:   "range CHANNEL FROM TO",
+		Short: "Print the records with timestamps in [FROM, TO] as TIMESTAMP<TAB>VALUE lines (unix seconds, RFC 3339 or now)",
+		Long: "Print the records with timestamps in [FROM, TO], one TIMESTAMP<TAB>VALUE line each. FROM and TO\n" +
+			"are unix seconds, RFC 3339 times or now. Each node's records come in timestamp order\n" +
+			"(equal timestamps in append order); with several nodes, one node's records after another's.",
+		Args: cobra.ExactArgs(3),
+		RunE: g.run(func(ctx context.Context, c *client.Client, a []string) error {
+			from, err := parseTimestamp(a[1])
+			if err != nil {
+				return err
+			}
+			to, err := parseTimestamp(a[2])
+			if err != nil {
+				return err
+			}
+			var opts []client.RangeOption
+			switch {
+			case filter != "":
+				opts = append(opts, client.FilterSubstring(filter))
+			case regex != "":
+				opts = append(opts, client.FilterRegexp(regex))
+			}
+			return printLog(os.Stdout, c.LogRange(ctx, a[0], from, to, opts...))
+		}),
+	}
+	rng.Flags().StringVar(&filter, "filter", "", "only records whose value contains this string")
+	rng.Flags().StringVar(&regex, "regex", "", `only records whose value matches this regular expression (RE2; "(?i)" ignores case)`)
+	rng.MarkFlagsMutuallyExclusive("filter", "regex")
+
+	channels := &cobra.Command{
+		Use:   "channels",
+		Short: "List the log channels, one name a line",
+		Args:  cobra.NoArgs,
+		RunE: g.run(func(ctx context.Context, c *client.Client, _ []string) error {
+			list, err := c.Channels(ctx)
+			if err != nil {
+				return err
+			}
+			for _, ch := range list {
+				if ch.Kind == "log" {
+					fmt.Println(ch.Name)
+				}
+			}
+			return nil
+		}),
+	}
+	cmd.AddCommand(put, rng, channels, logBenchCommand(g))
+	return cmd
+}
+
+func logBenchCommand(g *globals) *cobra.Command {
+	var writers, batch, size int
+	var dur time.Duration
+	cmd := &cobra.Command{
+		Use:   "bench CHANNEL",
+		Short: "Append to CHANNEL from concurrent writers for a while and print the throughput",
+		Long: "Append --size-byte values to CHANNEL from --writers goroutines sharing one client for\n" +
+			"--duration, one record per LogPut or --batch per LogPutBatch, and print records/s and\n" +
+			"MB/s of values. The records stay in the channel.",
+		Args: cobra.ExactArgs(1),
+		RunE: g.run(func(ctx context.Context, c *client.Client, a []string) error {
+			if writers < 1 || batch < 1 || size < 0 {
+				return usageError{errors.New("--writers and --batch must be at least 1, --size at least 0")}
+			}
+			var n atomic.Int64
+			ctx, cancel := context.WithTimeout(ctx, dur)
+			defer cancel()
+			value := make([]byte, size)
+			start := time.Now()
+			eg, gctx := errgroup.WithContext(ctx)
+			for range writers {
+				eg.Go(func() error {
+					recs := make([]client.LogRecord, batch)
+					for gctx.Err() == nil {
+						ts := uint64(time.Now().Unix())
+						var err error
+						if batch == 1 {
+							err = c.LogPut(gctx, a[0], ts, value)
+						} else {
+							for i := range recs {
+								recs[i] = client.LogRecord{Timestamp: ts, Value: value}
+							}
+							_, err = c.LogPutBatch(gctx, a[0], recs)
+						}
+						if err != nil {
+							if gctx.Err() != nil {
+								return nil // the duration is over
+							}
+							return err
+						}
+						n.Add(int64(batch))
+					}
+					return nil
+				})
+			}
+			if err := eg.Wait(); err != nil {
+				return err
+			}
+			sec := time.Since(start).Seconds()
+			fmt.Printf("%d records in %.1f s: %.0f records/s, %.1f MB/s of values\n",
+				n.Load(), sec, float64(n.Load())/sec, float64(n.Load())*float64(size)/sec/1e6)
+			return nil
+		}),
+	}
+	cmd.Flags().IntVar(&writers, "writers", 50, "concurrent writers")
+	cmd.Flags().IntVar(&batch, "batch", 1, "records per request: 1 uses LogPut, more LogPutBatch")
+	cmd.Flags().IntVar(&size, "size", 100, "value size in bytes")
+	cmd.Flags().DurationVar(&dur, "duration", 10*time.Second, "how long to append")
+	return cmd
+}
+
+// parseTimestamp reads unix seconds, an RFC 3339 time or "now".
+func parseTimestamp(s string) (uint64, error) {
+	if s == "now" {
+		return uint64(time.Now().Unix()), nil
+	}
+	if n, err := strconv.ParseUint(s, 10, 64); err == nil {
+		return n, nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil || t.Unix() < 0 {
+		return 0, usageError{fmt.Errorf("bad timestamp %q: want unix seconds, an RFC 3339 time such as 2024-05-01T12:00:00Z, or now", s)}
+	}
+	return uint64(t.Unix()), nil
+}
+
+// printLog writes one TIMESTAMP<TAB>VALUE line per record.
+func printLog(out io.Writer, s *client.Stream[client.LogRecord]) error {
+	w := bufio.NewWriterSize(out, 64<<10)
+	for r, err := range s.All() {
+		if err != nil {
+			w.Flush()
+			return err
+		}
+		w.WriteString(strconv.FormatUint(r.Timestamp, 10))
+		w.WriteByte('\t')
+		w.Write(r.Value)
+		w.WriteByte('\n')
+	}
+	return w.Flush()
+}
+
+func checkCommand() *cobra.Command {
+	var repair bool
+	cmd := &cobra.Command{
+		Use:   "check DIR",
+		Short: "Verify (and with --repair, repair) the log files of a stopped node's data directory",
+		Long: "Verify every log segment file under DIR, a node's data directory (its log-data directory\n" +
+			"is checked) or a log data directory, offline: the node must be stopped. One line per\n" +
+			"problem, then a summary. --repair cuts torn tails, rewrites files damaged in the middle\n" +
+			"(keeping the original as NAME.broken), salvages files with a bad header and removes\n" +
+			"leftovers. Exit status 1 when problems remain.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			return check(os.Stdout, a[0], repair)
+		},
+	}
+	cmd.Flags().BoolVar(&repair, "repair", false, "repair what can be repaired")
+	return cmd
+}
+
+// check runs logstore.Check on dir (or dir/log-data) while holding the
+// data directory's lock, so that no node runs on it meanwhile.
+func check(out io.Writer, dir string, repair bool) error {
+	if fi, err := os.Stat(filepath.Join(dir, "log-data")); err == nil && fi.IsDir() {
+		unlock, err := lockDataDir(dir)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		dir = filepath.Join(dir, "log-data")
+		fmt.Fprintf(out, "checking %s\n", dir)
+	} else if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("cannot check %s: not a directory", dir)
+	}
+	rep, err := logstore.Check(vfs.Default, dir, repair, out)
+	if err != nil {
+		return err
+	}
+	switch {
+	case rep.Problems() == 0:
+		return nil
+	case !repair:
+		return &exitError{code: 1, msg: fmt.Sprintf("%d problems found; run with --repair to repair them", rep.Problems())}
+	}
+	after, err := logstore.Check(vfs.Default, dir, false, io.Discard)
+	if err != nil {
+		return err
+	}
+	if n := after.Problems(); n > 0 {
+		return &exitError{code: 1, msg: fmt.Sprintf("%d problems remain after the repair", n)}
+	}
+	fmt.Fprintln(out, "no problems remain")
+	return nil
+}
+
+// lockDataDir takes the lock a running shoald holds on DIR/LOCK.
+func lockDataDir(dir string) (unlock func(), err error) {
+	path := filepath.Join(dir, "LOCK")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s is in use by a running shoald: stop it first", dir)
+		}
+		return nil, fmt.Errorf("cannot lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}
