@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"shoal/internal/engine"
 	"shoal/internal/stream"
 	"shoal/internal/vfs"
 )
@@ -282,6 +283,36 @@ func TestApplyFailpoint(t *testing.T) {
 	for _, bad := range []string{"repl-apply-error=0", "repl-apply-error=x"} {
 		if _, err := ApplyFailpoint(bad); err == nil {
 			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// markerSink records snapshot markers.
+type markerSink struct{ marks [][2]uint64 }
+
+func (m *markerSink) Snapshot(start, end uint64) error {
+	m.marks = append(m.marks, [2]uint64{start, end})
+	return nil
+}
+func (m *markerSink) Mutation(*engine.Mutation) error { return nil }
+
+func TestAscendingMarkers(t *testing.T) {
+	for name, tc := range map[string]struct {
+		from     uint64
+		in, want [][2]uint64
+	}{
+		"log live":        {0, [][2]uint64{{0, 3}, {3, 4}, {4, 5}}, [][2]uint64{{1, 3}, {4, 4}, {5, 5}}},
+		"queue snapshot":  {7, [][2]uint64{{7, 20}, {21, 21}}, [][2]uint64{{8, 20}, {21, 21}}},
+		"kv unchanged":    {7, [][2]uint64{{8, 20}, {21, 21}, {25, 25}}, [][2]uint64{{8, 20}, {21, 21}, {25, 25}}},
+		"engine bug kept": {5, [][2]uint64{{2, 4}}, [][2]uint64{{2, 4}}},
+	} {
+		rec := &markerSink{}
+		s := &ascendingSink{Sink: rec, end: tc.from}
+		for _, m := range tc.in {
+			s.Snapshot(m[0], m[1])
+		}
+		if !cmp.Equal(rec.marks, tc.want) {
+			t.Errorf("%s: %v, want %v", name, rec.marks, tc.want)
 		}
 	}
 }
