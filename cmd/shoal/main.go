@@ -1,6 +1,7 @@
 // Command shoal is the command-line client and operator tool of shoal
 // nodes: kv get/put/..., streams (getall, mirror), queues (push, pop,
 // consume, queues), log put/range, channel management, node information,
+// a node's status and a standby's replication (status, promote, replica),
 // and the offline check of a node's log files. Run `shoal --help` for the
 // commands.
 package main
