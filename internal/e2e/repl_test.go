@@ -598,7 +598,9 @@ func TestReplicaApplyError(t *testing.T) {
 	w := startKVWriter(t, a.Addr)
 	w.waitWrites(t, 500)
 	t.Setenv(repl.FailpointsEnv, "repl-apply-error=1000")
-	b := startStandby(t, a.Addr)
+	// NOOPs every second: the reconnect counted is the failpoint's, not a
+	// loaded machine's stall.
+	b := startStandby(t, a.Addr, "--replica-noop-interval", "1s")
 	ca, cb := dialShort(t, a.Addr), dialShort(t, b.Addr)
 	poll(t, 30*time.Second, "the injected apply error", func() (bool, string) {
 		st, err := nodeStatus(cb, false)

@@ -243,13 +243,13 @@ func TestStopStartSet(t *testing.T) {
 	if got := r.Status(false).Applied; got != applied {
 		t.Fatalf("applied %d mutations while stopped", got-applied)
 	}
-	if err := r.Set(Options{Connections: 3, NoopInterval: 200 * time.Millisecond}); err != nil {
+	if err := r.Set(Options{Connections: 3, NoopInterval: 800 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
 	r.Start()
 	r.Start() // idempotent
 	w.waitWrites(t, 500)
-	if err := r.Set(Options{Connections: 2, NoopInterval: 150 * time.Millisecond, Compression: true}); err != nil {
+	if err := r.Set(Options{Connections: 2, NoopInterval: 900 * time.Millisecond, Compression: true}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "the retuned session", func() (bool, string) {
@@ -260,7 +260,7 @@ func TestStopStartSet(t *testing.T) {
 	w.finish()
 	sameKV(t, a.kv, b.kv, r)
 	st := r.Status(false)
-	if st.Connections != 2 || st.NoopInterval != "150ms" || st.Rollbacks != 0 || st.Reconnects != 0 {
+	if st.Connections != 2 || st.NoopInterval != "900ms" || st.Rollbacks != 0 || st.Reconnects != 0 {
 		t.Fatalf("status %+v", st)
 	}
 	if err := r.Set(Options{Connections: 65}); err == nil {
