@@ -13,12 +13,17 @@ type GetAllOption func(*getAllOptions)
 
 type getAllOptions struct {
 	keysOnly bool
+	expiry   bool
 	filter   []byte
 	after    []byte
 }
 
 // KeysOnly makes GetAll send keys without values.
 func KeysOnly() GetAllOption { return func(o *getAllOptions) { o.keysOnly = true } }
+
+// WithExpiry makes GetAll fill Record.Expiry (the external dumper keeps
+// TTLs with it).
+func WithExpiry() GetAllOption { return func(o *getAllOptions) { o.expiry = true } }
 
 // ValueFilter makes GetAll send only records whose value contains sub.
 func ValueFilter(sub []byte) GetAllOption {
@@ -41,7 +46,10 @@ func (c *Client) GetAll(ctx context.Context, channel string, opts ...GetAllOptio
 	last := o.after
 	var flags uint8
 	if o.keysOnly {
-		flags = 1
+		flags |= 1
+	}
+	if o.expiry {
+		flags |= 2
 	}
 	s.request = func(b []byte, credit uint32) []byte {
 		b = wire.AppendStr8(b, channel)
@@ -54,12 +62,17 @@ func (c *Client) GetAll(ctx context.Context, channel string, opts ...GetAllOptio
 		d := wire.NewDecoder(body)
 		n := d.U32()
 		for i := uint32(0); i < n; i++ {
-			key, cas, val := d.Bytes8(), d.U64(), d.Bytes32()
+			key, cas := d.Bytes8(), d.U64()
+			var expiry uint64
+			if o.expiry {
+				expiry = d.U64()
+			}
+			val := d.Bytes32()
 			if d.Err() != nil {
 				return false, fmt.Errorf("%w: malformed GetAll batch", ErrProtocol)
 			}
 			last = key
-			r := Record{Key: key, CAS: cas}
+			r := Record{Key: key, CAS: cas, Expiry: int64(expiry)}
 			if !o.keysOnly {
 				r.Value = val
 			}

@@ -153,6 +153,9 @@ type Record struct {
 	TTL time.Duration
 	// CAS, from GetAll: the record's CAS.
 	CAS uint64
+	// Expiry, from GetAll with WithExpiry: when the record expires, in
+	// unix seconds; 0 = never.
+	Expiry int64
 }
 
 // PutBatch stores records in channel in one request and returns how many

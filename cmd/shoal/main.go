@@ -2,8 +2,9 @@
 // nodes: kv get/put/..., streams (getall, mirror), queues (push, pop,
 // consume, queues), log put/range, channel management, node information,
 // a node's status and a standby's replication (status, promote, replica),
-// and the offline check of a node's log files. Run `shoal --help` for the
-// commands.
+// the kv dumps (dump --now, the external dumper dump --out, dump inspect,
+// restore) and the offline check of a node's log files. Run `shoal --help`
+// for the commands.
 package main
 
 import (
@@ -63,6 +64,7 @@ func main() {
 	root.AddCommand(channelCommands(g)...)
 	root.AddCommand(replCommands(g)...)
 	root.AddCommand(logCommand(g), checkCommand())
+	root.AddCommand(dumpCommands(g)...)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := root.ExecuteContext(ctx)

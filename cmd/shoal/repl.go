@@ -185,12 +185,12 @@ func printStatus(w io.Writer, st *statusDoc, now time.Time) {
 	}
 	tw.Flush()
 	if len(r.HighSeqnos) > 0 {
-		printSeqnos(w, r.HighSeqnos)
+		printHighSeqnos(w, r.HighSeqnos)
 	}
 }
 
-// printSeqnos prints one line per vBucket: its high seqno per engine.
-func printSeqnos(w io.Writer, seqnos map[string][]uint64) {
+// printHighSeqnos prints one line per vBucket: its high seqno per engine.
+func printHighSeqnos(w io.Writer, seqnos map[string][]uint64) {
 	names := make([]string, 0, len(seqnos))
 	n := 0
 	for name, s := range seqnos {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"shoal/internal/dump"
 	"shoal/internal/vbucket"
 	"shoal/internal/wire"
 )
@@ -83,6 +84,16 @@ type Config struct {
 	// LogRetention deletes log segments that long after their span ended;
 	// 0 never.
 	LogRetention Age `toml:"log_retention"`
+	// DumpDir holds the kv dumps; default DATA/dump.
+	DumpDir string `toml:"dump_dir"`
+	// DumpInterval is the period of the kv dumps (the first one comes at a
+	// random time within it); 0 dumps only on shutdown and on demand.
+	DumpInterval Duration `toml:"dump_interval"`
+	// DumpCodec compresses the kv dumps: zstd or s2.
+	DumpCodec dump.Codec `toml:"dump_codec"`
+	// OnCorruptDump is what start-up does with a kv dump that does not
+	// verify: fail, backup or skip.
+	OnCorruptDump dump.OnCorrupt `toml:"on_corrupt_dump"`
 
 	Replication // the standby replica and liveness (repl.go)
 }
@@ -103,9 +114,11 @@ func Default() Config {
 
 		QueueRingSize:   64 << 20,
 		QueueDurability: "memory",
-
-		LogFsync:       DefaultLogFsync,
-		LogSegmentSpan: Duration(time.Hour),
+		LogFsync:        DefaultLogFsync,
+		LogSegmentSpan:  Duration(time.Hour),
+		DumpInterval:    DefaultDumpInterval,
+		DumpCodec:       dump.CodecZstd,
+		OnCorruptDump:   dump.OnCorruptBackup,
 
 		Replication: defaultReplication(),
 	}
@@ -177,6 +190,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.Var(&c.QueueFsyncInterval, "queue-fsync-interval", "journal mode: fsync period (e.g. 10ms), or always (before every answer)")
 	bindReplication(fs, c)
 	bindLog(fs, c)
+	bindDump(fs, c)
 }
 
 // Validate checks the settings and says what is wrong.

@@ -181,9 +181,10 @@ func BenchmarkDecode(b *testing.B) {
 const benchRecordsEnv = "SHOAL_DUMP_BENCH_RECORDS"
 
 // BenchmarkDumpLarge writes and loads a dump of $SHOAL_DUMP_BENCH_RECORDS
-// records (10 million for the figures) in a directory on disk
-// ($SHOAL_DUMP_BENCH_DIR, else a temporary one), next to the disk's own
-// sequential speed measured by dd with O_DIRECT in the same directory.
+// records (10 million for the figures) with each codec in a
+// directory on disk ($SHOAL_DUMP_BENCH_DIR, else a temporary one), next to
+// the disk's own sequential speed measured by dd with O_DIRECT in the same
+// directory.
 func BenchmarkDumpLarge(b *testing.B) {
 	n, err := strconv.Atoi(os.Getenv(benchRecordsEnv))
 	if err != nil || n <= 0 {
@@ -193,19 +194,31 @@ func BenchmarkDumpLarge(b *testing.B) {
 	if dir == "" {
 		dir = b.TempDir()
 	}
-	ddWrite, ddRead := ddSpeeds(b, dir)
 	src := newBenchSource(n)
+	for _, codec := range []Codec{CodecZstd, CodecS2} {
+		b.Run(codec.String(), func(b *testing.B) { benchDumpLarge(b, src, dir, codec) })
+	}
+}
+
+func benchDumpLarge(b *testing.B, src *benchSource, dir string, codec Codec) {
+	n := src.records
 	raw := float64(n * benchRecLen)
 	const mb = 1e6
 	for i := 0; i < b.N; i++ {
+		ddWrite, ddRead := ddSpeeds(b, dir)
+		b.Logf("disk (dd, O_DIRECT, 1 GiB): write %.0f MB/s, read %.0f MB/s", ddWrite, ddRead)
+		src.mu.Lock()
+		src.pauses = src.pauses[:0]
+		src.mu.Unlock()
 		start, cpu0 := time.Now(), cpuTime()
-		sum, err := WriteFile(vfs.Default, dir, Header{Channel: "bench", VBuckets: benchVBuckets, Created: start}, func(e *Encoder) error {
+		sum, err := WriteFile(vfs.Default, dir, Header{Channel: "bench", VBuckets: benchVBuckets, Created: start, Codec: codec}, func(e *Encoder) error {
 			return src.SnapshotChannel("bench", e.Add)
 		})
 		if err != nil {
 			b.Fatal(err)
 		}
 		write, writeCPU := time.Since(start).Seconds(), (cpuTime() - cpu0).Seconds()
+		os.Remove(filepath.Join(dir, "bench"+BackupExt))
 
 		sink := &countingSink{}
 		start, cpu0 = time.Now(), cpuTime()
@@ -222,9 +235,8 @@ func BenchmarkDumpLarge(b *testing.B) {
 		b.ReportMetric(file/mb/write, "write-file-MB/s")
 		b.ReportMetric(float64(n)/load, "load-records/s")
 		b.ReportMetric(float64(p99.Microseconds()), "pause-p99-µs")
-		b.Logf("%d records (%.0f MB raw) -> %.0f MB file (ratio %.2f), GOMAXPROCS %d",
-			n, raw/mb, file/mb, raw/file, runtime.GOMAXPROCS(0))
-		b.Logf("disk (dd, O_DIRECT, 1 GiB): write %.0f MB/s, read %.0f MB/s", ddWrite, ddRead)
+		b.Logf("%s: %d records (%.0f MB raw) -> %.0f MB file (ratio %.2f), GOMAXPROCS %d",
+			codec, n, raw/mb, file/mb, raw/file, runtime.GOMAXPROCS(0))
 		b.Logf("dump write: %.2f s (%.2f CPU s), %.2f M records/s, %.0f MB/s raw, %.0f MB/s to disk = %.0f%% of the disk's write speed",
 			write, writeCPU, float64(n)/write/1e6, raw/mb/write, file/mb/write, 100*file/mb/write/ddWrite)
 		b.Logf("dump load:  %.2f s (%.2f CPU s), %.2f M records/s, %.0f MB/s raw, %.0f MB/s of file (verify pass + decode pass; file in page cache)",
@@ -266,4 +278,105 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// percentiles returns the 99th percentile and the largest of d.
+func percentiles(d []time.Duration) (p99, longest time.Duration) {
+	if len(d) == 0 {
+		return 0, 0
+	}
+	slices.Sort(d)
+	return d[len(d)*99/100], d[len(d)-1]
+}
+
+// BenchmarkKVSnapshotPause dumps a kv.Store (the node's path) of
+// $SHOAL_DUMP_BENCH_RECORDS records in one channel while a writer puts to
+// the same channel, and reports what the dump costs writers: the writer's
+// Put latency p99 and max during the dump, next to the same writer without
+// a dump, and the per-vBucket copy time under the lock (measured from
+// outside: the gap between two SnapshotChannel callbacks).
+func BenchmarkKVSnapshotPause(b *testing.B) {
+	n, err := strconv.Atoi(os.Getenv(benchRecordsEnv))
+	if err != nil || n <= 0 {
+		b.Skipf("set %s=10000000 to run", benchRecordsEnv)
+	}
+	store, err := kv.New(kv.Config{VBuckets: benchVBuckets})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	src := newBenchSource(n)
+	for i := range src.vbs {
+		d := src.vbs[i].data
+		for off := 0; off < len(d); off += benchRecLen {
+			if _, err := store.Put("bench", d[off:off+benchKeyLen], d[off+benchKeyLen:off+benchRecLen], 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	src = nil // only the store holds the records now
+	runtime.GC()
+
+	// writer puts as fast as it can (one core) until stop, and returns
+	// the latency of each Put.
+	writer := func(stop <-chan struct{}) []time.Duration {
+		var lat []time.Duration
+		key := []byte("key:000000000000")
+		value := bytes.Repeat([]byte("w"), benchValueLen)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return lat
+			default:
+			}
+			for j, x := benchKeyLen-1, i%n; j >= len("key:"); j, x = j-1, x/10 {
+				key[j] = byte('0' + x%10)
+			}
+			t0 := time.Now()
+			if _, err := store.Put("bench", key, value, 0); err != nil {
+				panic(err)
+			}
+			lat = append(lat, time.Since(t0))
+		}
+	}
+	during := func(fn func()) []time.Duration {
+		stop := make(chan struct{})
+		res := make(chan []time.Duration)
+		go func() { res <- writer(stop) }()
+		fn()
+		close(stop)
+		return <-res
+	}
+	dir := b.TempDir()
+	for i := 0; i < b.N; i++ {
+		var gaps []time.Duration
+		var took time.Duration
+		withDump := during(func() {
+			start := time.Now()
+			last := start
+			_, err := WriteFile(vfs.Default, dir, Header{Channel: "bench", VBuckets: benchVBuckets, Created: start}, func(e *Encoder) error {
+				return store.SnapshotChannel("bench", func(vb uint16, seqno uint64, recs []kv.Record) error {
+					gaps = append(gaps, time.Since(last))
+					err := e.Add(vb, seqno, recs)
+					last = time.Now()
+					return err
+				})
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			took = time.Since(start)
+		})
+		alone := during(func() { time.Sleep(took) })
+		dp99, dmax := percentiles(withDump)
+		ap99, amax := percentiles(alone)
+		gp99, gmax := percentiles(gaps)
+		b.ReportMetric(float64(dp99.Microseconds()), "put-p99-during-dump-µs")
+		b.ReportMetric(float64(gp99.Microseconds()), "copy-p99-µs")
+		b.Logf("%d records, dump %.2f s, GOMAXPROCS %d", n, took.Seconds(), runtime.GOMAXPROCS(0))
+		b.Logf("writer Put latency during the dump: p99 %v, max %v (%d puts); without a dump: p99 %v, max %v (%d puts)",
+			dp99, dmax, len(withDump), ap99, amax, len(alone))
+		b.Logf("per-vBucket copy (gap between SnapshotChannel callbacks, ~%d records each): p99 %v, max %v",
+			n/benchVBuckets, gp99, gmax)
+	}
 }

@@ -177,6 +177,8 @@ func (d *reader) readChunk(buf []byte) (chunkHeader, []byte, int64, error) {
 
 func (d *reader) checkChunkHeader(ch chunkHeader) error {
 	switch {
+	case !ch.codec.valid():
+		return fmt.Errorf("unknown codec %d", ch.codec)
 	case ch.compLen > maxBlockComp:
 		return fmt.Errorf("compressed length %d over the limit %d", ch.compLen, maxBlockComp)
 	case ch.typ == chunkSeqnos && (ch.rawLen != uint32(8*d.hdr.VBuckets) || ch.records != 0):
@@ -193,22 +195,8 @@ func (d *reader) checkChunkHeader(ch chunkHeader) error {
 	return nil
 }
 
-// decompress decodes a chunk payload into buf, which must come out exactly
-// rawLen bytes long.
-func decompress(payload, buf []byte, rawLen uint32) ([]byte, error) {
-	buf = slices.Grow(buf[:0], int(rawLen))
-	out, err := zstdDecoder().DecodeAll(payload, buf[:0:rawLen])
-	if err != nil {
-		return buf, fmt.Errorf("cannot decompress: %w", err)
-	}
-	if len(out) != int(rawLen) {
-		return buf, fmt.Errorf("decompressed to %d bytes, want %d", len(out), rawLen)
-	}
-	return out, nil
-}
-
 func (d *reader) readSeqnos(at int64, ch chunkHeader, payload []byte) error {
-	raw, err := decompress(payload, nil, ch.rawLen)
+	raw, err := decompress(ch.codec, payload, nil, ch.rawLen)
 	if err != nil {
 		return d.corrupt(at, "trailer: %v", err)
 	}
@@ -217,6 +205,7 @@ func (d *reader) readSeqnos(at int64, ch chunkHeader, payload []byte) error {
 		d.seqnos[i] = binary.LittleEndian.Uint64(raw[8*i:])
 	}
 	d.trailerAt = at
+	d.hdr.Codec = ch.codec
 	return nil
 }
 
@@ -294,7 +283,7 @@ func (d *reader) decodeBlocks(p *blockParser) error {
 			j.at, j.ch, j.err, j.done = at, ch, nil, make(chan struct{})
 			go func() {
 				defer close(j.done)
-				j.raw, j.err = decompress(j.comp, j.raw, j.ch.rawLen)
+				j.raw, j.err = decompress(j.ch.codec, j.comp, j.raw, j.ch.rawLen)
 			}()
 			pending = append(pending, j)
 		}

@@ -9,14 +9,16 @@
 //	ch.dump          the latest complete dump
 //	ch.dump.backup   the dump before it
 //	ch.dump.tmp      a dump being written (a leftover one is ignored at load)
+//	deleted/         the files of removed channels (Manager.RemoveChannel)
 //
 // WriteFile writes ch.dump.tmp, fsyncs it, renames ch.dump to ch.dump.backup,
 // renames ch.dump.tmp to ch.dump and fsyncs the directory, so a crash or a
 // failed write at any step leaves the previous dump loadable. Load reads
 // every channel of a directory in parallel and applies the OnCorrupt policy
-// to a file that does not verify.
+// to a file that does not verify. A Manager makes a node's dumps:
+// periodic, on demand and final.
 //
-// # Format, version 1
+// # Format, version 2
 //
 // All integers are little-endian. A file is a header, record blocks, one
 // seqno trailer and a footer:
@@ -30,7 +32,7 @@
 //	 0               8       10      12              20     21               21+n
 //	+---------------+-------+-------+---------------+------+----------------+---------+
 //	| magic         |version|  vbs  | created       | n    | channel        | CRC     |
-//	| "SHOALDMP"    | u16=1 |  u16  | i64 unix ns   | u8   | n bytes        | u32     |
+//	| "SHOALDMP"    | u16=2 |  u16  | i64 unix ns   | u8   | n bytes        | u32     |
 //	+---------------+-------+-------+---------------+------+----------------+---------+
 //
 // vbs is the node's vBucket count (1..65535); a file whose count differs from
@@ -38,16 +40,19 @@
 // it. channel is a legal channel name. CRC is the masked CRC32C of the bytes
 // before it.
 //
-// Blocks and the trailer are chunks: a 17-byte chunk header and a payload
-// that is one zstd frame.
+// Blocks and the trailer are chunks: an 18-byte chunk header and a
+// compressed payload.
 //
-//	 0      1          5          9          13         17
-//	+------+----------+----------+----------+----------+--------------------+
-//	| type | raw len  | comp len | records  | CRC      | payload (comp len) |
-//	| u8   | u32      | u32      | u32      | u32      | zstd frame         |
-//	+------+----------+----------+----------+----------+--------------------+
+//	 0      1       2          6          10         14         18
+//	+------+-------+----------+----------+----------+----------+--------------------+
+//	| type | codec | raw len  | comp len | records  | CRC      | payload (comp len) |
+//	| u8   | u8    | u32      | u32      | u32      | u32      |                    |
+//	+------+-------+----------+----------+----------+----------+--------------------+
 //
-// CRC is the masked CRC32C of bytes 0..13 and the payload. raw len is the
+// codec says how the payload is compressed: 1 is one zstd frame, 2 is one s2
+// block (klauspost/compress/s2, block format). A writer uses one codec for
+// a whole file (zstd by default); a reader takes each chunk's word for it.
+// CRC is the masked CRC32C of bytes 0..14 and the payload. raw len is the
 // length of the payload decompressed (at most MaxBlockRaw); records is the
 // number of records in it. Type 1 is a record block; type 2 is the trailer,
 // which is the last chunk, has records = 0 and decompresses to vbs u64

@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"runtime"
+	"sync"
 
 	"shoal/internal/kv"
 	"shoal/internal/vbucket"
@@ -22,18 +23,20 @@ type Summary struct {
 }
 
 // Encoder writes one dump file to an io.Writer, append-only. Records are
-// gathered into blocks of about BlockSize raw bytes that are compressed in
-// parallel (on up to GOMAXPROCS cores, with at most 2*GOMAXPROCS blocks in
-// memory) and written in order.
+// gathered into blocks of about BlockSize raw bytes. Each full block is
+// compressed (and checksummed) by a goroutine of its own, on up to
+// GOMAXPROCS cores, and queued in file order to a writer goroutine, so that
+// encoding, compressing and writing overlap; at most 2*GOMAXPROCS blocks
+// are in memory.
 //
 // An Encoder is not safe for concurrent use. After NewEncoder succeeds,
 // either Close or Abort must be called.
 type Encoder struct {
 	w      io.Writer
 	vbs    int
-	crc    uint32 // running CRC32C (unmasked) of every byte written
-	err    error  // sticky: the first error
-	sum    Summary
+	codec  Codec
+	crc    uint32  // running CRC32C (unmasked) of every byte written
+	sum    Summary // Records and Bytes by Add; FileBytes and Blocks by whoever writes
 	seqnos []uint64
 	seen   []bool // vBuckets given to Add
 
@@ -43,18 +46,29 @@ type Encoder struct {
 	runVB        uint16
 	runCount     uint32
 
-	pending    []*pendingBlock // blocks being compressed, in file order
+	// The pipeline, started by the first full block. The writer goroutine
+	// owns crc, sum.FileBytes and sum.Blocks until wdone is closed.
+	free       chan *pendingBlock // blocks written, to fill again
+	queue      chan *pendingBlock // blocks in file order, to the writer
+	wdone      chan struct{}      // closed when the writer has returned
+	made       int                // blocks allocated
 	maxPending int
-	spare      []*pendingBlock
-	chunkHdr   [chunkHdrLen]byte
 	closed     bool
+
+	mu  sync.Mutex
+	err error // sticky: the first error, of Add or of the writer
 }
 
+// pendingBlock is one record block on its way to the file.
 type pendingBlock struct {
-	raw, comp []byte
-	records   uint32
-	done      chan struct{}
+	raw     []byte
+	chunk   []byte // chunk header and compressed payload
+	records uint32
+	done    chan struct{} // closed when chunk is ready
 }
+
+// errAborted stops the writer after Abort.
+var errAborted = errors.New("dump: encoder aborted")
 
 // NewEncoder writes h to w and returns an Encoder for the records. A zero
 // h.Created is written as 0 and read back as the zero time.
@@ -62,13 +76,19 @@ func NewEncoder(w io.Writer, h Header) (*Encoder, error) {
 	if err := h.validate(); err != nil {
 		return nil, err
 	}
+	if h.Codec == 0 {
+		h.Codec = CodecZstd
+	}
+	maxPending := 2 * runtime.GOMAXPROCS(0)
 	e := &Encoder{
 		w:          w,
 		vbs:        h.VBuckets,
+		codec:      h.Codec,
 		seqnos:     make([]uint64, h.VBuckets),
 		seen:       make([]bool, h.VBuckets),
 		runAt:      -1,
-		maxPending: 2 * runtime.GOMAXPROCS(0),
+		maxPending: maxPending,
+		free:       make(chan *pendingBlock, maxPending),
 	}
 	if err := e.write(h.appendTo(make([]byte, 0, headerFixed+len(h.Channel)+4))); err != nil {
 		return nil, err
@@ -81,8 +101,8 @@ func NewEncoder(w io.Writer, h Header) (*Encoder, error) {
 // copies what it needs: recs may be reused when it returns. Its signature
 // is the callback of a Source's SnapshotChannel.
 func (e *Encoder) Add(vb uint16, seqno uint64, recs []kv.Record) error {
-	if e.err != nil {
-		return e.err
+	if err := e.error(); err != nil {
+		return err
 	}
 	if e.closed {
 		return errors.New("dump: Add after Close")
@@ -152,58 +172,70 @@ func (e *Encoder) closeRun() {
 }
 
 // finishBlock hands the block being filled to a compressing goroutine and
-// writes the oldest pending block once maxPending are in flight.
+// queues it to the writer, waiting for a free block when maxPending are in
+// flight.
 func (e *Encoder) finishBlock() error {
 	e.closeRun()
-	p := e.takeSpare()
+	p := e.takeBlock()
 	p.raw, e.raw = e.raw, p.raw[:0]
 	p.records, e.blockRecords = e.blockRecords, 0
 	p.done = make(chan struct{})
 	go func() {
 		defer close(p.done)
-		p.comp = zstdEncoder().EncodeAll(p.raw, p.comp[:0])
+		p.chunk = makeChunk(e.codec, chunkRecords, p.raw, p.records, p.chunk)
 	}()
-	e.pending = append(e.pending, p)
-	if len(e.pending) >= e.maxPending {
-		return e.writeOldest()
+	if e.queue == nil {
+		e.queue, e.wdone = make(chan *pendingBlock, e.maxPending), make(chan struct{})
+		go e.writer()
 	}
-	return nil
+	e.queue <- p
+	return e.error()
 }
 
-func (e *Encoder) takeSpare() *pendingBlock {
-	if n := len(e.spare); n > 0 {
-		p := e.spare[n-1]
-		e.spare = e.spare[:n-1]
+// takeBlock returns a block to fill: a written one, or a new one while
+// fewer than maxPending exist.
+func (e *Encoder) takeBlock() *pendingBlock {
+	select {
+	case p := <-e.free:
 		return p
+	default:
 	}
-	return &pendingBlock{raw: make([]byte, 0, BlockSize+BlockSize/4)}
-}
-
-func (e *Encoder) writeOldest() error {
-	p := e.pending[0]
-	e.pending = e.pending[1:]
-	<-p.done
-	err := e.writeChunk(chunkRecords, len(p.raw), p.comp, p.records)
-	e.spare = append(e.spare, p)
-	e.sum.Blocks++
-	return err
-}
-
-func (e *Encoder) writeChunk(typ byte, rawLen int, comp []byte, records uint32) error {
-	ch := chunkHeader{typ: typ, rawLen: uint32(rawLen), compLen: uint32(len(comp)), records: records}
-	ch.put(e.chunkHdr[:])
-	ch.crc = chunkCRC(e.chunkHdr[:], comp)
-	ch.put(e.chunkHdr[:])
-	if err := e.write(e.chunkHdr[:]); err != nil {
-		return err
+	if e.made < e.maxPending {
+		e.made++
+		return &pendingBlock{raw: make([]byte, 0, BlockSize+BlockSize/4)}
 	}
-	return e.write(comp)
+	return <-e.free
 }
 
+// writer writes the queued blocks in order. After an error it goes on
+// taking them, without writing, so that the filler never waits forever.
+func (e *Encoder) writer() {
+	defer close(e.wdone)
+	for p := range e.queue {
+		<-p.done
+		if e.error() == nil {
+			if err := e.write(p.chunk); err == nil {
+				e.sum.Blocks++
+			}
+		}
+		e.free <- p
+	}
+}
+
+// makeChunk appends to dst[:0] a chunk of type typ: its header and raw
+// compressed with c.
+func makeChunk(c Codec, typ byte, raw []byte, records uint32, dst []byte) []byte {
+	dst = compress(c, raw, append(dst[:0], make([]byte, chunkHdrLen)...))
+	payload := dst[chunkHdrLen:]
+	ch := chunkHeader{typ: typ, codec: c, rawLen: uint32(len(raw)), compLen: uint32(len(payload)), records: records}
+	ch.put(dst)
+	ch.crc = chunkCRC(dst, payload)
+	ch.put(dst)
+	return dst
+}
+
+// write writes b, keeping the file CRC and size.
 func (e *Encoder) write(b []byte) error {
-	if e.err != nil {
-		return e.err
-	}
 	n, err := e.w.Write(b)
 	e.crc = crc32.Update(e.crc, castagnoli, b[:n])
 	e.sum.FileBytes += int64(n)
@@ -213,7 +245,15 @@ func (e *Encoder) write(b []byte) error {
 	return nil
 }
 
+func (e *Encoder) error() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.err
+}
+
 func (e *Encoder) fail(err error) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	if e.err == nil {
 		e.err = err
 	}
@@ -227,21 +267,18 @@ func (e *Encoder) Close() (Summary, error) {
 	if e.closed {
 		return e.sum, errors.New("dump: Close called twice")
 	}
-	if e.err == nil && len(e.raw) > 0 {
-		e.err = e.finishBlock()
+	if e.error() == nil && len(e.raw) > 0 {
+		e.finishBlock()
 	}
-	for len(e.pending) > 0 && e.err == nil {
-		e.err = e.writeOldest()
-	}
-	e.Abort()
-	if e.err != nil {
-		return e.sum, e.err
+	e.stop()
+	if err := e.error(); err != nil {
+		return e.sum, err
 	}
 	seqnos := make([]byte, 0, 8*e.vbs)
 	for _, s := range e.seqnos {
 		seqnos = binary.LittleEndian.AppendUint64(seqnos, s)
 	}
-	if err := e.writeChunk(chunkSeqnos, len(seqnos), zstdEncoder().EncodeAll(seqnos, nil), 0); err != nil {
+	if err := e.write(makeChunk(e.codec, chunkSeqnos, seqnos, 0, nil)); err != nil {
 		return e.sum, err
 	}
 	var f [footerLen]byte
@@ -256,12 +293,24 @@ func (e *Encoder) Close() (Summary, error) {
 	return e.sum, e.write(f[20:])
 }
 
+// stop waits for the writer to write (or, after an error, drop) the queued
+// blocks and releases the buffers.
+func (e *Encoder) stop() {
+	if e.queue != nil {
+		close(e.queue)
+		<-e.wdone
+		e.queue = nil
+	}
+	e.free, e.raw = nil, nil
+	e.closed = true
+}
+
 // Abort waits for the blocks being compressed and drops them; nothing more
 // is written. It is safe to call after Close.
 func (e *Encoder) Abort() {
-	for _, p := range e.pending {
-		<-p.done
+	if e.closed {
+		return
 	}
-	e.pending, e.spare, e.raw = nil, nil, nil
-	e.closed = true
+	e.fail(errAborted)
+	e.stop()
 }

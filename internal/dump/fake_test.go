@@ -185,3 +185,10 @@ type tb interface {
 	Fatal(args ...any)
 	Fatalf(format string, args ...any)
 }
+
+// removeChannel drops ch and its records.
+func (s *fakeStore) removeChannel(ch string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.data, ch)
+}

@@ -18,8 +18,60 @@ const (
 	BackupExt = ".dump.backup"
 )
 
-// Version is the format version this package writes and reads.
-const Version = 1
+// Version is the format version this package writes and reads. Version 2
+// added the codec byte of every chunk; version 1 files (zstd only) are
+// not read.
+const Version = 2
+
+// Codec is the compression of a chunk's payload, named by every chunk, so
+// that one reader reads files of either codec.
+type Codec uint8
+
+// Codecs.
+const (
+	// CodecZstd is one zstd frame (level SpeedFastest): the better ratio,
+	// the default.
+	CodecZstd Codec = 1
+	// CodecS2 is one s2 block (klauspost/compress/s2): a lower ratio, but
+	// it compresses several times faster than zstd, so a dump writes at disk
+	// speed with fewer cores.
+	CodecS2 Codec = 2
+)
+
+// String returns "zstd" or "s2".
+func (c Codec) String() string {
+	switch c {
+	case CodecZstd:
+		return "zstd"
+	case CodecS2:
+		return "s2"
+	}
+	return fmt.Sprintf("Codec(%d)", uint8(c))
+}
+
+// ParseCodec parses "zstd" or "s2" (--dump-codec).
+func ParseCodec(s string) (Codec, error) {
+	for _, c := range []Codec{CodecZstd, CodecS2} {
+		if s == c.String() {
+			return c, nil
+		}
+	}
+	return 0, fmt.Errorf("dump: unknown codec %q (want zstd or s2)", s)
+}
+
+// Set implements flag.Value.
+func (c *Codec) Set(s string) error {
+	v, err := ParseCodec(s)
+	if err == nil {
+		*c = v
+	}
+	return err
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler (TOML strings).
+func (c *Codec) UnmarshalText(b []byte) error { return c.Set(string(b)) }
+
+func (c Codec) valid() bool { return c == CodecZstd || c == CodecS2 }
 
 // Block sizes.
 const (
@@ -38,7 +90,7 @@ const (
 	magic         = "SHOALDMP"
 	endMagic      = "SHOALEND"
 	headerFixed   = 21 // magic, version, vbs, created, channel length
-	chunkHdrLen   = 17
+	chunkHdrLen   = 18
 	footerLen     = 32
 	runHdrLen     = 14
 	chunkRecords  = 1
@@ -81,6 +133,10 @@ type Header struct {
 	Channel  string
 	VBuckets int
 	Created  time.Time
+	// Codec is not in the header bytes: every chunk names its own. A
+	// writer compresses every chunk with it (0 means CodecZstd); a reader
+	// reports the trailer's.
+	Codec Codec
 }
 
 // Info describes a verified dump file.
@@ -101,6 +157,9 @@ func maskCRC(c uint32) uint32 { return (c>>15 | c<<17) + 0xa282ead8 }
 func (h Header) validate() error {
 	if !wire.ValidChannelString(h.Channel) {
 		return fmt.Errorf("dump: invalid channel name %q", h.Channel)
+	}
+	if h.Codec != 0 && !h.Codec.valid() {
+		return fmt.Errorf("dump: unknown codec %d", h.Codec)
 	}
 	return checkVBuckets(h.VBuckets)
 }
@@ -127,9 +186,10 @@ func (h Header) appendTo(b []byte) []byte {
 	return binary.LittleEndian.AppendUint32(b, maskCRC(crc32.Checksum(b[start:], castagnoli)))
 }
 
-// chunkHeader is the decoded 17-byte header of a chunk.
+// chunkHeader is the decoded 18-byte header of a chunk.
 type chunkHeader struct {
 	typ     byte
+	codec   Codec
 	rawLen  uint32
 	compLen uint32
 	records uint32
@@ -138,24 +198,26 @@ type chunkHeader struct {
 
 func (c chunkHeader) put(b []byte) {
 	b[0] = c.typ
-	binary.LittleEndian.PutUint32(b[1:], c.rawLen)
-	binary.LittleEndian.PutUint32(b[5:], c.compLen)
-	binary.LittleEndian.PutUint32(b[9:], c.records)
-	binary.LittleEndian.PutUint32(b[13:], c.crc)
+	b[1] = byte(c.codec)
+	binary.LittleEndian.PutUint32(b[2:], c.rawLen)
+	binary.LittleEndian.PutUint32(b[6:], c.compLen)
+	binary.LittleEndian.PutUint32(b[10:], c.records)
+	binary.LittleEndian.PutUint32(b[14:], c.crc)
 }
 
 func parseChunkHeader(b []byte) chunkHeader {
 	return chunkHeader{
 		typ:     b[0],
-		rawLen:  binary.LittleEndian.Uint32(b[1:]),
-		compLen: binary.LittleEndian.Uint32(b[5:]),
-		records: binary.LittleEndian.Uint32(b[9:]),
-		crc:     binary.LittleEndian.Uint32(b[13:]),
+		codec:   Codec(b[1]),
+		rawLen:  binary.LittleEndian.Uint32(b[2:]),
+		compLen: binary.LittleEndian.Uint32(b[6:]),
+		records: binary.LittleEndian.Uint32(b[10:]),
+		crc:     binary.LittleEndian.Uint32(b[14:]),
 	}
 }
 
-// chunkCRC is the masked CRC32C of a chunk header's first 13 bytes and its
+// chunkCRC is the masked CRC32C of a chunk header's first 14 bytes and its
 // payload.
 func chunkCRC(hdr, payload []byte) uint32 {
-	return maskCRC(crc32.Update(crc32.Checksum(hdr[:13], castagnoli), castagnoli, payload))
+	return maskCRC(crc32.Update(crc32.Checksum(hdr[:14], castagnoli), castagnoli, payload))
 }

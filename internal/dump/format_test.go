@@ -19,11 +19,11 @@ import (
 	"shoal/internal/vbucket"
 )
 
-// encodeChannel returns the dump of channel ch of s.
-func encodeChannel(t tb, s *fakeStore, ch string) ([]byte, Summary) {
+// encodeChannel returns the dump of channel ch of s, compressed with c.
+func encodeChannel(t tb, s *fakeStore, ch string, c Codec) ([]byte, Summary) {
 	t.Helper()
 	var buf bytes.Buffer
-	e, err := NewEncoder(&buf, Header{Channel: ch, VBuckets: s.vbs, Created: time.Unix(1700000000, 5)})
+	e, err := NewEncoder(&buf, Header{Channel: ch, VBuckets: s.vbs, Created: time.Unix(1700000000, 5), Codec: c})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,14 +78,15 @@ func TestRoundTrip(t *testing.T) {
 			value := rapid.StringN(0, 3000, 3000).Draw(rt, fmt.Sprint("value", i))
 			s.put(ch, key, value, rapid.Int64().Draw(rt, fmt.Sprint("expiry", i)))
 		}
-		b, sum := encodeChannel(rt, s, ch)
+		codec := rapid.SampledFrom([]Codec{CodecZstd, CodecS2}).Draw(rt, "codec")
+		b, sum := encodeChannel(rt, s, ch, codec)
 		got, info := decodeInto(rt, b, vbs)
 		sameData(rt, got, s)
 		want := s.contents()[ch]
 		if info.Records != int64(len(want)) || sum.Records != info.Records || sum.Bytes != info.Bytes {
 			rt.Fatalf("info %+v, summary %+v, %d records", info, sum, len(want))
 		}
-		if info.Channel != ch || info.VBuckets != vbs || !info.Created.Equal(time.Unix(1700000000, 5)) {
+		if info.Channel != ch || info.VBuckets != vbs || !info.Created.Equal(time.Unix(1700000000, 5)) || info.Codec != codec {
 			rt.Fatalf("header %+v", info.Header)
 		}
 		for vb := range vbs {
@@ -101,6 +102,12 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestManyBlocksAndLargeValue(t *testing.T) {
+	for _, c := range []Codec{CodecZstd, CodecS2} {
+		t.Run(c.String(), func(t *testing.T) { testManyBlocksAndLargeValue(t, c) })
+	}
+}
+
+func testManyBlocksAndLargeValue(t *testing.T, c Codec) {
 	s := newFakeStore(64)
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range 20000 {
@@ -111,7 +118,7 @@ func TestManyBlocksAndLargeValue(t *testing.T) {
 		s.put("big", fmt.Sprintf("k%06d", i), string(v), 0)
 	}
 	s.put("big", "huge", strings.Repeat("x", 3*BlockSize), 0)
-	b, sum := encodeChannel(t, s, "big")
+	b, sum := encodeChannel(t, s, "big", c)
 	if sum.Blocks < 5 {
 		t.Fatalf("%d blocks, want several", sum.Blocks)
 	}
@@ -124,7 +131,7 @@ func TestManyBlocksAndLargeValue(t *testing.T) {
 
 func TestEmptyChannel(t *testing.T) {
 	s := newFakeStore(8)
-	b, sum := encodeChannel(t, s, "empty")
+	b, sum := encodeChannel(t, s, "empty", CodecZstd)
 	if sum.Records != 0 || sum.Blocks != 0 {
 		t.Fatalf("summary %+v", sum)
 	}
@@ -173,12 +180,12 @@ func TestEncoderRejectsInvalidInput(t *testing.T) {
 }
 
 // smallDump returns a valid dump of a few records.
-func smallDump(t tb) []byte {
+func smallDump(t tb, c Codec) []byte {
 	s := newFakeStore(4)
 	for i := range 30 {
 		s.put("ch", fmt.Sprintf("key%d", i), fmt.Sprintf("value%d", i), int64(i))
 	}
-	b, _ := encodeChannel(t, s, "ch")
+	b, _ := encodeChannel(t, s, "ch", c)
 	return b
 }
 
@@ -197,7 +204,12 @@ func mustCorrupt(t *testing.T, err error, maxOff int64, what string) *CorruptErr
 }
 
 func TestEveryDamageIsDetected(t *testing.T) {
-	b := smallDump(t)
+	for _, c := range []Codec{CodecZstd, CodecS2} {
+		t.Run(c.String(), func(t *testing.T) { testEveryDamageIsDetected(t, smallDump(t, c)) })
+	}
+}
+
+func testEveryDamageIsDetected(t *testing.T, b []byte) {
 	nop := func(uint16, uint64, []kv.Record) error { return nil }
 	for i := range b {
 		d := bytes.Clone(b)
@@ -220,7 +232,7 @@ func TestEveryDamageIsDetected(t *testing.T) {
 func TestDamageInLargeFile(t *testing.T) {
 	s := newFakeStore(32)
 	s.fill("big", 40000, 100)
-	b, _ := encodeChannel(t, s, "big")
+	b, _ := encodeChannel(t, s, "big", CodecS2)
 	rng := rand.New(rand.NewPCG(3, 4))
 	for range 100 {
 		i := rng.IntN(len(b))
@@ -268,7 +280,7 @@ func forge(vbs int, seqnos []uint64, keyValueBytes uint64, blocks ...forged) []b
 	var records uint64
 	chunk := func(typ byte, rawLen int, payload []byte, n uint32) {
 		var h [chunkHdrLen]byte
-		c := chunkHeader{typ: typ, rawLen: uint32(rawLen), compLen: uint32(len(payload)), records: n}
+		c := chunkHeader{typ: typ, codec: CodecZstd, rawLen: uint32(rawLen), compLen: uint32(len(payload)), records: n}
 		c.put(h[:])
 		c.crc = chunkCRC(h[:], payload)
 		c.put(h[:])
@@ -278,7 +290,7 @@ func forge(vbs int, seqnos []uint64, keyValueBytes uint64, blocks ...forged) []b
 	for _, f := range blocks {
 		payload := f.payload
 		if payload == nil {
-			payload = zstdEncoder().EncodeAll(f.raw, nil)
+			payload = compress(CodecZstd, f.raw, nil)
 		}
 		rawLen := len(f.raw)
 		if f.rawLen != 0 {
@@ -291,7 +303,7 @@ func forge(vbs int, seqnos []uint64, keyValueBytes uint64, blocks ...forged) []b
 	for _, s := range seqnos {
 		t = binary.LittleEndian.AppendUint64(t, s)
 	}
-	chunk(chunkSeqnos, len(t), zstdEncoder().EncodeAll(t, nil), 0)
+	chunk(chunkSeqnos, len(t), compress(CodecZstd, t, nil), 0)
 	b = binary.LittleEndian.AppendUint64(b, records)
 	b = binary.LittleEndian.AppendUint64(b, keyValueBytes)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(blocks)+1))
@@ -344,7 +356,7 @@ func TestHostileLengthsDoNotAllocate(t *testing.T) {
 	// fails on the missing bytes without allocating the claimed size.
 	b := Header{Channel: "ch", VBuckets: 4}.appendTo(nil)
 	var h [chunkHdrLen]byte
-	chunkHeader{typ: chunkRecords, rawLen: MaxBlockRaw, compLen: maxBlockComp, records: 1}.put(h[:])
+	chunkHeader{typ: chunkRecords, codec: CodecS2, rawLen: MaxBlockRaw, compLen: maxBlockComp, records: 1}.put(h[:])
 	b = append(b, h[:]...)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)

@@ -41,11 +41,12 @@ func checkDecode(t *testing.T, b []byte) {
 
 // FuzzDecode feeds whole files to the reader.
 func FuzzDecode(f *testing.F) {
-	f.Add(smallDump(f))
+	f.Add(smallDump(f, CodecZstd))
+	f.Add(smallDump(f, CodecS2))
 	f.Add([]byte{})
 	f.Add([]byte(magic))
 	s := newFakeStore(2)
-	b, _ := encodeChannel(f, s, "e")
+	b, _ := encodeChannel(f, s, "e", CodecZstd)
 	f.Add(b)
 	f.Fuzz(checkDecode)
 }

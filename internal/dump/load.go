@@ -67,6 +67,18 @@ func ParseOnCorrupt(s string) (OnCorrupt, error) {
 	return 0, fmt.Errorf("dump: unknown on-corrupt policy %q (want fail, backup or skip)", s)
 }
 
+// Set implements flag.Value.
+func (p *OnCorrupt) Set(s string) error {
+	v, err := ParseOnCorrupt(s)
+	if err == nil {
+		*p = v
+	}
+	return err
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler (TOML strings).
+func (p *OnCorrupt) UnmarshalText(b []byte) error { return p.Set(string(b)) }
+
 // LoadConfig configures Load.
 type LoadConfig struct {
 	FS        vfs.FS // nil means vfs.Default

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -16,6 +18,12 @@ import (
 
 // DefaultInterval is the time between two periodic dumps (--dump-interval).
 const DefaultInterval = 6 * time.Hour
+
+// DeletedDir is the subdirectory of a dump directory where RemoveChannel
+// moves the files of a removed channel (swarm's deleted/), so that an
+// operator can undo the removal by moving them back before a restart.
+// Load ignores it.
+const DeletedDir = "deleted"
 
 // Source is the kv engine as a dump reads it. kv.Store provides
 // SnapshotChannel; the node adapts its channel listing to ChannelNames.
@@ -35,7 +43,13 @@ type Config struct {
 	VBuckets int
 	Source   Source
 	Interval time.Duration // between periodic dumps; 0 means DefaultInterval
+	Codec    Codec         // of the blocks; 0 means CodecZstd
 	Logger   *slog.Logger  // nil means slog.Default()
+	// Channels are the channels whose dumps Dir holds (those Load loaded).
+	// They are dumped even when the Source no longer lists them, so that
+	// the dump of a channel emptied since is emptied too instead of
+	// bringing its records back at the next start.
+	Channels []string
 	// Now and After are the clock (nil: time.Now and time.After).
 	Now   func() time.Time
 	After func(time.Duration) <-chan time.Time
@@ -70,15 +84,23 @@ type Stats struct {
 }
 
 // Manager dumps the channels of a Source to a directory: periodically
-// (Run), on demand (DumpNow) and once more when Run is stopped. One dump
-// runs at a time.
+// (Run), on demand (DumpNow, DumpEach) and once more when Run is stopped.
+// One dump runs at a time. It dumps the channels the Source lists and
+// those whose dumps it keeps (Config.Channels and every channel it dumped),
+// until RemoveChannel.
 type Manager struct {
 	cfg Config
 	log *slog.Logger
 	sem chan struct{}
+	// fileMu is held while one channel's files are written and while
+	// RemoveChannel moves them, so that a dump never puts back the files
+	// of a channel removed during it.
+	fileMu sync.Mutex
 
-	mu    sync.Mutex
-	stats Stats
+	mu      sync.Mutex
+	stats   Stats
+	kept    map[string]bool // channels whose dump files the Manager keeps current
+	removed map[string]bool // channels removed since the running dump listed its channels
 }
 
 // NewManager checks cfg and returns a Manager.
@@ -109,11 +131,21 @@ func NewManager(cfg Config) (*Manager, error) {
 	if cfg.FirstDelay == nil {
 		cfg.FirstDelay = func(d time.Duration) time.Duration { return rand.N(d) }
 	}
+	if cfg.Codec == 0 {
+		cfg.Codec = CodecZstd
+	}
+	if !cfg.Codec.valid() {
+		return nil, fmt.Errorf("dump: unknown codec %d", cfg.Codec)
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Manager{cfg: cfg, log: log, sem: make(chan struct{}, 1)}, nil
+	m := &Manager{cfg: cfg, log: log, sem: make(chan struct{}, 1), kept: make(map[string]bool), removed: make(map[string]bool)}
+	for _, ch := range cfg.Channels {
+		m.kept[ch] = true
+	}
+	return m, nil
 }
 
 // Run dumps every Interval, the first time after FirstDelay, until ctx is
@@ -154,7 +186,11 @@ func (m *Manager) setNext(t time.Time) {
 // failed channel leaves its previous dump in place and does not stop the
 // others. If a dump is already running, DumpNow waits for it to end (or for
 // ctx) and then makes its own.
-func (m *Manager) DumpNow(ctx context.Context) ([]Result, error) {
+func (m *Manager) DumpNow(ctx context.Context) ([]Result, error) { return m.DumpEach(ctx, nil) }
+
+// DumpEach is DumpNow that also calls fn (if not nil) with each channel's
+// result as soon as the channel is done (for `shoal dump --now`).
+func (m *Manager) DumpEach(ctx context.Context, fn func(Result)) ([]Result, error) {
 	select {
 	case m.sem <- struct{}{}:
 	case <-ctx.Done():
@@ -165,17 +201,27 @@ func (m *Manager) DumpNow(ctx context.Context) ([]Result, error) {
 	start := m.cfg.Now()
 	m.mu.Lock()
 	m.stats.Running, m.stats.LastStart = true, start
+	clear(m.removed)
 	m.mu.Unlock()
 
 	var results []Result
+	report := func(r Result) {
+		results = append(results, r)
+		if fn != nil {
+			fn(r)
+		}
+	}
 	if err := m.cfg.FS.MkdirAll(m.cfg.Dir, 0o755); err != nil {
-		results = []Result{{Err: fmt.Errorf("cannot create dump directory %q: %w", m.cfg.Dir, err)}}
+		report(Result{Err: fmt.Errorf("cannot create dump directory %q: %w", m.cfg.Dir, err)})
 	} else {
-		for _, ch := range slices.Sorted(slices.Values(m.cfg.Source.ChannelNames())) {
+		listed, names := m.channels()
+		for _, ch := range names {
 			if ctx.Err() != nil {
 				break
 			}
-			results = append(results, m.dumpChannel(ctx, ch))
+			if r, ok := m.dumpChannel(ctx, ch, listed[ch]); ok {
+				report(r)
+			}
 		}
 	}
 
@@ -209,9 +255,39 @@ func (m *Manager) DumpNow(ctx context.Context) ([]Result, error) {
 	return results, errors.Join(errs...)
 }
 
-func (m *Manager) dumpChannel(ctx context.Context, ch string) Result {
+// channels returns the channels to dump, sorted: those the Source lists
+// (marked in listed) and those whose dumps the Manager keeps.
+func (m *Manager) channels() (listed map[string]bool, names []string) {
+	listed = make(map[string]bool)
+	for _, ch := range m.cfg.Source.ChannelNames() {
+		listed[ch] = true
+		names = append(names, ch)
+	}
+	m.mu.Lock()
+	for ch := range m.kept {
+		if !listed[ch] {
+			names = append(names, ch)
+		}
+	}
+	m.mu.Unlock()
+	slices.Sort(names)
+	return listed, names
+}
+
+// dumpChannel dumps ch, unless it was removed since the dump began (then
+// ok is false). listed says whether the Source listed ch: a channel it
+// did not list is forgotten once its dump is empty.
+func (m *Manager) dumpChannel(ctx context.Context, ch string, listed bool) (r Result, ok bool) {
+	m.fileMu.Lock()
+	defer m.fileMu.Unlock()
+	m.mu.Lock()
+	removed := m.removed[ch]
+	m.mu.Unlock()
+	if removed {
+		return Result{}, false
+	}
 	start := m.cfg.Now()
-	h := Header{Channel: ch, VBuckets: m.cfg.VBuckets, Created: start}
+	h := Header{Channel: ch, VBuckets: m.cfg.VBuckets, Created: start, Codec: m.cfg.Codec}
 	sum, err := WriteFile(m.cfg.FS, m.cfg.Dir, h, func(e *Encoder) error {
 		return m.cfg.Source.SnapshotChannel(ch, func(vb uint16, seqno uint64, recs []kv.Record) error {
 			if err := ctx.Err(); err != nil {
@@ -220,19 +296,74 @@ func (m *Manager) dumpChannel(ctx context.Context, ch string) Result {
 			return e.Add(vb, seqno, recs)
 		})
 	})
-	r := Result{Channel: ch, Summary: sum, Duration: m.cfg.Now().Sub(start), Err: err}
+	r = Result{Channel: ch, Summary: sum, Duration: m.cfg.Now().Sub(start), Err: err}
 	switch {
 	case err == nil:
 	case abandoned(ctx, err):
 		m.log.Info("dump abandoned, the previous dump is kept", "channel", ch, "reason", err)
-		return r
+		return r, true
 	default:
 		m.log.Error("dump failed, the previous dump is kept", "channel", ch, "err", err)
-		return r
+		return r, true
 	}
+	m.mu.Lock()
+	if listed || sum.Records > 0 {
+		m.kept[ch] = true
+	} else {
+		delete(m.kept, ch)
+	}
+	m.mu.Unlock()
 	m.log.Info("channel dumped", "channel", ch, "records", sum.Records, "bytes", sum.Bytes,
 		"file_bytes", sum.FileBytes, "duration", r.Duration, "records_per_s", rate(sum.Records, r.Duration))
-	return r
+	return r, true
+}
+
+// RemoveChannel moves the dump files of ch (ch.dump and ch.dump.backup)
+// to Dir/deleted/, replacing those an earlier removal of ch left there, and
+// stops dumping ch until the Source lists it again. A dump of ch in
+// progress finishes first, so it cannot put the files back. Call it after
+// the channel is removed from the Source.
+func (m *Manager) RemoveChannel(ch string) error {
+	m.fileMu.Lock()
+	defer m.fileMu.Unlock()
+	m.mu.Lock()
+	delete(m.kept, ch)
+	m.removed[ch] = true
+	m.mu.Unlock()
+
+	deleted := filepath.Join(m.cfg.Dir, DeletedDir)
+	var moved []string
+	for _, ext := range []string{Ext, BackupExt} {
+		from, to := filepath.Join(m.cfg.Dir, ch+ext), filepath.Join(deleted, ch+ext)
+		if _, err := m.cfg.FS.Stat(from); err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("cannot stat dump %q: %w", from, err)
+			}
+			// Keep deleted/ to the files of one removal.
+			if err := m.cfg.FS.Remove(to); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("cannot remove old deleted dump %q: %w", to, err)
+			}
+			continue
+		}
+		if err := m.cfg.FS.MkdirAll(deleted, 0o755); err != nil {
+			return fmt.Errorf("cannot create %q: %w", deleted, err)
+		}
+		if err := m.cfg.FS.Rename(from, to); err != nil {
+			return fmt.Errorf("cannot move dump %q to %q: %w", from, to, err)
+		}
+		moved = append(moved, to)
+	}
+	if len(moved) == 0 {
+		return nil
+	}
+	for _, dir := range []string{deleted, m.cfg.Dir} {
+		if err := m.cfg.FS.SyncDir(dir); err != nil {
+			return fmt.Errorf("cannot sync directory %q after moving the dumps of %q: %w", dir, ch, err)
+		}
+	}
+	m.log.Info("dumps of a removed channel moved aside; move them back before a restart to undo",
+		"channel", ch, "files", moved)
+	return nil
 }
 
 // abandoned reports whether err ended a dump because ctx was done (the node

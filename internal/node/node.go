@@ -50,6 +50,7 @@ type Node struct {
 
 	rep      *replication    // replication and liveness (repl.go)
 	logStore *logstore.Store // the log engine (log.go)
+	dumps    dumper          // the kv dumps (dump.go)
 
 	ln     net.Listener
 	httpLn net.Listener
@@ -63,10 +64,13 @@ type Node struct {
 }
 
 // New prepares a node: it creates the data and log directories, takes the
-// data directory's lock, opens the logs and the engines and binds the
-// ports. Run serves.
-func New(cfg config.Config, version string) (_ *Node, err error) {
+// data directory's lock, opens the logs and the engines, loads the kv
+// dumps and binds the ports. Run serves.
+func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error) {
 	n := &Node{cfg: cfg, version: version, started: time.Now(), cat: catalog.New(), stats: &stats.Registry{}, statsW: stats.NewLogWriter(nil)}
+	for _, o := range opts {
+		o(n)
+	}
 	defer func() {
 		if err != nil {
 			n.close()
@@ -97,6 +101,9 @@ func New(cfg config.Config, version string) (_ *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot start the kv engine: %w", err)
 	}
+	if err := n.loadDumps(); err != nil {
+		return nil, err
+	}
 	for _, cs := range n.kv.Channels() {
 		n.cat.Claim([]byte(cs.Name), engine.KindKV)
 	}
@@ -114,6 +121,8 @@ func New(cfg config.Config, version string) (_ *Node, err error) {
 		MaxConnections: cfg.MaxConnections,
 		Logger:         n.log.With("part", "server"),
 		Info:           n.info,
+		Dumps:          n.dumps.mgr,
+		ChannelRemoved: n.channelRemoved,
 	}
 	if cfg.Credentials != "" {
 		if scfg.Credentials, err = auth.LoadCredentials(cfg.Credentials); err != nil {
@@ -133,6 +142,7 @@ func New(cfg config.Config, version string) (_ *Node, err error) {
 	n.stats.Add(stats.Uptime(n.started))
 	n.stats.Add(stats.SourceFunc(n.reportKV))
 	n.stats.Add(stats.SourceFunc(n.reportQueue))
+	n.stats.Add(stats.SourceFunc(n.reportDumps))
 	if err := n.setupRepl(); err != nil {
 		return nil, err
 	}
@@ -199,6 +209,7 @@ func (n *Node) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.statsLoop(bg) }()
 	}
+	n.startDumps()
 	n.startRepl(bg, &wg)
 	if n.cfg.Console && isTerminal(os.Stdout) {
 		wg.Add(1)

@@ -152,6 +152,7 @@ type Status struct {
 	KV            KVStatus        `json:"kv"`
 	Queue         QueueStatus     `json:"queue"`
 	Log           *LogStatus      `json:"log,omitempty"`
+	Dumps         DumpsStatus     `json:"dumps"`
 	Channels      []ChannelStatus `json:"channels"`
 	// Liveness is the last report of the liveness monitor (repl.go).
 	Liveness    *liveness.Report  `json:"liveness"`
@@ -183,6 +184,7 @@ func (n *Node) Status() Status {
 	}
 	st.KV.Records, st.KV.Bytes = n.kv.Size()
 	st.KV.Memory, st.KV.MemoryLimit = n.kv.MemoryUsage(), int64(n.cfg.MemoryLimit)
+	st.Dumps = n.dumpsStatus()
 	for _, cs := range n.kv.Channels() {
 		st.Channels = append(st.Channels, ChannelStatus{Name: cs.Name, Kind: "kv", Records: cs.Records, Bytes: cs.Bytes})
 	}
@@ -237,6 +239,8 @@ var consolePage = template.Must(template.New("console").Funcs(template.FuncMap{"
 {{range .Channels}}<tr><td>{{.Name}}</td><td>{{.Kind}}</td><td class="n">{{.Records}}</td><td class="n">{{human .Bytes}}</td></tr>
 {{else}}<tr><td colspan="4">no channels yet</td></tr>{{end}}
 </table>
+<h2>Dumps</h2>
+<p>{{with .Dumps}}every {{.IntervalSeconds}} s to {{.Dir}} ({{.Codec}}) · {{.Dumps}} dumps, {{.Failures}} failed channel dumps{{if .Running}} · dumping now{{end}}{{if .LastEnd}} · last ended {{.LastEnd}} after {{printf "%.1f" .LastDurationSeconds}} s{{end}}{{if .LastError}} · <b>last error ({{.LastErrorAt}}): {{.LastError}}</b>{{end}}{{end}}</p>
 <p><a href="/status">/status</a> · <a href="/metrics">/metrics</a></p>
 </body></html>
 `))

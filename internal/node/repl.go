@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"shoal/internal/auth"
@@ -46,6 +47,8 @@ type replication struct {
 	producer *repl.Producer
 	ctx      context.Context // of the producer's streams; ends at shutdown
 	stop     context.CancelFunc
+	serving  atomic.Int64  // stream connections being served
+	drained  chan struct{} // closed once the served streams have ended
 	spy      *liveness.Spy
 	monitor  *liveness.Monitor // touched by livenessLoop only
 	probe    diskProbe
@@ -82,6 +85,8 @@ func (n *Node) setupRepl() error {
 	}
 	rp.ctx, rp.stop = context.WithCancel(context.Background())
 	n.srv.HandleTakeover(wire.OpStreamOpen, func(nc net.Conn, h wire.Header, body []byte) {
+		rp.serving.Add(1)
+		defer rp.serving.Add(-1)
 		rp.producer.Serve(rp.ctx, nc, h, body)
 	})
 	n.srv.HandleReplication(replAdmin{n})
@@ -186,8 +191,17 @@ func (n *Node) startRepl(ctx context.Context, wg *sync.WaitGroup) {
 	go func() { defer wg.Done(); n.probeLoop(ctx) }()
 }
 
-// stopRepl stops the replicators and ends the replication streams served,
-// before the data port waits for its connections to finish.
+// Bounds of the drain of the served streams at shutdown.
+const (
+	clientsGoneTimeout = 10 * time.Second
+	drainTimeout       = 2 * time.Second
+)
+
+// stopRepl stops the replicators, then, in the background while the data
+// port shuts down, ends the replication streams it serves: once every
+// client connection is gone (every acknowledged write is in the engines)
+// and the streams have been handed the engines' latest mutations, so that
+// replicas hold everything and resume after the restart.
 func (n *Node) stopRepl() {
 	rp := n.rep
 	rp.mu.Lock()
@@ -195,12 +209,26 @@ func (n *Node) stopRepl() {
 		r.Stop()
 	}
 	rp.mu.Unlock()
-	rp.stop()
+	rp.drained = make(chan struct{})
+	go func() {
+		defer close(rp.drained)
+		defer rp.stop()
+		deadline := time.Now().Add(clientsGoneTimeout)
+		for n.srv.NumConnections() > rp.serving.Load() && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+		defer cancel()
+		if err := rp.producer.Drain(ctx); err != nil {
+			n.log.Warn("replication streams not drained before shutdown: their replicas catch up (or roll back) after the restart", "err", err)
+		}
+	}()
 }
 
 // saveFailoverLogs records a clean shutdown in the failover logs, once
 // nothing writes to the engines any more.
 func (n *Node) saveFailoverLogs(context.Context) {
+	<-n.rep.drained
 	for _, b := range n.rep.buckets {
 		if err := b.Logs.SaveClean(b.Engine.HighSeqno); err != nil {
 			n.log.Error("cannot save the failover logs: consumers will roll back after the restart", "bucket", b.Name, "err", err)

@@ -31,6 +31,17 @@
 // happened after the requested seqno (it keeps no pop history): queue
 // replicas are recopied after most reconnects.
 //
+// # Producer
+//
+// The node's takeover handler gives every StreamOpen connection to
+// Producer.Serve, which picks the bucket's stream.Producer. Its Accept hook
+// applies Decide to the vBucket's failover log. Each engine is wrapped so
+// that snapshot markers ascend as the stream protocol requires, and so
+// that the producer knows what each stream has been handed: at a clean
+// shutdown the node calls Drain once nothing writes any more, and ends the
+// streams only when every one has its engine's latest mutation, so that
+// replicas resume after the restart instead of rolling back.
+//
 // # The failover log file
 //
 // One file per engine (the node keeps DATA/repl/failover-kv,

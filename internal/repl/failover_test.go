@@ -307,7 +307,7 @@ func TestAscendingMarkers(t *testing.T) {
 		"engine bug kept": {5, [][2]uint64{{2, 4}}, [][2]uint64{{2, 4}}},
 	} {
 		rec := &markerSink{}
-		s := &ascendingSink{Sink: rec, end: tc.from}
+		s := &ascendingSink{Sink: rec, h: &handed{}, end: tc.from}
 		for _, m := range tc.in {
 			s.Snapshot(m[0], m[1])
 		}

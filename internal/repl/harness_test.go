@@ -123,6 +123,18 @@ func (s *side) serveOn(addr string, creds map[string][]byte) string {
 	if err != nil {
 		s.t.Fatal(err)
 	}
+	return s.listen(addr, creds, prod)
+}
+
+// serveWith starts the data port with producer prod.
+func (s *side) serveWith(prod *Producer) string {
+	s.t.Helper()
+	return s.listen("127.0.0.1:0", nil, prod)
+}
+
+func (s *side) listen(addr string, creds map[string][]byte, prod *Producer) string {
+	s.t.Helper()
+	var err error
 	s.srv = server.New(server.Config{NodeID: s.name, VBuckets: testVBuckets, Credentials: creds, Logger: quiet},
 		server.Engines{KV: s.kv, Queue: s.queue})
 	ctx, cancel := context.WithCancel(context.Background())

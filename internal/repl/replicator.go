@@ -554,7 +554,10 @@ func (s *session) Ended(e stream.End) {
 	r.mu.Unlock()
 	switch e.Reason {
 	case stream.ReasonRollback:
-		r.log.Info("rolling back vbucket: the producer's history diverged from the replica's", "vbucket", e.VBucket, "producer_seqno", e.Seqno)
+		r.mu.Lock()
+		held := r.vbs[e.VBucket].seqno
+		r.mu.Unlock()
+		r.log.Info("rolling back vbucket: the producer cannot resume it", "vbucket", e.VBucket, "replica_seqno", held, "producer_seqno", e.Seqno)
 		if err := r.rollback(e.VBucket); err != nil {
 			s.fail(err)
 			return

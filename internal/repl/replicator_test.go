@@ -511,3 +511,51 @@ func TestConfigErrors(t *testing.T) {
 		t.Fatalf("state %s after Stop", st.State)
 	}
 }
+
+// TestDrainThenShutdown: once writes stop, Drain waits until every stream
+// was handed the latest mutations; a shutdown then leaves the replica
+// with everything, without a reconnect.
+func TestDrainThenShutdown(t *testing.T) {
+	a := newSide(t, "node-a", t.TempDir(), true, false)
+	prod, err := NewProducer(ProducerConfig{Name: "node-a", Buckets: a.buckets(), Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := a.serveWith(prod)
+	b := newSide(t, "node-b", t.TempDir(), true, false)
+	r := b.replicate(addr, "kv", b.kv, nil)
+	rq := b.replicate(addr, "queue", b.queue, nil)
+	for round := range 3 {
+		w := startWriter(t, a, uint64(20+round))
+		w.waitWrites(t, 1000)
+		for i := range 50 {
+			a.queue.Push(context.Background(), []string{"q"}, []byte(fmt.Sprint(i)), nil)
+		}
+		w.finish()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := prod.Drain(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if round < 2 {
+			continue
+		}
+		a.stop()
+		eventually(t, 5*time.Second, "the drained tail on the replica", func() (bool, string) {
+			want, got := kvContents(a.kv), kvContents(b.kv)
+			for vb := range uint16(testVBuckets) {
+				if a.queue.HighSeqno(vb) != b.queue.HighSeqno(vb) {
+					return false, fmt.Sprintf("queue vb %d: %d vs %d", vb, a.queue.HighSeqno(vb), b.queue.HighSeqno(vb))
+				}
+			}
+			return want == got, head(got)
+		})
+	}
+	if st := r.Status(false); st.Sessions != 1 || st.Rollbacks != 0 {
+		t.Fatalf("kv %+v", st)
+	}
+	if st := rq.Status(false); st.Sessions != 1 {
+		t.Fatalf("queue %+v", st)
+	}
+}

@@ -262,6 +262,12 @@ func (c *conn) removeChannel(h wire.Header, body []byte) {
 	}
 	c.s.eng.Catalog.Drop(name)
 	c.s.cfg.Logger.Info("channel removed", "channel", name, "kind", kind.String(), "by", c.user, "remote", c.nc.RemoteAddr())
+	if fn := c.s.cfg.ChannelRemoved; fn != nil {
+		if err := fn(name, kind); err != nil {
+			c.replyf(h, wire.StatusInternal, "channel %q removed, but: %v", name, err)
+			return
+		}
+	}
 	c.reply(h, wire.StatusOK, nil)
 }
 

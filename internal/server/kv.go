@@ -319,11 +319,15 @@ func (c *conn) kvPutBatch(h wire.Header, body []byte) {
 }
 
 // GetAll flags.
-const getAllKeysOnly = 1
+const (
+	getAllKeysOnly = 1
+	getAllExpiry   = 2 // each record carries its expiry (for the external dumper)
+)
 
 // kvGetAll: str8 channel, u8 flags, u32 credit, str8 after (resume after
 // this key; empty = from the start), bytes32 value filter -> stream of
-// batches: u32 count, count x (str8 key, u64 cas, bytes32 value).
+// batches: u32 count, count x (str8 key, u64 cas, [u64 expiry unix seconds,
+// 0 = never, with getAllExpiry], bytes32 value).
 func (c *conn) kvGetAll(h wire.Header, body []byte) {
 	d := wire.NewDecoder(body)
 	ch, flags, credit, after, filter := d.Bytes8(), d.U8(), d.U32(), d.Bytes8(), d.Bytes32()
@@ -337,7 +341,7 @@ func (c *conn) kvGetAll(h wire.Header, body []byte) {
 	}
 	after = bytes.Clone(after)
 	filter = bytes.Clone(filter)
-	keysOnly := flags&getAllKeysOnly != 0
+	keysOnly, expiry := flags&getAllKeysOnly != 0, flags&getAllExpiry != 0
 	c.startStream(h, credit, func(st *stream) (wire.Status, string) {
 		if name == "" {
 			return wire.StatusOK, ""
@@ -360,6 +364,9 @@ func (c *conn) kvGetAll(h wire.Header, body []byte) {
 				}
 				batch = wire.AppendBytes8(batch, r.Key)
 				batch = wire.AppendU64(batch, r.Seqno)
+				if expiry {
+					batch = wire.AppendU64(batch, uint64(r.Expiry))
+				}
 				if keysOnly {
 					batch = wire.AppendU32(batch, 0)
 				} else {

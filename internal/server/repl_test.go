@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -206,4 +207,56 @@ func TestStandbyRefusesWrites(t *testing.T) {
 	if h, _ := r.call(wire.OpPop, 0, wire.AppendStr8(nil, "q")); h.Status != wire.StatusOK {
 		t.Fatalf("pop once active again: %v", h.Status)
 	}
+}
+
+// TestShutdownLeavesTakenOverConnections: a connection handed to a
+// takeover function belongs to it; Shutdown waits for it but does not
+// break its reads (replication drains its streams meanwhile).
+func TestShutdownLeavesTakenOverConnections(t *testing.T) {
+	store, err := kv.New(kv.Config{VBuckets: testVBuckets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	s := New(Config{VBuckets: testVBuckets, Logger: quietLogger(), NodeID: "n"}, Engines{KV: store})
+	got := make(chan string, 4)
+	s.HandleTakeover(wire.OpStreamOpen, func(nc net.Conn, _ wire.Header, _ []byte) {
+		defer nc.Close()
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(nc, buf); err != nil {
+			got <- "read failed: " + err.Error()
+			return
+		}
+		got <- string(buf)
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { defer close(served); s.Serve(ln) }()
+	r := dialRaw(t, ln.Addr().String())
+	r.send(wire.OpStreamOpen, 0, []byte{1})
+	time.Sleep(100 * time.Millisecond) // the connection is handed over
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- s.Shutdown(ctx)
+	}()
+	select {
+	case g := <-got:
+		t.Fatalf("the taken-over connection was disturbed by Shutdown: %s", g)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if _, err := r.nc.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if g := <-got; g != "hello" {
+		t.Fatalf("the owner read %q", g)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	<-served
 }

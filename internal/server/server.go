@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"shoal/internal/catalog"
+	"shoal/internal/engine"
 	"shoal/internal/kv"
 	"shoal/internal/logstore"
 	"shoal/internal/queue"
@@ -59,6 +60,12 @@ type Config struct {
 	MaxPendingOut int
 	// Info adds fields to the Info answer.
 	Info func() map[string]any
+	// Dumps makes the dumps of OpDumpNow (admin.go); nil refuses it.
+	Dumps Dumper
+	// ChannelRemoved, if set, is called by RemoveChannel after the channel
+	// left its engine and the catalog, before the answer (the dumps of a kv
+	// channel are moved aside there); its error is the answer.
+	ChannelRemoved func(name string, kind engine.Kind) error
 	// Logger receives connection and request errors.
 	Logger *slog.Logger
 }
@@ -162,6 +169,7 @@ func New(cfg Config, eng Engines) *Server {
 	s := &Server{cfg: cfg, eng: eng, conns: map[*conn]struct{}{}, takeover: map[wire.Opcode]TakeoverFunc{}, start: time.Now()}
 	s.own.Store(ownershipBox{allActive{}})
 	s.registerGeneric()
+	s.registerAdmin()
 	if eng.KV != nil {
 		s.registerKV()
 	}
