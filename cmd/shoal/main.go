@@ -1,6 +1,7 @@
 // Command shoal is the command-line client and operator tool of shoal
 // nodes: kv get/put/..., streams (getall, mirror), queues (push, pop,
 // consume, queues), log put/range, channel management, node information,
+// a node's status and a standby's replication (status, promote, replica),
 // the kv dumps (dump --now, the external dumper dump --out, dump inspect,
 // restore) and the offline check of a node's log files. Run `shoal --help`
 // for the commands.
@@ -61,6 +62,7 @@ func main() {
 	root.AddCommand(kvCommands(g)...)
 	root.AddCommand(queueCommands(g)...)
 	root.AddCommand(channelCommands(g)...)
+	root.AddCommand(replCommands(g)...)
 	root.AddCommand(logCommand(g), checkCommand())
 	root.AddCommand(dumpCommands(g)...)
 	root.AddCommand(benchCommand(g))

@@ -73,6 +73,7 @@ type Config struct {
 	// QueueFsyncInterval is, in journal mode, how often the journal is
 	// fsynced; "always" fsyncs before every answer (group commit).
 	QueueFsyncInterval FsyncInterval `toml:"queue_fsync_interval"`
+
 	// LogFsync is the log engine's durability mode (log.go).
 	LogFsync FsyncMode `toml:"log_fsync"`
 	// LogSegmentSpan is the time span of a log segment file.
@@ -93,6 +94,8 @@ type Config struct {
 	// OnCorruptDump is what start-up does with a kv dump that does not
 	// verify: fail, backup or skip.
 	OnCorruptDump dump.OnCorrupt `toml:"on_corrupt_dump"`
+
+	Replication // the standby replica and liveness (repl.go)
 }
 
 // Default returns the settings of a node started with no arguments.
@@ -116,6 +119,8 @@ func Default() Config {
 		DumpInterval:    DefaultDumpInterval,
 		DumpCodec:       dump.CodecZstd,
 		OnCorruptDump:   dump.OnCorruptBackup,
+
+		Replication: defaultReplication(),
 	}
 }
 
@@ -183,6 +188,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.Var(&c.QueueRingSize, "queue-ring-size", "memory ring of each queue (e.g. 64MiB); more overflows to disk")
 	fs.StringVar(&c.QueueDurability, "queue-durability", c.QueueDurability, "queue durability: memory (a crash loses the rings) or journal")
 	fs.Var(&c.QueueFsyncInterval, "queue-fsync-interval", "journal mode: fsync period (e.g. 10ms), or always (before every answer)")
+	bindReplication(fs, c)
 	bindLog(fs, c)
 	bindDump(fs, c)
 }
@@ -222,6 +228,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("vbuckets %d: must be 1..%d", c.VBuckets, vbucket.Max))
 	}
 	errs = append(errs, c.validateQueue()...)
+	errs = append(errs, c.validateReplication()...)
 	errs = append(errs, c.validateLog())
 	return errors.Join(errs...)
 }

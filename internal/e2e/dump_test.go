@@ -19,7 +19,6 @@ import (
 	"shoal/internal/vfs"
 )
 
-// dialNode connects the Go client to a node of the test.
 // putRecords stores keys key-from .. key-(from+n-1) in ch with values of
 // size bytes and returns them.
 func putRecords(t *testing.T, addr, ch string, from, n, size int) map[string]string {

@@ -48,6 +48,7 @@ type Node struct {
 	stats  *stats.Registry
 	statsW *stats.LogWriter // keeps the previous counters, for deltas
 
+	rep      *replication    // replication and liveness (repl.go)
 	logStore *logstore.Store // the log engine (log.go)
 	dumps    dumper          // the kv dumps (dump.go)
 
@@ -142,6 +143,9 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 	n.stats.Add(stats.SourceFunc(n.reportKV))
 	n.stats.Add(stats.SourceFunc(n.reportQueue))
 	n.stats.Add(stats.SourceFunc(n.reportDumps))
+	if err := n.setupRepl(); err != nil {
+		return nil, err
+	}
 
 	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("cannot listen on the data port: %w", err)
@@ -206,6 +210,7 @@ func (n *Node) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); n.statsLoop(bg) }()
 	}
 	n.startDumps()
+	n.startRepl(bg, &wg)
 	if n.cfg.Console && isTerminal(os.Stdout) {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.consoleLoop(bg, os.Stdout) }()
@@ -217,6 +222,7 @@ func (n *Node) Run(ctx context.Context) error {
 	case runErr = <-serveErr:
 		n.log.Error("a listener failed; shutting down", "err", runErr)
 	}
+	n.stopRepl()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := n.srv.Shutdown(sctx); err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"shoal/internal/liveness"
 	"shoal/internal/stats"
 )
 
@@ -153,6 +154,9 @@ type Status struct {
 	Log           *LogStatus      `json:"log,omitempty"`
 	Dumps         DumpsStatus     `json:"dumps"`
 	Channels      []ChannelStatus `json:"channels"`
+	// Liveness is the last report of the liveness monitor (repl.go).
+	Liveness    *liveness.Report  `json:"liveness"`
+	Replication ReplicationStatus `json:"replication"`
 }
 
 // KVStatus is the kv engine in /status.
@@ -186,6 +190,7 @@ func (n *Node) Status() Status {
 	}
 	n.queueStatus(&st)
 	n.logStatus(&st)
+	n.replStatus(&st, false)
 	return st
 }
 

@@ -268,6 +268,14 @@ func (c *conn) handOver() {
 	if !c.flush() {
 		return
 	}
+	// From here the new owner has nc: a later Shutdown must not set its
+	// read deadline (the owner ends it on its own). If Shutdown came first,
+	// the connection closes instead.
+	owned := false
+	c.shutOnce.Do(func() { owned = true })
+	if !owned {
+		return
+	}
 	c.nc.SetReadDeadline(time.Time{})
 	nc := c.nc
 	if n := c.br.Buffered(); n > 0 {
@@ -394,6 +402,7 @@ func (c *conn) isShuttingDown() bool {
 }
 
 // beginShutdown makes the reader stop after the requests already received.
+// It leaves a connection handed over to a takeover function alone.
 func (c *conn) beginShutdown() {
 	c.shutOnce.Do(func() {
 		close(c.shutting)

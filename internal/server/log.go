@@ -112,11 +112,12 @@ func (c *conn) logFail(h wire.Header, err error) {
 }
 
 // checkRoutingKey checks the header's vBucket against a routing key and
-// this node's ownership of it. Without a key the records go round-robin
-// and the header's vBucket is not used.
+// this node's ownership of it. Without a key the records go round-robin;
+// ownership is checked for the header's vBucket, which refuses every
+// append on a standby (repl.go).
 func (c *conn) checkRoutingKey(h wire.Header, key []byte) bool {
 	if len(key) == 0 {
-		return true
+		return c.checkOwner(h, h.VBucket)
 	}
 	return c.checkKey(h, key, true)
 }

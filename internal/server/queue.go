@@ -164,6 +164,9 @@ func (c *conn) queuePush(h wire.Header, body []byte) {
 		c.replyf(h, wire.StatusBadRequest, "malformed Push: no routing key after the channels")
 		return
 	}
+	if !c.checkOwner(h, c.queueVBucket(h, key)) {
+		return
+	}
 	if !c.checkValue(h, val) {
 		return
 	}
@@ -188,6 +191,9 @@ func (c *conn) queuePop(h wire.Header, body []byte) {
 	ch := d.Bytes8()
 	if d.Finish() != nil {
 		c.replyf(h, wire.StatusBadRequest, "malformed Pop")
+		return
+	}
+	if !c.checkOwner(h, c.queueVBucket(h, nil)) {
 		return
 	}
 	name, ok := c.checkChannel(h, ch, engine.KindQueue, false)
@@ -225,6 +231,9 @@ func (c *conn) queueConsume(h wire.Header, body []byte) {
 	ch, sub, credit := d.Bytes8(), d.Bytes8(), d.U32()
 	if d.Finish() != nil {
 		c.replyf(h, wire.StatusBadRequest, "malformed Consume")
+		return
+	}
+	if !c.checkOwner(h, c.queueVBucket(h, nil)) {
 		return
 	}
 	if len(sub) > 0 && !wire.ValidChannel(sub) {
@@ -324,6 +333,10 @@ func (c *conn) queueProduce(h wire.Header, body []byte) {
 	}
 	d := wire.NewDecoder(body)
 	if p == nil {
+		if !c.checkOwner(h, c.queueVBucket(h, nil)) {
+			c.produceRefused(h)
+			return
+		}
 		if len(c.q.produces) >= maxProduces {
 			c.replyf(h, wire.StatusBusy, "this connection has %d Produce requests open already", maxProduces)
 			c.produceRefused(h)

@@ -1,0 +1,127 @@
+package server
+
+import (
+	"errors"
+	"time"
+
+	"shoal/internal/vbucket"
+	"shoal/internal/wire"
+)
+
+// Actions of OpReplica, its first body byte.
+const (
+	ReplicaStop  = 1
+	ReplicaStart = 2
+	ReplicaSet   = 3
+)
+
+// ReplicaSettings are the changes of a ReplicaSet; zero fields are left
+// as they are.
+type ReplicaSettings struct {
+	Connections  int
+	NoopInterval time.Duration
+	IdleTimeout  time.Duration
+}
+
+// Replication runs the operator requests of replication for the node.
+type Replication interface {
+	// Replica stops, starts or retunes (ReplicaSet with s) the node's
+	// replication from its producer.
+	Replica(action uint8, s ReplicaSettings) error
+	// Promote turns a standby replica into an active node.
+	Promote() error
+	// Status returns the node's status document (JSON); with vbuckets it
+	// includes every vBucket's seqnos.
+	Status(vbuckets bool) ([]byte, error)
+}
+
+// ErrNotStandby is returned by Replica and Promote on a node that
+// replicates nothing; the request is answered StatusBadRequest.
+var ErrNotStandby = errors.New("the node is not a standby replica")
+
+// ErrBadSettings wraps the error of settings a Replica set refuses; the
+// request is answered StatusBadRequest.
+var ErrBadSettings = errors.New("bad replication settings")
+
+// Largest OpReplica settings: a day of NOOP interval or idle timeout.
+const maxReplicaMillis = 24 * 3600 * 1000
+
+// HandleReplication serves OpReplica and OpPromote (admin requests) and
+// OpStatus with r. Call before Serve.
+func (s *Server) HandleReplication(r Replication) {
+	s.handle(wire.OpReplica, handler{fn: func(c *conn, h wire.Header, body []byte) { c.replica(h, body, r) }, admin: true})
+	s.handle(wire.OpPromote, handler{fn: func(c *conn, h wire.Header, body []byte) { c.promote(h, body, r) }, admin: true})
+	s.handle(wire.OpStatus, handler{fn: func(c *conn, h wire.Header, body []byte) { c.status(h, body, r) }})
+}
+
+// replica: u8 action, then for ReplicaSet u16 connections, u32 noop
+// interval ms, u32 idle timeout ms (0: unchanged) -> empty.
+func (c *conn) replica(h wire.Header, body []byte, r Replication) {
+	d := wire.NewDecoder(body)
+	action := d.U8()
+	var set ReplicaSettings
+	if action == ReplicaSet {
+		conns, noop, idle := d.U16(), d.U32(), d.U32()
+		if d.Err() == nil && (noop > maxReplicaMillis || idle > maxReplicaMillis) {
+			c.replyf(h, wire.StatusBadRequest, "noop interval and idle timeout are at most %d ms", maxReplicaMillis)
+			return
+		}
+		set = ReplicaSettings{Connections: int(conns), NoopInterval: time.Duration(noop) * time.Millisecond, IdleTimeout: time.Duration(idle) * time.Millisecond}
+	}
+	if d.Finish() != nil || action < ReplicaStop || action > ReplicaSet {
+		c.replyf(h, wire.StatusBadRequest, "malformed Replica: want u8 action 1 stop, 2 start, 3 set (u16 connections, u32 noop ms, u32 idle ms)")
+		return
+	}
+	c.replicationAnswer(h, r.Replica(action, set))
+}
+
+// promote: empty -> empty.
+func (c *conn) promote(h wire.Header, body []byte, r Replication) {
+	if len(body) != 0 {
+		c.replyf(h, wire.StatusBadRequest, "malformed Promote: the body is empty")
+		return
+	}
+	c.replicationAnswer(h, r.Promote())
+}
+
+func (c *conn) replicationAnswer(h wire.Header, err error) {
+	switch {
+	case err == nil:
+		c.reply(h, wire.StatusOK, nil)
+	case errors.Is(err, ErrNotStandby), errors.Is(err, ErrBadSettings):
+		c.replyf(h, wire.StatusBadRequest, "%v", err)
+	default:
+		c.s.cfg.Logger.Error("request failed", "op", h.Opcode.String(), "err", err)
+		c.replyf(h, wire.StatusInternal, "%v", err)
+	}
+}
+
+// status: [u8 flags: bit 0 every vBucket's seqnos] -> JSON document.
+func (c *conn) status(h wire.Header, body []byte, r Replication) {
+	d := wire.NewDecoder(body)
+	var flags uint8
+	if len(body) > 0 {
+		flags = d.U8()
+	}
+	if d.Finish() != nil || flags&^1 != 0 {
+		c.replyf(h, wire.StatusBadRequest, "malformed Status: want an optional u8 of flags (bit 0: vbuckets)")
+		return
+	}
+	doc, err := r.Status(flags&1 != 0)
+	if err != nil {
+		c.replicationAnswer(h, err)
+		return
+	}
+	c.reply(h, wire.StatusOK, doc)
+}
+
+// queueVBucket is the vBucket whose ownership a queue write is checked
+// against: the routing key's when given, else the header's. A standby
+// is active for none, so every queue write to it is refused; a finer
+// per-vBucket answer for round-robin writes is the cluster layer's.
+func (c *conn) queueVBucket(h wire.Header, routingKey []byte) uint16 {
+	if len(routingKey) > 0 {
+		return vbucket.Of(routingKey, c.s.cfg.VBuckets)
+	}
+	return h.VBucket
+}
