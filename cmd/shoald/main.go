@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"shoal/internal/config"
@@ -19,7 +20,17 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
+// gcPercent is the garbage collector's target unless GOGC says otherwise.
+// The engines keep their records in pointer-free slabs the collector need
+// not scan, so collecting more often costs little CPU, and it keeps the
+// resident memory close to the data: 148 bytes per 116-byte record instead
+// of 162 at Go's default of 100 (docs/design.md §3).
+const gcPercent = 25
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	cfg, err := config.Load(os.Args[1:], os.Stderr)
 	if errors.Is(err, config.ErrHelp) {
 		os.Exit(0)
