@@ -216,6 +216,7 @@ type Store struct {
 	checkpointAt    int64
 	garbage         []string // files to delete after the next state write
 	enc             []byte
+	targets         []pushTarget // Push's scratch, under mu
 	items           []popItem
 	marks           []qMark
 
@@ -386,12 +387,12 @@ func (s *Store) Push(ctx context.Context, channels []string, value, routingKey [
 	if len(value) > s.cfg.MaxValueSize {
 		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrValueTooBig, len(value), s.cfg.MaxValueSize)
 	}
-	targets := make([]pushTarget, len(channels))
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		return ErrClosed
 	}
+	targets := s.targets[:0]
 	var vb uint16
 	if len(routingKey) > 0 {
 		vb = vbucket.Of(routingKey, len(s.vbs))
@@ -400,9 +401,10 @@ func (s *Store) Push(ctx context.Context, channels []string, value, routingKey [
 		s.rr++
 	}
 	for i, name := range channels {
-		targets[i] = pushTarget{channel: name, seqno: s.vbs[vb].seqno + 1 + uint64(i)}
+		targets = append(targets, pushTarget{channel: name, seqno: s.vbs[vb].seqno + 1 + uint64(i)})
 	}
 	lsn, err := s.push(vb, targets, value, true)
+	s.targets = targets[:0]
 	s.mu.Unlock()
 	if err != nil {
 		return err
@@ -441,7 +443,7 @@ func (s *Store) push(vb uint16, targets []pushTarget, value []byte, log bool) (u
 		}
 	}
 	var lsn uint64
-	if log {
+	if log && s.journal != nil {
 		s.enc = appendPushEntry(s.enc[:0], vb, targets, value)
 		var err error
 		if lsn, err = s.logEntry(s.enc); err != nil {

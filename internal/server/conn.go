@@ -34,6 +34,8 @@ type conn struct {
 
 	big []byte // body buffer for frames larger than the read buffer
 
+	clock time.Time // end of the previous request of this read batch (reader only)
+
 	// takeover is set by dispatch when the connection leaves the request
 	// protocol; readLoop hands it over once the frame is consumed.
 	takeover     TakeoverFunc
@@ -123,6 +125,7 @@ func (c *conn) readLoop() {
 				c.readFailed(err)
 				return
 			}
+			c.clock = time.Time{} // the wait was not part of any request
 		}
 		if !c.waitRoom() {
 			return
@@ -246,10 +249,19 @@ func (c *conn) dispatch(h wire.Header, body []byte) {
 	if a > st.maxActive.Load() {
 		st.maxActive.Store(a)
 	}
-	start := time.Now()
+	// One clock read per request: a request starts when the previous one of
+	// the same read batch ended.
+	start := c.clock
+	if start.IsZero() {
+		start = time.Now()
+	}
 	hd.fn(c, h, body)
+	c.clock = time.Time{}
 	if !hd.async {
-		c.s.requestDone(op, start)
+		end := time.Now()
+		st.lat.Observe(end.Sub(start))
+		st.active.Add(-1)
+		c.clock = end
 	}
 }
 

@@ -49,6 +49,14 @@ func kvStatus(err error) wire.Status {
 // kv channel. It returns the shared name string; "" with ok when a read
 // names a channel that does not exist.
 func (c *conn) checkChannel(h wire.Header, ch []byte, kind engine.Kind, write bool) (string, bool) {
+	// A known channel needs no validation: its name was valid when claimed.
+	if name, k, ok := c.s.eng.Catalog.Lookup(ch); ok {
+		if k != kind {
+			c.replyf(h, wire.StatusWrongKind, "channel %q is a %s channel", ch, k)
+			return "", false
+		}
+		return name, true
+	}
 	if !wire.ValidChannel(ch) {
 		c.replyf(h, wire.StatusBadChannelName, "bad channel name %q: use 1-255 of A-Z a-z 0-9 _ -", ch)
 		return "", false
@@ -62,12 +70,7 @@ func (c *conn) checkChannel(h wire.Header, ch []byte, kind engine.Kind, write bo
 		}
 		return name, true
 	}
-	name, k, ok := c.s.eng.Catalog.Lookup(ch)
-	if ok && k != kind {
-		c.replyf(h, wire.StatusWrongKind, "channel %q is a %s channel", ch, k)
-		return "", false
-	}
-	return name, true
+	return "", true
 }
 
 // checkKey validates a key against the header's vBucket and, for a write,
