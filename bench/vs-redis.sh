@@ -25,7 +25,8 @@
 #         PIN=0 disables CPU pinning (default with >= 2 CPUs: both servers on
 #         CPU 0, the load generator on CPU 1, as in the Redis anchors),
 #         DOC (docs/performance.md; DOC=- prints only), CHECK=0 skips the tool
-#         check, N_CHECK1 / N_CHECK16 (200000 / 1000000) requests per check run.
+#         check, N_CHECK1 / N_CHECK16 (200000 / 1000000) requests per check run,
+#         QUEUE_RING (2GiB) the ring size given to shoald.
 # Needs:  go (builds shoal and shoald), redis-server and redis-cli (Debian:
 #         redis-server redis-tools), awk; taskset (util-linux) for pinning;
 #         redis-benchmark (redis-tools) for the tool check.
@@ -109,8 +110,12 @@ HPORT=$(free_port "$RPORT" "$SPORT")
 "${SRV_PIN[@]}" redis-server --bind "$HOST" --port "$RPORT" --save "" --appendonly no \
   --daemonize no --logfile "" >"$WORK/redis.log" 2>&1 &
 RPID=$!
+# The queue rows push for DURATION before they pop: at pipeline 16 that is
+# millions of records. Redis holds them in memory; shoald gets a ring big
+# enough to do the same (with the default 64 MiB ring the rest overflows to
+# disk, which docs/performance.md "Queue" measures on its own).
 "${SRV_PIN[@]}" "$WORK/bin/shoald" --listen "$HOST:$SPORT" --http "$HOST:$HPORT" \
-  --data "$WORK/data" --console=false --stats-interval 0 >"$WORK/shoald.log" 2>&1 &
+  --data "$WORK/data" --console=false --stats-interval 0 --queue-ring-size "${QUEUE_RING:-2GiB}" >"$WORK/shoald.log" 2>&1 &
 SPID=$!
 
 rcli() { redis-cli -h "$HOST" -p "$RPORT" "$@"; }
@@ -281,8 +286,10 @@ SECTION=$WORK/section.md
   echo "divided by the requests answered, warmup included: it does not depend on how much CPU other work leaves."
   echo "The ops/s columns do: when other processes compete for CPU 0, the kernel shares it per thread, and"
   echo "shoald has several threads where Redis has one, which flatters shoal's ops/s on a busy machine."
-  echo "shoal is loaded through its Go client (one client with one connection per conn, a batch of P"
-  echo "concurrent calls), Redis through the tool's own RESP2 client (P commands in one write)."
+  echo "shoal is loaded through its Go client (one client with one connection per conn, a client.Pipeline"
+  echo "of P requests in one write, then their P answers), Redis through the tool's own RESP2 client (P commands"
+  echo "in one write). shoald runs with --queue-ring-size ${QUEUE_RING:-2GiB}, so that the queue rows, like Redis, hold"
+  echo "their whole backlog in memory."
   if [ -n "$QUEUE_NOTE" ]; then echo "Queue rows: $QUEUE_NOTE."; fi
   if [ "$ERRS" != 0 ]; then echo "**$ERRS requests failed** over all runs; see the raw results."; fi
   echo
@@ -305,7 +312,7 @@ SECTION=$WORK/section.md
   echo
   echo '```sh'
   echo "${SRV_PIN[*]:+${SRV_PIN[*]} }redis-server --bind 127.0.0.1 --port RPORT --save \"\" --appendonly no --daemonize no --logfile \"\""
-  echo "${SRV_PIN[*]:+${SRV_PIN[*]} }shoald --listen 127.0.0.1:SPORT --http 127.0.0.1:HPORT --data TMPDIR/data --console=false --stats-interval 0"
+  echo "${SRV_PIN[*]:+${SRV_PIN[*]} }shoald --listen 127.0.0.1:SPORT --http 127.0.0.1:HPORT --data TMPDIR/data --console=false --stats-interval 0 --queue-ring-size ${QUEUE_RING:-2GiB}"
   echo "# memory: redis-cli info memory (used_memory) and /proc/PID/status (VmRSS) around"
   echo "${CLI_PIN[*]:+${CLI_PIN[*]} }shoal bench --target redis://127.0.0.1:RPORT ${LOAD_ARGS[*]} --json --quiet"
   echo "${CLI_PIN[*]:+${CLI_PIN[*]} }shoal bench --addr 127.0.0.1:SPORT ${LOAD_ARGS[*]} --json --quiet"
