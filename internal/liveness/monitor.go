@@ -128,9 +128,20 @@ func (m *Monitor) SetPeers(nodes []string) {
 }
 
 // Tick computes the states at now from what the spy heard and from the
-// local checks.
+// local checks, counts a tick and reports the changes since the last one.
 func (m *Monitor) Tick(now time.Time, checks []Check) Report {
 	m.ticks++
+	r := m.View(now, checks)
+	r.Changes = m.changes(r.Nodes)
+	return r
+}
+
+// View computes the states at now without counting a tick or recording
+// changes: what a status request shows between ticks. A peer is inactive
+// once nothing was heard from it for InactiveTicks ticks, so a View at
+// request time shows a silent peer inactive within that time of its last
+// frame; a Tick may show it up to one tick later.
+func (m *Monitor) View(now time.Time, checks []Check) Report {
 	for node, chans := range m.spy.latest() {
 		if node == m.cfg.Self || (m.peers != nil && !m.peers[node]) {
 			continue
@@ -163,7 +174,6 @@ func (m *Monitor) Tick(now time.Time, checks []Check) Report {
 		r.Nodes = append(r.Nodes, local(m.cfg.Self, checks))
 	}
 	slices.SortFunc(r.Nodes, func(a, b NodeStatus) int { return strings.Compare(a.Node, b.Node) })
-	r.Changes = m.changes(r.Nodes)
 	return r
 }
 

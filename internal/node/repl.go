@@ -50,7 +50,9 @@ type replication struct {
 	serving  atomic.Int64  // stream connections being served
 	drained  chan struct{} // closed once the served streams have ended
 	spy      *liveness.Spy
-	monitor  *liveness.Monitor // touched by livenessLoop only
+	monMu    sync.Mutex        // serialises the monitor: ticks and status views
+	monitor  *liveness.Monitor // under monMu
+	checks   []liveness.Check  // the last tick's readiness checks, under monMu
 	probe    diskProbe
 
 	mu           sync.Mutex
@@ -58,7 +60,6 @@ type replication struct {
 	replicaOf    string
 	promotedFrom string
 	reps         []*repl.Replicator // a standby's, one per bucket
-	report       *liveness.Report
 }
 
 // setupRepl opens the failover logs, serves replication streams and the
@@ -337,7 +338,7 @@ func (n *Node) replStatus(st *Status, vbuckets bool) {
 	rp := n.rep
 	rp.mu.Lock()
 	defer rp.mu.Unlock()
-	st.Liveness = rp.report
+	st.Liveness = rp.view()
 	st.Replication = ReplicationStatus{Role: rp.role, ReplicaOf: rp.replicaOf, PromotedFrom: rp.promotedFrom}
 	for _, r := range rp.reps {
 		st.Replication.Engines = append(st.Replication.Engines, r.Status(vbuckets))
@@ -379,9 +380,23 @@ func (n *Node) reportRepl(f *stats.Fields) {
 	}
 }
 
+// view is the liveness report at this instant (with the last tick's
+// readiness checks), nil before the first tick. Computed at request time, a
+// silent peer shows inactive within InactiveTicks ticks of its last frame,
+// not up to a tick later.
+func (rp *replication) view() *liveness.Report {
+	rp.monMu.Lock()
+	defer rp.monMu.Unlock()
+	if rp.checks == nil {
+		return nil
+	}
+	r := rp.monitor.View(time.Now(), rp.checks)
+	return &r
+}
+
 // livenessLoop ticks the liveness monitor every --liveness-tick with the
-// local readiness checks, logs the state changes, publishes the report
-// and saves the failover logs the consumers changed.
+// local readiness checks, logs the state changes and saves the failover
+// logs the consumers changed.
 func (n *Node) livenessLoop(ctx context.Context) {
 	rp := n.rep
 	tick := time.Duration(n.cfg.LivenessTick)
@@ -392,14 +407,14 @@ func (n *Node) livenessLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			rep := rp.monitor.Tick(now, n.readiness(now))
+			checks := n.readiness(now)
+			rp.monMu.Lock()
+			rep := rp.monitor.Tick(now, checks)
+			rp.checks = checks
+			rp.monMu.Unlock()
 			for _, c := range rep.Changes {
 				n.log.Info("liveness changed", "node", c.Node, "channel", c.Channel, "from", string(c.From), "to", string(c.To))
 			}
-			rep.Changes = nil
-			rp.mu.Lock()
-			rp.report = &rep
-			rp.mu.Unlock()
 			for _, b := range rp.buckets {
 				if err := b.Logs.Save(); err != nil {
 					n.log.Warn("cannot save a failover log", "bucket", b.Name, "err", err)
