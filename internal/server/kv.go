@@ -14,12 +14,12 @@ import (
 
 func (s *Server) registerKV() {
 	one, many := s.singleLimit(), s.batchLimit()
-	s.handle(wire.OpPut, handler{fn: (*conn).kvPut, limit: one, write: true})
+	s.handle(wire.OpPut, handler{fn: (*conn).kvPut, limit: one})
 	s.handle(wire.OpGet, handler{fn: (*conn).kvGet})
 	s.handle(wire.OpExists, handler{fn: (*conn).kvExists})
-	s.handle(wire.OpRemove, handler{fn: (*conn).kvRemove, write: true})
-	s.handle(wire.OpUpdate, handler{fn: (*conn).kvUpdate, limit: one, write: true})
-	s.handle(wire.OpPutBatch, handler{fn: (*conn).kvPutBatch, limit: many, write: true})
+	s.handle(wire.OpRemove, handler{fn: (*conn).kvRemove})
+	s.handle(wire.OpUpdate, handler{fn: (*conn).kvUpdate, limit: one})
+	s.handle(wire.OpPutBatch, handler{fn: (*conn).kvPutBatch, limit: many})
 	s.handle(wire.OpGetAll, handler{fn: (*conn).kvGetAll})
 	s.handle(wire.OpMirror, handler{fn: (*conn).kvMirror})
 }

@@ -72,8 +72,8 @@ type appendReq struct {
 }
 
 func (s *Server) registerLog() {
-	s.handle(wire.OpLogPut, handler{fn: (*conn).logPut, limit: s.singleLimit(), write: true, async: true})
-	s.handle(wire.OpLogPutBatch, handler{fn: (*conn).logPutBatch, limit: s.batchLimit(), write: true, async: true})
+	s.handle(wire.OpLogPut, handler{fn: (*conn).logPut, limit: s.singleLimit(), async: true})
+	s.handle(wire.OpLogPutBatch, handler{fn: (*conn).logPutBatch, limit: s.batchLimit(), async: true})
 	s.handle(wire.OpLogRange, handler{fn: (*conn).logRange})
 }
 

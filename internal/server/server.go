@@ -121,7 +121,6 @@ type handler struct {
 	fn    handlerFunc
 	limit int  // largest body accepted
 	open  bool // allowed before authentication
-	write bool // a write: refused by a node that is not active for the vBucket
 	admin bool // needs the admin credential when auth is on
 	async bool // answers from a goroutine of its own, which calls requestDone
 }
