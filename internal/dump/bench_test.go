@@ -6,10 +6,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
+	"shoal/internal/diskspeed"
 	"slices"
 	"strconv"
 	"sync"
@@ -246,28 +245,13 @@ func benchDumpLarge(b *testing.B, src *benchSource, dir string, codec Codec) {
 	}
 }
 
-var ddSpeed = regexp.MustCompile(`(\d+) bytes .* copied, ([0-9.]+) s`)
-
 // ddSpeeds measures the sequential write and read speed (MB/s) of dir's
 // disk with dd and O_DIRECT.
 func ddSpeeds(b *testing.B, dir string) (write, read float64) {
-	f := filepath.Join(dir, "dd.bench")
-	defer os.Remove(f)
-	run := func(args ...string) float64 {
-		out, err := exec.Command("dd", args...).CombinedOutput()
-		if err != nil {
-			b.Fatalf("dd %v: %v\n%s", args, err, out)
-		}
-		m := ddSpeed.FindSubmatch(out)
-		if m == nil {
-			b.Fatalf("cannot parse dd output %q", out)
-		}
-		n, _ := strconv.ParseFloat(string(m[1]), 64)
-		s, _ := strconv.ParseFloat(string(m[2]), 64)
-		return n / s / 1e6
+	write, read, err := diskspeed.WriteRead(dir, 1024)
+	if err != nil {
+		b.Fatal(err)
 	}
-	write = run("if=/dev/zero", "of="+f, "bs=1M", "count=1024", "oflag=direct")
-	read = run("if="+f, "of=/dev/null", "bs=1M", "iflag=direct")
 	return write, read
 }
 
