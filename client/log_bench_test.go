@@ -3,7 +3,6 @@ package client_test
 import (
 	"errors"
 	"fmt"
-	"shoal/internal/diskspeed"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"shoal/client"
+	"shoal/internal/diskspeed"
 )
 
 // logBenchWriters is the number of concurrent appenders.

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"shoal/internal/diskspeed"
 	"slices"
 	"strconv"
 	"sync"
@@ -17,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"shoal/internal/diskspeed"
 	"shoal/internal/kv"
 	"shoal/internal/vbucket"
 	"shoal/internal/vfs"

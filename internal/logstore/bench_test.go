@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"shoal/internal/diskspeed"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"shoal/internal/diskspeed"
 )
 
 // benchWriters is the number of concurrent appenders.
