@@ -42,6 +42,19 @@ func startNode(t testing.TB, cfg server.Config, addr string) *node {
 // startNodeIn starts a node whose queue store is configured by qcfg.
 func startNodeIn(t testing.TB, cfg server.Config, addr string, qcfg queue.Config) *node {
 	t.Helper()
+	return startFullNode(t, cfg, addr, qcfg, 0)
+}
+
+// startLogNode starts a node whose log engine fsyncs every fsync (0: before
+// every acknowledgement).
+func startLogNode(t testing.TB, fsync time.Duration) *node {
+	t.Helper()
+	return startFullNode(t, server.Config{}, "", queue.Config{Dir: t.TempDir()}, fsync)
+}
+
+// startFullNode starts a node with every engine on addr ("" picks a port).
+func startFullNode(t testing.TB, cfg server.Config, addr string, qcfg queue.Config, logFsync time.Duration) *node {
+	t.Helper()
 	qcfg.VBuckets = 64
 	qcfg.Logger = slog.New(slog.DiscardHandler)
 	qs, err := queue.Open(qcfg)
@@ -49,7 +62,7 @@ func startNodeIn(t testing.TB, cfg server.Config, addr string, qcfg queue.Config
 		t.Fatal(err)
 	}
 	store, _ := kv.New(kv.Config{VBuckets: 64})
-	logs, err := logstore.Open(logstore.Config{Dir: t.TempDir(), VBuckets: 64, MaintainEvery: -1, Logger: qcfg.Logger})
+	logs, err := logstore.Open(logstore.Config{Dir: t.TempDir(), VBuckets: 64, Fsync: logFsync, MaintainEvery: -1, Logger: qcfg.Logger})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,11 +1,8 @@
 package client_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -13,43 +10,7 @@ import (
 
 	"shoal/client"
 	"shoal/internal/faultnet"
-	"shoal/internal/logstore"
-	"shoal/internal/server"
 )
-
-// logNode is an in-process node serving the log engine.
-type logNode struct {
-	addr string
-	s    *server.Server
-	log  *logstore.Store
-	done chan struct{}
-}
-
-func startLogNode(t testing.TB, fsync time.Duration) *logNode {
-	t.Helper()
-	store, err := logstore.Open(logstore.Config{Dir: t.TempDir(), VBuckets: 64, Fsync: fsync, MaintainEvery: -1,
-		Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := server.Config{VBuckets: 64, NodeID: "log", Logger: slog.New(slog.DiscardHandler)}
-	n := &logNode{addr: ln.Addr().String(), s: server.New(cfg, server.Engines{Log: store}), log: store, done: make(chan struct{})}
-	go func() { defer close(n.done); n.s.Serve(ln) }()
-	t.Cleanup(n.stop)
-	return n
-}
-
-func (n *logNode) stop() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	n.s.Shutdown(ctx)
-	<-n.done
-	n.log.Close()
-}
 
 // readLog ranges over a stream and returns "ts:value" strings.
 func readLog(t *testing.T, s *client.Stream[client.LogRecord]) []string {
@@ -150,7 +111,7 @@ func TestLogTwoNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, n := range []*logNode{a, b} {
+	for _, n := range []*node{a, b} {
 		if cs, _ := n.log.ChannelSize("two"); cs.Records != 5 {
 			t.Fatalf("node %s holds %d records, want 5 of 10", n.addr, cs.Records)
 		}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"time"
 
@@ -152,18 +153,28 @@ func (c *conn) kvPut(h wire.Header, body []byte) {
 	c.end(wire.AppendU64(b, cas), off)
 }
 
-// kvGet: str8 channel, str8 key -> u64 cas, value (rest).
-func (c *conn) kvGet(h wire.Header, body []byte) {
+// keyRequest decodes and checks the body of a single-key request (str8
+// channel, str8 key): the key against the header's vBucket (and this node's
+// ownership of it when write is set), the channel as a kv channel. name is
+// "" for a channel that does not exist. It answers the request itself when
+// ok is false.
+func (c *conn) keyRequest(h wire.Header, body []byte, write bool) (name string, key []byte, ok bool) {
 	d := wire.NewDecoder(body)
 	ch, key := d.Bytes8(), d.Bytes8()
 	if d.Finish() != nil {
-		c.replyf(h, wire.StatusBadRequest, "malformed Get")
-		return
+		c.replyf(h, wire.StatusBadRequest, "malformed %s", h.Opcode)
+		return "", nil, false
 	}
-	if !c.checkKey(h, key, false) {
-		return
+	if !c.checkKey(h, key, write) {
+		return "", nil, false
 	}
-	name, ok := c.checkChannel(h, ch, engine.KindKV, false)
+	name, ok = c.checkChannel(h, ch, engine.KindKV, false)
+	return name, key, ok
+}
+
+// kvGet: str8 channel, str8 key -> u64 cas, value (rest).
+func (c *conn) kvGet(h wire.Header, body []byte) {
+	name, key, ok := c.keyRequest(h, body, false)
 	if !ok {
 		return
 	}
@@ -183,28 +194,14 @@ func (c *conn) kvGet(h wire.Header, body []byte) {
 			b = appendf(b, "%v", err)
 		}
 	} else {
-		putU64(b[casAt:], cas)
+		binary.LittleEndian.PutUint64(b[casAt:], cas)
 	}
 	c.end(b, off)
 }
 
-func putU64(b []byte, v uint64) {
-	_ = b[7]
-	b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24), byte(v>>32), byte(v>>40), byte(v>>48), byte(v>>56)
-}
-
 // kvExists: str8 channel, str8 key -> u8 exists.
 func (c *conn) kvExists(h wire.Header, body []byte) {
-	d := wire.NewDecoder(body)
-	ch, key := d.Bytes8(), d.Bytes8()
-	if d.Finish() != nil {
-		c.replyf(h, wire.StatusBadRequest, "malformed Exists")
-		return
-	}
-	if !c.checkKey(h, key, false) {
-		return
-	}
-	name, ok := c.checkChannel(h, ch, engine.KindKV, false)
+	name, key, ok := c.keyRequest(h, body, false)
 	if !ok {
 		return
 	}
@@ -218,16 +215,7 @@ func (c *conn) kvExists(h wire.Header, body []byte) {
 
 // kvRemove: str8 channel, str8 key -> u8 removed.
 func (c *conn) kvRemove(h wire.Header, body []byte) {
-	d := wire.NewDecoder(body)
-	ch, key := d.Bytes8(), d.Bytes8()
-	if d.Finish() != nil {
-		c.replyf(h, wire.StatusBadRequest, "malformed Remove")
-		return
-	}
-	if !c.checkKey(h, key, true) {
-		return
-	}
-	name, ok := c.checkChannel(h, ch, engine.KindKV, false)
+	name, key, ok := c.keyRequest(h, body, true)
 	if !ok {
 		return
 	}
