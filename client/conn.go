@@ -47,8 +47,9 @@ type frameSink interface {
 }
 
 // conn is one multiplexed connection to a node: any number of requests
-// in flight, answers matched by request id. Requests issued while a write
-// is in progress are sent together in the next write.
+// in flight, answers matched by request id. Callers append requests to an
+// output buffer; one writer goroutine sends whatever has accumulated, and
+// one reader goroutine delivers the answers.
 type conn struct {
 	addr string
 	nc   net.Conn
