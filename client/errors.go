@@ -66,6 +66,9 @@ type Error struct {
 	// Active is the address of the node that is active for the vBucket,
 	// when the status is "not my vbucket" and the node knows it.
 	Active string
+	// Epoch and Revision are, for "not my vbucket", the vBucket's epoch and
+	// the revision of the node's vBucket map (0 from an older node).
+	Epoch, Revision uint64
 }
 
 // Error implements error.
@@ -90,6 +93,9 @@ func statusError(node string, st wire.Status, body []byte) error {
 	if st == wire.StatusNotMyVBucket {
 		d := wire.NewDecoder(body)
 		e.Active = string(d.Bytes8())
+		if d.Len() >= 16 {
+			e.Epoch, e.Revision = d.U64(), d.U64()
+		}
 		e.Message = "this node is not active for the key's vbucket"
 	} else {
 		e.Message = string(body)

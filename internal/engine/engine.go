@@ -13,6 +13,9 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
+
+	"shoal/internal/vbmap"
 )
 
 // Kind is a channel kind. Its values are the wire's channel kinds.
@@ -116,10 +119,36 @@ type Engine interface {
 	// It returns ErrRollback when from is above HighSeqno(vb).
 	Stream(ctx context.Context, vb uint16, from uint64, sink Sink) error
 	// DropVBucket discards every record of vb and resets its seqno to 0.
+	// It leaves vb's state alone.
 	DropVBucket(vb uint16) error
+	// SetState sets vb's state. Apply is accepted only while vb is a
+	// Replica or Pending (CheckApply); the kv engine expires records only
+	// in an Active vBucket (elsewhere the active sends the expiries); the
+	// queue and log engines place round-robin writes only in Active ones.
+	// A new engine has every vBucket Active.
+	SetState(vb uint16, s vbmap.State) error
+	// State returns vb's state (0 for a vBucket out of range).
+	State(vb uint16) vbmap.State
 }
 
 // Errors shared by the engines.
 var (
 	ErrRollback = errors.New("engine: consumer is ahead of this vbucket's history")
+	// ErrNotReplica is returned by Apply for a vBucket that is not a
+	// replica or pending copy on this node: a node never applies another
+	// node's mutations to a vBucket it is active for (or holds no copy of).
+	ErrNotReplica = errors.New("engine: vbucket is not a replica here")
+	// ErrNoActiveVBucket is returned by a round-robin write (queue push,
+	// log append without a routing key) on a node that is active for no
+	// vBucket.
+	ErrNoActiveVBucket = errors.New("engine: this node is active for no vbucket")
 )
+
+// CheckApply returns nil when a replicated mutation may be applied to vb in
+// state s (Replica or Pending), else an error wrapping ErrNotReplica.
+func CheckApply(vb uint16, s vbmap.State) error {
+	if s == vbmap.Replica || s == vbmap.Pending {
+		return nil
+	}
+	return fmt.Errorf("%w: vbucket %d is %v", ErrNotReplica, vb, s)
+}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"shoal/internal/engine"
+	"shoal/internal/vbmap"
 )
 
 // FuzzApply feeds arbitrary mutations (as a replication stream would) and
@@ -28,6 +29,8 @@ func fuzzOne(t *testing.T, data []byte) {
 			t.Fatal(err)
 		}
 		defer s.Close()
+		s.SetState(0, vbmap.Replica) // vBuckets 0 and 1 take Apply, 2 and 3 refuse it
+		s.SetState(1, vbmap.Pending)
 		take := func(n int) []byte {
 			n = min(n, len(data))
 			b := data[:n]

@@ -13,6 +13,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"shoal/internal/engine"
+	"shoal/internal/vbmap"
 	"shoal/internal/vbucket"
 	"shoal/internal/wire"
 )
@@ -82,6 +83,7 @@ type Store struct {
 	log      *slog.Logger
 	now      func() time.Time
 	parts    []*partition
+	states   *vbmap.States // per vBucket (engine.Engine SetState)
 	acct     memAccount
 	slots    atomic.Int64 // index slots of all tables, sizes the sweeper's budget
 	closed   atomic.Bool
@@ -118,7 +120,6 @@ type partition struct {
 	purged  uint64 // highest seqno of a purged tombstone
 	tables  map[string]*table
 	removed []channelTomb
-	replica bool   // fed by Apply: the active node expires its records
 	epoch   uint64 // bumped by DropVBucket; streams of an old epoch end
 	log     *changeLog
 	wakers  []chan struct{}
@@ -165,6 +166,7 @@ func New(cfg Config) (*Store, error) {
 	s := &Store{cfg: cfg, log: cfg.Logger, now: cfg.Now, done: make(chan struct{})}
 	s.acct.limit = cfg.MemoryLimit
 	s.parts = make([]*partition, cfg.VBuckets)
+	s.states = vbmap.NewStates(cfg.VBuckets)
 	for i := range s.parts {
 		s.parts[i] = &partition{id: uint16(i), tables: map[string]*table{}}
 	}
@@ -187,6 +189,19 @@ func (s *Store) Close() {
 
 // Kind returns engine.KindKV.
 func (s *Store) Kind() engine.Kind { return engine.KindKV }
+
+// SetState sets vb's state: only an Active vBucket expires its records
+// (a replica gets the active's expiries), only a Replica or Pending one
+// takes Apply.
+func (s *Store) SetState(vb uint16, st vbmap.State) error {
+	if _, err := s.states.Set(vb, st); err != nil {
+		return fmt.Errorf("kv: %w", err)
+	}
+	return nil
+}
+
+// State returns vb's state.
+func (s *Store) State(vb uint16) vbmap.State { return s.states.Get(vb) }
 
 func (s *Store) nowUnix() int64 { return s.now().Unix() }
 

@@ -361,16 +361,19 @@ func (st *streamer) collect(cursor, last uint64) (uint64, bool, error) {
 // Apply applies a mutation made on the active node, keeping its seqno
 // (the replica side of a stream). A set, delete or expiry older than what
 // the vBucket holds for the key (or than a removal of the channel) is
-// ignored, so a resent snapshot is harmless. The vBucket becomes a
-// replica: its sweeper no longer expires records (the active sends the
-// expiries) until SetActive. Mutation fields are hostile input: they are
-// validated and copied.
+// ignored, so a resent snapshot is harmless. vb must be a Replica or
+// Pending (engine.CheckApply): such a vBucket does not expire records on
+// its own, the active sends the expiries. Mutation fields are hostile
+// input: they are validated and copied.
 func (s *Store) Apply(m *engine.Mutation) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
 	if int(m.VBucket) >= len(s.parts) {
 		return fmt.Errorf("kv: apply to vbucket %d: %w", m.VBucket, ErrBadVBucket)
+	}
+	if err := engine.CheckApply(m.VBucket, s.states.Get(m.VBucket)); err != nil {
+		return fmt.Errorf("kv: apply %v seqno %d: %w", m.Op, m.Seqno, err)
 	}
 	switch m.Op {
 	case engine.OpSet, engine.OpDelete, engine.OpExpire:
@@ -390,7 +393,6 @@ func (s *Store) Apply(m *engine.Mutation) error {
 	p := s.parts[m.VBucket]
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.replica = true
 	if m.Seqno <= p.removedAt(m.Channel) {
 		return nil
 	}
@@ -433,18 +435,6 @@ func (s *Store) Apply(m *engine.Mutation) error {
 	return nil
 }
 
-// SetActive makes vb active again after Apply made it a replica (failover
-// promotion): its sweeper expires records again.
-func (s *Store) SetActive(vb uint16) {
-	if int(vb) >= len(s.parts) {
-		return
-	}
-	p := s.parts[vb]
-	p.mu.Lock()
-	p.replica = false
-	p.mu.Unlock()
-}
-
 // DropVBucket discards every record and tombstone of vb in every channel
 // and resets its seqno and purge seqno to 0. Streams of vb end with
 // engine.ErrRollback; watchers of its channels are marked lost.
@@ -461,7 +451,6 @@ func (s *Store) DropVBucket(vb uint16) error {
 	}
 	p.removed = nil
 	p.seqno, p.purged = 0, 0
-	p.replica = false
 	p.epoch++
 	for _, w := range p.wakers {
 		select {

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"shoal/internal/engine"
+	"shoal/internal/vbmap"
 	"shoal/internal/vbucket"
 )
 
@@ -30,7 +31,23 @@ type applySink struct {
 	signal chan struct{}
 }
 
-func newApplySink(dst *Store) *applySink { return &applySink{dst: dst, signal: make(chan struct{}, 1)} }
+// newApplySink returns a sink that records what it gets and, when dst is
+// not nil, applies it to dst, whose vBuckets it makes replicas.
+func newApplySink(dst *Store) *applySink {
+	if dst != nil {
+		setAll(dst, vbmap.Replica)
+	}
+	return &applySink{dst: dst, signal: make(chan struct{}, 1)}
+}
+
+// setAll sets every vBucket of s to st.
+func setAll(s *Store, st vbmap.State) {
+	for vb := range s.parts {
+		if err := s.SetState(uint16(vb), st); err != nil {
+			panic(err)
+		}
+	}
+}
 
 func (a *applySink) Snapshot(start, end uint64) error {
 	a.add(sinkEvent{Seqno: start, Ref: end})
@@ -489,6 +506,15 @@ func TestApply(t *testing.T) {
 	const vbs = 4
 	s := newStore(t, Config{VBuckets: vbs, Now: clock.Now, MaxValueSize: 10})
 	k := keyIn(2, vbs, 0)
+	// An active vBucket, or one this node holds no copy of, takes no
+	// replicated mutation.
+	for _, st := range []vbmap.State{vbmap.Active, vbmap.Dead} {
+		s.SetState(2, st)
+		if err := s.Apply(&engine.Mutation{VBucket: 2, Seqno: 1, Op: engine.OpSet, Channel: "c", Key: k}); !errors.Is(err, engine.ErrNotReplica) {
+			t.Fatalf("Apply to a vbucket in state %v: %v, want ErrNotReplica", st, err)
+		}
+	}
+	setAll(s, vbmap.Replica)
 	bad := []engine.Mutation{
 		{VBucket: vbs, Seqno: 1, Op: engine.OpSet, Channel: "c", Key: k},
 		{VBucket: 1, Seqno: 1, Op: engine.OpSet, Channel: "c", Key: k},
@@ -533,11 +559,12 @@ func TestApply(t *testing.T) {
 	if s.Exists("c", k) || s.HighSeqno(2) != 6 {
 		t.Fatalf("replica expired a record itself: high %d", s.HighSeqno(2))
 	}
-	s.SetActive(2)
+	s.SetState(2, vbmap.Active)
 	sweepAll(s)
 	if s.HighSeqno(2) != 7 {
 		t.Fatalf("promoted vbucket did not expire: high %d", s.HighSeqno(2))
 	}
+	s.SetState(2, vbmap.Replica)
 	// A channel removal drops what came before it, and later sets below it
 	// are stale.
 	apply(engine.Mutation{Seqno: 9, Op: engine.OpRemoveChannel, Channel: "c"})

@@ -6,6 +6,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"shoal/internal/engine"
+	"shoal/internal/vbmap"
 	"shoal/internal/wire"
 )
 
@@ -96,6 +97,7 @@ func (s *Store) sweepStep(p *partition, now int64, n int) int {
 		c.inTable = false
 		return sweepVBCost
 	}
+	active := s.states.Get(p.id) == vbmap.Active // replicas get the active's expiries
 	work := 0
 	for work < n && c.pos < len(t.slots) {
 		work++
@@ -111,7 +113,7 @@ func (s *Store) sweepStep(p *partition, now int64, n int) int {
 				t.drop(c.pos)
 				continue // another entry may have shifted into c.pos
 			}
-		case !p.replica && r.flags&flagTime != 0 && now >= fromStamp(r.stamp):
+		case active && r.flags&flagTime != 0 && now >= fromStamp(r.stamp):
 			s.expire(p, t, c.pos, &r)
 		}
 		c.pos++

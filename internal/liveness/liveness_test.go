@@ -14,6 +14,7 @@ import (
 
 	"shoal/internal/engine"
 	"shoal/internal/stream"
+	"shoal/internal/vbmap"
 	"shoal/internal/wire"
 )
 
@@ -59,10 +60,12 @@ func TestSpyConcurrent(t *testing.T) {
 // NOOPs and nothing else.
 type idleEngine struct{}
 
-func (idleEngine) Kind() engine.Kind            { return engine.KindKV }
-func (idleEngine) HighSeqno(uint16) uint64      { return 0 }
-func (idleEngine) Apply(*engine.Mutation) error { return nil }
-func (idleEngine) DropVBucket(uint16) error     { return nil }
+func (idleEngine) Kind() engine.Kind                  { return engine.KindKV }
+func (idleEngine) HighSeqno(uint16) uint64            { return 0 }
+func (idleEngine) Apply(*engine.Mutation) error       { return nil }
+func (idleEngine) SetState(uint16, vbmap.State) error { return nil }
+func (idleEngine) State(uint16) vbmap.State           { return vbmap.Active }
+func (idleEngine) DropVBucket(uint16) error           { return nil }
 func (idleEngine) Stream(ctx context.Context, _ uint16, _ uint64, _ engine.Sink) error {
 	<-ctx.Done()
 	return ctx.Err()

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"shoal/internal/engine"
 	"shoal/internal/logstore/segment"
 	"shoal/internal/vbucket"
 	"shoal/internal/vfs"
@@ -37,8 +38,10 @@ type request struct {
 
 // Append appends recs to channel ch and returns when they are durable as
 // the fsync mode says: fsynced (Fsync 0) or written (interval mode). Each
-// record goes to the next vBucket round-robin, or to vbucket.Of(routingKey)
-// when routingKey is not nil, and takes that vBucket's next seqno.
+// record goes to the next Active vBucket round-robin
+// (engine.ErrNoActiveVBucket when there is none), or to
+// vbucket.Of(routingKey) when routingKey is not nil, and takes that
+// vBucket's next seqno.
 //
 // ctx is checked before the records are queued; once queued, Append waits
 // for their outcome, since the committer reads the caller's values. It
@@ -59,6 +62,11 @@ func (s *Store) Append(ctx context.Context, ch string, recs []Rec, routingKey []
 	}
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if routingKey == nil {
+		if _, ok := s.states.NextActive(0); !ok {
+			return engine.ErrNoActiveVBucket
+		}
 	}
 	req := requests.Get().(*request)
 	*req = request{ch: ch, recs: recs, vb: -1, done: req.done}
@@ -274,8 +282,11 @@ func (s *Store) prepare(reqs []*request, b *batch) error {
 			case req.vb >= 0:
 				vb = uint16(req.vb)
 			default:
-				vb = uint16(b.rr % nvb)
-				b.rr++
+				v, ok := s.states.NextActive(uint32(b.rr % nvb))
+				if !ok {
+					return engine.ErrNoActiveVBucket
+				}
+				vb, b.rr = v, uint64(v)+1
 			}
 			cur := s.high[vb]
 			if b.stamp[vb] == b.gen {

@@ -10,6 +10,7 @@ import (
 
 	"shoal/internal/engine"
 	"shoal/internal/logstore/segment"
+	"shoal/internal/vbmap"
 	"shoal/internal/vfs"
 	"shoal/internal/wire"
 )
@@ -18,6 +19,18 @@ var _ engine.Engine = (*Store)(nil)
 
 // Kind returns engine.KindLog.
 func (s *Store) Kind() engine.Kind { return engine.KindLog }
+
+// SetState sets vb's state: round-robin appends go only to Active
+// vBuckets, Apply takes only Replica and Pending ones.
+func (s *Store) SetState(vb uint16, st vbmap.State) error {
+	if _, err := s.states.Set(vb, st); err != nil {
+		return fmt.Errorf("log: %w", err)
+	}
+	return nil
+}
+
+// State returns vb's state.
+func (s *Store) State(vb uint16) vbmap.State { return s.states.Get(vb) }
 
 // HighSeqno returns the latest seqno of vb (0 for a vBucket out of range).
 func (s *Store) HighSeqno(vb uint16) uint64 {
@@ -40,6 +53,9 @@ func (s *Store) Apply(m *engine.Mutation) error {
 	}
 	if !wire.ValidChannelString(m.Channel) {
 		return fmt.Errorf("%w: %q", ErrBadChannel, m.Channel)
+	}
+	if err := engine.CheckApply(m.VBucket, s.states.Get(m.VBucket)); err != nil {
+		return fmt.Errorf("log: apply %v seqno %d: %w", m.Op, m.Seqno, err)
 	}
 	switch m.Op {
 	case engine.OpAppend:

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"shoal/internal/engine"
+	"shoal/internal/vbmap"
 	"shoal/internal/vbucket"
 )
 
@@ -200,6 +201,7 @@ func TestStreamErrors(t *testing.T) {
 // until dst has caught up with src's high seqnos.
 func replicate(t *testing.T, src, dst *Store) {
 	t.Helper()
+	setAll(t, dst, vbmap.Replica)
 	for vb := range uint16(src.cfg.VBuckets) {
 		if src.HighSeqno(vb) == 0 {
 			continue
@@ -214,6 +216,16 @@ func replicate(t *testing.T, src, dst *Store) {
 			time.Sleep(time.Millisecond)
 		}
 		if err := stop(); !errors.Is(err, context.Canceled) {
+			t.Fatal(err)
+		}
+	}
+}
+
+// setAll sets every vBucket of s to st.
+func setAll(t testing.TB, s *Store, st vbmap.State) {
+	t.Helper()
+	for vb := range s.cfg.VBuckets {
+		if err := s.SetState(uint16(vb), st); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -260,9 +272,15 @@ func TestApplyRemoveChannelPerVBucket(t *testing.T) {
 	cfg.VBuckets = 2
 	s := mustOpen(t, cfg)
 	mustAppend(t, s, "c", rec(1, "vb0"), rec(2, "vb1"), rec(3, "vb0"), rec(4, "vb1"))
-	if err := s.Apply(&engine.Mutation{Op: engine.OpRemoveChannel, Channel: "c", VBucket: 0, Seqno: 10}); err != nil {
+	remove0 := &engine.Mutation{Op: engine.OpRemoveChannel, Channel: "c", VBucket: 0, Seqno: 10}
+	if err := s.Apply(remove0); !errors.Is(err, engine.ErrNotReplica) {
+		t.Fatalf("Apply to an active vbucket: %v", err)
+	}
+	s.SetState(0, vbmap.Replica)
+	if err := s.Apply(remove0); err != nil {
 		t.Fatal(err)
 	}
+	s.SetState(0, vbmap.Active)
 	if got := pairs(readRange(t, s, "c", 0, 100, Filter{})); got != "2:vb1 4:vb1" {
 		t.Fatalf("after removing vb 0: %s", got)
 	}
@@ -274,6 +292,10 @@ func TestApplyRemoveChannelPerVBucket(t *testing.T) {
 	s = mustOpen(t, cfg)
 	if got := pairs(readRange(t, s, "c", 0, 100, Filter{})); got != "2:vb1 4:vb1 5:vb0-new" {
 		t.Fatalf("after reopen: %s", got)
+	}
+	setAll(t, s, vbmap.Replica)
+	if err := s.Append(context.Background(), "c", []Rec{rec(6, "x")}, nil); !errors.Is(err, engine.ErrNoActiveVBucket) {
+		t.Fatalf("round-robin append with no active vbucket: %v", err)
 	}
 	if err := s.Apply(&engine.Mutation{Op: engine.OpRemoveChannel, Channel: "c", VBucket: 1, Seqno: 3}); err != nil {
 		t.Fatal(err)
@@ -334,6 +356,7 @@ func TestDropVBucket(t *testing.T) {
 	s.Close()
 	s = mustOpen(t, cfg)
 	check()
+	s.SetState(2, vbmap.Replica)
 	if err := s.Apply(&engine.Mutation{Op: engine.OpAppend, Channel: "c", VBucket: 2, Seqno: 1, Timestamp: 3, Value: []byte("x")}); err != nil {
 		t.Fatal(err)
 	}

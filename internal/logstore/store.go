@@ -17,6 +17,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"shoal/internal/logstore/segment"
+	"shoal/internal/vbmap"
 	"shoal/internal/vfs"
 	"shoal/internal/wire"
 )
@@ -70,6 +71,7 @@ type Store struct {
 	channels map[string]*channel
 	high     []uint64 // per vBucket
 	rr       uint64   // round-robin vBucket counter
+	states   *vbmap.States
 	tombs    tombs
 	subs     map[uint16]map[*sub]struct{}
 
@@ -179,6 +181,7 @@ func Open(cfg Config) (*Store, error) {
 		span:     uint64(cfg.SegmentSpan / 1e9),
 		channels: map[string]*channel{},
 		subs:     map[uint16]map[*sub]struct{}{},
+		states:   vbmap.NewStates(cfg.VBuckets),
 		qsignal:  make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 	}

@@ -30,6 +30,7 @@ import (
 	"shoal/internal/queue"
 	"shoal/internal/server"
 	"shoal/internal/stats"
+	"shoal/internal/vbmap"
 )
 
 // Node is one running shoald.
@@ -49,6 +50,11 @@ type Node struct {
 	statsW *stats.LogWriter // keeps the previous counters, for deltas
 
 	rep      *replication    // replication and liveness (repl.go)
+	routing  routing         // the applied vBucket map (routing.go)
+
+	promoting sync.Mutex // serialises promotions (standby.go)
+	standbyMu sync.Mutex
+	standby   standby // under standbyMu
 	logStore *logstore.Store // the log engine (log.go)
 	dumps    dumper          // the kv dumps (dump.go)
 
@@ -146,6 +152,14 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 	if err := n.setupRepl(); err != nil {
 		return nil, err
 	}
+	if cfg.ReplicaOf != "" {
+		err = n.setupStandby()
+	} else {
+		err = n.applyMap(vbmap.Solo(n.cfg.NodeID, cfg.VBuckets), nil)
+	}
+	if err != nil {
+		return nil, err
+	}
 
 	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("cannot listen on the data port: %w", err)
@@ -222,7 +236,7 @@ func (n *Node) Run(ctx context.Context) error {
 	case runErr = <-serveErr:
 		n.log.Error("a listener failed; shutting down", "err", runErr)
 	}
-	n.stopRepl()
+	drained := n.stopRepl()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := n.srv.Shutdown(sctx); err != nil {
@@ -234,6 +248,8 @@ func (n *Node) Run(ctx context.Context) error {
 	for _, fn := range n.onShutdown {
 		fn(sctx)
 	}
+	<-drained
+	n.saveFailoverLogs()
 	stopBG()
 	wg.Wait()
 	if n.cfg.StatsInterval > 0 {

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"shoal/internal/engine"
+	"shoal/internal/vbmap"
 	"shoal/internal/wire"
 )
 
@@ -27,6 +28,18 @@ type streamer struct {
 
 // Kind returns engine.KindQueue.
 func (s *Store) Kind() engine.Kind { return engine.KindQueue }
+
+// SetState sets vb's state: Push places round-robin records only in
+// Active vBuckets, Apply takes only Replica and Pending ones.
+func (s *Store) SetState(vb uint16, st vbmap.State) error {
+	if _, err := s.states.Set(vb, st); err != nil {
+		return fmt.Errorf("queue: %w", err)
+	}
+	return nil
+}
+
+// State returns vb's state.
+func (s *Store) State(vb uint16) vbmap.State { return s.states.Get(vb) }
 
 // HighSeqno returns the latest seqno of vb (0 for a vBucket out of range).
 func (s *Store) HighSeqno(vb uint16) uint64 {
@@ -52,6 +65,9 @@ func (s *Store) Apply(m *engine.Mutation) error {
 	}
 	if int(m.VBucket) >= len(s.vbs) {
 		return fmt.Errorf("%w: %d", ErrBadVBucket, m.VBucket)
+	}
+	if err := engine.CheckApply(m.VBucket, s.states.Get(m.VBucket)); err != nil {
+		return fmt.Errorf("queue: apply %v seqno %d: %w", m.Op, m.Seqno, err)
 	}
 	var lsn uint64
 	var err error

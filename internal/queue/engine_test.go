@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"shoal/internal/engine"
+	"shoal/internal/vbmap"
 	"shoal/internal/vbucket"
 )
 
@@ -39,7 +40,20 @@ func (a *applySink) Mutation(m *engine.Mutation) error {
 	if a.dst == nil {
 		return nil
 	}
+	if a.dst.State(m.VBucket) != vbmap.Replica {
+		a.dst.SetState(m.VBucket, vbmap.Replica)
+	}
 	return a.dst.Apply(m)
+}
+
+// setAll sets every vBucket of s to st.
+func setAll(t testing.TB, s *Store, st vbmap.State) {
+	t.Helper()
+	for vb := range s.cfg.VBuckets {
+		if err := s.SetState(uint16(vb), st); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // keyFor returns a routing key that lands in vb.
@@ -134,7 +148,14 @@ func TestStreamReplicates(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			waitFor(t, "replica to catch up", func() bool { return b.HighSeqno(vb) == a.HighSeqno(vb) })
+			waitFor(t, "replica to catch up", func() bool {
+				select {
+				case err := <-done:
+					t.Fatalf("stream ended: %v", err)
+				default:
+				}
+				return b.HighSeqno(vb) == a.HighSeqno(vb)
+			})
 			cancel()
 			if err := <-done; !errors.Is(err, context.Canceled) {
 				t.Fatalf("Stream ended with %v", err)
@@ -229,6 +250,13 @@ func TestStreamLagged(t *testing.T) {
 func TestApplyOutOfOrder(t *testing.T) {
 	b := mustOpen(t, testConfig(t.TempDir()))
 	defer func() { b.Close() }()
+	if err := b.Apply(&engine.Mutation{VBucket: 0, Seqno: 1, Op: engine.OpPush, Channel: "q"}); !errors.Is(err, engine.ErrNotReplica) {
+		t.Fatalf("Apply to an active vbucket: %v, want ErrNotReplica", err)
+	}
+	setAll(t, b, vbmap.Replica)
+	if err := b.Push(context.Background(), []string{"q"}, []byte("x"), nil); !errors.Is(err, engine.ErrNoActiveVBucket) {
+		t.Fatalf("round-robin Push with no active vbucket: %v", err)
+	}
 	apply := func(m engine.Mutation) {
 		t.Helper()
 		if err := b.Apply(&m); err != nil {
@@ -271,6 +299,7 @@ func TestApplyOutOfOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	b = mustOpen(t, testConfig(b.cfg.Dir))
+	setAll(t, b, vbmap.Replica)
 	if err := b.DropVBucket(1); err != nil {
 		t.Fatal(err)
 	}

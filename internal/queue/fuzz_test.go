@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"shoal/internal/engine"
+	"shoal/internal/vbmap"
 	"shoal/internal/vfs"
 )
 
@@ -74,6 +75,8 @@ func busySession(t testing.TB, cfg Config) *Store {
 	c.Next(nil, 100)
 	s.Subscribe("s", "Y")
 	c.Close()
+	s.SetState(2, vbmap.Replica)
+	s.SetState(3, vbmap.Pending)
 	s.Apply(&engine.Mutation{VBucket: 3, Seqno: 500, Op: engine.OpPop, Channel: "b", Ref: 5})
 	s.Apply(&engine.Mutation{VBucket: 2, Seqno: 501, Op: engine.OpRemoveChannel, Channel: "a"})
 	s.DropVBucket(1)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"shoal/internal/engine"
+	"shoal/internal/vbmap"
 	"shoal/internal/vbucket"
 	"shoal/internal/vfs"
 	"shoal/internal/wire"
@@ -210,6 +211,7 @@ type Store struct {
 	channels        map[string]*channel
 	vbs             []vbState
 	rr              uint32 // round-robin vBucket choice
+	states          *vbmap.States
 	nextQueueID     uint64
 	journal         *journal // nil in memory mode
 	sinceCheckpoint int64
@@ -242,6 +244,7 @@ func Open(cfg Config) (*Store, error) {
 		log:         cfg.Logger.With("engine", "queue"),
 		channels:    make(map[string]*channel),
 		vbs:         make([]vbState, cfg.VBuckets),
+		states:      vbmap.NewStates(cfg.VBuckets),
 		nextQueueID: 1,
 		stopIndex:   make(chan struct{}),
 	}
@@ -367,7 +370,8 @@ func validSubscriber(name string) bool {
 // first use), in every subscriber queue of each. It succeeds only when the
 // value is stored everywhere; otherwise nothing is stored. The record's
 // vBucket is vbucket.Of(routingKey) when routingKey is not empty, else the
-// next one round-robin; each channel's copy gets its own seqno there. A
+// next Active one round-robin (engine.ErrNoActiveVBucket when there is
+// none); each channel's copy gets its own seqno there. A
 // full disk while overflowing fails the push with ErrNoSpace. In journal
 // mode with FsyncInterval 0, Push returns after the journal is on disk (or
 // ctx is done: the record may then be stored without having been
@@ -397,8 +401,12 @@ func (s *Store) Push(ctx context.Context, channels []string, value, routingKey [
 	if len(routingKey) > 0 {
 		vb = vbucket.Of(routingKey, len(s.vbs))
 	} else {
-		vb = uint16(s.rr % uint32(len(s.vbs)))
-		s.rr++
+		var ok bool
+		if vb, ok = s.states.NextActive(s.rr); !ok {
+			s.mu.Unlock()
+			return engine.ErrNoActiveVBucket
+		}
+		s.rr = uint32(vb) + 1
 	}
 	for i, name := range channels {
 		targets = append(targets, pushTarget{channel: name, seqno: s.vbs[vb].seqno + 1 + uint64(i)})

@@ -239,12 +239,44 @@ func (l *Logs) Branch(vb uint16, seqno uint64) error {
 
 // BranchAll is Branch for every vBucket with one write of the file.
 func (l *Logs) BranchAll(high func(vb uint16) uint64) error {
+	vbs := make([]uint16, len(l.vbs))
+	for vb := range vbs {
+		vbs[vb] = uint16(vb)
+	}
+	_, err := l.BranchVBuckets(vbs, high)
+	return err
+}
+
+// BranchVBuckets starts a new history of every vBucket in vbs at its high
+// seqno (replicas promoted to active) with one write of the file. If the
+// write fails the logs are left as they were. undo puts the previous
+// histories back and writes the file, for a promotion that fails after
+// this step.
+func (l *Logs) BranchVBuckets(vbs []uint16, high func(vb uint16) uint64) (undo func() error, err error) {
 	l.mu.Lock()
-	for vb := range l.vbs {
-		l.branch(uint16(vb), high(uint16(vb)))
+	prev := make(map[uint16][]stream.FailoverEntry, len(vbs))
+	for _, vb := range vbs {
+		if int(vb) >= len(l.vbs) {
+			l.mu.Unlock()
+			return nil, fmt.Errorf("repl: branch vbucket %d of %d", vb, len(l.vbs))
+		}
+		prev[vb] = l.vbs[vb]
+		l.branch(vb, high(vb))
 	}
 	l.mu.Unlock()
-	return l.Save()
+	restore := func() {
+		l.mu.Lock()
+		for vb, log := range prev {
+			l.vbs[vb] = log
+		}
+		l.dirty = true
+		l.mu.Unlock()
+	}
+	if err := l.Save(); err != nil {
+		restore()
+		return nil, err
+	}
+	return func() error { restore(); return l.Save() }, nil
 }
 
 // Save writes the file if anything changed since the last write (marked

@@ -19,6 +19,7 @@ import (
 	"shoal/internal/logstore"
 	"shoal/internal/queue"
 	"shoal/internal/server"
+	"shoal/internal/vbmap"
 	"shoal/internal/wire"
 )
 
@@ -178,6 +179,11 @@ func (s *side) replicate(addr, bucket string, e engine.Engine, mod func(*Config)
 	}
 	if mod != nil {
 		mod(&cfg)
+	}
+	for _, vb := range cfg.VBuckets { // the map makes this node their replica
+		if err := e.SetState(vb, vbmap.Replica); err != nil {
+			s.t.Fatal(err)
+		}
 	}
 	r, err := New(cfg)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"shoal/internal/engine"
 	"shoal/internal/faultnet"
 	"shoal/internal/logstore"
+	"shoal/internal/vbmap"
 )
 
 // writer changes the producer's kv until stopped: puts over a small key
@@ -287,7 +288,7 @@ func TestRollbackAfterPromotion(t *testing.T) {
 		t.Fatal(err)
 	}
 	for vb := range uint16(testVBuckets) {
-		b.kv.SetActive(vb)
+		b.kv.SetState(vb, vbmap.Active)
 	}
 	addrB := b.serve(nil)
 	c := newSide(t, "node-c", t.TempDir(), false, false)

@@ -235,7 +235,7 @@ func (c *conn) removeChannel(h wire.Header, body []byte) {
 		c.replyf(h, wire.StatusBadChannelName, "bad channel name %q", ch)
 		return
 	}
-	if !c.checkOwner(h, h.VBucket) { // a standby refuses it
+	if !c.checkServing(h) { // a standby refuses it
 		return
 	}
 	name, kind, ok := c.s.eng.Catalog.Lookup(ch)

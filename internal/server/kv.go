@@ -9,6 +9,7 @@ import (
 	"shoal/internal/catalog"
 	"shoal/internal/engine"
 	"shoal/internal/kv"
+	"shoal/internal/vbmap"
 	"shoal/internal/vbucket"
 	"shoal/internal/wire"
 )
@@ -74,8 +75,8 @@ func (c *conn) checkChannel(h wire.Header, ch []byte, kind engine.Kind, write bo
 	return "", true
 }
 
-// checkKey validates a key against the header's vBucket and, for a write,
-// this node's ownership of that vBucket.
+// checkKey validates a key against the header's vBucket and this node's
+// route for it (checkRoute).
 func (c *conn) checkKey(h wire.Header, key []byte, write bool) bool {
 	switch {
 	case len(key) == 0:
@@ -90,20 +91,40 @@ func (c *conn) checkKey(h wire.Header, key []byte, write bool) bool {
 		c.replyf(h, wire.StatusBadRequest, "vbucket %d in the header, but the key belongs to vbucket %d of %d", h.VBucket, vb, c.s.cfg.VBuckets)
 		return false
 	}
-	if write {
-		return c.checkOwner(h, vb)
-	}
-	return true
+	return c.checkRoute(h, vb, write)
 }
 
-func (c *conn) checkOwner(h wire.Header, vb uint16) bool {
-	if ok, addr := c.s.ownership().Active(vb); !ok {
-		b, off := c.begin(h, wire.StatusNotMyVBucket, 0)
-		c.end(wire.AppendStr8(b, addr), off)
-		c.s.ops[h.Opcode].errors.Add(1)
-		return false
+// checkRoute asks the node's routing table about vb: a write needs this
+// node to be vb's active, a read an active or replica copy (a replica's
+// answer may be stale). Otherwise it answers `not my vbucket` with the
+// active's address, vb's epoch and the map's revision.
+func (c *conn) checkRoute(h wire.Header, vb uint16, write bool) bool {
+	r := c.s.route(vb)
+	if r.State == vbmap.Active || (!write && r.State == vbmap.Replica) {
+		return true
 	}
-	return true
+	c.notMyVBucket(h, r)
+	return false
+}
+
+// checkServing refuses, with `not my vbucket`, a request that needs the
+// node to be active for some vBucket when it is active for none.
+func (c *conn) checkServing(h wire.Header) bool {
+	if c.s.serving() {
+		return true
+	}
+	c.notMyVBucket(h, c.s.route(h.VBucket))
+	return false
+}
+
+// notMyVBucket answers `not my vbucket`: str8 active address, u64 epoch,
+// u64 map revision.
+func (c *conn) notMyVBucket(h wire.Header, r vbmap.Route) {
+	b, off := c.begin(h, wire.StatusNotMyVBucket, 0)
+	b = wire.AppendStr8(b, r.ActiveAddr)
+	b = wire.AppendU64(b, r.Epoch)
+	c.end(wire.AppendU64(b, r.Revision), off)
+	c.s.ops[h.Opcode].errors.Add(1)
 }
 
 // fail answers with the status of an engine error. The status says it
@@ -284,9 +305,7 @@ func (c *conn) kvPutBatch(h wire.Header, body []byte) {
 			c.replyf(h, wire.StatusBadKey, "record %d: empty key", i)
 			return
 		}
-		if ok, addr := c.s.ownership().Active(vbucket.Of(key, c.s.cfg.VBuckets)); !ok {
-			b, off := c.begin(h, wire.StatusNotMyVBucket, 0)
-			c.end(wire.AppendStr8(b, addr), off)
+		if !c.checkRoute(h, vbucket.Of(key, c.s.cfg.VBuckets), true) {
 			return
 		}
 	}

@@ -100,6 +100,10 @@ func logStatus(err error) wire.Status {
 // (without the engine's name for the condition, which the status says).
 // An error without a status of its own (an I/O error) is logged too.
 func (c *conn) logFail(h wire.Header, err error) {
+	if errors.Is(err, engine.ErrNoActiveVBucket) { // the map changed since checkServing
+		c.notMyVBucket(h, c.s.route(h.VBucket))
+		return
+	}
 	st := logStatus(err)
 	if st == wire.StatusInternal {
 		c.s.cfg.Logger.Error("log request failed", "op", h.Opcode.String(), "err", err)
@@ -112,12 +116,11 @@ func (c *conn) logFail(h wire.Header, err error) {
 }
 
 // checkRoutingKey checks the header's vBucket against a routing key and
-// this node's ownership of it. Without a key the records go round-robin;
-// ownership is checked for the header's vBucket, which refuses every
-// append on a standby (repl.go).
+// this node's route for it. Without a key the records go round-robin to
+// the node's active vBuckets: it must have one (a standby has none).
 func (c *conn) checkRoutingKey(h wire.Header, key []byte) bool {
 	if len(key) == 0 {
-		return c.checkOwner(h, h.VBucket)
+		return c.checkServing(h)
 	}
 	return c.checkKey(h, key, true)
 }

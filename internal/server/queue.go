@@ -91,6 +91,10 @@ func queueStatus(err error) wire.Status {
 // queueFail answers with the status of a queue engine error; errors
 // without a status of their own are logged and carry their text.
 func (c *conn) queueFail(h wire.Header, err error) {
+	if errors.Is(err, engine.ErrNoActiveVBucket) { // the map changed since checkServing
+		c.notMyVBucket(h, c.s.route(h.VBucket))
+		return
+	}
 	st := queueStatus(err)
 	if st == wire.StatusInternal {
 		c.s.cfg.Logger.Error("request failed", "op", h.Opcode.String(), "err", err)
@@ -164,7 +168,7 @@ func (c *conn) queuePush(h wire.Header, body []byte) {
 		c.replyf(h, wire.StatusBadRequest, "malformed Push: no routing key after the channels")
 		return
 	}
-	if !c.checkOwner(h, c.queueVBucket(h, key)) {
+	if !c.checkQueueWrite(h, key) {
 		return
 	}
 	if !c.checkValue(h, val) {
@@ -193,7 +197,7 @@ func (c *conn) queuePop(h wire.Header, body []byte) {
 		c.replyf(h, wire.StatusBadRequest, "malformed Pop")
 		return
 	}
-	if !c.checkOwner(h, c.queueVBucket(h, nil)) {
+	if !c.checkServing(h) {
 		return
 	}
 	name, ok := c.checkChannel(h, ch, engine.KindQueue, false)
@@ -233,7 +237,7 @@ func (c *conn) queueConsume(h wire.Header, body []byte) {
 		c.replyf(h, wire.StatusBadRequest, "malformed Consume")
 		return
 	}
-	if !c.checkOwner(h, c.queueVBucket(h, nil)) {
+	if !c.checkServing(h) {
 		return
 	}
 	if len(sub) > 0 && !wire.ValidChannel(sub) {
@@ -333,7 +337,7 @@ func (c *conn) queueProduce(h wire.Header, body []byte) {
 	}
 	d := wire.NewDecoder(body)
 	if p == nil {
-		if !c.checkOwner(h, c.queueVBucket(h, nil)) {
+		if !c.checkServing(h) {
 			c.produceRefused(h)
 			return
 		}

@@ -115,13 +115,12 @@ func (c *conn) status(h wire.Header, body []byte, r Replication) {
 	c.reply(h, wire.StatusOK, doc)
 }
 
-// queueVBucket is the vBucket whose ownership a queue write is checked
-// against: the routing key's when given, else the header's. A standby
-// is active for none, so every queue write to it is refused; a finer
-// per-vBucket answer for round-robin writes is the cluster layer's.
-func (c *conn) queueVBucket(h wire.Header, routingKey []byte) uint16 {
+// checkQueueWrite checks a push against this node's routes: the routing
+// key's vBucket when there is one, else the node must be active for some
+// vBucket (round-robin pushes go to its active vBuckets).
+func (c *conn) checkQueueWrite(h wire.Header, routingKey []byte) bool {
 	if len(routingKey) > 0 {
-		return vbucket.Of(routingKey, c.s.cfg.VBuckets)
+		return c.checkRoute(h, vbucket.Of(routingKey, c.s.cfg.VBuckets), true)
 	}
-	return h.VBucket
+	return c.checkServing(h)
 }

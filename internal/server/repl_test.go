@@ -12,6 +12,7 @@ import (
 	"shoal/internal/kv"
 	"shoal/internal/logstore"
 	"shoal/internal/queue"
+	"shoal/internal/vbmap"
 	"shoal/internal/wire"
 )
 
@@ -47,10 +48,15 @@ func (f *fakeReplication) Status(vbuckets bool) ([]byte, error) {
 	return []byte(`{"ok":true}`), f.err
 }
 
-// standby is an Ownership that is active for nothing.
-type standby struct{}
-
-func (standby) Active(uint16) (bool, string) { return false, "10.0.0.1:7400" }
+// standbyTable is the routing table of node "n" holding a replica of
+// every vBucket of node "a" at 10.0.0.1:7400 (map revision 7).
+func standbyTable() *vbmap.Table {
+	chains := make([][]string, testVBuckets)
+	for vb := range chains {
+		chains[vb] = []string{"a", "n"}
+	}
+	return vbmap.NewTable("n", (*vbmap.Map)(nil).Next(7, 1, chains), map[string]string{"a": "10.0.0.1:7400"})
+}
 
 // startReplServer serves a kv and a queue store with r registered before
 // Serve.
@@ -176,8 +182,8 @@ func TestStandbyRefusesWrites(t *testing.T) {
 	if h, _ := r.call(wire.OpPush, 0, pushBody([]string{"q"}, "", "v")); h.Status != wire.StatusOK {
 		t.Fatalf("push while active: %v", h.Status)
 	}
-	s.SetOwnership(standby{})
-	want := string(wire.AppendStr8(nil, "10.0.0.1:7400"))
+	s.SetTable(standbyTable())
+	want := string(wire.AppendU64(wire.AppendU64(wire.AppendStr8(nil, "10.0.0.1:7400"), 1), 7))
 	for _, tc := range []struct {
 		name string
 		op   wire.Opcode
@@ -203,7 +209,12 @@ func TestStandbyRefusesWrites(t *testing.T) {
 	if st, v := r.get("c", "k"); st != wire.StatusOK || v != "v" {
 		t.Fatalf("get on a standby: %v %q", st, v)
 	}
-	s.SetOwnership(nil)
+	// A node with no copy of the vBucket does not serve its reads either.
+	s.SetTable(vbmap.NewTable("x", standbyTable().Map(), map[string]string{"a": "10.0.0.1:7400"}))
+	if h, body := r.call(wire.OpGet, vbOf("k"), keyBody("c", "k")); h.Status != wire.StatusNotMyVBucket || string(body) != want {
+		t.Fatalf("get on a node without a copy: %v %q", h.Status, body)
+	}
+	s.SetTable(nil)
 	if h, _ := r.call(wire.OpPop, 0, wire.AppendStr8(nil, "q")); h.Status != wire.StatusOK {
 		t.Fatalf("pop once active again: %v", h.Status)
 	}

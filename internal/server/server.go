@@ -29,6 +29,7 @@ import (
 	"shoal/internal/logstore"
 	"shoal/internal/queue"
 	"shoal/internal/stats"
+	"shoal/internal/vbmap"
 	"shoal/internal/wire"
 )
 
@@ -100,17 +101,6 @@ type Engines struct {
 	Log     *logstore.Store
 }
 
-// Ownership says whether this node is active for a vBucket. A node that is
-// not (a standby replica) refuses writes with StatusNotMyVBucket naming the
-// active node's address.
-type Ownership interface {
-	Active(vb uint16) (active bool, activeAddr string)
-}
-
-type allActive struct{}
-
-func (allActive) Active(uint16) (bool, string) { return true, "" }
-
 // TakeoverFunc receives a connection whose first request asked to leave the
 // request protocol (OpStreamOpen). It owns nc from then on.
 type TakeoverFunc func(nc net.Conn, h wire.Header, body []byte)
@@ -130,7 +120,7 @@ type Server struct {
 	cfg      Config
 	eng      Engines
 	handlers [256]handler
-	own      atomic.Value // ownershipBox
+	table    vbmap.Holder // this node's routing table; nil: active for every vBucket
 	takeover map[wire.Opcode]TakeoverFunc
 	start    time.Time
 
@@ -150,8 +140,6 @@ type Server struct {
 	acks durableAcks // queue answers waiting for the journal (queue.go)
 }
 
-type ownershipBox struct{ Ownership }
-
 type opStats struct {
 	lat       stats.Latency
 	active    atomic.Int64
@@ -166,7 +154,6 @@ func New(cfg Config, eng Engines) *Server {
 		eng.Catalog = catalog.New()
 	}
 	s := &Server{cfg: cfg, eng: eng, conns: map[*conn]struct{}{}, takeover: map[wire.Opcode]TakeoverFunc{}, start: time.Now()}
-	s.own.Store(ownershipBox{allActive{}})
 	s.registerGeneric()
 	s.registerAdmin()
 	if eng.KV != nil {
@@ -181,15 +168,27 @@ func New(cfg Config, eng Engines) *Server {
 	return s
 }
 
-// SetOwnership changes which vBuckets this node serves writes for.
-func (s *Server) SetOwnership(o Ownership) {
-	if o == nil {
-		o = allActive{}
+// SetTable makes t the node's routing table: every request asks it for
+// its vBucket's Route. Until the first call (or after SetTable(nil)) the
+// server is active for every vBucket, as a lone server is.
+func (s *Server) SetTable(t *vbmap.Table) { s.table.Store(t) }
+
+// route is this node's Route for vb.
+func (s *Server) route(vb uint16) vbmap.Route {
+	t := s.table.Load()
+	if t == nil {
+		return vbmap.Route{State: vbmap.Active}
 	}
-	s.own.Store(ownershipBox{o})
+	return t.Route(vb)
 }
 
-func (s *Server) ownership() Ownership { return s.own.Load().(ownershipBox).Ownership }
+// serving reports whether the node is active for some vBucket: requests
+// that place records round-robin (queue Pop/Consume/Produce, keyless
+// pushes and appends, RemoveChannel) need one.
+func (s *Server) serving() bool {
+	t := s.table.Load()
+	return t == nil || t.Actives() > 0
+}
 
 // HandleTakeover routes connections whose first data request is op to fn.
 // Call before Serve.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"shoal/internal/engine"
+	"shoal/internal/vbmap"
 )
 
 // genEngine streams synthetic mutations as fast as the sink takes them, so
@@ -37,10 +38,12 @@ func newGenEngine(vbs, total int) *genEngine {
 	return g
 }
 
-func (g *genEngine) Kind() engine.Kind            { return engine.KindKV }
-func (g *genEngine) HighSeqno(vb uint16) uint64   { return g.perVB[vb] }
-func (g *genEngine) Apply(*engine.Mutation) error { return nil }
-func (g *genEngine) DropVBucket(vb uint16) error  { return nil }
+func (g *genEngine) Kind() engine.Kind                  { return engine.KindKV }
+func (g *genEngine) HighSeqno(vb uint16) uint64         { return g.perVB[vb] }
+func (g *genEngine) Apply(*engine.Mutation) error       { return nil }
+func (g *genEngine) DropVBucket(vb uint16) error        { return nil }
+func (g *genEngine) SetState(uint16, vbmap.State) error { return nil }
+func (g *genEngine) State(uint16) vbmap.State           { return vbmap.Replica }
 func (g *genEngine) Stream(ctx context.Context, vb uint16, from uint64, sink engine.Sink) error {
 	high := g.perVB[vb]
 	if from < high {

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"shoal/internal/engine"
+	"shoal/internal/vbmap"
 )
 
 // memEngine is a small in-memory engine.Engine for tests: it keeps every
@@ -24,6 +25,10 @@ func newMemEngine() *memEngine {
 }
 
 func (e *memEngine) Kind() engine.Kind { return engine.KindKV }
+
+// SetState and State: the fake takes every mutation in every state.
+func (e *memEngine) SetState(uint16, vbmap.State) error { return nil }
+func (e *memEngine) State(uint16) vbmap.State           { return vbmap.Replica }
 
 func (e *memEngine) HighSeqno(vb uint16) uint64 {
 	e.mu.Lock()

@@ -98,3 +98,19 @@ func (st *States) Set(vb uint16, s State) (State, error) {
 	}
 	return State(st.s[vb].Swap(uint32(s))), nil
 }
+
+// NextActive returns the first Active vBucket at or after start (modulo
+// Len), for writes placed round-robin; ok is false when none is Active.
+func (st *States) NextActive(start uint32) (vb uint16, ok bool) {
+	n := uint32(len(st.s))
+	if n == 0 {
+		return 0, false
+	}
+	for i := range n {
+		v := (start + i) % n
+		if State(st.s[v].Load()) == Active {
+			return uint16(v), true
+		}
+	}
+	return 0, false
+}

@@ -19,10 +19,11 @@ type Route struct {
 // Table is one node's view of a Map: its own state for every vBucket and
 // where each active is. Immutable, like the Map it holds.
 type Table struct {
-	self   string
-	m      *Map
-	states []State
-	addrs  map[string]string
+	self    string
+	m       *Map
+	states  []State
+	addrs   map[string]string
+	actives int
 }
 
 // NewTable returns node self's view of m; addrs maps node ids to data
@@ -31,9 +32,15 @@ func NewTable(self string, m *Map, addrs map[string]string) *Table {
 	t := &Table{self: self, m: m, states: make([]State, m.Len()), addrs: addrs}
 	for vb := range t.states {
 		t.states[vb] = m.StateOf(self, uint16(vb))
+		if t.states[vb] == Active {
+			t.actives++
+		}
 	}
 	return t
 }
+
+// Actives is how many vBuckets this node is active for.
+func (t *Table) Actives() int { return t.actives }
 
 // Self is the id of the node whose view this is.
 func (t *Table) Self() string { return t.self }
@@ -73,3 +80,18 @@ func (h *Holder) Load() *Table { return h.p.Load() }
 
 // Store makes t current.
 func (h *Holder) Store(t *Table) { h.p.Store(t) }
+
+// Override returns a copy of t whose state for each vBucket is f(vb,
+// state): a node that applies a new map uses it for the interim table
+// that stops writes where it is no longer active before it starts them
+// where it becomes active.
+func (t *Table) Override(f func(vb uint16, s State) State) *Table {
+	o := &Table{self: t.self, m: t.m, states: make([]State, len(t.states)), addrs: t.addrs}
+	for vb, s := range t.states {
+		o.states[vb] = f(uint16(vb), s)
+		if o.states[vb] == Active {
+			o.actives++
+		}
+	}
+	return o
+}
