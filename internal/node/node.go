@@ -49,14 +49,14 @@ type Node struct {
 	stats  *stats.Registry
 	statsW *stats.LogWriter // keeps the previous counters, for deltas
 
-	rep      *replication    // replication and liveness (repl.go)
-	routing  routing         // the applied vBucket map (routing.go)
+	rep     *replication // replication and liveness (repl.go)
+	routing routing      // the applied vBucket map (routing.go)
 
 	promoting sync.Mutex // serialises promotions (standby.go)
 	standbyMu sync.Mutex
-	standby   standby // under standbyMu
-	logStore *logstore.Store // the log engine (log.go)
-	dumps    dumper          // the kv dumps (dump.go)
+	standby   standby         // under standbyMu
+	logStore  *logstore.Store // the log engine (log.go)
+	dumps     dumper          // the kv dumps (dump.go)
 
 	ln     net.Listener
 	httpLn net.Listener
