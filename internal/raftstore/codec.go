@@ -37,7 +37,7 @@ func encodedLogSize(l *raft.Log) int {
 // is larger than bbolt can store.
 func appendLog(dst []byte, l *raft.Log) ([]byte, error) {
 	if err := checkPayload(len(l.Data), len(l.Extensions)); err != nil {
-		return dst, fmt.Errorf("raftstore: log %d: %w", l.Index, err)
+		return dst, fmt.Errorf("log %d: %w", l.Index, err)
 	}
 	start := len(dst)
 	dst = append(dst, logVersion)
@@ -68,27 +68,27 @@ func checkPayload(dataLen, extLen int) error {
 // gives an error wrapping ErrCorrupt; at most len(b) bytes are allocated.
 func decodeLog(b []byte, l *raft.Log) error {
 	if len(b) < logOverhead {
-		return fmt.Errorf("raftstore: log entry of %d bytes, shorter than the %d-byte minimum: %w", len(b), logOverhead, ErrCorrupt)
+		return fmt.Errorf("log entry of %d bytes, shorter than the %d-byte minimum: %w", len(b), logOverhead, ErrCorrupt)
 	}
 	body := b[:len(b)-crcSize]
 	if got, want := crc32.Checksum(body, castagnoli), binary.BigEndian.Uint32(b[len(body):]); got != want {
-		return fmt.Errorf("raftstore: log entry checksum %08x, stored %08x: %w", got, want, ErrCorrupt)
+		return fmt.Errorf("log entry checksum %08x, stored %08x: %w", got, want, ErrCorrupt)
 	}
 	if body[0] != logVersion {
-		return fmt.Errorf("raftstore: log entry format version %d, want %d: %w", body[0], logVersion, ErrCorrupt)
+		return fmt.Errorf("log entry format version %d, want %d: %w", body[0], logVersion, ErrCorrupt)
 	}
 	nsec := binary.BigEndian.Uint32(body[offNsec:])
 	if nsec >= uint32(time.Second) {
-		return fmt.Errorf("raftstore: log entry AppendedAt nanoseconds %d out of range: %w", nsec, ErrCorrupt)
+		return fmt.Errorf("log entry AppendedAt nanoseconds %d out of range: %w", nsec, ErrCorrupt)
 	}
 	room := uint64(len(body) - offData - lenFieldSize) // bytes for data and extensions
 	dataLen := uint64(binary.BigEndian.Uint32(body[offDataLen:]))
 	if dataLen > room {
-		return fmt.Errorf("raftstore: log entry data length %d, only %d bytes left: %w", dataLen, room, ErrCorrupt)
+		return fmt.Errorf("log entry data length %d, only %d bytes left: %w", dataLen, room, ErrCorrupt)
 	}
 	extLen := uint64(binary.BigEndian.Uint32(body[offData+dataLen:]))
 	if extLen != room-dataLen {
-		return fmt.Errorf("raftstore: log entry extensions length %d, %d bytes left: %w", extLen, room-dataLen, ErrCorrupt)
+		return fmt.Errorf("log entry extensions length %d, %d bytes left: %w", extLen, room-dataLen, ErrCorrupt)
 	}
 	l.Index = binary.BigEndian.Uint64(body[offIndex:])
 	l.Term = binary.BigEndian.Uint64(body[offTerm:])
@@ -118,7 +118,7 @@ func indexKey(i uint64) []byte {
 // keyIndex decodes a key of the logs bucket.
 func keyIndex(k []byte) (uint64, error) {
 	if len(k) != 8 {
-		return 0, fmt.Errorf("raftstore: log key of %d bytes, want 8: %w", len(k), ErrCorrupt)
+		return 0, fmt.Errorf("log key of %d bytes, want 8: %w", len(k), ErrCorrupt)
 	}
 	return binary.BigEndian.Uint64(k), nil
 }

@@ -41,6 +41,19 @@
 // length, the checksum, the version and every field before allocating, and
 // allocates one buffer of D+E bytes: a corrupt value gives an error
 // wrapping [ErrCorrupt], never a panic.
+//
+// # Damaged files
+//
+// bbolt's own pages carry no checksums. A panic in bbolt, or a memory
+// fault while it follows a corrupt page header through its mmap, is
+// recovered and returned as an error wrapping ErrCorrupt (a failed Open
+// releases the file lock). DeleteRange demands strictly increasing keys
+// and checks that the range is empty afterwards, so a page whose keys are
+// out of order gives an error, not a loop. Damage that sends bbolt itself
+// into an endless descent (a cycle of branch pages) is not caught. The
+// freelist is synced, bbolt's default: with NoFreelistSync bbolt walks the
+// whole file at every Open and panics, leaking a goroutine, at the first
+// inconsistency.
 package raftstore
 
 import (
@@ -48,10 +61,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 )
 
 // Errors of the package.
@@ -106,15 +122,12 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = DefaultLockTimeout
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:        opts.LockTimeout,
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
-	})
+	db, err := openBolt(path, opts)
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: open %s: %w", path, err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
+	s := &Store{db: db}
+	err = s.update(func(tx *bolt.Tx) error {
 		for _, name := range [][]byte{bucketMeta, bucketLogs, bucketStable} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return fmt.Errorf("create bucket %s: %w", name, err)
@@ -133,7 +146,61 @@ func Open(path string, opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("raftstore: open %s: %w", path, err)
 	}
-	return &Store{db: db}, nil
+	return s, nil
+}
+
+// openBolt opens the bbolt file, its freelist synced (see the package
+// comment). A panic inside bolt.Open (a corrupt file) leaves bbolt's file open,
+// mapped and locked: openBolt unlocks and closes it (unlocking explicitly,
+// since the mapping, which stays, holds the open file too).
+func openBolt(path string, opts Options) (db *bolt.DB, err error) {
+	var file *os.File
+	defer func() {
+		if err != nil && file != nil {
+			// Both fail harmlessly if bbolt closed the file already.
+			_ = unix.Flock(int(file.Fd()), unix.LOCK_UN)
+			_ = file.Close()
+		}
+	}()
+	defer guard(&err)()
+	return bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:      opts.LockTimeout,
+		FreelistType: bolt.FreelistMapType,
+		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, perm)
+			file = f
+			return f, err
+		},
+	})
+}
+
+// guard makes a corrupt file an error: it sets the goroutine to panic
+// rather than crash on a memory fault (bbolt follows page headers in its
+// mmap, and a corrupt one can point past it), and returns the function to
+// defer, which restores that setting and turns a panic into an error
+// wrapping ErrCorrupt. bbolt's View and Update roll their transaction
+// back on the way out.
+func guard(err *error) func() {
+	old := debug.SetPanicOnFault(true)
+	return func() {
+		debug.SetPanicOnFault(old)
+		if r := recover(); r != nil {
+			*err = fmt.Errorf("bbolt panicked, is the file corrupt? %v: %w", r, ErrCorrupt)
+		}
+	}
+}
+
+// view runs fn in a read transaction.
+func (s *Store) view(fn func(*bolt.Tx) error) (err error) {
+	defer guard(&err)()
+	return s.db.View(fn)
+}
+
+// update runs fn in a write transaction, committed and fsynced if fn
+// returns nil.
+func (s *Store) update(fn func(*bolt.Tx) error) (err error) {
+	defer guard(&err)()
+	return s.db.Update(fn)
 }
 
 // Close closes the file; later calls fail.
@@ -155,7 +222,7 @@ func (s *Store) LastIndex() (uint64, error) {
 }
 
 func (s *Store) edgeIndex(first bool) (idx uint64, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketLogs).Cursor()
 		k, _ := c.Last()
 		if first {
@@ -176,7 +243,7 @@ func (s *Store) edgeIndex(first bool) (idx uint64, err error) {
 // GetLog reads the entry at index into log. It returns raft.ErrLogNotFound,
 // unwrapped (raft compares with ==), when there is no such entry.
 func (s *Store) GetLog(index uint64, log *raft.Log) error {
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketLogs).Get(indexKey(index))
 		if v == nil {
 			return raft.ErrLogNotFound
@@ -185,7 +252,7 @@ func (s *Store) GetLog(index uint64, log *raft.Log) error {
 			return err
 		}
 		if log.Index != index {
-			return fmt.Errorf("raftstore: entry under key %d holds index %d: %w", index, log.Index, ErrCorrupt)
+			return fmt.Errorf("entry under key %d holds index %d: %w", index, log.Index, ErrCorrupt)
 		}
 		return nil
 	})
@@ -215,7 +282,7 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 	// bbolt keeps the value slices until the commit: encode into one buffer
 	// that outlives the transaction.
 	buf := make([]byte, 0, size)
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketLogs)
 		for _, l := range logs {
 			start := len(buf)
@@ -224,7 +291,7 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 				return err
 			}
 			if err := b.Put(indexKey(l.Index), buf[start:len(buf):len(buf)]); err != nil {
-				return fmt.Errorf("raftstore: put log %d: %w", l.Index, err)
+				return fmt.Errorf("put log %d: %w", l.Index, err)
 			}
 		}
 		return nil
@@ -242,21 +309,39 @@ func (s *Store) DeleteRange(lo, hi uint64) error {
 	if lo > hi {
 		return nil
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketLogs).Cursor()
-		from := indexKey(lo)
-		// Seek again after each delete: a bbolt cursor's position after
-		// Delete is not a safe place to call Next from.
-		for k, _ := c.Seek(from); k != nil; k, _ = c.Seek(from) {
+		// Seek past each deleted key rather than call Next, whose position
+		// after Delete is not to be trusted; demanding strictly increasing
+		// keys also ends the loop on a corrupt tree.
+		for from := lo; ; from++ {
+			k, _ := c.Seek(indexKey(from))
+			if k == nil {
+				break
+			}
 			idx, err := keyIndex(k)
 			if err != nil {
 				return err
+			}
+			if idx < from {
+				return fmt.Errorf("seek to %d found %d: %w", from, idx, ErrCorrupt)
 			}
 			if idx > hi {
 				break
 			}
 			if err := c.Delete(); err != nil {
 				return fmt.Errorf("delete log %d: %w", idx, err)
+			}
+			if idx == hi {
+				break
+			}
+			from = idx
+		}
+		// A delete that missed its key (keys out of order on a page) would
+		// leave it behind.
+		if k, _ := c.Seek(indexKey(lo)); k != nil {
+			if idx, err := keyIndex(k); err != nil || idx <= hi {
+				return fmt.Errorf("log %x survived the delete: %w", k, ErrCorrupt)
 			}
 		}
 		return nil
@@ -269,7 +354,7 @@ func (s *Store) DeleteRange(lo, hi uint64) error {
 
 // Set stores val under key. The key must be 1 to 32768 bytes.
 func (s *Store) Set(key, val []byte) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketStable).Put(key, val)
 	})
 	if err != nil {
@@ -283,7 +368,7 @@ func (s *Store) Set(key, val []byte) error {
 // slice.
 func (s *Store) Get(key []byte) ([]byte, error) {
 	var val []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		// bbolt's Get cannot tell a missing key from an empty value; the
 		// cursor can.
 		k, v := tx.Bucket(bucketStable).Cursor().Seek(key)

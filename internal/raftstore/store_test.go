@@ -2,8 +2,11 @@ package raftstore
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -375,4 +378,90 @@ func BenchmarkStoreLogs(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestCorruptPages damages bbolt's pages (not only our values): every
+// operation must return, with or without an error, and never take the
+// process down; a failed Open must not keep the file locked.
+func TestCorruptPages(t *testing.T) {
+	s, path := openTemp(t)
+	if err := s.StoreLogs(entries(1, 2000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetUint64([]byte("CurrentTerm"), 3); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const page = 4096
+	if len(orig) < 8*page || os.Getpagesize() != page {
+		t.Skipf("file of %d bytes, OS page %d: the test assumes 4 KiB pages", len(orig), os.Getpagesize())
+	}
+
+	try := func(b []byte) (failed bool) {
+		t.Helper()
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err := Open(path, Options{LockTimeout: 5 * time.Second})
+		if errors.Is(err, bolt.ErrTimeout) {
+			t.Fatalf("Open: %v: an earlier failed Open kept the lock", err)
+		}
+		if err != nil {
+			return true
+		}
+		defer s.Close()
+		var l raft.Log
+		for i := uint64(0); i <= 2001; i++ {
+			failed = s.GetLog(i, &l) != nil && i >= 1 && i <= 2000 || failed
+		}
+		_, e1 := s.FirstIndex()
+		_, e2 := s.LastIndex()
+		_, e3 := s.GetUint64([]byte("CurrentTerm"))
+		e4 := s.StoreLogs(entries(2001, 2100))
+		e5 := s.DeleteRange(1, 1500)
+		return failed || e1 != nil || e2 != nil || e3 != nil || e4 != nil || e5 != nil
+	}
+
+	// The freelist page's type: bbolt panics inside Open reading it.
+	// The current meta page is the one with the higher txid; its freelist
+	// page id is at offset 48 (16-byte page header, then magic, version,
+	// page size, flags, root bucket of 16 bytes).
+	meta := func(i int) (txid, freelist uint64) {
+		m := orig[i*page:]
+		return binary.LittleEndian.Uint64(m[64:]), binary.LittleEndian.Uint64(m[48:])
+	}
+	tx0, fl0 := meta(0)
+	tx1, fl1 := meta(1)
+	fl := fl0
+	if tx1 > tx0 {
+		fl = fl1
+	}
+	if fl < 2 || int(fl+1)*page > len(orig) {
+		t.Fatalf("freelist page %d out of a %d-byte file", fl, len(orig))
+	}
+	b := bytes.Clone(orig)
+	binary.LittleEndian.PutUint16(b[int(fl)*page+8:], 0x01) // branch page flag
+	if !try(b) {
+		t.Error("a file whose freelist page is not a freelist opened and worked")
+	}
+
+	rng := rand.New(rand.NewPCG(1, 2))
+	failures := 0
+	for range 100 {
+		b := bytes.Clone(orig)
+		for range 16 {
+			b[2*page+rng.IntN(len(b)-2*page)] = byte(rng.Uint32())
+		}
+		if try(b) {
+			failures++
+		}
+	}
+	if failures == 0 {
+		t.Error("100 damaged files and not one error")
+	}
+	t.Logf("%d of 100 damaged files gave errors", failures)
 }
