@@ -11,9 +11,9 @@ import (
 	"slices"
 	"time"
 
+	"shoal/internal/engine"
 	"shoal/internal/kv"
 	"shoal/internal/vbucket"
-	"shoal/internal/wire"
 )
 
 // Scan verifies the framing and every checksum of the dump read from r
@@ -122,7 +122,7 @@ func (d *reader) readPayload(buf []byte, n int, at int64) ([]byte, error) {
 }
 
 func (d *reader) readHeader() error {
-	var b [headerFixed + wire.MaxChannelLen + 4]byte
+	var b [headerFixed + engine.MaxChannelLen + 4]byte
 	if err := d.readFull(b[:headerFixed], 0, "header"); err != nil {
 		return err
 	}
@@ -380,9 +380,9 @@ func readRecord(raw []byte, pos int, runSeqno uint64) (kv.Record, int, error) {
 	pos += n
 	keyLen, valueLen, seqno := v[0], v[1], v[2]
 	switch {
-	case keyLen == 0 || keyLen > wire.MaxKeyLen:
+	case keyLen == 0 || keyLen > engine.MaxKeyLen:
 		return kv.Record{}, pos, fmt.Errorf("key of %d bytes", keyLen)
-	case valueLen > wire.MaxValueLen:
+	case valueLen > engine.MaxValueLen:
 		return kv.Record{}, pos, fmt.Errorf("value of %d bytes over the limit", valueLen)
 	case keyLen+valueLen > uint64(len(raw)-pos):
 		return kv.Record{}, pos, errors.New("record past the block end")

@@ -9,9 +9,9 @@ import (
 	"runtime"
 	"sync"
 
+	"shoal/internal/engine"
 	"shoal/internal/kv"
 	"shoal/internal/vbucket"
-	"shoal/internal/wire"
 )
 
 // Summary is what an Encoder wrote.
@@ -144,9 +144,9 @@ func (e *Encoder) Add(vb uint16, seqno uint64, recs []kv.Record) error {
 
 func (e *Encoder) check(vb uint16, seqno uint64, r *kv.Record) error {
 	switch {
-	case len(r.Key) == 0 || len(r.Key) > wire.MaxKeyLen:
+	case len(r.Key) == 0 || len(r.Key) > engine.MaxKeyLen:
 		return fmt.Errorf("%w: key of %d bytes", ErrInvalidRecord, len(r.Key))
-	case len(r.Value) > wire.MaxValueLen:
+	case len(r.Value) > engine.MaxValueLen:
 		return fmt.Errorf("%w: value of %d bytes", ErrInvalidRecord, len(r.Value))
 	case r.Seqno > seqno:
 		return fmt.Errorf("%w: record seqno %d above vbucket %d's seqno %d", ErrInvalidRecord, r.Seqno, vb, seqno)

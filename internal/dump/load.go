@@ -15,9 +15,9 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"shoal/internal/engine"
 	"shoal/internal/kv"
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 // Sink is the kv engine as Load fills it (kv.Store implements it).
@@ -242,7 +242,7 @@ func (l *loader) scanDir() (map[string]channelFiles, error) {
 			l.log.Debug("ignoring a file that is not a dump", "file", path)
 			continue
 		}
-		if !wire.ValidChannelString(ch) {
+		if !engine.ValidChannelString(ch) {
 			l.log.Warn("ignoring a dump file whose name is not a channel name", "file", path)
 			continue
 		}

@@ -12,10 +12,10 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"shoal/internal/engine"
 	"shoal/internal/logstore/segment"
 	"shoal/internal/vbucket"
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 // Report is what Check found, and with repair what it did.
@@ -118,7 +118,7 @@ func (c *checker) run() error {
 	for _, e := range entries {
 		name, path := e.Name(), filepath.Join(c.dir, e.Name())
 		switch {
-		case e.IsDir() && wire.ValidChannelString(name):
+		case e.IsDir() && engine.ValidChannelString(name):
 			c.rep.Channels++
 			if err := c.channel(path); err != nil {
 				return err

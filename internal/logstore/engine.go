@@ -11,7 +11,6 @@ import (
 	"shoal/internal/engine"
 	"shoal/internal/logstore/segment"
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 var _ engine.Engine = (*Store)(nil)
@@ -38,7 +37,7 @@ func (s *Store) Apply(m *engine.Mutation) error {
 	if int(m.VBucket) >= s.cfg.VBuckets || m.Seqno == 0 {
 		return fmt.Errorf("%w: vbucket %d seqno %d", ErrBadMutation, m.VBucket, m.Seqno)
 	}
-	if !wire.ValidChannelString(m.Channel) {
+	if !engine.ValidChannelString(m.Channel) {
 		return fmt.Errorf("%w: %q", ErrBadChannel, m.Channel)
 	}
 	switch m.Op {

@@ -13,7 +13,6 @@ import (
 
 	"shoal/internal/engine"
 	"shoal/internal/logstore/segment"
-	"shoal/internal/wire"
 )
 
 // ChannelStats describes one channel.
@@ -88,7 +87,7 @@ func cloneTombs(t tombs) tombs {
 // an OpRemoveChannel mutation. Removing a channel that does not exist does
 // nothing.
 func (s *Store) RemoveChannel(ch string) error {
-	if !wire.ValidChannelString(ch) {
+	if !engine.ValidChannelString(ch) {
 		return fmt.Errorf("%w: %q", ErrBadChannel, ch)
 	}
 	s.maintMu.Lock()

@@ -10,9 +10,9 @@ import (
 	"path/filepath"
 	"slices"
 
+	"shoal/internal/engine"
 	"shoal/internal/logstore/segment"
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 // The state file, Dir/vbuckets.state, keeps what the segments alone cannot
@@ -129,7 +129,7 @@ func decodeState(b []byte) (*state, error) {
 		name := string(p[1 : 1+p[0]])
 		p = p[1+int(p[0]):]
 		vb := binary.LittleEndian.Uint16(p)
-		if !wire.ValidChannelString(name) || uint32(vb) >= nvb {
+		if !engine.ValidChannelString(name) || uint32(vb) >= nvb {
 			return nil, fmt.Errorf("%w: bad tombstone %q/%d", ErrBadState, name, vb)
 		}
 		st.tombs.set(name, vb, binary.LittleEndian.Uint64(p[2:]))

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"shoal/internal/engine"
 	"shoal/internal/vfs"
 	"shoal/internal/wire"
 )
@@ -141,7 +142,7 @@ func decodeEntry(typ byte, body []byte, nvb int) (entry, error) {
 	badName := false
 	channel := func() string {
 		b := d.Bytes8()
-		if d.Err() == nil && !wire.ValidChannel(b) {
+		if d.Err() == nil && !engine.ValidChannel(b) {
 			badName = true
 		}
 		return string(b)

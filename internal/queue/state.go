@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 
+	"shoal/internal/engine"
 	"shoal/internal/wire"
 )
 
@@ -273,7 +274,7 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 			sub := d.U8()
 			vbits := d.Bytes32()
 			if err = d.Finish(); err == nil {
-				if !wire.ValidChannel(name) || sub > 1 || len(vbits) != (nvb+63)/64*8 {
+				if !engine.ValidChannel(name) || sub > 1 || len(vbits) != (nvb+63)/64*8 {
 					err = fmt.Errorf("%w: channel entry %q", ErrCorrupt, name)
 				} else {
 					err = v.channel(string(name), sub == 1, vbits)
