@@ -12,7 +12,6 @@ import (
 	"strconv"
 
 	"shoal/internal/engine"
-	"shoal/internal/wire"
 )
 
 // stateMagic starts the state file.
@@ -92,11 +91,11 @@ func (s *Store) writeState(rings bool, journalFirst uint64) (err error) {
 		flags = stateFlagRings
 	}
 	b = beginFrame(b[:0], stateHeader)
-	b = wire.AppendU32(b, stateVersion)
-	b = wire.AppendU32(b, uint32(len(s.vbs)))
-	b = wire.AppendU64(b, s.nextQueueID)
-	b = wire.AppendU64(b, journalFirst)
-	b = wire.AppendU8(b, flags)
+	b = appendU32(b, stateVersion)
+	b = appendU32(b, uint32(len(s.vbs)))
+	b = appendU64(b, s.nextQueueID)
+	b = appendU64(b, journalFirst)
+	b = appendU8(b, flags)
 	b = finishFrame(b, 0)
 	if err := put(); err != nil {
 		return err
@@ -106,9 +105,9 @@ func (s *Store) writeState(rings bool, journalFirst uint64) (err error) {
 			continue
 		}
 		b = beginFrame(b[:0], stateVBucket)
-		b = wire.AppendU16(b, uint16(i))
-		b = wire.AppendU64(b, v.seqno)
-		b = wire.AppendU64(b, v.lastRemoval)
+		b = appendU16(b, uint16(i))
+		b = appendU64(b, v.seqno)
+		b = appendU64(b, v.lastRemoval)
 		b = finishFrame(b, 0)
 		if err := put(); err != nil {
 			return err
@@ -122,15 +121,15 @@ func (s *Store) writeState(rings bool, journalFirst uint64) (err error) {
 	for _, name := range names {
 		ch := s.channels[name]
 		b = beginFrame(b[:0], stateChannel)
-		b = wire.AppendStr8(b, name)
+		b = appendStr8(b, name)
 		sub := uint8(0)
 		if ch.subscribed {
 			sub = 1
 		}
-		b = wire.AppendU8(b, sub)
-		b = wire.AppendU32(b, uint32(len(ch.vbits)*8))
+		b = appendU8(b, sub)
+		b = appendU32(b, uint32(len(ch.vbits)*8))
 		for _, w := range ch.vbits {
-			b = wire.AppendU64(b, w)
+			b = appendU64(b, w)
 		}
 		b = finishFrame(b, 0)
 		if err := put(); err != nil {
@@ -143,7 +142,7 @@ func (s *Store) writeState(rings bool, journalFirst uint64) (err error) {
 		}
 	}
 	b = beginFrame(b[:0], stateEnd)
-	b = wire.AppendU64(b, frames)
+	b = appendU64(b, frames)
 	b = finishFrame(b, 0)
 	if err := put(); err != nil {
 		return err
@@ -166,23 +165,23 @@ func (s *Store) writeState(rings bool, journalFirst uint64) (err error) {
 func (s *Store) writeQueueState(q *queue, rings bool, b *[]byte, put func() error) error {
 	st := q.of.state()
 	buf := beginFrame((*b)[:0], stateQueue)
-	buf = wire.AppendStr8(buf, q.subscriber)
-	buf = wire.AppendU64(buf, q.id)
-	buf = wire.AppendU64(buf, st.lastSeg)
-	buf = wire.AppendU64(buf, st.headSeg)
-	buf = wire.AppendU64(buf, uint64(st.headOff))
-	buf = wire.AppendU64(buf, st.tailSeg)
-	buf = wire.AppendU64(buf, uint64(st.tailOff))
-	buf = wire.AppendU64(buf, uint64(st.records))
-	buf = wire.AppendU64(buf, uint64(st.bytes))
+	buf = appendStr8(buf, q.subscriber)
+	buf = appendU64(buf, q.id)
+	buf = appendU64(buf, st.lastSeg)
+	buf = appendU64(buf, st.headSeg)
+	buf = appendU64(buf, uint64(st.headOff))
+	buf = appendU64(buf, st.tailSeg)
+	buf = appendU64(buf, uint64(st.tailOff))
+	buf = appendU64(buf, uint64(st.records))
+	buf = appendU64(buf, uint64(st.bytes))
 	*b = finishFrame(buf, 0)
 	if err := put(); err != nil {
 		return err
 	}
 	for _, p := range st.skip {
 		buf = beginFrame((*b)[:0], stateSkip)
-		buf = wire.AppendU64(buf, p.seg)
-		buf = wire.AppendU64(buf, uint64(p.off))
+		buf = appendU64(buf, p.seg)
+		buf = appendU64(buf, uint64(p.off))
 		*b = finishFrame(buf, 0)
 		if err := put(); err != nil {
 			return err
@@ -194,8 +193,8 @@ func (s *Store) writeQueueState(q *queue, rings bool, b *[]byte, put func() erro
 	var err error
 	q.ring.each(func(off int, h itemHeader) bool {
 		buf = beginFrame((*b)[:0], stateRingItem)
-		buf = wire.AppendU16(buf, h.vb)
-		buf = wire.AppendU64(buf, h.seqno)
+		buf = appendU16(buf, h.vb)
+		buf = appendU64(buf, h.seqno)
 		buf = q.ring.appendValue(buf, off, h)
 		*b = finishFrame(buf, 0)
 		err = put()
@@ -237,18 +236,18 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 		if frames == 0 && typ != stateHeader {
 			return fmt.Errorf("%w: state file does not start with a header frame", ErrCorrupt)
 		}
-		d := wire.NewDecoder(body)
+		d := newFieldDecoder(body)
 		switch typ {
 		case stateHeader:
 			if frames != 0 {
 				return fmt.Errorf("%w: second header frame in the state file", ErrCorrupt)
 			}
-			version, n := d.U32(), int(d.U32())
-			h := stateHead{nvb: n, nextQueueID: d.U64(), journalFirst: d.U64()}
-			flags := d.U8()
+			version, n := d.u32(), int(d.u32())
+			h := stateHead{nvb: n, nextQueueID: d.u64(), journalFirst: d.u64()}
+			flags := d.u8()
 			rings = flags&stateFlagRings != 0
 			h.rings = rings
-			if err = d.Finish(); err == nil {
+			if err = d.finish(); err == nil {
 				switch {
 				case version != stateVersion:
 					err = fmt.Errorf("%w: state file version %d, want %d", ErrCorrupt, version, stateVersion)
@@ -261,8 +260,8 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 				}
 			}
 		case stateVBucket:
-			vb, seqno, lastRemoval := d.U16(), d.U64(), d.U64()
-			if err = d.Finish(); err == nil {
+			vb, seqno, lastRemoval := d.u16(), d.u64(), d.u64()
+			if err = d.finish(); err == nil {
 				if int(vb) >= nvb || lastRemoval > seqno {
 					err = fmt.Errorf("%w: vbucket entry %d (seqno %d, removal %d)", ErrCorrupt, vb, seqno, lastRemoval)
 				} else {
@@ -270,10 +269,10 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 				}
 			}
 		case stateChannel:
-			name := d.Bytes8()
-			sub := d.U8()
-			vbits := d.Bytes32()
-			if err = d.Finish(); err == nil {
+			name := d.bytes8()
+			sub := d.u8()
+			vbits := d.bytes32()
+			if err = d.finish(); err == nil {
 				if !engine.ValidChannel(name) || sub > 1 || len(vbits) != (nvb+63)/64*8 {
 					err = fmt.Errorf("%w: channel entry %q", ErrCorrupt, name)
 				} else {
@@ -282,13 +281,13 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 			}
 			inChannel, inQueue = true, false
 		case stateQueue:
-			sub := d.Bytes8()
-			id := d.U64()
-			of := ofState{lastSeg: d.U64(), headSeg: d.U64()}
-			headOff := d.U64()
-			of.tailSeg = d.U64()
-			tailOff, records, bytes := d.U64(), d.U64(), d.U64()
-			if err = d.Finish(); err == nil {
+			sub := d.bytes8()
+			id := d.u64()
+			of := ofState{lastSeg: d.u64(), headSeg: d.u64()}
+			headOff := d.u64()
+			of.tailSeg = d.u64()
+			tailOff, records, bytes := d.u64(), d.u64(), d.u64()
+			if err = d.finish(); err == nil {
 				if !inChannel || !validSubscriber(string(sub)) || headOff > math.MaxInt64 || tailOff > math.MaxInt64 ||
 					records > math.MaxInt64 || bytes > math.MaxInt64 || of.headSeg > of.tailSeg || of.tailSeg > of.lastSeg {
 					err = fmt.Errorf("%w: queue entry %q (id %d)", ErrCorrupt, sub, id)
@@ -299,8 +298,8 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 			}
 			inQueue = inChannel
 		case stateSkip:
-			seg, off := d.U64(), d.U64()
-			if err = d.Finish(); err == nil {
+			seg, off := d.u64(), d.u64()
+			if err = d.finish(); err == nil {
 				if !inQueue || off > math.MaxInt64 {
 					err = fmt.Errorf("%w: skip entry outside a queue", ErrCorrupt)
 				} else {
@@ -308,9 +307,9 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 				}
 			}
 		case stateRingItem:
-			vb, seqno := d.U16(), d.U64()
-			value := d.Rest()
-			if err = d.Finish(); err == nil {
+			vb, seqno := d.u16(), d.u64()
+			value := d.rest()
+			if err = d.finish(); err == nil {
 				if !inQueue || !rings || int(vb) >= nvb {
 					err = fmt.Errorf("%w: ring record (vbucket %d) outside a queue of a file with rings", ErrCorrupt, vb)
 				} else {
@@ -318,8 +317,8 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 				}
 			}
 		case stateEnd:
-			n := d.U64()
-			if err = d.Finish(); err == nil && n != frames {
+			n := d.u64()
+			if err = d.finish(); err == nil && n != frames {
 				err = fmt.Errorf("%w: state file end frame counts %d frames, found %d", ErrCorrupt, n, frames)
 			}
 			done = true
@@ -327,7 +326,7 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 			err = fmt.Errorf("%w: unknown state frame type %q", ErrCorrupt, typ)
 		}
 		if err != nil {
-			if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTrailingData) {
+			if errors.Is(err, errShortBody) || errors.Is(err, errTrailingData) {
 				err = fmt.Errorf("%w: state frame %q: %w", ErrCorrupt, typ, err)
 			}
 			return err
@@ -364,9 +363,9 @@ func (r *restorer) channel(name string, subscribed bool, vbits []byte) error {
 	}
 	r.q = nil
 	r.ch = &channel{name: name, subscribed: subscribed, ringSize: r.s.cfg.ringSize(name), vbits: make([]uint64, len(vbits)/8)}
-	d := wire.NewDecoder(vbits)
+	d := newFieldDecoder(vbits)
 	for i := range r.ch.vbits {
-		r.ch.vbits[i] = d.U64()
+		r.ch.vbits[i] = d.u64()
 	}
 	r.s.channels[name] = r.ch
 	return nil
