@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"shoal/internal/kv"
+	"shoal/internal/engine"
 	"shoal/internal/vfs"
 )
 
@@ -111,7 +111,7 @@ func Inspect(fsys vfs.FS, path string) (Info, error) {
 		return Info{}, fmt.Errorf("cannot open dump %q: %w", path, err)
 	}
 	defer f.Close()
-	return Decode(f, path, func(uint16, uint64, []kv.Record) error { return nil })
+	return Decode(f, path, func(uint16, uint64, []engine.Record) error { return nil })
 }
 
 // writeBehindEvery is how much a dump writes between two requests to the

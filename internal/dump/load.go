@@ -16,7 +16,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"shoal/internal/engine"
-	"shoal/internal/kv"
 	"shoal/internal/vfs"
 )
 
@@ -26,7 +25,7 @@ type Sink interface {
 	// seqno and expiry, and raises vb's seqno to at least seqno. recs alias
 	// a buffer that is reused when Load returns. Load is called from
 	// several goroutines at once, for different channels.
-	Load(ch string, vb uint16, seqno uint64, recs []kv.Record) error
+	Load(ch string, vb uint16, seqno uint64, recs []engine.Record) error
 }
 
 // OnCorrupt is what Load does with a channel whose dump does not verify
@@ -363,7 +362,7 @@ func (l *loader) file(ctx context.Context, ch, path string, res *LoadResult) err
 		"created", info.Created)
 	var loaded int64
 	next := int64(progressEvery)
-	_, err = Decode(f, path, func(vb uint16, seqno uint64, recs []kv.Record) error {
+	_, err = Decode(f, path, func(vb uint16, seqno uint64, recs []engine.Record) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}

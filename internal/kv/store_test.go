@@ -324,7 +324,7 @@ func TestSnapshotAndLoad(t *testing.T) {
 	err := a.SnapshotChannel("c", func(vb uint16, seqno uint64, recs []Record) error {
 		d := dump{vb: vb, seqno: seqno}
 		for _, r := range recs {
-			d.recs = append(d.recs, Record{slices.Clone(r.Key), slices.Clone(r.Value), r.Seqno, r.Expiry})
+			d.recs = append(d.recs, Record{Key: slices.Clone(r.Key), Value: slices.Clone(r.Value), Seqno: r.Seqno, Expiry: r.Expiry})
 		}
 		dumps = append(dumps, d)
 		return nil
