@@ -12,6 +12,7 @@ import (
 	"strconv"
 
 	"shoal/internal/engine"
+	"shoal/internal/vfs"
 )
 
 // stateMagic starts the state file.
@@ -20,10 +21,11 @@ const stateMagic = "SHQSTA01"
 // stateVersion is the version in the state file's header frame.
 const stateVersion = 1
 
-// State file names in the store's directory.
+// State file names in the store's directory: the state file, and the
+// temporary file vfs.WriteFileAtomicFunc writes it to.
 const (
 	stateName    = "state"
-	stateTmpName = "state.tmp"
+	stateTmpName = stateName + vfs.AtomicTempSuffix
 )
 
 // State frame types.
@@ -60,22 +62,22 @@ type stateVisitor interface {
 }
 
 // writeState writes the state file: vBucket seqnos, channels, queues with
-// their overflow positions and, with rings set, every ring's records. It is
-// written to a temporary file, fsynced and renamed over the old one.
-func (s *Store) writeState(rings bool, journalFirst uint64) (err error) {
-	tmp := s.path(stateTmpName)
-	f, err := s.fs.Create(tmp)
-	if err != nil {
-		return fmt.Errorf("cannot create state file %q: %w", tmp, err)
+// their overflow positions and, with rings set, every ring's records. It
+// replaces the old one atomically (vfs.WriteFileAtomicFunc): written to
+// state.tmp, fsynced, renamed over it, the directory fsynced.
+func (s *Store) writeState(rings bool, journalFirst uint64) error {
+	path := s.path(stateName)
+	if err := vfs.WriteFileAtomicFunc(s.fs, path, 0o644, func(f vfs.File) error {
+		return s.encodeState(f, rings, journalFirst)
+	}, nil); err != nil {
+		return classify(fmt.Errorf("cannot write state file %q: %w", path, err))
 	}
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = s.fs.Remove(tmp)
-			err = classify(fmt.Errorf("cannot write state file %q: %w", tmp, err))
-		}
-	}()
-	w := bufio.NewWriterSize(f, 1<<20)
+	return nil
+}
+
+// encodeState writes the state file's contents to dst.
+func (s *Store) encodeState(dst io.Writer, rings bool, journalFirst uint64) error {
+	w := bufio.NewWriterSize(dst, 1<<20)
 	frames := uint64(0)
 	var b []byte
 	put := func() error {
@@ -147,19 +149,7 @@ func (s *Store) writeState(rings bool, journalFirst uint64) (err error) {
 	if err := put(); err != nil {
 		return err
 	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := s.fs.Rename(tmp, s.path(stateName)); err != nil {
-		return err
-	}
-	return s.fs.SyncDir(s.cfg.Dir)
+	return w.Flush()
 }
 
 func (s *Store) writeQueueState(q *queue, rings bool, b *[]byte, put func() error) error {
