@@ -9,12 +9,14 @@ import (
 
 	"shoal/internal/engine"
 	"shoal/internal/vbucket"
+	"shoal/internal/vfs"
 )
 
-// File name suffixes of a channel's dump files.
+// File name suffixes of a channel's dump files. TmpExt is the temporary
+// file vfs.WriteFileAtomicFunc writes a dump to.
 const (
 	Ext       = ".dump"
-	TmpExt    = ".dump.tmp"
+	TmpExt    = Ext + vfs.AtomicTempSuffix
 	BackupExt = ".dump.backup"
 )
 
