@@ -19,7 +19,14 @@ const readBufSize = 16 << 10
 
 // conn is one client connection.
 type conn struct {
-	s  *Server
+	s *Server
+	// raw is the accepted connection. It never changes, so other
+	// goroutines (Shutdown) set its read deadline and close it through raw:
+	// a tls.Conn would pass both to it anyway.
+	raw net.Conn
+	// nc is raw, or the TLS connection over it once the handshake is done.
+	// The reader goroutine sets it before any other goroutine of the
+	// connection (streams, appends, durable acks) starts; only those use it.
 	nc net.Conn
 	br *bufio.Reader
 
@@ -65,7 +72,7 @@ type conn struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	c := &conn{s: s, nc: nc, shutting: make(chan struct{})}
+	c := &conn{s: s, raw: nc, nc: nc, shutting: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wcond = sync.NewCond(&c.wmu)
 	c.authed = s.cfg.Credentials == nil
@@ -95,6 +102,11 @@ func (c *conn) serve() {
 		}
 		tc.SetDeadline(time.Time{})
 		c.nc = tc
+		if c.isShuttingDown() {
+			// Shutdown's read deadline may have come during the
+			// handshake and been cleared with the handshake's.
+			c.raw.SetReadDeadline(time.Now())
+		}
 	}
 	c.br = bufio.NewReaderSize(countingReader{c.nc, c.s}, readBufSize)
 	c.readLoop()
@@ -418,9 +430,7 @@ func (c *conn) isShuttingDown() bool {
 func (c *conn) beginShutdown() {
 	c.shutOnce.Do(func() {
 		close(c.shutting)
-		if nc := c.nc; nc != nil {
-			nc.SetReadDeadline(time.Now())
-		}
+		c.raw.SetReadDeadline(time.Now())
 	})
 }
 
