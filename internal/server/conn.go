@@ -95,18 +95,15 @@ func (c *conn) serve() {
 	defer c.finish()
 	if c.s.cfg.TLS != nil {
 		tc := tls.Server(c.nc, c.s.cfg.TLS)
-		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		tc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		c.setReadDeadline(time.Now().Add(10 * time.Second))
 		if err := tc.Handshake(); err != nil {
 			c.s.cfg.Logger.Debug("TLS handshake failed", "remote", c.nc.RemoteAddr(), "err", err)
 			return
 		}
-		tc.SetDeadline(time.Time{})
+		tc.SetWriteDeadline(time.Time{})
+		c.setReadDeadline(time.Time{})
 		c.nc = tc
-		if c.isShuttingDown() {
-			// Shutdown's read deadline may have come during the
-			// handshake and been cleared with the handshake's.
-			c.raw.SetReadDeadline(time.Now())
-		}
 	}
 	c.br = bufio.NewReaderSize(countingReader{c.nc, c.s}, readBufSize)
 	c.readLoop()
@@ -120,7 +117,7 @@ func (c *conn) readLoop() {
 	// connection (nothing buffered) may wait forever.
 	partial := func() {
 		c.commitAppends() // do not hold appends while the frame arrives
-		c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
+		c.setReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
 		framing = true
 	}
 	for {
@@ -130,7 +127,7 @@ func (c *conn) readLoop() {
 				return
 			}
 			if framing {
-				c.nc.SetReadDeadline(time.Time{})
+				c.setReadDeadline(time.Time{})
 				framing = false
 			}
 			if _, err := c.br.Peek(1); err != nil {
@@ -422,6 +419,17 @@ func (c *conn) isShuttingDown() bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// setReadDeadline sets the read deadline of the reader (which alone calls
+// it) to t, unless the connection is shutting down: then the deadline
+// stays in the past, as beginShutdown set it, whichever of the two came
+// first, so that the reader stops after what it has already received.
+func (c *conn) setReadDeadline(t time.Time) {
+	c.raw.SetReadDeadline(t)
+	if c.isShuttingDown() {
+		c.raw.SetReadDeadline(time.Now())
 	}
 }
 
