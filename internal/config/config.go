@@ -16,8 +16,8 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"shoal/internal/dump"
+	"shoal/internal/engine"
 	"shoal/internal/vbucket"
-	"shoal/internal/wire"
 )
 
 // Config is everything shoald can be told. Every field has a flag of the
@@ -218,8 +218,8 @@ func (c *Config) Validate() error {
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("tls-cert and tls-key must be given together"))
 	}
-	if c.MaxValueSize < 0 || c.MaxValueSize > wire.MaxValueLen {
-		errs = append(errs, fmt.Errorf("max-value-size %s: must be at most %s", c.MaxValueSize, Size(wire.MaxValueLen)))
+	if c.MaxValueSize < 0 || c.MaxValueSize > engine.MaxValueLen {
+		errs = append(errs, fmt.Errorf("max-value-size %s: must be at most %s", c.MaxValueSize, Size(engine.MaxValueLen)))
 	}
 	if c.MaxConnections < 1 {
 		errs = append(errs, fmt.Errorf("max-connections %d: must be at least 1", c.MaxConnections))

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"time"
 
-	"shoal/internal/wire"
+	"shoal/internal/engine"
 )
 
 // FsyncInterval is how often a journal is fsynced: a duration such as
@@ -53,7 +53,7 @@ func (c *Config) validateQueue() []error {
 		errs = append(errs, fmt.Errorf("queue-ring-size %s: must be at least %s", c.QueueRingSize, Size(minRingSize)))
 	}
 	for p, size := range c.QueueRingSizeByPrefix {
-		if !wire.ValidChannelString(p) {
+		if !engine.ValidChannelString(p) {
 			errs = append(errs, fmt.Errorf("queue_ring_size_by_prefix %q: a prefix is 1-255 of A-Z a-z 0-9 _ -", p))
 		}
 		if size < minRingSize {

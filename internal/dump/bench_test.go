@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"shoal/internal/diskspeed"
+	"shoal/internal/engine"
 	"shoal/internal/kv"
 	"shoal/internal/vbucket"
 	"shoal/internal/vfs"
@@ -77,9 +78,9 @@ func newBenchSource(n int) *benchSource {
 
 func (s *benchSource) ChannelNames() []string { return []string{"bench"} }
 
-func (s *benchSource) SnapshotChannel(_ string, fn func(vb uint16, seqno uint64, recs []kv.Record) error) error {
+func (s *benchSource) SnapshotChannel(_ string, fn func(vb uint16, seqno uint64, recs []engine.Record) error) error {
 	var scratch []byte
-	var recs []kv.Record
+	var recs []engine.Record
 	for i := range s.vbs {
 		v := &s.vbs[i]
 		v.mu.Lock()
@@ -87,7 +88,7 @@ func (s *benchSource) SnapshotChannel(_ string, fn func(vb uint16, seqno uint64,
 		scratch = append(scratch[:0], v.data...)
 		recs = recs[:0]
 		for off, seq := 0, uint64(1); off < len(scratch); off, seq = off+benchRecLen, seq+1 {
-			recs = append(recs, kv.Record{Key: scratch[off : off+benchKeyLen], Value: scratch[off+benchKeyLen : off+benchRecLen], Seqno: seq})
+			recs = append(recs, engine.Record{Key: scratch[off : off+benchKeyLen], Value: scratch[off+benchKeyLen : off+benchRecLen], Seqno: seq})
 		}
 		pause := time.Since(start)
 		seqno := v.seqno
@@ -121,7 +122,7 @@ type countingSink struct {
 	check          atomic.Uint64
 }
 
-func (s *countingSink) Load(_ string, _ uint16, _ uint64, recs []kv.Record) error {
+func (s *countingSink) Load(_ string, _ uint16, _ uint64, recs []engine.Record) error {
 	var n, sum uint64
 	for _, r := range recs {
 		n += uint64(len(r.Key) + len(r.Value))
@@ -167,7 +168,7 @@ func BenchmarkDecode(b *testing.B) {
 	sink := &countingSink{}
 	b.SetBytes(int64(src.records * benchRecLen))
 	for b.Loop() {
-		if _, err := Decode(bytes.NewReader(buf.Bytes()), "bench", func(vb uint16, seqno uint64, recs []kv.Record) error {
+		if _, err := Decode(bytes.NewReader(buf.Bytes()), "bench", func(vb uint16, seqno uint64, recs []engine.Record) error {
 			return sink.Load("bench", vb, seqno, recs)
 		}); err != nil {
 			b.Fatal(err)
@@ -339,7 +340,7 @@ func BenchmarkKVSnapshotPause(b *testing.B) {
 			start := time.Now()
 			last := start
 			_, err := WriteFile(vfs.Default, dir, Header{Channel: "bench", VBuckets: benchVBuckets, Created: start}, func(e *Encoder) error {
-				return store.SnapshotChannel("bench", func(vb uint16, seqno uint64, recs []kv.Record) error {
+				return store.SnapshotChannel("bench", func(vb uint16, seqno uint64, recs []engine.Record) error {
 					gaps = append(gaps, time.Since(last))
 					err := e.Add(vb, seqno, recs)
 					last = time.Now()

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"shoal/internal/kv"
+	"shoal/internal/engine"
 	"shoal/internal/vfs"
 )
 
@@ -29,8 +29,8 @@ type slowSource struct {
 	pause time.Duration
 }
 
-func (s slowSource) SnapshotChannel(ch string, fn func(vb uint16, seqno uint64, recs []kv.Record) error) error {
-	return s.fakeStore.SnapshotChannel(ch, func(vb uint16, seqno uint64, recs []kv.Record) error {
+func (s slowSource) SnapshotChannel(ch string, fn func(vb uint16, seqno uint64, recs []engine.Record) error) error {
+	return s.fakeStore.SnapshotChannel(ch, func(vb uint16, seqno uint64, recs []engine.Record) error {
 		time.Sleep(s.pause)
 		return fn(vb, seqno, recs)
 	})

@@ -11,9 +11,8 @@ import (
 	"slices"
 	"time"
 
-	"shoal/internal/kv"
+	"shoal/internal/engine"
 	"shoal/internal/vbucket"
-	"shoal/internal/wire"
 )
 
 // Scan verifies the framing and every checksum of the dump read from r
@@ -50,7 +49,7 @@ func Scan(r io.Reader, name string) (Info, error) {
 // that error. Corruption found late is reported after fn has seen the
 // records before it: a caller that must not apply part of a damaged file
 // calls Scan first.
-func Decode(r io.Reader, name string, fn func(vb uint16, seqno uint64, recs []kv.Record) error) (Info, error) {
+func Decode(r io.Reader, name string, fn func(vb uint16, seqno uint64, recs []engine.Record) error) (Info, error) {
 	d := newReader(r, name)
 	if err := d.readHeader(); err != nil {
 		return Info{}, err
@@ -122,7 +121,7 @@ func (d *reader) readPayload(buf []byte, n int, at int64) ([]byte, error) {
 }
 
 func (d *reader) readHeader() error {
-	var b [headerFixed + wire.MaxChannelLen + 4]byte
+	var b [headerFixed + engine.MaxChannelLen + 4]byte
 	if err := d.readFull(b[:headerFixed], 0, "header"); err != nil {
 		return err
 	}
@@ -307,10 +306,10 @@ func (d *reader) decodeBlocks(p *blockParser) error {
 // them to fn.
 type blockParser struct {
 	d        *reader
-	fn       func(vb uint16, seqno uint64, recs []kv.Record) error
+	fn       func(vb uint16, seqno uint64, recs []engine.Record) error
 	runSeqno []uint64
 	runSeen  []bool
-	recs     []kv.Record
+	recs     []engine.Record
 	bytes    int64
 }
 
@@ -340,7 +339,7 @@ func (p *blockParser) parse(at int64, raw []byte, records uint32) error {
 		pos += runHdrLen
 		p.recs = p.recs[:0]
 		for range count {
-			var r kv.Record
+			var r engine.Record
 			var err error
 			if r, pos, err = readRecord(raw, pos, seqno); err != nil {
 				return bad("%v", err)
@@ -364,32 +363,32 @@ func (p *blockParser) parse(at int64, raw []byte, records uint32) error {
 
 // readRecord decodes the record at raw[pos:] of a run whose seqno is
 // runSeqno and returns it with the position after it.
-func readRecord(raw []byte, pos int, runSeqno uint64) (kv.Record, int, error) {
+func readRecord(raw []byte, pos int, runSeqno uint64) (engine.Record, int, error) {
 	var v [3]uint64
 	for i := range v {
 		x, n := binary.Uvarint(raw[pos:])
 		if n <= 0 {
-			return kv.Record{}, pos, errors.New("bad varint")
+			return engine.Record{}, pos, errors.New("bad varint")
 		}
 		v[i], pos = x, pos+n
 	}
 	expiry, n := binary.Varint(raw[pos:])
 	if n <= 0 {
-		return kv.Record{}, pos, errors.New("bad varint")
+		return engine.Record{}, pos, errors.New("bad varint")
 	}
 	pos += n
 	keyLen, valueLen, seqno := v[0], v[1], v[2]
 	switch {
-	case keyLen == 0 || keyLen > wire.MaxKeyLen:
-		return kv.Record{}, pos, fmt.Errorf("key of %d bytes", keyLen)
-	case valueLen > wire.MaxValueLen:
-		return kv.Record{}, pos, fmt.Errorf("value of %d bytes over the limit", valueLen)
+	case keyLen == 0 || keyLen > engine.MaxKeyLen:
+		return engine.Record{}, pos, fmt.Errorf("key of %d bytes", keyLen)
+	case valueLen > engine.MaxValueLen:
+		return engine.Record{}, pos, fmt.Errorf("value of %d bytes over the limit", valueLen)
 	case keyLen+valueLen > uint64(len(raw)-pos):
-		return kv.Record{}, pos, errors.New("record past the block end")
+		return engine.Record{}, pos, errors.New("record past the block end")
 	case seqno > runSeqno:
-		return kv.Record{}, pos, fmt.Errorf("record seqno %d above the vbucket's %d", seqno, runSeqno)
+		return engine.Record{}, pos, fmt.Errorf("record seqno %d above the vbucket's %d", seqno, runSeqno)
 	}
 	k := pos + int(keyLen)
 	end := k + int(valueLen)
-	return kv.Record{Key: raw[pos:k:k], Value: raw[k:end:end], Seqno: seqno, Expiry: expiry}, end, nil
+	return engine.Record{Key: raw[pos:k:k], Value: raw[k:end:end], Seqno: seqno, Expiry: expiry}, end, nil
 }

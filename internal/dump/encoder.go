@@ -9,9 +9,8 @@ import (
 	"runtime"
 	"sync"
 
-	"shoal/internal/kv"
+	"shoal/internal/engine"
 	"shoal/internal/vbucket"
-	"shoal/internal/wire"
 )
 
 // Summary is what an Encoder wrote.
@@ -100,7 +99,7 @@ func NewEncoder(w io.Writer, h Header) (*Encoder, error) {
 // A vBucket may be added several times, always with the same seqno. Add
 // copies what it needs: recs may be reused when it returns. Its signature
 // is the callback of a Source's SnapshotChannel.
-func (e *Encoder) Add(vb uint16, seqno uint64, recs []kv.Record) error {
+func (e *Encoder) Add(vb uint16, seqno uint64, recs []engine.Record) error {
 	if err := e.error(); err != nil {
 		return err
 	}
@@ -142,11 +141,11 @@ func (e *Encoder) Add(vb uint16, seqno uint64, recs []kv.Record) error {
 	return nil
 }
 
-func (e *Encoder) check(vb uint16, seqno uint64, r *kv.Record) error {
+func (e *Encoder) check(vb uint16, seqno uint64, r *engine.Record) error {
 	switch {
-	case len(r.Key) == 0 || len(r.Key) > wire.MaxKeyLen:
+	case len(r.Key) == 0 || len(r.Key) > engine.MaxKeyLen:
 		return fmt.Errorf("%w: key of %d bytes", ErrInvalidRecord, len(r.Key))
-	case len(r.Value) > wire.MaxValueLen:
+	case len(r.Value) > engine.MaxValueLen:
 		return fmt.Errorf("%w: value of %d bytes", ErrInvalidRecord, len(r.Value))
 	case r.Seqno > seqno:
 		return fmt.Errorf("%w: record seqno %d above vbucket %d's seqno %d", ErrInvalidRecord, r.Seqno, vb, seqno)

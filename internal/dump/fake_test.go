@@ -9,7 +9,7 @@ import (
 	"strings"
 	"sync"
 
-	"shoal/internal/kv"
+	"shoal/internal/engine"
 	"shoal/internal/vbucket"
 )
 
@@ -17,20 +17,20 @@ import (
 type fakeStore struct {
 	vbs   int
 	mu    sync.Mutex
-	seqno []uint64                          // per vBucket, shared by the channels
-	data  map[string][]map[string]kv.Record // channel -> vBucket -> key -> record
+	seqno []uint64                              // per vBucket, shared by the channels
+	data  map[string][]map[string]engine.Record // channel -> vBucket -> key -> record
 }
 
 func newFakeStore(vbs int) *fakeStore {
-	return &fakeStore{vbs: vbs, seqno: make([]uint64, vbs), data: make(map[string][]map[string]kv.Record)}
+	return &fakeStore{vbs: vbs, seqno: make([]uint64, vbs), data: make(map[string][]map[string]engine.Record)}
 }
 
-func (s *fakeStore) channel(ch string) []map[string]kv.Record {
+func (s *fakeStore) channel(ch string) []map[string]engine.Record {
 	c := s.data[ch]
 	if c == nil {
-		c = make([]map[string]kv.Record, s.vbs)
+		c = make([]map[string]engine.Record, s.vbs)
 		for i := range c {
-			c[i] = make(map[string]kv.Record)
+			c[i] = make(map[string]engine.Record)
 		}
 		s.data[ch] = c
 	}
@@ -43,7 +43,7 @@ func (s *fakeStore) put(ch, key, value string, expiry int64) {
 	defer s.mu.Unlock()
 	vb := vbucket.OfString(key, s.vbs)
 	s.seqno[vb]++
-	s.channel(ch)[vb][key] = kv.Record{Key: []byte(key), Value: []byte(value), Seqno: s.seqno[vb], Expiry: expiry}
+	s.channel(ch)[vb][key] = engine.Record{Key: []byte(key), Value: []byte(value), Seqno: s.seqno[vb], Expiry: expiry}
 }
 
 // fill puts n records key-i in ch with values of size bytes.
@@ -55,7 +55,7 @@ func (s *fakeStore) fill(ch string, n, size int) {
 	}
 }
 
-func (s *fakeStore) SnapshotChannel(ch string, fn func(vb uint16, seqno uint64, recs []kv.Record) error) error {
+func (s *fakeStore) SnapshotChannel(ch string, fn func(vb uint16, seqno uint64, recs []engine.Record) error) error {
 	for vb := range s.vbs {
 		s.mu.Lock()
 		c := s.data[ch]
@@ -63,7 +63,7 @@ func (s *fakeStore) SnapshotChannel(ch string, fn func(vb uint16, seqno uint64, 
 			s.mu.Unlock()
 			continue
 		}
-		recs := slices.SortedFunc(maps.Values(c[vb]), func(a, b kv.Record) int { return bytes.Compare(a.Key, b.Key) })
+		recs := slices.SortedFunc(maps.Values(c[vb]), func(a, b engine.Record) int { return bytes.Compare(a.Key, b.Key) })
 		seqno := s.seqno[vb]
 		s.mu.Unlock()
 		if err := fn(uint16(vb), seqno, recs); err != nil {
@@ -79,24 +79,24 @@ func (s *fakeStore) ChannelNames() []string {
 	return slices.Collect(maps.Keys(s.data))
 }
 
-func (s *fakeStore) Load(ch string, vb uint16, seqno uint64, recs []kv.Record) error {
+func (s *fakeStore) Load(ch string, vb uint16, seqno uint64, recs []engine.Record) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.channel(ch)
 	for _, r := range recs {
-		c[vb][string(r.Key)] = kv.Record{Key: bytes.Clone(r.Key), Value: bytes.Clone(r.Value), Seqno: r.Seqno, Expiry: r.Expiry}
+		c[vb][string(r.Key)] = engine.Record{Key: bytes.Clone(r.Key), Value: bytes.Clone(r.Value), Seqno: r.Seqno, Expiry: r.Expiry}
 	}
 	s.seqno[vb] = max(s.seqno[vb], seqno)
 	return nil
 }
 
 // contents returns channel -> key -> record.
-func (s *fakeStore) contents() map[string]map[string]kv.Record {
+func (s *fakeStore) contents() map[string]map[string]engine.Record {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[string]map[string]kv.Record)
+	out := make(map[string]map[string]engine.Record)
 	for ch, c := range s.data {
-		m := make(map[string]kv.Record)
+		m := make(map[string]engine.Record)
 		for _, vb := range c {
 			maps.Copy(m, vb)
 		}
@@ -111,7 +111,7 @@ func (s *fakeStore) contents() map[string]map[string]kv.Record {
 func (s *fakeStore) clone() *fakeStore {
 	c := newFakeStore(s.vbs)
 	for ch := range s.contents() {
-		_ = s.SnapshotChannel(ch, func(vb uint16, seqno uint64, recs []kv.Record) error {
+		_ = s.SnapshotChannel(ch, func(vb uint16, seqno uint64, recs []engine.Record) error {
 			return c.Load(ch, vb, seqno, recs)
 		})
 	}

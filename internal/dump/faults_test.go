@@ -1,13 +1,16 @@
 package dump
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -67,14 +70,20 @@ func (c *opCounter) Inject(op vfs.Op, _ string, n int) (int, error) {
 
 func TestWriteFailureAtEveryStepKeepsPreviousDump(t *testing.T) {
 	old, newer := faultStores()
+	// The operations of a dump over a previous one: every step, the
+	// backup's rename included.
 	counter := &opCounter{n: make(map[vfs.Op]int)}
-	if _, err := writeDump(vfs.Faulty(vfs.Default, counter), t.TempDir(), newer, "ch"); err != nil {
+	probe := t.TempDir()
+	if _, err := writeDump(vfs.Default, probe, old, "ch"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writeDump(vfs.Faulty(vfs.Default, counter), probe, newer, "ch"); err != nil {
 		t.Fatal(err)
 	}
 	if counter.n[vfs.OpWrite] < 3 {
 		t.Fatalf("a dump took %d writes; the test wants several", counter.n[vfs.OpWrite])
 	}
-	steps := []vfs.Op{vfs.OpCreate, vfs.OpWrite, vfs.OpSync, vfs.OpRename, vfs.OpSyncDir}
+	steps := []vfs.Op{vfs.OpCreate, vfs.OpWrite, vfs.OpSync, vfs.OpClose, vfs.OpStat, vfs.OpRename, vfs.OpSyncDir}
 	for _, op := range steps {
 		for n := range counter.n[op] {
 			t.Run(fmt.Sprintf("op%d-after%d", op, n), func(t *testing.T) {
@@ -99,6 +108,48 @@ func TestWriteFailureAtEveryStepKeepsPreviousDump(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// renameOnce fails the first rename onto a path ending with suffix.
+type renameOnce struct {
+	suffix string
+	done   atomic.Bool
+}
+
+func (r *renameOnce) Inject(op vfs.Op, path string, n int) (int, error) {
+	if op == vfs.OpRename && strings.HasSuffix(path, r.suffix) && r.done.CompareAndSwap(false, true) {
+		return 0, vfs.ErrInjected
+	}
+	return n, nil
+}
+
+func TestFailedRenamePutsPreviousDumpBack(t *testing.T) {
+	old, newer := faultStores()
+	dir := t.TempDir()
+	if _, err := writeDump(vfs.Default, dir, old, "ch"); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.ReadFile(Path(dir, "ch"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The previous dump goes to ch.dump.backup, the new one fails to take
+	// its place, and the previous one is renamed back.
+	_, err = writeDump(vfs.Faulty(vfs.Default, &renameOnce{suffix: string(filepath.Separator) + "ch" + Ext}), dir, newer, "ch")
+	if !errors.Is(err, vfs.ErrInjected) {
+		t.Fatalf("dump: %v, want the injected error", err)
+	}
+	if after, err := os.ReadFile(Path(dir, "ch")); err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("the previous dump is not back in place (%v)", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ch"+TmpExt)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("temporary file left behind: %v", err)
+	}
+	got, res := loadDir(t, dir, OnCorruptFail)
+	sameData(t, got, old)
+	if res[0].FromBackup {
+		t.Fatal("loaded the backup")
 	}
 }
 

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"shoal/internal/kv"
+	"shoal/internal/engine"
 	"shoal/internal/vfs"
 )
 
@@ -20,87 +20,75 @@ func Path(dir, ch string) string { return filepath.Join(dir, ch+Ext) }
 // WriteFile writes the dump of h.Channel in dir: fill adds the records to
 // an Encoder writing dir/ch.dump.tmp; the file is then fsynced, the
 // previous dir/ch.dump renamed to dir/ch.dump.backup, the new file renamed
-// to dir/ch.dump and the directory fsynced. If any step fails, the error is
+// to dir/ch.dump and the directory fsynced (vfs.WriteFileAtomicFunc, with
+// the backup made just before its rename). If any step fails, the error is
 // returned and the previous dump is left loadable: the temporary file is
 // removed, and if the new file could not take its place the previous dump
 // is renamed back (if that fails too, it is the backup, which Load uses
 // when the dump is missing). An error of the last step, the directory
-// fsync, leaves the new dump in place but perhaps not durable.
+// fsync, leaves the new dump in place but perhaps not durable
+// (vfs.Replaced reports it).
 func WriteFile(fsys vfs.FS, dir string, h Header, fill func(*Encoder) error) (Summary, error) {
 	if err := h.validate(); err != nil {
 		return Summary{}, err
 	}
 	final := Path(dir, h.Channel)
-	tmp := filepath.Join(dir, h.Channel+TmpExt)
 	backup := filepath.Join(dir, h.Channel+BackupExt)
-	f, err := fsys.Create(tmp)
+	var sum Summary
+	moved := false
+	err := vfs.WriteFileAtomicFunc(fsys, final, 0o644, func(f vfs.File) error {
+		var err error
+		sum, err = encodeFile(f, h, fill)
+		return err
+	}, func() error {
+		var err error
+		moved, err = keepPrevious(fsys, final, backup)
+		return err
+	})
+	var aerr *vfs.AtomicWriteError
+	if moved && errors.As(err, &aerr) && aerr.Op == vfs.OpRename {
+		if rerr := fsys.Rename(backup, final); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("cannot rename previous dump back from %q: %w", backup, rerr))
+		}
+	}
 	if err != nil {
-		return Summary{}, fmt.Errorf("cannot create dump %q: %w", tmp, err)
-	}
-	sum, err := writeTmp(f, h, fill)
-	if cerr := f.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("cannot close dump %q: %w", tmp, cerr)
-	}
-	if err == nil {
-		err = rotate(fsys, tmp, final, backup)
-	}
-	if err != nil {
-		// Best effort, to give the space back: a leftover temporary file
-		// is ignored by Load and truncated by the next dump.
-		_ = fsys.Remove(tmp)
-		return sum, err
-	}
-	if err := fsys.SyncDir(dir); err != nil {
-		return sum, fmt.Errorf("cannot sync directory %q after renaming %q: %w", dir, final, err)
+		return sum, fmt.Errorf("cannot write dump of channel %q: %w", h.Channel, err)
 	}
 	return sum, nil
 }
 
-func writeTmp(f vfs.File, h Header, fill func(*Encoder) error) (Summary, error) {
+// encodeFile writes the dump to f (the temporary file), through a buffer;
+// fill adds the records.
+func encodeFile(f vfs.File, h Header, fill func(*Encoder) error) (Summary, error) {
 	bw := bufio.NewWriterSize(writeBehind(f), 64<<10) // chunks, larger, bypass it
 	enc, err := NewEncoder(bw, h)
 	if err != nil {
-		return Summary{}, fmt.Errorf("cannot write dump %q: %w", f.Name(), err)
+		return Summary{}, err
 	}
 	if err := fill(enc); err != nil {
 		enc.Abort()
-		return Summary{}, fmt.Errorf("cannot write dump %q: %w", f.Name(), err)
+		return Summary{}, err
 	}
 	sum, err := enc.Close()
 	if err == nil {
 		err = bw.Flush()
 	}
-	if err != nil {
-		return sum, fmt.Errorf("cannot write dump %q: %w", f.Name(), err)
-	}
-	if err := f.Sync(); err != nil {
-		return sum, fmt.Errorf("cannot sync dump %q: %w", f.Name(), err)
-	}
-	return sum, nil
+	return sum, err
 }
 
-// rotate moves final to backup (if it exists) and tmp to final.
-func rotate(fsys vfs.FS, tmp, final, backup string) error {
-	moved := false
+// keepPrevious renames final to backup, if final exists, and reports
+// whether it did.
+func keepPrevious(fsys vfs.FS, final, backup string) (bool, error) {
 	switch _, err := fsys.Stat(final); {
-	case err == nil:
-		if err := fsys.Rename(final, backup); err != nil {
-			return fmt.Errorf("cannot rename previous dump %q to %q: %w", final, backup, err)
-		}
-		moved = true
-	case !errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("cannot stat previous dump %q: %w", final, err)
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("cannot stat previous dump %q: %w", final, err)
 	}
-	if err := fsys.Rename(tmp, final); err != nil {
-		err = fmt.Errorf("cannot rename dump %q to %q: %w", tmp, final, err)
-		if moved {
-			if rerr := fsys.Rename(backup, final); rerr != nil {
-				err = errors.Join(err, fmt.Errorf("cannot rename previous dump back from %q: %w", backup, rerr))
-			}
-		}
-		return err
+	if err := fsys.Rename(final, backup); err != nil {
+		return false, fmt.Errorf("cannot rename previous dump %q to %q: %w", final, backup, err)
 	}
-	return nil
+	return true, nil
 }
 
 // Inspect verifies the dump file at path completely, every record
@@ -111,7 +99,7 @@ func Inspect(fsys vfs.FS, path string) (Info, error) {
 		return Info{}, fmt.Errorf("cannot open dump %q: %w", path, err)
 	}
 	defer f.Close()
-	return Decode(f, path, func(uint16, uint64, []kv.Record) error { return nil })
+	return Decode(f, path, func(uint16, uint64, []engine.Record) error { return nil })
 }
 
 // writeBehindEvery is how much a dump writes between two requests to the

@@ -7,14 +7,16 @@ import (
 	"hash/crc32"
 	"time"
 
+	"shoal/internal/engine"
 	"shoal/internal/vbucket"
-	"shoal/internal/wire"
+	"shoal/internal/vfs"
 )
 
-// File name suffixes of a channel's dump files.
+// File name suffixes of a channel's dump files. TmpExt is the temporary
+// file vfs.WriteFileAtomicFunc writes a dump to.
 const (
 	Ext       = ".dump"
-	TmpExt    = ".dump.tmp"
+	TmpExt    = Ext + vfs.AtomicTempSuffix
 	BackupExt = ".dump.backup"
 )
 
@@ -78,13 +80,19 @@ const (
 	// BlockSize is the raw size at which the writer closes a record block.
 	BlockSize = 1 << 20
 	// MaxBlockRaw is the largest raw (decompressed) block a reader accepts:
-	// one record of the largest value the protocol carries, with room to
-	// spare. A block's buffers are never larger.
-	MaxBlockRaw = wire.MaxBody + 64<<10
+	// one record of the largest value (engine.MaxValueLen) with its run
+	// header, varints and key, and room to spare (64 MiB + 64 KiB). It is
+	// part of the format, so it is a number of its own, not derived from
+	// the protocol's frame size. A block's buffers are never larger.
+	MaxBlockRaw = 64<<20 + 64<<10
 	// maxBlockComp bounds a chunk's compressed length; zstd expands
 	// incompressible input by far less than this.
 	maxBlockComp = MaxBlockRaw + MaxBlockRaw/8
 )
+
+// A block must hold one record of the largest value: this does not compile
+// (a negative uint) if engine.MaxValueLen outgrows MaxBlockRaw.
+const _ = uint(MaxBlockRaw - runHdrLen - maxRecordHead - engine.MaxValueLen)
 
 const (
 	magic         = "SHOALDMP"
@@ -95,8 +103,8 @@ const (
 	runHdrLen     = 14
 	chunkRecords  = 1
 	chunkSeqnos   = 2
-	minRecordLen  = 5                                        // four one-byte varints and a one-byte key
-	maxRecordHead = 4*binary.MaxVarintLen64 + wire.MaxKeyLen // varints and the key
+	minRecordLen  = 5                                          // four one-byte varints and a one-byte key
+	maxRecordHead = 4*binary.MaxVarintLen64 + engine.MaxKeyLen // varints and the key
 )
 
 // Errors callers test with errors.Is.
@@ -155,7 +163,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 func maskCRC(c uint32) uint32 { return (c>>15 | c<<17) + 0xa282ead8 }
 
 func (h Header) validate() error {
-	if !wire.ValidChannelString(h.Channel) {
+	if !engine.ValidChannelString(h.Channel) {
 		return fmt.Errorf("dump: invalid channel name %q", h.Channel)
 	}
 	if h.Codec != 0 && !h.Codec.valid() {

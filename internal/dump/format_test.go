@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"pgregory.net/rapid"
 
-	"shoal/internal/kv"
+	"shoal/internal/engine"
 	"shoal/internal/vbucket"
 )
 
@@ -44,7 +44,7 @@ func encodeChannel(t tb, s *fakeStore, ch string, c Codec) ([]byte, Summary) {
 func decodeInto(t tb, b []byte, vbs int) (*fakeStore, Info) {
 	t.Helper()
 	got := newFakeStore(vbs)
-	info, err := Decode(bytes.NewReader(b), "test.dump", func(vb uint16, seqno uint64, recs []kv.Record) error {
+	info, err := Decode(bytes.NewReader(b), "test.dump", func(vb uint16, seqno uint64, recs []engine.Record) error {
 		return got.Load(info0(b), vb, seqno, recs)
 	})
 	if err != nil {
@@ -147,16 +147,16 @@ func TestEncoderRejectsInvalidInput(t *testing.T) {
 	vb := vbucket.Of(key, vbs)
 	other := (vb + 1) % vbs
 	cases := map[string]func(e *Encoder) error{
-		"empty key": func(e *Encoder) error { return e.Add(vb, 5, []kv.Record{{Key: nil, Seqno: 1}}) },
+		"empty key": func(e *Encoder) error { return e.Add(vb, 5, []engine.Record{{Key: nil, Seqno: 1}}) },
 		"long key": func(e *Encoder) error {
 			k := bytes.Repeat([]byte("k"), 251)
-			return e.Add(vbucket.Of(k, vbs), 5, []kv.Record{{Key: k}})
+			return e.Add(vbucket.Of(k, vbs), 5, []engine.Record{{Key: k}})
 		},
-		"seqno above":    func(e *Encoder) error { return e.Add(vb, 5, []kv.Record{{Key: key, Seqno: 6}}) },
-		"wrong vbucket":  func(e *Encoder) error { return e.Add(other, 5, []kv.Record{{Key: key, Seqno: 1}}) },
+		"seqno above":    func(e *Encoder) error { return e.Add(vb, 5, []engine.Record{{Key: key, Seqno: 6}}) },
+		"wrong vbucket":  func(e *Encoder) error { return e.Add(other, 5, []engine.Record{{Key: key, Seqno: 1}}) },
 		"vbucket range":  func(e *Encoder) error { return e.Add(vbs, 5, nil) },
 		"seqno changed":  func(e *Encoder) error { _ = e.Add(vb, 5, nil); return e.Add(vb, 6, nil) },
-		"sticky failure": func(e *Encoder) error { _ = e.Add(vbs, 5, nil); return e.Add(vb, 5, []kv.Record{{Key: key}}) },
+		"sticky failure": func(e *Encoder) error { _ = e.Add(vbs, 5, nil); return e.Add(vb, 5, []engine.Record{{Key: key}}) },
 	}
 	for name, add := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -210,7 +210,7 @@ func TestEveryDamageIsDetected(t *testing.T) {
 }
 
 func testEveryDamageIsDetected(t *testing.T, b []byte) {
-	nop := func(uint16, uint64, []kv.Record) error { return nil }
+	nop := func(uint16, uint64, []engine.Record) error { return nil }
 	for i := range b {
 		d := bytes.Clone(b)
 		d[i] ^= 1 << (i % 8)
@@ -254,7 +254,7 @@ type forged struct {
 
 // run encodes a run header and records (key, value, seqno); count < 0
 // means len(recs).
-func run(vb uint16, seqno uint64, count int, recs ...kv.Record) []byte {
+func run(vb uint16, seqno uint64, count int, recs ...engine.Record) []byte {
 	if count < 0 {
 		count = len(recs)
 	}
@@ -315,7 +315,7 @@ func TestForgedContentFailsDecode(t *testing.T) {
 	const vbs = 4
 	k := []byte("key")
 	vb := vbucket.Of(k, vbs)
-	rec := kv.Record{Key: k, Value: []byte("v"), Seqno: 3}
+	rec := engine.Record{Key: k, Value: []byte("v"), Seqno: 3}
 	seqnos := make([]uint64, vbs)
 	seqnos[vb] = 5
 	other := (vb + 1) % vbs
@@ -327,7 +327,7 @@ func TestForgedContentFailsDecode(t *testing.T) {
 		"two seqnos for a vb":    forge(vbs, seqnos, 4, forged{raw: run(vb, 5, -1, rec), records: 1}, forged{raw: run(vb, 6, -1, rec), records: 1}),
 		"trailer disagrees":      forge(vbs, make([]uint64, vbs), 4, forged{raw: run(vb, 5, -1, rec), records: 1}),
 		"vbucket out of range":   forge(vbs, seqnos, 4, forged{raw: run(vbs, 5, -1, rec), records: 1}),
-		"empty key":              forge(vbs, seqnos, 4, forged{raw: run(vb, 5, -1, kv.Record{Value: []byte("vvvvvv")}), records: 1}),
+		"empty key":              forge(vbs, seqnos, 4, forged{raw: run(vb, 5, -1, engine.Record{Value: []byte("vvvvvv")}), records: 1}),
 		"raw length lies":        forge(vbs, seqnos, 4, forged{raw: run(vb, 5, -1, rec), records: 1, rawLen: 100}),
 		"not zstd":               forge(vbs, seqnos, 4, forged{raw: run(vb, 5, -1, rec), records: 1, payload: []byte("garbage, not a zstd frame")}),
 		"bytes total wrong":      forge(vbs, seqnos, 99, forged{raw: run(vb, 5, -1, rec), records: 1}),
@@ -338,7 +338,7 @@ func TestForgedContentFailsDecode(t *testing.T) {
 			if _, err := Scan(bytes.NewReader(b), "x.dump"); err != nil {
 				t.Fatalf("Scan: %v (the forged file should pass it)", err)
 			}
-			_, err := Decode(bytes.NewReader(b), "x.dump", func(uint16, uint64, []kv.Record) error { return nil })
+			_, err := Decode(bytes.NewReader(b), "x.dump", func(uint16, uint64, []engine.Record) error { return nil })
 			mustCorrupt(t, err, int64(len(b)), "Decode")
 		})
 	}
@@ -383,7 +383,7 @@ func TestAddOneRecordAtATime(t *testing.T) {
 	}
 	for _, r := range s.contents()["ch"] { // map order: vBuckets interleaved
 		vb := vbucket.Of(r.Key, vbs)
-		if err := e.Add(vb, s.seqno[vb], []kv.Record{r}); err != nil {
+		if err := e.Add(vb, s.seqno[vb], []engine.Record{r}); err != nil {
 			t.Fatal(err)
 		}
 	}

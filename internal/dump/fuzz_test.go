@@ -7,7 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"shoal/internal/kv"
+	"shoal/internal/engine"
 	"shoal/internal/vbucket"
 )
 
@@ -15,7 +15,7 @@ import (
 // what Decode accepts Scan accepts with the same description.
 func checkDecode(t *testing.T, b []byte) {
 	var n int64
-	info, err := Decode(bytes.NewReader(b), "fuzz.dump", func(vb uint16, seqno uint64, recs []kv.Record) error {
+	info, err := Decode(bytes.NewReader(b), "fuzz.dump", func(vb uint16, seqno uint64, recs []engine.Record) error {
 		for _, r := range recs {
 			if len(r.Key) == 0 || r.Seqno > seqno {
 				t.Fatalf("Decode passed a bad record %+v in vbucket %d at seqno %d", r, vb, seqno)
@@ -55,7 +55,7 @@ func FuzzDecode(f *testing.F) {
 // and counts, so that the fuzzer reaches the run and record decoder.
 func FuzzBlock(f *testing.F) {
 	k := []byte("key")
-	rec := kv.Record{Key: k, Value: []byte("value"), Seqno: 3, Expiry: -7}
+	rec := engine.Record{Key: k, Value: []byte("value"), Seqno: 3, Expiry: -7}
 	f.Add(uint16(4), run(vbucket.Of(k, 4), 5, -1, rec), uint32(1), uint64(5), uint64(8))
 	f.Add(uint16(1), run(0, 9, -1, rec, rec), uint32(2), uint64(9), uint64(16))
 	f.Add(uint16(3), []byte{0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255}, uint32(3), uint64(1), uint64(0))

@@ -15,9 +15,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"shoal/internal/kv"
+	"shoal/internal/engine"
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 // Sink is the kv engine as Load fills it (kv.Store implements it).
@@ -26,7 +25,7 @@ type Sink interface {
 	// seqno and expiry, and raises vb's seqno to at least seqno. recs alias
 	// a buffer that is reused when Load returns. Load is called from
 	// several goroutines at once, for different channels.
-	Load(ch string, vb uint16, seqno uint64, recs []kv.Record) error
+	Load(ch string, vb uint16, seqno uint64, recs []engine.Record) error
 }
 
 // OnCorrupt is what Load does with a channel whose dump does not verify
@@ -242,7 +241,7 @@ func (l *loader) scanDir() (map[string]channelFiles, error) {
 			l.log.Debug("ignoring a file that is not a dump", "file", path)
 			continue
 		}
-		if !wire.ValidChannelString(ch) {
+		if !engine.ValidChannelString(ch) {
 			l.log.Warn("ignoring a dump file whose name is not a channel name", "file", path)
 			continue
 		}
@@ -363,7 +362,7 @@ func (l *loader) file(ctx context.Context, ch, path string, res *LoadResult) err
 		"created", info.Created)
 	var loaded int64
 	next := int64(progressEvery)
-	_, err = Decode(f, path, func(vb uint16, seqno uint64, recs []kv.Record) error {
+	_, err = Decode(f, path, func(vb uint16, seqno uint64, recs []engine.Record) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"shoal/internal/kv"
+	"shoal/internal/engine"
 	"shoal/internal/vfs"
 )
 
@@ -104,7 +104,7 @@ func TestLoadCorruptDump(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := aOld.clone()
-			_ = b.SnapshotChannel("b", func(vb uint16, seqno uint64, recs []kv.Record) error { return want.Load("b", vb, seqno, recs) })
+			_ = b.SnapshotChannel("b", func(vb uint16, seqno uint64, recs []engine.Record) error { return want.Load("b", vb, seqno, recs) })
 			sameData(t, got, want)
 			if !res[0].FromBackup || !errors.Is(res[0].Problem, ErrCorrupt) || res[1].FromBackup {
 				t.Fatalf("results %+v", res)
@@ -261,7 +261,7 @@ func TestLoadFileOfAnotherChannel(t *testing.T) {
 
 type failingSink struct{ after int }
 
-func (s *failingSink) Load(string, uint16, uint64, []kv.Record) error {
+func (s *failingSink) Load(string, uint16, uint64, []engine.Record) error {
 	if s.after--; s.after < 0 {
 		return errors.New("sink full")
 	}

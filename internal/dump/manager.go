@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"shoal/internal/kv"
+	"shoal/internal/engine"
 	"shoal/internal/vfs"
 )
 
@@ -31,7 +31,7 @@ type Source interface {
 	// SnapshotChannel calls fn for each vBucket holding records of ch, with
 	// a copy of them taken under the vBucket's lock (one short pause per
 	// vBucket) and the vBucket's seqno at the copy; fn runs without the lock.
-	SnapshotChannel(ch string, fn func(vb uint16, seqno uint64, recs []kv.Record) error) error
+	SnapshotChannel(ch string, fn func(vb uint16, seqno uint64, recs []engine.Record) error) error
 	// ChannelNames returns the kv channels to dump.
 	ChannelNames() []string
 }
@@ -289,7 +289,7 @@ func (m *Manager) dumpChannel(ctx context.Context, ch string, listed bool) (r Re
 	start := m.cfg.Now()
 	h := Header{Channel: ch, VBuckets: m.cfg.VBuckets, Created: start, Codec: m.cfg.Codec}
 	sum, err := WriteFile(m.cfg.FS, m.cfg.Dir, h, func(e *Encoder) error {
-		return m.cfg.Source.SnapshotChannel(ch, func(vb uint16, seqno uint64, recs []kv.Record) error {
+		return m.cfg.Source.SnapshotChannel(ch, func(vb uint16, seqno uint64, recs []engine.Record) error {
 			if err := ctx.Err(); err != nil {
 				return err
 			}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"shoal/internal/kv"
+	"shoal/internal/engine"
 	"shoal/internal/vfs"
 )
 
@@ -153,7 +153,7 @@ type blockingSource struct {
 	once    sync.Once
 }
 
-func (s *blockingSource) SnapshotChannel(ch string, fn func(vb uint16, seqno uint64, recs []kv.Record) error) error {
+func (s *blockingSource) SnapshotChannel(ch string, fn func(vb uint16, seqno uint64, recs []engine.Record) error) error {
 	s.once.Do(func() {
 		close(s.entered)
 		<-s.release
@@ -206,7 +206,7 @@ type clockSource struct {
 	took time.Duration
 }
 
-func (s clockSource) SnapshotChannel(ch string, fn func(vb uint16, seqno uint64, recs []kv.Record) error) error {
+func (s clockSource) SnapshotChannel(ch string, fn func(vb uint16, seqno uint64, recs []engine.Record) error) error {
 	s.clk.Advance(s.took)
 	return s.fakeStore.SnapshotChannel(ch, fn)
 }

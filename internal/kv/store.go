@@ -15,7 +15,6 @@ import (
 	"shoal/internal/engine"
 	"shoal/internal/vbmap"
 	"shoal/internal/vbucket"
-	"shoal/internal/wire"
 )
 
 // Errors returned by the Store. Callers test them with errors.Is.
@@ -44,7 +43,7 @@ const (
 // Config configures a Store. The zero value is usable.
 type Config struct {
 	VBuckets     int              // default vbucket.Default (1024)
-	MaxValueSize int              // default 1 MiB; wire.MaxValueLen at most
+	MaxValueSize int              // default 1 MiB; engine.MaxValueLen at most
 	MemoryLimit  int64            // 0 = none; bytes of record memory + index (MemoryUsage)
 	TombstoneTTL time.Duration    // how long tombstones are kept for replicas; default 1 minute
 	Now          func() time.Time // clock seam; nil = time.Now
@@ -137,8 +136,8 @@ func New(cfg Config) (*Store, error) {
 	if cfg.MaxValueSize == 0 {
 		cfg.MaxValueSize = DefaultMaxValueSize
 	}
-	if cfg.MaxValueSize < 0 || cfg.MaxValueSize > wire.MaxValueLen {
-		return nil, fmt.Errorf("kv: max value size %d: want 0..%d", cfg.MaxValueSize, wire.MaxValueLen)
+	if cfg.MaxValueSize < 0 || cfg.MaxValueSize > engine.MaxValueLen {
+		return nil, fmt.Errorf("kv: max value size %d: want 0..%d", cfg.MaxValueSize, engine.MaxValueLen)
 	}
 	if cfg.MemoryLimit < 0 {
 		return nil, fmt.Errorf("kv: negative memory limit %d", cfg.MemoryLimit)
@@ -217,7 +216,7 @@ func checkKey(key []byte) error {
 	if len(key) == 0 {
 		return ErrBadKey
 	}
-	if len(key) > wire.MaxKeyLen {
+	if len(key) > engine.MaxKeyLen {
 		return fmt.Errorf("kv: key of %d bytes: %w", len(key), ErrKeyTooBig)
 	}
 	return nil
@@ -228,7 +227,7 @@ func (s *Store) checkChannel(ch string) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	if !wire.ValidChannelString(ch) {
+	if !engine.ValidChannelString(ch) {
 		return fmt.Errorf("kv: channel %q: %w", ch, ErrBadChannel)
 	}
 	return nil

@@ -15,12 +15,11 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"shoal/internal/engine"
-	"shoal/internal/wire"
 )
 
 func TestConfig(t *testing.T) {
 	for _, cfg := range []Config{
-		{VBuckets: -1}, {VBuckets: 70000}, {MaxValueSize: wire.MaxValueLen + 1}, {MaxValueSize: -1}, {MemoryLimit: -1},
+		{VBuckets: -1}, {VBuckets: 70000}, {MaxValueSize: engine.MaxValueLen + 1}, {MaxValueSize: -1}, {MemoryLimit: -1},
 	} {
 		if s, err := New(cfg); err == nil {
 			s.Close()
@@ -35,7 +34,7 @@ func TestConfig(t *testing.T) {
 
 func TestErrors(t *testing.T) {
 	s := newStore(t, Config{VBuckets: 16, MaxValueSize: 100})
-	long := bytes.Repeat([]byte("k"), wire.MaxKeyLen+1)
+	long := bytes.Repeat([]byte("k"), engine.MaxKeyLen+1)
 	cases := []struct {
 		name string
 		err  error
@@ -61,7 +60,7 @@ func TestErrors(t *testing.T) {
 	if put(s, "c", []byte("k"), make([]byte, 100)) != nil {
 		t.Fatal("value of exactly MaxValueSize refused")
 	}
-	if put(s, "c", bytes.Repeat([]byte("k"), wire.MaxKeyLen), nil) != nil {
+	if put(s, "c", bytes.Repeat([]byte("k"), engine.MaxKeyLen), nil) != nil {
 		t.Fatal("key of MaxKeyLen refused")
 	}
 	if _, err := s.Remove("c", nil); !errors.Is(err, ErrBadKey) {
@@ -325,7 +324,7 @@ func TestSnapshotAndLoad(t *testing.T) {
 	err := a.SnapshotChannel("c", func(vb uint16, seqno uint64, recs []Record) error {
 		d := dump{vb: vb, seqno: seqno}
 		for _, r := range recs {
-			d.recs = append(d.recs, Record{slices.Clone(r.Key), slices.Clone(r.Value), r.Seqno, r.Expiry})
+			d.recs = append(d.recs, Record{Key: slices.Clone(r.Key), Value: slices.Clone(r.Value), Seqno: r.Seqno, Expiry: r.Expiry})
 		}
 		dumps = append(dumps, d)
 		return nil

@@ -36,7 +36,7 @@ type change struct {
 // snapshot instead.
 type changeLog struct {
 	ents    []change // power of two
-	keys    []byte   // power of two, at least 2 × wire.MaxKeyLen
+	keys    []byte   // power of two, at least 2 × engine.MaxKeyLen
 	head    uint64   // entries ever added
 	keyHead uint64   // key bytes ever added
 }

@@ -7,7 +7,6 @@ import (
 
 	"shoal/internal/engine"
 	"shoal/internal/vbmap"
-	"shoal/internal/wire"
 )
 
 // Sweeper work bounds.
@@ -147,7 +146,7 @@ func (p *partition) nextTable(after string) (string, bool) {
 // expire turns the expired record r in slot i into a tombstone at a new
 // seqno. p.mu is held.
 func (s *Store) expire(p *partition, t *table, i int, r *rec) {
-	var kb [wire.MaxKeyLen]byte
+	var kb [engine.MaxKeyLen]byte
 	key := kb[:copy(kb[:], r.key)]
 	n := int64(len(r.key) + len(r.value))
 	seqno := p.seqno + 1

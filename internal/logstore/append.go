@@ -17,7 +17,6 @@ import (
 	"shoal/internal/logstore/segment"
 	"shoal/internal/vbucket"
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 // Rec is one record to append.
@@ -49,7 +48,7 @@ type request struct {
 // (ErrNoSpace for a full disk: then no record of the call is stored, and
 // nothing stored before is lost).
 func (s *Store) Append(ctx context.Context, ch string, recs []Rec, routingKey []byte) error {
-	if !wire.ValidChannelString(ch) {
+	if !engine.ValidChannelString(ch) {
 		return fmt.Errorf("%w: %q", ErrBadChannel, ch)
 	}
 	for i := range recs {

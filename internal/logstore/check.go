@@ -12,10 +12,10 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"shoal/internal/engine"
 	"shoal/internal/logstore/segment"
 	"shoal/internal/vbucket"
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 // Report is what Check found, and with repair what it did.
@@ -118,7 +118,7 @@ func (c *checker) run() error {
 	for _, e := range entries {
 		name, path := e.Name(), filepath.Join(c.dir, e.Name())
 		switch {
-		case e.IsDir() && wire.ValidChannelString(name):
+		case e.IsDir() && engine.ValidChannelString(name):
 			c.rep.Channels++
 			if err := c.channel(path); err != nil {
 				return err
@@ -354,13 +354,8 @@ func (c *checker) badHeader(cf *checkFile, f vfs.File, size int64) error {
 // rewrite replaces path with a file of header h holding recs, keeping the
 // original as path.broken.
 func (c *checker) rewrite(path string, h segment.Header, recs []segment.Record) error {
-	tmp := path + ".tmp"
-	f, err := c.fs.Create(tmp)
-	if err != nil {
-		return err
-	}
-	bw := bufio.NewWriter(f)
-	err = func() error {
+	write := func(f vfs.File) error {
+		bw := bufio.NewWriter(f)
 		if _, err := bw.Write(h.Append(nil)); err != nil {
 			return err
 		}
@@ -388,25 +383,10 @@ func (c *checker) rewrite(path string, h segment.Header, recs []segment.Record) 
 				}
 			}
 		}
-		if err := bw.Flush(); err != nil {
-			return err
-		}
-		return f.Sync()
-	}()
-	if cerr := f.Close(); err == nil {
-		err = cerr
+		return bw.Flush()
 	}
-	if err == nil {
-		err = c.fs.Rename(path, path+".broken")
-	}
-	if err == nil {
-		err = c.fs.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = c.fs.Remove(tmp)
-		return err
-	}
-	return c.fs.SyncDir(filepath.Dir(path))
+	moveAside := func() error { return c.fs.Rename(path, path+".broken") }
+	return vfs.WriteFileAtomicFunc(c.fs, path, 0o644, write, moveAside)
 }
 
 // cutFile truncates path to size and fsyncs it.

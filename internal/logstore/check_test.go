@@ -81,10 +81,14 @@ func TestCheckFindsAndRepairs(t *testing.T) {
 		t.Fatal("check without repair changed a file")
 	}
 
+	badHeader, _ := os.ReadFile(seg(20))
 	out.Reset()
 	rep, err = Check(vfs.Default, cfg.Dir, true, &out)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(seg(20) + ".broken"); err != nil || !bytes.Equal(b, badHeader) {
+		t.Fatalf("the salvaged file's original is not kept as .broken: %v", err)
 	}
 	if rep.Repaired != 5 {
 		t.Fatalf("repaired %d files\n%s", rep.Repaired, out.String())

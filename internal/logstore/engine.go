@@ -12,7 +12,6 @@ import (
 	"shoal/internal/logstore/segment"
 	"shoal/internal/vbmap"
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 var _ engine.Engine = (*Store)(nil)
@@ -51,7 +50,7 @@ func (s *Store) Apply(m *engine.Mutation) error {
 	if int(m.VBucket) >= s.cfg.VBuckets || m.Seqno == 0 {
 		return fmt.Errorf("%w: vbucket %d seqno %d", ErrBadMutation, m.VBucket, m.Seqno)
 	}
-	if !wire.ValidChannelString(m.Channel) {
+	if !engine.ValidChannelString(m.Channel) {
 		return fmt.Errorf("%w: %q", ErrBadChannel, m.Channel)
 	}
 	if err := engine.CheckApply(m.VBucket, s.states.Get(m.VBucket)); err != nil {

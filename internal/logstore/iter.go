@@ -7,8 +7,8 @@ import (
 	"regexp"
 	"sort"
 
+	"shoal/internal/engine"
 	"shoal/internal/logstore/segment"
-	"shoal/internal/wire"
 )
 
 // MaxRegexpLen bounds the source of a regular-expression filter.
@@ -97,7 +97,7 @@ func (s *Store) Range(ch string, from, to uint64, filter Filter, after Position)
 	if from > to {
 		return nil, fmt.Errorf("%w: %d > %d", ErrBadRange, from, to)
 	}
-	if !wire.ValidChannelString(ch) {
+	if !engine.ValidChannelString(ch) {
 		return nil, fmt.Errorf("%w: %q", ErrBadChannel, ch)
 	}
 	s.mu.RLock()

@@ -13,7 +13,7 @@ import (
 
 	"shoal/internal/engine"
 	"shoal/internal/logstore/segment"
-	"shoal/internal/wire"
+	"shoal/internal/vfs"
 )
 
 // ChannelStats describes one channel.
@@ -88,7 +88,7 @@ func cloneTombs(t tombs) tombs {
 // an OpRemoveChannel mutation. Removing a channel that does not exist does
 // nothing.
 func (s *Store) RemoveChannel(ch string) error {
-	if !wire.ValidChannelString(ch) {
+	if !engine.ValidChannelString(ch) {
 		return fmt.Errorf("%w: %q", ErrBadChannel, ch)
 	}
 	s.maintMu.Lock()
@@ -408,7 +408,7 @@ func (s *Store) rewriteBucket(c *channel, start uint64, drop func(*segment.Recor
 }
 
 // writeMerged writes the merged file of a rewrite under a temporary name,
-// fsyncs it and renames it into place.
+// fsyncs it and renames it into place (vfs.WriteFileAtomicFunc).
 func (s *Store) writeMerged(c *channel, segs []*segFile, views []*view, gen uint32,
 	floors map[uint16]uint64, drop func(*segment.Record) bool, compress bool) (*segFile, error) {
 	hdr := segment.Header{Flags: segment.FlagMerged | segment.FlagSorted, Start: segs[0].hdr.Start}
@@ -420,13 +420,10 @@ func (s *Store) writeMerged(c *channel, segs []*segFile, views []*view, gen uint
 	}
 	path := filepath.Join(c.dir, segName(hdr.Start, gen, compress))
 	out := &segFile{path: path, hdr: hdr, gen: gen, sorted: true, vbs: newBitset(s.cfg.VBuckets)}
-	f, err := s.fs.Create(path + ".tmp")
-	if err != nil {
-		return nil, err
-	}
-	cw := &countingWriter{w: f}
-	bw := bufio.NewWriterSize(cw, 1<<20)
-	err = func() error {
+	var cw *countingWriter
+	err := vfs.WriteFileAtomicFunc(s.fs, path, 0o644, func(f vfs.File) error {
+		cw = &countingWriter{w: f}
+		bw := bufio.NewWriterSize(cw, 1<<20)
 		if _, err := bw.Write(hdr.Append(nil)); err != nil {
 			return err
 		}
@@ -449,6 +446,7 @@ func (s *Store) writeMerged(c *channel, segs []*segFile, views []*view, gen uint
 			if r.Seqno <= floors[r.VBucket] || (drop != nil && drop(r)) {
 				continue
 			}
+			var err error
 			if blocks != nil {
 				err = blocks.Add(r)
 			} else {
@@ -472,25 +470,15 @@ func (s *Store) writeMerged(c *channel, segs []*segFile, views []*view, gen uint
 				return err
 			}
 		}
-		if err := bw.Flush(); err != nil {
-			return err
-		}
-		return f.Sync()
-	}()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = s.fs.Rename(path+".tmp", path)
-	}
-	if err != nil {
-		_ = s.fs.Remove(path + ".tmp")
-		return nil, err
-	}
-	// Once renamed, the merged file supersedes its inputs at the next
-	// Open whatever happens, so the rewrite must count as done.
-	if err := s.fs.SyncDir(c.dir); err != nil {
+		return bw.Flush()
+	}, nil)
+	switch {
+	case vfs.Replaced(err):
+		// Once renamed, the merged file supersedes its inputs at the next
+		// Open whatever happens, so the rewrite must count as done.
 		s.log.Error("cannot sync directory after a rewrite", "dir", c.dir, "err", err)
+	case err != nil:
+		return nil, err
 	}
 	out.size = cw.n
 	return out, nil

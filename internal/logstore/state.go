@@ -10,9 +10,9 @@ import (
 	"path/filepath"
 	"slices"
 
+	"shoal/internal/engine"
 	"shoal/internal/logstore/segment"
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 // The state file, Dir/vbuckets.state, keeps what the segments alone cannot
@@ -36,8 +36,8 @@ import (
 //	| uint32 |
 //	+--------+
 //
-// It is replaced atomically: written to vbuckets.state.tmp, fsynced, renamed
-// over the old one, directory fsynced.
+// It is replaced atomically (vfs.WriteFileAtomic): written to
+// vbuckets.state.tmp, fsynced, renamed over the old one, directory fsynced.
 const (
 	stateName    = "vbuckets.state"
 	stateMagic   = "SHOALVBS"
@@ -129,7 +129,7 @@ func decodeState(b []byte) (*state, error) {
 		name := string(p[1 : 1+p[0]])
 		p = p[1+int(p[0]):]
 		vb := binary.LittleEndian.Uint16(p)
-		if !wire.ValidChannelString(name) || uint32(vb) >= nvb {
+		if !engine.ValidChannelString(name) || uint32(vb) >= nvb {
 			return nil, fmt.Errorf("%w: bad tombstone %q/%d", ErrBadState, name, vb)
 		}
 		st.tombs.set(name, vb, binary.LittleEndian.Uint64(p[2:]))
@@ -166,38 +166,10 @@ func readState(fsys vfs.FS, dir string) (*state, error) {
 	return decodeState(b)
 }
 
-// writeState replaces dir's state file with st.
+// writeState replaces dir's state file with st (vfs.WriteFileAtomic).
 func writeState(fsys vfs.FS, dir string, st *state) error {
-	name := filepath.Join(dir, stateName)
-	if err := writeFileSync(fsys, name+".tmp", st.encode()); err != nil {
-		return err
-	}
-	if err := fsys.Rename(name+".tmp", name); err != nil {
-		return fmt.Errorf("cannot rename state file: %w", err)
-	}
-	if err := fsys.SyncDir(dir); err != nil {
-		return fmt.Errorf("cannot sync %q: %w", dir, err)
-	}
-	return nil
-}
-
-// writeFileSync creates name with content b and fsyncs it; on failure it
-// removes the file.
-func writeFileSync(fsys vfs.FS, name string, b []byte) error {
-	f, err := fsys.Create(name)
-	if err != nil {
-		return fmt.Errorf("cannot create %q: %w", name, noSpace(err))
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		_ = fsys.Remove(name)
-		return fmt.Errorf("cannot write %q: %w", name, noSpace(err))
+	if err := vfs.WriteFileAtomic(fsys, filepath.Join(dir, stateName), st.encode(), 0o644); err != nil {
+		return fmt.Errorf("cannot write state file: %w", noSpace(err))
 	}
 	return nil
 }

@@ -16,10 +16,10 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"shoal/internal/engine"
 	"shoal/internal/logstore/segment"
 	"shoal/internal/vbmap"
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 // Errors callers test with errors.Is; the server maps each to a status.
@@ -237,7 +237,7 @@ func (s *Store) load() error {
 	for _, e := range entries {
 		name := e.Name()
 		switch {
-		case e.IsDir() && wire.ValidChannelString(name):
+		case e.IsDir() && engine.ValidChannelString(name):
 			if err := s.loadChannel(name); err != nil {
 				return err
 			}

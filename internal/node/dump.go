@@ -32,10 +32,17 @@ type dumper struct {
 	done   chan error // the final dump's error
 }
 
-// kvSource is the kv engine as the dump Manager reads it.
+// kvSource is the kv engine as the dump Manager reads it: kv.Store's
+// snapshot, and its channel listing as names. The kv engine is the dump's
+// Sink as it is.
 type kvSource struct{ kv *kv.Store }
 
-func (s kvSource) SnapshotChannel(ch string, fn func(vb uint16, seqno uint64, recs []kv.Record) error) error {
+var (
+	_ dump.Source = kvSource{}
+	_ dump.Sink   = (*kv.Store)(nil)
+)
+
+func (s kvSource) SnapshotChannel(ch string, fn func(vb uint16, seqno uint64, recs []engine.Record) error) error {
 	return s.kv.SnapshotChannel(ch, fn)
 }
 

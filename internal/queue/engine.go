@@ -9,7 +9,6 @@ import (
 
 	"shoal/internal/engine"
 	"shoal/internal/vbmap"
-	"shoal/internal/wire"
 )
 
 // Bounds of what a live stream may have queued for a slow sink before it
@@ -60,7 +59,7 @@ func (s *Store) HighSeqno(vb uint16) uint64 {
 // journal mode with FsyncInterval 0 Apply returns once the mutation is on
 // disk.
 func (s *Store) Apply(m *engine.Mutation) error {
-	if !wire.ValidChannelString(m.Channel) {
+	if !engine.ValidChannelString(m.Channel) {
 		return fmt.Errorf("%w: %q", ErrBadChannelName, m.Channel)
 	}
 	if int(m.VBucket) >= len(s.vbs) {

@@ -8,8 +8,8 @@ import (
 	"hash/crc32"
 	"io"
 
+	"shoal/internal/engine"
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 // frameHeaderLen is the size of a frame's crc and length fields.
@@ -20,7 +20,7 @@ const magicLen = 8
 
 // maxFrameLen bounds the length field of a frame read from disk: the largest
 // value plus room for a push entry naming 255 channels.
-const maxFrameLen = wire.MaxValueLen + 128<<10
+const maxFrameLen = engine.MaxValueLen + 128<<10
 
 // readChunk is how much of a frame is read (and allocated) at a time, so a
 // length field that lies costs at most this much memory beyond the bytes

@@ -14,8 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"shoal/internal/engine"
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 // journalMagic starts every journal segment.
@@ -67,11 +67,11 @@ type entry struct {
 func appendPushEntry(dst []byte, vb uint16, targets []pushTarget, value []byte) []byte {
 	start := len(dst)
 	dst = beginFrame(dst, entryPush)
-	dst = wire.AppendU16(dst, vb)
-	dst = wire.AppendU8(dst, uint8(len(targets)))
+	dst = appendU16(dst, vb)
+	dst = appendU8(dst, uint8(len(targets)))
 	for _, t := range targets {
-		dst = wire.AppendStr8(dst, t.channel)
-		dst = wire.AppendU64(dst, t.seqno)
+		dst = appendStr8(dst, t.channel)
+		dst = appendU64(dst, t.seqno)
 	}
 	dst = append(dst, value...)
 	return finishFrame(dst, start)
@@ -80,18 +80,18 @@ func appendPushEntry(dst []byte, vb uint16, targets []pushTarget, value []byte) 
 func appendPopEntry(dst []byte, q *queue, pops []popRef) []byte {
 	start := len(dst)
 	dst = beginFrame(dst, entryPop)
-	dst = wire.AppendStr8(dst, q.ch.name)
+	dst = appendStr8(dst, q.ch.name)
 	sub := uint8(0)
 	if q.ch.subscribed {
 		sub = 1
 	}
-	dst = wire.AppendU8(dst, sub)
-	dst = wire.AppendStr8(dst, q.subscriber)
-	dst = wire.AppendU32(dst, uint32(len(pops)))
+	dst = appendU8(dst, sub)
+	dst = appendStr8(dst, q.subscriber)
+	dst = appendU32(dst, uint32(len(pops)))
 	for _, p := range pops {
-		dst = wire.AppendU16(dst, p.vb)
-		dst = wire.AppendU64(dst, p.ref)
-		dst = wire.AppendU64(dst, p.seqno)
+		dst = appendU16(dst, p.vb)
+		dst = appendU64(dst, p.ref)
+		dst = appendU64(dst, p.seqno)
 	}
 	return finishFrame(dst, start)
 }
@@ -99,20 +99,20 @@ func appendPopEntry(dst []byte, q *queue, pops []popRef) []byte {
 func appendApplyPopEntry(dst []byte, channel, key string, vb uint16, seqno, ref uint64) []byte {
 	start := len(dst)
 	dst = beginFrame(dst, entryApplyPop)
-	dst = wire.AppendStr8(dst, channel)
-	dst = wire.AppendStr8(dst, key)
-	dst = wire.AppendU16(dst, vb)
-	dst = wire.AppendU64(dst, seqno)
-	dst = wire.AppendU64(dst, ref)
+	dst = appendStr8(dst, channel)
+	dst = appendStr8(dst, key)
+	dst = appendU16(dst, vb)
+	dst = appendU64(dst, seqno)
+	dst = appendU64(dst, ref)
 	return finishFrame(dst, start)
 }
 
 func appendNameEntry(dst []byte, typ byte, channel, subscriber string) []byte {
 	start := len(dst)
 	dst = beginFrame(dst, typ)
-	dst = wire.AppendStr8(dst, channel)
+	dst = appendStr8(dst, channel)
 	if typ == entrySubscribe {
-		dst = wire.AppendStr8(dst, subscriber)
+		dst = appendStr8(dst, subscriber)
 	}
 	return finishFrame(dst, start)
 }
@@ -120,16 +120,16 @@ func appendNameEntry(dst []byte, typ byte, channel, subscriber string) []byte {
 func appendApplyRemoveEntry(dst []byte, channel string, vb uint16, seqno uint64) []byte {
 	start := len(dst)
 	dst = beginFrame(dst, entryApplyRemove)
-	dst = wire.AppendStr8(dst, channel)
-	dst = wire.AppendU16(dst, vb)
-	dst = wire.AppendU64(dst, seqno)
+	dst = appendStr8(dst, channel)
+	dst = appendU16(dst, vb)
+	dst = appendU64(dst, seqno)
 	return finishFrame(dst, start)
 }
 
 func appendDropEntry(dst []byte, vb uint16) []byte {
 	start := len(dst)
 	dst = beginFrame(dst, entryDrop)
-	dst = wire.AppendU16(dst, vb)
+	dst = appendU16(dst, vb)
 	return finishFrame(dst, start)
 }
 
@@ -137,40 +137,40 @@ func appendDropEntry(dst []byte, vb uint16) []byte {
 // checks every field: names, vBuckets, counts.
 func decodeEntry(typ byte, body []byte, nvb int) (entry, error) {
 	e := entry{typ: typ}
-	d := wire.NewDecoder(body)
+	d := newFieldDecoder(body)
 	badName := false
 	channel := func() string {
-		b := d.Bytes8()
-		if d.Err() == nil && !wire.ValidChannel(b) {
+		b := d.bytes8()
+		if d.err == nil && !engine.ValidChannel(b) {
 			badName = true
 		}
 		return string(b)
 	}
 	switch typ {
 	case entryPush:
-		e.vb = d.U16()
-		n := int(d.U8())
+		e.vb = d.u16()
+		n := int(d.u8())
 		for range n {
-			e.targets = append(e.targets, pushTarget{channel: channel(), seqno: d.U64()})
+			e.targets = append(e.targets, pushTarget{channel: channel(), seqno: d.u64()})
 		}
 		if n == 0 {
 			return e, fmt.Errorf("%w: push entry without channels", ErrCorrupt)
 		}
-		e.value = d.Rest()
+		e.value = d.rest()
 	case entryPop:
 		e.channel = channel()
-		sub := d.U8()
+		sub := d.u8()
 		e.subscribed = sub == 1
-		e.subscriber = string(d.Bytes8())
+		e.subscriber = string(d.bytes8())
 		if sub > 1 || (sub == 0 && e.subscriber != "") {
 			return e, fmt.Errorf("%w: pop entry with subscribed flag %d and subscriber %q", ErrCorrupt, sub, e.subscriber)
 		}
-		n := d.U32()
-		if d.Err() == nil && uint64(n)*18 != uint64(d.Len()) {
-			return e, fmt.Errorf("%w: pop entry claims %d records in %d bytes", ErrCorrupt, n, d.Len())
+		n := d.u32()
+		if d.err == nil && uint64(n)*18 != uint64(d.len()) {
+			return e, fmt.Errorf("%w: pop entry claims %d records in %d bytes", ErrCorrupt, n, d.len())
 		}
 		for range n {
-			p := popRef{vb: d.U16(), ref: d.U64(), seqno: d.U64()}
+			p := popRef{vb: d.u16(), ref: d.u64(), seqno: d.u64()}
 			if int(p.vb) >= nvb {
 				return e, fmt.Errorf("%w: vbucket %d out of range", ErrCorrupt, p.vb)
 			}
@@ -178,22 +178,22 @@ func decodeEntry(typ byte, body []byte, nvb int) (entry, error) {
 		}
 	case entryApplyPop:
 		e.channel = channel()
-		e.subscriber = string(d.Bytes8())
-		e.vb, e.seqno, e.ref = d.U16(), d.U64(), d.U64()
+		e.subscriber = string(d.bytes8())
+		e.vb, e.seqno, e.ref = d.u16(), d.u64(), d.u64()
 	case entrySubscribe:
 		e.channel = channel()
-		e.subscriber = string(d.Bytes8())
+		e.subscriber = string(d.bytes8())
 	case entryRemove:
 		e.channel = channel()
 	case entryApplyRemove:
 		e.channel = channel()
-		e.vb, e.seqno = d.U16(), d.U64()
+		e.vb, e.seqno = d.u16(), d.u64()
 	case entryDrop:
-		e.vb = d.U16()
+		e.vb = d.u16()
 	default:
 		return e, fmt.Errorf("%w: unknown journal entry type %q", ErrCorrupt, typ)
 	}
-	if err := d.Finish(); err != nil {
+	if err := d.finish(); err != nil {
 		return e, fmt.Errorf("%w: journal entry %q: %w", ErrCorrupt, typ, err)
 	}
 	if int(e.vb) >= nvb {

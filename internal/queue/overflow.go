@@ -14,7 +14,6 @@ import (
 	"strings"
 
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 // segMagic starts every overflow segment.
@@ -93,8 +92,8 @@ func (o *overflow) segPath(n uint64) string {
 func appendRecord(dst []byte, vb uint16, seqno uint64, value []byte) []byte {
 	start := len(dst)
 	dst = beginFrame(dst, frameRecord)
-	dst = wire.AppendU16(dst, vb)
-	dst = wire.AppendU64(dst, seqno)
+	dst = appendU16(dst, vb)
+	dst = appendU64(dst, seqno)
 	dst = append(dst, value...)
 	return finishFrame(dst, start)
 }

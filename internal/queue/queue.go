@@ -3,8 +3,6 @@ package queue
 import (
 	"context"
 	"slices"
-
-	"shoal/internal/wire"
 )
 
 // channel is a named queue channel. Without subscribers it has exactly one
@@ -117,7 +115,7 @@ func (q *queue) heads(dst []popItem, maxBytes int) ([]popItem, error) {
 func (q *queue) take(dst []byte, items []popItem, framed bool) []byte {
 	for _, it := range items {
 		if framed {
-			dst = wire.AppendU32(dst, uint32(it.vlen))
+			dst = appendU32(dst, uint32(it.vlen))
 		}
 		if it.overflow {
 			dst = append(dst, q.of.head.value...)

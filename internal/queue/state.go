@@ -11,7 +11,8 @@ import (
 	"slices"
 	"strconv"
 
-	"shoal/internal/wire"
+	"shoal/internal/engine"
+	"shoal/internal/vfs"
 )
 
 // stateMagic starts the state file.
@@ -20,10 +21,11 @@ const stateMagic = "SHQSTA01"
 // stateVersion is the version in the state file's header frame.
 const stateVersion = 1
 
-// State file names in the store's directory.
+// State file names in the store's directory: the state file, and the
+// temporary file vfs.WriteFileAtomicFunc writes it to.
 const (
 	stateName    = "state"
-	stateTmpName = "state.tmp"
+	stateTmpName = stateName + vfs.AtomicTempSuffix
 )
 
 // State frame types.
@@ -60,22 +62,22 @@ type stateVisitor interface {
 }
 
 // writeState writes the state file: vBucket seqnos, channels, queues with
-// their overflow positions and, with rings set, every ring's records. It is
-// written to a temporary file, fsynced and renamed over the old one.
-func (s *Store) writeState(rings bool, journalFirst uint64) (err error) {
-	tmp := s.path(stateTmpName)
-	f, err := s.fs.Create(tmp)
-	if err != nil {
-		return fmt.Errorf("cannot create state file %q: %w", tmp, err)
+// their overflow positions and, with rings set, every ring's records. It
+// replaces the old one atomically (vfs.WriteFileAtomicFunc): written to
+// state.tmp, fsynced, renamed over it, the directory fsynced.
+func (s *Store) writeState(rings bool, journalFirst uint64) error {
+	path := s.path(stateName)
+	if err := vfs.WriteFileAtomicFunc(s.fs, path, 0o644, func(f vfs.File) error {
+		return s.encodeState(f, rings, journalFirst)
+	}, nil); err != nil {
+		return classify(fmt.Errorf("cannot write state file %q: %w", path, err))
 	}
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = s.fs.Remove(tmp)
-			err = classify(fmt.Errorf("cannot write state file %q: %w", tmp, err))
-		}
-	}()
-	w := bufio.NewWriterSize(f, 1<<20)
+	return nil
+}
+
+// encodeState writes the state file's contents to dst.
+func (s *Store) encodeState(dst io.Writer, rings bool, journalFirst uint64) error {
+	w := bufio.NewWriterSize(dst, 1<<20)
 	frames := uint64(0)
 	var b []byte
 	put := func() error {
@@ -91,11 +93,11 @@ func (s *Store) writeState(rings bool, journalFirst uint64) (err error) {
 		flags = stateFlagRings
 	}
 	b = beginFrame(b[:0], stateHeader)
-	b = wire.AppendU32(b, stateVersion)
-	b = wire.AppendU32(b, uint32(len(s.vbs)))
-	b = wire.AppendU64(b, s.nextQueueID)
-	b = wire.AppendU64(b, journalFirst)
-	b = wire.AppendU8(b, flags)
+	b = appendU32(b, stateVersion)
+	b = appendU32(b, uint32(len(s.vbs)))
+	b = appendU64(b, s.nextQueueID)
+	b = appendU64(b, journalFirst)
+	b = appendU8(b, flags)
 	b = finishFrame(b, 0)
 	if err := put(); err != nil {
 		return err
@@ -105,9 +107,9 @@ func (s *Store) writeState(rings bool, journalFirst uint64) (err error) {
 			continue
 		}
 		b = beginFrame(b[:0], stateVBucket)
-		b = wire.AppendU16(b, uint16(i))
-		b = wire.AppendU64(b, v.seqno)
-		b = wire.AppendU64(b, v.lastRemoval)
+		b = appendU16(b, uint16(i))
+		b = appendU64(b, v.seqno)
+		b = appendU64(b, v.lastRemoval)
 		b = finishFrame(b, 0)
 		if err := put(); err != nil {
 			return err
@@ -121,15 +123,15 @@ func (s *Store) writeState(rings bool, journalFirst uint64) (err error) {
 	for _, name := range names {
 		ch := s.channels[name]
 		b = beginFrame(b[:0], stateChannel)
-		b = wire.AppendStr8(b, name)
+		b = appendStr8(b, name)
 		sub := uint8(0)
 		if ch.subscribed {
 			sub = 1
 		}
-		b = wire.AppendU8(b, sub)
-		b = wire.AppendU32(b, uint32(len(ch.vbits)*8))
+		b = appendU8(b, sub)
+		b = appendU32(b, uint32(len(ch.vbits)*8))
 		for _, w := range ch.vbits {
-			b = wire.AppendU64(b, w)
+			b = appendU64(b, w)
 		}
 		b = finishFrame(b, 0)
 		if err := put(); err != nil {
@@ -142,46 +144,34 @@ func (s *Store) writeState(rings bool, journalFirst uint64) (err error) {
 		}
 	}
 	b = beginFrame(b[:0], stateEnd)
-	b = wire.AppendU64(b, frames)
+	b = appendU64(b, frames)
 	b = finishFrame(b, 0)
 	if err := put(); err != nil {
 		return err
 	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := s.fs.Rename(tmp, s.path(stateName)); err != nil {
-		return err
-	}
-	return s.fs.SyncDir(s.cfg.Dir)
+	return w.Flush()
 }
 
 func (s *Store) writeQueueState(q *queue, rings bool, b *[]byte, put func() error) error {
 	st := q.of.state()
 	buf := beginFrame((*b)[:0], stateQueue)
-	buf = wire.AppendStr8(buf, q.subscriber)
-	buf = wire.AppendU64(buf, q.id)
-	buf = wire.AppendU64(buf, st.lastSeg)
-	buf = wire.AppendU64(buf, st.headSeg)
-	buf = wire.AppendU64(buf, uint64(st.headOff))
-	buf = wire.AppendU64(buf, st.tailSeg)
-	buf = wire.AppendU64(buf, uint64(st.tailOff))
-	buf = wire.AppendU64(buf, uint64(st.records))
-	buf = wire.AppendU64(buf, uint64(st.bytes))
+	buf = appendStr8(buf, q.subscriber)
+	buf = appendU64(buf, q.id)
+	buf = appendU64(buf, st.lastSeg)
+	buf = appendU64(buf, st.headSeg)
+	buf = appendU64(buf, uint64(st.headOff))
+	buf = appendU64(buf, st.tailSeg)
+	buf = appendU64(buf, uint64(st.tailOff))
+	buf = appendU64(buf, uint64(st.records))
+	buf = appendU64(buf, uint64(st.bytes))
 	*b = finishFrame(buf, 0)
 	if err := put(); err != nil {
 		return err
 	}
 	for _, p := range st.skip {
 		buf = beginFrame((*b)[:0], stateSkip)
-		buf = wire.AppendU64(buf, p.seg)
-		buf = wire.AppendU64(buf, uint64(p.off))
+		buf = appendU64(buf, p.seg)
+		buf = appendU64(buf, uint64(p.off))
 		*b = finishFrame(buf, 0)
 		if err := put(); err != nil {
 			return err
@@ -193,8 +183,8 @@ func (s *Store) writeQueueState(q *queue, rings bool, b *[]byte, put func() erro
 	var err error
 	q.ring.each(func(off int, h itemHeader) bool {
 		buf = beginFrame((*b)[:0], stateRingItem)
-		buf = wire.AppendU16(buf, h.vb)
-		buf = wire.AppendU64(buf, h.seqno)
+		buf = appendU16(buf, h.vb)
+		buf = appendU64(buf, h.seqno)
 		buf = q.ring.appendValue(buf, off, h)
 		*b = finishFrame(buf, 0)
 		err = put()
@@ -236,18 +226,18 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 		if frames == 0 && typ != stateHeader {
 			return fmt.Errorf("%w: state file does not start with a header frame", ErrCorrupt)
 		}
-		d := wire.NewDecoder(body)
+		d := newFieldDecoder(body)
 		switch typ {
 		case stateHeader:
 			if frames != 0 {
 				return fmt.Errorf("%w: second header frame in the state file", ErrCorrupt)
 			}
-			version, n := d.U32(), int(d.U32())
-			h := stateHead{nvb: n, nextQueueID: d.U64(), journalFirst: d.U64()}
-			flags := d.U8()
+			version, n := d.u32(), int(d.u32())
+			h := stateHead{nvb: n, nextQueueID: d.u64(), journalFirst: d.u64()}
+			flags := d.u8()
 			rings = flags&stateFlagRings != 0
 			h.rings = rings
-			if err = d.Finish(); err == nil {
+			if err = d.finish(); err == nil {
 				switch {
 				case version != stateVersion:
 					err = fmt.Errorf("%w: state file version %d, want %d", ErrCorrupt, version, stateVersion)
@@ -260,8 +250,8 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 				}
 			}
 		case stateVBucket:
-			vb, seqno, lastRemoval := d.U16(), d.U64(), d.U64()
-			if err = d.Finish(); err == nil {
+			vb, seqno, lastRemoval := d.u16(), d.u64(), d.u64()
+			if err = d.finish(); err == nil {
 				if int(vb) >= nvb || lastRemoval > seqno {
 					err = fmt.Errorf("%w: vbucket entry %d (seqno %d, removal %d)", ErrCorrupt, vb, seqno, lastRemoval)
 				} else {
@@ -269,11 +259,11 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 				}
 			}
 		case stateChannel:
-			name := d.Bytes8()
-			sub := d.U8()
-			vbits := d.Bytes32()
-			if err = d.Finish(); err == nil {
-				if !wire.ValidChannel(name) || sub > 1 || len(vbits) != (nvb+63)/64*8 {
+			name := d.bytes8()
+			sub := d.u8()
+			vbits := d.bytes32()
+			if err = d.finish(); err == nil {
+				if !engine.ValidChannel(name) || sub > 1 || len(vbits) != (nvb+63)/64*8 {
 					err = fmt.Errorf("%w: channel entry %q", ErrCorrupt, name)
 				} else {
 					err = v.channel(string(name), sub == 1, vbits)
@@ -281,13 +271,13 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 			}
 			inChannel, inQueue = true, false
 		case stateQueue:
-			sub := d.Bytes8()
-			id := d.U64()
-			of := ofState{lastSeg: d.U64(), headSeg: d.U64()}
-			headOff := d.U64()
-			of.tailSeg = d.U64()
-			tailOff, records, bytes := d.U64(), d.U64(), d.U64()
-			if err = d.Finish(); err == nil {
+			sub := d.bytes8()
+			id := d.u64()
+			of := ofState{lastSeg: d.u64(), headSeg: d.u64()}
+			headOff := d.u64()
+			of.tailSeg = d.u64()
+			tailOff, records, bytes := d.u64(), d.u64(), d.u64()
+			if err = d.finish(); err == nil {
 				if !inChannel || !validSubscriber(string(sub)) || headOff > math.MaxInt64 || tailOff > math.MaxInt64 ||
 					records > math.MaxInt64 || bytes > math.MaxInt64 || of.headSeg > of.tailSeg || of.tailSeg > of.lastSeg {
 					err = fmt.Errorf("%w: queue entry %q (id %d)", ErrCorrupt, sub, id)
@@ -298,8 +288,8 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 			}
 			inQueue = inChannel
 		case stateSkip:
-			seg, off := d.U64(), d.U64()
-			if err = d.Finish(); err == nil {
+			seg, off := d.u64(), d.u64()
+			if err = d.finish(); err == nil {
 				if !inQueue || off > math.MaxInt64 {
 					err = fmt.Errorf("%w: skip entry outside a queue", ErrCorrupt)
 				} else {
@@ -307,9 +297,9 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 				}
 			}
 		case stateRingItem:
-			vb, seqno := d.U16(), d.U64()
-			value := d.Rest()
-			if err = d.Finish(); err == nil {
+			vb, seqno := d.u16(), d.u64()
+			value := d.rest()
+			if err = d.finish(); err == nil {
 				if !inQueue || !rings || int(vb) >= nvb {
 					err = fmt.Errorf("%w: ring record (vbucket %d) outside a queue of a file with rings", ErrCorrupt, vb)
 				} else {
@@ -317,8 +307,8 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 				}
 			}
 		case stateEnd:
-			n := d.U64()
-			if err = d.Finish(); err == nil && n != frames {
+			n := d.u64()
+			if err = d.finish(); err == nil && n != frames {
 				err = fmt.Errorf("%w: state file end frame counts %d frames, found %d", ErrCorrupt, n, frames)
 			}
 			done = true
@@ -326,7 +316,7 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 			err = fmt.Errorf("%w: unknown state frame type %q", ErrCorrupt, typ)
 		}
 		if err != nil {
-			if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrTrailingData) {
+			if errors.Is(err, errShortBody) || errors.Is(err, errTrailingData) {
 				err = fmt.Errorf("%w: state frame %q: %w", ErrCorrupt, typ, err)
 			}
 			return err
@@ -363,9 +353,9 @@ func (r *restorer) channel(name string, subscribed bool, vbits []byte) error {
 	}
 	r.q = nil
 	r.ch = &channel{name: name, subscribed: subscribed, ringSize: r.s.cfg.ringSize(name), vbits: make([]uint64, len(vbits)/8)}
-	d := wire.NewDecoder(vbits)
+	d := newFieldDecoder(vbits)
 	for i := range r.ch.vbits {
-		r.ch.vbits[i] = d.U64()
+		r.ch.vbits[i] = d.u64()
 	}
 	r.s.channels[name] = r.ch
 	return nil

@@ -17,7 +17,6 @@ import (
 	"shoal/internal/vbmap"
 	"shoal/internal/vbucket"
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 // Errors returned by the Store. Callers test them with errors.Is.
@@ -26,7 +25,7 @@ var (
 	ErrSubscribed      = errors.New("queue: channel has subscribers")                  // Pop on a subscribed channel
 	ErrChannelRemoved  = errors.New("queue: channel removed")                          // ends the consumers of a removed channel
 	ErrNoChannels      = errors.New("queue: no channel given")                         // Push without channels
-	ErrTooManyChannels = errors.New("queue: more channels than a push may name")       // Push to over wire.MaxPushChannels
+	ErrTooManyChannels = errors.New("queue: more channels than a push may name")       // Push to over engine.MaxPushChannels
 	ErrBadChannelName  = errors.New("queue: bad channel name")                         // not 1..255 bytes of [A-Za-z0-9_-]
 	ErrBadSubscriber   = errors.New("queue: bad subscriber name")                      // not 0..255 bytes of [A-Za-z0-9_-]
 	ErrValueTooBig     = errors.New("queue: value too big")                            // over Config.MaxValueSize
@@ -114,7 +113,7 @@ type Config struct {
 	// 0 means DefaultIndexInterval, negative means only then and on Sync.
 	IndexInterval time.Duration
 	// MaxValueSize is the largest value accepted; 0 means
-	// wire.MaxValueLen, the most it may be. A value larger than a ring
+	// engine.MaxValueLen, the most it may be. A value larger than a ring
 	// goes straight to the overflow.
 	MaxValueSize int
 	// Logger receives the store's logs; nil means slog.Default().
@@ -147,13 +146,13 @@ func (c *Config) normalize() error {
 		c.IndexInterval = DefaultIndexInterval
 	}
 	if c.MaxValueSize == 0 {
-		c.MaxValueSize = wire.MaxValueLen
+		c.MaxValueSize = engine.MaxValueLen
 	}
 	if c.RingSize < 0 || c.SegmentSize < 0 || c.JournalSize < 0 || c.FsyncInterval < 0 {
 		return errors.New("queue: negative size or interval in config")
 	}
-	if c.MaxValueSize < 0 || c.MaxValueSize > wire.MaxValueLen {
-		return fmt.Errorf("queue: max value size %d is out of range 0..%d", c.MaxValueSize, wire.MaxValueLen)
+	if c.MaxValueSize < 0 || c.MaxValueSize > engine.MaxValueLen {
+		return fmt.Errorf("queue: max value size %d is out of range 0..%d", c.MaxValueSize, engine.MaxValueLen)
 	}
 	if c.Durability > DurabilityJournal {
 		return fmt.Errorf("queue: unknown durability %d", c.Durability)
@@ -363,7 +362,7 @@ func classify(err error) error {
 }
 
 func validSubscriber(name string) bool {
-	return name == "" || wire.ValidChannelString(name)
+	return name == "" || engine.ValidChannelString(name)
 }
 
 // Push stores value in every channel named (1..255 of them, created on
@@ -380,11 +379,11 @@ func (s *Store) Push(ctx context.Context, channels []string, value, routingKey [
 	if len(channels) == 0 {
 		return ErrNoChannels
 	}
-	if len(channels) > wire.MaxPushChannels {
+	if len(channels) > engine.MaxPushChannels {
 		return ErrTooManyChannels
 	}
 	for _, name := range channels {
-		if !wire.ValidChannelString(name) {
+		if !engine.ValidChannelString(name) {
 			return fmt.Errorf("%w: %q", ErrBadChannelName, name)
 		}
 	}
@@ -487,7 +486,7 @@ func (s *Store) push(vb uint16, targets []pushTarget, value []byte, log bool) (u
 // ErrSubscribed when the channel has subscribers. In journal mode with
 // FsyncInterval 0 it returns only after the pop is on disk.
 func (s *Store) Pop(channel string, dst []byte) ([]byte, error) {
-	if !wire.ValidChannelString(channel) {
+	if !engine.ValidChannelString(channel) {
 		return dst, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
 	}
 	s.mu.Lock()
@@ -582,7 +581,7 @@ func (s *Store) emitPop(q *queue, vb uint16, seqno, ref uint64) {
 // sharing a name split one queue. Subscriptions are permanent until the
 // channel is removed.
 func (s *Store) Subscribe(channel, subscriber string) (*Consumer, error) {
-	if !wire.ValidChannelString(channel) {
+	if !engine.ValidChannelString(channel) {
 		return nil, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
 	}
 	if !validSubscriber(subscriber) {
@@ -650,7 +649,7 @@ func (s *Store) subscribe(channel, subscriber string, log bool) (*queue, uint64,
 // Its consumers end with ErrChannelRemoved. It reports whether the channel
 // existed.
 func (s *Store) RemoveChannel(channel string) (bool, error) {
-	if !wire.ValidChannelString(channel) {
+	if !engine.ValidChannelString(channel) {
 		return false, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
 	}
 	s.mu.Lock()

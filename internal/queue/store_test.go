@@ -14,7 +14,6 @@ import (
 	"go.uber.org/goleak"
 
 	"shoal/internal/vfs"
-	"shoal/internal/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -373,12 +372,12 @@ func TestSubscribers(t *testing.T) {
 
 // decodeBatch splits a Next batch into its values.
 func decodeBatch(t interface{ Fatalf(string, ...any) }, b []byte) []string {
-	d := wire.NewDecoder(b)
+	d := newFieldDecoder(b)
 	var out []string
-	for d.Len() > 0 {
-		out = append(out, string(d.Bytes32()))
+	for d.len() > 0 {
+		out = append(out, string(d.bytes32()))
 	}
-	if err := d.Finish(); err != nil {
+	if err := d.finish(); err != nil {
 		t.Fatalf("batch: %v", err)
 	}
 	return out

@@ -315,35 +315,11 @@ func (l *Logs) write(highs []uint64) error {
 	b := encodeLogFile(l.vbs, highs)
 	l.dirty = false
 	l.mu.Unlock()
-	if err := writeFileAtomic(l.fs, l.path, b); err != nil {
+	if err := vfs.WriteFileAtomic(l.fs, l.path, b, 0o644); err != nil {
 		l.mu.Lock()
 		l.dirty = true
 		l.mu.Unlock()
 		return fmt.Errorf("cannot write failover log %s: %w", l.path, err)
 	}
 	return nil
-}
-
-// writeFileAtomic replaces path with b durably.
-func writeFileAtomic(fs vfs.FS, path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := fs.Create(tmp)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = fs.Rename(tmp, path)
-	}
-	if err != nil {
-		fs.Remove(tmp)
-		return err
-	}
-	return fs.SyncDir(filepath.Dir(path))
 }

@@ -19,7 +19,14 @@ const readBufSize = 16 << 10
 
 // conn is one client connection.
 type conn struct {
-	s  *Server
+	s *Server
+	// raw is the accepted connection. It never changes, so other
+	// goroutines (Shutdown) set its read deadline and close it through raw:
+	// a tls.Conn would pass both to it anyway.
+	raw net.Conn
+	// nc is raw, or the TLS connection over it once the handshake is done.
+	// The reader goroutine sets it before any other goroutine of the
+	// connection (streams, appends, durable acks) starts; only those use it.
 	nc net.Conn
 	br *bufio.Reader
 
@@ -65,7 +72,7 @@ type conn struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	c := &conn{s: s, nc: nc, shutting: make(chan struct{})}
+	c := &conn{s: s, raw: nc, nc: nc, shutting: make(chan struct{})}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wcond = sync.NewCond(&c.wmu)
 	c.authed = s.cfg.Credentials == nil
@@ -88,12 +95,14 @@ func (c *conn) serve() {
 	defer c.finish()
 	if c.s.cfg.TLS != nil {
 		tc := tls.Server(c.nc, c.s.cfg.TLS)
-		tc.SetDeadline(time.Now().Add(10 * time.Second))
+		tc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		c.setReadDeadline(time.Now().Add(10 * time.Second))
 		if err := tc.Handshake(); err != nil {
 			c.s.cfg.Logger.Debug("TLS handshake failed", "remote", c.nc.RemoteAddr(), "err", err)
 			return
 		}
-		tc.SetDeadline(time.Time{})
+		tc.SetWriteDeadline(time.Time{})
+		c.setReadDeadline(time.Time{})
 		c.nc = tc
 	}
 	c.br = bufio.NewReaderSize(countingReader{c.nc, c.s}, readBufSize)
@@ -108,7 +117,7 @@ func (c *conn) readLoop() {
 	// connection (nothing buffered) may wait forever.
 	partial := func() {
 		c.commitAppends() // do not hold appends while the frame arrives
-		c.nc.SetReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
+		c.setReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
 		framing = true
 	}
 	for {
@@ -118,7 +127,7 @@ func (c *conn) readLoop() {
 				return
 			}
 			if framing {
-				c.nc.SetReadDeadline(time.Time{})
+				c.setReadDeadline(time.Time{})
 				framing = false
 			}
 			if _, err := c.br.Peek(1); err != nil {
@@ -413,14 +422,23 @@ func (c *conn) isShuttingDown() bool {
 	}
 }
 
+// setReadDeadline sets the read deadline of the reader (which alone calls
+// it) to t, unless the connection is shutting down: then the deadline
+// stays in the past, as beginShutdown set it, whichever of the two came
+// first, so that the reader stops after what it has already received.
+func (c *conn) setReadDeadline(t time.Time) {
+	c.raw.SetReadDeadline(t)
+	if c.isShuttingDown() {
+		c.raw.SetReadDeadline(time.Now())
+	}
+}
+
 // beginShutdown makes the reader stop after the requests already received.
 // It leaves a connection handed over to a takeover function alone.
 func (c *conn) beginShutdown() {
 	c.shutOnce.Do(func() {
 		close(c.shutting)
-		if nc := c.nc; nc != nil {
-			nc.SetReadDeadline(time.Now())
-		}
+		c.raw.SetReadDeadline(time.Now())
 	})
 }
 

@@ -8,7 +8,8 @@
 // written when the read buffer is drained, so one read and one write serve
 // every request that arrived together. Streams (GetAll, Mirror, ...) run in
 // goroutines of their own and share the output buffer, as do log appends
-// waiting for their group commit (log.go).
+// waiting for their group commit (log.go). locks.go lists the locks, the
+// order they are taken in and which are never held across I/O.
 package server
 
 import (
@@ -312,7 +313,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		s.mu.Lock()
 		for c := range s.conns {
-			c.nc.Close()
+			c.raw.Close()
 		}
 		s.mu.Unlock()
 		<-done

@@ -262,6 +262,18 @@ func (f *faultyFile) Sync() error {
 	return f.File.Sync()
 }
 
+// Close closes the file even when the injector fails it, as a real close
+// that reports an error still releases the descriptor.
+func (f *faultyFile) Close() error {
+	name := f.Name()
+	_, ierr := f.inj.Inject(OpClose, name, 0)
+	err := f.File.Close()
+	if ierr != nil {
+		return &fs.PathError{Op: opName(OpClose), Path: name, Err: ierr}
+	}
+	return err
+}
+
 func (f *faultyFile) Truncate(size int64) error {
 	if _, err := f.inj.Inject(OpTruncate, f.Name(), 0); err != nil {
 		return f.pathErr(OpTruncate, err)

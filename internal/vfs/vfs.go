@@ -2,7 +2,8 @@
 // (dumps, log segments, queue overflow and journal). Production code uses
 // Default, which is the operating system; tests wrap it with Faulty to inject
 // ENOSPC, I/O errors and torn writes at chosen operations, the way pebble's
-// vfs/errorfs does.
+// vfs/errorfs does. WriteFileAtomic and WriteFileAtomicFunc are the one way
+// a file is replaced whole (temporary file, fsync, rename, directory fsync).
 package vfs
 
 import (

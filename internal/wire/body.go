@@ -3,6 +3,8 @@ package wire
 import (
 	"encoding/binary"
 	"math"
+
+	"shoal/internal/engine"
 )
 
 // Body encoders append to dst and return the extended slice, in the style
@@ -146,33 +148,8 @@ func (d *Decoder) Rest() []byte {
 }
 
 // ValidChannel reports whether name is a legal channel name: 1..255 bytes
-// of [A-Za-z0-9_-].
-func ValidChannel(name []byte) bool {
-	if len(name) == 0 || len(name) > MaxChannelLen {
-		return false
-	}
-	for _, c := range name {
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
-		default:
-			return false
-		}
-	}
-	return true
-}
+// of [A-Za-z0-9_-] (engine.ValidChannel).
+func ValidChannel(name []byte) bool { return engine.ValidChannel(name) }
 
 // ValidChannelString is ValidChannel for a string.
-func ValidChannelString(name string) bool {
-	if len(name) == 0 || len(name) > MaxChannelLen {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '-':
-		default:
-			return false
-		}
-	}
-	return true
-}
+func ValidChannelString(name string) bool { return engine.ValidChannelString(name) }

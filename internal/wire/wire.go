@@ -25,6 +25,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"shoal/internal/engine"
 )
 
 // Magic bytes and the protocol version.
@@ -35,7 +37,9 @@ const (
 )
 
 // Protocol limits. They are part of the protocol: a frame outside them is
-// refused with a status, never allocated.
+// refused with a status, never allocated. The limits of keys, values and
+// channel names are the data model's (internal/engine), which the protocol
+// carries; the frame and body sizes are the protocol's own.
 const (
 	HeaderLen = 16
 	// MaxBody is the largest body a frame may claim. A header claiming more
@@ -43,15 +47,16 @@ const (
 	// StatusFrameTooBig and closes the connection.
 	MaxBody = 64 << 20
 	// MaxKeyLen is the longest key; keys are 1..MaxKeyLen bytes.
-	MaxKeyLen = 250
+	MaxKeyLen = engine.MaxKeyLen
 	// MaxChannelLen is the longest channel name; names are 1..255 bytes of
 	// [A-Za-z0-9_-].
-	MaxChannelLen = 255
-	// MaxValueLen is the largest value the protocol can carry in one record.
-	// A node's configured --max-value-size may be smaller, never larger.
-	MaxValueLen = MaxBody - 1024
+	MaxChannelLen = engine.MaxChannelLen
+	// MaxValueLen is the largest value one record may hold, which the
+	// protocol carries in one frame. A node's configured --max-value-size
+	// may be smaller, never larger.
+	MaxValueLen = engine.MaxValueLen
 	// MaxPushChannels is the most channels one Push may name.
-	MaxPushChannels = 255
+	MaxPushChannels = engine.MaxPushChannels
 	// MaxClientName is the longest client name in HELLO and AUTH.
 	MaxClientName = 100
 	// NonceLen is the length of the server nonce used by AUTH.
@@ -59,6 +64,11 @@ const (
 	// MacLen is the length of an HMAC-SHA256 proof.
 	MacLen = 32
 )
+
+// The largest value, with a key and 1 KiB of other fields, must fit in one
+// body: this constant does not compile (a negative uint) if a change to the
+// engine's limits or to MaxBody breaks that.
+const _ = uint(MaxBody - MaxValueLen - 1024)
 
 // Flags in the header.
 const (

@@ -100,19 +100,6 @@ func TestDecoder(t *testing.T) {
 	}
 }
 
-func TestValidChannel(t *testing.T) {
-	for _, ok := range []string{"a", "users", "A-b_9", string(bytes.Repeat([]byte("x"), 255))} {
-		if !ValidChannel([]byte(ok)) || !ValidChannelString(ok) {
-			t.Fatalf("%q refused", ok)
-		}
-	}
-	for _, bad := range []string{"", "a b", "ü", "a/b", "a.b", string(bytes.Repeat([]byte("x"), 256))} {
-		if ValidChannel([]byte(bad)) || ValidChannelString(bad) {
-			t.Fatalf("%q accepted", bad)
-		}
-	}
-}
-
 func TestNames(t *testing.T) {
 	if OpPut.String() != "Put" || Opcode(0xEE).String() != "Opcode(0xee)" || OpPut.Known() == false || Opcode(0xEE).Known() {
 		t.Fatal("opcode names")

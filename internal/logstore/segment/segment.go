@@ -66,7 +66,7 @@ import (
 	"fmt"
 	"hash/crc32"
 
-	"shoal/internal/wire"
+	"shoal/internal/engine"
 )
 
 // Sizes and limits of the format.
@@ -78,7 +78,7 @@ const (
 	// BlockHeaderSize is the size of a compressed block before its data.
 	BlockHeaderSize = 12
 	// MaxValueLen is the largest value a frame may carry.
-	MaxValueLen = wire.MaxValueLen
+	MaxValueLen = engine.MaxValueLen
 	// BlockTarget is the number of frame bytes after which a compressed
 	// block is cut.
 	BlockTarget = 1 << 20
