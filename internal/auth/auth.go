@@ -25,6 +25,12 @@ import (
 // requests when authentication is on.
 const Admin = "admin"
 
+// Peer is the credential name other nodes of the cluster authenticate as:
+// it may open raft and replication connections and make the requests
+// nodes make of each other, but it is not an operator (no RemoveChannel,
+// no DumpNow). The admin credential may do all of that too.
+const Peer = "node"
+
 // MinSecretLen is the shortest secret accepted, in bytes (128 bits).
 const MinSecretLen = 16
 

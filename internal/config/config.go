@@ -96,6 +96,7 @@ type Config struct {
 	OnCorruptDump dump.OnCorrupt `toml:"on_corrupt_dump"`
 
 	Replication // the standby replica and liveness (repl.go)
+	Cluster     // membership and metadata (cluster.go)
 }
 
 // Default returns the settings of a node started with no arguments.
@@ -121,6 +122,7 @@ func Default() Config {
 		OnCorruptDump:   dump.OnCorruptBackup,
 
 		Replication: defaultReplication(),
+		Cluster:     defaultCluster(),
 	}
 }
 
@@ -189,6 +191,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.QueueDurability, "queue-durability", c.QueueDurability, "queue durability: memory (a crash loses the rings) or journal")
 	fs.Var(&c.QueueFsyncInterval, "queue-fsync-interval", "journal mode: fsync period (e.g. 10ms), or always (before every answer)")
 	bindReplication(fs, c)
+	bindCluster(fs, c)
 	bindLog(fs, c)
 	bindDump(fs, c)
 }
@@ -229,6 +232,7 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.validateQueue()...)
 	errs = append(errs, c.validateReplication()...)
+	errs = append(errs, c.validateCluster()...)
 	errs = append(errs, c.validateLog())
 	return errors.Join(errs...)
 }

@@ -51,6 +51,7 @@ type Node struct {
 
 	rep     *replication // replication and liveness (repl.go)
 	routing routing      // the applied vBucket map (routing.go)
+	cluster *cluster     // the metadata group and membership (cluster.go); nil on a standby
 
 	promoting sync.Mutex // serialises promotions (standby.go)
 	standbyMu sync.Mutex
@@ -130,6 +131,9 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 		Dumps:          n.dumps.mgr,
 		ChannelRemoved: n.channelRemoved,
 	}
+	if cfg.ReplicaOf == "" {
+		scfg.Channels = clusterChannels{n}
+	}
 	if cfg.Credentials != "" {
 		if scfg.Credentials, err = auth.LoadCredentials(cfg.Credentials); err != nil {
 			return nil, err
@@ -152,14 +156,6 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 	if err := n.setupRepl(); err != nil {
 		return nil, err
 	}
-	if cfg.ReplicaOf != "" {
-		err = n.setupStandby()
-	} else {
-		err = n.applyMap(vbmap.Solo(n.cfg.NodeID, cfg.VBuckets), nil)
-	}
-	if err != nil {
-		return nil, err
-	}
 
 	if n.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("cannot listen on the data port: %w", err)
@@ -168,6 +164,17 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 		if n.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
 			return nil, fmt.Errorf("cannot listen on the HTTP port: %w", err)
 		}
+	}
+	if cfg.ReplicaOf != "" {
+		err = n.setupStandby()
+	} else {
+		err = n.setupCluster()
+	}
+	if err == nil && n.table() == nil { // a new node of its own: it serves at once
+		err = n.applyMap(vbmap.Solo(n.cfg.NodeID, cfg.VBuckets), nil)
+	}
+	if err != nil {
+		return nil, err
 	}
 	return n, nil
 }
@@ -225,6 +232,11 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.startDumps()
 	n.startRepl(bg, &wg)
+	fatal := make(chan error, 1)
+	if n.cluster != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.clusterLoop(bg, fatal) }()
+	}
 	if n.cfg.Console && isTerminal(os.Stdout) {
 		wg.Add(1)
 		go func() { defer wg.Done(); n.consoleLoop(bg, os.Stdout) }()
@@ -235,6 +247,8 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Info("shutting down")
 	case runErr = <-serveErr:
 		n.log.Error("a listener failed; shutting down", "err", runErr)
+	case runErr = <-fatal:
+		n.log.Error("this node cannot be in the cluster; shutting down", "err", runErr)
 	}
 	drained := n.stopRepl()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -268,6 +282,11 @@ func (n *Node) close() {
 		}
 		if n.httpLn != nil {
 			n.httpLn.Close()
+		}
+		if n.cluster != nil && n.cluster.meta != nil {
+			if err := n.cluster.meta.Close(); err != nil {
+				n.log.Warn("the metadata group did not stop cleanly", "err", err)
+			}
 		}
 		if n.kv != nil {
 			n.kv.Close()

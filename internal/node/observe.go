@@ -157,6 +157,8 @@ type Status struct {
 	// Liveness is the last report of the liveness monitor (repl.go).
 	Liveness    *liveness.Report  `json:"liveness"`
 	Replication ReplicationStatus `json:"replication"`
+	// Cluster is the cluster document (absent on a standby).
+	Cluster *ClusterStatus `json:"cluster,omitempty"`
 }
 
 // KVStatus is the kv engine in /status.
@@ -191,6 +193,7 @@ func (n *Node) Status() Status {
 	n.queueStatus(&st)
 	n.logStatus(&st)
 	n.replStatus(&st, false)
+	st.Cluster = n.clusterStatus()
 	return st
 }
 

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"shoal/internal/auth"
 	"shoal/internal/wire"
 )
 
@@ -26,7 +27,8 @@ type conn struct {
 	raw net.Conn
 	// nc is raw, or the TLS connection over it once the handshake is done.
 	// The reader goroutine sets it before any other goroutine of the
-	// connection (streams, appends, durable acks) starts; only those use it.
+	// connection (streams, appends, durable acks) starts; only the reader
+	// and those goroutines use it.
 	nc net.Conn
 	br *bufio.Reader
 
@@ -38,6 +40,7 @@ type conn struct {
 	user   string
 	authed bool
 	admin  bool
+	peer   bool // the admin or the peer credential ("node"): raft, joins, streams
 
 	big []byte // body buffer for frames larger than the read buffer
 
@@ -235,8 +238,8 @@ func (c *conn) dispatch(h wire.Header, body []byte) {
 	hd := &c.s.handlers[op]
 	if hd.fn == nil {
 		if fn, ok := c.s.takeover[op]; ok {
-			if !c.authed || (c.s.cfg.Credentials != nil && !c.admin) {
-				c.replyf(h, wire.StatusNotPermitted, "%s needs the %q credential", op, "admin")
+			if !c.authed || (c.s.cfg.Credentials != nil && !c.peer) {
+				c.replyf(h, wire.StatusNotPermitted, "%s needs the %q or %q credential", op, auth.Admin, auth.Peer)
 				return
 			}
 			c.takeover, c.takeoverH, c.takeoverBody = fn, h, append([]byte(nil), body...)
@@ -247,6 +250,10 @@ func (c *conn) dispatch(h wire.Header, body []byte) {
 	}
 	if !c.authed && !hd.open {
 		c.replyf(h, wire.StatusAuthRequired, "%s needs authentication: send HELLO and AUTH first", op)
+		return
+	}
+	if hd.peer && c.s.cfg.Credentials != nil && !c.peer {
+		c.replyf(h, wire.StatusNotPermitted, "%s needs the %q or %q credential", op, auth.Admin, auth.Peer)
 		return
 	}
 	if hd.admin && c.s.cfg.Credentials != nil && !c.admin {

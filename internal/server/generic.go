@@ -110,6 +110,7 @@ func (c *conn) auth(h wire.Header, body []byte) {
 	}
 	c.nonce = newNonce() // a proof is good once
 	c.user, c.authed, c.admin = string(name), true, string(name) == auth.Admin
+	c.peer = c.admin || c.user == auth.Peer
 	c.reply(h, wire.StatusOK, nil)
 }
 
@@ -160,9 +161,10 @@ func (s *Server) channelSizes() []ChannelSize {
 	return s.logChannelSizes(out)
 }
 
-// getChannels: -> u32 count, then (u8 kind, str8 name) per channel.
+// getChannels: -> u32 count, then (u8 kind, str8 name) per channel, from
+// the catalog: in a cluster every channel of the cluster, sorted by name.
 func (c *conn) getChannels(h wire.Header, _ []byte) {
-	list := c.s.channelSizes()
+	list := c.s.eng.Catalog.List()
 	b, off := c.begin(h, wire.StatusOK, 0)
 	b = wire.AppendU32(b, uint32(len(list)))
 	for _, cs := range list {
@@ -236,6 +238,15 @@ func (c *conn) removeChannel(h wire.Header, body []byte) {
 		return
 	}
 	if !c.checkServing(h) { // a standby refuses it
+		return
+	}
+	if dir := c.s.cfg.Channels; dir != nil {
+		if err := dir.Remove(string(ch)); err != nil {
+			c.clusterAnswer(h, nil, fmt.Errorf("cannot remove channel %q: %w", ch, err))
+			return
+		}
+		c.s.cfg.Logger.Info("channel removed", "channel", string(ch), "by", c.user, "remote", c.nc.RemoteAddr())
+		c.reply(h, wire.StatusOK, nil)
 		return
 	}
 	name, kind, ok := c.s.eng.Catalog.Lookup(ch)

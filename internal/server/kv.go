@@ -6,7 +6,6 @@ import (
 	"errors"
 	"time"
 
-	"shoal/internal/catalog"
 	"shoal/internal/engine"
 	"shoal/internal/kv"
 	"shoal/internal/vbmap"
@@ -64,13 +63,7 @@ func (c *conn) checkChannel(h wire.Header, ch []byte, kind engine.Kind, write bo
 		return "", false
 	}
 	if write {
-		name, err := c.s.eng.Catalog.Claim(ch, kind)
-		if errors.Is(err, catalog.ErrWrongKind) {
-			_, k, _ := c.s.eng.Catalog.Lookup(ch)
-			c.replyf(h, wire.StatusWrongKind, "channel %q is a %s channel", ch, k)
-			return "", false
-		}
-		return name, true
+		return c.claimChannel(h, ch, kind)
 	}
 	return "", true
 }
@@ -424,9 +417,8 @@ func (c *conn) kvMirror(h wire.Header, body []byte) {
 	}
 	// A Mirror may start before the channel's first write: claim it so the
 	// watcher and later writers agree on the name.
-	name, err := c.s.eng.Catalog.Claim(ch, engine.KindKV)
-	if err != nil {
-		c.replyf(h, wire.StatusWrongKind, "channel %q is not a kv channel", ch)
+	name, ok := c.claimChannel(h, ch, engine.KindKV)
+	if !ok {
 		return
 	}
 	w := c.s.eng.KV.Watch(name, 0)

@@ -213,8 +213,8 @@ func TestLogRequests(t *testing.T) {
 	r.put("kvchan", "k", "v")
 	h, b = r.call(wire.OpGetChannels, 0, nil)
 	d = wire.NewDecoder(b)
-	if h.Status != wire.StatusOK || d.U32() != 2 || d.U8() != wire.KindKV || string(d.Bytes8()) != "kvchan" ||
-		d.U8() != wire.KindLog || string(d.Bytes8()) != "events" {
+	if h.Status != wire.StatusOK || d.U32() != 2 || d.U8() != wire.KindLog || string(d.Bytes8()) != "events" ||
+		d.U8() != wire.KindKV || string(d.Bytes8()) != "kvchan" { // sorted by name
 		t.Fatalf("GetChannels: %v %q", h.Status, b)
 	}
 	h, b = r.call(wire.OpGetSize, 0, nil)

@@ -68,6 +68,9 @@ type Config struct {
 	// left its engine and the catalog, before the answer (the dumps of a kv
 	// channel are moved aside there); its error is the answer.
 	ChannelRemoved func(name string, kind engine.Kind) error
+	// Channels, when set, creates and removes channels cluster-wide
+	// (cluster.go); without it the catalog is the node's own.
+	Channels ChannelDirectory
 	// Logger receives connection and request errors.
 	Logger *slog.Logger
 }
@@ -113,6 +116,7 @@ type handler struct {
 	limit int  // largest body accepted
 	open  bool // allowed before authentication
 	admin bool // needs the admin credential when auth is on
+	peer  bool // needs the admin or the peer ("node") credential when auth is on
 	async bool // answers from a goroutine of its own, which calls requestDone
 }
 

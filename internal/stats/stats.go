@@ -124,3 +124,6 @@ func (l *Latency) Report(f *Fields, prefix string, labels ...string) {
 func SortFields(fs []Field) {
 	sort.SliceStable(fs, func(i, j int) bool { return fs[i].Key < fs[j].Key })
 }
+
+// Seconds is the total time observed, in seconds.
+func (l *Latency) Seconds() float64 { return float64(l.nanos.Load()) / 1e9 }

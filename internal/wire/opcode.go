@@ -50,9 +50,20 @@ const (
 )
 
 // Replication: a connection that sends OpStreamOpen becomes a mutation
-// stream connection (see internal/stream and docs/protocol.md).
+// stream connection (see internal/stream and docs/protocol.md); one that
+// sends OpRaftOpen carries the metadata group's raft traffic.
 const (
 	OpStreamOpen Opcode = 0x40
+	OpRaftOpen   Opcode = 0x41 // empty -> empty; then raft's own bytes
+)
+
+// Cluster requests (0x6_).
+const (
+	OpGetClusterMap Opcode = 0x60 // empty -> node table and vBucket map (binary)
+	OpCluster       Opcode = 0x61 // empty -> JSON cluster document
+	OpJoin          Opcode = 0x62 // JSON join request -> JSON answer (between nodes)
+	OpMetaPropose   Opcode = 0x63 // JSON metadata command -> u64 raft index (to the leader, between nodes)
+	OpNodeRemove    Opcode = 0x64 // str8 node id -> empty; admin
 )
 
 // Operator requests.
@@ -73,8 +84,9 @@ var opNames = map[Opcode]string{
 	OpPutBatch: "PutBatch", OpGetAll: "GetAll", OpMirror: "Mirror",
 	OpPush: "Push", OpPop: "Pop", OpConsume: "Consume", OpProduce: "Produce", OpQueues: "Queues",
 	OpLogPut: "LogPut", OpLogPutBatch: "LogPutBatch", OpLogRange: "LogRange",
-	OpStreamOpen: "StreamOpen",
-	OpDumpNow:    "DumpNow", OpReplica: "Replica", OpPromote: "Promote", OpStatus: "Status",
+	OpStreamOpen: "StreamOpen", OpRaftOpen: "RaftOpen",
+	OpGetClusterMap: "GetClusterMap", OpCluster: "Cluster", OpJoin: "Join", OpMetaPropose: "MetaPropose", OpNodeRemove: "NodeRemove",
+	OpDumpNow: "DumpNow", OpReplica: "Replica", OpPromote: "Promote", OpStatus: "Status",
 	OpFailover: "Failover",
 }
 

@@ -40,6 +40,8 @@ const (
 	StatusBadFrame           Status = 27 // bad magic or version; the node closes the connection
 	StatusRollback           Status = 28 // replication: the consumer must roll back (body u64 seqno)
 	StatusBadKey             Status = 29 // an empty key
+	StatusNoQuorum           Status = 30 // the cluster metadata cannot change: a majority of the voters is unreachable
+	StatusRefused            Status = 31 // a join refused for good (another cluster, a copied node id, another vBucket count)
 )
 
 var statusNames = map[Status]string{
@@ -53,6 +55,7 @@ var statusNames = map[Status]string{
 	StatusUpdatesLost: "updates lost", StatusNoSpace: "no space left on device", StatusBadRange: "bad range",
 	StatusBadFilter: "bad filter", StatusStopped: "stopped", StatusShuttingDown: "shutting down",
 	StatusBadFrame: "bad frame", StatusRollback: "rollback", StatusBadKey: "bad key",
+	StatusNoQuorum: "no quorum", StatusRefused: "refused",
 }
 
 // String returns the status in words, e.g. "not found".

@@ -1,0 +1,128 @@
+package config
+
+import (
+	"flag"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+)
+
+// Cluster holds the cluster membership and metadata settings (embedded in
+// Config; the keys are top-level like the others).
+type Cluster struct {
+	// Join lists data addresses of nodes to find the cluster through: a
+	// new node asks them to add it; with BootstrapExpect they are the
+	// peers the first cluster is formed with.
+	Join AddrList `toml:"join"`
+	// BootstrapExpect is how many nodes form a new cluster: when that many
+	// nodes with the same value have found each other through Join, one of
+	// them bootstraps the cluster with all of them. 0: a node without Join
+	// bootstraps a cluster of its own, one with Join joins a running one.
+	BootstrapExpect int `toml:"bootstrap_expect"`
+	// Voters is how many nodes vote in the metadata group (the first ones
+	// to join; the others follow without voting). 3 or 5.
+	Voters int `toml:"voters"`
+	// Replicas is the replica count of a new cluster (0..3), fixed when it
+	// is bootstrapped.
+	Replicas int `toml:"replicas"`
+	// Zone names the node's failure zone (rack, availability zone): the
+	// copies of a vBucket are placed in different zones where possible.
+	Zone string `toml:"zone"`
+	// Advertise is the data address the other nodes reach this node at;
+	// default the listen address.
+	Advertise string `toml:"advertise"`
+	// PeerUser and PeerSecretFile authenticate this node to its peers (raft
+	// and join connections) when they have credentials: PeerUser must be
+	// the admin credential or one named "node" in their credentials file.
+	PeerUser       string `toml:"peer_user"`
+	PeerSecretFile string `toml:"peer_secret_file"`
+	// TLSCA verifies the certificates of peers when the node uses TLS
+	// (default: the node's own certificate, for a cluster sharing one).
+	TLSCA string `toml:"tls_ca"`
+	// Raft timeouts of the metadata group (LAN values by default).
+	RaftHeartbeatTimeout   Duration `toml:"raft_heartbeat_timeout"`
+	RaftElectionTimeout    Duration `toml:"raft_election_timeout"`
+	RaftLeaderLeaseTimeout Duration `toml:"raft_leader_lease_timeout"`
+}
+
+// AddrList is a comma-separated list of host:port addresses.
+type AddrList []string
+
+// String implements flag.Value.
+func (l *AddrList) String() string { return strings.Join(*l, ",") }
+
+// Set implements flag.Value.
+func (l *AddrList) Set(v string) error {
+	*l = nil
+	for _, a := range strings.Split(v, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			*l = append(*l, a)
+		}
+	}
+	return nil
+}
+
+func defaultCluster() Cluster {
+	return Cluster{
+		Voters:                 3,
+		Replicas:               1,
+		PeerUser:               "node",
+		RaftHeartbeatTimeout:   Duration(500 * time.Millisecond),
+		RaftElectionTimeout:    Duration(500 * time.Millisecond),
+		RaftLeaderLeaseTimeout: Duration(250 * time.Millisecond),
+	}
+}
+
+func bindCluster(fs *flag.FlagSet, c *Config) {
+	fs.Var(&c.Join, "join", "data addresses of nodes to join the cluster through (host:port,host:port...)")
+	fs.IntVar(&c.BootstrapExpect, "bootstrap-expect", c.BootstrapExpect, "form a new cluster once this many nodes (with the same value) found each other through --join")
+	fs.IntVar(&c.Voters, "voters", c.Voters, "how many nodes vote in the metadata group: 3 or 5 (the first to join)")
+	fs.IntVar(&c.Replicas, "replicas", c.Replicas, "replica count of a new cluster, 0..3 (fixed at bootstrap)")
+	fs.StringVar(&c.Zone, "zone", c.Zone, "failure zone of this node (copies of a vBucket go to different zones)")
+	fs.StringVar(&c.Advertise, "advertise", c.Advertise, "data address the other nodes reach this node at (default: --listen)")
+	fs.StringVar(&c.PeerUser, "peer-user", c.PeerUser, `credential this node authenticates to its peers as ("node" or the admin's)`)
+	fs.StringVar(&c.PeerSecretFile, "peer-secret-file", c.PeerSecretFile, "file holding the hex secret of --peer-user (when the nodes have --credentials)")
+	fs.StringVar(&c.TLSCA, "tls-ca", c.TLSCA, "CA certificate (PEM) that signs the peers' TLS certificates (default: this node's own)")
+	fs.Var(&c.RaftHeartbeatTimeout, "raft-heartbeat-timeout", "metadata group: a follower that hears no leader this long starts an election")
+	fs.Var(&c.RaftElectionTimeout, "raft-election-timeout", "metadata group: how long a candidate waits for votes")
+	fs.Var(&c.RaftLeaderLeaseTimeout, "raft-leader-lease-timeout", "metadata group: a leader that cannot reach a majority this long steps down")
+}
+
+// validateCluster checks the cluster settings.
+func (c *Config) validateCluster() []error {
+	var errs []error
+	for _, a := range c.Join {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			errs = append(errs, fmt.Errorf("join %q: %w", a, err))
+		}
+	}
+	if c.BootstrapExpect < 0 || c.BootstrapExpect > 64 {
+		errs = append(errs, fmt.Errorf("bootstrap-expect %d: must be 0..64", c.BootstrapExpect))
+	}
+	if c.BootstrapExpect > 1 && len(c.Join) == 0 {
+		errs = append(errs, fmt.Errorf("bootstrap-expect %d needs --join with the addresses of the other nodes", c.BootstrapExpect))
+	}
+	if c.Voters != 1 && c.Voters != 3 && c.Voters != 5 && c.Voters != 7 {
+		errs = append(errs, fmt.Errorf("voters %d: want 3 or 5 (1 or 7 also work)", c.Voters))
+	}
+	if c.Replicas < 0 || c.Replicas > 3 {
+		errs = append(errs, fmt.Errorf("replicas %d: must be 0..3", c.Replicas))
+	}
+	if c.Advertise != "" {
+		if _, _, err := net.SplitHostPort(c.Advertise); err != nil {
+			errs = append(errs, fmt.Errorf("advertise %q: %w", c.Advertise, err))
+		}
+	}
+	if c.PeerSecretFile != "" && c.PeerUser == "" {
+		errs = append(errs, fmt.Errorf("peer-secret-file needs --peer-user"))
+	}
+	lease, hb, el := c.RaftLeaderLeaseTimeout, c.RaftHeartbeatTimeout, c.RaftElectionTimeout
+	if lease < Duration(5*time.Millisecond) || lease > hb || hb > el {
+		errs = append(errs, fmt.Errorf("raft timeouts: want 5ms <= leader lease (%s) <= heartbeat (%s) <= election (%s)", lease, hb, el))
+	}
+	if c.ReplicaOf != "" && (len(c.Join) > 0 || c.BootstrapExpect > 0) {
+		errs = append(errs, fmt.Errorf("replica-of makes a standby outside any cluster: it cannot be given with --join or --bootstrap-expect"))
+	}
+	return errs
+}

@@ -1,0 +1,297 @@
+package meta
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hashicorp/raft"
+
+	"shoal/internal/engine"
+	"shoal/internal/vbmap"
+)
+
+// Apply returns the state after command c committed at raft index idx,
+// and the command's result: nil, or an error (ErrWrongKind,
+// ErrStaleMap, …) that every node computes alike. A command that fails
+// leaves the state as it was (except Index). It never panics on a bad
+// command: log entries are checked like any input.
+func (s *State) Apply(idx uint64, c *Command) (*State, error) {
+	next := s.clone()
+	next.Index = idx
+	err := next.apply(idx, c)
+	if err != nil {
+		failed := *s
+		failed.Index = idx
+		return &failed, err
+	}
+	return next, nil
+}
+
+// apply changes s (a clone) in place.
+func (s *State) apply(idx uint64, c *Command) error {
+	if c.Op != OpInit && !s.Initialized() {
+		return ErrNotInitialized
+	}
+	switch c.Op {
+	case OpInit:
+		return s.init(idx, c)
+	case OpNodeAdd:
+		if c.Node == nil || c.Node.ID == "" || c.Node.Addr == "" {
+			return badCommand("node-add without a node id and address")
+		}
+		n := *c.Node
+		i, found := slices.BinarySearchFunc(s.Nodes, n.ID, func(m Node, id string) int { return cmpString(m.ID, id) })
+		if found {
+			cur := &s.Nodes[i]
+			cur.Addr, cur.HTTP, cur.Zone = n.Addr, n.HTTP, n.Zone
+			return nil
+		}
+		if !n.State.valid() {
+			n.State = Joining
+		}
+		n.Since, n.Order, n.Voter = c.Time, idx, false
+		s.Nodes = slices.Insert(s.Nodes, i, n)
+		return nil
+	case OpNodeState, OpNodeVoter, OpNodeRemove:
+		i, found := slices.BinarySearchFunc(s.Nodes, c.NodeID, func(m Node, id string) int { return cmpString(m.ID, id) })
+		if !found {
+			return fmt.Errorf("%w: %q", ErrUnknownNode, c.NodeID)
+		}
+		switch c.Op {
+		case OpNodeState:
+			if !c.State.valid() {
+				return badCommand("node state %q", c.State)
+			}
+			if cn := s.Map.Counts()[c.NodeID]; c.State == Leaving && cn.Active+cn.Replica > 0 {
+				return fmt.Errorf("%w: %s is active for %d and replica for %d vbuckets; a rebalance must move them first", ErrHoldsVBuckets, c.NodeID, cn.Active, cn.Replica)
+			}
+			if s.Nodes[i].State != c.State {
+				s.Nodes[i].State, s.Nodes[i].Since = c.State, c.Time
+			}
+		case OpNodeVoter:
+			s.Nodes[i].Voter = c.Voter
+		case OpNodeRemove:
+			if n := s.Map.Counts()[c.NodeID]; n.Active+n.Replica > 0 {
+				return fmt.Errorf("%w: %s is active for %d and replica for %d", ErrHoldsVBuckets, c.NodeID, n.Active, n.Replica)
+			}
+			s.Nodes = slices.Delete(s.Nodes, i, i+1)
+		}
+		return nil
+	case OpMap:
+		if c.ExpectRevision != s.Map.Revision {
+			return fmt.Errorf("%w: revision %d, expected %d", ErrStaleMap, s.Map.Revision, c.ExpectRevision)
+		}
+		m, err := s.newMap(idx, c.Chains)
+		if err != nil {
+			return err
+		}
+		s.Map = m
+		return nil
+	case OpChannelCreate:
+		if !engine.ValidChannelString(c.Channel) || c.Kind.String() == "unknown" {
+			return badCommand("channel %q of kind %d", c.Channel, c.Kind)
+		}
+		if k, ok := s.Channels[c.Channel]; ok {
+			if k != c.Kind {
+				return fmt.Errorf("%w: %q is a %s channel", ErrWrongKind, c.Channel, k)
+			}
+			return nil
+		}
+		s.Channels[c.Channel] = c.Kind
+		return nil
+	case OpChannelRemove:
+		delete(s.Channels, c.Channel)
+		return nil
+	case OpSettings:
+		if c.Settings == nil {
+			return badCommand("settings without settings")
+		}
+		s.Settings = *c.Settings
+		return nil
+	}
+	return badCommand("unknown op %q", c.Op)
+}
+
+func (s *State) init(idx uint64, c *Command) error {
+	if s.Initialized() {
+		return ErrInitialized
+	}
+	in := c.Init
+	if in == nil || in.ClusterID == "" || len(in.Nodes) == 0 {
+		return badCommand("init without a cluster id or nodes")
+	}
+	if in.VBuckets < 1 || in.VBuckets > 65535 || in.Replicas < 0 || in.Replicas > vbmap.MaxReplicas || in.Voters < 1 {
+		return badCommand("init with %d vbuckets, %d replicas, %d voters", in.VBuckets, in.Replicas, in.Voters)
+	}
+	s.ClusterID, s.VBuckets, s.Replicas, s.Voters, s.Settings = in.ClusterID, in.VBuckets, in.Replicas, in.Voters, in.Settings
+	s.Nodes = nil
+	for _, n := range in.Nodes {
+		if n.ID == "" || n.Addr == "" {
+			return badCommand("init with a node without id or address")
+		}
+		n.Since, n.Order, n.State = c.Time, idx, Active
+		s.Nodes = append(s.Nodes, n)
+	}
+	slices.SortFunc(s.Nodes, func(a, b Node) int { return cmpString(a.ID, b.ID) })
+	for i := 1; i < len(s.Nodes); i++ {
+		if s.Nodes[i].ID == s.Nodes[i-1].ID {
+			return badCommand("init names node %s twice", s.Nodes[i].ID)
+		}
+	}
+	m, err := s.newMap(idx, in.Chains)
+	if err != nil {
+		return err
+	}
+	s.Map = m
+	return nil
+}
+
+// newMap builds the map that follows s.Map at idx and checks it against
+// the members.
+func (s *State) newMap(idx uint64, chains [][]string) (*vbmap.Map, error) {
+	if len(chains) != s.VBuckets {
+		return nil, badCommand("a map of %d vbuckets for a cluster of %d", len(chains), s.VBuckets)
+	}
+	m := s.Map.Next(idx, s.Replicas, chains)
+	if err := m.Validate(func(id string) bool { _, ok := s.Node(id); return ok }); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadCommand, err)
+	}
+	return m, nil
+}
+
+// fsm is raft's state machine: the current State, swapped atomically,
+// and a callback run after every change.
+type fsm struct {
+	state    atomic.Pointer[State]
+	mu       sync.Mutex // serialises onChange calls
+	onChange func(prev, next *State)
+}
+
+func newFSM(onChange func(prev, next *State)) *fsm {
+	f := &fsm{onChange: onChange}
+	f.state.Store(&State{Channels: map[string]engine.Kind{}})
+	return f
+}
+
+// Apply implements raft.FSM. Its result is the command's error (nil on
+// success).
+func (f *fsm) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	prev := f.state.Load()
+	c, err := DecodeCommand(l.Data)
+	if err != nil {
+		next := *prev
+		next.Index = l.Index
+		f.set(prev, &next)
+		return err
+	}
+	next, err := prev.Apply(l.Index, c)
+	f.set(prev, next)
+	return err
+}
+
+func (f *fsm) set(prev, next *State) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.state.Store(next)
+	if f.onChange != nil {
+		f.onChange(prev, next)
+	}
+}
+
+// Snapshot implements raft.FSM.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) { return snapshot{f.state.Load()}, nil }
+
+// Restore implements raft.FSM.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, maxSnapshotSize+1))
+	if err != nil {
+		return fmt.Errorf("meta: read snapshot: %w", err)
+	}
+	st, err := DecodeState(b)
+	if err != nil {
+		return err
+	}
+	f.set(f.state.Load(), st)
+	return nil
+}
+
+// maxSnapshotSize bounds a snapshot read back.
+const maxSnapshotSize = 256 << 20
+
+type snapshot struct{ s *State }
+
+// Persist implements raft.FSMSnapshot.
+func (s snapshot) Persist(sink raft.SnapshotSink) error {
+	b, err := EncodeState(s.s)
+	if err == nil {
+		_, err = sink.Write(b)
+	}
+	if err != nil {
+		sink.Cancel()
+		return fmt.Errorf("meta: write snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+// Release implements raft.FSMSnapshot.
+func (snapshot) Release() {}
+
+// stateDoc is the encoding of a State: JSON, with the map in vbmap's
+// binary layout.
+type stateDoc struct {
+	Version int `json:"version"`
+	*State
+	MapBytes []byte `json:"map,omitempty"`
+}
+
+// EncodeState encodes s for a snapshot or the node's applied-state file.
+func EncodeState(s *State) ([]byte, error) {
+	d := stateDoc{Version: 1, State: s}
+	if s.Map != nil {
+		d.MapBytes = vbmap.AppendMap(nil, s.Map)
+	}
+	return json.Marshal(d)
+}
+
+// DecodeState is the inverse of EncodeState; the result is checked.
+func DecodeState(b []byte) (*State, error) {
+	if len(b) > maxSnapshotSize {
+		return nil, fmt.Errorf("meta: state of %d bytes", len(b))
+	}
+	d := stateDoc{State: &State{}}
+	if err := json.Unmarshal(b, &d); err != nil {
+		return nil, fmt.Errorf("meta: decode state: %w", err)
+	}
+	if d.Version != 1 {
+		return nil, fmt.Errorf("meta: state format version %d (this node reads 1)", d.Version)
+	}
+	s := d.State
+	if s.Channels == nil {
+		s.Channels = map[string]engine.Kind{}
+	}
+	if len(d.MapBytes) > 0 {
+		m, n, err := vbmap.DecodeMap(d.MapBytes)
+		if err != nil {
+			return nil, fmt.Errorf("meta: decode state: %w", err)
+		}
+		if n != len(d.MapBytes) {
+			return nil, fmt.Errorf("meta: decode state: %d bytes after the map", len(d.MapBytes)-n)
+		}
+		s.Map = m
+	}
+	if s.Initialized() && (s.Map == nil || s.Map.Len() != s.VBuckets) {
+		return nil, fmt.Errorf("meta: decode state: an initialized cluster without a map of %d vbuckets", s.VBuckets)
+	}
+	if !slices.IsSortedFunc(s.Nodes, func(a, b Node) int { return cmpString(a.ID, b.ID) }) {
+		return nil, fmt.Errorf("meta: decode state: nodes not sorted")
+	}
+	return s, nil
+}

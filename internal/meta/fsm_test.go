@@ -1,0 +1,184 @@
+package meta
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/hashicorp/raft"
+
+	"shoal/internal/engine"
+	"shoal/internal/vbmap"
+)
+
+func TestApplyCommands(t *testing.T) {
+	c := newCluster(t, 3, "a", "b", "c")
+	st := c.st
+	if !st.Initialized() || st.ClusterID != "c1" || st.Map.Revision != 1 || len(st.Nodes) != 3 || st.Nodes[0].State != Active {
+		t.Fatalf("after init: %+v", st)
+	}
+	step := func(cmd *Command) error {
+		t.Helper()
+		c.idx++
+		next, err := c.st.Apply(c.idx, cmd)
+		if next.Index != c.idx {
+			t.Fatalf("index %d after %s at %d", next.Index, cmd.Op, c.idx)
+		}
+		if err != nil && (next.Map != c.st.Map || len(next.Channels) != len(c.st.Channels)) {
+			t.Fatalf("a failed %s changed the state", cmd.Op)
+		}
+		c.st = next
+		return err
+	}
+	// Errors leave the state alone and are the same on every node.
+	for _, tc := range []struct {
+		cmd  *Command
+		want error
+	}{
+		{&Command{Op: OpInit, Init: &Init{ClusterID: "x"}}, ErrInitialized},
+		{&Command{Op: OpChannelCreate, Channel: "bad name", Kind: engine.KindKV}, ErrBadCommand},
+		{&Command{Op: OpChannelCreate, Channel: "c", Kind: 9}, ErrBadCommand},
+		{&Command{Op: OpNodeState, NodeID: "zz", State: Active}, ErrUnknownNode},
+		{&Command{Op: OpNodeState, NodeID: "a", State: "sleeping"}, ErrBadCommand},
+		{&Command{Op: OpNodeAdd, Node: &Node{ID: "d"}}, ErrBadCommand},
+		{&Command{Op: OpMap, ExpectRevision: 99, Chains: st.Map.Chains()}, ErrStaleMap},
+		{&Command{Op: OpMap, ExpectRevision: 1, Chains: [][]string{{"a"}}}, ErrBadCommand},
+		{&Command{Op: OpMap, ExpectRevision: 1, Chains: [][]string{{"a", "x"}, {"a"}, {"a"}, {"a"}}}, ErrBadCommand},
+		{&Command{Op: OpNodeRemove, NodeID: "a"}, ErrHoldsVBuckets},
+		{&Command{Op: "nonsense"}, ErrBadCommand},
+	} {
+		if err := step(tc.cmd); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.cmd.Op, err, tc.want)
+		}
+	}
+	// Channels: created once with one kind.
+	if err := step(&Command{Op: OpChannelCreate, Channel: "users", Kind: engine.KindKV}); err != nil {
+		t.Fatal(err)
+	}
+	if err := step(&Command{Op: OpChannelCreate, Channel: "users", Kind: engine.KindKV}); err != nil {
+		t.Fatalf("creating a channel twice: %v", err)
+	}
+	if err := step(&Command{Op: OpChannelCreate, Channel: "users", Kind: engine.KindQueue}); !errors.Is(err, ErrWrongKind) {
+		t.Fatalf("another kind: %v", err)
+	}
+	if err := step(&Command{Op: OpChannelRemove, Channel: "users"}); err != nil || len(c.st.Channels) != 0 {
+		t.Fatalf("remove: %v %v", err, c.st.Channels)
+	}
+	// A map change raises the epoch of the vBuckets whose active changed.
+	chains := c.st.Map.Chains()
+	chains[0] = []string{chains[0][1], chains[0][0]}
+	if err := step(&Command{Op: OpMap, ExpectRevision: 1, Chains: chains}); err != nil {
+		t.Fatal(err)
+	}
+	if c.st.Map.Revision != c.idx || c.st.Map.VBuckets[0].Epoch != 2 || c.st.Map.VBuckets[1].Epoch != 1 {
+		t.Fatalf("map after the change: revision %d (index %d), epochs %d %d", c.st.Map.Revision, c.idx, c.st.Map.VBuckets[0].Epoch, c.st.Map.VBuckets[1].Epoch)
+	}
+	if err := step(&Command{Op: OpSettings, Settings: &Settings{FailoverTimeoutMillis: 1000, MaxFailovers: 2, Durability: "majority"}}); err != nil || c.st.Settings.MaxFailovers != 2 {
+		t.Fatal(err, c.st.Settings)
+	}
+	// Before init nothing else applies.
+	if _, err := (&State{}).Apply(1, &Command{Op: OpChannelCreate, Channel: "x", Kind: engine.KindKV}); !errors.Is(err, ErrNotInitialized) {
+		t.Fatal(err)
+	}
+}
+
+func TestStateEncoding(t *testing.T) {
+	c := newCluster(t, 3, "a", "b", "c")
+	c.propose(t, &Command{Op: OpChannelCreate, Channel: "jobs", Kind: engine.KindQueue})
+	b, err := EncodeState(c.st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeState(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(c.st, got, cmp.AllowUnexported(vbmap.Map{})); diff != "" {
+		t.Fatalf("round trip (-want +got):\n%s", diff)
+	}
+	for _, bad := range [][]byte{nil, []byte("{"), []byte(`{"version":2}`), []byte(`{"version":1,"cluster_id":"x","vbuckets":4}`),
+		[]byte(`{"version":1,"map":"AAEC"}`), []byte(`{"version":1,"nodes":[{"id":"b"},{"id":"a"}]}`)} {
+		if _, err := DecodeState(bad); err == nil {
+			t.Errorf("DecodeState(%q) accepted", bad)
+		}
+	}
+}
+
+// TestFSMSnapshotRestore: raft's snapshot of the FSM restores the same
+// state, and the change callback sees it.
+func TestFSMSnapshotRestore(t *testing.T) {
+	c := newCluster(t, 3, "a", "b", "c")
+	src := newFSM(nil)
+	src.state.Store(c.st)
+	snap, err := src.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	var seen *State
+	dst := newFSM(func(_, next *State) { seen = next })
+	if err := dst.Restore(sink); err != nil {
+		t.Fatal(err)
+	}
+	if seen == nil || seen.ClusterID != "c1" || dst.state.Load().Map.Revision != c.st.Map.Revision {
+		t.Fatalf("restored %+v", dst.state.Load())
+	}
+	// A log entry that does not decode is an error result, not a panic,
+	// and moves the index on.
+	if res := dst.Apply(&raft.Log{Index: 50, Type: raft.LogCommand, Data: []byte("{nope")}); res == nil {
+		t.Fatal("garbage entry applied without an error")
+	}
+	if dst.state.Load().Index != 50 {
+		t.Fatal("index not moved by a bad entry")
+	}
+}
+
+type memSink struct{ bytes.Buffer }
+
+func (s *memSink) ID() string    { return "mem" }
+func (s *memSink) Cancel() error { return nil }
+func (s *memSink) Close() error  { return nil }
+
+func FuzzDecodeState(f *testing.F) {
+	c := &cluster{st: &State{Channels: map[string]engine.Kind{}}}
+	t := &testing.T{}
+	_ = t
+	in := &Init{ClusterID: "c1", VBuckets: 2, Replicas: 1, Voters: 3, Nodes: []Node{{ID: "a", Addr: "a:1"}, {ID: "b", Addr: "b:1"}}, Chains: [][]string{{"a", "b"}, {"b", "a"}}}
+	st, err := c.st.Apply(1, &Command{Op: OpInit, Init: in})
+	if err != nil {
+		f.Fatal(err)
+	}
+	b, _ := EncodeState(st)
+	f.Add(b)
+	f.Add([]byte(`{"version":1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		st, err := DecodeState(b)
+		if err != nil {
+			return
+		}
+		again, err := EncodeState(st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := DecodeState(again); err != nil {
+			t.Fatalf("re-encoded state does not decode: %v", err)
+		}
+	})
+}
+
+func FuzzDecodeCommand(f *testing.F) {
+	f.Add([]byte(`{"op":"channel-create","channel":"x","kind":1}`))
+	f.Add([]byte(`{"op":"map","chains":[["a"]],"expect_revision":1}`))
+	st, _ := (&State{Channels: map[string]engine.Kind{}}).Apply(1, &Command{Op: OpInit, Init: &Init{ClusterID: "c", VBuckets: 1, Replicas: 1, Voters: 1, Nodes: []Node{{ID: "a", Addr: "a:1"}}, Chains: [][]string{{"a"}}}})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := DecodeCommand(b)
+		if err != nil {
+			return
+		}
+		st.Apply(2, c) // never panics, whatever the command says
+	})
+}

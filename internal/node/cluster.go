@@ -1,0 +1,438 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"shoal/internal/engine"
+	"shoal/internal/meta"
+	"shoal/internal/stats"
+	"shoal/internal/vbmap"
+	"shoal/internal/vfs"
+	"shoal/internal/wire"
+)
+
+// Files under DATA/meta besides raft's (raft.db, snapshots/).
+const (
+	// stateFile is the metadata this node applied last (meta.EncodeState):
+	// a node that restarts applies its map before it serves, whether or
+	// not a quorum is reachable yet.
+	stateFile = "state"
+)
+
+// cluster is the node's membership of the cluster: its member of the
+// metadata group, the loop that gets it into a cluster and the leader's
+// duties.
+type cluster struct {
+	meta  *meta.Meta
+	peers *peers
+	dir   string // DATA/meta
+	addr  string // the advertised data address
+
+	changed chan struct{} // signalled after every metadata change
+
+	mu sync.Mutex
+	// applied is the metadata this node applied last (from stateFile at
+	// start): the onChange diff is against it.
+	applied *meta.State
+	// known are the channels of stateFile at start: local channels not
+	// among them predate the cluster and are recorded in it (syncChannels).
+	known     map[string]engine.Kind
+	synced    bool
+	bootstrap []meta.Peer           // the members this node bootstrapped with, for init
+	peerSeen  map[string]discovered // before the cluster exists: nodes heard, by id
+	join      JoinStatus
+	commits   stats.Latency // metadata commits proposed by this node
+}
+
+// discovered is a node heard before the cluster exists.
+type discovered struct {
+	meta.Peer
+	at time.Time
+}
+
+// JoinStatus is the join part of the cluster status.
+type JoinStatus struct {
+	// Phase is "bootstrapping", "joining" or "member".
+	Phase string `json:"phase"`
+	// Waiting says why the node is not a member yet.
+	Waiting string `json:"waiting,omitempty"`
+	// Addresses are the join addresses with the last outcome of each.
+	Addresses []JoinAddress `json:"addresses,omitempty"`
+	// Discovered are the nodes heard before the cluster existed.
+	Discovered []meta.Peer `json:"discovered,omitempty"`
+}
+
+// JoinAddress is one join address and the last attempt at it.
+type JoinAddress struct {
+	Addr      string     `json:"addr"`
+	LastError string     `json:"last_error,omitempty"`
+	LastTry   *time.Time `json:"last_try,omitempty"`
+	OK        bool       `json:"ok"`
+}
+
+// advertised is the data address the other nodes reach this node at.
+func (n *Node) advertised() string {
+	if n.cfg.Advertise != "" {
+		return n.cfg.Advertise
+	}
+	return n.ln.Addr().String()
+}
+
+// setupCluster opens the node's member of the metadata group. A standby
+// (--replica-of) is in no cluster. A node that was in a cluster applies
+// the map it applied last before anything else; a new node that joins
+// serves nothing until the cluster's map reaches it; a new node without
+// --join or --bootstrap-expect bootstraps a cluster of its own.
+func (n *Node) setupCluster() error {
+	c := &cluster{dir: filepath.Join(n.cfg.Data, "meta"), addr: n.advertised(), changed: make(chan struct{}, 1), peerSeen: map[string]discovered{}}
+	if err := os.MkdirAll(c.dir, 0o755); err != nil {
+		return fmt.Errorf("cannot create the metadata directory: %w", err)
+	}
+	var err error
+	if c.peers, err = n.newPeers(); err != nil {
+		return err
+	}
+	prev, err := readState(filepath.Join(c.dir, stateFile))
+	if err != nil {
+		return err
+	}
+	c.applied = prev
+	c.known = map[string]engine.Kind{}
+	if prev != nil {
+		maps.Copy(c.known, prev.Channels)
+		if err := n.checkIdentity(prev, c); err != nil {
+			return err
+		}
+	}
+	n.cluster = c
+	if prev.Initialized() {
+		// Serve as before the restart until the group catches up.
+		for name, kind := range prev.Channels {
+			if _, err := n.cat.Claim([]byte(name), kind); err != nil {
+				n.log.Warn("a channel of the cluster has another kind on this node", "channel", name, "kind", kind.String(), "err", err)
+			}
+		}
+		if err := n.applyMap(prev.Map, prev.Addrs()); err != nil {
+			return err
+		}
+	} else if len(n.cfg.Join) > 0 {
+		// A node that joins holds nothing until the cluster's map says so.
+		if err := n.applyMap((*vbmap.Map)(nil).Next(0, 0, make([][]string, n.cfg.VBuckets)), nil); err != nil {
+			return err
+		}
+	}
+	c.meta, err = meta.Open(meta.Config{
+		Dir: c.dir, NodeID: n.cfg.NodeID, Advertise: c.addr,
+		Dial: c.peers.dialRaft, Logger: n.log.With("part", "meta"),
+		HeartbeatTimeout:   time.Duration(n.cfg.RaftHeartbeatTimeout),
+		ElectionTimeout:    time.Duration(n.cfg.RaftElectionTimeout),
+		LeaderLeaseTimeout: time.Duration(n.cfg.RaftLeaderLeaseTimeout),
+		OnChange:           n.onMetaChange,
+	})
+	if err != nil {
+		return err
+	}
+	n.srv.HandleTakeover(wire.OpRaftOpen, func(nc net.Conn, h wire.Header, _ []byte) {
+		ok := wire.AppendHeader(nil, wire.Header{Magic: wire.MagicResponse, Version: wire.Version, Opcode: h.Opcode, ID: h.ID})
+		nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if _, err := nc.Write(ok); err != nil {
+			nc.Close()
+			return
+		}
+		nc.SetWriteDeadline(time.Time{})
+		c.meta.Layer().Deliver(nc)
+	})
+	n.srv.HandleCluster(clusterAdmin{n})
+	n.stats.Add(stats.SourceFunc(n.reportCluster))
+	if !c.meta.HasState() && len(n.cfg.Join) == 0 && n.cfg.BootstrapExpect <= 1 {
+		self := meta.Peer{ID: n.cfg.NodeID, Addr: c.addr, HTTP: addrString(n.HTTPAddr()), Zone: n.cfg.Zone, Expect: 1}
+		c.bootstrap = []meta.Peer{self}
+		if err := c.meta.Bootstrap([]meta.Server{{ID: self.ID, Addr: self.Addr, Voter: true}}); err != nil {
+			return err
+		}
+		n.log.Info("bootstrapped a cluster of one node", "node_id", self.ID, "addr", self.Addr)
+	}
+	return nil
+}
+
+// checkIdentity refuses to start a node whose data directory is a copy of
+// a member that is still running elsewhere: the metadata it applied last
+// has its id at another address, and a node answers there with that id.
+func (n *Node) checkIdentity(prev *meta.State, c *cluster) error {
+	me, ok := prev.Node(n.cfg.NodeID)
+	if !ok || me.Addr == c.addr {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if id, err := c.peers.hello(ctx, me.Addr); err == nil && id == n.cfg.NodeID {
+		return fmt.Errorf("node id %s is running at %s, and this node was started at %s with the same data directory contents: a copy of a node's data directory cannot join its cluster; give this node a data directory of its own", me.ID, me.Addr, c.addr)
+	}
+	n.log.Warn("this node moved: the cluster knows it at another address; it asks to be updated", "was", me.Addr, "now", c.addr)
+	return nil
+}
+
+// readState reads the metadata a node applied last; nil when there is none.
+func readState(path string) (*meta.State, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot read %s: %w", path, err)
+	}
+	st, err := meta.DecodeState(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (move it aside to start from what the cluster holds)", path, err)
+	}
+	return st, nil
+}
+
+// onMetaChange follows the metadata on this node (raft's FSM goroutine):
+// channels created and removed, the map and the members' addresses, and
+// saves what it applied.
+func (n *Node) onMetaChange(_, next *meta.State) {
+	c := n.cluster
+	if !next.Initialized() {
+		return
+	}
+	c.mu.Lock()
+	prev := c.applied
+	c.applied = next
+	c.mu.Unlock()
+	var prevChannels map[string]engine.Kind
+	if prev != nil {
+		prevChannels = prev.Channels
+	}
+	for name, kind := range next.Channels {
+		if prevChannels[name] != kind {
+			if _, err := n.cat.Claim([]byte(name), kind); err != nil {
+				n.log.Error("a channel of the cluster has another kind on this node", "channel", name, "kind", kind.String(), "err", err)
+			}
+		}
+	}
+	for name, kind := range prevChannels {
+		if _, ok := next.Channels[name]; !ok {
+			n.removeChannelLocal(name, kind)
+		}
+	}
+	if !prev.Initialized() || prev.Map.Revision != next.Map.Revision || !maps.Equal(prev.Addrs(), next.Addrs()) {
+		if err := n.applyMap(next.Map, next.Addrs()); err != nil {
+			n.log.Error("cannot apply the vbucket map", "revision", next.Map.Revision, "err", err)
+		}
+	}
+	if b, err := meta.EncodeState(next); err != nil {
+		n.log.Error("cannot encode the cluster metadata", "err", err)
+	} else if err := vfs.WriteFileAtomic(vfs.Default, filepath.Join(c.dir, stateFile), b, 0o644); err != nil {
+		n.log.Error("cannot save the cluster metadata; a restart serves an older map until the cluster is reached", "err", err)
+	}
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+}
+
+// removeChannelLocal removes a channel the cluster removed from this
+// node's engines, catalog and dumps.
+func (n *Node) removeChannelLocal(name string, kind engine.Kind) {
+	var err error
+	switch kind {
+	case engine.KindKV:
+		n.kv.RemoveChannel(name)
+	case engine.KindQueue:
+		_, err = n.queue.RemoveChannel(name)
+	case engine.KindLog:
+		err = n.logStore.RemoveChannel(name)
+	}
+	if err != nil {
+		n.log.Error("cannot remove a channel the cluster removed", "channel", name, "kind", kind.String(), "err", err)
+		return
+	}
+	n.cat.Drop(name)
+	if err := n.channelRemoved(name, kind); err != nil {
+		n.log.Error("channel removed, but", "channel", name, "err", err)
+	}
+	n.log.Info("channel removed", "channel", name, "kind", kind.String())
+}
+
+// newClusterID returns a random cluster id.
+func newClusterID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// proposeTimeout bounds a metadata change made for a request: a leader
+// election takes about 2 election timeouts; past this the answer is "no
+// quorum".
+const proposeTimeout = 3 * time.Second
+
+// propose commits cmd through the leader, wherever it is, and returns its
+// index once this node has applied it (so its catalog and map show it).
+func (n *Node) propose(ctx context.Context, cmd *meta.Command) (uint64, error) {
+	c := n.cluster
+	start := time.Now()
+	defer func() { c.commits.Observe(time.Since(start)) }()
+	for {
+		idx, err := c.meta.Propose(ctx, cmd)
+		var nl *meta.NotLeaderError
+		switch {
+		case err == nil:
+			return idx, c.meta.WaitApplied(ctx, idx)
+		case errors.As(err, &nl):
+			body, eerr := cmd.Encode()
+			if eerr != nil {
+				return 0, eerr
+			}
+			ans, ferr := c.peers.call(ctx, nl.LeaderAddr, wire.OpMetaPropose, body)
+			if ferr == nil {
+				if len(ans) != 8 {
+					return 0, fmt.Errorf("malformed MetaPropose answer from %s", nl.LeaderAddr)
+				}
+				d := wire.NewDecoder(ans)
+				idx = d.U64()
+				return idx, c.meta.WaitApplied(ctx, idx)
+			}
+			if !isStatus(ferr, wire.StatusNoQuorum) && !retryable(ferr) {
+				return 0, peerToMeta(ferr)
+			}
+			err = ferr
+		case !errors.Is(err, meta.ErrNoQuorum):
+			return idx, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%w (%v)", meta.ErrNoQuorum, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// retryable reports whether a forwarded command may be sent again: the
+// leader could not be reached, or it is no longer the leader.
+func retryable(err error) bool {
+	var pe *PeerError
+	if !errors.As(err, &pe) {
+		return true // not answered at all
+	}
+	return pe.Status == wire.StatusShuttingDown
+}
+
+// peerToMeta turns a leader's error answer into the metadata error it
+// stands for.
+func peerToMeta(err error) error {
+	var pe *PeerError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	switch pe.Status {
+	case wire.StatusWrongKind:
+		return fmt.Errorf("%w: %s", meta.ErrWrongKind, pe.Message)
+	case wire.StatusNoQuorum:
+		return fmt.Errorf("%w: %s", meta.ErrNoQuorum, pe.Message)
+	case wire.StatusBadRequest:
+		return fmt.Errorf("%w: %s", meta.ErrBadCommand, pe.Message)
+	case wire.StatusRefused:
+		return fmt.Errorf("%w: %s", meta.ErrRefused, pe.Message)
+	case wire.StatusNotFound:
+		return fmt.Errorf("%w: %s", meta.ErrUnknownNode, pe.Message)
+	}
+	return err
+}
+
+// clusterChannels is the server's channel directory: the cluster's
+// catalog in the metadata group.
+type clusterChannels struct{ n *Node }
+
+// Create implements server.ChannelDirectory.
+func (d clusterChannels) Create(name string, kind engine.Kind) error {
+	ctx, cancel := context.WithTimeout(context.Background(), proposeTimeout)
+	defer cancel()
+	_, err := d.n.propose(ctx, &meta.Command{Op: meta.OpChannelCreate, Channel: name, Kind: kind})
+	return err
+}
+
+// Remove implements server.ChannelDirectory.
+func (d clusterChannels) Remove(name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), proposeTimeout)
+	defer cancel()
+	_, err := d.n.propose(ctx, &meta.Command{Op: meta.OpChannelRemove, Channel: name})
+	return err
+}
+
+// inCluster reports whether the node is a member of an initialized
+// cluster at its advertised address.
+func (n *Node) inCluster() bool {
+	st := n.cluster.meta.State()
+	me, ok := st.Node(n.cfg.NodeID)
+	return st.Initialized() && ok && me.Addr == n.cluster.addr
+}
+
+// clusterLoop gets the node into a cluster (joinRound), then keeps it
+// there: the leader's duties, the channels that predate the cluster, a
+// new address after a move. It returns a permanent refusal (another
+// cluster's data, a copied node id, another vBucket count) on fatal.
+func (n *Node) clusterLoop(ctx context.Context, fatal chan<- error) {
+	c := n.cluster
+	delay := 200 * time.Millisecond
+	for {
+		wait := 500 * time.Millisecond
+		if n.inCluster() {
+			n.setPhase("member", "")
+			delay = 200 * time.Millisecond
+			if c.meta.IsLeader() {
+				n.leaderDuties(ctx)
+				wait = 250 * time.Millisecond
+			}
+			n.syncChannels(ctx)
+		} else if !n.isBootstrapping() {
+			if err := n.joinRound(ctx); err != nil {
+				fatal <- err
+				return
+			}
+			wait, delay = jitter(delay), min(2*delay, 5*time.Second)
+		} else if c.meta.IsLeader() {
+			n.leaderDuties(ctx) // init
+			wait = 100 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.changed:
+		case <-time.After(wait):
+		}
+	}
+}
+
+// jitter returns d ± 20%.
+func jitter(d time.Duration) time.Duration {
+	var b [1]byte
+	rand.Read(b[:])
+	return d + d*time.Duration(int(b[0])-128)/640
+}
+
+// isBootstrapping reports whether this node bootstrapped the group and
+// waits for it to create the cluster.
+func (n *Node) isBootstrapping() bool {
+	c := n.cluster
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bootstrap != nil && !c.meta.State().Initialized()
+}
+
+func (n *Node) setPhase(phase, waiting string) {
+	c := n.cluster
+	c.mu.Lock()
+	c.join.Phase, c.join.Waiting = phase, waiting
+	c.mu.Unlock()
+}
