@@ -210,7 +210,9 @@ func (m *Meta) Propose(ctx context.Context, c *Command) (uint64, error) {
 	}
 	timeout := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
+		if timeout = time.Until(dl); timeout <= 0 {
+			return 0, fmt.Errorf("%w: %w", ErrNoQuorum, ctx.Err())
+		}
 	}
 	f := m.raft.Apply(b, timeout)
 	if err := f.Error(); err != nil {

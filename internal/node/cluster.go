@@ -142,6 +142,12 @@ func (n *Node) setupCluster() error {
 	if err != nil {
 		return err
 	}
+	if prev != nil && !c.meta.HasState() {
+		n.log.Warn("DATA/meta/state is left from a metadata group whose raft files are gone: ignored", "file", filepath.Join(c.dir, stateFile))
+		c.mu.Lock()
+		c.applied = nil
+		c.mu.Unlock()
+	}
 	n.srv.HandleTakeover(wire.OpRaftOpen, func(nc net.Conn, h wire.Header, _ []byte) {
 		ok := wire.AppendHeader(nil, wire.Header{Magic: wire.MagicResponse, Version: wire.Version, Opcode: h.Opcode, ID: h.ID})
 		nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
@@ -208,6 +214,12 @@ func (n *Node) onMetaChange(_, next *meta.State) {
 	}
 	c.mu.Lock()
 	prev := c.applied
+	if prev != nil && next.Index <= prev.Index {
+		// raft replays its log after a restart: states this node applied
+		// before are not news (an older one would undo newer changes).
+		c.mu.Unlock()
+		return
+	}
 	c.applied = next
 	c.mu.Unlock()
 	var prevChannels map[string]engine.Kind
@@ -307,6 +319,9 @@ func (n *Node) propose(ctx context.Context, cmd *meta.Command) (uint64, error) {
 				return 0, peerToMeta(ferr)
 			}
 			err = ferr
+		case errors.Is(err, meta.ErrNotInitialized) && cmd.Op != meta.OpInit:
+			// The cluster is being created (a new node's first second):
+			// wait for it.
 		case !errors.Is(err, meta.ErrNoQuorum):
 			return idx, err
 		}
