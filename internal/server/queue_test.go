@@ -28,6 +28,27 @@ func (r *raw) push(value string, channels ...string) wire.Status {
 	return h.Status
 }
 
+// pushToConsumer pushes value to channel, which the stream with id
+// consumes, and returns the stream's batch: the push's answer and the
+// batch may come in either order (the stream's goroutine and the
+// connection's reader both write to the connection).
+func (r *raw) pushToConsumer(value, channel string, id uint32) []byte {
+	r.t.Helper()
+	pid := r.send(wire.OpPush, 0, pushBody([]string{channel}, "", value))
+	var batch []byte
+	for got := 0; got < 2; got++ {
+		h, b := r.read()
+		switch {
+		case h.ID == pid && h.Status == wire.StatusOK:
+		case h.ID == id && h.Status == wire.StatusOK:
+			batch = b
+		default:
+			r.t.Fatalf("pushing to a consumer: answer %v", h)
+		}
+	}
+	return batch
+}
+
 func (r *raw) pop(ch string) (wire.Status, string) {
 	r.t.Helper()
 	h, b := r.call(wire.OpPop, 0, wire.AppendStr8(nil, ch))
@@ -291,9 +312,8 @@ func TestConsumeWithoutCredit(t *testing.T) {
 			next++
 		}
 	}
-	r.push("late", "c")
-	if h, b := r.read(); h.ID != id || len(batchValues(t, b)) != 1 {
-		t.Fatalf("a live push did not reach the consumer: %v", h)
+	if b := r.pushToConsumer("late", "c", id); len(batchValues(t, b)) != 1 {
+		t.Fatal("a live push did not reach the consumer")
 	}
 	// Stop while the consumer waits for records.
 	r.sendFrame(wire.OpStreamControl, 0, id, []byte{wire.StreamStop})
@@ -307,9 +327,8 @@ func TestConsumeEndsWhenChannelRemoved(t *testing.T) {
 	r := dialRaw(t, ts.addr)
 	id := r.send(wire.OpConsume, 0, consumeBody("gone", "sub", 0))
 	time.Sleep(50 * time.Millisecond) // let the stream subscribe
-	r.push("v", "gone")
-	if h, b := r.read(); h.ID != id || len(batchValues(t, b)) != 1 {
-		t.Fatalf("consume: %v", h)
+	if b := r.pushToConsumer("v", "gone", id); len(batchValues(t, b)) != 1 {
+		t.Fatal("consume: the push did not reach the consumer")
 	}
 	rid := r.send(wire.OpRemoveChannel, 0, wire.AppendStr8(nil, "gone"))
 	seen := map[uint32]wire.Status{}
