@@ -178,7 +178,7 @@ var (
 	ErrNotLeader = errors.New("meta: not the leader")
 	// ErrNoQuorum: no leader is known, or the leader could not commit in
 	// time: a majority of the voters is unreachable.
-	ErrNoQuorum = errors.New("no quorum: the cluster metadata cannot change now (a majority of the voters is unreachable)")
+	ErrNoQuorum = errors.New("the cluster metadata cannot change now: no leader, or a majority of the voters is unreachable")
 )
 
 // NotLeaderError is returned by Propose on a follower.
