@@ -138,4 +138,25 @@ func TestClusterWithTLSAndCredentials(t *testing.T) {
 	if !refused {
 		t.Fatal("no key of the 64 tried belongs to this node")
 	}
+	// Removing it on one node removes it from every node.
+	if err := c2.RemoveChannel(t.Context(), "jobs"); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for _, nd := range nodes {
+		for {
+			if _, _, ok := nd.cat.Lookup([]byte("jobs")); !ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %s still has channel jobs", nd.cfg.NodeID)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	for _, nd := range nodes {
+		if qs := nd.queue.Channels(); len(qs) != 0 {
+			t.Fatalf("node %s still holds queues %+v", nd.cfg.NodeID, qs)
+		}
+	}
 }
