@@ -37,9 +37,11 @@ type Config struct {
 	// SnapshotThreshold is how many log entries make a snapshot (default
 	// 1024: metadata commands are rare and small).
 	SnapshotThreshold uint64
-	// OnChange is called, on raft's FSM goroutine, after every command
+	// OnChange is called, on raft's FSM goroutine, for every command
 	// applied and after a snapshot is restored, with the states before and
-	// after. It must not propose (it would wait for itself).
+	// after, before State returns the new one (so WaitApplied returns once
+	// the node followed the change). It must not propose (it would wait for
+	// itself).
 	OnChange func(prev, next *State)
 }
 

@@ -40,6 +40,8 @@ type cluster struct {
 
 	changed chan struct{} // signalled after every metadata change
 
+	admitting sync.Mutex // serialises the leader's admissions (admit)
+
 	mu sync.Mutex
 	// applied is the metadata this node applied last (from stateFile at
 	// start): the onChange diff is against it.
