@@ -440,3 +440,12 @@ func copyDir(t *testing.T, src, dst string) {
 		t.Fatal(err)
 	}
 }
+
+// knownBug skips a test that reproduces a bug of the node, reported and
+// not fixed yet; SHOAL_E2E_BUGS=1 runs it (to check a fix).
+func knownBug(t *testing.T, what string) {
+	t.Helper()
+	if os.Getenv("SHOAL_E2E_BUGS") == "" {
+		t.Skip("BUG: " + what + " (SHOAL_E2E_BUGS=1 runs the test)")
+	}
+}

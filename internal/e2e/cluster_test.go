@@ -3,6 +3,10 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -423,4 +427,426 @@ func TestClusterJoin(t *testing.T) {
 	if docs[0].Index != idx {
 		t.Errorf("the restart of a member changed the metadata: index %d, was %d", docs[0].Index, idx)
 	}
+}
+
+// stillNoCluster polls the nodes for d and fails if any of them shows a
+// cluster id: for refusals, after the refusal was seen (the nodes had
+// their chances to form one).
+func stillNoCluster(t *testing.T, d time.Duration, nodes ...*testproc.Node) {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		for _, n := range nodes {
+			cs, err := clusterStatus(n)
+			if err != nil {
+				t.Fatalf("%s: %v", n.Addr, err)
+			}
+			if cs.ClusterID != "" || cs.Leader != "" {
+				t.Fatalf("node %s (%s) is in cluster %s, leader %q, phase %s", cs.Self, n.Addr, cs.ClusterID, cs.Leader, cs.Join.Phase)
+			}
+		}
+	}
+}
+
+// joinAddr returns the join address addr in a cluster document.
+func joinAddr(cs *node.ClusterStatus, addr string) node.JoinAddress {
+	for _, a := range cs.Join.Addresses {
+		if a.Addr == addr {
+			return a
+		}
+	}
+	return node.JoinAddress{}
+}
+
+// TestClusterJoinAddressDown: a node whose --join addresses are a closed
+// port and a listener that never answers keeps running and retrying: it
+// logs `join address did not answer` for each in root.log, shows the
+// errors in /status (cluster.join.addresses[].last_error) and tries again
+// (a later last_try), and serves nothing meanwhile.
+func TestClusterJoinAddressDown(t *testing.T) {
+	closed := reserveAddrs(t, 1)[0]
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan net.Conn, 100)
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case held <- c: // held open, never answered
+			default:
+				c.Close()
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		silent.Close()
+		for {
+			select {
+			case c := <-held:
+				c.Close()
+			default:
+				return
+			}
+		}
+	})
+	n := testproc.Start(t, clusterArgs(reserveAddrs(t, 1)[0], []string{closed, silent.Addr().String()}, 0)...)
+	var first *node.ClusterStatus
+	poll(t, 30*time.Second, "both join addresses failing in /status", func() (bool, string) {
+		cs, err := clusterStatus(n)
+		if err != nil {
+			return false, err.Error()
+		}
+		a, b := joinAddr(cs, closed), joinAddr(cs, silent.Addr().String())
+		first = cs
+		return a.LastError != "" && b.LastError != "" && !a.OK && !b.OK && a.LastTry != nil && b.LastTry != nil, fmt.Sprintf("%+v", cs.Join)
+	})
+	a := joinAddr(first, closed)
+	if !strings.Contains(a.LastError, "connection refused") {
+		t.Errorf("the closed port's last error: %q", a.LastError)
+	}
+	t.Logf("join status: phase %s (%s); %s: %s; %s: %s", first.Join.Phase, first.Join.Waiting,
+		closed, a.LastError, silent.Addr(), joinAddr(first, silent.Addr().String()).LastError)
+	if first.Join.Phase != "joining" || first.Join.Waiting == "" || first.ClusterID != "" {
+		t.Errorf("phase %q waiting %q cluster %q", first.Join.Phase, first.Join.Waiting, first.ClusterID)
+	}
+	poll(t, 30*time.Second, "another attempt at each address", func() (bool, string) {
+		cs, err := clusterStatus(n)
+		if err != nil {
+			return false, err.Error()
+		}
+		x, y := joinAddr(cs, closed), joinAddr(cs, silent.Addr().String())
+		return x.LastTry.After(*a.LastTry) && y.LastTry.After(*joinAddr(first, silent.Addr().String()).LastTry) && x.LastError != "" && y.LastError != "",
+			fmt.Sprintf("%+v", cs.Join)
+	})
+	log := rootLog(t, n)
+	for _, addr := range []string{closed, silent.Addr().String()} {
+		lines := logLines(log, "join address did not answer", "addr="+addr)
+		if len(lines) == 0 {
+			t.Errorf("root.log says nothing of %s:\n%s", addr, log)
+		}
+		t.Logf("%s: %d lines logged, first: %s", addr, len(lines), lines[0])
+	}
+	_, perr := dialShort(t, n.Addr).Put(t.Context(), "kv", []byte("k"), []byte("v"))
+	if !errors.Is(perr, client.ErrNotMyVBucket) {
+		t.Errorf("a put on a node not in a cluster yet: %v", perr)
+	}
+	if _, err := clusterStatus(n); err != nil || strings.Contains(n.Output(), "shoald stopped") {
+		t.Fatalf("the node stopped: %v\n%s", err, n.Output())
+	}
+}
+
+// TestClusterCopiedNodeID: a copy of a running member's data directory,
+// started at another address with --join of the cluster, is refused: the
+// copy names the member's id, which answers at its own address; it exits
+// 1 with a message saying so, and the cluster still has the member at its
+// address.
+func TestClusterCopiedNodeID(t *testing.T) {
+	nodes, docs := startCluster(t, 3)
+	src, id := nodes[1], docs[1].Self
+	dir := t.TempDir()
+	copyDir(t, src.Dir, dir)
+	join := []string{nodes[0].Addr, nodes[1].Addr, nodes[2].Addr}
+	code, out := runShoald(t, 60*time.Second, append([]string{"--data", dir, "--http", "127.0.0.1:0", "--console=false"},
+		clusterArgs(reserveAddrs(t, 1)[0], join, 0)...)...)
+	if code != 1 || !strings.Contains(out, "node id "+id+" is running at "+src.Addr) || !strings.Contains(out, "copy") {
+		t.Fatalf("the copy of %s's data directory exited with %d:\n%s", id, code, out)
+	}
+	t.Logf("the copy: exit %d: %s", code, logLines(out, "shoald:")[0])
+	docs = waitCluster(t, nodes, 10*time.Second)
+	for _, d := range docs {
+		for _, m := range d.Nodes {
+			if m.ID == id && m.Addr != src.Addr {
+				t.Fatalf("member %s now at %s", id, m.Addr)
+			}
+		}
+	}
+}
+
+// TestClusterBootstrapExpectMismatch: of three nodes with --join of all
+// three, one has --bootstrap-expect 5 and two 3: the nodes refuse each
+// other with messages naming both values (root.log of every node), and no
+// cluster forms (the two with 3 know each other but are not 3).
+func TestClusterBootstrapExpectMismatch(t *testing.T) {
+	addrs := reserveAddrs(t, 3)
+	expects := []int{3, 3, 5}
+	nodes := make([]*testproc.Node, 3)
+	for i, a := range addrs {
+		nodes[i] = testproc.Start(t, clusterArgs(a, addrs, expects[i])...)
+	}
+	poll(t, 30*time.Second, "the refusals logged on every node, the two with 3 knowing each other", func() (bool, string) {
+		for i, n := range nodes {
+			other := 3
+			if expects[i] == 3 {
+				other = 5
+			}
+			log := rootLog(t, n)
+			// The answer to the other's Join, and the other's answer to its own.
+			answered := logLines(log, "bootstrap-expect differs", fmt.Sprintf("peer_expect=%d", other), fmt.Sprintf("expect=%d", expects[i]))
+			told := logLines(log, fmt.Sprintf("was started with --bootstrap-expect %d", expects[i]), fmt.Sprintf("with %d", other))
+			if len(answered) == 0 || len(told) == 0 {
+				return false, fmt.Sprintf("node %d (--bootstrap-expect %d): %d answers, %d refusals logged", i, expects[i], len(answered), len(told))
+			}
+		}
+		for i := range 2 {
+			cs, err := clusterStatus(nodes[i])
+			if err != nil {
+				return false, err.Error()
+			}
+			if len(cs.Join.Discovered) != 1 || cs.Join.Discovered[0].Addr != addrs[1-i] {
+				return false, fmt.Sprintf("node %d discovered %+v", i, cs.Join.Discovered)
+			}
+		}
+		return true, ""
+	})
+	for i, n := range nodes {
+		l := logLines(rootLog(t, n), "was started with --bootstrap-expect")
+		t.Logf("node %d (--bootstrap-expect %d): %s", i, expects[i], l[0])
+	}
+	stillNoCluster(t, 3*time.Second, nodes...)
+	cs, _ := clusterStatus(nodes[0])
+	t.Logf("a node with 3: phase %s (%s)", cs.Join.Phase, cs.Join.Waiting)
+}
+
+// TestClusterOtherClusterData: the data directory of a stopped member of
+// cluster A (a cluster of one), started at a new address with --join of
+// cluster B, is refused: B names both cluster ids, the node logs the
+// refusal and exits 1, and B does not list it.
+func TestClusterOtherClusterData(t *testing.T) {
+	nodes, docs := startCluster(t, 3)
+	solo := testproc.Start(t, "--vbuckets", fmt.Sprint(clusterVBuckets))
+	var a *node.ClusterStatus
+	poll(t, 30*time.Second, "the cluster of one", func() (bool, string) {
+		var err error
+		a, err = clusterStatus(solo)
+		return err == nil && a.ClusterID != "" && a.Leader == a.Self, fmt.Sprintf("%+v %v", a, err)
+	})
+	solo.Stop()
+	join := []string{nodes[0].Addr, nodes[1].Addr, nodes[2].Addr}
+	moved := testproc.StartIn(t, solo.Dir, clusterArgs(reserveAddrs(t, 1)[0], join, 0)...)
+	if code := moved.Wait(60 * time.Second); code != 1 {
+		t.Fatalf("a node of cluster %s joining cluster %s exited with %d:\n%s", a.ClusterID, docs[0].ClusterID, code, moved.Output())
+	}
+	want := fmt.Sprintf("belongs to cluster %s, this is cluster %s", a.ClusterID, docs[0].ClusterID)
+	lines := logLines(rootLog(t, moved), "this node cannot be in the cluster; shutting down", "refused", want)
+	if len(lines) == 0 || !strings.Contains(moved.Output(), "shoald: ") {
+		t.Fatalf("the refusal (%q) is not in root.log:\n%s", want, moved.Output())
+	}
+	t.Logf("refused: %s", lines[0])
+	for _, d := range waitCluster(t, nodes, 10*time.Second) {
+		for _, m := range d.Nodes {
+			if m.ID == a.Self {
+				t.Fatalf("cluster B lists %s: %+v", a.Self, d.Nodes)
+			}
+		}
+	}
+}
+
+// writeCredentials writes a credentials file with an admin, an app and
+// the peer credential "node", and the node's secret in a file of its own;
+// it returns both paths and the app's secret file.
+func writeCredentials(t *testing.T) (creds, nodeSecret, appSecret string) {
+	t.Helper()
+	dir := t.TempDir()
+	creds = filepath.Join(dir, "credentials")
+	nodeSecret = filepath.Join(dir, "node.secret")
+	appSecret = filepath.Join(dir, "app.secret")
+	for path, text := range map[string]string{
+		creds:      "admin:00112233445566778899aabbccddeeff\nnode:0f1e2d3c4b5a69788796a5b4c3d2e1f0\napp:ffeeddccbbaa99887766554433221100\n",
+		nodeSecret: "0f1e2d3c4b5a69788796a5b4c3d2e1f0\n",
+		appSecret:  "ffeeddccbbaa99887766554433221100\n",
+	} {
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return creds, nodeSecret, appSecret
+}
+
+// TestClusterPeerCredentials: with --credentials on all three nodes and
+// the "node" credential given as --peer-user/--peer-secret-file, the
+// cluster forms and takes new channels (a follower forwards over an
+// authenticated connection); a RaftOpen from a connection that did not
+// authenticate is refused with not permitted and what follows it never
+// reaches raft (the connection is closed, the cluster unchanged).
+func TestClusterPeerCredentials(t *testing.T) {
+	creds, nodeSecret, appSecret := writeCredentials(t)
+	nodes, docs := startCluster(t, 3, "--credentials", creds, "--peer-user", "node", "--peer-secret-file", nodeSecret)
+	_, followers := leaderOf(t, nodes, docs)
+	app := []string{"--user", "app", "--secret-file", appSecret}
+	if r := testproc.CLI(t, followers[0].Addr, "", append(app, "push", "authq", "x")...); r.Code != 0 {
+		t.Fatalf("a new channel through a follower: %d %s", r.Code, r.Stderr)
+	}
+	for _, n := range nodes {
+		poll(t, 10*time.Second, "authq listed on "+n.Addr, func() (bool, string) {
+			ch := channelsOf(t, n.Addr, app...)
+			return ch["authq"] == "queue", fmt.Sprint(ch)
+		})
+	}
+	if c := cliCluster(t, nodes[0].Addr, app...); c.ClusterID != docs[0].ClusterID {
+		t.Fatalf("shoal status --json: cluster %q", c.ClusterID)
+	}
+
+	// A hostile RaftOpen, without credentials, at the leader and a follower.
+	for _, n := range []*testproc.Node{nodes[0], followers[0]} {
+		r := dialRawConn(t, n.Addr)
+		if h, body := r.call(wire.OpRaftOpen, nil); h.Status != wire.StatusNotPermitted {
+			t.Fatalf("RaftOpen without credentials at %s: %s %q", n.Addr, h.Status, body)
+		}
+		// What a raft peer would send next: not a frame. The node answers
+		// bad frame and closes.
+		r.nc.Write([]byte("\x00\x01raft-rpc-bytes-that-are-not-a-frame"))
+		r.nc.SetDeadline(time.Now().Add(10 * time.Second))
+		var err error
+		for err == nil {
+			_, _, err = r.read()
+		}
+		if !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "reset") {
+			t.Fatalf("after non-frame bytes at %s: %v (want the connection closed)", n.Addr, err)
+		}
+	}
+	after := waitCluster(t, nodes, 10*time.Second)
+	if after[0].Leader != docs[0].Leader || after[0].ClusterID != docs[0].ClusterID {
+		t.Fatalf("the cluster changed: leader %s, was %s", after[0].Leader, docs[0].Leader)
+	}
+}
+
+// TestClusterNoPeerSecret: three nodes with --credentials but no
+// --peer-secret-file cannot reach each other: every join attempt is
+// refused for want of authentication, which /status and root.log say,
+// and no cluster forms.
+func TestClusterNoPeerSecret(t *testing.T) {
+	creds, _, _ := writeCredentials(t)
+	addrs := reserveAddrs(t, 3)
+	nodes := startNodes(t, addrs, 3, "--credentials", creds)
+	poll(t, 30*time.Second, "authentication refused at every join address", func() (bool, string) {
+		for i, n := range nodes {
+			cs, err := clusterStatus(n)
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, a := range addrs {
+				if a == n.Addr {
+					continue
+				}
+				if ja := joinAddr(cs, a); !strings.Contains(ja.LastError, "authentication") {
+					return false, fmt.Sprintf("node %d, %s: %+v", i, a, ja)
+				}
+			}
+			if len(logLines(rootLog(t, n), "join address did not answer", "authentication")) == 0 {
+				return false, fmt.Sprintf("node %d: root.log says nothing of authentication", i)
+			}
+		}
+		return true, ""
+	})
+	cs, _ := clusterStatus(nodes[0])
+	t.Logf("without the peer secret: phase %s (%s), %+v", cs.Join.Phase, cs.Join.Waiting, cs.Join.Addresses[0])
+	stillNoCluster(t, 3*time.Second, nodes...)
+}
+
+// TestClusterOtherVBucketCount: a node with another vBucket count than the
+// cluster's (--vbuckets 128 against 64) that joins it is refused for good
+// (docs/design.md §10.4: status refused, the node logs why and exits 1).
+func TestClusterOtherVBucketCount(t *testing.T) {
+	knownBug(t, "a joiner with another vBucket count is never refused: the peer dialer's HELLO check fails first, with a replication message, and the node retries for ever")
+	nodes, _ := startCluster(t, 3)
+	join := []string{nodes[0].Addr, nodes[1].Addr, nodes[2].Addr}
+	args := clusterArgs(reserveAddrs(t, 1)[0], join, 0)
+	args = append(args, "--vbuckets", "128") // after clusterArgs' 64: the last one wins
+	n := testproc.Start(t, args...)
+	var code int
+	poll(t, 20*time.Second, "the node with 128 vbuckets exits", func() (bool, string) {
+		if !strings.Contains(n.Output(), "shoald stopped") {
+			cs, err := clusterStatus(n)
+			if err == nil {
+				return false, fmt.Sprintf("still running: %+v", cs.Join)
+			}
+			return false, err.Error()
+		}
+		code = n.Wait(10 * time.Second)
+		return true, ""
+	})
+	if code != 1 || len(logLines(rootLog(t, n), "cannot be in the cluster", "refused", "128", "64")) == 0 {
+		t.Fatalf("exit %d:\n%s", code, n.Output())
+	}
+}
+
+// TestClusterJoinAddsOnce: a node that joins is added once: the leader
+// commits one node-add and logs one "node added to the cluster".
+func TestClusterJoinAddsOnce(t *testing.T) {
+	knownBug(t, "a joiner asks every join address at once; the followers forward to the leader, whose admit checks the state before proposing, so the leader commits node-add and logs \"node added to the cluster\" once per address (3 times for 3)")
+	nodes, _ := startCluster(t, 3)
+	join := []string{nodes[0].Addr, nodes[1].Addr, nodes[2].Addr}
+	fourth := testproc.Start(t, clusterArgs(reserveAddrs(t, 1)[0], join, 0)...)
+	docs := waitCluster(t, append(slices.Clone(nodes), fourth), 30*time.Second)
+	var added []string
+	for _, n := range nodes {
+		added = append(added, logLines(rootLog(t, n), "node added to the cluster", docs[3].Self)...)
+	}
+	if len(added) != 1 {
+		t.Fatalf("%d additions logged:\n%s", len(added), strings.Join(added, "\n"))
+	}
+}
+
+// TestClusterJoinErrorLoggedOnce: a join address that never answers is
+// logged once, not at every retry (docs/design.md §10.4: "logged once per
+// distinct error").
+func TestClusterJoinErrorLoggedOnce(t *testing.T) {
+	knownBug(t, "the error of a join address that never answers names the local port (read tcp 127.0.0.1:PORT->...: i/o timeout), which changes at every attempt, so noteJoin logs every retry")
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	n := testproc.Start(t, clusterArgs(reserveAddrs(t, 1)[0], []string{silent.Addr().String()}, 0)...)
+	var tries []time.Time
+	poll(t, 60*time.Second, "four attempts", func() (bool, string) {
+		cs, err := clusterStatus(n)
+		if err != nil {
+			return false, err.Error()
+		}
+		if a := joinAddr(cs, silent.Addr().String()); a.LastTry != nil && (len(tries) == 0 || a.LastTry.After(tries[len(tries)-1])) {
+			tries = append(tries, *a.LastTry)
+		}
+		return len(tries) >= 4, fmt.Sprint(tries)
+	})
+	if lines := logLines(rootLog(t, n), "join address did not answer", silent.Addr().String()); len(lines) != 1 {
+		t.Fatalf("%d lines for %d attempts:\n%s", len(lines), len(tries), strings.Join(lines, "\n"))
+	}
+}
+
+// TestClusterNoPeerSecretMessage: a node with credentials that joins
+// nodes with credentials without a peer secret is told what to give: the
+// message names --peer-user/--peer-secret-file, not a replica's settings.
+func TestClusterNoPeerSecretMessage(t *testing.T) {
+	knownBug(t, "without --peer-secret-file the join error is repl.Handshake's \"the producer requires authentication: give the replica a user and secret\", which points at a standby's --replica-user/--replica-secret-file")
+	creds, _, _ := writeCredentials(t)
+	addrs := reserveAddrs(t, 2)
+	nodes := startNodes(t, addrs, 2, "--credentials", creds)
+	poll(t, 15*time.Second, "the join error", func() (bool, string) {
+		cs, err := clusterStatus(nodes[0])
+		if err != nil {
+			return false, err.Error()
+		}
+		e := joinAddr(cs, addrs[1]).LastError
+		return strings.Contains(e, "peer-secret-file"), e
+	})
 }
