@@ -99,12 +99,13 @@ func restart(t *testing.T, n *testproc.Node) *testproc.Node {
 	return testproc.StartIn(t, n.Dir, n.Args[7:]...) // after the seven testproc puts first
 }
 
-// httpStatus reads a node's /status (HTTP) within 2 s.
-func httpStatus(n *testproc.Node) (node.Status, error) {
+// httpStatus reads the /status of the node whose HTTP address is addr,
+// within 2 s.
+func httpStatus(addr string) (node.Status, error) {
 	var st node.Status
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+n.HTTP+"/status", nil)
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/status", nil)
 	if err != nil {
 		return st, err
 	}
@@ -126,7 +127,7 @@ func httpStatus(n *testproc.Node) (node.Status, error) {
 
 // clusterStatus reads the cluster section of a node's /status.
 func clusterStatus(n *testproc.Node) (*node.ClusterStatus, error) {
-	st, err := httpStatus(n)
+	st, err := httpStatus(n.HTTP)
 	if err != nil {
 		return nil, err
 	}

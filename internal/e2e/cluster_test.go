@@ -712,6 +712,12 @@ func TestClusterPeerCredentials(t *testing.T) {
 	if after[0].Leader != docs[0].Leader || after[0].ClusterID != docs[0].ClusterID {
 		t.Fatalf("the cluster changed: leader %s, was %s", after[0].Leader, docs[0].Leader)
 	}
+	// raft's transport logs what it cannot decode: nothing reached it.
+	for _, n := range nodes {
+		if l := logLines(rootLog(t, n), "component=raft", "decode"); len(l) != 0 {
+			t.Fatalf("raft saw the hostile bytes at %s: %q", n.Addr, l)
+		}
+	}
 }
 
 // TestClusterNoPeerSecret: three nodes with --credentials but no
