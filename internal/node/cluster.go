@@ -346,28 +346,28 @@ func (n *Node) propose(ctx context.Context, cmd *meta.Command) (uint64, error) {
 // retryable reports whether a forwarded command may be sent again: the
 // leader could not be reached, or it is no longer the leader.
 func retryable(err error) bool {
-	var pe *PeerError
-	if !errors.As(err, &pe) {
+	var se *wire.StatusError
+	if !errors.As(err, &se) {
 		return true // not answered at all
 	}
-	return pe.Status == wire.StatusShuttingDown
+	return se.Status == wire.StatusShuttingDown
 }
 
 // peerToMeta turns another node's error answer into the metadata error
 // its status stands for, with the other node's message as its text.
 func peerToMeta(err error) error {
-	var pe *PeerError
-	if !errors.As(err, &pe) {
+	var se *wire.StatusError
+	if !errors.As(err, &se) {
 		return err
 	}
 	sentinel := map[wire.Status]error{
 		wire.StatusWrongKind: meta.ErrWrongKind, wire.StatusNoQuorum: meta.ErrNoQuorum, wire.StatusBadRequest: meta.ErrBadCommand,
 		wire.StatusRefused: meta.ErrRefused, wire.StatusNotFound: meta.ErrUnknownNode,
-	}[pe.Status]
+	}[se.Status]
 	if sentinel == nil {
 		return err
 	}
-	return &forwardedError{sentinel: sentinel, msg: pe.Message}
+	return &forwardedError{sentinel: sentinel, msg: se.Message}
 }
 
 // forwardedError is an error another node answered: its message, and the

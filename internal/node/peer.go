@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"time"
@@ -107,7 +106,7 @@ func (p *peers) authenticate(conn net.Conn, addr string) error {
 	}
 	b := wire.AppendStr8(nil, p.user)
 	b = append(b, auth.Proof(p.secret, h.nonce, p.user)...)
-	if _, err := roundTrip(conn, wire.OpAuth, 2, b); err != nil {
+	if _, err := wire.RoundTrip(conn, wire.OpAuth, 2, b, maxPeerAnswer); err != nil {
 		return fmt.Errorf("the node at %s refused this node's credential %q (--peer-user, --peer-secret-file): %w", addr, p.user, err)
 	}
 	return nil
@@ -125,7 +124,7 @@ func (p *peers) sayHello(conn net.Conn, addr string) (helloAnswer, error) {
 	b := wire.AppendStr8(nil, p.self)
 	b = wire.AppendU16(b, wire.Version)
 	b = wire.AppendU32(b, 0)
-	reply, err := roundTrip(conn, wire.OpHello, 1, b)
+	reply, err := wire.RoundTrip(conn, wire.OpHello, 1, b, maxPeerAnswer)
 	if err != nil {
 		return helloAnswer{}, err
 	}
@@ -154,7 +153,7 @@ func (p *peers) dialRaft(ctx context.Context, addr string) (net.Conn, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
 	}
-	if _, err := roundTrip(nc, wire.OpRaftOpen, 3, nil); err != nil {
+	if _, err := wire.RoundTrip(nc, wire.OpRaftOpen, 3, nil, maxPeerAnswer); err != nil {
 		nc.Close()
 		return nil, err
 	}
@@ -172,49 +171,13 @@ func (p *peers) call(ctx context.Context, addr string, op wire.Opcode, body []by
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
 	}
-	return roundTrip(nc, op, 3, body)
-}
-
-// PeerError is a peer's answer with a status other than ok.
-type PeerError struct {
-	Status  wire.Status
-	Message string
-}
-
-func (e *PeerError) Error() string { return e.Status.String() + ": " + e.Message }
-
-// roundTrip sends one request and reads its answer; a status other than
-// ok is a *PeerError.
-func roundTrip(conn net.Conn, op wire.Opcode, id uint32, body []byte) ([]byte, error) {
-	frame := wire.AppendHeader(nil, wire.Header{Magic: wire.MagicRequest, Version: wire.Version, Opcode: op, ID: id, BodyLen: uint32(len(body))})
-	if _, err := conn.Write(append(frame, body...)); err != nil {
-		return nil, fmt.Errorf("cannot send %s: %w", op, err)
-	}
-	var hb [wire.HeaderLen]byte
-	if _, err := io.ReadFull(conn, hb[:]); err != nil {
-		return nil, fmt.Errorf("cannot read the %s answer: %w", op, err)
-	}
-	h, err := wire.ParseHeader(hb[:])
-	if err != nil {
-		return nil, fmt.Errorf("%s answer: %w", op, err)
-	}
-	if h.Magic != wire.MagicResponse || h.Opcode != op || h.ID != id || h.BodyLen > maxPeerAnswer {
-		return nil, fmt.Errorf("%w: unexpected %s answer %v", wire.ErrMalformed, op, h)
-	}
-	reply := make([]byte, h.BodyLen)
-	if _, err := io.ReadFull(conn, reply); err != nil {
-		return nil, fmt.Errorf("cannot read the %s answer: %w", op, err)
-	}
-	if h.Status != wire.StatusOK {
-		return nil, &PeerError{Status: h.Status, Message: string(reply)}
-	}
-	return reply, nil
+	return wire.RoundTrip(nc, op, 3, body, maxPeerAnswer)
 }
 
 // isStatus reports whether err is a peer's answer with status st.
 func isStatus(err error, st wire.Status) bool {
-	var pe *PeerError
-	return errors.As(err, &pe) && pe.Status == st
+	var se *wire.StatusError
+	return errors.As(err, &se) && se.Status == st
 }
 
 // hello asks the node at addr for its id (a HELLO, no authentication).
