@@ -7,9 +7,6 @@ import (
 	"slices"
 )
 
-// MaxIDLen is the longest node id a Map can be encoded with, in bytes.
-const MaxIDLen = 255
-
 // mapVersion is the version byte of AppendMap's layout.
 const mapVersion = 1
 
@@ -20,19 +17,25 @@ var ErrCorrupt = errors.New("vbmap: corrupt map encoding")
 // pass Validate(nil), its node ids must be at most MaxIDLen bytes and
 // there must be at most 65535 of them.
 func CheckEncodable(m *Map) error {
+	_, err := encodable(m)
+	return err
+}
+
+// encodable is CheckEncodable, returning m's nodes, sorted.
+func encodable(m *Map) ([]string, error) {
 	if err := m.Validate(nil); err != nil {
-		return err
+		return nil, err
 	}
 	nodes := m.Nodes()
 	if len(nodes) > 65535 {
-		return fmt.Errorf("%w: %d nodes, at most 65535 can be encoded", ErrInvalid, len(nodes))
+		return nil, fmt.Errorf("%w: %d nodes, at most 65535 can be encoded", ErrInvalid, len(nodes))
 	}
 	for _, id := range nodes {
 		if len(id) > MaxIDLen {
-			return fmt.Errorf("%w: node id %.20q… longer than %d bytes", ErrInvalid, id, MaxIDLen)
+			return nil, fmt.Errorf("%w: node id %.20q… longer than %d bytes", ErrInvalid, id, MaxIDLen)
 		}
 	}
-	return nil
+	return nodes, nil
 }
 
 // AppendMap appends the binary encoding of m to b and returns the
@@ -57,10 +60,10 @@ func CheckEncodable(m *Map) error {
 //
 // m must be encodable (CheckEncodable); AppendMap panics otherwise.
 func AppendMap(b []byte, m *Map) []byte {
-	if err := CheckEncodable(m); err != nil {
+	nodes, err := encodable(m)
+	if err != nil {
 		panic(fmt.Sprintf("vbmap.AppendMap: %v", err))
 	}
-	nodes := m.Nodes()
 	index := make(map[string]uint16, len(nodes))
 	for i, id := range nodes {
 		index[id] = uint16(i)
@@ -92,8 +95,8 @@ func AppendMap(b []byte, m *Map) []byte {
 // node id, an unused table entry, a node index out of range, a node
 // twice in a chain, a chain longer than 1+replicas, epoch 0 for a
 // non-empty chain. Every count is checked against the bytes left before
-// anything is allocated for it, so hostile input costs at most about as
-// much memory as its own size (times the size of a string header).
+// anything is allocated for it, so whatever the input, DecodeMap
+// allocates at most a small multiple of its size.
 func DecodeMap(b []byte) (*Map, int, error) {
 	d := decoder{b: b}
 	if v := d.u8("version"); d.err == nil && v != mapVersion {

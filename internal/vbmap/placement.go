@@ -11,57 +11,71 @@ import (
 type Node struct {
 	// ID is the node's id: 1..MaxIDLen bytes, unique in the cluster.
 	ID string
-	// Zone is the node's failure zone (a rack, an availability zone).
-	// Nodes with the same non-empty Zone share one zone; a node whose Zone
-	// is "" shares its zone with no other node. So a cluster whose nodes
-	// all have "" has no zone constraint beyond distinct nodes, and one
-	// whose nodes all share one zone has none at all.
+	// Zone is the node's failure zone (a rack, an availability zone):
+	// nodes with the same non-empty Zone are in one zone, a node whose
+	// Zone is "" is a zone by itself.
 	Zone string
 }
 
+// MaxIDLen is the longest node id, in bytes: Place takes no longer one,
+// and AppendMap cannot encode one (its length is one byte).
+const MaxIDLen = 255
+
 // MaxPlaceNodes is the largest node count Place accepts.
-const MaxPlaceNodes = 256
+const MaxPlaceNodes = 128
 
 // ErrPlacement is wrapped by Place's errors.
 var ErrPlacement = errors.New("vbmap: cannot place vbuckets")
 
-// Place computes the first map of a cluster of the given nodes: one chain
-// [active, replica1, …] of node ids per vBucket, to be passed to
-// (*Map)(nil).Next(rev, replicas, chains). It is a pure function of its
-// arguments: the order of nodes does not matter (they are sorted by id
-// first), and the same arguments always give the same chains.
+// Place computes the first map of a cluster: one chain [active,
+// replica1, …] of node ids per vBucket, to be passed to
+// (*Map)(nil).Next(rev, replicas, chains). It is a pure function: the
+// nodes are sorted by id first, so their order does not matter, and the
+// same nodes, vbuckets and replicas always give the same chains. Zone
+// names only group the nodes; a single zone for all the nodes is no zone
+// at all (the chains are those without zones).
 //
-// With k = min(1+replicas, len(nodes)) copies per vBucket, the chains
-// obey, for every input:
+// With n nodes, z zones and k = min(1+replicas, n) copies per vBucket,
+// the chains obey, whatever the input:
 //
 //   - every chain has k distinct nodes: a replica is never on its active
 //     or twice in a chain;
-//   - actives: per-node active counts differ by at most 1 (vBucket vb's
-//     active is the node at vb mod n of a fixed order of the nodes);
+//   - actives: vBucket vb's active is the node at vb mod n of a fixed
+//     order of the nodes (the zones' first nodes, then their second
+//     nodes, …), so per-node active counts differ by at most 1;
 //   - zones: a chain's copies are spread over as many zones, as evenly,
-//     as the zones allow. With h the smallest integer such that
-//     Σ_zones min(size, h) ≥ k, every chain holds between
-//     min(size, h-1) and min(size, h) copies in each zone. So with at
-//     least k zones, the k copies are in k different zones; with z < k
-//     zones, every chain has a copy in every zone. The chain is ordered
-//     so that the first min(k, z) copies are in min(k, z) different zones
-//     (first copies of zones before second copies);
-//   - replicas: within the zone rule, the per-node replica counts are
-//     the most balanced possible: no move of replicas between nodes
-//     (however many chains it touches) lowers Σ count² — which makes the
-//     largest count as small and the smallest as large as they can be.
-//     Without zones (or with a single zone), replica counts differ by at
-//     most 1, and so do the total copy counts (active + replica); with
-//     zones of equal size, replica counts differ by at most 1 as well;
-//     within one zone they differ by at most 1 whatever the sizes;
-//   - pairs: with the above fixed, the replicas of one node's actives are
-//     spread over the other nodes (those the zone rule allows) as evenly
-//     as the counts allow (Σ pair count² is minimal), so the failover of
-//     one node spreads its load. Without zones, the per-(active,
-//     replica) pair counts over all ordered pairs of distinct nodes
-//     differ by at most 2; so do the counts of (active, replica1) pairs
-//     — the nodes that take over a failed node's actives — within
-//     each active node, up to 3.
+//     as the zone sizes allow. With h the smallest integer such that
+//     Σ_zones min(size, h) ≥ k, a chain has between min(size, h-1) and
+//     min(size, h) copies in each zone: with z ≥ k its copies are in k
+//     different zones, with z < k it has a copy in every zone. Its first
+//     min(k, z) copies are in different zones (a zone's first copy comes
+//     before any zone's second one);
+//   - replicas: given the actives and the zone rule, the per-node replica
+//     counts are as balanced as they can be — Σ count² is the least
+//     possible, so the largest count is as small as it can be and the
+//     smallest as large — and then so are the total copy counts (actives
+//     plus replicas). Within a zone, replica counts differ by at most 1;
+//     across all the nodes too when the zones all have the same size, in
+//     particular without zones (where total copy counts differ by at most
+//     1 as well);
+//   - pairs: given the above, the replicas of each node's actives are
+//     spread as evenly as they can be over the nodes the zone rule allows
+//     (Σ count² is the least possible, over the counts of (active node,
+//     replica node) pairs), so that the failover of a node spreads its
+//     load. For each active node and each zone, the pair counts over the
+//     zone's nodes differ by at most 1. Without zones, they differ by at
+//     most 2 over all the ordered pairs of distinct nodes; so they do
+//     over the pairs of nodes in different zones when there are at least
+//     k zones, all of the same size;
+//   - failover: the replica1 of a node's actives, which take them over if
+//     it fails, are spread too: for each active node a and each zone but
+//     a's, the numbers of a's actives whose replica1 is each node of that
+//     zone differ by at most 2 (without zones: the numbers for each other
+//     node differ by at most 1).
+//
+// It takes milliseconds for a few nodes and 1024 vBuckets; with 65535
+// vBuckets, up to a tenth of a second for 16 nodes, a second for 64 and
+// several seconds for 128 in zones of unequal sizes.
 //
 // It fails (wrapping ErrPlacement) for no nodes, more than MaxPlaceNodes,
 // an empty id, an id longer than MaxIDLen, two nodes with the same id,
@@ -84,6 +98,7 @@ type placer struct {
 	ring      []int   // vb's active is ring[vb%n]
 	act       []int   // node -> active count
 	lo, hi    []int   // zone -> bounds on a chain's copies in it
+	unequal   bool    // there are zones of different sizes
 }
 
 func newPlacer(nodes []Node, vbuckets, replicas int) (*placer, error) {
@@ -125,6 +140,14 @@ func newPlacer(nodes []Node, vbuckets, replicas int) (*placer, error) {
 		p.zoneOf[i] = z
 		p.zones[z] = append(p.zones[z], i)
 	}
+	if len(p.zones) == 1 {
+		// One zone is no zone: every node a zone of its own.
+		p.zones = p.zones[:0]
+		for i := range n {
+			p.zoneOf[i] = i
+			p.zones = append(p.zones, []int{i})
+		}
+	}
 	// The ring takes the zones' first nodes, then their second nodes, …:
 	// the V mod n nodes with one active more are spread over the zones.
 	for j := 0; len(p.ring) < n; j++ {
@@ -155,6 +178,7 @@ func newPlacer(nodes []Node, vbuckets, replicas int) (*placer, error) {
 	p.lo, p.hi = make([]int, len(p.zones)), make([]int, len(p.zones))
 	for z, zn := range p.zones {
 		p.lo[z], p.hi[z] = min(len(zn), h-1), min(len(zn), h)
+		p.unequal = p.unequal || len(zn) != len(p.zones[0])
 	}
 	return p, nil
 }
@@ -191,14 +215,15 @@ func (p *placer) place() [][]string {
 // Listed zone by zone and node by node, the replicas dealt round the
 // chains one by one would land a node's copies in distinct chains and
 // give every chain between ⌊q/A⌋ and ⌈q/A⌉ of the q copies of a zone
-// (A chains): chains within the zone rule. That fixes each chain's
-// profile (copies per zone). But it would also pair nodes rigidly (the
-// chains that get the end of one zone's list get the start of the next
-// one's), which can leave some node the only candidate for replica1 of
-// many chains. So each zone's nodes are then spread over the groups of
-// chains with the same profile (a flow minimising Σ count², starting
-// from the dealing's counts), and dealt within each group; order then
-// orders each chain.
+// (A chains), which is within the zone rule. That fixes each chain's
+// profile (its copies per zone). But it would also pair nodes rigidly
+// (the chains that get the end of one zone's list get the start of the
+// next one's), which can make some node the only candidate for replica1
+// of many chains. So each zone's nodes are then spread over the groups of
+// chains with the same profile as evenly as they can be (a flow
+// minimising Σ count², from a first flow that hands each group's copies
+// round the nodes), and dealt within each group; order then orders each
+// chain.
 func (p *placer) deal(a int, cnt []int) [][]int {
 	A := p.act[a]
 	if A == 0 {
@@ -242,7 +267,6 @@ func (p *placer) deal(a int, cnt []int) [][]int {
 		}
 		x[b][typ[u%A]]++
 	}
-	dbgDeal -= dbgCancels
 	rows := make([][]int, A)
 	cells := make([]int, A*w)
 	for i := range rows {
@@ -266,26 +290,25 @@ func (p *placer) deal(a int, cnt []int) [][]int {
 			// copies first), continuing from group to group.
 			ring := slices.Clone(bs)
 			slices.SortStableFunc(ring, func(b, c int) int { return cnt[c] - cnt[b] })
-			got := make([]int64, p.n)
-			var y [][]int64
-			ok := true
-			for j := 0; ok && j < len(bs); j++ {
-				y = append(y, make([]int64, len(members)))
+			y := make([][]int64, len(ring))
+			for j := range y {
+				y[j] = make([]int64, len(members))
 			}
 			v := 0
 			for _, t := range ts {
-				d := len(members[t]) * int(prof[members[t][0]*nz+z])
-				for range d {
+				for range len(members[t]) * int(prof[members[t][0]*nz+z]) {
 					y[v%len(ring)][t]++
-					got[ring[v%len(ring)]]++
 					v++
 				}
 			}
+			ok := true
 			for j, b := range ring {
-				ok = ok && got[b] == int64(cnt[b])
+				var sum int64
 				for _, t := range ts {
+					sum += y[j][t]
 					ok = ok && y[j][t] <= int64(len(members[t]))
 				}
+				ok = ok && sum == int64(cnt[b])
 			}
 			if ok {
 				for j, b := range ring {
@@ -325,22 +348,109 @@ func (p *placer) deal(a int, cnt []int) [][]int {
 			}
 		}
 	}
-	dbgDeal += dbgCancels
 	p.order(a, rows)
 	return rows
+}
+
+// candSet is the candidates of a chain for a position: nodes, sorted,
+// padded with -1.
+type candSet [MaxReplicas]int
+
+// balance moves rows between the candidates of their groups until the
+// loads are as even as they can be. cands[g] are group g's candidates
+// (-1: none), x[g][j] its rows given to cands[g][j], load[b] the rows
+// given to b. The loads are then optimal (Σ load² is minimal, the
+// largest load as small as it can be, the smallest as large) exactly
+// when no chain of moves (b gives a row of a group to another candidate
+// of it, which gives one of another group, …) leads from a node b to a
+// node c with load[c] ≤ load[b]-2: each pass looks for one from the most
+// loaded nodes (a breadth-first search), and moves a row along it.
+func balance(cands []candSet, x [][]int64, load []int64) {
+	holds := make([][]int, len(load)) // node -> the groups with a candidate slot for it
+	for g, k := range cands {
+		for _, b := range k {
+			if b >= 0 {
+				holds[b] = append(holds[b], g)
+			}
+		}
+	}
+	from := make([]int, len(load)) // BFS: node -> group it was reached through, -2 unseen
+	prev := make([]int, len(load)) // BFS: node -> node it was reached from
+	var queue []int
+	for {
+		lo, hi := int64(-1), int64(-1)
+		for b := range load {
+			if len(holds[b]) > 0 {
+				if lo < 0 || load[b] < lo {
+					lo = load[b]
+				}
+				hi = max(hi, load[b])
+			}
+		}
+		moved := false
+		for t := hi; t >= lo+2 && !moved; t-- {
+			queue = queue[:0]
+			for b := range from {
+				from[b] = -2
+				if len(holds[b]) > 0 && load[b] >= t {
+					from[b] = -1
+					queue = append(queue, b)
+				}
+			}
+			for h := 0; h < len(queue) && !moved; h++ {
+				b := queue[h]
+				for _, g := range holds[b] {
+					jb := slices.Index(cands[g][:], b)
+					if x[g][jb] == 0 {
+						continue
+					}
+					for _, c := range cands[g] {
+						if c < 0 || from[c] != -2 {
+							continue
+						}
+						from[c], prev[c] = g, b
+						if load[c] > t-2 {
+							queue = append(queue, c)
+							continue
+						}
+						// Move one row along the path back to a source.
+						load[c]++
+						for v := c; from[v] >= 0; v = prev[v] {
+							g := from[v]
+							x[g][slices.Index(cands[g][:], v)]++
+							x[g][slices.Index(cands[g][:], prev[v])]--
+						}
+						v := c
+						for from[v] >= 0 {
+							v = prev[v]
+						}
+						load[v]--
+						moved = true
+						break
+					}
+					if moved {
+						break
+					}
+				}
+			}
+		}
+		if !moved {
+			return
+		}
+	}
 }
 
 // order orders the replicas of a's chains position by position. The
 // copies that may take a position are those of zones the chain has no
 // copy of yet (the active is its zone's first copy), or, when none is
-// left, all the chain's remaining replicas; among them, each position is
+// left, all the chain's remaining replicas. Among them, each position is
 // given so that the nodes holding it in a's chains are spread as evenly
-// as possible (Σ count² is minimal: a flow from the groups of chains
-// with the same candidates to the nodes). Replica1 being spread, the
-// failover of a spreads a's actives.
+// as they can be: the chains with the same candidates form a group, each
+// chain is given to the least loaded of its candidates (the groups with
+// the fewest candidates first), then balance evens the loads out. With
+// replica1 spread, the failover of a spreads a's actives.
 func (p *placer) order(a int, rows [][]int) {
 	w := p.k - 1
-	type key [MaxReplicas]int
 	done := make([]int, len(rows)) // how many positions each row has
 	seen := make([][]bool, len(rows))
 	flags := make([]bool, len(rows)*len(p.zones))
@@ -351,7 +461,7 @@ func (p *placer) order(a int, rows [][]int) {
 	// next returns row i's candidates for its next position, as nodes,
 	// padded with -1 and sorted (so that rows with the same candidates
 	// have the same key).
-	next := func(i int) (k key) {
+	next := func(i int) (k candSet) {
 		row := rows[i]
 		for x := range k {
 			k[x] = -1
@@ -369,8 +479,8 @@ func (p *placer) order(a int, rows [][]int) {
 		slices.Sort(k[:])
 		return k
 	}
-	groups := map[key][]int{}
-	var keys []key
+	groups := map[candSet][]int{}
+	var keys []candSet
 	for range w - 1 {
 		// Group the rows by their candidates.
 		clear(groups)
@@ -382,45 +492,48 @@ func (p *placer) order(a int, rows [][]int) {
 			}
 			groups[k] = append(groups[k], i)
 		}
-		g := &flowNet{nodes: len(keys) + p.n + 1}
-		sink := len(keys) + p.n
-		type ref struct{ arc, b int }
-		refs := make([][]ref, len(keys))
-		load := make([]int64, p.n)
-		for gi, k := range keys {
-			var bs []int
+		// A first flow: the rows given one by one to their least loaded
+		// candidate, the groups with the fewest candidates first.
+		byFew := make([]int, len(keys))
+		for gi := range byFew {
+			byFew[gi] = gi
+		}
+		size := func(k candSet) (m int) {
 			for _, b := range k {
 				if b >= 0 {
-					bs = append(bs, b)
+					m++
 				}
 			}
-			m := int64(len(groups[k]))
-			for x, b := range bs {
-				f := m / int64(len(bs))
-				if int64((x+gi)%len(bs)) < m%int64(len(bs)) {
-					f++
+			return m
+		}
+		slices.SortStableFunc(byFew, func(x, y int) int { return size(keys[y]) - size(keys[x]) })
+		load := make([]int64, p.n)
+		first := make([][]int64, len(keys))
+		for _, gi := range byFew {
+			k := keys[gi]
+			first[gi] = make([]int64, len(k))
+			for range groups[k] {
+				best := -1
+				for x, b := range k {
+					if b >= 0 && (best < 0 || load[b] < load[k[best]]) {
+						best = x
+					}
 				}
-				refs[gi] = append(refs[gi], ref{len(g.arcs), b})
-				g.add(gi, len(keys)+b, 0, m, f, costFree, 0)
-				load[b] += f
+				first[gi][best]++
+				load[k[best]]++
 			}
 		}
-		for b := range p.n {
-			g.add(len(keys)+b, sink, 0, int64(len(rows)), load[b], costPair, 0)
-		}
-		g.optimise()
+		balance(keys, first, load)
 		for gi, k := range keys {
-			quota := make([]int64, len(refs[gi]))
-			for x, r := range refs[gi] {
-				quota[x] = g.arcs[r.arc].f
-			}
+			quota := first[gi]
+			cands := k[:]
 			// Hand the group's rows round the nodes, each to its quota.
 			x := 0
 			for _, i := range groups[k] {
 				for quota[x%len(quota)] == 0 {
 					x++
 				}
-				b := refs[gi][x%len(quota)].b
+				b := cands[x%len(quota)]
 				quota[x%len(quota)]--
 				x++
 				row := rows[i]
@@ -434,20 +547,27 @@ func (p *placer) order(a int, rows [][]int) {
 }
 
 // pairs returns the pair counts cnt[a][b]: how many of the chains whose
-// active is a hold b as a replica. They are the flow of a network
+// active is a hold b as a replica, for act[a] chains with active a. They
+// are the flow of a network
 //
 //	row a ──▶ group (a, zone) ──▶ column b ──▶ sink
 //
 // where row a sends act[a]·(k-1) units, a group carries a's replicas in
-// one zone within the zone rule's bounds, a cell (group, column b)
+// one zone within the zone rule's bounds (no group node for a zone with
+// one allowed node: its bounds are the cell's), a cell (group, column b)
 // carries at most act[a] (b is once at most in a chain) and column b's
 // flow is b's replica count. Any such flow can be dealt into chains
-// (deal). The flow minimises, in this order, Σ replicas², Σ copies² and
-// Σ cells²: a feasible flow is built, then negative cycles of the
-// residual network are cancelled. With many vBuckets, the first flow is
-// twice the optimum for half the actives (every bound is proportional to
-// the actives, so it is feasible) plus a first flow for the odd ones,
-// which leaves few cycles to cancel.
+// (deal), and any chains within the rules give one. The flow minimises,
+// in this order, Σ replicas², Σ copies² and Σ cells²: a first flow is
+// built, then negative cycles of the residual network are cancelled.
+//
+// The first flow levels each row's replicas over the nodes it may use.
+// That is close to the optimum when the zones have the same size; when
+// they do not and there are many vBuckets, it is better to start from
+// the optimum for half the actives: twice its group totals (every bound
+// is proportional to the actives, so that is within them) plus a first
+// flow for the odd active, each group's total split evenly over its
+// nodes.
 func (p *placer) pairs(act []int) [][]int {
 	type grp struct {
 		nodes  []int
@@ -460,9 +580,6 @@ func (p *placer) pairs(act []int) [][]int {
 			lo, hi := p.lo[z], p.hi[z]
 			if z == ya {
 				lo, hi = max(0, lo-1), hi-1
-			}
-			if len(p.zones) == 1 {
-				lo = 0 // one zone: no bound beyond the row's
 			}
 			var allowed []int
 			for _, b := range zn {
@@ -477,7 +594,9 @@ func (p *placer) pairs(act []int) [][]int {
 	}
 	// first returns a first flow for row a with A actives, cell by cell
 	// (groups in order, nodes in order): a's replicas levelled over the
-	// allowed nodes within the groups' bounds.
+	// nodes it may use within the groups' bounds (the highest per-node
+	// level l such that the groups' clamp(l·nodes, lo, hi) fit, the rest
+	// handed round the groups), each group's total split evenly.
 	first := func(a int, A int64) []int64 {
 		gs := groups[a]
 		r := A * int64(p.k-1)
@@ -524,7 +643,7 @@ func (p *placer) pairs(act []int) [][]int {
 		return out
 	}
 	init := make([][]int64, p.n)
-	if len(p.zones) > 1 && len(p.zones) < p.n && slices.Max(act) >= 16 {
+	if p.unequal && slices.Max(act) >= 16 {
 		half := make([]int, p.n)
 		for a := range half {
 			half[a] = act[a] / 2
@@ -534,13 +653,24 @@ func (p *placer) pairs(act []int) [][]int {
 			if act[a] == 0 {
 				continue
 			}
+			// Twice the half's group totals plus a first flow for the odd
+			// active, each group split evenly over its nodes.
 			init[a] = first(a, int64(act[a]%2))
 			x := 0
 			for _, gr := range groups[a] {
-				for _, b := range gr.nodes {
-					init[a][x] += 2 * int64(prev[a][b])
-					x++
+				var q int64
+				for j, b := range gr.nodes {
+					q += init[a][x+j] + 2*int64(prev[a][b])
 				}
+				m := len(gr.nodes)
+				for j := range gr.nodes {
+					f := q / int64(m)
+					if int64((j-a%m+m)%m) < q%int64(m) {
+						f++
+					}
+					init[a][x+j] = f
+				}
+				x += m
 			}
 		}
 	} else {
@@ -564,7 +694,7 @@ func (p *placer) pairs(act []int) [][]int {
 		x := 0
 		for _, gr := range groups[a] {
 			from := a
-			if len(gr.nodes) > 1 && len(p.zones) > 1 {
+			if len(gr.nodes) > 1 {
 				var q int64
 				for j := range gr.nodes {
 					q += init[a][x+j]
@@ -589,11 +719,7 @@ func (p *placer) pairs(act []int) [][]int {
 	for b := range p.n {
 		g.add(col(b), sink, 0, int64(p.vbs)*int64(p.k), load[b], costLoad, int64(act[b]))
 	}
-	c0 := dbgCancels
 	g.optimise()
-	if dbgLevels {
-		fmt.Println("level", slices.Max(act), dbgCancels-c0, len(g.arcs), g.nodes)
-	}
 	out := make([][]int, p.n)
 	for a := range out {
 		out[a] = make([]int, p.n)
@@ -634,6 +760,14 @@ type flowArc struct {
 	f        int64
 	kind     costKind
 	param    int64
+	up, down cost // the cost of one unit more, one unit less (kept by set)
+}
+
+// set sets the arc's flow.
+func (e *flowArc) set(f int64) {
+	e.f = f
+	e.up = e.cost(f + 1).sub(e.cost(f))
+	e.down = e.cost(f - 1).sub(e.cost(f))
 }
 
 func (e *flowArc) cost(f int64) cost {
@@ -669,111 +803,99 @@ type step struct {
 // optimise cancels negative cycles until there is none: the flow is then
 // of least cost (the costs are convex in the flow of each arc). Each
 // cycle carries as many units as lower the cost most.
-var dbgCancels, dbgPasses, dbgDeal int
-var dbgLevels bool
-
 func (g *flowNet) optimise() {
-	out := make([][]step, g.nodes) // node -> the arcs at it, as residual steps away from it
-	for i, e := range g.arcs {
-		out[e.from] = append(out[e.from], step{i, 1})
-		out[e.to] = append(out[e.to], step{i, -1})
+	for i := range g.arcs {
+		g.arcs[i].set(g.arcs[i].f)
 	}
-	s := &search{
-		out:  out,
-		dist: make([]cost, g.nodes),
-		par:  make([]step, g.nodes),
-		mark: make([]int, g.nodes),
-		inq:  make([]bool, g.nodes),
-	}
+	dist := make([]cost, g.nodes)
+	par := make([]step, g.nodes)
+	mark := make([]int, g.nodes)
 	for {
-		cyc := g.negativeCycle(s)
-		dbgCancels++
-		if cyc == nil {
+		cycles := g.negativeCycles(dist, par, mark)
+		if cycles == nil {
 			return
 		}
-		room := int64(-1)
-		for _, st := range cyc {
-			e := &g.arcs[st.arc]
-			r := e.hi - e.f
-			if st.dir < 0 {
-				r = e.f - e.lo
-			}
-			if room < 0 || r < room {
-				room = r
-			}
-		}
-		// The cost of pushing t units is convex in t: find the first t at
-		// which one more unit would not lower it.
-		at := func(t int64) (c cost) {
-			for _, st := range cyc {
-				e := &g.arcs[st.arc]
-				c = c.add(e.cost(e.f + st.dir*t).sub(e.cost(e.f)))
-			}
-			return c
-		}
-		lo, hi := int64(1), room
-		for lo < hi {
-			mid := lo + (hi-lo)/2
-			if at(mid + 1).less(at(mid)) {
-				lo = mid + 1
-			} else {
-				hi = mid
-			}
-		}
-		for _, st := range cyc {
-			g.arcs[st.arc].f += st.dir * lo
+		for _, cyc := range cycles {
+			g.cancel(cyc)
 		}
 	}
 }
 
-// search is the state of negativeCycle, kept between calls.
-type search struct {
-	out   [][]step
-	dist  []cost
-	par   []step
-	mark  []int
-	inq   []bool
-	queue []int
+// cancel pushes round a negative cycle as many units as lower the cost
+// most: the cost of pushing t units is convex in t, so that is the first
+// t at which one more unit would not lower it.
+func (g *flowNet) cancel(cyc []step) {
+	room := int64(-1)
+	for _, s := range cyc {
+		e := &g.arcs[s.arc]
+		r := e.hi - e.f
+		if s.dir < 0 {
+			r = e.f - e.lo
+		}
+		if room < 0 || r < room {
+			room = r
+		}
+	}
+	at := func(t int64) (c cost) {
+		for _, s := range cyc {
+			e := &g.arcs[s.arc]
+			c = c.add(e.cost(e.f + s.dir*t).sub(e.cost(e.f)))
+		}
+		return c
+	}
+	lo, hi := int64(1), room
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		if at(mid + 1).less(at(mid)) {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	for _, s := range cyc {
+		e := &g.arcs[s.arc]
+		e.set(e.f + s.dir*lo)
+	}
 }
 
-// negativeCycle returns a cycle of negative cost in the residual network,
-// nil if there is none: Bellman-Ford from a virtual source (every node
-// starts at distance 0), relaxing the arcs of the nodes whose distance
-// fell (a queue), and looking for a cycle among the parent pointers
-// every so many relaxations — there is one as soon as the distances keep
-// falling round a negative cycle.
-func (g *flowNet) negativeCycle(s *search) []step {
-	clear(s.dist)
-	for v := range s.par {
-		s.par[v] = step{arc: -1}
+// negativeCycles returns cycles of negative cost in the residual network,
+// disjoint, nil if there is none. It is Bellman-Ford, looking for cycles
+// among the parent pointers after every pass (any cycle there is
+// negative). The distances start where the last call left them: any
+// start will do (when no arc can be relaxed, the distances are a
+// feasible potential, so there is no negative cycle), and this one is
+// close to the end.
+func (g *flowNet) negativeCycles(dist []cost, par []step, mark []int) [][]step {
+	for v := range par {
+		par[v] = step{arc: -1}
 	}
-	for pass := 0; pass <= g.nodes; pass++ {
+	for pass := 0; ; pass++ {
 		changed := false
 		for i := range g.arcs {
 			e := &g.arcs[i]
 			if e.f < e.hi {
-				if d := s.dist[e.from].add(e.cost(e.f + 1).sub(e.cost(e.f))); d.less(s.dist[e.to]) {
-					s.dist[e.to], s.par[e.to], changed = d, step{i, 1}, true
+				if d := dist[e.from].add(e.up); d.less(dist[e.to]) {
+					dist[e.to], par[e.to], changed = d, step{i, 1}, true
 				}
 			}
 			if e.f > e.lo {
-				if d := s.dist[e.to].add(e.cost(e.f - 1).sub(e.cost(e.f))); d.less(s.dist[e.from]) {
-					s.dist[e.from], s.par[e.from], changed = d, step{i, -1}, true
+				if d := dist[e.to].add(e.down); d.less(dist[e.from]) {
+					dist[e.from], par[e.from], changed = d, step{i, -1}, true
 				}
 			}
 		}
 		if !changed {
 			return nil
 		}
-		if cyc := g.parentCycle(s.par, s.mark); cyc != nil {
-			return cyc
+		if cycles := g.parentCycles(par, mark); cycles != nil {
+			return cycles
 		}
 	}
-	return nil
 }
 
-// parentCycle returns a cycle among the parent pointers, nil if none.
-func (g *flowNet) parentCycle(par []step, mark []int) []step {
+// parentCycles returns the cycles among the parent pointers (they are
+// disjoint: a node has one parent), nil if none.
+func (g *flowNet) parentCycles(par []step, mark []int) (cycles [][]step) {
 	clear(mark)
 	tail := func(s step) int {
 		if s.dir > 0 {
@@ -797,7 +919,7 @@ func (g *flowNet) parentCycle(par []step, mark []int) []step {
 		if v < 0 || mark[v] != v0+1 {
 			continue
 		}
-		// v is on a cycle: walk it once.
+		// v is on a cycle not seen before: walk it once.
 		var cyc []step
 		for u := v; ; {
 			s := par[u]
@@ -807,8 +929,7 @@ func (g *flowNet) parentCycle(par []step, mark []int) []step {
 				break
 			}
 		}
-		slices.Reverse(cyc)
-		return cyc
+		cycles = append(cycles, cyc)
 	}
-	return nil
+	return cycles
 }
