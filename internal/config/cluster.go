@@ -106,6 +106,9 @@ func (c *Config) validateCluster() []error {
 	if c.Voters != 1 && c.Voters != 3 && c.Voters != 5 && c.Voters != 7 {
 		errs = append(errs, fmt.Errorf("voters %d: want 3 or 5 (1 or 7 also work)", c.Voters))
 	}
+	if len(c.Zone) > 255 {
+		errs = append(errs, fmt.Errorf("zone: at most 255 bytes"))
+	}
 	if c.Replicas < 0 || c.Replicas > 3 {
 		errs = append(errs, fmt.Errorf("replicas %d: must be 0..3", c.Replicas))
 	}

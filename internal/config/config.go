@@ -17,6 +17,7 @@ import (
 
 	"shoal/internal/dump"
 	"shoal/internal/engine"
+	"shoal/internal/vbmap"
 	"shoal/internal/vbucket"
 )
 
@@ -226,6 +227,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConnections < 1 {
 		errs = append(errs, fmt.Errorf("max-connections %d: must be at least 1", c.MaxConnections))
+	}
+	if c.NodeID != "" && !vbmap.ValidNodeID(c.NodeID) {
+		errs = append(errs, fmt.Errorf("node-id %q: want 1..%d of A-Z a-z 0-9 . _ -", c.NodeID, vbmap.MaxNodeIDLen))
 	}
 	if c.VBuckets < 1 || c.VBuckets > vbucket.Max {
 		errs = append(errs, fmt.Errorf("vbuckets %d: must be 1..%d", c.VBuckets, vbucket.Max))

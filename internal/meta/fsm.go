@@ -40,8 +40,11 @@ func (s *State) apply(idx uint64, c *Command) error {
 	case OpInit:
 		return s.init(idx, c)
 	case OpNodeAdd:
-		if c.Node == nil || c.Node.ID == "" || c.Node.Addr == "" {
-			return badCommand("node-add without a node id and address")
+		if c.Node == nil {
+			return badCommand("node-add without a node")
+		}
+		if err := checkNode(c.Node); err != nil {
+			return err
 		}
 		n := *c.Node
 		i, found := slices.BinarySearchFunc(s.Nodes, n.ID, func(m Node, id string) int { return cmpString(m.ID, id) })
@@ -130,8 +133,8 @@ func (s *State) init(idx uint64, c *Command) error {
 	s.ClusterID, s.VBuckets, s.Replicas, s.Voters, s.Settings = in.ClusterID, in.VBuckets, in.Replicas, in.Voters, in.Settings
 	s.Nodes = nil
 	for _, n := range in.Nodes {
-		if n.ID == "" || n.Addr == "" {
-			return badCommand("init with a node without id or address")
+		if err := checkNode(&n); err != nil {
+			return err
 		}
 		n.Since, n.Order, n.State = c.Time, idx, Active
 		s.Nodes = append(s.Nodes, n)

@@ -27,6 +27,18 @@ const (
 
 func (s NodeState) valid() bool { return s == Joining || s == Active || s == Failed || s == Leaving }
 
+// checkNode refuses a node whose fields do not fit the metadata's
+// encodings (ids, addresses and zones are str8 in GetClusterMap).
+func checkNode(n *Node) error {
+	if !vbmap.ValidNodeID(n.ID) {
+		return badCommand("node id %q: want 1..%d of A-Z a-z 0-9 . _ -", n.ID, vbmap.MaxNodeIDLen)
+	}
+	if n.Addr == "" || len(n.Addr) > 255 || len(n.HTTP) > 255 || len(n.Zone) > 255 {
+		return badCommand("node %s: an address, HTTP address or zone that is empty or over 255 bytes", n.ID)
+	}
+	return nil
+}
+
 // Node is one member of the cluster as the metadata records it.
 type Node struct {
 	ID    string    `json:"id"`

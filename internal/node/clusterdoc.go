@@ -169,6 +169,9 @@ func (a clusterAdmin) Propose(body []byte) (uint64, error) {
 	if errors.Is(err, meta.ErrNotLeader) {
 		return 0, fmt.Errorf("%w: this node is no longer the leader", meta.ErrNoQuorum)
 	}
+	if err == nil {
+		a.n.cluster.meta.Nudge() // the follower that forwarded it waits to apply it
+	}
 	return idx, err
 }
 

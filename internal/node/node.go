@@ -358,6 +358,9 @@ func nodeID(dir string) (string, error) {
 	path := filepath.Join(dir, "node-id")
 	if b, err := os.ReadFile(path); err == nil {
 		if id := strings.TrimSpace(string(b)); id != "" {
+			if !vbmap.ValidNodeID(id) {
+				return "", fmt.Errorf("%s holds %q, not a node id (1..%d of A-Z a-z 0-9 . _ -)", path, id, vbmap.MaxNodeIDLen)
+			}
 			return id, nil
 		}
 	}

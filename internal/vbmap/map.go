@@ -177,3 +177,21 @@ func Solo(node string, n int) *Map {
 	}
 	return (*Map)(nil).Next(0, 0, chains)
 }
+
+// MaxNodeIDLen bounds the id of a node.
+const MaxNodeIDLen = 64
+
+// ValidNodeID reports whether id can name a node: 1..64 of A-Z a-z 0-9 .
+// _ - (it goes into logs, file names and every map encoding).
+func ValidNodeID(id string) bool {
+	if len(id) == 0 || len(id) > MaxNodeIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
