@@ -59,6 +59,7 @@ func TestClusterFigures(t *testing.T) {
 		t.Skip("measures the figures of docs/performance.md: go test ./internal/e2e -run TestClusterFigures -cluster-figures -v")
 	}
 	formationRuns, failoverRuns, channels := figureRuns()
+	testproc.Build(t) // not in the first run's time
 	t.Logf("load average at the start: %s", loadavg())
 
 	// 1. Three cold starts to a map committed and applied on all three:
@@ -182,23 +183,30 @@ func TestClusterFigures(t *testing.T) {
 		}{{"leader", leader}, {"follower", followers[0]}} {
 			c := dialNode(t, path.n.Addr)
 			ctx := context.Background()
+			bug := 0 // TestClusterChannelsThroughFollower's bug: committed, answered internal error
 			measure := func(channel func(i int) string) []time.Duration {
 				ds := make([]time.Duration, channels)
 				for i := range channels {
 					s := time.Now()
 					if err := c.Push(ctx, []string{channel(i)}, []byte("x")); err != nil {
-						t.Fatal(err)
+						if !strings.Contains(err.Error(), "is not in this node's catalog") {
+							t.Fatal(err)
+						}
+						bug++
 					}
 					ds[i] = time.Since(s)
 				}
 				return ds
 			}
 			created := measure(func(i int) string { return fmt.Sprintf("%s-%d", path.name, i) })
-			existing := measure(func(int) string { return path.name + "-0" })
+			existing := measure(func(int) string { return path.name + "-1" })
 			_, med, hi, mean, p99 := spread(created)
 			_, emed, _, emean, ep99 := spread(existing)
 			t.Logf("FIGURE %d new channels through the %s: mean %s, median %s, p99 %s, max %s; a push to an existing channel: mean %s, median %s, p99 %s (load %s)",
 				channels, path.name, ms(mean), ms(med), ms(p99), ms(hi), ms(emean), ms(emed), ms(ep99), loadavg())
+			if bug > 0 {
+				t.Logf("%d of the creations through the %s were answered internal error (not in this node's catalog; TestClusterChannelsThroughFollower)", bug, path.name)
+			}
 		}
 		st, err := nodeStatus(dialNode(t, leader.Addr), false)
 		if err == nil {
