@@ -36,6 +36,17 @@ var (
 	ErrShuttingDown       = errors.New("node shutting down")
 	ErrProtocol           = errors.New("protocol error")
 
+	// ErrNoQuorum: the cluster metadata cannot change now (a join, a
+	// channel's creation or removal, a member's removal): the metadata
+	// group has no leader, or its leader cannot reach a majority of the
+	// voters. The node's message says which; try again once enough
+	// voters are back.
+	ErrNoQuorum = errors.New("no quorum")
+	// ErrRefused: the cluster refused a node for good (it belongs to
+	// another cluster, its data directory is a copy of a member's, it has
+	// another vBucket count); the node's message says why and what to do.
+	ErrRefused = errors.New("refused")
+
 	// ErrDisconnected: the connection to the node broke, or cannot be
 	// made now. A write that got it may or may not have been applied.
 	ErrDisconnected = errors.New("disconnected")
@@ -55,7 +66,7 @@ var statusErrors = map[wire.Status]error{
 	wire.StatusWrongKind: ErrWrongKind, wire.StatusEmpty: ErrEmpty, wire.StatusSubscribed: ErrSubscribed,
 	wire.StatusChannelRemoved: ErrChannelRemoved, wire.StatusNoSpace: ErrNoSpace,
 	wire.StatusBadRange: ErrBadRange, wire.StatusBadFilter: ErrBadFilter,
-	wire.StatusShuttingDown: ErrShuttingDown,
+	wire.StatusShuttingDown: ErrShuttingDown, wire.StatusNoQuorum: ErrNoQuorum, wire.StatusRefused: ErrRefused,
 }
 
 // Error is an error status a node answered with.

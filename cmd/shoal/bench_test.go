@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,13 +13,22 @@ import (
 
 	"go.uber.org/goleak"
 
+	"shoal/client"
 	"shoal/internal/config"
 	"shoal/internal/node"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(mainEnv) == "1" { // runShoal: this process is the shoal command
+		main()
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
 
-// startNode runs a node in this process and returns its data address.
+// startNode runs a node in this process and returns its data address
+// once it has bootstrapped its cluster of one (before, it refuses to
+// create channels).
 func startNode(t *testing.T) string {
 	t.Helper()
 	cfg := config.Default()
@@ -38,7 +48,32 @@ func startNode(t *testing.T) string {
 			t.Errorf("node: %v", err)
 		}
 	})
-	return n.Addr().String()
+	addr := n.Addr().String()
+	waitCluster(t, addr)
+	return addr
+}
+
+// waitCluster waits until the node at addr is in a cluster.
+func waitCluster(t *testing.T, addr string) {
+	t.Helper()
+	c, err := client.Dial(t.Context(), addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		ci, err := c.Cluster(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ci.Revision != 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is in no cluster after 10s: %+v", addr, ci.Join)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // runBench runs `shoal --addr addr bench args...`.

@@ -221,7 +221,7 @@ func TestAuthAndTLSWithCLI(t *testing.T) {
 	os.WriteFile(adminSecret, []byte("00112233445566778899aabbccddeeff\n"), 0o600)
 	appSecret := filepath.Join(dir, "app.secret")
 	os.WriteFile(appSecret, []byte("ffeeddccbbaa99887766554433221100"), 0o600)
-	certFile, keyFile := writeCert(t, dir)
+	certFile, keyFile := testproc.WriteCert(t, dir)
 	n := testproc.Start(t, "--credentials", creds, "--tls-cert", certFile, "--tls-key", keyFile)
 	tlsArgs := []string{"--tls-ca", certFile}
 	r := testproc.CLI(t, n.Addr, "", append(tlsArgs, "put", "c", "k", "v")...)

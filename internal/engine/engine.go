@@ -50,7 +50,7 @@ const (
 	OpDelete        Op = 2 // kv: Key removed (a tombstone)
 	OpExpire        Op = 3 // kv: Key expired (a tombstone)
 	OpPush          Op = 4 // queue: Value pushed; Seqno identifies the record
-	OpPop           Op = 5 // queue: the record pushed at seqno Ref of this vBucket was popped
+	OpPop           Op = 5 // queue: the record pushed at seqno Ref of this vBucket was popped; Ref 0 pops nothing and only advances the seqno (the end of a snapshot whose last mutations were pops)
 	OpAppend        Op = 6 // log: (Timestamp, Value) appended
 	OpRemoveChannel Op = 7 // any: every record of Channel in this vBucket removed
 )

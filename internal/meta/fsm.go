@@ -196,13 +196,15 @@ func (f *fsm) Apply(l *raft.Log) any {
 	return err
 }
 
+// set runs the change callback, then publishes next: whoever waits for an
+// index (WaitApplied) sees it once the node has followed the change.
 func (f *fsm) set(prev, next *State) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.state.Store(next)
 	if f.onChange != nil {
 		f.onChange(prev, next)
 	}
+	f.state.Store(next)
 }
 
 // Snapshot implements raft.FSM.

@@ -37,9 +37,11 @@ type Config struct {
 	// SnapshotThreshold is how many log entries make a snapshot (default
 	// 1024: metadata commands are rare and small).
 	SnapshotThreshold uint64
-	// OnChange is called, on raft's FSM goroutine, after every command
+	// OnChange is called, on raft's FSM goroutine, for every command
 	// applied and after a snapshot is restored, with the states before and
-	// after. It must not propose (it would wait for itself).
+	// after, before State returns the new one (so WaitApplied returns once
+	// the node followed the change). It must not propose (it would wait for
+	// itself).
 	OnChange func(prev, next *State)
 }
 
@@ -178,7 +180,7 @@ var (
 	ErrNotLeader = errors.New("meta: not the leader")
 	// ErrNoQuorum: no leader is known, or the leader could not commit in
 	// time: a majority of the voters is unreachable.
-	ErrNoQuorum = errors.New("no quorum: the cluster metadata cannot change now (a majority of the voters is unreachable)")
+	ErrNoQuorum = errors.New("the cluster metadata cannot change now: no leader, or a majority of the voters is unreachable")
 )
 
 // NotLeaderError is returned by Propose on a follower.

@@ -40,6 +40,8 @@ type cluster struct {
 
 	changed chan struct{} // signalled after every metadata change
 
+	admitting sync.Mutex // serialises the leader's admissions (admit)
+
 	mu sync.Mutex
 	// applied is the metadata this node applied last (from stateFile at
 	// start): the onChange diff is against it.
@@ -148,10 +150,15 @@ func (n *Node) setupCluster() error {
 		c.applied = nil
 		c.mu.Unlock()
 	}
-	n.srv.HandleTakeover(wire.OpRaftOpen, func(nc net.Conn, h wire.Header, _ []byte) {
-		ok := wire.AppendHeader(nil, wire.Header{Magic: wire.MagicResponse, Version: wire.Version, Opcode: h.Opcode, ID: h.ID})
+	n.srv.HandleTakeover(wire.OpRaftOpen, func(nc net.Conn, h wire.Header, body []byte) {
+		answer := wire.Header{Magic: wire.MagicResponse, Version: wire.Version, Opcode: h.Opcode, ID: h.ID}
+		var msg []byte
+		if len(body) != 0 {
+			answer.Status, msg = wire.StatusBadRequest, []byte("malformed RaftOpen: the body is empty")
+		}
+		answer.BodyLen = uint32(len(msg))
 		nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		if _, err := nc.Write(ok); err != nil {
+		if _, err := nc.Write(append(wire.AppendHeader(nil, answer), msg...)); err != nil || len(body) != 0 {
 			nc.Close()
 			return
 		}
@@ -327,7 +334,10 @@ func (n *Node) propose(ctx context.Context, cmd *meta.Command) (uint64, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return 0, fmt.Errorf("%w (%v)", meta.ErrNoQuorum, err)
+			if errors.Is(err, meta.ErrNoQuorum) {
+				return 0, err
+			}
+			return 0, fmt.Errorf("%w: %w", meta.ErrNoQuorum, err)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -336,34 +346,39 @@ func (n *Node) propose(ctx context.Context, cmd *meta.Command) (uint64, error) {
 // retryable reports whether a forwarded command may be sent again: the
 // leader could not be reached, or it is no longer the leader.
 func retryable(err error) bool {
-	var pe *PeerError
-	if !errors.As(err, &pe) {
+	var se *wire.StatusError
+	if !errors.As(err, &se) {
 		return true // not answered at all
 	}
-	return pe.Status == wire.StatusShuttingDown
+	return se.Status == wire.StatusShuttingDown
 }
 
-// peerToMeta turns a leader's error answer into the metadata error it
-// stands for.
+// peerToMeta turns another node's error answer into the metadata error
+// its status stands for, with the other node's message as its text.
 func peerToMeta(err error) error {
-	var pe *PeerError
-	if !errors.As(err, &pe) {
+	var se *wire.StatusError
+	if !errors.As(err, &se) {
 		return err
 	}
-	switch pe.Status {
-	case wire.StatusWrongKind:
-		return fmt.Errorf("%w: %s", meta.ErrWrongKind, pe.Message)
-	case wire.StatusNoQuorum:
-		return fmt.Errorf("%w: %s", meta.ErrNoQuorum, pe.Message)
-	case wire.StatusBadRequest:
-		return fmt.Errorf("%w: %s", meta.ErrBadCommand, pe.Message)
-	case wire.StatusRefused:
-		return fmt.Errorf("%w: %s", meta.ErrRefused, pe.Message)
-	case wire.StatusNotFound:
-		return fmt.Errorf("%w: %s", meta.ErrUnknownNode, pe.Message)
+	sentinel := map[wire.Status]error{
+		wire.StatusWrongKind: meta.ErrWrongKind, wire.StatusNoQuorum: meta.ErrNoQuorum, wire.StatusBadRequest: meta.ErrBadCommand,
+		wire.StatusRefused: meta.ErrRefused, wire.StatusNotFound: meta.ErrUnknownNode,
+	}[se.Status]
+	if sentinel == nil {
+		return err
 	}
-	return err
+	return &forwardedError{sentinel: sentinel, msg: se.Message}
 }
+
+// forwardedError is an error another node answered: its message, and the
+// sentinel of its status for errors.Is.
+type forwardedError struct {
+	sentinel error
+	msg      string
+}
+
+func (e *forwardedError) Error() string { return e.msg }
+func (e *forwardedError) Unwrap() error { return e.sentinel }
 
 // clusterChannels is the server's channel directory: the cluster's
 // catalog in the metadata group.

@@ -97,6 +97,9 @@ func (n *Node) clusterStatus() *ClusterStatus {
 	c.mu.Lock()
 	cs.Join = c.join
 	cs.Join.Addresses = slices.Clone(c.join.Addresses)
+	if me, ok := st.Node(n.cfg.NodeID); ok && me.Addr == c.addr {
+		cs.Join.Phase, cs.Join.Waiting = "member", ""
+	}
 	for _, d := range c.peerSeen {
 		cs.Join.Discovered = append(cs.Join.Discovered, d.Peer)
 	}
@@ -130,18 +133,19 @@ func clusterMapBody(st *meta.State) []byte {
 	return vbmap.AppendMap(b, st.Map)
 }
 
-// errStandby answers the cluster requests on a standby.
-var errStandby = errors.New("this node is a standby (--replica-of): it is in no cluster")
-
 // clusterAdmin serves the cluster requests of the data port
 // (server.Cluster).
 type clusterAdmin struct{ n *Node }
 
 // ClusterMap implements server.Cluster.
 func (a clusterAdmin) ClusterMap() ([]byte, error) {
-	st := a.n.cluster.meta.State()
+	c := a.n.cluster
+	st := c.meta.State()
 	if !st.Initialized() {
-		return nil, fmt.Errorf("%w: this node is not in a cluster yet (%s)", meta.ErrNotInitialized, a.n.cluster.join.Waiting)
+		c.mu.Lock()
+		waiting := c.join.Waiting
+		c.mu.Unlock()
+		return nil, fmt.Errorf("%w: this node is not in a cluster yet (%s)", meta.ErrNotInitialized, waiting)
 	}
 	return clusterMapBody(st), nil
 }
@@ -178,6 +182,9 @@ func (a clusterAdmin) RemoveNode(id string) error {
 	}
 	if leader, _ := n.cluster.meta.Leader(); leader == id {
 		return fmt.Errorf("%w: %s leads the metadata group; stop it first (another node takes over), then remove it", meta.ErrBadCommand, id)
+	}
+	if c := st.Map.Counts()[id]; c.Active+c.Replica > 0 {
+		return fmt.Errorf("%w: node %s is active for %d and replica for %d vbuckets: it cannot leave before they move to other nodes (a rebalance)", meta.ErrHoldsVBuckets, id, c.Active, c.Replica)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), proposeTimeout)
 	defer cancel()

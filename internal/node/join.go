@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"time"
 
@@ -211,12 +212,16 @@ func (n *Node) noteJoin(addr string, err error) {
 	prev := a.LastError
 	a.LastTry, a.OK, a.LastError = &now, err == nil, ""
 	if err != nil {
-		a.LastError = err.Error()
+		a.LastError = localAddr.ReplaceAllString(err.Error(), "")
 		if a.LastError != prev {
-			n.log.Warn("join address did not answer; retrying with backoff", "addr", addr, "err", err)
+			n.log.Warn("join address did not answer; retrying with backoff", "addr", addr, "err", a.LastError)
 		}
 	}
 }
+
+// localAddr matches the local address in a socket error ("read tcp
+// 127.0.0.1:PORT->"), which changes at every attempt.
+var localAddr = regexp.MustCompile(`\S+->`)
 
 // handleJoin answers a Join from another node. A member forwards it to
 // the leader, which admits the node; before the cluster exists the node
@@ -283,6 +288,11 @@ func (n *Node) handleJoin(body []byte) ([]byte, error) {
 // its id still answers at the old one: a copied data directory).
 func (n *Node) admit(req joinRequest) ([]byte, error) {
 	c := n.cluster
+	// A joiner asks every join address at once and the members forward to
+	// the leader: one admission at a time, each seeing the previous one's
+	// commit.
+	c.admitting.Lock()
+	defer c.admitting.Unlock()
 	st := c.meta.State()
 	p := req.Node
 	_, leader := c.meta.Leader()

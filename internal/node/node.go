@@ -31,6 +31,7 @@ import (
 	"shoal/internal/server"
 	"shoal/internal/stats"
 	"shoal/internal/vbmap"
+	"shoal/internal/vfs"
 )
 
 // Node is one running shoald.
@@ -51,6 +52,7 @@ type Node struct {
 
 	rep     *replication // replication and liveness (repl.go)
 	routing routing      // the applied vBucket map (routing.go)
+	replFS  vfs.FS       // of the failover logs; nil: the OS
 	cluster *cluster     // the metadata group and membership (cluster.go); nil on a standby
 
 	promoting sync.Mutex // serialises promotions (standby.go)

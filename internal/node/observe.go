@@ -123,6 +123,14 @@ func human(b int64) string {
 	return fmt.Sprintf("%dB", b)
 }
 
+// age renders how long ago t was, to the second ("-" for the zero time).
+func age(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return max(time.Since(t), 0).Truncate(time.Second).String()
+}
+
 // info adds node fields to the Info answer.
 func (n *Node) info() map[string]any {
 	recs, bytes := n.kv.Size()
@@ -223,13 +231,20 @@ func (n *Node) httpHandler() http.Handler {
 	return mux
 }
 
-var consolePage = template.Must(template.New("console").Funcs(template.FuncMap{"human": human}).Parse(`<!doctype html>
+var consolePage = template.Must(template.New("console").Funcs(template.FuncMap{"human": human, "age": age}).Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2"><title>shoal {{.NodeID}}</title>
 <style>body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}th{background:#f4f4f4}.n{text-align:right}</style>
 </head><body>
 <h1>shoal node {{.NodeID}}</h1>
 <p>version {{.Version}} · data port {{.Listen}} · up {{.UptimeSeconds}} s · {{.Connections}} connections · {{.VBuckets}} vBuckets</p>
-<h2>kv</h2>
+<h2>Cluster</h2>
+{{with .Cluster}}<p>cluster {{or .ClusterID "not created yet"}} · map revision {{.Revision}} · {{.Replicas}} replicas · leader {{with .Leader}}{{.}} at {{$.Cluster.LeaderAddr}}{{else}}none known{{end}} · this node {{or .RaftState "-"}}, {{len .Voters}} of {{.WantVoters}} voters · {{.LeaderChanges}} leader changes{{if ne .Join.Phase "member"}} · <b>{{.Join.Phase}}{{with .Join.Waiting}}: {{.}}{{end}}</b>{{end}}</p>
+<table><tr><th>node</th><th>address</th><th>state</th><th>voter</th><th>leader</th><th class="n">active</th><th class="n">replica</th><th>zone</th><th>since</th></tr>
+{{range .Nodes}}<tr><td>{{if .HTTP}}<a href="http://{{.HTTP}}/">{{.ID}}</a>{{else}}{{.ID}}{{end}}{{if eq .ID $.NodeID}} (this node){{end}}</td><td>{{.Addr}}</td><td>{{.State}}</td><td>{{if .Voter}}yes{{else}}no{{end}}</td><td>{{if .Leader}}yes{{else}}no{{end}}</td><td class="n">{{.Active}}</td><td class="n">{{.Replica}}</td><td>{{or .Zone "-"}}</td><td>{{age .Since}}</td></tr>
+{{else}}<tr><td colspan="9">no members yet</td></tr>{{end}}
+</table>
+{{else}}<p>{{with .Replication.ReplicaOf}}standby of {{.}}: in no cluster{{else}}in no cluster{{with .Replication.PromotedFrom}} (a promoted standby of {{.}}){{end}}{{end}}</p>
+{{end}}<h2>kv</h2>
 <p>{{.KV.Records}} records, {{human .KV.Bytes}} of keys and values, {{human .KV.Memory}} of memory{{if .KV.MemoryLimit}} of a {{human .KV.MemoryLimit}} limit{{end}}</p>
 <h2>queue</h2>
 <p>{{.Queue.Durability}} durability{{if eq .Queue.Durability "journal"}}, fsync {{.Queue.FsyncInterval}}{{end}} · {{.Queue.Records}} records, {{human .Queue.Bytes}} · {{.Queue.PushedRecords}} pushed, {{.Queue.PoppedRecords}} popped since start</p>

@@ -6,13 +6,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"time"
 
 	"shoal/internal/auth"
-	"shoal/internal/repl"
 	"shoal/internal/wire"
 )
 
@@ -20,17 +18,15 @@ import (
 // forwarded metadata commands. It authenticates as the peer credential and
 // uses TLS when the node has a certificate.
 type peers struct {
-	self      string
-	vbuckets  int
-	user      string
-	secret    []byte
-	tls       *tls.Config // nil: clear text
-	handshake func(ctx context.Context, conn net.Conn) error
+	self   string
+	user   string
+	secret []byte
+	tls    *tls.Config // nil: clear text
 }
 
 // newPeers prepares the peer dialer from the node's settings.
 func (n *Node) newPeers() (*peers, error) {
-	p := &peers{self: n.cfg.NodeID, vbuckets: n.cfg.VBuckets}
+	p := &peers{self: n.cfg.NodeID}
 	if n.cfg.PeerSecretFile != "" {
 		secret, err := auth.LoadSecret(n.cfg.PeerSecretFile)
 		if err != nil {
@@ -53,8 +49,16 @@ func (n *Node) newPeers() (*peers, error) {
 		}
 		p.tls = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	}
-	p.handshake = repl.Handshake(p.self, p.user, p.secret, p.vbuckets)
 	return p, nil
+}
+
+// tlsFor is the TLS configuration of a connection to addr.
+func (p *peers) tlsFor(addr string) *tls.Config {
+	cfg := p.tls.Clone()
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		cfg.ServerName = host
+	}
+	return cfg
 }
 
 // maxPeerAnswer bounds the body of an answer to a peer request.
@@ -71,23 +75,71 @@ func (p *peers) dial(ctx context.Context, addr string) (net.Conn, error) {
 		nc.SetDeadline(dl)
 	}
 	if p.tls != nil {
-		cfg := p.tls.Clone()
-		if host, _, err := net.SplitHostPort(addr); err == nil {
-			cfg.ServerName = host
-		}
-		tc := tls.Client(nc, cfg)
+		tc := tls.Client(nc, p.tlsFor(addr))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			nc.Close()
 			return nil, fmt.Errorf("TLS with %s: %w", addr, err)
 		}
 		nc = tc
 	}
-	if err := p.handshake(ctx, nc); err != nil {
+	if err := p.authenticate(nc, addr); err != nil {
 		nc.Close()
 		return nil, err
 	}
 	nc.SetDeadline(time.Time{})
 	return nc, nil
+}
+
+// authenticate runs HELLO and, when the peer has credentials, AUTH as the
+// peer credential. The vBucket counts are not compared here: a Join
+// refuses another count with a message of its own.
+func (p *peers) authenticate(conn net.Conn, addr string) error {
+	h, err := p.sayHello(conn, addr)
+	if err != nil {
+		return err
+	}
+	if !h.authRequired {
+		return nil
+	}
+	if p.user == "" || p.secret == nil {
+		return fmt.Errorf("the node at %s requires authentication: give this node --peer-secret-file with the secret of the %q credential (a %s:hex-secret line in the nodes' credentials file)", addr, auth.Peer, auth.Peer)
+	}
+	b := wire.AppendStr8(nil, p.user)
+	b = append(b, auth.Proof(p.secret, h.nonce, p.user)...)
+	if _, err := wire.RoundTrip(conn, wire.OpAuth, 2, b, maxPeerAnswer); err != nil {
+		return fmt.Errorf("the node at %s refused this node's credential %q (--peer-user, --peer-secret-file): %w", addr, p.user, err)
+	}
+	return nil
+}
+
+// helloAnswer is what a peer's HELLO answer says.
+type helloAnswer struct {
+	nodeID       string
+	authRequired bool
+	nonce        []byte
+}
+
+// sayHello sends HELLO and decodes the answer.
+func (p *peers) sayHello(conn net.Conn, addr string) (helloAnswer, error) {
+	b := wire.AppendStr8(nil, p.self)
+	b = wire.AppendU16(b, wire.Version)
+	b = wire.AppendU32(b, 0)
+	reply, err := wire.RoundTrip(conn, wire.OpHello, 1, b, maxPeerAnswer)
+	if err != nil {
+		return helloAnswer{}, err
+	}
+	d := wire.NewDecoder(reply)
+	var h helloAnswer
+	h.nodeID = string(d.Bytes8())
+	d.Bytes8() // version
+	d.U16()    // vbuckets
+	d.U32()    // features
+	h.authRequired = d.U8() == 1
+	h.nonce = d.Rest()
+	if d.Err() != nil || len(h.nonce) != wire.NonceLen {
+		return helloAnswer{}, fmt.Errorf("%w: malformed HELLO answer from %s", wire.ErrMalformed, addr)
+	}
+	return h, nil
 }
 
 // dialRaft opens a raft connection to a peer: after HELLO and AUTH, a
@@ -101,7 +153,7 @@ func (p *peers) dialRaft(ctx context.Context, addr string) (net.Conn, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
 	}
-	if _, err := roundTrip(nc, wire.OpRaftOpen, 3, nil); err != nil {
+	if _, err := wire.RoundTrip(nc, wire.OpRaftOpen, 3, nil, maxPeerAnswer); err != nil {
 		nc.Close()
 		return nil, err
 	}
@@ -119,49 +171,13 @@ func (p *peers) call(ctx context.Context, addr string, op wire.Opcode, body []by
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
 	}
-	return roundTrip(nc, op, 3, body)
-}
-
-// PeerError is a peer's answer with a status other than ok.
-type PeerError struct {
-	Status  wire.Status
-	Message string
-}
-
-func (e *PeerError) Error() string { return e.Status.String() + ": " + e.Message }
-
-// roundTrip sends one request and reads its answer; a status other than
-// ok is a *PeerError.
-func roundTrip(conn net.Conn, op wire.Opcode, id uint32, body []byte) ([]byte, error) {
-	frame := wire.AppendHeader(nil, wire.Header{Magic: wire.MagicRequest, Version: wire.Version, Opcode: op, ID: id, BodyLen: uint32(len(body))})
-	if _, err := conn.Write(append(frame, body...)); err != nil {
-		return nil, fmt.Errorf("cannot send %s: %w", op, err)
-	}
-	var hb [wire.HeaderLen]byte
-	if _, err := io.ReadFull(conn, hb[:]); err != nil {
-		return nil, fmt.Errorf("cannot read the %s answer: %w", op, err)
-	}
-	h, err := wire.ParseHeader(hb[:])
-	if err != nil {
-		return nil, fmt.Errorf("%s answer: %w", op, err)
-	}
-	if h.Magic != wire.MagicResponse || h.Opcode != op || h.ID != id || h.BodyLen > maxPeerAnswer {
-		return nil, fmt.Errorf("%w: unexpected %s answer %v", wire.ErrMalformed, op, h)
-	}
-	reply := make([]byte, h.BodyLen)
-	if _, err := io.ReadFull(conn, reply); err != nil {
-		return nil, fmt.Errorf("cannot read the %s answer: %w", op, err)
-	}
-	if h.Status != wire.StatusOK {
-		return nil, &PeerError{Status: h.Status, Message: string(reply)}
-	}
-	return reply, nil
+	return wire.RoundTrip(nc, op, 3, body, maxPeerAnswer)
 }
 
 // isStatus reports whether err is a peer's answer with status st.
 func isStatus(err error, st wire.Status) bool {
-	var pe *PeerError
-	return errors.As(err, &pe) && pe.Status == st
+	var se *wire.StatusError
+	return errors.As(err, &se) && se.Status == st
 }
 
 // hello asks the node at addr for its id (a HELLO, no authentication).
@@ -177,27 +193,12 @@ func (p *peers) hello(ctx context.Context, addr string) (string, error) {
 	}
 	conn := nc
 	if p.tls != nil {
-		cfg := p.tls.Clone()
-		if host, _, err := net.SplitHostPort(addr); err == nil {
-			cfg.ServerName = host
-		}
-		tc := tls.Client(nc, cfg)
+		tc := tls.Client(nc, p.tlsFor(addr))
 		if err := tc.HandshakeContext(ctx); err != nil {
 			return "", err
 		}
 		conn = tc
 	}
-	b := wire.AppendStr8(nil, p.self)
-	b = wire.AppendU16(b, wire.Version)
-	b = wire.AppendU32(b, 0)
-	reply, err := roundTrip(conn, wire.OpHello, 1, b)
-	if err != nil {
-		return "", err
-	}
-	d2 := wire.NewDecoder(reply)
-	id := d2.Bytes8()
-	if d2.Err() != nil {
-		return "", fmt.Errorf("%w: malformed HELLO answer from %s", wire.ErrMalformed, addr)
-	}
-	return string(id), nil
+	h, err := p.sayHello(conn, addr)
+	return h.nodeID, err
 }

@@ -19,6 +19,7 @@ import (
 	"shoal/internal/server"
 	"shoal/internal/stats"
 	"shoal/internal/vbmap"
+	"shoal/internal/vfs"
 	"shoal/internal/wire"
 )
 
@@ -54,6 +55,9 @@ type feed struct {
 	reps []*repl.Replicator
 }
 
+// WithReplFS makes the failover logs use fsys (tests inject faults).
+func WithReplFS(fsys vfs.FS) Option { return func(n *Node) { n.replFS = fsys } }
+
 // setupRepl opens the failover logs and serves replication streams and
 // the replication requests.
 func (n *Node) setupRepl() error {
@@ -70,7 +74,7 @@ func (n *Node) setupRepl() error {
 		name string
 		e    engine.Engine
 	}{{"kv", n.kv}, {"queue", n.queue}, {"log", n.logStore}} {
-		logs, err := repl.OpenLogs(repl.LogsConfig{Path: filepath.Join(dir, "failover-"+b.name), VBuckets: n.cfg.VBuckets, Logger: log.With("bucket", b.name)}, b.e.HighSeqno)
+		logs, err := repl.OpenLogs(repl.LogsConfig{Path: filepath.Join(dir, "failover-"+b.name), VBuckets: n.cfg.VBuckets, FS: n.replFS, Logger: log.With("bucket", b.name)}, b.e.HighSeqno)
 		if err != nil {
 			return err
 		}

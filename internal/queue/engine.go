@@ -107,7 +107,7 @@ func (s *Store) Apply(m *engine.Mutation) error {
 // applyPop removes one replicated pop's record.
 func (s *Store) applyPop(channel, key string, vb uint16, seqno, ref uint64) error {
 	var err error
-	if ch := s.channels[channel]; ch != nil {
+	if ch := s.channels[channel]; ch != nil && ref != 0 { // ref 0 pops nothing (see Stream)
 		q := ch.queues[0]
 		if ch.subscribed {
 			q = ch.queue(key)
@@ -228,6 +228,12 @@ func (s *Store) Stream(ctx context.Context, vb uint16, from uint64, sink engine.
 			s.mu.Unlock()
 			return err
 		}
+		if !slices.ContainsFunc(snap, func(m engine.Mutation) bool { return m.Seqno == high }) {
+			// The latest mutations popped or removed records: end the
+			// snapshot with a pop of nothing at high, so that the consumer
+			// reaches the snapshot's end (it has no other way to learn it).
+			snap = append(snap, engine.Mutation{VBucket: vb, Seqno: high, Op: engine.OpPop, Channel: snapshotEndChannel})
+		}
 	}
 	st := &streamer{ch: make(chan engine.Mutation, streamMaxMutations)}
 	v.streams = append(v.streams, st)
@@ -262,6 +268,10 @@ func (s *Store) Stream(ctx context.Context, vb uint16, from uint64, sink engine.
 		}
 	}
 }
+
+// snapshotEndChannel names the channel of the pop of nothing (Ref 0) that
+// ends a snapshot: any valid name does, no record is touched.
+const snapshotEndChannel = "-"
 
 // snapshot collects the queued records of vb with a seqno above from.
 func (s *Store) snapshot(vb uint16, from uint64) ([]engine.Mutation, error) {

@@ -215,9 +215,26 @@ func TestStreamRollbackAndResume(t *testing.T) {
 	if err := a.Stream(cctx, 2, 6, sink); !errors.Is(err, context.Canceled) || len(sink.muts) != 0 {
 		t.Fatalf("from high: %v %+v", err, sink.muts)
 	}
+	// From 0: the 4 records left, then, since the latest mutation was a
+	// pop, a pop of nothing (Ref 0) at the high seqno that ends the
+	// snapshot, so that the consumer reaches it.
 	sink = &applySink{}
-	if err := a.Stream(cctx, 2, 0, sink); !errors.Is(err, context.Canceled) || len(sink.muts) != 4 {
+	if err := a.Stream(cctx, 2, 0, sink); !errors.Is(err, context.Canceled) || len(sink.muts) != 5 {
 		t.Fatalf("from 0: %v %+v", err, sink.muts)
+	}
+	if end := sink.muts[4]; end.Op != engine.OpPop || end.Ref != 0 || end.Seqno != 6 || sink.marks[0] != [2]uint64{0, 6} {
+		t.Fatalf("snapshot end: %+v, marks %v", end, sink.marks)
+	}
+	b := mustOpen(t, testConfig(t.TempDir()))
+	defer b.Close()
+	setAll(t, b, vbmap.Replica)
+	for i := range sink.muts {
+		if err := b.Apply(&sink.muts[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b.HighSeqno(2) != 6 || stats(t, b, "q", "").Records != 4 {
+		t.Fatalf("replica: high %d, %+v", b.HighSeqno(2), stats(t, b, "q", ""))
 	}
 }
 

@@ -3,7 +3,6 @@ package repl
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 
 	"shoal/internal/auth"
@@ -24,7 +23,7 @@ func Handshake(name, user string, secret []byte, vbuckets int) func(ctx context.
 		b := wire.AppendStr8(nil, name)
 		b = wire.AppendU16(b, wire.Version)
 		b = wire.AppendU32(b, 0)
-		reply, err := roundTrip(conn, wire.OpHello, 1, b)
+		reply, err := wire.RoundTrip(conn, wire.OpHello, 1, b, maxHandshakeReply)
 		if err != nil {
 			return err
 		}
@@ -49,37 +48,7 @@ func Handshake(name, user string, secret []byte, vbuckets int) func(ctx context.
 		}
 		b = wire.AppendStr8(nil, user)
 		b = append(b, auth.Proof(secret, nonce, user)...)
-		_, err = roundTrip(conn, wire.OpAuth, 2, b)
+		_, err = wire.RoundTrip(conn, wire.OpAuth, 2, b, maxHandshakeReply)
 		return err
 	}
-}
-
-// roundTrip sends one request and reads its answer; a status other than
-// ok is an error carrying the node's message.
-func roundTrip(conn net.Conn, op wire.Opcode, id uint32, body []byte) ([]byte, error) {
-	frame := wire.AppendHeader(nil, wire.Header{
-		Magic: wire.MagicRequest, Version: wire.Version, Opcode: op, ID: id, BodyLen: uint32(len(body)),
-	})
-	if _, err := conn.Write(append(frame, body...)); err != nil {
-		return nil, fmt.Errorf("cannot send %s: %w", op, err)
-	}
-	var hb [wire.HeaderLen]byte
-	if _, err := io.ReadFull(conn, hb[:]); err != nil {
-		return nil, fmt.Errorf("cannot read the %s answer: %w", op, err)
-	}
-	h, err := wire.ParseHeader(hb[:])
-	if err != nil {
-		return nil, fmt.Errorf("%s answer: %w", op, err)
-	}
-	if h.Magic != wire.MagicResponse || h.Opcode != op || h.ID != id || h.BodyLen > maxHandshakeReply {
-		return nil, fmt.Errorf("%w: unexpected %s answer %v", wire.ErrMalformed, op, h)
-	}
-	reply := make([]byte, h.BodyLen)
-	if _, err := io.ReadFull(conn, reply); err != nil {
-		return nil, fmt.Errorf("cannot read the %s answer: %w", op, err)
-	}
-	if h.Status != wire.StatusOK {
-		return nil, fmt.Errorf("%s refused: %s: %s", op, h.Status, reply)
-	}
-	return reply, nil
 }

@@ -55,6 +55,10 @@ func (s *Server) HandleCluster(cl Cluster) {
 		c.clusterAnswer(h, b, err)
 	}})
 	s.handle(wire.OpCluster, handler{fn: func(c *conn, h wire.Header, body []byte) {
+		if len(body) != 0 {
+			c.replyf(h, wire.StatusBadRequest, "malformed Cluster: the body is empty")
+			return
+		}
 		b, err := cl.Document()
 		c.clusterAnswer(h, b, err)
 	}})

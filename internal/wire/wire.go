@@ -25,6 +25,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 
 	"shoal/internal/engine"
 )
@@ -164,4 +165,49 @@ func (h Header) String() string {
 // PatchStatus rewrites the status of the frame begun at off.
 func PatchStatus(dst []byte, off int, st Status) {
 	binary.LittleEndian.PutUint16(dst[off+4:], uint16(st))
+}
+
+// StatusError is an answer with a status other than ok to a request sent
+// with RoundTrip.
+type StatusError struct {
+	Op      Opcode
+	Status  Status
+	Message string // the answer's body
+}
+
+func (e *StatusError) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("%s: %s", e.Op, e.Status)
+	}
+	return fmt.Sprintf("%s: %s: %s", e.Op, e.Status, e.Message)
+}
+
+// RoundTrip sends one request on conn and reads its answer, for the
+// request/answer exchanges nodes make of each other on a connection of
+// their own (handshakes, joins). An answer body over maxAnswer bytes is
+// refused unread; a status other than ok is a *StatusError.
+func RoundTrip(conn io.ReadWriter, op Opcode, id uint32, body []byte, maxAnswer int) ([]byte, error) {
+	frame := AppendHeader(nil, Header{Magic: MagicRequest, Version: Version, Opcode: op, ID: id, BodyLen: uint32(len(body))})
+	if _, err := conn.Write(append(frame, body...)); err != nil {
+		return nil, fmt.Errorf("cannot send %s: %w", op, err)
+	}
+	var hb [HeaderLen]byte
+	if _, err := io.ReadFull(conn, hb[:]); err != nil {
+		return nil, fmt.Errorf("cannot read the %s answer: %w", op, err)
+	}
+	h, err := ParseHeader(hb[:])
+	if err != nil {
+		return nil, fmt.Errorf("%s answer: %w", op, err)
+	}
+	if h.Magic != MagicResponse || h.Opcode != op || h.ID != id || int64(h.BodyLen) > int64(maxAnswer) {
+		return nil, fmt.Errorf("%w: unexpected %s answer %v", ErrMalformed, op, h)
+	}
+	reply := make([]byte, h.BodyLen)
+	if _, err := io.ReadFull(conn, reply); err != nil {
+		return nil, fmt.Errorf("cannot read the %s answer: %w", op, err)
+	}
+	if h.Status != StatusOK {
+		return nil, &StatusError{Op: op, Status: h.Status, Message: string(reply)}
+	}
+	return reply, nil
 }

@@ -3,6 +3,8 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"io"
+	"strings"
 	"testing"
 )
 
@@ -165,5 +167,41 @@ func BenchmarkEncodePut(b *testing.B) {
 		out = AppendU32(out, 0)
 		out = append(out, val...)
 		EndFrame(out, off)
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	answer := func(st Status, body string) []byte {
+		b, off := BeginFrame(nil, Header{Magic: MagicResponse, Version: Version, Opcode: OpJoin, ID: 7, Status: st})
+		return EndFrame(append(b, body...), off)
+	}
+	for _, tc := range []struct {
+		answer []byte
+		want   string
+		err    string
+	}{
+		{answer(StatusOK, "hello"), "hello", ""},
+		{answer(StatusRefused, "another cluster"), "", "Join: refused: another cluster"},
+		{answer(StatusOK, "an answer far too long for the limit"), "", "unexpected Join answer"},
+	} {
+		var sent bytes.Buffer
+		got, err := RoundTrip(struct {
+			io.Reader
+			io.Writer
+		}{bytes.NewReader(tc.answer), &sent}, OpJoin, 7, []byte("{}"), 20)
+		if tc.err == "" && (err != nil || string(got) != tc.want) || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("answer %q: %q, %v", tc.answer, got, err)
+		}
+		if h, _ := ParseHeader(sent.Bytes()); h.Opcode != OpJoin || h.ID != 7 || h.BodyLen != 2 {
+			t.Errorf("request sent: %v", h)
+		}
+	}
+	var se *StatusError
+	_, err := RoundTrip(struct {
+		io.Reader
+		io.Writer
+	}{bytes.NewReader(answer(StatusNoQuorum, "")), io.Discard}, OpJoin, 7, nil, 10)
+	if !errors.As(err, &se) || se.Status != StatusNoQuorum {
+		t.Fatalf("status error: %v", err)
 	}
 }
