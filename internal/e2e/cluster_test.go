@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -897,4 +898,128 @@ func TestClusterChannelsThroughFollower(t *testing.T) {
 	if failed > 0 {
 		t.Fatalf("%d of %d creations through a follower failed", failed, n)
 	}
+}
+
+// TestClusterFullRestart: kill -9 of all three nodes, restarted on their
+// data and addresses: the same cluster (id, members, map revision), every
+// channel still known on every node, and new channels can be created.
+func TestClusterFullRestart(t *testing.T) {
+	nodes, docs := startCluster(t, 3)
+	for i := range 3 {
+		if _, err := createQueue(t, nodes[i].Addr, fmt.Sprintf("c%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range nodes {
+		n.Kill()
+	}
+	for i, n := range nodes {
+		nodes[i] = restart(t, n)
+	}
+	after := waitCluster(t, nodes, 60*time.Second)
+	for i, d := range after {
+		if d.ClusterID != docs[0].ClusterID || d.Self != docs[i].Self || d.Revision != docs[0].Revision {
+			t.Fatalf("node %d after the restart: cluster %s self %s revision %d; before %s %s %d", i, d.ClusterID, d.Self, d.Revision, docs[0].ClusterID, docs[i].Self, docs[0].Revision)
+		}
+	}
+	if _, err := createQueue(t, nodes[1].Addr, "after"); err != nil {
+		t.Fatalf("a new channel after the restart: %v", err)
+	}
+	for _, n := range nodes {
+		poll(t, 10*time.Second, "every channel on "+n.Addr, func() (bool, string) {
+			ch := channelsOf(t, n.Addr)
+			return ch["c0"] == "queue" && ch["c1"] == "queue" && ch["c2"] == "queue" && ch["after"] == "queue", fmt.Sprint(ch)
+		})
+	}
+}
+
+// TestClusterMemberMoved: a follower stopped and started on its data at a
+// new address is the same member at the new address: every node lists it
+// there, `not my vbucket` for its keys names it, the raft group reaches it
+// there (it gets new channels, and with the leader killed it helps elect a
+// new one and commits).
+func TestClusterMemberMoved(t *testing.T) {
+	nodes, docs := startCluster(t, 3)
+	leader, followers := leaderOf(t, nodes, docs)
+	f := followers[0]
+	fid := docs[slices.Index(nodes, f)].Self
+	f.Stop()
+	na := testproc.FreePorts(t, 1)[0]
+	moved := testproc.StartIn(t, f.Dir, append(f.Args[7:], "--listen", na)...) // the last --listen wins
+	nodes[slices.Index(nodes, f)] = moved
+	for _, d := range waitCluster(t, nodes, 30*time.Second) {
+		for _, m := range d.Nodes {
+			if m.ID == fid && m.Addr != na {
+				t.Fatalf("%s lists %s at %s; it moved to %s", d.Self, fid, m.Addr, na)
+			}
+		}
+	}
+	if logLines(rootLog(t, moved), "this node moved") == nil {
+		t.Errorf("the moved node did not log the move")
+	}
+	_, m := clusterMap(t, leader.Addr)
+	key := ""
+	for i := 0; key == ""; i++ {
+		if k := fmt.Sprintf("k%d", i); m.Active(vbucket.Of([]byte(k), clusterVBuckets)) == fid {
+			key = k
+		}
+	}
+	_, err := dialShort(t, leader.Addr).Put(t.Context(), "kv", []byte(key), []byte("v"))
+	var ce *client.Error
+	if !errors.As(err, &ce) || ce.Active != na {
+		t.Fatalf("a put of the moved node's key at the leader: %v; want not my vbucket naming %s", err, na)
+	}
+	if _, err := dialShort(t, na).Put(t.Context(), "kv", []byte(key), []byte("v")); err != nil {
+		t.Fatalf("the put at the moved node: %v", err)
+	}
+	if _, err := createQueue(t, followers[1].Addr, "aftermove"); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, 10*time.Second, "aftermove on the moved node", func() (bool, string) {
+		ch := channelsOf(t, na)
+		return ch["aftermove"] == "queue", fmt.Sprint(ch)
+	})
+	leader.Kill()
+	poll(t, 30*time.Second, "a new leader of the moved node and the other", func() (bool, string) {
+		c, err := clusterStatus(moved)
+		return err == nil && c.Leader != "" && c.Leader != docs[0].Leader, fmt.Sprint(c, err)
+	})
+	if _, err := createQueue(t, na, "afterkill"); err != nil {
+		t.Fatalf("a new channel through the moved node with the leader killed: %v", err)
+	}
+}
+
+// TestClusterFrozenLeader: the leader frozen with SIGSTOP (its sockets open,
+// nothing answered) is replaced; a channel is created meanwhile; thawed,
+// the old leader follows the new one and knows the channel.
+func TestClusterFrozenLeader(t *testing.T) {
+	nodes, docs := startCluster(t, 3)
+	leader, followers := leaderOf(t, nodes, docs)
+	old := docs[0].Leader
+	leader.Signal(syscall.SIGSTOP)
+	var newLeader string
+	poll(t, electionBound, "a new leader with the old one frozen", func() (bool, string) {
+		cs, err := clusterStatus(followers[0])
+		if err == nil && cs.Leader != "" && cs.Leader != old {
+			newLeader = cs.Leader
+			return true, ""
+		}
+		return false, fmt.Sprint(cs, err)
+	})
+	if _, err := createQueue(t, followers[1].Addr, "during"); err != nil {
+		t.Fatalf("a new channel with the leader frozen: %v", err)
+	}
+	leader.Signal(syscall.SIGCONT)
+	d := waitCluster(t, nodes, 30*time.Second)
+	if d[0].Leader == old {
+		t.Fatalf("the thawed node leads again: %+v", d[0])
+	}
+	cs, _ := clusterStatus(leader)
+	if cs.RaftState != "follower" {
+		t.Fatalf("the thawed leader is %s (leader %s, elected while it was frozen %s)", cs.RaftState, cs.Leader, newLeader)
+	}
+	poll(t, 10*time.Second, "the channel created meanwhile on the thawed node", func() (bool, string) {
+		ch := channelsOf(t, leader.Addr)
+		return ch["during"] == "queue", fmt.Sprint(ch)
+	})
 }
