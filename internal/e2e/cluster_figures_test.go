@@ -59,6 +59,7 @@ func TestClusterFigures(t *testing.T) {
 		t.Skip("measures the figures of docs/performance.md: go test ./internal/e2e -run TestClusterFigures -cluster-figures -v")
 	}
 	formationRuns, failoverRuns, channels := figureRuns()
+	testproc.Build(t) // not in the first run's time
 	t.Logf("load average at the start: %s", loadavg())
 
 	// 1. Three cold starts to a map committed and applied on all three:
@@ -68,7 +69,7 @@ func TestClusterFigures(t *testing.T) {
 	var served, formedAt []time.Duration
 	for i := range formationRuns {
 		t.Run(fmt.Sprintf("formation-%d", i), func(t *testing.T) {
-			addrs, https := reserveAddrs(t, 3), reserveAddrs(t, 3)
+			addrs, https := testproc.FreePorts(t, 3), testproc.FreePorts(t, 3)
 			nodes := make([]*testproc.Node, 3)
 			var wg sync.WaitGroup
 			start := time.Now()
@@ -194,7 +195,7 @@ func TestClusterFigures(t *testing.T) {
 				return ds
 			}
 			created := measure(func(i int) string { return fmt.Sprintf("%s-%d", path.name, i) })
-			existing := measure(func(int) string { return path.name + "-0" })
+			existing := measure(func(int) string { return path.name + "-1" })
 			_, med, hi, mean, p99 := spread(created)
 			_, emed, _, emean, ep99 := spread(existing)
 			t.Logf("FIGURE %d new channels through the %s: mean %s, median %s, p99 %s, max %s; a push to an existing channel: mean %s, median %s, p99 %s (load %s)",

@@ -28,7 +28,7 @@ import (
 // The cluster tests run real shoald processes that form a cluster through
 // --join and --bootstrap-expect. A node's --join names every node's data
 // address, so the addresses are reserved before the nodes start
-// (reserveAddrs), and each node is started with its own --listen.
+// (testproc.FreePorts), and each node is started with its own --listen.
 
 // clusterVBuckets keeps maps and status documents small.
 const clusterVBuckets = 64
@@ -37,30 +37,6 @@ const clusterVBuckets = 64
 // discovery rounds (200 ms doubling), the first election (0.5–1 s at the
 // default timeouts) and the init commit, on a loaded machine under -race.
 const formTimeout = 60 * time.Second
-
-// reserveAddrs returns n free 127.0.0.1 addresses: it listens on port 0 n
-// times at once (so the ports differ), then closes the listeners for the
-// nodes to take. Another process could take a port in between; the
-// kernel hands out ephemeral ports in turn, so that is unlikely.
-func reserveAddrs(t *testing.T, n int) []string {
-	t.Helper()
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	out := make([]string, n)
-	for i := range out {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lns = append(lns, ln)
-		out[i] = ln.Addr().String()
-	}
-	return out
-}
 
 // clusterArgs are the flags of one node of a new cluster at addr whose
 // --join lists join.
@@ -77,7 +53,7 @@ func clusterArgs(addr string, join []string, expect int, extra ...string) []stri
 // cluster (waitCluster).
 func startCluster(t *testing.T, n int, extra ...string) ([]*testproc.Node, []*node.ClusterStatus) {
 	t.Helper()
-	nodes := startNodes(t, reserveAddrs(t, n), n, extra...)
+	nodes := startNodes(t, testproc.FreePorts(t, n), n, extra...)
 	return nodes, waitCluster(t, nodes, formTimeout)
 }
 
