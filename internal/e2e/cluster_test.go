@@ -744,7 +744,7 @@ func TestClusterNoPeerSecret(t *testing.T) {
 					return false, fmt.Sprintf("node %d, %s: %+v", i, a, ja)
 				}
 			}
-			if len(logLines(rootLog(t, n), "join address did not answer", "authentication")) == 0 {
+			if len(logLines(rootLog(t, n), "join address", "authentication")) == 0 {
 				return false, fmt.Sprintf("node %d: root.log says nothing of authentication", i)
 			}
 		}

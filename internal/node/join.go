@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"regexp"
 	"slices"
+	"syscall"
 	"time"
 
 	"shoal/internal/meta"
@@ -213,10 +216,26 @@ func (n *Node) noteJoin(addr string, err error) {
 	a.LastTry, a.OK, a.LastError = &now, err == nil, ""
 	if err != nil {
 		a.LastError = localAddr.ReplaceAllString(err.Error(), "")
-		if a.LastError != prev {
+		var se *wire.StatusError
+		switch {
+		case a.LastError == prev:
+		case isStatus(err, wire.StatusRefused):
+			n.log.Error("join address refused this node", "addr", addr, "err", a.LastError)
+		case errors.As(err, &se):
+			n.log.Warn("join address answered with an error; retrying with backoff", "addr", addr, "err", a.LastError)
+		case isNetError(err):
 			n.log.Warn("join address did not answer; retrying with backoff", "addr", addr, "err", a.LastError)
+		default:
+			n.log.Warn("join address could not be talked to; retrying with backoff", "addr", addr, "err", a.LastError)
 		}
 	}
+}
+
+// isNetError reports whether err is a failure of the network (refused,
+// reset, timed out, closed), not of the exchange.
+func isNetError(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // localAddr matches the local address in a socket error ("read tcp
