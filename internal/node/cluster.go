@@ -46,14 +46,15 @@ type cluster struct {
 	// applied is the metadata this node applied last (from stateFile at
 	// start): the onChange diff is against it.
 	applied *meta.State
-	// known are the channels of stateFile at start: local channels not
-	// among them predate the cluster and are recorded in it (syncChannels).
-	known     map[string]engine.Kind
-	synced    bool
-	bootstrap []meta.Peer           // the members this node bootstrapped with, for init
-	peerSeen  map[string]discovered // before the cluster exists: nodes heard, by id
-	join      JoinStatus
-	commits   stats.Latency // metadata commits proposed by this node
+	// startChannels are the channels of stateFile at start: local channels
+	// not among them predate the cluster and are recorded in it
+	// (syncChannels).
+	startChannels map[string]engine.Kind
+	synced        bool
+	bootstrap     []meta.Peer           // the members this node bootstrapped with, for init
+	peerSeen      map[string]discovered // before the cluster exists: nodes heard, by id
+	join          JoinStatus
+	commits       stats.Latency // metadata commits proposed by this node
 }
 
 // discovered is a node heard before the cluster exists.
@@ -109,9 +110,9 @@ func (n *Node) setupCluster() error {
 		return err
 	}
 	c.applied = prev
-	c.known = map[string]engine.Kind{}
+	c.startChannels = map[string]engine.Kind{}
 	if prev != nil {
-		maps.Copy(c.known, prev.Channels)
+		maps.Copy(c.startChannels, prev.Channels)
 		if err := n.checkIdentity(prev, c); err != nil {
 			return err
 		}
@@ -259,6 +260,20 @@ func (n *Node) onMetaChange(_, next *meta.State) {
 	case c.changed <- struct{}{}:
 	default:
 	}
+}
+
+// known is the newest metadata this node has: what its FSM applied, or,
+// after a restart while raft has not caught up (no quorum yet), what it
+// applied before (DATA/meta/state). Status answers use it; decisions that
+// need the group's own state use meta.State.
+func (c *cluster) known() *meta.State {
+	st := c.meta.State()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.applied != nil && c.applied.Index > st.Index {
+		return c.applied
+	}
+	return st
 }
 
 // removeChannelLocal removes a channel the cluster removed from this
@@ -417,7 +432,8 @@ func (n *Node) clusterLoop(ctx context.Context, fatal chan<- error) {
 	delay := 200 * time.Millisecond
 	for {
 		wait := 500 * time.Millisecond
-		if n.inCluster() {
+		switch {
+		case n.inCluster():
 			n.setPhase("member", "")
 			delay = 200 * time.Millisecond
 			if c.meta.IsLeader() {
@@ -425,15 +441,18 @@ func (n *Node) clusterLoop(ctx context.Context, fatal chan<- error) {
 				wait = 250 * time.Millisecond
 			}
 			n.syncChannels(ctx)
-		} else if !n.isBootstrapping() {
+		case c.meta.IsLeader():
+			// It leads a group it bootstrapped (in this run or an earlier
+			// one) before the cluster exists, or one whose metadata has it at
+			// another address: the leader's duties create it or update it.
+			n.leaderDuties(ctx)
+			wait = 100 * time.Millisecond
+		case !n.isBootstrapping():
 			if err := n.joinRound(ctx); err != nil {
 				fatal <- err
 				return
 			}
 			wait, delay = jitter(delay), min(2*delay, 5*time.Second)
-		} else if c.meta.IsLeader() {
-			n.leaderDuties(ctx) // init
-			wait = 100 * time.Millisecond
 		}
 		select {
 		case <-ctx.Done():

@@ -65,7 +65,7 @@ func (n *Node) clusterStatus() *ClusterStatus {
 	if c == nil {
 		return nil
 	}
-	st := c.meta.State()
+	st := c.known()
 	leader, leaderAddr := c.meta.Leader()
 	cs := &ClusterStatus{
 		ClusterID: st.ClusterID, Self: n.cfg.NodeID, Index: st.Index, VBuckets: st.VBuckets, Replicas: st.Replicas,
@@ -140,7 +140,7 @@ type clusterAdmin struct{ n *Node }
 // ClusterMap implements server.Cluster.
 func (a clusterAdmin) ClusterMap() ([]byte, error) {
 	c := a.n.cluster
-	st := c.meta.State()
+	st := c.known()
 	if !st.Initialized() {
 		c.mu.Lock()
 		waiting := c.join.Waiting
@@ -198,7 +198,7 @@ func (a clusterAdmin) RemoveNode(id string) error {
 // reportCluster reports the cluster for stats.log and /metrics.
 func (n *Node) reportCluster(f *stats.Fields) {
 	c := n.cluster
-	st := c.meta.State()
+	st := c.known()
 	byState := map[meta.NodeState]int{}
 	for _, m := range st.Nodes {
 		byState[m.State]++

@@ -363,6 +363,13 @@ func (n *Node) leaderDuties(ctx context.Context) {
 		}
 		return
 	}
+	if me, ok := st.Node(n.cfg.NodeID); !ok || me.Addr != c.addr {
+		// The leader itself moved (or is not recorded): it admits itself.
+		if _, err := n.admit(joinRequest{Node: n.selfPeer(), ClusterID: st.ClusterID, VBuckets: n.cfg.VBuckets}); err != nil {
+			n.log.Warn("the leader cannot record its own address; retrying", "err", err)
+		}
+		return
+	}
 	servers, err := c.meta.Servers()
 	if err != nil {
 		return
@@ -447,7 +454,7 @@ func (n *Node) syncChannels(ctx context.Context) {
 			continue
 		}
 		c.mu.Lock()
-		_, known := c.known[e.Name]
+		_, known := c.startChannels[e.Name]
 		c.mu.Unlock()
 		if known {
 			continue // removed by the cluster meanwhile; the change removes it here too
