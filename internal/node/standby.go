@@ -10,6 +10,7 @@ import (
 	"shoal/internal/repl"
 	"shoal/internal/server"
 	"shoal/internal/vbmap"
+	"shoal/internal/vfs"
 )
 
 // promotedFile, under DATA/repl, marks a node promoted from standby to
@@ -87,8 +88,8 @@ func (n *Node) promote() error {
 	}
 	marker := filepath.Join(n.rep.dir, promotedFile)
 	text := fmt.Sprintf("promoted at %s; was a replica of %s\n", time.Now().UTC().Format(time.RFC3339), sb.replicaOf)
-	if err := os.WriteFile(marker, []byte(text), 0o644); err != nil {
-		return fmt.Errorf("cannot write %s: %w", marker, err)
+	if err := vfs.WriteFileAtomic(vfs.Default, marker, []byte(text), 0o644); err != nil {
+		return fmt.Errorf("cannot write the promotion marker: %w", err)
 	}
 	cur := n.table().Map()
 	next := cur.Next(cur.Revision+1, cur.Replicas, vbmap.Solo(n.cfg.NodeID, n.cfg.VBuckets).Chains())
