@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 
 	"shoal/client"
 	"shoal/internal/engine"
+	"shoal/internal/meta"
 	"shoal/internal/testproc"
 )
 
@@ -157,6 +159,30 @@ func TestClusterWithTLSAndCredentials(t *testing.T) {
 	for _, nd := range nodes {
 		if qs := nd.queue.Channels(); len(qs) != 0 {
 			t.Fatalf("node %s still holds queues %+v", nd.cfg.NodeID, qs)
+		}
+	}
+}
+
+// TestJoinPeersAreBounded: the nodes heard before a cluster exists are
+// hostile input: bad ids and addresses are ignored, and at most
+// maxPeersSeen are remembered.
+func TestJoinPeersAreBounded(t *testing.T) {
+	n := startNode(t, t.TempDir(), nil)
+	var ps []meta.Peer
+	for i := range maxPeersSeen + 50 {
+		ps = append(ps, meta.Peer{ID: fmt.Sprintf("p%d", i), Addr: "127.0.0.1:1", Expect: 3})
+	}
+	ps = append(ps, meta.Peer{ID: "bad id", Addr: "127.0.0.1:1"}, meta.Peer{ID: "noaddr"}, meta.Peer{ID: strings.Repeat("x", 65), Addr: "a:1"})
+	n.n.heard(ps)
+	c := n.n.cluster
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.peerSeen) != maxPeersSeen {
+		t.Fatalf("%d peers remembered", len(c.peerSeen))
+	}
+	for id := range c.peerSeen {
+		if !strings.HasPrefix(id, "p") {
+			t.Fatalf("remembered %q", id)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"regexp"
 	"slices"
@@ -187,14 +188,24 @@ func (n *Node) joinRound(ctx context.Context) error {
 	return nil
 }
 
-// heard records nodes heard before the cluster exists.
+// maxPeersSeen bounds the nodes remembered before the cluster exists (a
+// Join is hostile input like any other).
+const maxPeersSeen = 256
+
+// heard records nodes heard before the cluster exists; those not heard
+// for peerFresh are forgotten.
 func (n *Node) heard(ps []meta.Peer) {
 	c := n.cluster
+	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	maps.DeleteFunc(c.peerSeen, func(_ string, d discovered) bool { return now.Sub(d.at) >= peerFresh })
 	for _, p := range ps {
-		if p.ID != "" && p.ID != n.cfg.NodeID && p.Addr != "" {
-			c.peerSeen[p.ID] = discovered{Peer: p, at: time.Now()}
+		if !vbmap.ValidNodeID(p.ID) || p.ID == n.cfg.NodeID || p.Addr == "" || len(p.Addr) > 255 || len(p.HTTP) > 255 || len(p.Zone) > 255 {
+			continue
+		}
+		if _, ok := c.peerSeen[p.ID]; ok || len(c.peerSeen) < maxPeersSeen {
+			c.peerSeen[p.ID] = discovered{Peer: p, at: now}
 		}
 	}
 }
