@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"shoal/internal/meta"
 	shoald "shoal/internal/node"
 	"shoal/internal/server"
+	"shoal/internal/testproc"
 	"shoal/internal/vbucket"
 )
 
@@ -44,19 +44,7 @@ func startClusterServer(t *testing.T, cfg server.Config, f *fakeCluster) string 
 	cfg.VBuckets, cfg.NodeID, cfg.Logger = 64, "fake", slog.New(slog.DiscardHandler)
 	s := server.New(cfg, server.Engines{})
 	s.HandleCluster(f)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); s.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-		<-done
-	})
-	return ln.Addr().String()
+	return testproc.Serve(t, s)
 }
 
 // TestClusterStatuses: the cluster statuses map to their sentinels and

@@ -2,12 +2,10 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"reflect"
@@ -21,6 +19,7 @@ import (
 	"shoal/client"
 	"shoal/internal/meta"
 	"shoal/internal/server"
+	"shoal/internal/testproc"
 	"shoal/internal/vbucket"
 )
 
@@ -269,19 +268,7 @@ func startServer(t *testing.T, f *fakeCluster) string {
 	if f != nil {
 		s.HandleCluster(f)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); s.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-		<-done
-	})
-	return ln.Addr().String()
+	return testproc.Serve(t, s)
 }
 
 // TestClusterCommandErrors: the node's message of no quorum and refused,
