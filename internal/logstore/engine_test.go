@@ -364,3 +364,51 @@ func TestDropVBucket(t *testing.T) {
 		t.Fatalf("vb 2 high %d after a new record", s.HighSeqno(2))
 	}
 }
+
+// TestCancelledBackfillsEndPromptly: streams whose consumer left while
+// they waited for the maintenance lock (every snapshot pass takes it and
+// scans the segments holding its vBucket) end at once instead of each
+// scanning the files in turn (seen: ~7 vBuckets/s for 2.5 minutes after a
+// standby left mid-backfill).
+func TestCancelledBackfillsEndPromptly(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.VBuckets = 64
+	cfg.Fsync = time.Hour
+	s := mustOpen(t, cfg)
+	recs := make([]Rec, 0, 1000)
+	for i := range 20_000 {
+		recs = append(recs, rec(uint64(i%5), fmt.Sprintf("value-%06d-................................", i)))
+		if len(recs) == cap(recs) {
+			mustAppend(t, s, "c", recs...)
+			recs = recs[:0]
+		}
+	}
+	// Time one pass alone, for the bound below.
+	start := time.Now()
+	stop := startStream(s, 0, 0, &collectSink{})
+	for s.HighSeqno(0) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	stop()
+	one := time.Since(start)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	s.maintMu.Lock() // every pass queues behind it, as behind a long scan
+	for vb := range uint16(64) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.Stream(ctx, vb, 0, &collectSink{})
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	start = time.Now()
+	s.maintMu.Unlock()
+	wg.Wait()
+	if took := time.Since(start); took > one+500*time.Millisecond {
+		t.Fatalf("64 cancelled streams took %v to end; one backfill alone takes %v", took, one)
+	}
+}
