@@ -206,8 +206,8 @@ func (p *Producer) Drain(ctx context.Context) error {
 
 // accept is the Accept hook of bucket b: the DCP rules against its
 // failover log.
-func accept(b Bucket) func(string, stream.Request) ([]stream.FailoverEntry, error) {
-	return func(_ string, req stream.Request) ([]stream.FailoverEntry, error) {
+func accept(b Bucket) func(stream.ConsumerInfo, stream.Request) ([]stream.FailoverEntry, error) {
+	return func(_ stream.ConsumerInfo, req stream.Request) ([]stream.FailoverEntry, error) {
 		high := b.Engine.HighSeqno(req.VBucket)
 		log := b.Logs.Ensure(req.VBucket, high)
 		if log == nil {
