@@ -571,7 +571,7 @@ func (pc *pconn) runStream(ctx context.Context, req Request) (reason Reason, seq
 	}
 	n := len(pc.send.pending)
 	pc.send.pending = appendStart(pc.send.pending, vb, log)
-	prog = pc.send.track.begin(vb)
+	prog = pc.send.track.begin(vb, req.Start)
 	pc.send.track.note(prog, 0, len(pc.send.pending)-n)
 	pc.send.unlock()
 	s := &sink{pc: pc, ctx: ctx, vb: vb, prog: prog}

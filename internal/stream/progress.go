@@ -47,9 +47,10 @@ type tracker struct {
 
 func newTracker() *tracker { return &tracker{streams: make(map[uint16]*progress)} }
 
-// begin makes the progress of a new stream of vb.
-func (t *tracker) begin(vb uint16) *progress {
-	p := &progress{vb: vb, started: true}
+// begin makes the progress of a new stream of vb from seqno from (which
+// the consumer holds: sent and acknowledged as far as the producer cares).
+func (t *tracker) begin(vb uint16, from uint64) *progress {
+	p := &progress{vb: vb, started: true, sent: from, acked: from}
 	t.streams[vb] = p
 	return p
 }
@@ -114,6 +115,7 @@ type StreamStatus struct {
 	VBucket uint16
 	// Sent is the highest mutation seqno handed to the connection; Acked
 	// the highest the consumer acknowledged (its handler was done with it).
+	// Both start at the seqno the consumer asked from.
 	Sent, Acked uint64
 	// UnackedBytes are the bytes of the stream's messages queued or sent
 	// and not acknowledged yet.

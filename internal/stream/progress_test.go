@@ -106,7 +106,7 @@ func TestProgressAndSeqnos(t *testing.T) {
 // first; a later stream of the same vBucket starts afresh.
 func TestTrackerSettles(t *testing.T) {
 	tr := newTracker()
-	p := tr.begin(3)
+	p := tr.begin(3, 0)
 	tr.note(p, 0, 10)
 	tr.note(p, 5, 30)
 	tr.cut(48) // header + 40
@@ -121,7 +121,7 @@ func TestTrackerSettles(t *testing.T) {
 		t.Fatalf("after the first batch: %+v", p)
 	}
 	tr.end(p)
-	q := tr.begin(3)
+	q := tr.begin(3, 0)
 	tr.ack(28)
 	if p.acked != 9 || p.unacked != 0 || q.acked != 0 || tr.streams[3] != q {
 		t.Fatalf("old %+v new %+v", p, q)
