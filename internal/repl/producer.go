@@ -87,13 +87,13 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 			return nil, fmt.Errorf("repl: bucket %q without engine or failover logs", b.Name)
 		}
 		sp, err := stream.NewProducer(stream.ProducerConfig{
-			Name:        cfg.Name,
-			Engines:     func(name string) engine.Engine { return engineIf(name == b.Name, ascending{b.Engine, p}) },
+			Name:          cfg.Name,
+			Engines:       func(name string) engine.Engine { return engineIf(name == b.Name, ascending{b.Engine, p}) },
 			Accept:        p.accept(b),
 			IdleTimeout:   cfg.IdleTimeout,
 			SeqnoInterval: cfg.SeqnoInterval,
-			Spy:         cfg.Spy,
-			Logger:      cfg.Logger.With("bucket", b.Name),
+			Spy:           cfg.Spy,
+			Logger:        cfg.Logger.With("bucket", b.Name),
 		})
 		if err != nil {
 			return nil, err
