@@ -264,9 +264,16 @@ func head(s string) string {
 }
 
 // queueContents pops every record of every channel and returns them
-// sorted per channel (a replica's order mixes vBuckets differently).
+// sorted per channel (a replica's order mixes vBuckets differently). A
+// replica's vBuckets are made active first: pops take only records of
+// active vBuckets.
 func queueContents(t *testing.T, q *queue.Store) map[string][]string {
 	t.Helper()
+	for vb := range uint16(testVBuckets) {
+		if err := q.SetState(vb, vbmap.Active); err != nil {
+			t.Fatal(err)
+		}
+	}
 	out := map[string][]string{}
 	for _, cs := range q.Channels() {
 		for {
