@@ -412,3 +412,44 @@ func TestCancelledBackfillsEndPromptly(t *testing.T) {
 		t.Fatalf("64 cancelled streams took %v to end; one backfill alone takes %v", took, one)
 	}
 }
+
+// TestRemoveChannelActiveOnly: RemoveChannel tombstones only the active
+// vBuckets (a seqno each); the copies of a replica vBucket stay visible,
+// and in the files, until their active's removal arrives; then the
+// channel and its files go.
+func TestRemoveChannelActiveOnly(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.VBuckets = 2
+	s := mustOpen(t, cfg)
+	mustAppend(t, s, "c", rec(1, "vb0")) // round-robin: vb 0, seqno 1
+	if err := s.SetState(1, vbmap.Replica); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(&engine.Mutation{Op: engine.OpAppend, Channel: "c", VBucket: 1, Seqno: 1, Timestamp: 2, Value: []byte("copy")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveChannel("c"); err != nil {
+		t.Fatal(err)
+	}
+	if got := pairs(readRange(t, s, "c", 0, 100, Filter{})); got != "2:copy" {
+		t.Fatalf("after the removal: %s", got)
+	}
+	if s.HighSeqno(0) != 2 || s.HighSeqno(1) != 1 {
+		t.Fatalf("seqnos %d %d, want 2 1", s.HighSeqno(0), s.HighSeqno(1))
+	}
+	if err := s.RemoveChannel("c"); err != nil || s.HighSeqno(0) != 2 {
+		t.Fatalf("again: %v, seqno %d", err, s.HighSeqno(0))
+	}
+	s.Close()
+	s = mustOpen(t, cfg)
+	s.SetState(1, vbmap.Replica)
+	if got := pairs(readRange(t, s, "c", 0, 100, Filter{})); got != "2:copy" {
+		t.Fatalf("after a restart: %s", got)
+	}
+	if err := s.Apply(&engine.Mutation{Op: engine.OpRemoveChannel, Channel: "c", VBucket: 1, Seqno: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.ChannelSize("c"); ok {
+		t.Fatal("the channel is still listed once every copy is removed")
+	}
+}
