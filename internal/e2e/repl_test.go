@@ -648,9 +648,16 @@ func TestPromote(t *testing.T) {
 	if r := testproc.CLI(t, a.Addr, "", "status"); r.Code != 0 || !strings.Contains(r.Stdout, " active ") {
 		t.Fatalf("status of the active: %d %q %q", r.Code, r.Stdout, r.Stderr)
 	}
-	if r := testproc.CLI(t, b.Addr, "", "promote"); r.Code != 0 {
-		t.Fatalf("promote: %d %q", r.Code, r.Stderr)
+	// Not while the active streams to it: both would take writes.
+	if r := testproc.CLI(t, b.Addr, "", "promote"); r.Code == 0 || !strings.Contains(r.Stderr, "the active is alive") || !strings.Contains(r.Stderr, a.Addr) {
+		t.Fatalf("promote with the active alive: %d %q", r.Code, r.Stderr)
 	}
+	// A clean stop drains the streams: the standby holds everything.
+	a.Stop()
+	poll(t, 20*time.Second, "promoted", func() (bool, string) {
+		r := testproc.CLI(t, b.Addr, "", "promote")
+		return r.Code == 0, r.Stderr
+	})
 	if r := testproc.CLI(t, b.Addr, "", "put", "c", "k", "v2"); r.Code != 0 {
 		t.Fatalf("put on the promoted node: %d %q", r.Code, r.Stderr)
 	}

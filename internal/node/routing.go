@@ -11,7 +11,22 @@ import (
 type routing struct {
 	mu    sync.Mutex   // serialises applyMap
 	table *vbmap.Table // the node's view of the applied map, under mu; nil before the first
+	// served is the table the server answers by (the interim one during
+	// a change): the replication producer checks stream requests against
+	// it, without waiting for a change in progress.
+	served vbmap.Holder
 }
+
+// setTable makes t the table the server answers by and the producer
+// checks streams against.
+func (n *Node) setTable(t *vbmap.Table) {
+	n.srv.SetTable(t)
+	n.routing.served.Store(t)
+}
+
+// servedTable is the table the server answers by now (nil before the
+// first map).
+func (n *Node) servedTable() *vbmap.Table { return n.routing.served.Load() }
 
 // applyMap makes m the node's vBucket map, addrs giving the nodes' data
 // addresses, and returns once every part of the node follows it. The
@@ -21,14 +36,17 @@ type routing struct {
 //
 //  1. an interim routing table: writes stop where the node is no longer
 //     active (vBuckets it becomes active for keep their old state);
-//  2. replication stops for the vBuckets it becomes active for, and for
-//     feeds whose producer or vBuckets change;
+//  2. replication stops for the vBuckets it becomes active for or no
+//     longer holds a replica of (their streams are closed and waited
+//     for; the feed's other vBuckets stream on), and feeds whose producer
+//     changes stop;
 //  3. the vBuckets it becomes active for start new histories in every
 //     engine's failover logs (all or nothing: on failure the node goes
 //     back to the previous map and the error is returned);
 //  4. every engine's vBucket states;
 //  5. the routing table of m: the server answers by it;
-//  6. the feeds of its new replica vBuckets start.
+//  6. the feeds of its new replica vBuckets start: new feeds, and new
+//     vBuckets requested on the running sessions of the others.
 func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 	n.routing.mu.Lock()
 	defer n.routing.mu.Unlock()
@@ -59,7 +77,7 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 		for _, vb := range promoted {
 			isPromoted[vb] = true
 		}
-		n.srv.SetTable(next.Override(func(vb uint16, s vbmap.State) vbmap.State {
+		n.setTable(next.Override(func(vb uint16, s vbmap.State) vbmap.State {
 			if isPromoted[vb] {
 				return stateOf(vb)
 			}
@@ -68,7 +86,7 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 	}
 	n.rep.reconcile(next, false)
 	if err := n.rep.branch(promoted); err != nil {
-		n.srv.SetTable(old)
+		n.setTable(old)
 		if rerr := n.rep.reconcile(old, true); rerr != nil {
 			n.log.Error("cannot restart replication after a failed map change", "err", rerr)
 		}
@@ -83,8 +101,11 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 			}
 		}
 	}
-	n.srv.SetTable(next)
+	n.setTable(next)
 	n.routing.table = next
+	if len(promoted) > 0 {
+		n.removeLeftovers()
+	}
 	if err := n.rep.reconcile(next, true); err != nil {
 		return fmt.Errorf("map revision %d applied, but replication did not start: %w", m.Revision, err)
 	}

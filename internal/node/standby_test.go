@@ -2,22 +2,27 @@ package node
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"shoal/client"
+	"shoal/internal/repl"
 	"shoal/internal/server"
 	"shoal/internal/testproc"
 	"shoal/internal/vbmap"
 	"shoal/internal/vfs"
 )
 
-// TestPromoteIsAllOrNothing: a promotion that fails part way (the queue
-// engine's failover log cannot be written) leaves the node a standby in
-// every respect — writes refused, engines replicas, no promotion marker,
+// TestPromoteIsAllOrNothing: a standby that never reached its active is
+// not promoted unless forced, the lag named; a promotion that fails part
+// way (the queue engine's failover log cannot be written) leaves the node
+// a standby in every respect — writes refused, engines replicas, no promotion marker,
 // no new history in the kv engine's log — and a second attempt succeeds.
 func TestPromoteIsAllOrNothing(t *testing.T) {
 	var failQueueLog atomic.Bool
@@ -38,8 +43,18 @@ func TestPromoteIsAllOrNothing(t *testing.T) {
 	kvLog := n.n.rep.buckets[0].Logs
 	uuid := kvLog.UUID(3)
 
+	// It never streamed from its active: it does not know what it lacks.
+	err := n.n.promote(false)
+	if !errors.Is(err, ErrStandbyBehind) || !strings.Contains(err.Error(), "kv: 64 vbuckets behind by 0 seqnos (0 bytes known), 64 of them never streamed") ||
+		!strings.Contains(err.Error(), "log: 64 vbuckets") || !strings.Contains(err.Error(), "queue: 64 vbuckets") {
+		t.Fatalf("promotion of a standby that never streamed: %v", err)
+	}
+	if st := n.status(); st.Replication.Role != "replica" || st.Replication.Lag == nil || st.Replication.Lag.VBuckets != 3*64 || st.Replication.Lag.Unknown != 3*64 {
+		t.Fatalf("after a refused promotion: %+v", st.Replication)
+	}
+
 	failQueueLog.Store(true)
-	if err := n.n.promote(); err == nil || !strings.Contains(err.Error(), "still a standby") {
+	if err := n.n.promote(true); err == nil || !strings.Contains(err.Error(), "still a standby") {
 		t.Fatalf("promotion with a failing log: %v", err)
 	}
 	if st := n.status(); st.Replication.Role != "replica" {
@@ -59,10 +74,10 @@ func TestPromoteIsAllOrNothing(t *testing.T) {
 	}
 
 	failQueueLog.Store(false)
-	if err := n.n.promote(); err != nil {
+	if err := n.n.promote(true); err != nil {
 		t.Fatalf("second promotion: %v", err)
 	}
-	if err := n.n.promote(); !errors.Is(err, server.ErrNotStandby) {
+	if err := n.n.promote(true); !errors.Is(err, server.ErrNotStandby) {
 		t.Fatalf("promoting an active node: %v", err)
 	}
 	if _, err := n.c.Put(t.Context(), "users", key, []byte("v")); err != nil {
@@ -70,5 +85,81 @@ func TestPromoteIsAllOrNothing(t *testing.T) {
 	}
 	if n.n.kv.State(3) != vbmap.Active || kvLog.UUID(3) == uuid || n.status().Replication.Role != "active" {
 		t.Fatalf("after the promotion: state %v, uuid %x (was %x), %+v", n.n.kv.State(3), kvLog.UUID(3), uuid, n.status().Replication)
+	}
+}
+
+// TestStandbyCopiesPoppedQueue: a queue channel whose records were all
+// popped before the standby arrived is copied in full and shown so: every
+// queue vBucket caught up, 0 lagging, the standby's seqnos the active's
+// (before the snapshot of a popped vBucket ended with a pop of nothing at
+// the high seqno, such a vBucket never reached its snapshot's end: seen
+// as "1024 lagging" forever with the queue seqnos at 0 on the replica).
+func TestStandbyCopiesPoppedQueue(t *testing.T) {
+	a := startNode(t, t.TempDir(), nil)
+	ctx := t.Context()
+	for i := range 200 {
+		if err := a.c.Push(ctx, []string{"q"}, fmt.Appendf(nil, "v%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 150 {
+		if _, err := a.c.Pop(ctx, "q"); err != nil {
+			t.Fatalf("pop %d: %v", i, err)
+		}
+	}
+	for range 50 { // and one channel emptied by its pops entirely
+		if err := a.c.Push(ctx, []string{"emptied"}, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.c.Pop(ctx, "emptied"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := startNode(t, t.TempDir(), nil, "--replica-of", a.n.Addr().String(), "--replica-noop-interval", "100ms")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		st := b.n.statusDoc(true)
+		sa := a.n.statusDoc(true)
+		var queue *repl.Status
+		for i := range st.Replication.Engines {
+			if e := &st.Replication.Engines[i]; e.Bucket == "queue" {
+				queue = e
+			}
+		}
+		if queue != nil && queue.Lagging == 0 && queue.CaughtUp == 64 && queue.LagSeqnos == 0 &&
+			slices.Equal(st.Replication.HighSeqnos["queue"], sa.Replication.HighSeqnos["queue"]) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the standby's queue engine: %+v\nstandby seqnos %v\nactive seqnos  %v", queue, st.Replication.HighSeqnos["queue"], sa.Replication.HighSeqnos["queue"])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var records int64
+	for _, cs := range b.status().Channels {
+		if cs.Kind == "queue" {
+			records += cs.Records
+		}
+	}
+	if records != 50 {
+		t.Fatalf("the standby holds %d queue records, want 50", records)
+	}
+	// The active's view: once the standby's acknowledgement arrives (it
+	// owes one at its next NOOP interval), nothing behind.
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		var queue *repl.ConsumerStatus
+		for _, cs := range a.n.statusDoc(true).Replication.Serving {
+			if cs.Bucket == "queue" {
+				queue = &cs
+			}
+		}
+		if queue != nil && queue.Streams == 64 && queue.CaughtUp == 64 && queue.LagSeqnos == 0 && queue.LagBytes == 0 && queue.Standby {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the active serves %+v", queue)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
