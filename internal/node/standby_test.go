@@ -16,6 +16,7 @@ import (
 	"shoal/internal/server"
 	"shoal/internal/testproc"
 	"shoal/internal/vbmap"
+	"shoal/internal/vbucket"
 	"shoal/internal/vfs"
 )
 
@@ -162,4 +163,93 @@ func TestStandbyCopiesPoppedQueue(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestReconcileKeepsSessions: a map change that takes one vBucket out of
+// a feed and puts it back changes only that vBucket's streams: the
+// sessions and counters of every engine's feed stay, the other vBuckets
+// stream on.
+func TestReconcileKeepsSessions(t *testing.T) {
+	a := startNode(t, t.TempDir(), nil)
+	addr := a.n.Addr().String()
+	b := startNode(t, t.TempDir(), nil, "--replica-of", addr, "--replica-noop-interval", "100ms")
+	ctx := t.Context()
+	keyIn := func(vb uint16, i int) []byte {
+		for n := 0; ; n++ {
+			k := fmt.Appendf(nil, "k%d-%d", i, n)
+			if vbucket.Of(k, 64) == vb {
+				return k
+			}
+		}
+	}
+	put := func(vb uint16, i int) {
+		if _, err := a.c.Put(ctx, "c", keyIn(vb, i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put(5, 0)
+	put(6, 0)
+	caughtUp := func(what string, want int) repl.Status {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			st := b.n.statusDoc(false)
+			kv := engineOf(st, "kv")
+			if kv.VBuckets == want && kv.CaughtUp == want && b.n.kv.HighSeqno(6) == a.n.kv.HighSeqno(6) {
+				return kv
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %+v", what, kv)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	before := caughtUp("the first copy", 64)
+
+	chains := standbyMap(b.n.cfg.NodeID, addr, 64).Chains()
+	chains[5] = []string{addr} // vb 5's replica moves off the standby
+	cur := b.n.table().Map()
+	if err := b.n.applyMap(cur.Next(cur.Revision+1, 1, chains), map[string]string{addr: addr}); err != nil {
+		t.Fatal(err)
+	}
+	held5 := b.n.kv.HighSeqno(5)
+	put(5, 1)
+	put(6, 1)
+	mid := caughtUp("without vb 5", 63)
+	if b.n.kv.HighSeqno(5) != held5 || b.n.kv.State(5) != vbmap.Dead {
+		t.Fatalf("vb 5 after its removal: seqno %d (held %d), %v", b.n.kv.HighSeqno(5), held5, b.n.kv.State(5))
+	}
+
+	chains[5] = []string{addr, b.n.cfg.NodeID}
+	cur = b.n.table().Map()
+	if err := b.n.applyMap(cur.Next(cur.Revision+1, 1, chains), map[string]string{addr: addr}); err != nil {
+		t.Fatal(err)
+	}
+	after := caughtUp("with vb 5 again", 64)
+	if b.n.kv.HighSeqno(5) != a.n.kv.HighSeqno(5) {
+		t.Fatalf("vb 5 back: %d, active %d", b.n.kv.HighSeqno(5), a.n.kv.HighSeqno(5))
+	}
+	// The same replicator and session all along: its counters went on
+	// (one more apply for vb 6, then one for vb 5, which resumed from what
+	// it held).
+	for i, st := range []repl.Status{mid, after} {
+		if st.Sessions != before.Sessions || st.Reconnects != before.Reconnects || st.Rollbacks != 0 || st.Applied != before.Applied+uint64(i+1) {
+			t.Fatalf("the kv feed's session changed: before %+v, now %+v", before, st)
+		}
+	}
+	for _, e := range b.n.statusDoc(false).Replication.Engines {
+		if e.Sessions != 1 || e.Reconnects != 0 {
+			t.Fatalf("the %s feed: %d sessions, %d reconnects", e.Bucket, e.Sessions, e.Reconnects)
+		}
+	}
+}
+
+// engineOf returns the replicator status of bucket.
+func engineOf(st Status, bucket string) repl.Status {
+	for _, e := range st.Replication.Engines {
+		if e.Bucket == bucket {
+			return e
+		}
+	}
+	return repl.Status{}
 }
