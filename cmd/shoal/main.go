@@ -66,6 +66,7 @@ func main() {
 	root.AddCommand(logCommand(g), checkCommand())
 	root.AddCommand(dumpCommands(g)...)
 	root.AddCommand(clusterCommands(g)...)
+	root.AddCommand(failoverCommands(g)...)
 	root.AddCommand(benchCommand(g))
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -40,6 +40,10 @@ type Cluster struct {
 	// TLSCA verifies the certificates of peers when the node uses TLS
 	// (default: the node's own certificate, for a cluster sharing one).
 	TLSCA string `toml:"tls_ca"`
+	// FailoverTimeout is how long a node may go without hearing the
+	// metadata group's leader before it stops serving (its lease); a
+	// cluster setting, fixed at bootstrap.
+	FailoverTimeout Duration `toml:"failover_timeout"`
 	// Raft timeouts of the metadata group (LAN values by default).
 	RaftHeartbeatTimeout   Duration `toml:"raft_heartbeat_timeout"`
 	RaftElectionTimeout    Duration `toml:"raft_election_timeout"`
@@ -68,6 +72,7 @@ func defaultCluster() Cluster {
 		Voters:                 3,
 		Replicas:               1,
 		PeerUser:               "node",
+		FailoverTimeout:        Duration(5 * time.Second),
 		RaftHeartbeatTimeout:   Duration(500 * time.Millisecond),
 		RaftElectionTimeout:    Duration(500 * time.Millisecond),
 		RaftLeaderLeaseTimeout: Duration(250 * time.Millisecond),
@@ -84,6 +89,7 @@ func bindCluster(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.PeerUser, "peer-user", c.PeerUser, `credential this node authenticates to its peers as ("node" or the admin's)`)
 	fs.StringVar(&c.PeerSecretFile, "peer-secret-file", c.PeerSecretFile, "file holding the hex secret of --peer-user (when the nodes have --credentials)")
 	fs.StringVar(&c.TLSCA, "tls-ca", c.TLSCA, "CA certificate (PEM) that signs the peers' TLS certificates (default: this node's own)")
+	fs.Var(&c.FailoverTimeout, "failover-timeout", "a new cluster's failover timeout: a node that hears no leader this long stops serving (fixed at bootstrap)")
 	fs.Var(&c.RaftHeartbeatTimeout, "raft-heartbeat-timeout", "metadata group: a follower that hears no leader this long starts an election")
 	fs.Var(&c.RaftElectionTimeout, "raft-election-timeout", "metadata group: how long a candidate waits for votes")
 	fs.Var(&c.RaftLeaderLeaseTimeout, "raft-leader-lease-timeout", "metadata group: a leader that cannot reach a majority this long steps down")
@@ -119,6 +125,9 @@ func (c *Config) validateCluster() []error {
 	}
 	if c.PeerSecretFile != "" && c.PeerUser == "" {
 		errs = append(errs, fmt.Errorf("peer-secret-file needs --peer-user"))
+	}
+	if c.FailoverTimeout < Duration(time.Second) || c.FailoverTimeout < 2*c.RaftElectionTimeout {
+		errs = append(errs, fmt.Errorf("failover-timeout %s: must be at least 1s and twice the raft election timeout (%s)", c.FailoverTimeout, c.RaftElectionTimeout))
 	}
 	lease, hb, el := c.RaftLeaderLeaseTimeout, c.RaftHeartbeatTimeout, c.RaftElectionTimeout
 	if lease < Duration(5*time.Millisecond) || lease > hb || hb > el {

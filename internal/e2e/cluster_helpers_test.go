@@ -147,6 +147,8 @@ func formed(docs []*node.ClusterStatus) (bool, string) {
 			return false, fmt.Sprintf("node %d (%s): %d members", i, d.Self, len(d.Nodes))
 		case len(d.Voters) != min(len(docs), 3):
 			return false, fmt.Sprintf("node %d (%s): voters %v", i, d.Self, d.Voters)
+		case d.Fenced != "":
+			return false, fmt.Sprintf("node %d (%s): fenced: %s", i, d.Self, d.Fenced)
 		}
 		for _, m := range d.Nodes {
 			if m.State != "active" {

@@ -118,6 +118,7 @@ func (n *Node) setupCluster() error {
 		}
 	}
 	n.cluster = c
+	n.routing.fenced = true // until the lease is checked, below
 	if prev.Initialized() {
 		// Serve as before the restart until the group catches up.
 		for name, kind := range prev.Channels {
@@ -167,6 +168,7 @@ func (n *Node) setupCluster() error {
 		c.meta.Layer().Deliver(nc)
 	})
 	n.srv.HandleCluster(clusterAdmin{n})
+	n.srv.HandleFailover(failoverAdmin{n})
 	n.stats.Add(stats.SourceFunc(n.reportCluster))
 	if !c.meta.HasState() && len(n.cfg.Join) == 0 && n.cfg.BootstrapExpect <= 1 {
 		self := meta.Peer{ID: n.cfg.NodeID, Addr: c.addr, HTTP: addrString(n.HTTPAddr()), Zone: n.cfg.Zone, Expect: 1}
@@ -176,6 +178,8 @@ func (n *Node) setupCluster() error {
 		}
 		n.log.Info("bootstrapped a cluster of one node", "node_id", self.ID, "addr", self.Addr)
 	}
+	ok, why := n.leaseValid()
+	n.fence(!ok, why)
 	return nil
 }
 
@@ -461,6 +465,55 @@ func (n *Node) clusterLoop(ctx context.Context, fatal chan<- error) {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// leaseCheck is how often the node checks its lease.
+const leaseCheck = 100 * time.Millisecond
+
+// leaseLoop fences the node while its lease has run out: a node that has
+// not heard from the metadata group's leader for longer than the failover
+// timeout stops serving its active vBuckets, so that a node cut off in a
+// minority cannot go on acknowledging writes while the majority fails it
+// over. It serves again once it hears the leader. A node that restarts is
+// fenced until it first hears the leader.
+func (n *Node) leaseLoop(ctx context.Context) {
+	t := time.NewTicker(leaseCheck)
+	defer t.Stop()
+	for {
+		ok, why := n.leaseValid()
+		n.fence(!ok, why)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// leaseValid reports whether the node may serve its active vBuckets: it
+// leads the metadata group, or it heard the leader within the failover
+// timeout, or it is the group's only voter (no partition can put it in a
+// minority).
+func (n *Node) leaseValid() (bool, string) {
+	m := n.cluster.meta
+	if m.IsLeader() {
+		return true, "this node leads the metadata group"
+	}
+	if servers, err := m.Servers(); err == nil && len(servers) == 1 && servers[0].ID == n.cfg.NodeID {
+		return true, "this node is the metadata group's only member"
+	}
+	timeout := time.Duration(n.cluster.known().Settings.FailoverTimeoutMillis) * time.Millisecond
+	if timeout <= 0 {
+		timeout = time.Duration(meta.DefaultSettings().FailoverTimeoutMillis) * time.Millisecond
+	}
+	lc := m.LastContact()
+	switch {
+	case lc.IsZero():
+		return false, "the metadata group's leader has not been heard since the start"
+	case time.Since(lc) > timeout:
+		return false, fmt.Sprintf("the metadata group's leader was last heard %v ago (failover timeout %v)", time.Since(lc).Round(time.Millisecond), timeout)
+	}
+	return true, "the leader was heard within the failover timeout"
 }
 
 // jitter returns d ± 20%.

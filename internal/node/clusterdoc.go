@@ -38,11 +38,15 @@ type ClusterStatus struct {
 	// LeaderChanges counts the leader changes this node saw.
 	LeaderChanges uint64 `json:"leader_changes"`
 	// LastContactMillis is how long ago this follower heard the leader.
-	LastContactMillis int64         `json:"last_contact_ms,omitempty"`
-	Nodes             []NodeStatus  `json:"nodes"`
-	Settings          meta.Settings `json:"settings"`
-	Failovers         int           `json:"failovers"`
-	Join              JoinStatus    `json:"join"`
+	LastContactMillis int64 `json:"last_contact_ms,omitempty"`
+	// Fenced says why, when the node serves none of its active vBuckets
+	// (its lease ran out: it did not hear the leader for the failover
+	// timeout); empty when it serves them.
+	Fenced    string        `json:"fenced,omitempty"`
+	Nodes     []NodeStatus  `json:"nodes"`
+	Settings  meta.Settings `json:"settings"`
+	Failovers int           `json:"failovers"`
+	Join      JoinStatus    `json:"join"`
 }
 
 // NodeStatus is one member in the cluster document.
@@ -75,6 +79,11 @@ func (n *Node) clusterStatus() *ClusterStatus {
 	if lc := c.meta.LastContact(); !lc.IsZero() && cs.RaftState != "leader" {
 		cs.LastContactMillis = time.Since(lc).Milliseconds()
 	}
+	n.routing.mu.Lock()
+	if n.routing.fenced {
+		cs.Fenced = n.routing.fencedWhy
+	}
+	n.routing.mu.Unlock()
 	if servers, err := c.meta.Servers(); err == nil {
 		for _, s := range servers {
 			if s.Voter {

@@ -429,7 +429,9 @@ func (n *Node) initCluster(ctx context.Context) error {
 		}
 	}
 	voters := meta.VoterIDs(members, n.cfg.Voters)
-	in := &meta.Init{ClusterID: newClusterID(), VBuckets: n.cfg.VBuckets, Replicas: n.cfg.Replicas, Voters: n.cfg.Voters, Settings: meta.DefaultSettings()}
+	settings := meta.DefaultSettings()
+	settings.FailoverTimeoutMillis = time.Duration(n.cfg.FailoverTimeout).Milliseconds()
+	in := &meta.Init{ClusterID: newClusterID(), VBuckets: n.cfg.VBuckets, Replicas: n.cfg.Replicas, Voters: n.cfg.Voters, Settings: settings}
 	place := make([]vbmap.Node, len(members))
 	for i, p := range members {
 		in.Nodes = append(in.Nodes, meta.Node{ID: p.ID, Addr: p.Addr, HTTP: p.HTTP, Zone: p.Zone, Voter: voters[p.ID]})

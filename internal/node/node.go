@@ -236,8 +236,9 @@ func (n *Node) Run(ctx context.Context) error {
 	n.startRepl(bg, &wg)
 	fatal := make(chan error, 1)
 	if n.cluster != nil {
-		wg.Add(1)
+		wg.Add(2)
 		go func() { defer wg.Done(); n.clusterLoop(bg, fatal) }()
+		go func() { defer wg.Done(); n.leaseLoop(bg) }()
 	}
 	if n.cfg.Console && isTerminal(os.Stdout) {
 		wg.Add(1)

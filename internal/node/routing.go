@@ -9,8 +9,49 @@ import (
 
 // routing is the vBucket map the node applied last.
 type routing struct {
-	mu    sync.Mutex   // serialises applyMap
+	mu    sync.Mutex   // serialises applyMap and the fence
 	table *vbmap.Table // the node's view of the applied map, under mu; nil before the first
+	// fenced is set while the node's lease has run out (fence): it then
+	// serves none of its active vBuckets.
+	fenced    bool
+	fencedWhy string
+}
+
+// publish makes t the server's routing table, without its active
+// vBuckets while the node is fenced. routing.mu is held.
+func (n *Node) publish(t *vbmap.Table) {
+	if t == nil && n.routing.fenced { // before any map: a lone server's view, fenced
+		t = vbmap.NewTable(n.cfg.NodeID, vbmap.Solo(n.cfg.NodeID, n.cfg.VBuckets), nil)
+	}
+	if t != nil && n.routing.fenced {
+		t = t.Override(func(_ uint16, s vbmap.State) vbmap.State {
+			if s == vbmap.Active {
+				return vbmap.Dead
+			}
+			return s
+		})
+	}
+	n.srv.SetTable(t)
+}
+
+// fence stops (on) or resumes (off) the node's writes and reads for every
+// vBucket it is active for, at once.
+func (n *Node) fence(on bool, why string) {
+	n.routing.mu.Lock()
+	defer n.routing.mu.Unlock()
+	if on {
+		n.routing.fencedWhy = why
+	}
+	if n.routing.fenced == on {
+		return
+	}
+	n.routing.fenced = on
+	n.publish(n.routing.table)
+	if on {
+		n.log.Warn("fenced: this node serves none of its active vbuckets", "why", why)
+	} else {
+		n.log.Info("fence lifted: this node serves its active vbuckets again", "why", why)
+	}
 }
 
 // applyMap makes m the node's vBucket map, addrs giving the nodes' data
@@ -59,7 +100,7 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 		for _, vb := range promoted {
 			isPromoted[vb] = true
 		}
-		n.srv.SetTable(next.Override(func(vb uint16, s vbmap.State) vbmap.State {
+		n.publish(next.Override(func(vb uint16, s vbmap.State) vbmap.State {
 			if isPromoted[vb] {
 				return stateOf(vb)
 			}
@@ -68,7 +109,7 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 	}
 	n.rep.reconcile(next, false)
 	if err := n.rep.branch(promoted); err != nil {
-		n.srv.SetTable(old)
+		n.publish(old)
 		if rerr := n.rep.reconcile(old, true); rerr != nil {
 			n.log.Error("cannot restart replication after a failed map change", "err", rerr)
 		}
@@ -83,7 +124,7 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 			}
 		}
 	}
-	n.srv.SetTable(next)
+	n.publish(next)
 	n.routing.table = next
 	if err := n.rep.reconcile(next, true); err != nil {
 		return fmt.Errorf("map revision %d applied, but replication did not start: %w", m.Revision, err)

@@ -64,6 +64,7 @@ const (
 	OpJoin          Opcode = 0x62 // JSON join request -> JSON answer (between nodes)
 	OpMetaPropose   Opcode = 0x63 // JSON metadata command -> u64 raft index (to the leader, between nodes)
 	OpNodeRemove    Opcode = 0x64 // str8 node id -> empty; admin
+	OpRecover       Opcode = 0x66 // str8 node -> JSON; admin: a failed node becomes a replica again
 )
 
 // Operator requests.
@@ -72,7 +73,7 @@ const (
 	OpReplica  Opcode = 0x51 // u8 action (stop/start/set), settings -> empty
 	OpPromote  Opcode = 0x52 // empty -> empty; a standby becomes active
 	OpStatus   Opcode = 0x53 // empty -> JSON status document
-	OpFailover Opcode = 0x54 // reserved for the cluster layer
+	OpFailover Opcode = 0x54 // str8 node, u8 flags (bit 0 force) -> JSON; admin
 )
 
 var opNames = map[Opcode]string{
@@ -85,7 +86,7 @@ var opNames = map[Opcode]string{
 	OpPush: "Push", OpPop: "Pop", OpConsume: "Consume", OpProduce: "Produce", OpQueues: "Queues",
 	OpLogPut: "LogPut", OpLogPutBatch: "LogPutBatch", OpLogRange: "LogRange",
 	OpStreamOpen: "StreamOpen", OpRaftOpen: "RaftOpen",
-	OpGetClusterMap: "GetClusterMap", OpCluster: "Cluster", OpJoin: "Join", OpMetaPropose: "MetaPropose", OpNodeRemove: "NodeRemove",
+	OpGetClusterMap: "GetClusterMap", OpCluster: "Cluster", OpJoin: "Join", OpMetaPropose: "MetaPropose", OpNodeRemove: "NodeRemove", OpRecover: "Recover",
 	OpDumpNow: "DumpNow", OpReplica: "Replica", OpPromote: "Promote", OpStatus: "Status",
 	OpFailover: "Failover",
 }
