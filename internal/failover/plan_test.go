@@ -141,4 +141,3 @@ func TestPlanProperties(t *testing.T) {
 		}
 	})
 }
-
