@@ -65,6 +65,7 @@ type Meta struct {
 	obsCh   chan raft.Observation
 	done    chan struct{}
 	changes atomic.Uint64 // leader changes seen
+	since   atomic.Int64  // unix nanoseconds when this node last became the leader
 }
 
 // Open opens the group's files in cfg.Dir and starts raft. A node without
@@ -134,8 +135,11 @@ func (m *Meta) observe() {
 		select {
 		case <-m.done:
 			return
-		case <-m.obsCh:
+		case o := <-m.obsCh:
 			m.changes.Add(1)
+			if lo, ok := o.Data.(raft.LeaderObservation); ok && string(lo.LeaderID) == m.cfg.NodeID {
+				m.since.Store(time.Now().UnixNano())
+			}
 		}
 	}
 }
@@ -283,6 +287,26 @@ func (m *Meta) Leader() (id, addr string) {
 	a, i := m.raft.LeaderWithID()
 	return string(i), string(a)
 }
+
+// LeaderSince is when this node last became the leader (zero if never).
+func (m *Meta) LeaderSince() time.Time {
+	if ns := m.since.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
+// VerifyLeader confirms, with a round of heartbeats to a majority, that
+// this node is still the leader.
+func (m *Meta) VerifyLeader() error {
+	if err := m.raft.VerifyLeader().Error(); err != nil {
+		return m.membershipErr("verify the leadership", err)
+	}
+	return nil
+}
+
+// CommitIndex is the highest raft index this node knows committed.
+func (m *Meta) CommitIndex() uint64 { return m.raft.CommitIndex() }
 
 // LeaderChanges counts the leader changes this node saw.
 func (m *Meta) LeaderChanges() uint64 { return m.changes.Load() }

@@ -58,7 +58,7 @@ func startCluster(t *testing.T, n int, extra ...string) (nodes []*Node, stop fun
 	deadline := time.Now().Add(20 * time.Second)
 	for _, nd := range nodes {
 		for {
-			if cs := nd.clusterStatus(); cs.Revision != 0 && len(cs.Nodes) == n && nd.table().Map().Revision == cs.Revision {
+			if cs := nd.clusterStatus(); cs.Revision != 0 && len(cs.Nodes) == n && nd.table().Map().Revision == cs.Revision && cs.Fenced == "" {
 				break
 			}
 			if time.Now().After(deadline) {

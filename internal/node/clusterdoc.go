@@ -172,7 +172,16 @@ func (a clusterAdmin) Propose(body []byte) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), proposeTimeout)
+	timeout := proposeTimeout
+	if cmd.Op == meta.OpFailover { // the failed node's last lease is waited out first
+		timeout += a.n.failoverTimeout()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		if err := a.n.awaitLease(ctx, cmd.NodeID); err != nil {
+			return 0, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	idx, err := a.n.cluster.meta.Propose(ctx, cmd)
 	if errors.Is(err, meta.ErrNotLeader) {

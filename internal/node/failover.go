@@ -101,7 +101,9 @@ func (n *Node) failoverNode(ref string, force bool) (*FailoverResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", meta.ErrBadCommand, err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), proposeTimeout)
+	// The leader first waits out the node's last lease (at most the failover
+	// timeout): until then it may still be serving.
+	ctx, cancel := context.WithTimeout(context.Background(), n.failoverTimeout()+proposeTimeout)
 	defer cancel()
 	idx, err := n.propose(ctx, &meta.Command{Op: meta.OpFailover, NodeID: target.ID, ExpectRevision: st.Map.Revision, Chains: plan.Chains})
 	if err != nil {
@@ -200,6 +202,11 @@ func (a failoverAdmin) Failover(node string, force bool) ([]byte, error) {
 		return nil, err
 	}
 	return json.Marshal(res)
+}
+
+// RenewLease implements server.Failover.
+func (a failoverAdmin) RenewLease(node string) (uint64, time.Duration, error) {
+	return a.n.grantLease(node)
 }
 
 // Recover implements server.Failover.

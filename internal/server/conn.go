@@ -45,6 +45,7 @@ type conn struct {
 	big []byte // body buffer for frames larger than the read buffer
 
 	clock time.Time // end of the previous request of this read batch (reader only)
+	now   time.Time // when the request being handled started (reader only)
 
 	// takeover is set by dispatch when the connection leaves the request
 	// protocol; readLoop hands it over once the frame is consumed.
@@ -271,6 +272,7 @@ func (c *conn) dispatch(h wire.Header, body []byte) {
 	if start.IsZero() {
 		start = time.Now()
 	}
+	c.now = start
 	hd.fn(c, h, body)
 	c.clock = time.Time{}
 	if !hd.async {

@@ -93,7 +93,7 @@ func (c *conn) checkKey(h wire.Header, key []byte, write bool) bool {
 // active's address, vb's epoch and the map's revision.
 func (c *conn) checkRoute(h wire.Header, vb uint16, write bool) bool {
 	r := c.s.route(vb)
-	if r.State == vbmap.Active || (!write && r.State == vbmap.Replica) {
+	if (r.State == vbmap.Active && c.s.leased(c.now)) || (!write && r.State == vbmap.Replica) {
 		return true
 	}
 	c.notMyVBucket(h, r)
@@ -103,7 +103,7 @@ func (c *conn) checkRoute(h wire.Header, vb uint16, write bool) bool {
 // checkServing refuses, with `not my vbucket`, a request that needs the
 // node to be active for some vBucket when it is active for none.
 func (c *conn) checkServing(h wire.Header) bool {
-	if c.s.serving() {
+	if c.s.serving() && c.s.leased(c.now) {
 		return true
 	}
 	c.notMyVBucket(h, c.s.route(h.VBucket))

@@ -126,6 +126,7 @@ type Server struct {
 	eng      Engines
 	handlers [256]handler
 	table    vbmap.Holder // this node's routing table; nil: active for every vBucket
+	lease    atomic.Int64 // unix nanoseconds until which the node may serve its active vBuckets; 0: no lease
 	takeover map[wire.Opcode]TakeoverFunc
 	start    time.Time
 
@@ -177,6 +178,25 @@ func New(cfg Config, eng Engines) *Server {
 // its vBucket's Route. Until the first call (or after SetTable(nil)) the
 // server is active for every vBucket, as a lone server is.
 func (s *Server) SetTable(t *vbmap.Table) { s.table.Store(t) }
+
+// SetLease bounds when the node may serve its active vBuckets: requests
+// that start after until are answered `not my vbucket` whatever the table
+// says (a node stopped and resumed must not serve one request before its
+// lease is checked again). The zero time means no lease (a lone node).
+func (s *Server) SetLease(until time.Time) {
+	if until.IsZero() {
+		s.lease.Store(0)
+		return
+	}
+	s.lease.Store(until.UnixNano())
+}
+
+// leased reports whether a request that started at now may be served as
+// active.
+func (s *Server) leased(now time.Time) bool {
+	l := s.lease.Load()
+	return l == 0 || now.UnixNano() <= l
+}
 
 // route is this node's Route for vb.
 func (s *Server) route(vb uint16) vbmap.Route {

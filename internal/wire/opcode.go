@@ -65,6 +65,7 @@ const (
 	OpMetaPropose   Opcode = 0x63 // JSON metadata command -> u64 raft index (to the leader, between nodes)
 	OpNodeRemove    Opcode = 0x64 // str8 node id -> empty; admin
 	OpRecover       Opcode = 0x66 // str8 node -> JSON; admin: a failed node becomes a replica again
+	OpLeaseRenew    Opcode = 0x67 // str8 node id -> u64 commit index, u64 lease ms (to the leader, between nodes)
 )
 
 // Operator requests.
@@ -86,7 +87,7 @@ var opNames = map[Opcode]string{
 	OpPush: "Push", OpPop: "Pop", OpConsume: "Consume", OpProduce: "Produce", OpQueues: "Queues",
 	OpLogPut: "LogPut", OpLogPutBatch: "LogPutBatch", OpLogRange: "LogRange",
 	OpStreamOpen: "StreamOpen", OpRaftOpen: "RaftOpen",
-	OpGetClusterMap: "GetClusterMap", OpCluster: "Cluster", OpJoin: "Join", OpMetaPropose: "MetaPropose", OpNodeRemove: "NodeRemove", OpRecover: "Recover",
+	OpGetClusterMap: "GetClusterMap", OpCluster: "Cluster", OpJoin: "Join", OpMetaPropose: "MetaPropose", OpNodeRemove: "NodeRemove", OpRecover: "Recover", OpLeaseRenew: "LeaseRenew",
 	OpDumpNow: "DumpNow", OpReplica: "Replica", OpPromote: "Promote", OpStatus: "Status",
 	OpFailover: "Failover",
 }
