@@ -254,9 +254,14 @@ func (m *Meta) notLeader() error {
 // State is the metadata as this node has applied it.
 func (m *Meta) State() *State { return m.fsm.state.Load() }
 
-// WaitApplied waits until this node's FSM has applied index.
+// WaitApplied waits until this node has applied the raft log up to index,
+// the node's reaction to every command included (OnChange): State.Index
+// counts only commands, so once raft has handed every entry up to index to
+// the state machine, the entries between State.Index and index must all
+// be of other kinds (configuration changes, barriers, a new leader's
+// no-op) for the wait to be over.
 func (m *Meta) WaitApplied(ctx context.Context, index uint64) error {
-	for m.State().Index < index {
+	for !m.applied(index) {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("meta: index %d not applied here (at %d): %w", index, m.State().Index, ctx.Err())
@@ -264,6 +269,27 @@ func (m *Meta) WaitApplied(ctx context.Context, index uint64) error {
 		}
 	}
 	return nil
+}
+
+// applied reports whether every command up to index has been applied.
+func (m *Meta) applied(index uint64) bool {
+	done := m.State().Index
+	if done >= index {
+		return true
+	}
+	if m.raft.AppliedIndex() < index {
+		return false
+	}
+	var l raft.Log
+	for i := done + 1; i <= index; i++ {
+		if err := m.store.GetLog(i, &l); err != nil {
+			continue // compacted: a snapshot the state machine restored covers it
+		}
+		if l.Type == raft.LogCommand {
+			return false
+		}
+	}
+	return true
 }
 
 // IsLeader reports whether this node leads the group.

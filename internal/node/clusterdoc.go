@@ -197,7 +197,7 @@ func (a clusterAdmin) Propose(body []byte) (uint64, error) {
 // no vBucket); the leader then takes it out of the raft configuration.
 func (a clusterAdmin) RemoveNode(id string) error {
 	n := a.n
-	st := n.cluster.meta.State()
+	st := n.cluster.known()
 	if _, ok := st.Node(id); !ok {
 		return fmt.Errorf("%w: %q is not a member", meta.ErrUnknownNode, id)
 	}

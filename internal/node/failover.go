@@ -56,7 +56,7 @@ var engineOrder = []string{"kv", "queue", "log"}
 // map and marks the node failed.
 func (n *Node) failoverNode(ref string, force bool) (*FailoverResult, error) {
 	c := n.cluster
-	st := c.meta.State()
+	st := c.known()
 	if !st.Initialized() {
 		return nil, fmt.Errorf("%w: this node is not in a cluster yet", meta.ErrNotInitialized)
 	}
@@ -163,7 +163,7 @@ func (n *Node) survivorSeqnos(st *meta.State, survivors []string) map[string]map
 // do not hold first). It gets actives only from a rebalance.
 func (n *Node) recoverNode(ref string) (*FailoverResult, error) {
 	c := n.cluster
-	st := c.meta.State()
+	st := c.known()
 	if !st.Initialized() {
 		return nil, fmt.Errorf("%w: this node is not in a cluster yet", meta.ErrNotInitialized)
 	}
