@@ -54,6 +54,7 @@ type cluster struct {
 	bootstrap     []meta.Peer           // the members this node bootstrapped with, for init
 	peerSeen      map[string]discovered // before the cluster exists: nodes heard, by id
 	grants        map[string]time.Time  // on the leader: until when each node's lease may last
+	revoking      map[string]bool       // on the leader: nodes being failed over get no new lease
 	join          JoinStatus
 	commits       stats.Latency // metadata commits proposed by this node
 }
@@ -98,7 +99,7 @@ func (n *Node) advertised() string {
 // serves nothing until the cluster's map reaches it; a new node without
 // --join or --bootstrap-expect bootstraps a cluster of its own.
 func (n *Node) setupCluster() error {
-	c := &cluster{dir: filepath.Join(n.cfg.Data, "meta"), addr: n.advertised(), changed: make(chan struct{}, 1), peerSeen: map[string]discovered{}, grants: map[string]time.Time{}}
+	c := &cluster{dir: filepath.Join(n.cfg.Data, "meta"), addr: n.advertised(), changed: make(chan struct{}, 1), peerSeen: map[string]discovered{}, grants: map[string]time.Time{}, revoking: map[string]bool{}}
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		return fmt.Errorf("cannot create the metadata directory: %w", err)
 	}
@@ -328,12 +329,15 @@ func (n *Node) propose(ctx context.Context, cmd *meta.Command) (uint64, error) {
 	start := time.Now()
 	defer func() { c.commits.Observe(time.Since(start)) }()
 	for {
+		release := func() {}
 		if cmd.Op == meta.OpFailover && c.meta.IsLeader() {
-			if err := n.awaitLease(ctx, cmd.NodeID); err != nil {
+			var err error
+			if release, err = n.awaitLease(ctx, cmd.NodeID); err != nil {
 				return 0, err
 			}
 		}
 		idx, err := c.meta.Propose(ctx, cmd)
+		release()
 		var nl *meta.NotLeaderError
 		switch {
 		case err == nil:
@@ -594,34 +598,47 @@ func (n *Node) grantLease(node string) (idx uint64, length time.Duration, err er
 		return 0, 0, err
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.revoking[node] {
+		return 0, 0, fmt.Errorf("%w: %s is being failed over", meta.ErrBadCommand, node)
+	}
 	if end := now.Add(length); end.After(c.grants[node]) {
 		c.grants[node] = end
 	}
-	c.mu.Unlock()
 	return c.meta.CommitIndex(), length, nil
 }
 
 // awaitLease waits, on the leader, until node's last lease has run out:
 // the last one this leader granted, or, for all a previous leader may have
-// granted, the failover timeout after this node became the leader.
-func (n *Node) awaitLease(ctx context.Context, node string) error {
+// granted, the failover timeout after this node became the leader. From
+// the start of the wait the node gets no new lease (a node cut off from
+// the leader's traffic but still able to ask would otherwise keep pushing
+// its lease's end forward); release ends that.
+func (n *Node) awaitLease(ctx context.Context, node string) (release func(), err error) {
 	c := n.cluster
 	c.mu.Lock()
+	c.revoking[node] = true
 	end := c.grants[node]
 	c.mu.Unlock()
+	release = func() {
+		c.mu.Lock()
+		delete(c.revoking, node)
+		c.mu.Unlock()
+	}
 	if since := c.meta.LeaderSince().Add(n.failoverTimeout()); since.After(end) {
 		end = since
 	}
 	wait := time.Until(end)
 	if wait <= 0 {
-		return nil
+		return release, nil
 	}
 	n.log.Info("waiting for the lease of the node being failed over to run out", "node", node, "wait", wait.Round(time.Millisecond))
 	select {
 	case <-ctx.Done():
-		return fmt.Errorf("%w: %s may hold a lease until %s", meta.ErrNoQuorum, node, end.Format(time.RFC3339Nano))
+		release()
+		return nil, fmt.Errorf("%w: %s may hold a lease until %s", meta.ErrNoQuorum, node, end.Format(time.RFC3339Nano))
 	case <-time.After(wait):
-		return nil
+		return release, nil
 	}
 }
 

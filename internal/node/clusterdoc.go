@@ -177,9 +177,11 @@ func (a clusterAdmin) Propose(body []byte) (uint64, error) {
 		timeout += a.n.failoverTimeout()
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		if err := a.n.awaitLease(ctx, cmd.NodeID); err != nil {
+		release, err := a.n.awaitLease(ctx, cmd.NodeID)
+		if err != nil {
 			return 0, err
 		}
+		defer release()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
