@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 )
@@ -128,10 +129,10 @@ func (r *Runner) do(ctx context.Context, wg *sync.WaitGroup, a Action) {
 			if err == nil && cctx.Err() != nil {
 				err = cctx.Err() // an answer after the timeout is none
 			}
-			cancel()
-			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			if timedOut(ctx, cctx, err) {
 				err = fmt.Errorf("the backend did not answer within %s: %w", r.cfg.BackendTimeout, err)
 			}
+			cancel()
 			r.send(ctx, BackendDone{Addrs: addrs, Err: err})
 		})
 	case Probe:
@@ -141,10 +142,10 @@ func (r *Runner) do(ctx context.Context, wg *sync.WaitGroup, a Action) {
 			if err == nil && cctx.Err() != nil {
 				err = cctx.Err()
 			}
-			cancel()
-			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			if timedOut(ctx, cctx, err) {
 				err = fmt.Errorf("no answer within %s: %w", r.cfg.ConnectTimeout, err)
 			}
+			cancel()
 			r.send(ctx, ProbeDone{Addr: a.Addr, NodeID: id, Err: err})
 		})
 	case TargetsChanged:
@@ -154,6 +155,20 @@ func (r *Runner) do(ctx context.Context, wg *sync.WaitGroup, a Action) {
 	case Log:
 		r.log.Log(ctx, a.Level, a.Msg, a.Attrs...)
 	}
+}
+
+// timedOut reports whether err is a worker's timeout: its context cctx
+// (of the runner's ctx, still running) expired, or its deadline passed
+// (a socket deadline set to it fires a moment before the context does).
+func timedOut(ctx, cctx context.Context, err error) bool {
+	if err == nil || ctx.Err() != nil {
+		return false
+	}
+	if errors.Is(cctx.Err(), context.DeadlineExceeded) {
+		return true
+	}
+	dl, _ := cctx.Deadline()
+	return errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(dl.Add(-10*time.Millisecond))
 }
 
 // send hands a worker's result to the loop, unless the runner stops.
