@@ -162,6 +162,12 @@ func (n *Node) nodeReadiness() Readiness {
 			missing = append(missing, fmt.Sprintf("replication: %d of %d %s replica vbuckets from %s have not caught up (%s)", st.Lagging, st.VBuckets, st.Bucket, st.Producer, st.State))
 		}
 	}
+	if len(missing) > 0 && n.disco != nil {
+		// Not waited for (they answered, by failing), but likely why.
+		for _, u := range n.disco.Status().Unavailable {
+			missing = append(missing, fmt.Sprintf("discovery: %s does not answer: %s", u.Addr, u.Error))
+		}
+	}
 	return Readiness{Ready: len(missing) == 0, Missing: missing}
 }
 
