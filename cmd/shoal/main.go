@@ -2,7 +2,8 @@
 // nodes: kv get/put/..., streams (getall, mirror), queues (push, pop,
 // consume, queues), log put/range, channel management, node information,
 // a node's status and a standby's replication (status, promote, replica),
-// the cluster (nodes, nodes remove, vbmap, cluster), the kv dumps (dump --now, the external dumper dump --out, dump inspect,
+// the cluster (nodes, nodes remove, vbmap, cluster), discovery and
+// wait-ready, the kv dumps (dump --now, the external dumper dump --out, dump inspect,
 // restore) and the offline check of a node's log files. Run `shoal --help`
 // for the commands.
 package main
@@ -67,6 +68,7 @@ func main() {
 	root.AddCommand(dumpCommands(g)...)
 	root.AddCommand(clusterCommands(g)...)
 	root.AddCommand(failoverCommands(g)...)
+	root.AddCommand(discoveryCommands(g)...)
 	root.AddCommand(benchCommand(g))
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -97,7 +97,8 @@ func (n *Node) advertised() string {
 // (--replica-of) is in no cluster. A node that was in a cluster applies
 // the map it applied last before anything else; a new node that joins
 // serves nothing until the cluster's map reaches it; a new node without
-// --join or --bootstrap-expect bootstraps a cluster of its own.
+// --join, --discovery or --bootstrap-expect bootstraps a cluster of its
+// own.
 func (n *Node) setupCluster() error {
 	c := &cluster{dir: filepath.Join(n.cfg.Data, "meta"), addr: n.advertised(), changed: make(chan struct{}, 1), peerSeen: map[string]discovered{}, grants: map[string]time.Time{}, revoking: map[string]bool{}}
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
@@ -131,7 +132,7 @@ func (n *Node) setupCluster() error {
 		if err := n.applyMap(prev.Map, prev.Addrs()); err != nil {
 			return err
 		}
-	} else if len(n.cfg.Join) > 0 {
+	} else if n.joins() {
 		// A node that joins holds nothing until the cluster's map says so.
 		if err := n.applyMap((*vbmap.Map)(nil).Next(0, 0, make([][]string, n.cfg.VBuckets)), nil); err != nil {
 			return err
@@ -172,7 +173,7 @@ func (n *Node) setupCluster() error {
 	n.srv.HandleCluster(clusterAdmin{n})
 	n.srv.HandleFailover(failoverAdmin{n})
 	n.stats.Add(stats.SourceFunc(n.reportCluster))
-	if !c.meta.HasState() && len(n.cfg.Join) == 0 && n.cfg.BootstrapExpect <= 1 {
+	if !c.meta.HasState() && !n.joins() && n.cfg.BootstrapExpect <= 1 {
 		self := meta.Peer{ID: n.cfg.NodeID, Addr: c.addr, HTTP: addrString(n.HTTPAddr()), Zone: n.cfg.Zone, Expect: 1}
 		c.bootstrap = []meta.Peer{self}
 		if err := c.meta.Bootstrap([]meta.Server{{ID: self.ID, Addr: self.Addr, Voter: true}}); err != nil {

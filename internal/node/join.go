@@ -65,8 +65,9 @@ func (n *Node) knownClusterID() string {
 	return ""
 }
 
-// joinTargets are the join addresses and the addresses of the nodes heard
-// before the cluster exists, without this node's own.
+// joinTargets are the join addresses, the addresses of the nodes heard
+// before the cluster exists and those the discovery handed over, without
+// this node's own.
 func (n *Node) joinTargets() []string {
 	c := n.cluster
 	out := slices.Clone([]string(n.cfg.Join))
@@ -82,6 +83,7 @@ func (n *Node) joinTargets() []string {
 			out = append(out, m.Addr)
 		}
 	}
+	out = append(out, n.discoveryTargets()...)
 	slices.Sort(out)
 	out = slices.Compact(out)
 	return slices.DeleteFunc(out, func(a string) bool { return a == c.addr })
