@@ -193,18 +193,6 @@ func TestJoinPeersAreBounded(t *testing.T) {
 	}
 }
 
-// waitFor polls cond for up to d.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestFailoverAndFencing: a stopped member is failed over by a survivor:
 // its vBuckets get new actives among the survivors (epochs raised) and
 // take writes there; a failover that would lose vBuckets' last copy is
@@ -252,7 +240,9 @@ func TestFailoverAndFencing(t *testing.T) {
 		if nd == victim {
 			continue
 		}
-		waitFor(t, 5*time.Second, "the new map applied on "+nd.cfg.NodeID, func() bool { return nd.table().Map().Revision == after.Map.Revision })
+		waitFor(t, 5*time.Second, "the new map applied on "+nd.cfg.NodeID, func() (bool, string) {
+			return nd.table().Map().Revision == after.Map.Revision, fmt.Sprint(nd.table().Map().Revision)
+		})
 	}
 	c, err := client.Dial(t.Context(), survivor.Addr().String())
 	if err != nil {
@@ -280,10 +270,10 @@ func TestFailoverAndFencing(t *testing.T) {
 			stop(i)
 		}
 	}
-	waitFor(t, 5*time.Second, "the lone node fenced", func() bool {
+	waitFor(t, 5*time.Second, "the lone node fenced", func() (bool, string) {
 		survivor.routing.mu.Lock()
 		defer survivor.routing.mu.Unlock()
-		return survivor.routing.fenced
+		return survivor.routing.fenced, "not fenced"
 	})
 	for i := range 40 {
 		key := []byte(fmt.Sprintf("k%d", i))
