@@ -157,6 +157,11 @@ func (n *Node) nodeReadiness() Readiness {
 	case n.table() == nil:
 		missing = append(missing, "this node has no vbucket map yet")
 	}
+	n.routing.mu.Lock()
+	if n.routing.fenced {
+		missing = append(missing, "fenced: "+n.routing.fencedWhy)
+	}
+	n.routing.mu.Unlock()
 	for _, r := range n.rep.replicators() {
 		if st := r.Status(false); st.Lagging > 0 {
 			missing = append(missing, fmt.Sprintf("replication: %d of %d %s replica vbuckets from %s have not caught up (%s)", st.Lagging, st.VBuckets, st.Bucket, st.Producer, st.State))
