@@ -158,7 +158,7 @@ func (n *Node) nodeReadiness() Readiness {
 		missing = append(missing, "this node has no vbucket map yet")
 	}
 	n.routing.mu.Lock()
-	if n.routing.fenced {
+	if n.routing.fenced && len(missing) == 0 { // a node not in a cluster yet is fenced too: said above
 		missing = append(missing, "fenced: "+n.routing.fencedWhy)
 	}
 	n.routing.mu.Unlock()
