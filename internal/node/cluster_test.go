@@ -285,3 +285,15 @@ func TestFailoverAndFencing(t *testing.T) {
 		}
 	}
 }
+
+// TestBootstrapExpectOneWithItself: --bootstrap-expect 1 with a discovery
+// (or --join) that names only this node forms a cluster of one (a
+// one-replica StatefulSet).
+func TestBootstrapExpectOneWithItself(t *testing.T) {
+	addr := testproc.FreePorts(t, 1)[0]
+	tn := startNode(t, t.TempDir(), nil, "--listen", addr, "--discovery", "static:"+addr, "--bootstrap-expect", "1")
+	waitFor(t, 10*time.Second, "a cluster of one", func() (bool, string) {
+		cs := tn.status().Cluster
+		return tn.n.inCluster() && cs.Fenced == "", fmt.Sprintf("%+v", cs.Join)
+	})
+}

@@ -101,7 +101,9 @@ func (n *Node) joinRound(ctx context.Context) error {
 		return fmt.Errorf("cannot encode a join request: %w", err)
 	}
 	targets := n.joinTargets()
-	if len(targets) == 0 {
+	if len(targets) == 0 && !(n.cfg.BootstrapExpect == 1 && !c.meta.HasState()) {
+		// (--bootstrap-expect 1: a cluster of one, whatever the join
+		// addresses or the discovery say; planned below.)
 		n.setPhase("joining", "no join address other than this node's own")
 		return nil
 	}
