@@ -18,6 +18,7 @@ import (
 
 	"shoal/client"
 	"shoal/internal/engine"
+	"shoal/internal/faultnet"
 	"shoal/internal/meta"
 	"shoal/internal/testproc"
 	"shoal/internal/vbmap"
@@ -295,5 +296,103 @@ func TestBootstrapExpectOneWithItself(t *testing.T) {
 	waitFor(t, 10*time.Second, "a cluster of one", func() (bool, string) {
 		cs := tn.status().Cluster
 		return tn.n.inCluster() && cs.Fenced == "", fmt.Sprintf("%+v", cs.Join)
+	})
+}
+
+// TestPartitionedNodeStopsServing: a member cut off from the others
+// (everything to it frozen by a faultnet proxy in front of its advertised
+// address, and its own dials to them failing) stops serving its active
+// vBuckets within the failover timeout, while the others go on; healed, it
+// serves again.
+func TestPartitionedNodeStopsServing(t *testing.T) {
+	listen := testproc.FreePorts(t, 3)
+	proxies := make([]*faultnet.Proxy, 3)
+	advertised := make([]string, 3)
+	for i := range proxies {
+		p, err := faultnet.New(listen[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		proxies[i], advertised[i] = p, p.Addr()
+	}
+	join := strings.Join(advertised, ",")
+	nodes := make([]*Node, 3)
+	for i := range nodes {
+		cfg, err := newConfig(t.TempDir(), "--listen", listen[i], "--advertise", advertised[i], "--join", join, "--bootstrap-expect", "3",
+			"--failover-timeout", "1s", "--raft-heartbeat-timeout", "200ms", "--raft-election-timeout", "200ms", "--raft-leader-lease-timeout", "100ms")
+		if err != nil {
+			t.Fatal(err)
+		}
+		nd, err := New(cfg, "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- nd.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		nodes[i] = nd
+	}
+	for _, nd := range nodes {
+		waitFor(t, 20*time.Second, "a cluster of three serving", func() (bool, string) {
+			cs := nd.clusterStatus()
+			return cs.Revision != 0 && len(cs.Nodes) == 3 && cs.Fenced == "" && nd.table().Map().Revision == cs.Revision, fmt.Sprintf("%+v", cs.Join)
+		})
+	}
+	leader := nodes[0].clusterStatus().Leader
+	x := -1
+	for i, nd := range nodes {
+		if nd.cfg.NodeID != leader {
+			x = i
+			break
+		}
+	}
+	iso := nodes[x]
+	key := ""
+	for i := 0; key == ""; i++ {
+		if k := fmt.Sprintf("k%d", i); iso.table().State(vbucket.Of([]byte(k), 64)) == vbmap.Active {
+			key = k
+		}
+	}
+	c, err := client.Dial(t.Context(), listen[x]) // the node's own port: clients still reach it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Put(t.Context(), "users", []byte(key), []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+
+	cut := errors.New("partitioned")
+	fault := func(string) error { return cut }
+	proxies[x].Freeze()
+	iso.cluster.peers.fault.Store(&fault)
+	start := time.Now()
+	waitFor(t, 10*time.Second, "the isolated node stops taking writes", func() (bool, string) {
+		_, err := c.Put(t.Context(), "users", []byte(key), []byte("v2"))
+		return errors.Is(err, client.ErrNotMyVBucket), fmt.Sprint(err)
+	})
+	t.Logf("the isolated node refused writes %v after the partition (failover timeout 1 s)", time.Since(start).Round(time.Millisecond))
+	// The others still commit metadata and serve.
+	for i := range nodes {
+		if i == x {
+			continue
+		}
+		oc, err := client.Dial(t.Context(), listen[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := oc.Push(t.Context(), []string{fmt.Sprintf("during%d", i)}, []byte("x")); err != nil {
+			t.Fatalf("node %d during the partition: %v", i, err)
+		}
+		oc.Close()
+	}
+
+	proxies[x].Thaw()
+	iso.cluster.peers.fault.Store(nil)
+	waitFor(t, 15*time.Second, "the healed node serves again", func() (bool, string) {
+		_, err := c.Put(t.Context(), "users", []byte(key), []byte("v3"))
+		return err == nil, fmt.Sprint(err)
 	})
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"shoal/internal/auth"
@@ -22,6 +23,9 @@ type peers struct {
 	user   string
 	secret []byte
 	tls    *tls.Config // nil: clear text
+	// fault, when set (tests), fails the dials it returns an error for: a
+	// node cut off from its peers.
+	fault atomic.Pointer[func(addr string) error]
 }
 
 // newPeers prepares the peer dialer from the node's settings.
@@ -66,6 +70,11 @@ const maxPeerAnswer = 16 << 20
 
 // dial connects to a peer's data port and runs HELLO and AUTH.
 func (p *peers) dial(ctx context.Context, addr string) (net.Conn, error) {
+	if f := p.fault.Load(); f != nil {
+		if err := (*f)(addr); err != nil {
+			return nil, err
+		}
+	}
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
