@@ -29,7 +29,7 @@ type fakeCluster struct {
 	rmErr   error
 }
 
-func (f *fakeCluster) ClusterMap() ([]byte, error)         { return f.mapBody, f.mapErr }
+func (f *fakeCluster) ClusterMap() ([]byte, uint64, error) { return f.mapBody, 1, f.mapErr }
 func (f *fakeCluster) Document() ([]byte, error)           { return []byte(f.doc), nil }
 func (f *fakeCluster) Join([]byte) ([]byte, error)         { return nil, errors.New("no") }
 func (f *fakeCluster) Propose(body []byte) (uint64, error) { return 0, errors.New("no") }

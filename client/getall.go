@@ -14,6 +14,7 @@ type GetAllOption func(*getAllOptions)
 type getAllOptions struct {
 	keysOnly bool
 	expiry   bool
+	replicas bool
 	filter   []byte
 	after    []byte
 }
@@ -24,6 +25,12 @@ func KeysOnly() GetAllOption { return func(o *getAllOptions) { o.keysOnly = true
 // WithExpiry makes GetAll fill Record.Expiry (the external dumper keeps
 // TTLs with it).
 func WithExpiry() GetAllOption { return func(o *getAllOptions) { o.expiry = true } }
+
+// WithReplicaCopies makes GetAll read the replica copies a node holds
+// too, not only the vBuckets it is active for (for operators and tests
+// comparing copies): a record then comes once per copy read, and a
+// replica's copy may be stale.
+func WithReplicaCopies() GetAllOption { return func(o *getAllOptions) { o.replicas = true } }
 
 // ValueFilter makes GetAll send only records whose value contains sub.
 func ValueFilter(sub []byte) GetAllOption {
@@ -50,6 +57,9 @@ func (c *Client) GetAll(ctx context.Context, channel string, opts ...GetAllOptio
 	}
 	if o.expiry {
 		flags |= 2
+	}
+	if o.replicas {
+		flags |= 4
 	}
 	s.request = func(b []byte, credit uint32) []byte {
 		b = wire.AppendStr8(b, channel)

@@ -112,6 +112,49 @@ func (c *Client) Gets(ctx context.Context, channel string, key []byte) ([]byte, 
 	return r[8:], u64(r), nil
 }
 
+// ReplicaValue is the answer of GetReplica.
+type ReplicaValue struct {
+	Value []byte
+	CAS   uint64
+	// Replica is true when the value was read from a replica copy, which
+	// may be stale (it lags its active by the replication delay); false
+	// when the node that answered was the vBucket's active.
+	Replica bool
+	// Node is the address of the node that answered.
+	Node string
+}
+
+// GetReplica reads key from a copy that may be stale: a replica of its
+// vBucket, or its active when no replica answers. ErrNotFound when that
+// copy has no value (a replica may not have received it yet).
+func (c *Client) GetReplica(ctx context.Context, channel string, key []byte) (ReplicaValue, error) {
+	if err := checkArgs(channel, key); err != nil {
+		return ReplicaValue{}, err
+	}
+	n := c.kvNode()
+	if n.vbuckets() == 0 {
+		if _, err := n.conn(ctx); err != nil {
+			return ReplicaValue{}, err
+		}
+	}
+	b := wire.AppendStr8(nil, channel)
+	b = wire.AppendBytes8(b, key)
+	r, err := c.do(ctx, n, wire.OpGetReplica, vbucket.Of(key, n.vbuckets()), b)
+	if err != nil {
+		return ReplicaValue{}, err
+	}
+	return decodeReplicaValue(n.addr, r)
+}
+
+// decodeReplicaValue decodes a GetReplica answer: u64 cas, u8 source,
+// value.
+func decodeReplicaValue(addr string, r []byte) (ReplicaValue, error) {
+	if len(r) < 9 || (r[8] != wire.SourceActive && r[8] != wire.SourceReplica) {
+		return ReplicaValue{}, fmt.Errorf("%w: malformed GetReplica answer from %s", ErrProtocol, addr)
+	}
+	return ReplicaValue{Value: r[9:], CAS: u64(r), Replica: r[8] == wire.SourceReplica, Node: addr}, nil
+}
+
 // Exists reports whether key has a value.
 func (c *Client) Exists(ctx context.Context, channel string, key []byte) (bool, error) {
 	r, err := c.kvCall(ctx, wire.OpExists, channel, key, nil)

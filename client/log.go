@@ -145,8 +145,9 @@ func (c *Client) appendNode(ctx context.Context) (*node, error) {
 type RangeOption func(*rangeOptions)
 
 type rangeOptions struct {
-	mode   uint8 // filter mode of the LogRange request
-	filter string
+	mode     uint8 // filter mode of the LogRange request
+	filter   string
+	replicas bool
 }
 
 // Filter modes of LogRange (docs/protocol.md §4.5).
@@ -168,6 +169,12 @@ func FilterSubstring(sub string) RangeOption {
 func FilterRegexp(expr string) RangeOption {
 	return func(o *rangeOptions) { o.mode, o.filter = filterRegexp, expr }
 }
+
+// RangeWithReplicaCopies makes LogRange read the replica copies a node
+// holds too, not only the vBuckets it is active for (for operators and
+// tests comparing copies): a record then comes once per copy read, and a
+// replica's copy may be stale.
+func RangeWithReplicaCopies() RangeOption { return func(o *rangeOptions) { o.replicas = true } }
 
 // LogRange streams the records of a log channel with timestamps in [from,
 // to], from every node in turn: each node's records in timestamp order
@@ -192,7 +199,11 @@ func (c *Client) LogRange(ctx context.Context, channel string, from, to uint64, 
 		b = wire.AppendBytes32(b, []byte(o.filter))
 		b = wire.AppendU32(b, credit)
 		b = wire.AppendU64(b, posTs)
-		return wire.AppendU64(b, posCount)
+		b = wire.AppendU64(b, posCount)
+		if o.replicas {
+			b = wire.AppendU8(b, 1) // flags: replica copies too
+		}
+		return b
 	}
 	s.decode = func(body []byte, yield func(LogRecord, error) bool) (bool, error) {
 		d := wire.NewDecoder(body)

@@ -255,11 +255,11 @@ type fakeCluster struct {
 	rmErr error
 }
 
-func (f *fakeCluster) ClusterMap() ([]byte, error)    { return nil, errors.New("no map") }
-func (f *fakeCluster) Document() ([]byte, error)      { return []byte(f.doc), nil }
-func (f *fakeCluster) Join([]byte) ([]byte, error)    { return nil, errors.New("no") }
-func (f *fakeCluster) Propose([]byte) (uint64, error) { return 0, errors.New("no") }
-func (f *fakeCluster) RemoveNode(id string) error     { return f.rmErr }
+func (f *fakeCluster) ClusterMap() ([]byte, uint64, error) { return nil, 0, errors.New("no map") }
+func (f *fakeCluster) Document() ([]byte, error)           { return []byte(f.doc), nil }
+func (f *fakeCluster) Join([]byte) ([]byte, error)         { return nil, errors.New("no") }
+func (f *fakeCluster) Propose([]byte) (uint64, error)      { return 0, errors.New("no") }
+func (f *fakeCluster) RemoveNode(id string) error          { return f.rmErr }
 
 // startServer serves the cluster requests of f, or none when f is nil.
 func startServer(t *testing.T, f *fakeCluster) string {
