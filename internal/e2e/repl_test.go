@@ -42,12 +42,13 @@ func startStandby(t *testing.T, of string, args ...string) *testproc.Node {
 		"--replica-noop-interval", "250ms"}, args...)...)
 }
 
-// dialShort connects with short timeouts: the node may be frozen.
+// dialShort connects to the node at addr alone (no routing: the tests
+// ask that node), with short timeouts: the node may be frozen.
 func dialShort(t *testing.T, addr string) *client.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, addr, client.WithTimeout(2*time.Second), client.WithDialTimeout(time.Second))
+	c, err := client.Dial(ctx, addr, client.WithNoRouting(), client.WithTimeout(2*time.Second), client.WithDialTimeout(time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
