@@ -169,10 +169,7 @@ func (c *Client) Push(ctx context.Context, channels []string, value []byte, opts
 // notStored reports whether a failed Push certainly stored nothing, so that
 // it may go to another node.
 func notStored(err error, sent bool) bool {
-	if !sent {
-		return true
-	}
-	return errors.Is(err, ErrShuttingDown) || errors.Is(err, ErrNoSpace) || errors.Is(err, ErrBusy)
+	return !sent || isNotStored(err)
 }
 
 // Pop removes and returns the oldest record of channel from one node,

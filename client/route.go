@@ -403,30 +403,12 @@ func (c *Client) routed(ctx context.Context, rt *routeTable, vb uint16, op wire.
 			cn, err := n.conn(ctx)
 			if err == nil {
 				var b []byte
-				b, err = cn.doFlags(ctx, op, vb, flags, body)
-				var e *Error
-				switch {
-				case err == nil:
+				if b, err = cn.doFlags(ctx, op, vb, flags, body); err == nil {
 					return routedResult{body: b, node: n}
-				case errors.As(err, &e) && e.Status == uint16(wire.StatusNotMyVBucket):
-					e.VBucket = int(vb)
-					last = e
-					switch {
-					case len(e.mapBody) > 0 && c.r.offer(e.mapBody):
-					case e.Revision > rt.m.Revision:
-						c.r.refresh(ctx, n, false, true)
-					case e.Revision < rt.m.Revision:
-						// The node is behind the client's map: it applies it soon.
-					default: // the same revision (the node is still applying it), or an older node
-						c.r.refresh(ctx, n, false, false)
-					}
-				case pol.moveOn && (errors.Is(err, ErrShuttingDown) || errors.Is(err, ErrNoSpace) || errors.Is(err, ErrBusy)):
-					return routedResult{err: err, node: n, notStored: true}
-				case errors.Is(err, ErrDisconnected) && pol.retrySent:
-					last = unavailable(vb, n.addr, err.Error())
-					c.r.refresh(ctx, nil, true, false)
-				default:
-					return routedResult{err: err, node: n}
+				}
+				var stop bool
+				if last, stop = c.answerFailed(ctx, rt, vb, n, err, pol); stop {
+					return routedResult{err: last, node: n, notStored: pol.moveOn && last == err && isNotStored(err)}
 				}
 			} else {
 				switch {
@@ -459,6 +441,41 @@ func (c *Client) routed(ctx context.Context, rt *routeTable, vb uint16, op wire.
 		case <-time.After(wait):
 		}
 	}
+}
+
+// isNotStored reports whether a node's answer says it certainly did not
+// take a write that another node may take instead.
+func isNotStored(err error) bool {
+	return errors.Is(err, ErrShuttingDown) || errors.Is(err, ErrNoSpace) || errors.Is(err, ErrBusy)
+}
+
+// answerFailed handles a routed request that node n answered with err (or
+// whose connection broke after it was sent): a `not my vbucket` installs
+// the map it carried, or fetches one, and the request is tried again
+// (stop false, last the error to return if it is the last try); any other
+// error ends the request (stop true, last = err), but a broken connection
+// under retrySent is retried. It is apart from routed so that the answers
+// without an error allocate nothing.
+func (c *Client) answerFailed(ctx context.Context, rt *routeTable, vb uint16, n *node, err error, pol routePolicy) (last error, stop bool) {
+	var e *Error
+	switch {
+	case errors.As(err, &e) && e.Status == uint16(wire.StatusNotMyVBucket):
+		e.VBucket = int(vb)
+		switch {
+		case len(e.mapBody) > 0 && c.r.offer(e.mapBody):
+		case e.Revision > rt.m.Revision:
+			c.r.refresh(ctx, n, false, true)
+		case e.Revision < rt.m.Revision:
+			// The node is behind the client's map: it applies it soon.
+		default: // the same revision (the node is still applying it), or an older node
+			c.r.refresh(ctx, n, false, false)
+		}
+		return e, false
+	case errors.Is(err, ErrDisconnected) && pol.retrySent:
+		c.r.refresh(ctx, nil, true, false)
+		return unavailable(vb, n.addr, err.Error()), false
+	}
+	return err, true
 }
 
 // unavailable is the ErrUnavailable of vBucket vb (addr: the node that
