@@ -304,6 +304,36 @@ func TestRoutingFollowsNotMyVBucket(t *testing.T) {
 	if v, err := c.Get(ctx, "c", []byte(key)); err != nil || string(v) != "after" {
 		t.Fatalf("get after the change: %q %v", v, err)
 	}
+	// A Pipeline built by an old map: its refused requests go again by
+	// themselves, to the new actives.
+	stale := dial(t, tc.addrs[1], client.WithoutMapNotify())
+	if stale.RoutingMap().Revision != m.Revision {
+		t.Fatal("a new client has an old map")
+	}
+	m2 := tc.swapChains(m)
+	p := stale.Pipeline()
+	var res []*client.Result
+	for i := range 200 {
+		res = append(res, p.Put("p", fmt.Appendf(nil, "pk-%d", i), []byte("pv")))
+	}
+	if err := p.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res {
+		if r.Err != nil || r.CAS == 0 {
+			t.Fatalf("pipelined put %d after a map change: %+v", i, r)
+		}
+	}
+	if stale.RoutingMap().Revision != m2.Revision {
+		t.Fatalf("the pipeline's client routes by revision %d, the cluster is at %d", stale.RoutingMap().Revision, m2.Revision)
+	}
+	for i := range 200 {
+		k := fmt.Appendf(nil, "pk-%d", i)
+		owner := addrOf(t, m2, m2.VBuckets[m2.VBucketOf(k)].Active())
+		if v, err := dial(t, owner, client.WithNoRouting()).Get(ctx, "p", k); err != nil || string(v) != "pv" {
+			t.Fatalf("key %s on its active %s: %q %v", k, owner, v, err)
+		}
+	}
 }
 
 // TestMapNotifyReachesAnIdleClient: a map change reaches a client that
@@ -545,4 +575,100 @@ func otherID(m *client.ClusterMap, id string) string {
 		}
 	}
 	return ""
+}
+
+// TestRoutingStreamsAndProducer: Mirror over three nodes refreshes every
+// record once and ends its refresh once, then sends the changes of every
+// node; Consume gets the pushes of every node; a Producer stores on one
+// node, and Pop finds its records.
+func TestRoutingStreamsAndProducer(t *testing.T) {
+	tc := startTestCluster(t, 3)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	c := dial(t, tc.addrs[0])
+	for i := range 300 {
+		if _, err := c.Put(ctx, "m", fmt.Appendf(nil, "k%d", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mir := c.Mirror(ctx, "m", client.InitialRefresh())
+	refreshed, ends, puts := map[string]bool{}, 0, map[string]bool{}
+	for ev, err := range mir.All() {
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch ev.Type {
+		case client.MirrorRefresh:
+			if ends > 0 || refreshed[string(ev.Key)] {
+				t.Fatalf("refresh of %s after the end or twice", ev.Key)
+			}
+			refreshed[string(ev.Key)] = true
+		case client.MirrorRefreshEnd:
+			if ends++; len(refreshed) != 300 {
+				t.Fatalf("refresh end after %d records", len(refreshed))
+			}
+			for i := range 30 { // the changes of every node
+				if _, err := c.Put(ctx, "m", fmt.Appendf(nil, "new%d", i), []byte("n")); err != nil {
+					t.Fatal(err)
+				}
+			}
+		case client.MirrorPut:
+			puts[string(ev.Key)] = true
+		}
+		if len(puts) == 30 {
+			mir.Stop()
+		}
+	}
+	if ends != 1 || len(puts) != 30 {
+		t.Fatalf("%d refresh ends, %d puts mirrored", ends, len(puts))
+	}
+
+	cons := c.Consume(ctx, "work", "")
+	got := map[string]bool{}
+	done := make(chan error, 1)
+	go func() {
+		for v, err := range cons.All() {
+			if err != nil {
+				done <- err
+				return
+			}
+			if got[string(v)] = true; len(got) == 60 {
+				cons.Stop()
+			}
+		}
+		done <- nil
+	}()
+	time.Sleep(200 * time.Millisecond) // every node's subscription first: the backlog of a new channel
+	for i := range 60 {
+		if err := c.Push(ctx, []string{"work"}, fmt.Appendf(nil, "w%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil || len(got) != 60 {
+		t.Fatalf("consumed %d of 60: %v", len(got), err)
+	}
+
+	p, err := c.Produce(ctx, []string{"made"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(tc.addrs, p.Node()) {
+		t.Fatalf("the producer writes to %s, not a member", p.Node())
+	}
+	for i := range 100 {
+		if err := p.Send(fmt.Appendf(nil, "p%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := p.Close(); err != nil || n != 100 {
+		t.Fatalf("Close = %d, %v", n, err)
+	}
+	for i := range 100 {
+		if _, err := c.Pop(ctx, "made"); err != nil {
+			t.Fatalf("pop %d: %v", i, err)
+		}
+	}
+	if _, err := c.Pop(ctx, "made"); !errors.Is(err, client.ErrEmpty) {
+		t.Fatalf("pop after all: %v", err)
+	}
 }
