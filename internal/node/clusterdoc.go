@@ -147,16 +147,16 @@ func clusterMapBody(st *meta.State) []byte {
 type clusterAdmin struct{ n *Node }
 
 // ClusterMap implements server.Cluster.
-func (a clusterAdmin) ClusterMap() ([]byte, error) {
+func (a clusterAdmin) ClusterMap() ([]byte, uint64, error) {
 	c := a.n.cluster
 	st := c.known()
 	if !st.Initialized() {
 		c.mu.Lock()
 		waiting := c.join.Waiting
 		c.mu.Unlock()
-		return nil, fmt.Errorf("%w: this node is not in a cluster yet (%s)", meta.ErrNotInitialized, waiting)
+		return nil, 0, fmt.Errorf("%w: this node is not in a cluster yet (%s)", meta.ErrNotInitialized, waiting)
 	}
-	return clusterMapBody(st), nil
+	return clusterMapBody(st), st.Map.Revision, nil
 }
 
 // Document implements server.Cluster.

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"shoal/internal/auth"
@@ -73,6 +74,21 @@ type conn struct {
 	shutOnce sync.Once
 
 	q queueConn // queue requests' state (queue.go)
+
+	// mapRev is the highest map revision this connection was sent
+	// (GetClusterMap, a map in `not my vbucket`, MapNotify): a `not my
+	// vbucket` carries the map only while it is below the node's.
+	mapRev atomic.Uint64
+}
+
+// noteMapRev records that the connection was sent map revision rev.
+func (c *conn) noteMapRev(rev uint64) {
+	for {
+		cur := c.mapRev.Load()
+		if rev <= cur || c.mapRev.CompareAndSwap(cur, rev) {
+			return
+		}
+	}
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
