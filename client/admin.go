@@ -36,7 +36,7 @@ func (c *Client) DumpNow(ctx context.Context, each func(DumpResult)) ([]DumpResu
 	}
 	var all []DumpResult
 	var errs []error
-	for _, n := range c.nodes {
+	for _, n := range c.members() {
 		res, err := dumpNode(ctx, n, each)
 		all = append(all, res...)
 		if err != nil {

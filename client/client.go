@@ -1,6 +1,6 @@
 // Package client is the Go client of shoal nodes.
 //
-//	c, err := client.Dial(ctx, "127.0.0.1:7400")
+//	c, err := client.Dial(ctx, "10.0.0.1:7400,10.0.0.2:7400")
 //	if err != nil { ... }
 //	defer c.Close()
 //	c.Put(ctx, "users", []byte("alice"), []byte(`{"age":31}`))
@@ -14,10 +14,28 @@
 // with backoff while the node stays unreachable; streams (GetAll, Mirror,
 // Consume) resume by themselves where they were.
 //
-// Queue requests (Push, Pop, Consume, Produce) use every node given to
-// Dial: pushes and pops go round-robin and move on from nodes that are
-// down (pops also from nodes whose queue is empty), Consume merges the
-// records of all nodes.
+// # Routing
+//
+// The addresses given to Dial are seeds: the client fetches the cluster's
+// vBucket map from the first one that answers and from then on talks to
+// every member, with connections of its own per member (dialled when
+// first needed). A key's request goes to the active node of its vBucket,
+// xxhash64(key) mod V (docs/protocol.md §2). A node that answers `not my
+// vbucket` (the map changed: a failover) sends the new map along, or the
+// client fetches it, and the request is retried on the new active, with
+// 100 ms linear backoff, within the call's context; then the call fails
+// with ErrNotMyVBucket or ErrUnavailable (an *Error naming the node and
+// the vBucket). The client also follows the map a node announces on a
+// MapNotify stream, without a request in flight.
+//
+// Queue pushes and log appends without a routing key go round-robin over
+// every vBucket of the cluster, each to its active; Pop tries the nodes in
+// turn; scans (GetAll, LogRange, Mirror, Consume) and sizes ask every node,
+// each of which answers for the vBuckets it is active for, and merge
+// (GetAll and LogRange in their order: keys by vBucket and hash, records
+// by timestamp). Seeds that are in no cluster (a standby, an older node)
+// are spoken to as they are, without routing; WithNoRouting does that on
+// purpose.
 package client
 
 import (
@@ -38,6 +56,8 @@ import (
 type Option func(*options)
 
 type options struct {
+	noRouting   bool
+	noNotify    bool // tests: no MapNotify watcher (export_test.go)
 	name        string
 	user        string
 	secret      []byte
@@ -76,17 +96,29 @@ func WithClientName(name string) Option { return func(o *options) { o.name = nam
 // (default 1 MiB): how much a stream may have in flight.
 func WithStreamWindow(n uint32) Option { return func(o *options) { o.window = n } }
 
+// WithNoRouting makes the client talk to the nodes given to Dial only,
+// as it does with nodes that are in no cluster: kv requests and streams
+// go to the first, queue and log requests round-robin over all of them,
+// and `not my vbucket` is returned at once (for tools checking one node,
+// and tests of fencing).
+func WithNoRouting() Option { return func(o *options) { o.noRouting = true } }
+
 // Client talks to one or more nodes.
 type Client struct {
 	o      options
-	nodes  []*node
-	rr     atomic.Uint32
+	seeds  []*node       // the nodes given to Dial, in order
+	r      *router       // nil with WithNoRouting
+	rr     atomic.Uint32 // round robin over nodes
+	pushRR atomic.Uint32 // round robin of pushes over vBuckets
+	logRR  atomic.Uint32 // round robin of appends over vBuckets
 	closed atomic.Bool
 }
 
-// Dial connects to the nodes in addr, a comma-separated list of host:port.
-// It fails only if no node can be reached, or if a node refuses the
-// credentials.
+// Dial connects to the nodes in addr, a comma-separated list of host:port
+// (seeds: see Routing). It fetches the vBucket map from the first seed
+// that answers; when no seed is in a cluster it talks to all of them
+// directly. It fails only if no node can be reached, or if a node refuses
+// the credentials.
 func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	o := options{name: "shoal-go", dialTimeout: 5 * time.Second, timeout: 30 * time.Second, conns: 1, window: 1 << 20}
 	for _, fn := range opts {
@@ -95,30 +127,44 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	c := &Client{o: o}
 	for _, a := range strings.Split(addr, ",") {
 		if a = strings.TrimSpace(a); a != "" {
-			c.nodes = append(c.nodes, newNode(a, &c.o))
+			c.seeds = append(c.seeds, newNode(a, &c.o))
 		}
 	}
 	c.rr.Store(rand.Uint32()) // short-lived clients (CLI runs) spread too
-	if len(c.nodes) == 0 {
+	c.pushRR.Store(rand.Uint32())
+	c.logRR.Store(rand.Uint32())
+	if len(c.seeds) == 0 {
 		return nil, errors.New("client: no node address given")
 	}
+	if !o.noRouting {
+		c.r = newRouter(c)
+	}
 	var errs []error
-	for _, n := range c.nodes {
+	for _, n := range c.seeds {
 		_, err := n.conn(ctx)
 		if err == nil {
+			if c.r != nil && c.r.start(ctx, n) {
+				return c, nil // routing: the other seeds are dialled when needed
+			}
 			continue
 		}
-		if errors.Is(err, ErrAuthFailed) || errors.Is(err, ErrAuthRequired) || errors.Is(err, ErrTooManyConnections) || errors.Is(err, ErrProtocol) {
+		if fatalDialError(err) {
 			c.Close()
 			return nil, err
 		}
 		errs = append(errs, err)
 	}
-	if len(errs) == len(c.nodes) {
+	if len(errs) == len(c.seeds) {
 		c.Close()
 		return nil, errors.Join(errs...)
 	}
 	return c, nil
+}
+
+// fatalDialError reports whether a failed dial is one that trying again,
+// or another node, will not mend.
+func fatalDialError(err error) bool {
+	return errors.Is(err, ErrAuthFailed) || errors.Is(err, ErrAuthRequired) || errors.Is(err, ErrTooManyConnections) || errors.Is(err, ErrProtocol)
 }
 
 // Close closes every connection. Calls in flight fail with ErrDisconnected.
@@ -126,7 +172,10 @@ func (c *Client) Close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
-	for _, n := range c.nodes {
+	if c.r != nil {
+		c.r.close()
+	}
+	for _, n := range c.seeds {
 		n.close()
 	}
 	return nil
@@ -134,16 +183,34 @@ func (c *Client) Close() error {
 
 // Nodes returns the addresses the client was given.
 func (c *Client) Nodes() []string {
-	out := make([]string, len(c.nodes))
-	for i, n := range c.nodes {
+	out := make([]string, len(c.seeds))
+	for i, n := range c.seeds {
 		out[i] = n.addr
 	}
 	return out
 }
 
-// kvNode is the node serving kv requests: the first one, until the cluster
-// layer routes by the vBucket map.
-func (c *Client) kvNode() *node { return c.nodes[0] }
+// kvNode is the node of requests for one node (operator requests, and
+// every kv request when the client does not route): the first seed.
+func (c *Client) kvNode() *node { return c.seeds[0] }
+
+// routes returns the routing table, nil when the client does not route
+// (WithNoRouting, or seeds in no cluster).
+func (c *Client) routes() *routeTable {
+	if c.r == nil {
+		return nil
+	}
+	return c.r.table.Load()
+}
+
+// members returns the nodes that requests for every node go to: the
+// members that are active for some vBucket when routing, else the seeds.
+func (c *Client) members() []*node {
+	if rt := c.routes(); rt != nil && len(rt.nodes) > 0 {
+		return rt.nodes
+	}
+	return c.seeds
+}
 
 func (c *Client) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok || c.o.timeout <= 0 {
@@ -154,6 +221,11 @@ func (c *Client) ctx(ctx context.Context) (context.Context, context.CancelFunc) 
 
 // do runs one request on node n.
 func (c *Client) do(ctx context.Context, n *node, op wire.Opcode, vb uint16, body []byte) ([]byte, error) {
+	return c.doFlags(ctx, n, op, vb, 0, body)
+}
+
+// doFlags is do with header flags.
+func (c *Client) doFlags(ctx context.Context, n *node, op wire.Opcode, vb uint16, flags byte, body []byte) ([]byte, error) {
 	if c.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -163,7 +235,7 @@ func (c *Client) do(ctx context.Context, n *node, op wire.Opcode, vb uint16, bod
 	if err != nil {
 		return nil, err
 	}
-	return cn.do(ctx, op, vb, body)
+	return cn.doFlags(ctx, op, vb, flags, body)
 }
 
 // vbuckets returns the vBucket count of node n (from its handshake).

@@ -29,7 +29,7 @@ type fakeCluster struct {
 	rmErr   error
 }
 
-func (f *fakeCluster) ClusterMap() ([]byte, error)         { return f.mapBody, f.mapErr }
+func (f *fakeCluster) ClusterMap() ([]byte, uint64, error) { return f.mapBody, 1, f.mapErr }
 func (f *fakeCluster) Document() ([]byte, error)           { return []byte(f.doc), nil }
 func (f *fakeCluster) Join([]byte) ([]byte, error)         { return nil, errors.New("no") }
 func (f *fakeCluster) Propose(body []byte) (uint64, error) { return 0, errors.New("no") }
@@ -129,7 +129,7 @@ func TestRemoveNodeNeedsAdmin(t *testing.T) {
 }
 
 // startClusterNode runs a real node that bootstraps a cluster of its own.
-func startClusterNode(t *testing.T) string {
+func startClusterNode(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	cfg, err := config.Load([]string{"--data", dir, "--listen", "127.0.0.1:0", "--http", "off",
@@ -157,7 +157,7 @@ func startClusterNode(t *testing.T) string {
 // map. It polls the cluster document, not GetClusterMap: the node's
 // answer to GetClusterMap before the cluster exists reads the join phase
 // without its lock (a data race the race detector reports).
-func waitClusterMap(t *testing.T, c *client.Client) *client.ClusterMap {
+func waitClusterMap(t testing.TB, c *client.Client) *client.ClusterMap {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -124,7 +124,7 @@ func (c *conn) handshake(ctx context.Context, o *options) error {
 			return err
 		}
 	} else if c.info.AuthRequired {
-		return &Error{Status: uint16(wire.StatusAuthRequired), Node: c.addr, Message: "the node requires authentication: give a user and secret"}
+		return &Error{Status: uint16(wire.StatusAuthRequired), Node: c.addr, VBucket: -1, Message: "the node requires authentication: give a user and secret"}
 	}
 	return nil
 }
@@ -164,7 +164,7 @@ func (c *conn) send(op wire.Opcode, vb uint16, flags byte, body []byte, cl *call
 
 // sendMany queues n requests at once (one lock, one wake of the writer)
 // and returns their ids. req(i) returns request i, or a nil call to skip it.
-func (c *conn) sendMany(n int, req func(i int) (wire.Opcode, uint16, []byte, *call)) ([]uint32, error) {
+func (c *conn) sendMany(n int, req func(i int) (wire.Opcode, uint16, byte, []byte, *call)) ([]uint32, error) {
 	ids := make([]uint32, 0, n)
 	c.mu.Lock()
 	if c.err != nil {
@@ -173,7 +173,7 @@ func (c *conn) sendMany(n int, req func(i int) (wire.Opcode, uint16, []byte, *ca
 		return nil, err
 	}
 	for i := range n {
-		op, vb, body, cl := req(i)
+		op, vb, flags, body, cl := req(i)
 		if cl == nil {
 			continue
 		}
@@ -184,7 +184,7 @@ func (c *conn) sendMany(n int, req func(i int) (wire.Opcode, uint16, []byte, *ca
 		id := c.nextID
 		c.calls[id] = cl
 		ids = append(ids, id)
-		c.out = wire.AppendHeader(c.out, wire.Header{Magic: wire.MagicRequest, Version: wire.Version, Opcode: op, VBucket: vb, ID: id, BodyLen: uint32(len(body))})
+		c.out = wire.AppendHeader(c.out, wire.Header{Magic: wire.MagicRequest, Version: wire.Version, Opcode: op, Flags: flags, VBucket: vb, ID: id, BodyLen: uint32(len(body))})
 		c.out = append(c.out, body...)
 	}
 	c.mu.Unlock()
@@ -232,8 +232,13 @@ func (c *conn) writeLoop() {
 // do sends a request and waits for its answer. It returns the body of an
 // OK answer or the error status as an *Error.
 func (c *conn) do(ctx context.Context, op wire.Opcode, vb uint16, body []byte) ([]byte, error) {
+	return c.doFlags(ctx, op, vb, 0, body)
+}
+
+// doFlags is do with header flags (wire.FlagVBucket).
+func (c *conn) doFlags(ctx context.Context, op wire.Opcode, vb uint16, flags byte, body []byte) ([]byte, error) {
 	cl := callPool.Get().(*call)
-	id, err := c.send(op, vb, 0, body, cl, nil, 0)
+	id, err := c.send(op, vb, flags, body, cl, nil, 0)
 	if err != nil {
 		callPool.Put(cl)
 		return nil, err

@@ -50,6 +50,12 @@ var (
 	// ErrDisconnected: the connection to the node broke, or cannot be
 	// made now. A write that got it may or may not have been applied.
 	ErrDisconnected = errors.New("disconnected")
+	// ErrUnavailable: a routed request found no node to take it within
+	// its context: its vBucket has no active in the client's map, or the
+	// active could not be reached. The request was not applied (a write
+	// whose connection broke after it was sent gets ErrDisconnected
+	// instead). The *Error names the vBucket and the node.
+	ErrUnavailable = errors.New("unavailable")
 	// ErrClosed: the client was closed.
 	ErrClosed = errors.New("client closed")
 )
@@ -80,11 +86,30 @@ type Error struct {
 	// Epoch and Revision are, for "not my vbucket", the vBucket's epoch and
 	// the revision of the node's vBucket map (0 from an older node).
 	Epoch, Revision uint64
+	// VBucket is, for ErrNotMyVBucket and ErrUnavailable of a routed
+	// request, the vBucket it was for; -1 otherwise.
+	VBucket int
+
+	unavailable bool   // ErrUnavailable: no node answered (Status is 0)
+	mapBody     []byte // the GetClusterMap answer a "not my vbucket" carried
 }
 
 // Error implements error.
 func (e *Error) Error() string {
+	if e.unavailable {
+		s := fmt.Sprintf("unavailable: vbucket %d", e.VBucket)
+		if e.Message != "" {
+			s += ": " + e.Message
+		}
+		if e.Node == "" {
+			return s
+		}
+		return fmt.Sprintf("%s: %s", e.Node, s)
+	}
 	s := wire.Status(e.Status).String()
+	if e.VBucket >= 0 && e.Status == uint16(wire.StatusNotMyVBucket) {
+		s += fmt.Sprintf(" (vbucket %d)", e.VBucket)
+	}
 	if e.Message != "" {
 		s += ": " + e.Message
 	}
@@ -94,20 +119,27 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("%s: %s", e.Node, s)
 }
 
-// Is matches the sentinel error of the status.
+// Is matches the sentinel error of the status (ErrUnavailable for a
+// routed request no node took).
 func (e *Error) Is(target error) bool {
+	if e.unavailable {
+		return target == ErrUnavailable
+	}
 	return statusErrors[wire.Status(e.Status)] == target
 }
 
 func statusError(node string, st wire.Status, body []byte) error {
-	e := &Error{Status: uint16(st), Node: node}
+	e := &Error{Status: uint16(st), Node: node, VBucket: -1}
 	if st == wire.StatusNotMyVBucket {
 		d := wire.NewDecoder(body)
 		e.Active = string(d.Bytes8())
 		if d.Len() >= 16 {
 			e.Epoch, e.Revision = d.U64(), d.U64()
+			if m := d.Rest(); len(m) > 0 {
+				e.mapBody = m // decoded by the router, which trusts nothing in it
+			}
 		}
-		e.Message = "this node is not active for the key's vbucket"
+		e.Message = "this node is not active for the vbucket"
 	} else {
 		e.Message = string(body)
 	}

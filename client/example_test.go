@@ -111,8 +111,9 @@ func ExampleWithAuth() {
 	defer c.Close()
 }
 
-// Queues: Push and Pop spread over the nodes given to Dial; Consume reads
-// from all of them.
+// Queues: in a cluster, Push spreads the records over every vBucket (each
+// to its active node), Pop tries every node, Consume reads from all of
+// them. The addresses are seeds: any members will do.
 func ExampleClient_Push() {
 	ctx := context.Background()
 	c, err := client.Dial(ctx, "127.0.0.1:7400,127.0.0.1:7401")
@@ -149,5 +150,29 @@ func ExampleClient_Consume() {
 			return
 		}
 		fmt.Printf("%s\n", v)
+	}
+}
+
+// In a cluster the addresses given to Dial are seeds: the client fetches
+// the vBucket map from one, then sends each key to its vBucket's active
+// node, and follows the map when it changes. After a failover a call
+// retries within its context, then fails with ErrNotMyVBucket or
+// ErrUnavailable, an *Error naming the node and the vBucket.
+func ExampleDial_seeds() {
+	ctx := context.Background()
+	c, err := client.Dial(ctx, "10.0.0.1:7400,10.0.0.2:7400,10.0.0.3:7400")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Put(ctx, "users", []byte("alice"), []byte(`{"age":31}`))
+	var ce *client.Error
+	if errors.As(err, &ce) && (errors.Is(err, client.ErrUnavailable) || errors.Is(err, client.ErrNotMyVBucket)) {
+		log.Fatalf("vbucket %d has no reachable active (last tried %s): %v", ce.VBucket, ce.Node, err)
+	}
+	// A replica's copy, which may be stale:
+	rv, err := c.GetReplica(ctx, "users", []byte("alice"))
+	if err == nil && rv.Replica {
+		fmt.Printf("alice on a replica (%s): %s\n", rv.Node, rv.Value)
 	}
 }

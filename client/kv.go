@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -57,17 +58,29 @@ func checkArgs(channel string, key []byte) error {
 	return nil
 }
 
-// kvCall runs a single-key request: it routes by the key's vBucket.
+// reads are the single-key requests that change nothing: retried when
+// their connection breaks.
+var reads = routePolicy{retrySent: true}
+
+// kvCall runs a single-key request: it routes by the key's vBucket (to its
+// active by the map, or to the first node when the client does not route).
 func (c *Client) kvCall(ctx context.Context, op wire.Opcode, channel string, key []byte, build func(b []byte) []byte) ([]byte, error) {
 	if err := checkArgs(channel, key); err != nil {
 		return nil, err
 	}
-	n := c.kvNode()
-	if n.vbuckets() == 0 {
-		// Not connected yet: connect to learn the vBucket count.
-		if _, err := n.conn(ctx); err != nil {
-			return nil, err
+	rt := c.routes()
+	var vb uint16
+	if rt != nil {
+		vb = vbucket.Of(key, rt.vbs)
+	} else {
+		n := c.kvNode()
+		if n.vbuckets() == 0 {
+			// Not connected yet: connect to learn the vBucket count.
+			if _, err := n.conn(ctx); err != nil {
+				return nil, err
+			}
 		}
+		vb = vbucket.Of(key, n.vbuckets())
 	}
 	bp := getBuf()
 	b := wire.AppendStr8((*bp)[:0], channel)
@@ -76,7 +89,18 @@ func (c *Client) kvCall(ctx context.Context, op wire.Opcode, channel string, key
 		b = build(b)
 	}
 	*bp = b
-	r, err := c.do(ctx, n, op, vbucket.Of(key, n.vbuckets()), b)
+	var pol routePolicy
+	if op == wire.OpGet || op == wire.OpExists {
+		pol = reads
+	}
+	var r []byte
+	var err error
+	if rt != nil {
+		res := c.routed(ctx, rt, vb, op, 0, b, pol)
+		r, err = res.body, res.err
+	} else {
+		r, err = c.direct(ctx, op, vb, 0, b, pol)
+	}
 	putBuf(bp)
 	return r, err
 }
@@ -110,6 +134,78 @@ func (c *Client) Gets(ctx context.Context, channel string, key []byte) ([]byte, 
 		return nil, 0, fmt.Errorf("%w: short Get answer", ErrProtocol)
 	}
 	return r[8:], u64(r), nil
+}
+
+// ReplicaValue is the answer of GetReplica.
+type ReplicaValue struct {
+	Value []byte
+	CAS   uint64
+	// Replica is true when the value was read from a replica copy, which
+	// may be stale (it lags its active by the replication delay); false
+	// when the node that answered was the vBucket's active.
+	Replica bool
+	// Node is the address of the node that answered.
+	Node string
+}
+
+// GetReplica reads key from a copy that may be stale: a replica of its
+// vBucket (the replicas of the map's chain in turn), or its active when
+// no replica answers. ErrNotFound when that copy has no value (a replica
+// may not have received it yet). A client that does not route asks the
+// first node, which answers from whichever copy it holds.
+func (c *Client) GetReplica(ctx context.Context, channel string, key []byte) (ReplicaValue, error) {
+	if err := checkArgs(channel, key); err != nil {
+		return ReplicaValue{}, err
+	}
+	b := wire.AppendStr8(nil, channel)
+	b = wire.AppendBytes8(b, key)
+	rt := c.routes()
+	if rt == nil {
+		n := c.kvNode()
+		if n.vbuckets() == 0 {
+			if _, err := n.conn(ctx); err != nil {
+				return ReplicaValue{}, err
+			}
+		}
+		r, err := c.direct(ctx, wire.OpGetReplica, vbucket.Of(key, n.vbuckets()), 0, b, reads)
+		if err != nil {
+			return ReplicaValue{}, err
+		}
+		return decodeReplicaValue(n.addr, r)
+	}
+	vb := vbucket.Of(key, rt.vbs)
+	var errs []error
+	for _, id := range rt.m.VBuckets[vb].Chain[min(1, len(rt.m.VBuckets[vb].Chain)):] {
+		mem, ok := rt.m.Node(id)
+		if !ok || mem.Addr == "" {
+			continue
+		}
+		n := c.r.pool(mem.Addr)
+		r, err := c.do(ctx, n, wire.OpGetReplica, vb, b)
+		switch {
+		case err == nil:
+			return decodeReplicaValue(n.addr, r)
+		case errors.Is(err, ErrNotFound):
+			return ReplicaValue{}, err
+		case ctx.Err() != nil:
+			return ReplicaValue{}, err
+		}
+		errs = append(errs, err) // unreachable, or no copy (the map changed): the next one
+	}
+	res := c.routed(ctx, rt, vb, wire.OpGetReplica, 0, b, reads)
+	if res.err != nil {
+		return ReplicaValue{}, errors.Join(append(errs, res.err)...)
+	}
+	return decodeReplicaValue(res.node.addr, res.body)
+}
+
+// decodeReplicaValue decodes a GetReplica answer: u64 cas, u8 source,
+// value.
+func decodeReplicaValue(addr string, r []byte) (ReplicaValue, error) {
+	if len(r) < 9 || (r[8] != wire.SourceActive && r[8] != wire.SourceReplica) {
+		return ReplicaValue{}, fmt.Errorf("%w: malformed GetReplica answer from %s", ErrProtocol, addr)
+	}
+	return ReplicaValue{Value: r[9:], CAS: u64(r), Replica: r[8] == wire.SourceReplica, Node: addr}, nil
 }
 
 // Exists reports whether key has a value.
@@ -156,35 +252,144 @@ type Record struct {
 	// Expiry, from GetAll with WithExpiry: when the record expires, in
 	// unix seconds; 0 = never.
 	Expiry int64
+
+	hash uint64 // xxhash64 of Key, for merging the GetAll of several nodes
+	vbs  int    // the vBucket count, with hash
 }
 
-// PutBatch stores records in channel in one request and returns how many
-// were stored: on an error, the records before the failing one are stored.
+// PutBatch stores records in channel and returns how many were stored.
+// Without routing it is one request, and on an error the records before
+// the failing one are stored. With routing the batch is split by the
+// active node of each record's vBucket, one request per node sent
+// together: each node's part is stored in order, the count is the sum,
+// and on an error the other nodes' parts may be stored. A part a node
+// refuses with `not my vbucket` stored nothing, and is split again by the
+// new map and sent again, within ctx.
 func (c *Client) PutBatch(ctx context.Context, channel string, recs []Record) (int, error) {
 	if !wire.ValidChannelString(channel) {
 		return 0, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
 	}
-	b := wire.AppendStr8(nil, channel)
-	b = wire.AppendU32(b, uint32(len(recs)))
 	for i, r := range recs {
 		if len(r.Key) == 0 || len(r.Key) > wire.MaxKeyLen {
 			return 0, fmt.Errorf("%w: record %d: key of %d bytes", ErrBadKey, i, len(r.Key))
 		}
-		b = wire.AppendBytes8(b, r.Key)
-		b = wire.AppendU32(b, ttlOf([]WriteOption{WithTTL(r.TTL)}))
-		b = wire.AppendBytes32(b, r.Value)
 	}
-	if len(b) > wire.MaxBody {
-		return 0, fmt.Errorf("%w: the batch is %d bytes; split it below %d", ErrValueTooBig, len(b), wire.MaxBody)
+	if rt := c.routes(); rt != nil {
+		return c.putBatchRouted(ctx, rt, channel, recs)
+	}
+	b, err := putBatchBody(channel, recs)
+	if err != nil {
+		return 0, err
 	}
 	r, err := c.do(ctx, c.kvNode(), wire.OpPutBatch, 0, b)
 	if err != nil {
 		return 0, err
 	}
+	return putBatchStored(r)
+}
+
+// putBatchBody is the body of a PutBatch of recs.
+func putBatchBody(channel string, recs []Record) ([]byte, error) {
+	b := wire.AppendStr8(nil, channel)
+	b = wire.AppendU32(b, uint32(len(recs)))
+	for _, r := range recs {
+		b = wire.AppendBytes8(b, r.Key)
+		b = wire.AppendU32(b, ttlOf([]WriteOption{WithTTL(r.TTL)}))
+		b = wire.AppendBytes32(b, r.Value)
+	}
+	if len(b) > wire.MaxBody {
+		return nil, fmt.Errorf("%w: the batch is %d bytes; split it below %d", ErrValueTooBig, len(b), wire.MaxBody)
+	}
+	return b, nil
+}
+
+func putBatchStored(r []byte) (int, error) {
 	if len(r) < 4 {
 		return 0, fmt.Errorf("%w: short PutBatch answer", ErrProtocol)
 	}
 	return int(uint32(r[0]) | uint32(r[1])<<8 | uint32(r[2])<<16 | uint32(r[3])<<24), nil
+}
+
+// putBatchRouted is PutBatch split by the active of each record.
+func (c *Client) putBatchRouted(ctx context.Context, rt *routeTable, channel string, recs []Record) (int, error) {
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	stored := 0
+	pending := recs
+	for attempt := 1; len(pending) > 0; attempt++ {
+		groups := map[*node][]Record{}
+		var noActive []Record
+		for _, r := range pending {
+			n := rt.actives[vbucket.Of(r.Key, rt.vbs)]
+			if n == nil {
+				noActive = append(noActive, r)
+				continue
+			}
+			groups[n] = append(groups[n], r)
+		}
+		type part struct {
+			recs   []Record
+			stored int
+			err    error
+		}
+		parts := make([]part, 0, len(groups))
+		for _, g := range groups {
+			parts = append(parts, part{recs: g})
+		}
+		var wg sync.WaitGroup
+		i := 0
+		for n := range groups {
+			p := &parts[i]
+			i++
+			wg.Go(func() {
+				b, err := putBatchBody(channel, p.recs)
+				if err == nil {
+					var r []byte
+					if r, err = c.do(ctx, n, wire.OpPutBatch, 0, b); err == nil {
+						p.stored, err = putBatchStored(r)
+					}
+				}
+				p.err = err
+			})
+		}
+		wg.Wait()
+		pending = noActive
+		var last error
+		for _, p := range parts {
+			stored += p.stored
+			var e *Error
+			switch {
+			case p.err == nil:
+			case errors.As(p.err, &e) && e.Status == uint16(wire.StatusNotMyVBucket):
+				// The part was refused whole: split it again by the new map.
+				pending = append(pending, p.recs...)
+				last = p.err
+				if len(e.mapBody) == 0 || !c.r.offer(e.mapBody) {
+					c.r.refresh(ctx, nil, false, true)
+				}
+			default:
+				return stored, p.err
+			}
+		}
+		if len(pending) == 0 {
+			break
+		}
+		if last == nil {
+			last = unavailable(vbucket.Of(pending[0].Key, rt.vbs), "", fmt.Sprintf("map revision %d has no active node for it", rt.m.Revision))
+			c.r.refresh(ctx, nil, true, false)
+		}
+		wait := min(time.Duration(attempt)*routeBackoff, maxRouteBackoff)
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+			return stored, last
+		}
+		select {
+		case <-ctx.Done():
+			return stored, last
+		case <-time.After(wait):
+		}
+		rt = c.routes()
+	}
+	return stored, nil
 }
 
 // Channel is a channel and its kind ("kv", "queue" or "log").
@@ -194,12 +399,20 @@ type Channel struct {
 	Node string
 }
 
-// Channels lists the channels of every node.
+// Channels lists the channels of every node: the union of their answers.
+// In a cluster every member knows every channel, so a member that cannot
+// be reached is skipped as long as another one answered.
 func (c *Client) Channels(ctx context.Context) ([]Channel, error) {
 	var out []Channel
 	seen := map[string]bool{}
-	for _, n := range c.nodes {
+	var down []error
+	nodes := c.members()
+	for _, n := range nodes {
 		r, err := c.do(ctx, n, wire.OpGetChannels, 0, nil)
+		if err != nil && c.routes() != nil && errors.Is(err, ErrDisconnected) && ctx.Err() == nil {
+			down = append(down, err)
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -215,6 +428,9 @@ func (c *Client) Channels(ctx context.Context) ([]Channel, error) {
 		if d.Err() != nil {
 			return nil, fmt.Errorf("%w: malformed GetChannels answer from %s", ErrProtocol, n.addr)
 		}
+	}
+	if len(down) == len(nodes) {
+		return nil, errors.Join(down...)
 	}
 	return out, nil
 }
@@ -238,13 +454,15 @@ type Size struct {
 	Bytes   int64
 }
 
-// ChannelSize returns the size of channel summed over every node.
+// ChannelSize returns the size of channel summed over every node. A node
+// counts the kv records of the vBuckets it is active for; queue and log
+// records it counts all, replica copies too (docs/protocol.md §4.2).
 func (c *Client) ChannelSize(ctx context.Context, channel string) (Size, error) {
 	if !wire.ValidChannelString(channel) {
 		return Size{}, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
 	}
 	var s Size
-	for _, n := range c.nodes {
+	for _, n := range c.members() {
 		r, err := c.do(ctx, n, wire.OpGetChannelSize, 0, wire.AppendStr8(nil, channel))
 		if err != nil {
 			return Size{}, err
@@ -263,10 +481,11 @@ func (c *Client) ChannelSize(ctx context.Context, channel string) (Size, error) 
 	return s, nil
 }
 
-// Size returns the records and bytes of every channel of every node.
+// Size returns the records and bytes of every channel of every node,
+// counted as ChannelSize counts them.
 func (c *Client) Size(ctx context.Context) (Size, error) {
 	var s Size
-	for _, n := range c.nodes {
+	for _, n := range c.members() {
 		r, err := c.do(ctx, n, wire.OpGetSize, 0, nil)
 		if err != nil {
 			return Size{}, err
@@ -283,12 +502,25 @@ func (c *Client) Size(ctx context.Context) (Size, error) {
 }
 
 // RemoveChannel removes channel and all its records from every node. With
-// authentication on, it needs the admin credential.
+// authentication on, it needs the admin credential. In a cluster one
+// member removes it everywhere (the first that takes the request); a
+// client that does not route asks every node it was given.
 func (c *Client) RemoveChannel(ctx context.Context, channel string) error {
 	if !wire.ValidChannelString(channel) {
 		return fmt.Errorf("%w: %q", ErrBadChannelName, channel)
 	}
-	for _, n := range c.nodes {
+	if rt := c.routes(); rt != nil {
+		var errs []error
+		for _, n := range c.members() {
+			_, err := c.do(ctx, n, wire.OpRemoveChannel, 0, wire.AppendStr8(nil, channel))
+			if err == nil || !errors.Is(err, ErrDisconnected) || ctx.Err() != nil {
+				return err
+			}
+			errs = append(errs, err)
+		}
+		return errors.Join(errs...)
+	}
+	for _, n := range c.seeds {
 		if _, err := c.do(ctx, n, wire.OpRemoveChannel, 0, wire.AppendStr8(nil, channel)); err != nil {
 			return err
 		}
@@ -299,7 +531,7 @@ func (c *Client) RemoveChannel(ctx context.Context, channel string) error {
 // NumConnections returns the open client connections of every node.
 func (c *Client) NumConnections(ctx context.Context) (map[string]int64, error) {
 	out := map[string]int64{}
-	for _, n := range c.nodes {
+	for _, n := range c.members() {
 		r, err := c.do(ctx, n, wire.OpGetNumConnections, 0, nil)
 		if err != nil {
 			return nil, err
@@ -313,7 +545,7 @@ func (c *Client) NumConnections(ctx context.Context) (map[string]int64, error) {
 // uptime, memory, ...), keyed by address.
 func (c *Client) Info(ctx context.Context) (map[string]map[string]any, error) {
 	out := map[string]map[string]any{}
-	for _, n := range c.nodes {
+	for _, n := range c.members() {
 		r, err := c.do(ctx, n, wire.OpInfo, 0, nil)
 		if err != nil {
 			return nil, err

@@ -11,12 +11,13 @@ import (
 )
 
 // Log channels hold records (timestamp, value), several per timestamp,
-// kept on disk by the nodes. Appends go round-robin over the client's
-// nodes (to the next node when one cannot be reached), as swarm's DLS
-// client did; reads ask every node. A node returns its records in
-// timestamp order, equal timestamps in append order; a read over several
-// nodes returns each node's records in turn, so it is ordered per node,
-// not globally.
+// kept on disk by the nodes. Appends go round-robin: with routing over
+// every vBucket of the cluster, each to its active; without, over the
+// client's nodes (to the next node when one cannot be reached), as
+// swarm's DLS client did. Reads ask every node. A node returns its
+// records in timestamp order, equal timestamps in append order; a read
+// over several nodes merges them in timestamp order as they stream (equal
+// timestamps of different nodes in the order of the nodes).
 
 // LogRecord is one record of a log channel.
 type LogRecord struct {
@@ -50,7 +51,8 @@ func routingKeyOf(opts []LogWriteOption) ([]byte, error) {
 	return o.key, nil
 }
 
-// LogPut appends one record to a log channel, on the next node in turn.
+// LogPut appends one record to a log channel, on the next node in turn
+// (with routing: the active of the next vBucket, or of the routing key's).
 // It returns once the node holds the record as durably as its
 // --log-fsync says (with "always": fsynced).
 func (c *Client) LogPut(ctx context.Context, channel string, ts uint64, value []byte, opts ...LogWriteOption) error {
@@ -100,6 +102,16 @@ func (c *Client) logAppend(ctx context.Context, op wire.Opcode, channel string, 
 	if !wire.ValidChannelString(channel) {
 		return nil, fmt.Errorf("%w: %q: use 1-255 of A-Z a-z 0-9 _ -", ErrBadChannelName, channel)
 	}
+	if rt := c.routes(); rt != nil {
+		bp := getBuf()
+		b := build((*bp)[:0])
+		*bp = b
+		defer putBuf(bp)
+		if len(b) > wire.MaxBody {
+			return nil, fmt.Errorf("%w: the request is %d bytes; split it below %d", ErrValueTooBig, len(b), wire.MaxBody)
+		}
+		return c.spread(ctx, rt, op, key, b)
+	}
 	n, err := c.appendNode(ctx)
 	if err != nil {
 		return nil, err
@@ -127,8 +139,8 @@ func (c *Client) appendNode(ctx context.Context) (*node, error) {
 		return nil, ErrClosed
 	}
 	var errs []error
-	for range c.nodes {
-		n := c.nodes[int(c.rr.Add(1)-1)%len(c.nodes)]
+	for range c.seeds {
+		n := c.seeds[int(c.rr.Add(1)-1)%len(c.seeds)]
 		_, err := n.conn(ctx)
 		if err == nil {
 			return n, nil
@@ -145,8 +157,9 @@ func (c *Client) appendNode(ctx context.Context) (*node, error) {
 type RangeOption func(*rangeOptions)
 
 type rangeOptions struct {
-	mode   uint8 // filter mode of the LogRange request
-	filter string
+	mode     uint8 // filter mode of the LogRange request
+	filter   string
+	replicas bool
 }
 
 // Filter modes of LogRange (docs/protocol.md §4.5).
@@ -169,21 +182,42 @@ func FilterRegexp(expr string) RangeOption {
 	return func(o *rangeOptions) { o.mode, o.filter = filterRegexp, expr }
 }
 
+// RangeWithReplicaCopies makes LogRange read the replica copies a node
+// holds too, not only the vBuckets it is active for (for operators and
+// tests comparing copies): a record then comes once per copy read, and a
+// replica's copy may be stale.
+func RangeWithReplicaCopies() RangeOption { return func(o *rangeOptions) { o.replicas = true } }
+
 // LogRange streams the records of a log channel with timestamps in [from,
-// to], from every node in turn: each node's records in timestamp order
-// (equal timestamps in append order), tagged with the node's address. The
-// stream is flow-controlled; if a connection breaks it reconnects and
-// resumes after the last batch received, so no record is repeated or
-// missed. A node that stays unreachable holds the stream (reconnecting
-// with backoff) until ctx ends. from > to fails with ErrBadRange.
+// to] from every node (with routing: every member active for some
+// vBucket, each answering for those), merged in timestamp order as they
+// stream (a k-way merge: equal timestamps of one node in append order, of
+// different nodes in the order of the nodes), each tagged with its node's
+// address. Each node's stream is flow-controlled; if a connection breaks
+// it reconnects and resumes after the last batch received, so no record
+// is repeated or missed. A node that stays unreachable holds the stream
+// (reconnecting with backoff) until ctx ends. from > to fails with
+// ErrBadRange.
 func (c *Client) LogRange(ctx context.Context, channel string, from, to uint64, opts ...RangeOption) *Stream[LogRecord] {
 	var o rangeOptions
 	for _, fn := range opts {
 		fn(&o)
 	}
-	s := newStream[LogRecord](c, ctx, c.nodes[0], wire.OpLogRange)
-	next := 0                  // index of the node being read
-	var posTs, posCount uint64 // where that node's read resumes
+	nodes := c.members()
+	parts := make([]*Stream[LogRecord], len(nodes))
+	for i, n := range nodes {
+		parts[i] = c.logRangeOf(ctx, n, channel, from, to, &o)
+	}
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return mergedBy(ctx, parts, func(a, b LogRecord) bool { return a.Timestamp < b.Timestamp })
+}
+
+// logRangeOf is the LogRange stream of one node.
+func (c *Client) logRangeOf(ctx context.Context, n *node, channel string, from, to uint64, o *rangeOptions) *Stream[LogRecord] {
+	s := newStream[LogRecord](c, ctx, n, wire.OpLogRange)
+	var posTs, posCount uint64 // where the node's read resumes
 	s.request = func(b []byte, credit uint32) []byte {
 		b = wire.AppendStr8(b, channel)
 		b = wire.AppendU64(b, from)
@@ -192,7 +226,11 @@ func (c *Client) LogRange(ctx context.Context, channel string, from, to uint64, 
 		b = wire.AppendBytes32(b, []byte(o.filter))
 		b = wire.AppendU32(b, credit)
 		b = wire.AppendU64(b, posTs)
-		return wire.AppendU64(b, posCount)
+		b = wire.AppendU64(b, posCount)
+		if o.replicas {
+			b = wire.AppendU8(b, 1) // flags: replica copies too
+		}
+		return b
 	}
 	s.decode = func(body []byte, yield func(LogRecord, error) bool) (bool, error) {
 		d := wire.NewDecoder(body)
@@ -215,13 +253,6 @@ func (c *Client) LogRange(ctx context.Context, channel string, from, to uint64, 
 			}
 		}
 		return true, nil
-	}
-	s.advance = func() bool {
-		if next++; next >= len(c.nodes) {
-			return false
-		}
-		s.n, posTs, posCount = c.nodes[next], 0, 0
-		return true
 	}
 	return s
 }

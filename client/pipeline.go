@@ -8,8 +8,8 @@ import (
 	"shoal/internal/wire"
 )
 
-// Pipeline collects requests and sends them to one node together, in one
-// write, then waits for all their answers. It is the cheapest way for one
+// Pipeline collects requests and sends them together, one write per node,
+// then waits for all their answers. It is the cheapest way for one
 // goroutine to issue many requests; concurrent calls on a Client are
 // pipelined too, but cost a goroutine each.
 //
@@ -19,10 +19,16 @@ import (
 //	if err := p.Exec(ctx); err != nil { ... } // the connection failed
 //	fmt.Println(a.Value, a.Err, b.CAS, b.Err)
 //
-// A Pipeline talks to the first node the client was given (the kv node),
-// and does not retry: a request sent on a connection that broke fails with
-// ErrDisconnected. It is not safe for concurrent use; after Exec it may be
-// filled again (the results of the previous Exec stay valid).
+// With routing each request goes to the node the map names (a key's
+// active; a push or append to the active of the next vBucket round-robin;
+// a pop to the next node), and a request a node refused with `not my
+// vbucket`, or that could not be sent because its node was unreachable, is
+// sent again by itself as the Client's own calls are (map refreshed, 100 ms
+// linear backoff). Without routing a Pipeline talks to the first node the
+// client was given. A request sent on a connection that broke fails with
+// ErrDisconnected and is not sent again. A Pipeline is not safe for
+// concurrent use; after Exec it may be filled again (the results of the
+// previous Exec stay valid).
 type Pipeline struct {
 	c     *Client
 	reqs  []pipeReq
@@ -33,9 +39,14 @@ type Pipeline struct {
 type pipeReq struct {
 	op       wire.Opcode
 	vb       uint16
+	flags    byte
 	from, to int // body in buf
 	res      *Result
 	err      error // refused before sending
+	n        *node // Exec: the node it goes to
+	cn       *conn // Exec: the connection it was sent on (nil: not sent)
+	id       uint32
+	cl       *call
 }
 
 // Result is the outcome of one request of a Pipeline, valid after Exec.
@@ -67,21 +78,15 @@ func (p *Pipeline) add(op wire.Opcode, vb uint16, build func(b []byte) []byte, e
 }
 
 func (p *Pipeline) kv(op wire.Opcode, channel string, key []byte, build func(b []byte) []byte) *Result {
-	err := checkArgs(channel, key)
-	var vb uint16
-	if err == nil {
-		if n := p.c.kvNode().vbuckets(); n > 0 {
-			vb = vbucket.Of(key, n)
-		}
-	}
-	return p.add(op, vb, func(b []byte) []byte {
+	// The vBucket is found by Exec, by the map or the node's count.
+	return p.add(op, 0, func(b []byte) []byte {
 		b = wire.AppendStr8(b, channel)
 		b = wire.AppendBytes8(b, key)
 		if build != nil {
 			b = build(b)
 		}
 		return b
-	}, err)
+	}, checkArgs(channel, key))
 }
 
 // Get adds a Get: Result.Value and CAS, or ErrNotFound.
@@ -139,12 +144,15 @@ func (p *Pipeline) LogPut(channel string, ts uint64, value []byte) *Result {
 	}, err)
 }
 
-// Exec sends every request added since the last Exec in one write and
-// waits for their answers. It returns an error only when the requests could
-// not be sent or the context ended; each request's own outcome is in its
-// Result.
+// Exec sends every request added since the last Exec, one write per node,
+// and waits for their answers. It returns an error only when the requests
+// could not be sent or the context ended; each request's own outcome is
+// in its Result.
 func (p *Pipeline) Exec(ctx context.Context) error {
 	defer func() {
+		for i := range p.reqs {
+			p.reqs[i] = pipeReq{}
+		}
 		p.reqs, p.buf = p.reqs[:0], p.buf[:0]
 	}()
 	if len(p.reqs) == 0 {
@@ -155,61 +163,176 @@ func (p *Pipeline) Exec(ctx context.Context) error {
 	}
 	ctx, cancel := p.c.ctx(ctx)
 	defer cancel()
-	n := p.c.kvNode()
-	cn, err := n.conn(ctx)
-	if err != nil {
-		return err
+	rt := p.c.routes()
+	if rt == nil {
+		n := p.c.kvNode()
+		cn, err := n.conn(ctx)
+		if err != nil {
+			return err
+		}
+		for i := range p.reqs {
+			p.reqs[i].n = n
+			if p.reqs[i].isKV() {
+				p.reqs[i].vb = vbucket.Of(p.key(i), cn.info.VBuckets)
+			}
+		}
+	} else {
+		for i := range p.reqs {
+			p.route(rt, i)
+		}
 	}
-	// A request built before the node's vBucket count was known is routed now.
+	// One batch per node, in the order the nodes first appear.
+	var order []*node
+	seen := map[*node]bool{}
 	for i := range p.reqs {
-		q := &p.reqs[i]
-		if q.err == nil && q.vb == 0 && (q.op == wire.OpGet || q.op == wire.OpPut || q.op == wire.OpExists || q.op == wire.OpRemove) {
-			d := wire.NewDecoder(p.buf[q.from:q.to])
-			d.Bytes8()
-			q.vb = vbucket.Of(d.Bytes8(), cn.info.VBuckets)
+		if n := p.reqs[i].n; n != nil && p.reqs[i].err == nil && !seen[n] {
+			seen[n] = true
+			order = append(order, n)
 		}
 	}
-	p.calls = p.calls[:0]
-	ids, err := cn.sendMany(len(p.reqs), func(i int) (wire.Opcode, uint16, []byte, *call) {
-		q := &p.reqs[i]
-		if q.err != nil {
-			return 0, 0, nil, nil
+	for _, n := range order {
+		cn, err := n.conn(ctx)
+		if err != nil {
+			if rt == nil {
+				return err
+			}
+			continue // not sent: sent again by itself below
 		}
-		cl := callPool.Get().(*call)
-		p.calls = append(p.calls, cl)
-		return q.op, q.vb, p.buf[q.from:q.to], cl
-	})
-	if err != nil {
-		for _, cl := range p.calls {
-			callPool.Put(cl)
+		var idx []int
+		for i := range p.reqs {
+			if p.reqs[i].n == n && p.reqs[i].err == nil {
+				idx = append(idx, i)
+			}
 		}
-		return err
-	}
-	k := 0
-	for i := range p.reqs {
-		q := &p.reqs[i]
-		if q.err != nil {
-			q.res.Err = q.err
+		ids, err := cn.sendMany(len(idx), func(k int) (wire.Opcode, uint16, byte, []byte, *call) {
+			q := &p.reqs[idx[k]]
+			q.cl = callPool.Get().(*call)
+			return q.op, q.vb, q.flags, p.buf[q.from:q.to], q.cl
+		})
+		if err != nil {
+			for _, i := range idx {
+				callPool.Put(p.reqs[i].cl)
+				p.reqs[i].cl = nil
+			}
+			if rt == nil {
+				return err
+			}
 			continue
 		}
-		cl := p.calls[k]
-		k++
+		for k, i := range idx {
+			p.reqs[i].cn, p.reqs[i].id = cn, ids[k]
+		}
+	}
+	var again []int
+	for i := range p.reqs {
+		q := &p.reqs[i]
+		switch {
+		case q.err != nil:
+			q.res.Err = q.err
+			continue
+		case q.cn == nil:
+			again = append(again, i)
+			continue
+		}
 		select {
-		case r := <-cl.ch:
-			callPool.Put(cl)
-			decodeResult(q.op, cn.addr, r, q.res)
+		case r := <-q.cl.ch:
+			callPool.Put(q.cl)
+			q.cl = nil
+			if rt != nil && r.err == nil && r.status == wire.StatusNotMyVBucket {
+				if e, ok := statusError(q.cn.addr, r.status, r.body).(*Error); ok && len(e.mapBody) > 0 {
+					p.c.r.offer(e.mapBody)
+				}
+				again = append(again, i)
+				continue
+			}
+			decodeResult(q.op, q.cn.addr, r, q.res)
 		case <-ctx.Done():
 			// Forget the calls still waiting (not pooled again: an answer
 			// may still land in one); their answers are dropped.
-			cn.mu.Lock()
-			for _, id := range ids[k-1:] {
-				delete(cn.calls, id)
+			for j := i; j < len(p.reqs); j++ {
+				if w := &p.reqs[j]; w.cn != nil && w.cl != nil {
+					w.cn.mu.Lock()
+					delete(w.cn.calls, w.id)
+					w.cn.mu.Unlock()
+				}
 			}
-			cn.mu.Unlock()
 			return ctx.Err()
 		}
 	}
+	for _, i := range again {
+		p.resend(ctx, &p.reqs[i])
+	}
 	return nil
+}
+
+// isKV reports whether q is a single-key request, routed by its key.
+func (q *pipeReq) isKV() bool {
+	switch q.op {
+	case wire.OpGet, wire.OpPut, wire.OpExists, wire.OpRemove:
+		return true
+	}
+	return false
+}
+
+// key returns the key in the body of request i (str8 channel, str8 key).
+func (p *Pipeline) key(i int) []byte {
+	q := &p.reqs[i]
+	d := wire.NewDecoder(p.buf[q.from:q.to])
+	d.Bytes8()
+	return d.Bytes8()
+}
+
+// route picks the node of request i by the map rt.
+func (p *Pipeline) route(rt *routeTable, i int) {
+	q := &p.reqs[i]
+	if q.err != nil {
+		return
+	}
+	switch {
+	case q.isKV():
+		q.vb = vbucket.Of(p.key(i), rt.vbs)
+		q.n = rt.actives[q.vb]
+	case q.op == wire.OpPop:
+		if len(rt.nodes) > 0 {
+			q.n = rt.nodes[p.c.start(len(rt.nodes))]
+		}
+	default: // a push or an append: the active of the next vBucket
+		if vb, ok := p.c.nextVB(rt, q.op, nil); ok {
+			q.vb, q.flags, q.n = vb, wire.FlagVBucket, rt.actives[vb]
+		}
+	}
+}
+
+// resend runs q by itself, as the Client's calls run, after a `not my
+// vbucket` or a node that could not be reached.
+func (p *Pipeline) resend(ctx context.Context, q *pipeReq) {
+	body := p.buf[q.from:q.to]
+	if q.op == wire.OpPop {
+		d := wire.NewDecoder(body)
+		v, err := p.c.Pop(ctx, string(d.Bytes8()))
+		q.res.Value, q.res.Err = v, err
+		return
+	}
+	rt := p.c.routes()
+	var pol routePolicy
+	if q.op == wire.OpGet || q.op == wire.OpExists {
+		pol = reads
+	}
+	var b []byte
+	var err error
+	if q.isKV() {
+		res := p.c.routed(ctx, rt, q.vb, q.op, 0, body, pol)
+		b, err = res.body, res.err
+		if res.node != nil {
+			decodeResult(q.op, res.node.addr, result{status: wire.StatusOK, body: b}, q.res)
+		}
+	} else {
+		b, err = p.c.spread(ctx, rt, q.op, nil, body)
+		decodeResult(q.op, "", result{status: wire.StatusOK, body: b}, q.res)
+	}
+	if err != nil {
+		*q.res = Result{Err: err}
+	}
 }
 
 // decodeResult fills res from the answer r to a request op.

@@ -4,14 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
+	"shoal/internal/vbucket"
 	"shoal/internal/wire"
 )
 
-// Queue requests are spread over every node the client was given: Push
-// and Pop start at the next node round-robin and move on to the others
-// (see each), Consume reads from all of them, a Producer writes to one.
+// Queue requests are spread over the nodes: with routing a Push goes to
+// the active of the next vBucket round-robin over every vBucket of the
+// cluster (or of its routing key's); without, to the next node the client
+// was given. Pop starts at the next node round-robin and moves on to the
+// others (see each), Consume reads from all of them, a Producer writes to
+// one.
 
 // PushOption changes a Push.
 type PushOption func(*pushOptions)
@@ -45,8 +50,59 @@ func appendChannels(b []byte, channels []string) []byte {
 	return b
 }
 
-// start returns the index of the node a round-robin request begins with.
-func (c *Client) start() int { return int((c.rr.Add(1) - 1) % uint32(len(c.nodes))) }
+// start returns the index in a list of n nodes that a round-robin request
+// begins with.
+func (c *Client) start(n int) int { return int((c.rr.Add(1) - 1) % uint32(n)) }
+
+// nextVB returns the next vBucket of the round robin of op (pushes and
+// appends have one each) whose active is not one of skip; ok is false
+// when there is none.
+func (c *Client) nextVB(rt *routeTable, op wire.Opcode, skip []*node) (vb uint16, ok bool) {
+	rr := &c.pushRR
+	if op == wire.OpLogPut || op == wire.OpLogPutBatch {
+		rr = &c.logRR
+	}
+	start := rr.Add(1) - 1
+	for i := range uint32(rt.vbs) {
+		v := uint16((start + i) % uint32(rt.vbs))
+		if n := rt.actives[v]; n != nil && !slices.Contains(skip, n) {
+			return v, true
+		}
+	}
+	return 0, false
+}
+
+// spread runs a write of records without a key (a push, a log append) on
+// the active of the next vBucket round-robin, with FlagVBucket: the
+// records go to that vBucket. When that node certainly did not take it
+// (it cannot be reached, is shutting down, out of space or busy), the
+// write goes to the next vBucket whose active is another node, until
+// every node was tried. With a routing key, the key's vBucket takes it,
+// retried as every routed request is.
+func (c *Client) spread(ctx context.Context, rt *routeTable, op wire.Opcode, key, body []byte) ([]byte, error) {
+	if len(key) > 0 {
+		res := c.routed(ctx, rt, vbucket.Of(key, rt.vbs), op, wire.FlagVBucket, body, routePolicy{})
+		return res.body, res.err
+	}
+	var tried []*node
+	var errs []error
+	for {
+		vb, ok := c.nextVB(rt, op, tried)
+		if !ok {
+			if len(errs) == 0 {
+				return nil, unavailable(0, "", fmt.Sprintf("map revision %d has no active node", rt.m.Revision))
+			}
+			return nil, errors.Join(errs...)
+		}
+		res := c.routed(ctx, rt, vb, op, wire.FlagVBucket, body, routePolicy{moveOn: true})
+		if !res.notStored || ctx.Err() != nil {
+			return res.body, res.err
+		}
+		tried = append(tried, res.node)
+		errs = append(errs, res.err)
+		rt = c.routes()
+	}
+}
 
 // try runs one request on node n. sent is false when the request certainly
 // did not reach the node (no connection could be had).
@@ -65,13 +121,15 @@ func (c *Client) try(ctx context.Context, n *node, op wire.Opcode, body []byte) 
 }
 
 // Push stores value in every channel named (1 to 255 of them) on one node:
-// the next one round-robin. It is acknowledged when the node holds it in
-// every channel (durable as the node's --queue-durability says). When a
-// node cannot be reached, or answers that it is shutting down, out of disk
-// space or busy, the value was not stored there and Push tries the next
-// node; it fails when every node did. ErrDisconnected after the request
-// went out means the value may or may not be stored: Push then does not
-// retry elsewhere, so as not to store it twice.
+// with routing the active of the next vBucket round-robin (or of the
+// routing key's vBucket), without the next node round-robin. It is
+// acknowledged when the node holds it in every channel (durable as the
+// node's --queue-durability says). When a node cannot be reached, or
+// answers that it is shutting down, out of disk space or busy, the value
+// was not stored there and Push tries the next node; it fails when every
+// node did. ErrDisconnected after the request went out means the value may
+// or may not be stored: Push then does not retry elsewhere, so as not to
+// store it twice.
 func (c *Client) Push(ctx context.Context, channels []string, value []byte, opts ...PushOption) error {
 	if err := checkChannels(channels); err != nil {
 		return err
@@ -89,10 +147,14 @@ func (c *Client) Push(ctx context.Context, channels []string, value []byte, opts
 	b = append(b, value...)
 	*bp = b
 	defer putBuf(bp)
+	if rt := c.routes(); rt != nil {
+		_, err := c.spread(ctx, rt, wire.OpPush, o.routingKey, b)
+		return err
+	}
 	var errs []error
-	first := c.start()
-	for i := range c.nodes {
-		_, sent, err := c.try(ctx, c.nodes[(first+i)%len(c.nodes)], wire.OpPush, b)
+	first := c.start(len(c.seeds))
+	for i := range c.seeds {
+		_, sent, err := c.try(ctx, c.seeds[(first+i)%len(c.seeds)], wire.OpPush, b)
 		if err == nil {
 			return nil
 		}
@@ -107,39 +169,42 @@ func (c *Client) Push(ctx context.Context, channels []string, value []byte, opts
 // notStored reports whether a failed Push certainly stored nothing, so that
 // it may go to another node.
 func notStored(err error, sent bool) bool {
-	if !sent {
-		return true
-	}
-	return errors.Is(err, ErrShuttingDown) || errors.Is(err, ErrNoSpace) || errors.Is(err, ErrBusy)
+	return !sent || isNotStored(err)
 }
 
 // Pop removes and returns the oldest record of channel from one node,
-// starting with the next one round-robin and moving on while a node's
-// queue is empty or the node is down. It returns ErrEmpty only when every
-// node answered that it was empty; otherwise the errors of the nodes that
-// did not (ErrDisconnected for one that is down, ErrSubscribed where the
-// channel has subscribers), joined.
+// starting with the next one round-robin (with routing: of the members
+// active for some vBucket) and moving on while a node's queue is empty or
+// the node is down. It returns ErrEmpty only when every node answered
+// that it was empty; otherwise the errors of the nodes that did not
+// (ErrDisconnected for one that is down, ErrSubscribed where the channel
+// has subscribers), joined. A member that is active for no vBucket any
+// more (it answers `not my vbucket`: the map changed) is skipped and the
+// map fetched again.
 func (c *Client) Pop(ctx context.Context, channel string) ([]byte, error) {
 	if !wire.ValidChannelString(channel) {
 		return nil, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
 	}
 	body := wire.AppendStr8(nil, channel)
 	var errs []error
-	first := c.start()
-	for i := range c.nodes {
-		v, _, err := c.try(ctx, c.nodes[(first+i)%len(c.nodes)], wire.OpPop, body)
+	nodes := c.members()
+	first := c.start(len(nodes))
+	for i := range nodes {
+		v, _, err := c.try(ctx, nodes[(first+i)%len(nodes)], wire.OpPop, body)
 		switch {
 		case err == nil:
 			return v, nil
 		case ctx.Err() != nil:
 			return nil, err
 		case errors.Is(err, ErrEmpty):
+		case errors.Is(err, ErrNotMyVBucket) && c.routes() != nil:
+			c.r.refresh(ctx, nil, false, false)
 		default:
 			errs = append(errs, err)
 		}
 	}
 	if len(errs) == 0 {
-		return nil, fmt.Errorf("%w: channel %q on %d node(s)", ErrEmpty, channel, len(c.nodes))
+		return nil, fmt.Errorf("%w: channel %q on %d node(s)", ErrEmpty, channel, len(nodes))
 	}
 	return nil, errors.Join(errs...)
 }
@@ -159,8 +224,9 @@ func (c *Client) Pop(ctx context.Context, channel string) ([]byte, error) {
 // is removed (ErrChannelRemoved), on Stop or when ctx is done. The values
 // yielded stay valid after the loop body.
 func (c *Client) Consume(ctx context.Context, channel, subscriber string) *Stream[[]byte] {
-	parts := make([]*Stream[[]byte], len(c.nodes))
-	for i, n := range c.nodes {
+	nodes := c.members()
+	parts := make([]*Stream[[]byte], len(nodes))
+	for i, n := range nodes {
 		s := newStream[[]byte](c, ctx, n, wire.OpConsume)
 		s.request = func(b []byte, credit uint32) []byte {
 			b = wire.AppendStr8(b, channel)
@@ -217,8 +283,9 @@ type Producer struct {
 }
 
 // Produce opens a Producer to channels (1 to 255) on one node: the next one
-// round-robin that can be reached. Nothing is sent until the first frame
-// fills or Close.
+// round-robin that can be reached (with routing: the active of the next
+// vBucket round-robin; that node spreads the records over the vBuckets it
+// is active for). Nothing is sent until the first frame fills or Close.
 func (c *Client) Produce(ctx context.Context, channels []string) (*Producer, error) {
 	if err := checkChannels(channels); err != nil {
 		return nil, err
@@ -227,9 +294,20 @@ func (c *Client) Produce(ctx context.Context, channels []string) (*Producer, err
 		return nil, ErrClosed
 	}
 	var errs []error
-	first := c.start()
-	for i := range c.nodes {
-		cn, err := c.nodes[(first+i)%len(c.nodes)].conn(ctx)
+	nodes := c.seeds
+	if rt := c.routes(); rt != nil {
+		nodes = nil
+		for len(nodes) < len(rt.nodes) {
+			vb, ok := c.nextVB(rt, wire.OpProduce, nodes)
+			if !ok {
+				break
+			}
+			nodes = append(nodes, rt.actives[vb])
+		}
+	}
+	first := c.start(len(nodes))
+	for i := range nodes {
+		cn, err := nodes[(first+i)%len(nodes)].conn(ctx)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -377,11 +455,11 @@ type QueueStats struct {
 	Consumers int   // Consume streams attached now
 }
 
-// Queues lists the queues of every node, node by node in the order the
-// client was given them, each sorted by channel.
+// Queues lists the queues of every node, node by node (in the order the
+// client was given them, or by member id), each sorted by channel.
 func (c *Client) Queues(ctx context.Context) ([]QueueStats, error) {
 	var out []QueueStats
-	for _, n := range c.nodes {
+	for _, n := range c.members() {
 		r, err := c.do(ctx, n, wire.OpQueues, 0, nil)
 		if err != nil {
 			return nil, err

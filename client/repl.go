@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 
 	"shoal/internal/wire"
@@ -81,4 +82,46 @@ func (c *Client) Status(ctx context.Context, vbuckets bool) ([]byte, error) {
 		flags = 1
 	}
 	return c.do(ctx, c.kvNode(), wire.OpStatus, 0, []byte{flags})
+}
+
+// MemberStatus is one node's status document, from Statuses.
+type MemberStatus struct {
+	// ID is the member's id ("" for a seed of a client that does not
+	// route) and Addr its data address.
+	ID, Addr string
+	// Doc is the status document (JSON), nil when Err is set.
+	Doc []byte
+	Err error
+}
+
+// Statuses returns the status document of every member of the map the
+// client routes by (of every node given to Dial when it does not route),
+// asked in parallel, in member order. With vbuckets each includes every
+// vBucket's high seqno per engine, for comparing the copies of a vBucket.
+func (c *Client) Statuses(ctx context.Context, vbuckets bool) []MemberStatus {
+	var flags uint8
+	if vbuckets {
+		flags = 1
+	}
+	var out []MemberStatus
+	var nodes []*node
+	if rt := c.routes(); rt != nil {
+		for _, m := range rt.m.Nodes {
+			if m.Addr != "" {
+				out = append(out, MemberStatus{ID: m.ID, Addr: m.Addr})
+				nodes = append(nodes, c.r.pool(m.Addr))
+			}
+		}
+	} else {
+		for _, n := range c.seeds {
+			out = append(out, MemberStatus{Addr: n.addr})
+			nodes = append(nodes, n)
+		}
+	}
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		wg.Go(func() { out[i].Doc, out[i].Err = c.do(ctx, n, wire.OpStatus, 0, []byte{flags}) })
+	}
+	wg.Wait()
+	return out
 }

@@ -12,9 +12,10 @@ import (
 )
 
 // Stream is a flow-controlled stream of items from one node (GetAll,
-// Mirror, ...), or from each node in turn (LogRange). Range over All; call Suspend, Resume and Stop from any
-// goroutine. If the connection breaks, the stream reconnects and resumes
-// where it was (for GetAll: after the last key received).
+// Mirror, ...), or merged from a stream per node. Range over All; call
+// Suspend, Resume and Stop from any goroutine. If a connection breaks,
+// the stream reconnects and resumes where it was on that node (for
+// GetAll: after the last key received from it).
 type Stream[T any] struct {
 	c      *Client
 	n      *node
@@ -35,12 +36,10 @@ type Stream[T any] struct {
 	// shutting down reconnect (to the node once it is back) like one
 	// whose connection broke (Consume).
 	resumeOnShutdown bool
-	// parts, when set, are the per-node streams this one merges.
+	// parts, when set, are the per-node streams this one merges; in the
+	// order of less when it is set (mergedBy), else as items arrive.
 	parts []*Stream[T]
-	// advance, when set, is called when the node finished the stream;
-	// if it returns true it has pointed the stream at another node (n),
-	// which is asked next (LogRange reads every node in turn).
-	advance func() bool
+	less  func(a, b T) bool
 
 	mu        sync.Mutex
 	frames    []result
@@ -177,14 +176,6 @@ func (s *Stream[T]) All() iter.Seq2[T, error] {
 				continue
 			}
 			if r.flags&wire.FlagMore == 0 {
-				if r.status == wire.StatusOK && s.advance != nil && s.advance() {
-					consumed = 0
-					if err := s.open(); err != nil {
-						yield(zero, err)
-						return
-					}
-					continue
-				}
 				switch r.status {
 				case wire.StatusOK, wire.StatusStopped:
 				default:

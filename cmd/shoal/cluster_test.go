@@ -255,11 +255,11 @@ type fakeCluster struct {
 	rmErr error
 }
 
-func (f *fakeCluster) ClusterMap() ([]byte, error)    { return nil, errors.New("no map") }
-func (f *fakeCluster) Document() ([]byte, error)      { return []byte(f.doc), nil }
-func (f *fakeCluster) Join([]byte) ([]byte, error)    { return nil, errors.New("no") }
-func (f *fakeCluster) Propose([]byte) (uint64, error) { return 0, errors.New("no") }
-func (f *fakeCluster) RemoveNode(id string) error     { return f.rmErr }
+func (f *fakeCluster) ClusterMap() ([]byte, uint64, error) { return nil, 0, errors.New("no map") }
+func (f *fakeCluster) Document() ([]byte, error)           { return []byte(f.doc), nil }
+func (f *fakeCluster) Join([]byte) ([]byte, error)         { return nil, errors.New("no") }
+func (f *fakeCluster) Propose([]byte) (uint64, error)      { return 0, errors.New("no") }
+func (f *fakeCluster) RemoveNode(id string) error          { return f.rmErr }
 
 // startServer serves the cluster requests of f, or none when f is nil.
 func startServer(t *testing.T, f *fakeCluster) string {
@@ -327,5 +327,54 @@ func TestAge(t *testing.T) {
 	}
 	if age(now, time.Time{}) != "-" {
 		t.Error("age of the zero time")
+	}
+}
+
+// TestStatusVBucketsOfACluster: `status --vbuckets` on a cluster member
+// lists every vBucket and engine with its active's high seqno (a cluster
+// of one has no replica to compare), as text and JSON; --no-route talks
+// to the node alone.
+func TestStatusVBucketsOfACluster(t *testing.T) {
+	addr := startNode(t)
+	c := dialT(t, addr)
+	for i := range 10 {
+		if _, err := c.Put(t.Context(), "kv", fmt.Appendf(nil, "k%d", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key0 := ""
+	for i := 0; key0 == ""; i++ {
+		if k := fmt.Sprintf("k%d", i); vbucket.Of([]byte(k), 1024) == 0 {
+			key0 = k
+		}
+	}
+	if _, err := c.Put(t.Context(), "kv", []byte(key0), []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runShoal(t, "--addr", addr, "status", "--vbuckets")
+	if code != 0 {
+		t.Fatalf("status --vbuckets: %d %s", code, errOut)
+	}
+	m := c.RoutingMap()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 1+1+3*1024+1 || !strings.HasPrefix(lines[0], fmt.Sprintf("map revision %d: 1024 vbuckets, 1 members", m.Revision)) ||
+		lines[len(lines)-1] != "0 of 0 replica copies differ from their active" {
+		t.Fatalf("status --vbuckets: %d lines, first %q, last %q", len(lines), lines[0], lines[len(lines)-1])
+	}
+	if !regexp.MustCompile(`(?m)^0\s+kv\s+` + regexp.QuoteMeta(m.Nodes[0].ID) + `\s+[1-9][0-9]*\s+-$`).MatchString(out) {
+		t.Fatalf("no kv line of vbucket 0 with a seqno:\n%.600s", out)
+	}
+	out, errOut, code = runShoal(t, "--addr", addr, "status", "--vbuckets", "--json")
+	var doc copiesDoc
+	if code != 0 || json.Unmarshal([]byte(out), &doc) != nil || doc.Revision != m.Revision || len(doc.VBuckets) != 1024 || doc.Copies != 0 {
+		t.Fatalf("status --vbuckets --json: %d %s %.300s", code, errOut, out)
+	}
+	if a := doc.VBuckets[0].Engines["kv"].Active; a.Node != m.Nodes[0].ID || a.Seqno == nil || *a.Seqno == 0 {
+		t.Fatalf("vbucket 0's kv active: %+v", a)
+	}
+	// --no-route: the node's own status document and its high seqnos.
+	out, errOut, code = runShoal(t, "--no-route", "--addr", addr, "status", "--vbuckets")
+	if code != 0 || !strings.Contains(out, "\nvbucket\tkv\tlog\tqueue\n") {
+		t.Fatalf("--no-route status --vbuckets: %d %s %.300s", code, errOut, out)
 	}
 }

@@ -46,13 +46,32 @@ func kvCommands(g *globals) []*cobra.Command {
 	}
 	put.Flags().DurationVar(&ttl, "ttl", 0, "expire the record after this long (e.g. 10m)")
 
-	var showCAS bool
+	var showCAS, replica bool
 	get := &cobra.Command{
 		Use:   "get CHANNEL KEY",
 		Short: "Print the value of KEY (exit status 1 when there is none)",
-		Args:  cobra.ExactArgs(2),
+		Long: "Print the value of KEY, read from the active node of its vBucket (exit status 1 when there is\n" +
+			"none). --replica reads a replica's copy instead (the active's when no replica answers), which\n" +
+			"may be stale: stderr then says which node answered and from which copy.",
+		Args: cobra.ExactArgs(2),
 		RunE: g.run(func(ctx context.Context, c *client.Client, a []string) error {
-			v, cas, err := c.Gets(ctx, a[0], []byte(a[1]))
+			var v []byte
+			var cas uint64
+			var err error
+			if replica {
+				var rv client.ReplicaValue
+				rv, err = c.GetReplica(ctx, a[0], []byte(a[1]))
+				v, cas = rv.Value, rv.CAS
+				if err == nil {
+					if rv.Replica {
+						fmt.Fprintf(os.Stderr, "read from the replica copy on %s (may be stale)\n", rv.Node)
+					} else {
+						fmt.Fprintf(os.Stderr, "read from the active copy on %s\n", rv.Node)
+					}
+				}
+			} else {
+				v, cas, err = c.Gets(ctx, a[0], []byte(a[1]))
+			}
 			if errors.Is(err, client.ErrNotFound) {
 				return &exitError{code: 1, msg: "not found"}
 			}
@@ -67,6 +86,7 @@ func kvCommands(g *globals) []*cobra.Command {
 		}),
 	}
 	get.Flags().BoolVar(&showCAS, "cas", false, "also print the record's CAS (on stderr), for update")
+	get.Flags().BoolVar(&replica, "replica", false, "read a replica's copy (may be stale)")
 
 	exists := &cobra.Command{
 		Use:   "exists CHANNEL KEY",
@@ -115,7 +135,7 @@ func kvCommands(g *globals) []*cobra.Command {
 	update.Flags().DurationVar(&uttl, "ttl", 0, "expire the record after this long")
 	update.MarkFlagRequired("cas")
 
-	var keysOnly bool
+	var keysOnly, allReplicas bool
 	var filter string
 	getall := &cobra.Command{
 		Use:   "getall CHANNEL",
@@ -128,6 +148,9 @@ func kvCommands(g *globals) []*cobra.Command {
 			}
 			if filter != "" {
 				opts = append(opts, client.ValueFilter([]byte(filter)))
+			}
+			if allReplicas {
+				opts = append(opts, client.WithReplicaCopies())
 			}
 			w := bufio.NewWriterSize(os.Stdout, 64<<10)
 			defer w.Flush()
@@ -147,6 +170,7 @@ func kvCommands(g *globals) []*cobra.Command {
 	}
 	getall.Flags().BoolVar(&keysOnly, "keys", false, "print keys only")
 	getall.Flags().StringVar(&filter, "filter", "", "only records whose value contains this string")
+	getall.Flags().BoolVar(&allReplicas, "replica", false, "read the replica copies each node holds too (a record once per copy; may be stale)")
 
 	var refresh bool
 	mirror := &cobra.Command{

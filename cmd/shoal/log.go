@@ -51,6 +51,7 @@ func logCommand(g *globals) *cobra.Command {
 	put.Flags().StringVar(&key, "key", "", "routing key: store the record in this key's vBucket (default round-robin)")
 
 	var filter, regex string
+	var replicas bool
 	rng := &cobra.Command{
 		Use:   "range CHANNEL FROM TO",
 		Short: "Print the records with timestamps in [FROM, TO] as TIMESTAMP<TAB>VALUE lines (unix seconds, RFC 3339 or now)",
@@ -74,11 +75,15 @@ func logCommand(g *globals) *cobra.Command {
 			case regex != "":
 				opts = append(opts, client.FilterRegexp(regex))
 			}
+			if replicas {
+				opts = append(opts, client.RangeWithReplicaCopies())
+			}
 			return printLog(os.Stdout, c.LogRange(ctx, a[0], from, to, opts...))
 		}),
 	}
 	rng.Flags().StringVar(&filter, "filter", "", "only records whose value contains this string")
 	rng.Flags().StringVar(&regex, "regex", "", `only records whose value matches this regular expression (RE2; "(?i)" ignores case)`)
+	rng.Flags().BoolVar(&replicas, "replica", false, "read the replica copies each node holds too (a record once per copy; may be stale)")
 	rng.MarkFlagsMutuallyExclusive("filter", "regex")
 
 	channels := &cobra.Command{

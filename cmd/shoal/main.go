@@ -2,7 +2,8 @@
 // nodes: kv get/put/..., streams (getall, mirror), queues (push, pop,
 // consume, queues), log put/range, channel management, node information,
 // a node's status and a standby's replication (status, promote, replica),
-// the cluster (nodes, nodes remove, vbmap, cluster), the kv dumps (dump --now, the external dumper dump --out, dump inspect,
+// the cluster (nodes, nodes remove, vbmap, cluster), discovery and
+// wait-ready, the kv dumps (dump --now, the external dumper dump --out, dump inspect,
 // restore) and the offline check of a node's log files. Run `shoal --help`
 // for the commands.
 package main
@@ -33,6 +34,7 @@ type globals struct {
 	tlsCA       string
 	tlsInsecure bool
 	timeout     time.Duration
+	noRoute     bool
 }
 
 // exitError carries an exit status other than 1.
@@ -52,13 +54,14 @@ func main() {
 		SilenceErrors: true,
 	}
 	pf := root.PersistentFlags()
-	pf.StringVar(&g.addr, "addr", envOr("SHOAL_ADDR", "127.0.0.1:7400"), "node address(es), comma-separated (env SHOAL_ADDR)")
+	pf.StringVar(&g.addr, "addr", envOr("SHOAL_ADDR", "127.0.0.1:7400"), "node address(es), comma-separated: seeds of the cluster, any member will do (env SHOAL_ADDR)")
 	pf.StringVar(&g.user, "user", os.Getenv("SHOAL_USER"), "credential name to authenticate as (env SHOAL_USER)")
 	pf.StringVar(&g.secretFile, "secret-file", os.Getenv("SHOAL_SECRET_FILE"), "file holding the hex secret of --user (env SHOAL_SECRET_FILE)")
 	pf.BoolVar(&g.tls, "tls", false, "connect with TLS")
 	pf.StringVar(&g.tlsCA, "tls-ca", "", "PEM file of the CA that signed the node's certificate (implies --tls)")
 	pf.BoolVar(&g.tlsInsecure, "tls-insecure", false, "do not verify the node's certificate (implies --tls)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "timeout of each request")
+	pf.BoolVar(&g.noRoute, "no-route", false, "send every request to the --addr node(s) as given, without routing by the cluster's vBucket map")
 	root.AddCommand(kvCommands(g)...)
 	root.AddCommand(queueCommands(g)...)
 	root.AddCommand(channelCommands(g)...)
@@ -66,6 +69,8 @@ func main() {
 	root.AddCommand(logCommand(g), checkCommand())
 	root.AddCommand(dumpCommands(g)...)
 	root.AddCommand(clusterCommands(g)...)
+	root.AddCommand(failoverCommands(g)...)
+	root.AddCommand(discoveryCommands(g)...)
 	root.AddCommand(benchCommand(g))
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -102,6 +107,9 @@ func envOr(k, def string) string {
 // dial connects with the global flags.
 func (g *globals) dial(ctx context.Context) (*client.Client, error) {
 	opts := []client.Option{client.WithClientName("shoal-cli"), client.WithTimeout(g.timeout)}
+	if g.noRoute {
+		opts = append(opts, client.WithNoRouting())
+	}
 	if g.user != "" || g.secretFile != "" {
 		if g.user == "" || g.secretFile == "" {
 			return nil, usageError{errors.New("--user and --secret-file go together")}

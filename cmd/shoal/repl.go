@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -27,10 +28,17 @@ func replCommands(g *globals) []*cobra.Command {
 		Long: "Print the status of the node at --addr (the first one): its engines, the liveness of the nodes\n" +
 			"it exchanges replication traffic with (active/inactive, seconds since last heard, per channel)\n" +
 			"and its own readiness, and, on a standby, its replication per engine (vBuckets caught up or\n" +
-			"lagging, reconnects, last error). --vbuckets adds every vBucket's high seqno per engine, for\n" +
-			"comparing two nodes; --json prints the whole document instead.",
+			"lagging, reconnects, last error); --json prints the whole document instead.\n\n" +
+			"--vbuckets compares the copies of every vBucket across the cluster: for each vBucket and\n" +
+			"engine, the high seqno of its active and of each replica (from every member's status), how\n" +
+			"far each replica is behind, and a summary of the copies that differ; with --json, that\n" +
+			"comparison as a document. On a node in no cluster (a standby) it prints the node's own\n" +
+			"high seqnos per vBucket and engine, for comparing it with its active by hand.",
 		Args: cobra.NoArgs,
 		RunE: g.run(func(ctx context.Context, c *client.Client, _ []string) error {
+			if vbuckets && c.RoutingMap() != nil {
+				return compareCopies(ctx, os.Stdout, c, asJSON)
+			}
 			doc, err := c.Status(ctx, vbuckets)
 			if err != nil {
 				return err
@@ -53,7 +61,7 @@ func replCommands(g *globals) []*cobra.Command {
 		}),
 	}
 	status.Flags().BoolVar(&asJSON, "json", false, "print the status document (JSON)")
-	status.Flags().BoolVar(&vbuckets, "vbuckets", false, "include every vBucket's high seqno per engine")
+	status.Flags().BoolVar(&vbuckets, "vbuckets", false, "compare every vBucket's high seqno per engine across its copies (the active and each replica)")
 
 	promote := &cobra.Command{
 		Use:   "promote",
@@ -218,4 +226,136 @@ func ago(s *float64) string {
 		return ""
 	}
 	return fmt.Sprintf("%.1fs", *s)
+}
+
+// copiesDoc is `status --vbuckets` of a cluster: every vBucket's copies
+// and their high seqnos per engine.
+type copiesDoc struct {
+	Revision uint64 `json:"revision"`
+	// VBuckets has one entry per vBucket of the map.
+	VBuckets []vbCopies `json:"vbuckets"`
+	// Differ counts the replica copies whose seqno is not their active's.
+	Differ int `json:"differ"`
+	// Copies counts the replica copies compared.
+	Copies int `json:"copies"`
+	// Unreachable are the members whose status could not be read, with why.
+	Unreachable map[string]string `json:"unreachable,omitempty"`
+}
+
+// vbCopies is one vBucket of copiesDoc.
+type vbCopies struct {
+	VBucket int                     `json:"vbucket"`
+	Engines map[string]engineCopies `json:"engines"`
+}
+
+// engineCopies is one engine's copies of a vBucket.
+type engineCopies struct {
+	Active   copySeqno   `json:"active"`
+	Replicas []copySeqno `json:"replicas"`
+}
+
+// copySeqno is one node's high seqno of a vBucket in an engine; Seqno is
+// nil when that node's status could not be read.
+type copySeqno struct {
+	Node  string  `json:"node"`
+	Seqno *uint64 `json:"seqno"`
+	// Behind is, for a replica, the active's seqno minus its own
+	// (negative: ahead); absent when either is unknown.
+	Behind *int64 `json:"behind,omitempty"`
+}
+
+// compareCopies prints, for every vBucket and engine, the high seqno of
+// its active and of each replica, read from every member's status
+// document.
+func compareCopies(ctx context.Context, w io.Writer, c *client.Client, asJSON bool) error {
+	m := c.RoutingMap()
+	seqnos := map[string]map[string][]uint64{} // node id -> engine -> by vBucket
+	doc := copiesDoc{Revision: m.Revision}
+	engines := map[string]bool{}
+	for _, st := range c.Statuses(ctx, true) {
+		var sd statusDoc
+		err := st.Err
+		if err == nil {
+			err = json.Unmarshal(st.Doc, &sd)
+		}
+		if err != nil {
+			if doc.Unreachable == nil {
+				doc.Unreachable = map[string]string{}
+			}
+			doc.Unreachable[st.ID] = err.Error()
+			continue
+		}
+		seqnos[st.ID] = sd.Replication.HighSeqnos
+		for e := range sd.Replication.HighSeqnos {
+			engines[e] = true
+		}
+	}
+	names := slices.Sorted(maps.Keys(engines))
+	seqnoOf := func(id, engine string, vb int) *uint64 {
+		s, ok := seqnos[id][engine]
+		if !ok || vb >= len(s) {
+			return nil
+		}
+		v := s[vb]
+		return &v
+	}
+	for vb, v := range m.VBuckets {
+		vc := vbCopies{VBucket: vb, Engines: map[string]engineCopies{}}
+		for _, e := range names {
+			if len(v.Chain) == 0 {
+				continue
+			}
+			ec := engineCopies{Active: copySeqno{Node: v.Chain[0], Seqno: seqnoOf(v.Chain[0], e, vb)}}
+			for _, id := range v.Chain[1:] {
+				cs := copySeqno{Node: id, Seqno: seqnoOf(id, e, vb)}
+				doc.Copies++
+				if cs.Seqno != nil && ec.Active.Seqno != nil {
+					d := int64(*ec.Active.Seqno) - int64(*cs.Seqno)
+					cs.Behind = &d
+					if d != 0 {
+						doc.Differ++
+					}
+				}
+				ec.Replicas = append(ec.Replicas, cs)
+			}
+			vc.Engines[e] = ec
+		}
+		doc.VBuckets = append(doc.VBuckets, vc)
+	}
+	if asJSON {
+		return printJSONOf(w, doc)
+	}
+	fmt.Fprintf(w, "map revision %d: %d vbuckets, %d members\n", m.Revision, len(m.VBuckets), len(m.Nodes))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "VBUCKET\tENGINE\tACTIVE\tSEQNO\tREPLICAS (seqno, behind)")
+	num := func(p *uint64) string {
+		if p == nil {
+			return "?"
+		}
+		return fmt.Sprint(*p)
+	}
+	for _, vc := range doc.VBuckets {
+		for _, e := range names {
+			ec, ok := vc.Engines[e]
+			if !ok {
+				fmt.Fprintf(tw, "%d\t%s\t-\t-\tno copy\n", vc.VBucket, e)
+				continue
+			}
+			var reps []string
+			for _, r := range ec.Replicas {
+				s := r.Node + " " + num(r.Seqno)
+				if r.Behind != nil && *r.Behind != 0 {
+					s += fmt.Sprintf(" (%+d)", -*r.Behind)
+				}
+				reps = append(reps, s)
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", vc.VBucket, e, ec.Active.Node, num(ec.Active.Seqno), dash(strings.Join(reps, ", ")))
+		}
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%d of %d replica copies differ from their active\n", doc.Differ, doc.Copies)
+	for _, id := range slices.Sorted(maps.Keys(doc.Unreachable)) {
+		fmt.Fprintf(w, "%s: status not read: %s\n", id, doc.Unreachable[id])
+	}
+	return nil
 }

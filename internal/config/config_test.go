@@ -89,3 +89,49 @@ func TestParseSize(t *testing.T) {
 		t.Fatal("overflowing size accepted")
 	}
 }
+
+func TestDiscoveryFlags(t *testing.T) {
+	c, err := Load([]string{"--discovery", "file:/etc/shoal/nodes", "--bootstrap-expect", "3", "--discovery-initial-interval", "200ms",
+		"--discovery-after-error-interval", "100ms", "--discovery-after-nodedown-interval", "2s", "--discovery-regular-interval", "1m",
+		"--discovery-initial-phase", "30s", "--discovery-probe-interval", "300ms", "--discovery-backend-timeout", "1s",
+		"--discovery-connect-timeout", "500ms", "--discovery-dns-server", "127.0.0.1:5353"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Discovery != "file:/etc/shoal/nodes" || c.DiscoveryDNSServer != "127.0.0.1:5353" || time.Duration(c.DiscoveryInitialInterval) != 200*time.Millisecond ||
+		time.Duration(c.DiscoveryAfterErrorInterval) != 100*time.Millisecond || time.Duration(c.DiscoveryAfterNodedownInterval) != 2*time.Second ||
+		time.Duration(c.DiscoveryRegularInterval) != time.Minute || time.Duration(c.DiscoveryInitialPhase) != 30*time.Second ||
+		time.Duration(c.DiscoveryProbeInterval) != 300*time.Millisecond || time.Duration(c.DiscoveryBackendTimeout) != time.Second ||
+		time.Duration(c.DiscoveryConnectTimeout) != 500*time.Millisecond {
+		t.Fatalf("got %+v", c.Cluster)
+	}
+	d, err := Load(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Duration(d.DiscoveryInitialInterval) != 5*time.Second || time.Duration(d.DiscoveryAfterErrorInterval) != time.Second ||
+		time.Duration(d.DiscoveryAfterNodedownInterval) != 30*time.Second || time.Duration(d.DiscoveryRegularInterval) != 5*time.Minute ||
+		time.Duration(d.DiscoveryInitialPhase) != 5*time.Minute {
+		t.Fatalf("defaults %+v", d.Cluster)
+	}
+	path := filepath.Join(t.TempDir(), "shoal.toml")
+	os.WriteFile(path, []byte("discovery = \"dns:shoal.default.svc.cluster.local\"\ndiscovery_regular_interval = \"10m\"\nbootstrap_expect = 3\n"), 0o644)
+	if c, err := Load([]string{"--config", path}, io.Discard); err != nil || c.Discovery != "dns:shoal.default.svc.cluster.local" || time.Duration(c.DiscoveryRegularInterval) != 10*time.Minute {
+		t.Fatalf("from TOML: %+v, %v", c.Cluster, err)
+	}
+	for _, args := range [][]string{
+		{"--discovery", "nope"},
+		{"--discovery", "static:"},
+		{"--discovery", "dns:"},
+		{"--discovery", "file:x", "--discovery-initial-interval", "0s"},
+		{"--discovery", "file:x", "--discovery-regular-interval", "48h"},
+		{"--discovery", "file:x", "--discovery-connect-timeout", "1ms"},
+		{"--discovery", "file:x", "--discovery-dns-server", "localhost"},
+		{"--discovery", "file:x", "--replica-of", "127.0.0.1:7400"},
+		{"--bootstrap-expect", "3"},
+	} {
+		if _, err := Load(args, io.Discard); err == nil {
+			t.Errorf("Load(%q) accepted bad settings", args)
+		}
+	}
+}

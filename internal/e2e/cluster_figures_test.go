@@ -13,6 +13,7 @@ import (
 
 	"shoal/internal/node"
 	"shoal/internal/testproc"
+	"shoal/internal/vbucket"
 )
 
 // The figures of docs/performance.md, "Cluster metadata": real processes
@@ -169,6 +170,67 @@ func TestClusterFigures(t *testing.T) {
 		alo, amed, ahi, _, _ := spread(agreed)
 		t.Logf("FIGURE failover, %d runs: kill -9 of the leader to a survivor in raft state leader: min %s, median %s, max %s; to both survivors naming it: %s / %s / %s",
 			len(elected), ms(lo), ms(med), ms(hi), ms(alo), ms(amed), ms(ahi))
+	})
+
+	// 2b. Manual failover: kill -9 of a follower, then Failover through the
+	// leader at once (it waits out the killed node's lease, up to the
+	// failover timeout), then writes to a key of a failed-over vBucket on its
+	// new active until one succeeds. A fresh cluster each run.
+	t.Run("manual-failover", func(t *testing.T) {
+		var calls, writes []time.Duration
+		for run := range 3 {
+			nodes, docs := startCluster(t, 3)
+			leader, followers := leaderOf(t, nodes, docs)
+			victim := followers[0]
+			var vid string
+			addrOf := map[string]string{}
+			for i, n := range nodes {
+				addrOf[docs[i].Self] = n.Addr
+				if n == victim {
+					vid = docs[i].Self
+				}
+			}
+			_, m := clusterMap(t, leader.Addr)
+			key := ""
+			for i := 0; key == ""; i++ {
+				if k := fmt.Sprintf("k%d", i); m.Active(vbucket.Of([]byte(k), clusterVBuckets)) == vid {
+					key = k
+				}
+			}
+			lc := dialShort(t, leader.Addr)
+			victim.Kill()
+			start := time.Now()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			res, err := lc.Failover(ctx, vid, false)
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			called := time.Since(start)
+			_, after := clusterMap(t, leader.Addr)
+			nc := dialShort(t, addrOf[after.Active(vbucket.Of([]byte(key), clusterVBuckets))])
+			for {
+				if _, err := nc.Put(context.Background(), "fo", []byte(key), []byte("v")); err == nil {
+					break
+				}
+				if time.Since(start) > 30*time.Second {
+					t.Fatal("no write to the failed-over vbucket within 30 s")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			wrote := time.Since(start)
+			calls, writes = append(calls, called), append(writes, wrote)
+			t.Logf("run %d: failover answered after %v (%d vbuckets promoted), first write after %v (load %s)", run, called, res.Promoted, wrote, loadavg())
+			for _, n := range nodes {
+				if n != victim {
+					n.Stop()
+				}
+			}
+		}
+		lo, med, hi, _, _ := spread(calls)
+		wlo, wmed, whi, _, _ := spread(writes)
+		t.Logf("FIGURE manual failover right after kill -9 of a follower, %d runs: failover answered min %s, median %s, max %s (it waits out the node's lease, the 5 s failover timeout); first write to a failed-over vbucket %s / %s / %s",
+			len(calls), ms(lo), ms(med), ms(hi), ms(wlo), ms(wmed), ms(whi))
 	})
 
 	// 3. One metadata commit: new queue channels created one after another

@@ -147,6 +147,8 @@ func formed(docs []*node.ClusterStatus) (bool, string) {
 			return false, fmt.Sprintf("node %d (%s): %d members", i, d.Self, len(d.Nodes))
 		case len(d.Voters) != min(len(docs), 3):
 			return false, fmt.Sprintf("node %d (%s): voters %v", i, d.Self, d.Voters)
+		case d.Fenced != "":
+			return false, fmt.Sprintf("node %d (%s): fenced: %s", i, d.Self, d.Fenced)
 		}
 		for _, m := range d.Nodes {
 			if m.State != "active" {
@@ -313,13 +315,14 @@ func (r *router) put(ctx context.Context, addr, channel, key, value string) (str
 	return addr, fmt.Errorf("put %s/%s: more than 3 hops", channel, key)
 }
 
-// createQueue creates a queue channel with a first push at addr through
-// a client of its own, and returns how long the push took and its error.
+// createQueue creates a queue channel with a first push at addr (that
+// node only) through a client of its own, and returns how long the push
+// took and its error.
 func createQueue(t *testing.T, addr, channel string) (time.Duration, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, addr, client.WithTimeout(20*time.Second), client.WithDialTimeout(2*time.Second))
+	c, err := client.Dial(ctx, addr, client.WithNoRouting(), client.WithTimeout(20*time.Second), client.WithDialTimeout(2*time.Second))
 	if err != nil {
 		return 0, err
 	}

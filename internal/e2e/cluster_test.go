@@ -283,9 +283,11 @@ const noQuorumBound = 3*time.Second + 5*time.Second
 // TestClusterMajorityKilled: kill -9 of two of three nodes (the leader
 // among them). On the survivor, a new channel is refused with status no
 // quorum within noQuorumBound, with a message saying so (Go client and
-// CLI); writes to existing channels go on where the survivor is active (a
-// kv put in one of its vBuckets, a queue push, a log append); once the two
-// are restarted the cluster is whole again and channels can be created.
+// CLI); once it has not heard a leader for the failover timeout, the
+// survivor fences itself (a kv put and get in one of its vBuckets, a queue
+// push and a log append are answered not my vbucket: a minority does not
+// acknowledge writes); once the two are restarted the cluster is whole
+// again, channels can be created and the survivor's vBucket takes writes.
 func TestClusterMajorityKilled(t *testing.T) {
 	nodes, docs := startCluster(t, 3)
 	leader, followers := leaderOf(t, nodes, docs)
@@ -334,18 +336,21 @@ func TestClusterMajorityKilled(t *testing.T) {
 		t.Fatalf("channels refused for no quorum are listed: %v", ch)
 	}
 
-	// Existing channels on the survivor's own vBuckets go on.
-	if _, err := c.Put(ctx, "kept", []byte(key), []byte("v2")); err != nil {
-		t.Fatalf("put to an existing channel in the survivor's vbucket without a quorum: %v", err)
+	// A minority does not acknowledge writes: once it has not heard a
+	// leader for the failover timeout (5 s), the survivor fences itself and
+	// refuses even its own vBuckets (docs/design.md, fencing).
+	poll(t, 15*time.Second, "the survivor fenced", func() (bool, string) {
+		_, err := c.Put(ctx, "kept", []byte(key), []byte("v2"))
+		return errors.Is(err, client.ErrNotMyVBucket), fmt.Sprint(err)
+	})
+	if _, err := c.Get(ctx, "kept", []byte(key)); !errors.Is(err, client.ErrNotMyVBucket) {
+		t.Fatalf("a fenced node served a read: %v", err)
 	}
-	if v, err := c.Get(ctx, "kept", []byte(key)); err != nil || string(v) != "v2" {
-		t.Fatalf("get: %q %v", v, err)
+	if err := c.Push(ctx, []string{"keptq"}, []byte("p2")); !errors.Is(err, client.ErrNotMyVBucket) {
+		t.Fatalf("a fenced node took a push: %v", err)
 	}
-	if err := c.Push(ctx, []string{"keptq"}, []byte("p2")); err != nil {
-		t.Fatalf("push to an existing queue without a quorum: %v", err)
-	}
-	if err := c.LogPut(ctx, "keptl", 1_700_000_001, []byte("e2")); err != nil {
-		t.Fatalf("log append to an existing channel without a quorum: %v", err)
+	if err := c.LogPut(ctx, "keptl", 1_700_000_001, []byte("e2")); !errors.Is(err, client.ErrNotMyVBucket) {
+		t.Fatalf("a fenced node took a log append: %v", err)
 	}
 
 	// The two come back: the cluster is whole and takes new channels.
@@ -361,6 +366,12 @@ func TestClusterMajorityKilled(t *testing.T) {
 			return ch["nq"] == "queue" && ch["kept"] == "kv", fmt.Sprint(ch)
 		})
 	}
+	// The fence is lifted: the survivor's vBucket takes writes again and
+	// kept what it had.
+	poll(t, 10*time.Second, "a write after the fence is lifted", func() (bool, string) {
+		_, err := c.Put(ctx, "kept", []byte(key), []byte("v3"))
+		return err == nil, fmt.Sprint(err)
+	})
 }
 
 // TestClusterJoin: a fourth node with --join of the three (no

@@ -138,12 +138,17 @@ func TestQueueCLI(t *testing.T) {
 	f("", 0, "both\n", "consume", "more", "--count", "1")
 }
 
-// TestQueueTwoNodes gives the client and the CLI two nodes: pushes
-// alternate, pops drain both.
+// TestQueueTwoNodes gives the client and the CLI two nodes that are not
+// one cluster (each node is a cluster of its own), without routing:
+// pushes alternate, pops drain both.
 func TestQueueTwoNodes(t *testing.T) {
 	a, b := testproc.Start(t), testproc.Start(t)
 	addrs := a.Addr + "," + b.Addr
-	c := dialNode(t, addrs)
+	c, err := client.Dial(t.Context(), addrs, client.WithNoRouting(), client.WithTimeout(20*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	for i := range 10 {
 		if err := c.Push(t.Context(), []string{"rr"}, value(i)); err != nil {
 			t.Fatal(err)
@@ -155,11 +160,11 @@ func TestQueueTwoNodes(t *testing.T) {
 	}
 	// Each CLI run starts the round-robin at a random node.
 	for i := 10; i < 14; i++ {
-		if r := testproc.CLI(t, addrs, "", "push", "rr", string(value(i))); r.Code != 0 {
+		if r := testproc.CLI(t, addrs, "", "--no-route", "push", "rr", string(value(i))); r.Code != 0 {
 			t.Fatalf("push: %+v", r)
 		}
 	}
-	r := testproc.CLI(t, addrs, "", "queues")
+	r := testproc.CLI(t, addrs, "", "--no-route", "queues")
 	if lines := strings.Split(strings.TrimSpace(r.Stdout), "\n"); len(lines) != 3 || !strings.HasPrefix(strings.TrimSpace(lines[0]), "NODE") {
 		t.Fatalf("queues of two nodes:\n%s", r.Stdout)
 	}
@@ -174,7 +179,7 @@ func TestQueueTwoNodes(t *testing.T) {
 	if len(got) != 14 {
 		t.Fatalf("pops: %v", got)
 	}
-	if r := testproc.CLI(t, addrs, "", "pop", "rr"); r.Code != 1 {
+	if r := testproc.CLI(t, addrs, "", "--no-route", "pop", "rr"); r.Code != 1 {
 		t.Fatalf("pop of two empty nodes: %+v", r)
 	}
 }

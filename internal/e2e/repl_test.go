@@ -42,12 +42,13 @@ func startStandby(t *testing.T, of string, args ...string) *testproc.Node {
 		"--replica-noop-interval", "250ms"}, args...)...)
 }
 
-// dialShort connects with short timeouts: the node may be frozen.
+// dialShort connects to the node at addr alone (no routing: the tests
+// ask that node), with short timeouts: the node may be frozen.
 func dialShort(t *testing.T, addr string) *client.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, addr, client.WithTimeout(2*time.Second), client.WithDialTimeout(time.Second))
+	c, err := client.Dial(ctx, addr, client.WithNoRouting(), client.WithTimeout(2*time.Second), client.WithDialTimeout(time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,12 +234,12 @@ func (w *kvWriter) finish() {
 }
 
 // kvRecords reads every record of the writer's channels with its CAS.
-func kvRecords(t *testing.T, c *client.Client) map[string]string {
+func kvRecords(t *testing.T, c *client.Client, opts ...client.GetAllOption) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for _, ch := range kvChannels {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		for r, err := range c.GetAll(ctx, ch).All() {
+		for r, err := range c.GetAll(ctx, ch, opts...).All() {
 			if err != nil {
 				cancel()
 				t.Fatalf("getall %s: %v", ch, err)
@@ -251,12 +252,12 @@ func kvRecords(t *testing.T, c *client.Client) map[string]string {
 }
 
 // logRecords reads every record of the writer's log channel, in order.
-func logRecords(t *testing.T, c *client.Client) []string {
+func logRecords(t *testing.T, c *client.Client, opts ...client.RangeOption) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var out []string
-	for r, err := range c.LogAll(ctx, "l").All() {
+	for r, err := range c.LogAll(ctx, "l", opts...).All() {
 		if err != nil {
 			t.Fatalf("log range: %v", err)
 		}
@@ -297,10 +298,18 @@ func compareNodes(t *testing.T, w *kvWriter, active, standby *client.Client) {
 		}
 		return true, ""
 	})
-	if la, lb := logRecords(t, active), logRecords(t, standby); fmt.Sprint(la) != fmt.Sprint(lb) || len(la) == 0 {
+	// The standby holds replica copies only: its scans read them with the
+	// replica option, and are empty without it.
+	if la, lb := logRecords(t, active), logRecords(t, standby, client.RangeWithReplicaCopies()); fmt.Sprint(la) != fmt.Sprint(lb) || len(la) == 0 {
 		t.Errorf("log records differ: %d on the active, %d on the standby", len(la), len(lb))
 	}
-	ra, rb := kvRecords(t, active), kvRecords(t, standby)
+	if lb := logRecords(t, standby); len(lb) != 0 {
+		t.Errorf("the standby's log range without the replica option returned %d records", len(lb))
+	}
+	ra, rb := kvRecords(t, active), kvRecords(t, standby, client.WithReplicaCopies())
+	if nb := kvRecords(t, standby); len(nb) != 0 {
+		t.Errorf("the standby's getall without the replica option returned %d records", len(nb))
+	}
 	if len(ra) == 0 {
 		t.Fatal("the active holds no kv record")
 	}
@@ -627,12 +636,15 @@ func TestPromote(t *testing.T) {
 	cb := dialShort(t, b.Addr)
 	testproc.CLI(t, a.Addr, "", "put", "c", "k", "v1")
 	poll(t, 20*time.Second, "replicated", func() (bool, string) {
-		r := testproc.CLI(t, b.Addr, "", "get", "c", "k")
-		return r.Stdout == "v1", r.Stderr
+		r := testproc.CLI(t, b.Addr, "", "get", "--replica", "c", "k")
+		return r.Stdout == "v1" && strings.Contains(r.Stderr, "replica copy on "+b.Addr), r.Stderr
 	})
 	r := testproc.CLI(t, b.Addr, "", "put", "c", "k", "v2")
 	if r.Code == 0 || !strings.Contains(r.Stderr, "not my vbucket") || !strings.Contains(r.Stderr, a.Addr) {
 		t.Fatalf("put on the standby: %d %q", r.Code, r.Stderr)
+	}
+	if r := testproc.CLI(t, b.Addr, "", "get", "c", "k"); r.Code == 0 || !strings.Contains(r.Stderr, "not my vbucket") || !strings.Contains(r.Stderr, a.Addr) {
+		t.Fatalf("get (not --replica) on the standby: %d %q", r.Code, r.Stderr)
 	}
 	if r := testproc.CLI(t, b.Addr, "", "push", "q", "x"); r.Code == 0 || !strings.Contains(r.Stderr, "not my vbucket") {
 		t.Fatalf("push on the standby: %d %q", r.Code, r.Stderr)

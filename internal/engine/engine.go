@@ -142,6 +142,10 @@ var (
 	// log append without a routing key) on a node that is active for no
 	// vBucket.
 	ErrNoActiveVBucket = errors.New("engine: this node is active for no vbucket")
+	// ErrNotActive is returned by a write to an explicit vBucket (queue
+	// PushVB, log AppendVB) that is not Active on this node: the client
+	// routed it by a map this node no longer follows.
+	ErrNotActive = errors.New("engine: vbucket is not active here")
 )
 
 // CheckApply returns nil when a replicated mutation may be applied to vb in

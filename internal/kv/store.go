@@ -544,9 +544,17 @@ func (s *Store) RemoveChannel(ch string) bool {
 
 // ChannelSize returns the live records and bytes of ch. Records that
 // expired but were not swept yet are still counted.
-func (s *Store) ChannelSize(ch string) ChannelStats {
+func (s *Store) ChannelSize(ch string) ChannelStats { return s.ChannelSizeIn(ch, nil) }
+
+// ChannelSizeIn is ChannelSize over the vBuckets for which keep returns
+// true (every vBucket when keep is nil): a node reports the vBuckets it
+// is active for.
+func (s *Store) ChannelSizeIn(ch string, keep func(vb uint16) bool) ChannelStats {
 	st := ChannelStats{Name: ch}
 	for _, p := range s.parts {
+		if keep != nil && !keep(p.id) {
+			continue
+		}
 		p.mu.RLock()
 		if t := p.tables[ch]; t != nil {
 			st.Records += int64(t.live)
@@ -558,9 +566,16 @@ func (s *Store) ChannelSize(ch string) ChannelStats {
 }
 
 // Channels returns the channels that hold live records, sorted by name.
-func (s *Store) Channels() []ChannelStats {
+func (s *Store) Channels() []ChannelStats { return s.ChannelsIn(nil) }
+
+// ChannelsIn is Channels over the vBuckets for which keep returns true
+// (every vBucket when keep is nil).
+func (s *Store) ChannelsIn(keep func(vb uint16) bool) []ChannelStats {
 	acc := map[string]*ChannelStats{}
 	for _, p := range s.parts {
+		if keep != nil && !keep(p.id) {
+			continue
+		}
 		p.mu.RLock()
 		for name, t := range p.tables {
 			if t.live == 0 {

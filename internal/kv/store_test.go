@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"shoal/internal/engine"
+	"shoal/internal/vbucket"
 )
 
 func TestConfig(t *testing.T) {
@@ -576,4 +577,35 @@ func cmpKeys(a, b []byte) int {
 		return 1
 	}
 	return strings.Compare(string(a), string(b))
+}
+
+// TestSizesInVBuckets: sizes restricted to some vBuckets count exactly
+// the records of those vBuckets.
+func TestSizesInVBuckets(t *testing.T) {
+	s := newStore(t, Config{VBuckets: 16})
+	want := map[bool]ChannelStats{true: {Name: "c"}, false: {Name: "c"}}
+	for i := range 200 {
+		key := fmt.Appendf(nil, "key-%d", i)
+		if err := put(s, "c", key, []byte("vv")); err != nil {
+			t.Fatal(err)
+		}
+		even := vbucket.Of(key, 16)%2 == 0
+		st := want[even]
+		st.Records++
+		st.Bytes += int64(len(key) + 2)
+		want[even] = st
+	}
+	even := func(vb uint16) bool { return vb%2 == 0 }
+	if got := s.ChannelSizeIn("c", even); got != want[true] {
+		t.Fatalf("even vBuckets: %+v, want %+v", got, want[true])
+	}
+	if got := s.ChannelsIn(func(vb uint16) bool { return !even(vb) }); len(got) != 1 || got[0] != want[false] {
+		t.Fatalf("odd vBuckets: %+v, want %+v", got, want[false])
+	}
+	if got := s.ChannelsIn(func(uint16) bool { return false }); len(got) != 0 {
+		t.Fatalf("no vBucket: %+v", got)
+	}
+	if all := s.ChannelSize("c"); all.Records != 200 || all.Bytes != want[true].Bytes+want[false].Bytes {
+		t.Fatalf("every vBucket: %+v", all)
+	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"shoal/internal/engine"
 	"shoal/internal/logstore/segment"
+	"shoal/internal/vbmap"
 	"shoal/internal/vbucket"
 	"shoal/internal/vfs"
 )
@@ -48,6 +49,27 @@ type request struct {
 // (ErrNoSpace for a full disk: then no record of the call is stored, and
 // nothing stored before is lost).
 func (s *Store) Append(ctx context.Context, ch string, recs []Rec, routingKey []byte) error {
+	vb := -1
+	if routingKey != nil {
+		vb = int(vbucket.Of(routingKey, s.cfg.VBuckets))
+	}
+	return s.appendTo(ctx, ch, recs, vb, false)
+}
+
+// AppendVB is Append of every record to vBucket vb, which the caller
+// chose (a routing client spreads its appends over every vBucket of the
+// cluster). It fails with ErrBadMutation for a vBucket out of range and
+// engine.ErrNotActive unless vb is Active here.
+func (s *Store) AppendVB(ctx context.Context, ch string, recs []Rec, vb uint16) error {
+	if int(vb) >= s.cfg.VBuckets {
+		return fmt.Errorf("%w: vbucket %d of %d", ErrBadMutation, vb, s.cfg.VBuckets)
+	}
+	return s.appendTo(ctx, ch, recs, int(vb), true)
+}
+
+// appendTo is Append to vBucket vb, or round-robin when vb is -1; active
+// requires vb to be Active.
+func (s *Store) appendTo(ctx context.Context, ch string, recs []Rec, vb int, active bool) error {
 	if !engine.ValidChannelString(ch) {
 		return fmt.Errorf("%w: %q", ErrBadChannel, ch)
 	}
@@ -62,16 +84,16 @@ func (s *Store) Append(ctx context.Context, ch string, recs []Rec, routingKey []
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if routingKey == nil {
+	switch {
+	case vb < 0:
 		if _, ok := s.states.NextActive(0); !ok {
 			return engine.ErrNoActiveVBucket
 		}
+	case active && s.states.Get(uint16(vb)) != vbmap.Active:
+		return fmt.Errorf("logstore: append to vbucket %d: %w", vb, engine.ErrNotActive)
 	}
 	req := requests.Get().(*request)
-	*req = request{ch: ch, recs: recs, vb: -1, done: req.done}
-	if routingKey != nil {
-		req.vb = int(vbucket.Of(routingKey, s.cfg.VBuckets))
-	}
+	*req = request{ch: ch, recs: recs, vb: vb, done: req.done}
 	err := s.submit(req)
 	req.recs = nil
 	requests.Put(req)

@@ -14,10 +14,22 @@ import (
 // MaxRegexpLen bounds the source of a regular-expression filter.
 const MaxRegexpLen = 4096
 
-// Filter selects records by value. The zero Filter selects every record.
+// Filter selects records by value (and, with InVBuckets, by vBucket).
+// The zero Filter selects every record.
 type Filter struct {
 	sub []byte
 	re  *regexp.Regexp
+	vbs func(vb uint16) bool
+}
+
+// InVBuckets returns f that also keeps only the records of the vBuckets
+// for which keep returns true (a node's range read covers the vBuckets
+// it is active for). keep is called for every record read, from the
+// reader's goroutine. Positions count the records selected, so a read
+// resumes correctly only with the same selection.
+func (f Filter) InVBuckets(keep func(vb uint16) bool) Filter {
+	f.vbs = keep
+	return f
 }
 
 // Substring returns a filter selecting the values that contain sub.
@@ -125,7 +137,7 @@ func (it *Iterator) Next(maxBytes int) ([]Record, error) {
 		if !ok {
 			break
 		}
-		if !it.filter.Match(r.Value) {
+		if (it.filter.vbs != nil && !it.filter.vbs(r.VBucket)) || !it.filter.Match(r.Value) {
 			continue
 		}
 		if it.skip > 0 && r.Timestamp == it.pos.Timestamp {

@@ -16,6 +16,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"shoal/internal/engine"
+	"shoal/internal/vbmap"
 	"shoal/internal/vbucket"
 	"shoal/internal/vfs"
 )
@@ -438,5 +440,73 @@ func TestLogsTornTailCut(t *testing.T) {
 	mustAppend(t, s, "c", rec(3, "three"))
 	if got := pairs(readRange(t, s, "c", 0, 100, Filter{})); got != "1:one 3:three" {
 		t.Fatalf("append after cut: %s", got)
+	}
+}
+
+// TestAppendVB: records appended to an explicit vBucket take its seqnos
+// (the round robin is not advanced); an append to a vBucket out of range
+// or not Active is refused and stores nothing.
+func TestAppendVB(t *testing.T) {
+	s := mustOpen(t, testConfig(t.TempDir()))
+	ctx := context.Background()
+	if err := s.AppendVB(ctx, "c", []Rec{rec(1, "a"), rec(2, "b")}, 5); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, s, "c", rec(3, "rr"))
+	got := readRange(t, s, "c", 0, 10, Filter{})
+	if len(got) != 3 || got[0].VBucket != 5 || got[1].VBucket != 5 || got[0].Seqno != 1 || got[1].Seqno != 2 || got[2].VBucket != 0 {
+		t.Fatalf("records %+v", got)
+	}
+	if err := s.AppendVB(ctx, "c", []Rec{rec(4, "x")}, 8); !errors.Is(err, ErrBadMutation) {
+		t.Fatalf("append to vbucket 8 of 8: %v", err)
+	}
+	s.SetState(6, vbmap.Replica)
+	if err := s.AppendVB(ctx, "c", []Rec{rec(4, "x")}, 6); !errors.Is(err, engine.ErrNotActive) {
+		t.Fatalf("append to a replica vbucket: %v", err)
+	}
+	if n := len(readRange(t, s, "c", 0, 10, Filter{})); n != 3 || s.HighSeqno(6) != 0 {
+		t.Fatalf("refused appends stored something: %d records, vbucket 6 at %d", n, s.HighSeqno(6))
+	}
+}
+
+// TestFilterInVBuckets: a range read restricted to some vBuckets returns
+// only their records, in order, and resumes by its own positions.
+func TestFilterInVBuckets(t *testing.T) {
+	s := mustOpen(t, testConfig(t.TempDir()))
+	for i := range 40 {
+		mustAppend(t, s, "c", rec(uint64(i/3), fmt.Sprintf("v%02d", i))) // round robin over 8 vBuckets
+	}
+	even := func(vb uint16) bool { return vb%2 == 0 }
+	f := Substring("v").InVBuckets(even)
+	all := readRange(t, s, "c", 0, 100, f)
+	if len(all) != 20 {
+		t.Fatalf("%d records of the even vBuckets, want 20", len(all))
+	}
+	for i, r := range all {
+		if r.VBucket%2 != 0 || (i > 0 && r.Timestamp < all[i-1].Timestamp) {
+			t.Fatalf("record %d: %+v", i, r)
+		}
+	}
+	// Resume after every record: the same records, none twice.
+	var got []Record
+	pos := Position{}
+	for {
+		it, err := s.Range("c", 0, 100, f, pos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := it.Next(1)
+		it.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b == nil {
+			break
+		}
+		got = append(got, b...)
+		pos = it.Position()
+	}
+	if pairs(got) != pairs(all) {
+		t.Fatalf("resumed:\n got %s\nwant %s", pairs(got), pairs(all))
 	}
 }

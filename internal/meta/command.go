@@ -33,6 +33,13 @@ const (
 	OpChannelRemove Op = "channel-remove"
 	// OpSettings replaces the settings.
 	OpSettings Op = "settings"
+	// OpFailover fails NodeID over: it becomes failed and Chains (which
+	// name it nowhere) the map, if the map is still at ExpectRevision and
+	// every node of Chains is still an active member.
+	OpFailover Op = "failover"
+	// OpRecover makes a failed NodeID active again with Chains as the map
+	// (it may be a replica in them), if the map is still at ExpectRevision.
+	OpRecover Op = "recover"
 )
 
 // MaxCommandSize bounds an encoded command.
@@ -54,7 +61,7 @@ type Command struct {
 	NodeID string    `json:"node_id,omitempty"`
 	State  NodeState `json:"state,omitempty"`
 	Voter  bool      `json:"voter,omitempty"`
-	// OpMap.
+	// OpMap, OpFailover, OpRecover.
 	Chains         [][]string `json:"chains,omitempty"`
 	ExpectRevision uint64     `json:"expect_revision,omitempty"`
 	// OpChannelCreate, OpChannelRemove.

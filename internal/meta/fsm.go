@@ -94,6 +94,8 @@ func (s *State) apply(idx uint64, c *Command) error {
 		}
 		s.Map = m
 		return nil
+	case OpFailover, OpRecover:
+		return s.failover(idx, c)
 	case OpChannelCreate:
 		if !engine.ValidChannelString(c.Channel) || c.Kind.String() == "unknown" {
 			return badCommand("channel %q of kind %d", c.Channel, c.Kind)
@@ -117,6 +119,47 @@ func (s *State) apply(idx uint64, c *Command) error {
 		return nil
 	}
 	return badCommand("unknown op %q", c.Op)
+}
+
+// failover applies OpFailover and OpRecover: their premise (the map's
+// revision, the node's state, the members the chains name) is checked
+// here, where every node sees the same state, not only where the plan was
+// made.
+func (s *State) failover(idx uint64, c *Command) error {
+	i, found := slices.BinarySearchFunc(s.Nodes, c.NodeID, func(m Node, id string) int { return cmpString(m.ID, id) })
+	if !found {
+		return fmt.Errorf("%w: %q", ErrUnknownNode, c.NodeID)
+	}
+	if c.ExpectRevision != s.Map.Revision {
+		return fmt.Errorf("%w: revision %d, the plan was made at %d", ErrStaleMap, s.Map.Revision, c.ExpectRevision)
+	}
+	n := &s.Nodes[i]
+	switch {
+	case c.Op == OpFailover && n.State == Failed:
+		return fmt.Errorf("%w: %s is failed over already", ErrBadCommand, n.ID)
+	case c.Op == OpRecover && n.State != Failed:
+		return fmt.Errorf("%w: %s is %s, not failed", ErrBadCommand, n.ID, n.State)
+	}
+	for vb, chain := range c.Chains {
+		for _, id := range chain {
+			if c.Op == OpFailover && id == n.ID {
+				return fmt.Errorf("%w: the chain of vbucket %d still names %s", ErrBadCommand, vb, n.ID)
+			}
+			if m, ok := s.Node(id); ok && id != n.ID && m.State != Active {
+				return fmt.Errorf("%w: vbucket %d would go to %s, which is %s", ErrStaleMap, vb, id, m.State)
+			}
+		}
+	}
+	m, err := s.newMap(idx, c.Chains)
+	if err != nil {
+		return err
+	}
+	s.Map = m
+	n.State, n.Since = Failed, c.Time
+	if c.Op == OpRecover {
+		n.State = Active
+	}
+	return nil
 }
 
 func (s *State) init(idx uint64, c *Command) error {

@@ -182,3 +182,67 @@ func FuzzDecodeCommand(f *testing.F) {
 		st.Apply(2, c) // never panics, whatever the command says
 	})
 }
+
+func TestApplyFailoverAndRecover(t *testing.T) {
+	c := newCluster(t, 3, "a", "b", "c")
+	rev := c.st.Map.Revision
+	without := func(node string) [][]string {
+		chains := c.st.Map.Chains()
+		for vb, ch := range chains {
+			var out []string
+			for _, n := range ch {
+				if n != node {
+					out = append(out, n)
+				}
+			}
+			if len(out) == 0 {
+				out = []string{"b"}
+			}
+			chains[vb] = out
+		}
+		return chains
+	}
+	apply := func(cmd *Command) error {
+		t.Helper()
+		c.idx++
+		next, err := c.st.Apply(c.idx, cmd)
+		c.st = next
+		return err
+	}
+	for _, tc := range []struct {
+		cmd  *Command
+		want error
+	}{
+		{&Command{Op: OpFailover, NodeID: "a", ExpectRevision: rev + 7, Chains: without("a")}, ErrStaleMap},
+		{&Command{Op: OpFailover, NodeID: "zz", ExpectRevision: rev, Chains: without("a")}, ErrUnknownNode},
+		{&Command{Op: OpFailover, NodeID: "a", ExpectRevision: rev, Chains: c.st.Map.Chains()}, ErrBadCommand},
+		{&Command{Op: OpRecover, NodeID: "a", ExpectRevision: rev, Chains: c.st.Map.Chains()}, ErrBadCommand},
+	} {
+		if err := apply(tc.cmd); !errors.Is(err, tc.want) {
+			t.Errorf("%s %s: %v, want %v", tc.cmd.Op, tc.cmd.NodeID, err, tc.want)
+		}
+	}
+	// A chain naming a node that is no longer active is a stale premise.
+	if err := apply(&Command{Op: OpNodeState, NodeID: "c", State: Failed}); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(&Command{Op: OpFailover, NodeID: "a", ExpectRevision: rev, Chains: without("a")}); !errors.Is(err, ErrStaleMap) {
+		t.Fatalf("failover onto a failed node: %v", err)
+	}
+	if err := apply(&Command{Op: OpRecover, NodeID: "c", ExpectRevision: rev, Chains: c.st.Map.Chains()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(&Command{Op: OpFailover, NodeID: "a", ExpectRevision: c.st.Map.Revision, Chains: without("a")}); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := c.st.Node("a")
+	if a.State != Failed || c.st.Map.Revision != c.idx || c.st.Map.Counts()["a"] != (vbmap.Counts{}) {
+		t.Fatalf("after the failover: %+v, revision %d, counts %v", a, c.st.Map.Revision, c.st.Map.Counts())
+	}
+	if err := apply(&Command{Op: OpRecover, NodeID: "a", ExpectRevision: c.st.Map.Revision, Chains: c.st.Map.Chains()}); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := c.st.Node("a"); a.State != Active {
+		t.Fatalf("after recover: %+v", a)
+	}
+}

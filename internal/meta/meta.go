@@ -65,6 +65,7 @@ type Meta struct {
 	obsCh   chan raft.Observation
 	done    chan struct{}
 	changes atomic.Uint64 // leader changes seen
+	since   atomic.Int64  // unix nanoseconds when this node last became the leader
 }
 
 // Open opens the group's files in cfg.Dir and starts raft. A node without
@@ -134,8 +135,11 @@ func (m *Meta) observe() {
 		select {
 		case <-m.done:
 			return
-		case <-m.obsCh:
+		case o := <-m.obsCh:
 			m.changes.Add(1)
+			if lo, ok := o.Data.(raft.LeaderObservation); ok && string(lo.LeaderID) == m.cfg.NodeID {
+				m.since.Store(time.Now().UnixNano())
+			}
 		}
 	}
 }
@@ -250,9 +254,14 @@ func (m *Meta) notLeader() error {
 // State is the metadata as this node has applied it.
 func (m *Meta) State() *State { return m.fsm.state.Load() }
 
-// WaitApplied waits until this node's FSM has applied index.
+// WaitApplied waits until this node has applied the raft log up to index,
+// the node's reaction to every command included (OnChange): State.Index
+// counts only commands, so once raft has handed every entry up to index to
+// the state machine, the entries between State.Index and index must all
+// be of other kinds (configuration changes, barriers, a new leader's
+// no-op) for the wait to be over.
 func (m *Meta) WaitApplied(ctx context.Context, index uint64) error {
-	for m.State().Index < index {
+	for !m.applied(index) {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("meta: index %d not applied here (at %d): %w", index, m.State().Index, ctx.Err())
@@ -260,6 +269,27 @@ func (m *Meta) WaitApplied(ctx context.Context, index uint64) error {
 		}
 	}
 	return nil
+}
+
+// applied reports whether every command up to index has been applied.
+func (m *Meta) applied(index uint64) bool {
+	done := m.State().Index
+	if done >= index {
+		return true
+	}
+	if m.raft.AppliedIndex() < index {
+		return false
+	}
+	var l raft.Log
+	for i := done + 1; i <= index; i++ {
+		if err := m.store.GetLog(i, &l); err != nil {
+			continue // compacted: a snapshot the state machine restored covers it
+		}
+		if l.Type == raft.LogCommand {
+			return false
+		}
+	}
+	return true
 }
 
 // IsLeader reports whether this node leads the group.
@@ -283,6 +313,26 @@ func (m *Meta) Leader() (id, addr string) {
 	a, i := m.raft.LeaderWithID()
 	return string(i), string(a)
 }
+
+// LeaderSince is when this node last became the leader (zero if never).
+func (m *Meta) LeaderSince() time.Time {
+	if ns := m.since.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
+// VerifyLeader confirms, with a round of heartbeats to a majority, that
+// this node is still the leader.
+func (m *Meta) VerifyLeader() error {
+	if err := m.raft.VerifyLeader().Error(); err != nil {
+		return m.membershipErr("verify the leadership", err)
+	}
+	return nil
+}
+
+// CommitIndex is the highest raft index this node knows committed.
+func (m *Meta) CommitIndex() uint64 { return m.raft.CommitIndex() }
 
 // LeaderChanges counts the leader changes this node saw.
 func (m *Meta) LeaderChanges() uint64 { return m.changes.Load() }

@@ -53,6 +53,8 @@ type cluster struct {
 	synced        bool
 	bootstrap     []meta.Peer           // the members this node bootstrapped with, for init
 	peerSeen      map[string]discovered // before the cluster exists: nodes heard, by id
+	grants        map[string]time.Time  // on the leader: until when each node's lease may last
+	revoking      map[string]bool       // on the leader: nodes being failed over get no new lease
 	join          JoinStatus
 	commits       stats.Latency // metadata commits proposed by this node
 }
@@ -95,9 +97,10 @@ func (n *Node) advertised() string {
 // (--replica-of) is in no cluster. A node that was in a cluster applies
 // the map it applied last before anything else; a new node that joins
 // serves nothing until the cluster's map reaches it; a new node without
-// --join or --bootstrap-expect bootstraps a cluster of its own.
+// --join, --discovery or --bootstrap-expect bootstraps a cluster of its
+// own.
 func (n *Node) setupCluster() error {
-	c := &cluster{dir: filepath.Join(n.cfg.Data, "meta"), addr: n.advertised(), changed: make(chan struct{}, 1), peerSeen: map[string]discovered{}}
+	c := &cluster{dir: filepath.Join(n.cfg.Data, "meta"), addr: n.advertised(), changed: make(chan struct{}, 1), peerSeen: map[string]discovered{}, grants: map[string]time.Time{}, revoking: map[string]bool{}}
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		return fmt.Errorf("cannot create the metadata directory: %w", err)
 	}
@@ -118,6 +121,7 @@ func (n *Node) setupCluster() error {
 		}
 	}
 	n.cluster = c
+	n.routing.fenced = true // until the lease is checked, below
 	if prev.Initialized() {
 		// Serve as before the restart until the group catches up.
 		for name, kind := range prev.Channels {
@@ -128,7 +132,7 @@ func (n *Node) setupCluster() error {
 		if err := n.applyMap(prev.Map, prev.Addrs()); err != nil {
 			return err
 		}
-	} else if len(n.cfg.Join) > 0 {
+	} else if n.joins() {
 		// A node that joins holds nothing until the cluster's map says so.
 		if err := n.applyMap((*vbmap.Map)(nil).Next(0, 0, make([][]string, n.cfg.VBuckets)), nil); err != nil {
 			return err
@@ -167,8 +171,9 @@ func (n *Node) setupCluster() error {
 		c.meta.Layer().Deliver(nc)
 	})
 	n.srv.HandleCluster(clusterAdmin{n})
+	n.srv.HandleFailover(failoverAdmin{n})
 	n.stats.Add(stats.SourceFunc(n.reportCluster))
-	if !c.meta.HasState() && len(n.cfg.Join) == 0 && n.cfg.BootstrapExpect <= 1 {
+	if !c.meta.HasState() && !n.joins() && n.cfg.BootstrapExpect <= 1 {
 		self := meta.Peer{ID: n.cfg.NodeID, Addr: c.addr, HTTP: addrString(n.HTTPAddr()), Zone: n.cfg.Zone, Expect: 1}
 		c.bootstrap = []meta.Peer{self}
 		if err := c.meta.Bootstrap([]meta.Server{{ID: self.ID, Addr: self.Addr, Voter: true}}); err != nil {
@@ -176,6 +181,13 @@ func (n *Node) setupCluster() error {
 		}
 		n.log.Info("bootstrapped a cluster of one node", "node_id", self.ID, "addr", self.Addr)
 	}
+	if servers, err := c.meta.Servers(); err == nil && len(servers) == 1 && servers[0].ID == n.cfg.NodeID {
+		// The only voter: no lease to wait for (no log line either).
+		n.routing.mu.Lock()
+		n.routing.fenced = false
+		n.publish(n.routing.table)
+		n.routing.mu.Unlock()
+	} // else fenced until leaseLoop renews the lease
 	return nil
 }
 
@@ -324,7 +336,15 @@ func (n *Node) propose(ctx context.Context, cmd *meta.Command) (uint64, error) {
 	start := time.Now()
 	defer func() { c.commits.Observe(time.Since(start)) }()
 	for {
+		release := func() {}
+		if cmd.Op == meta.OpFailover && c.meta.IsLeader() {
+			var err error
+			if release, err = n.awaitLease(ctx, cmd.NodeID); err != nil {
+				return 0, err
+			}
+		}
 		idx, err := c.meta.Propose(ctx, cmd)
+		release()
 		var nl *meta.NotLeaderError
 		switch {
 		case err == nil:
@@ -466,6 +486,166 @@ func (n *Node) clusterLoop(ctx context.Context, fatal chan<- error) {
 		case <-c.changed:
 		case <-time.After(wait):
 		}
+	}
+}
+
+// leaseCheck is how often the node checks its lease.
+const leaseCheck = 100 * time.Millisecond
+
+// failoverTimeout is the cluster's: how long a lease lasts.
+func (n *Node) failoverTimeout() time.Duration {
+	d := time.Duration(n.cluster.known().Settings.FailoverTimeoutMillis) * time.Millisecond
+	if d <= 0 {
+		d = time.Duration(meta.DefaultSettings().FailoverTimeoutMillis) * time.Millisecond
+	}
+	return d
+}
+
+// leaseLoop keeps the node's lease: a member of a cluster of more than one
+// voter serves its active vBuckets only until its lease runs out, and
+// renews it (every quarter of the failover timeout) only with proof that
+// it has applied everything the leader had committed (renewLease). A node
+// cut off in a minority therefore stops serving within the failover
+// timeout, and the leader waits out a node's last lease before failing it
+// over (awaitLease), so two actives never take writes for one vBucket. A
+// node that restarts is fenced until its first renewal.
+func (n *Node) leaseLoop(ctx context.Context) {
+	t := time.NewTicker(leaseCheck)
+	defer t.Stop()
+	var until, next time.Time
+	var lastErr string
+	for {
+		now := time.Now()
+		switch servers, err := n.cluster.meta.Servers(); {
+		case err == nil && len(servers) == 1 && servers[0].ID == n.cfg.NodeID:
+			until = time.Time{} // the only voter: no partition puts it in a minority
+			n.srv.SetLease(until)
+			n.fence(false, "this node is the metadata group's only member")
+		default:
+			if !now.Before(next) {
+				got, err := n.renewLease(ctx, now)
+				if err == nil {
+					until, next, lastErr = got, now.Add(got.Sub(now)/4), ""
+				} else {
+					next = now.Add(leaseCheck)
+					if err.Error() != lastErr {
+						lastErr = err.Error()
+						n.log.Debug("lease not renewed", "err", err)
+					}
+				}
+			}
+			n.srv.SetLease(until)
+			why := "the lease from the metadata group's leader ran out: " + lastErr
+			if until.IsZero() {
+				why = "no lease from the metadata group's leader since the start: " + lastErr
+			}
+			n.fence(!time.Now().Before(until), why)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// renewLease renews the node's lease from the leader: the leader confirms
+// its leadership with a majority and answers its commit index and the
+// lease's length (the cluster's failover timeout, decided by the grantor);
+// once this node has applied that index it may serve until the time it
+// asked plus that length. The leader renews its own by confirming its
+// leadership. Before the cluster exists there is nothing to serve and no
+// lease.
+func (n *Node) renewLease(ctx context.Context, asked time.Time) (time.Time, error) {
+	c := n.cluster
+	if !c.known().Initialized() {
+		return time.Time{}, fmt.Errorf("the cluster does not exist yet")
+	}
+	if c.meta.IsLeader() {
+		if err := c.meta.VerifyLeader(); err != nil {
+			return time.Time{}, err
+		}
+		return asked.Add(n.failoverTimeout()), nil
+	}
+	_, leader := c.meta.Leader()
+	if leader == "" {
+		return time.Time{}, fmt.Errorf("no leader known")
+	}
+	cctx, cancel := context.WithTimeout(ctx, min(n.failoverTimeout()/2, 2*time.Second))
+	defer cancel()
+	b, err := c.peers.call(cctx, leader, wire.OpLeaseRenew, wire.AppendStr8(nil, n.cfg.NodeID))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("the leader at %s: %w", leader, err)
+	}
+	d := wire.NewDecoder(b)
+	idx, millis := d.U64(), d.U64()
+	if d.Finish() != nil || millis == 0 {
+		return time.Time{}, fmt.Errorf("malformed LeaseRenew answer from %s", leader)
+	}
+	if err := c.meta.WaitApplied(cctx, idx); err != nil {
+		return time.Time{}, err
+	}
+	return asked.Add(time.Duration(millis) * time.Millisecond), nil
+}
+
+// grantLease is the leader's side of renewLease: it confirms its
+// leadership, records until when the lease may last (awaitLease waits it
+// out) and returns its commit index and the lease's length.
+func (n *Node) grantLease(node string) (idx uint64, length time.Duration, err error) {
+	c := n.cluster
+	if !c.meta.IsLeader() {
+		return 0, 0, fmt.Errorf("%w: this node is not the leader", meta.ErrNoQuorum)
+	}
+	if !c.meta.State().Initialized() {
+		return 0, 0, fmt.Errorf("%w: the cluster does not exist yet", meta.ErrNotInitialized)
+	}
+	length = n.failoverTimeout()
+	now := time.Now()
+	if err := c.meta.VerifyLeader(); err != nil {
+		return 0, 0, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.revoking[node] {
+		return 0, 0, fmt.Errorf("%w: %s is being failed over", meta.ErrBadCommand, node)
+	}
+	if end := now.Add(length); end.After(c.grants[node]) {
+		c.grants[node] = end
+	}
+	return c.meta.CommitIndex(), length, nil
+}
+
+// awaitLease waits, on the leader, until node's last lease has run out:
+// the last one this leader granted, or, for all a previous leader may have
+// granted, the failover timeout after this node became the leader. From
+// the start of the wait the node gets no new lease (a node cut off from
+// the leader's traffic but still able to ask would otherwise keep pushing
+// its lease's end forward); release ends that.
+func (n *Node) awaitLease(ctx context.Context, node string) (release func(), err error) {
+	c := n.cluster
+	c.mu.Lock()
+	c.revoking[node] = true
+	end := c.grants[node]
+	c.mu.Unlock()
+	release = func() {
+		c.mu.Lock()
+		delete(c.revoking, node)
+		c.mu.Unlock()
+	}
+	if since := c.meta.LeaderSince().Add(n.failoverTimeout()); since.After(end) {
+		end = since
+	}
+	wait := time.Until(end)
+	if wait <= 0 {
+		return release, nil
+	}
+	n.log.Info("waiting for the lease of the node being failed over to run out", "node", node, "wait", wait.Round(time.Millisecond))
+	select {
+	case <-ctx.Done():
+		release()
+		return nil, fmt.Errorf("%w: %s may hold a lease until %s", meta.ErrNoQuorum, node, end.Format(time.RFC3339Nano))
+	case <-time.After(wait):
+		return release, nil
 	}
 }
 

@@ -9,25 +9,31 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"shoal/client"
 	"shoal/internal/engine"
+	"shoal/internal/faultnet"
 	"shoal/internal/meta"
 	"shoal/internal/testproc"
+	"shoal/internal/vbmap"
+	"shoal/internal/vbucket"
 )
 
 // startCluster starts n in-process nodes that form a cluster with
 // --bootstrap-expect n, with extra flags for all, and waits until each has
-// applied the cluster's map.
-func startCluster(t *testing.T, n int, extra ...string) []*Node {
+// applied the cluster's map. stop(i) stops node i cleanly (at most once).
+func startCluster(t *testing.T, n int, extra ...string) (nodes []*Node, stop func(i int)) {
 	t.Helper()
 	addrs := testproc.FreePorts(t, n)
 	join := strings.Join(addrs, ",")
-	nodes := make([]*Node, n)
+	nodes = make([]*Node, n)
+	stops := make([]func(), n)
 	for i := range nodes {
 		cfg, err := newConfig(t.TempDir(), append([]string{"--listen", addrs[i], "--join", join, "--bootstrap-expect", strconv.Itoa(n),
 			"--raft-heartbeat-timeout", "200ms", "--raft-election-timeout", "200ms", "--raft-leader-lease-timeout", "100ms"}, extra...)...)
@@ -41,18 +47,19 @@ func startCluster(t *testing.T, n int, extra ...string) []*Node {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- nd.Run(ctx) }()
-		t.Cleanup(func() {
+		stops[i] = sync.OnceFunc(func() {
 			cancel()
 			if err := <-done; err != nil {
 				t.Errorf("node %d: %v", i, err)
 			}
 		})
+		t.Cleanup(stops[i])
 		nodes[i] = nd
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for _, nd := range nodes {
 		for {
-			if cs := nd.clusterStatus(); cs.Revision != 0 && len(cs.Nodes) == n && nd.table().Map().Revision == cs.Revision {
+			if cs := nd.clusterStatus(); cs.Revision != 0 && len(cs.Nodes) == n && nd.table().Map().Revision == cs.Revision && cs.Fenced == "" {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -61,7 +68,7 @@ func startCluster(t *testing.T, n int, extra ...string) []*Node {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	return nodes
+	return nodes, func(i int) { stops[i]() }
 }
 
 // TestClusterWithTLSAndCredentials: three nodes with TLS and credentials
@@ -75,7 +82,7 @@ func TestClusterWithTLSAndCredentials(t *testing.T) {
 	os.WriteFile(creds, []byte("admin:"+admin+"\nnode:"+peer+"\n"), 0o600)
 	peerFile := filepath.Join(dir, "peer-secret")
 	os.WriteFile(peerFile, []byte(peer+"\n"), 0o600)
-	nodes := startCluster(t, 3, "--tls-cert", certFile, "--tls-key", keyFile, "--credentials", creds, "--peer-secret-file", peerFile)
+	nodes, _ := startCluster(t, 3, "--tls-cert", certFile, "--tls-key", keyFile, "--credentials", creds, "--peer-secret-file", peerFile)
 
 	cs := nodes[0].clusterStatus()
 	if len(cs.Voters) != 3 || cs.Leader == "" || cs.ClusterID == "" {
@@ -185,4 +192,207 @@ func TestJoinPeersAreBounded(t *testing.T) {
 			t.Fatalf("remembered %q", id)
 		}
 	}
+}
+
+// TestFailoverAndFencing: a stopped member is failed over by a survivor:
+// its vBuckets get new actives among the survivors (epochs raised) and
+// take writes there; a failover that would lose vBuckets' last copy is
+// refused unless forced; and a node left alone (no leader for longer than
+// the failover timeout) fences itself: it serves none of its vBuckets.
+func TestFailoverAndFencing(t *testing.T) {
+	nodes, stop := startCluster(t, 3, "--failover-timeout", "1s", "--replicas", "1")
+	leader := nodes[0].clusterStatus().Leader
+	var victim, survivor *Node
+	vi := -1
+	for i, nd := range nodes {
+		if nd.cfg.NodeID != leader && victim == nil {
+			victim, vi = nd, i
+		} else if survivor == nil && nd.cfg.NodeID == leader {
+			survivor = nd
+		}
+	}
+	before := survivor.cluster.meta.State().Map
+	stop(vi)
+	res, err := survivor.failoverNode(victim.cfg.NodeID, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Promoted != before.Counts()[victim.cfg.NodeID].Active || len(res.Lost) != 0 || len(res.Unanswered) != 0 {
+		t.Fatalf("failover result %+v (victim was active for %d)", res, before.Counts()[victim.cfg.NodeID].Active)
+	}
+	after := survivor.cluster.meta.State()
+	if m, _ := after.Node(victim.cfg.NodeID); m.State != meta.Failed {
+		t.Fatalf("victim %+v", m)
+	}
+	for vb := range uint16(before.Len()) {
+		was, now := before.VBuckets[vb], after.Map.VBuckets[vb]
+		if slices.Contains(now.Chain, victim.cfg.NodeID) {
+			t.Fatalf("vb %d still names the victim: %v", vb, now.Chain)
+		}
+		if was.Active() == victim.cfg.NodeID && (now.Epoch != was.Epoch+1 || now.Active() == "") {
+			t.Fatalf("vb %d: %+v -> %+v", vb, was, now)
+		}
+	}
+	if _, err := survivor.failoverNode(victim.cfg.NodeID, false); err == nil {
+		t.Fatal("failing over a failed node again was accepted")
+	}
+	// Every vBucket is served by one of the two survivors.
+	for _, nd := range nodes {
+		if nd == victim {
+			continue
+		}
+		waitFor(t, 5*time.Second, "the new map applied on "+nd.cfg.NodeID, func() (bool, string) {
+			return nd.table().Map().Revision == after.Map.Revision, fmt.Sprint(nd.table().Map().Revision)
+		})
+	}
+	c, err := client.Dial(t.Context(), survivor.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	wrote := 0
+	for i := range 40 {
+		key := []byte(fmt.Sprintf("k%d", i))
+		if survivor.table().State(vbucket.Of(key, 64)) != vbmap.Active {
+			continue
+		}
+		if _, err := c.Put(t.Context(), "users", key, []byte("v")); err != nil {
+			t.Fatalf("put to a survivor's vbucket: %v", err)
+		}
+		wrote++
+	}
+	if wrote == 0 {
+		t.Fatal("the survivor is active for none of 40 keys")
+	}
+	// The other survivor stops too: the last one hears no leader and, after
+	// the failover timeout, fences itself.
+	for i, nd := range nodes {
+		if nd != victim && nd != survivor {
+			stop(i)
+		}
+	}
+	waitFor(t, 5*time.Second, "the lone node fenced", func() (bool, string) {
+		survivor.routing.mu.Lock()
+		defer survivor.routing.mu.Unlock()
+		return survivor.routing.fenced, "not fenced"
+	})
+	for i := range 40 {
+		key := []byte(fmt.Sprintf("k%d", i))
+		if survivor.table().State(vbucket.Of(key, 64)) != vbmap.Active {
+			continue
+		}
+		if _, err := c.Put(t.Context(), "users", key, []byte("v2")); !errors.Is(err, client.ErrNotMyVBucket) {
+			t.Fatalf("a fenced node took a write: %v", err)
+		}
+	}
+}
+
+// TestBootstrapExpectOneWithItself: --bootstrap-expect 1 with a discovery
+// (or --join) that names only this node forms a cluster of one (a
+// one-replica StatefulSet).
+func TestBootstrapExpectOneWithItself(t *testing.T) {
+	addr := testproc.FreePorts(t, 1)[0]
+	tn := startNode(t, t.TempDir(), nil, "--listen", addr, "--discovery", "static:"+addr, "--bootstrap-expect", "1")
+	waitFor(t, 10*time.Second, "a cluster of one", func() (bool, string) {
+		cs := tn.status().Cluster
+		return tn.n.inCluster() && cs.Fenced == "", fmt.Sprintf("%+v", cs.Join)
+	})
+}
+
+// TestPartitionedNodeStopsServing: a member cut off from the others
+// (everything to it frozen by a faultnet proxy in front of its advertised
+// address, and its own dials to them failing) stops serving its active
+// vBuckets within the failover timeout, while the others go on; healed, it
+// serves again.
+func TestPartitionedNodeStopsServing(t *testing.T) {
+	listen := testproc.FreePorts(t, 3)
+	proxies := make([]*faultnet.Proxy, 3)
+	advertised := make([]string, 3)
+	for i := range proxies {
+		p, err := faultnet.New(listen[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		proxies[i], advertised[i] = p, p.Addr()
+	}
+	join := strings.Join(advertised, ",")
+	nodes := make([]*Node, 3)
+	for i := range nodes {
+		cfg, err := newConfig(t.TempDir(), "--listen", listen[i], "--advertise", advertised[i], "--join", join, "--bootstrap-expect", "3",
+			"--failover-timeout", "1s", "--raft-heartbeat-timeout", "200ms", "--raft-election-timeout", "200ms", "--raft-leader-lease-timeout", "100ms")
+		if err != nil {
+			t.Fatal(err)
+		}
+		nd, err := New(cfg, "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- nd.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		nodes[i] = nd
+	}
+	for _, nd := range nodes {
+		waitFor(t, 20*time.Second, "a cluster of three serving", func() (bool, string) {
+			cs := nd.clusterStatus()
+			return cs.Revision != 0 && len(cs.Nodes) == 3 && cs.Fenced == "" && nd.table().Map().Revision == cs.Revision, fmt.Sprintf("%+v", cs.Join)
+		})
+	}
+	leader := nodes[0].clusterStatus().Leader
+	x := -1
+	for i, nd := range nodes {
+		if nd.cfg.NodeID != leader {
+			x = i
+			break
+		}
+	}
+	iso := nodes[x]
+	key := ""
+	for i := 0; key == ""; i++ {
+		if k := fmt.Sprintf("k%d", i); iso.table().State(vbucket.Of([]byte(k), 64)) == vbmap.Active {
+			key = k
+		}
+	}
+	c, err := client.Dial(t.Context(), listen[x]) // the node's own port: clients still reach it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Put(t.Context(), "users", []byte(key), []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+
+	cut := errors.New("partitioned")
+	fault := func(string) error { return cut }
+	proxies[x].Freeze()
+	iso.cluster.peers.fault.Store(&fault)
+	start := time.Now()
+	waitFor(t, 10*time.Second, "the isolated node stops taking writes", func() (bool, string) {
+		_, err := c.Put(t.Context(), "users", []byte(key), []byte("v2"))
+		return errors.Is(err, client.ErrNotMyVBucket), fmt.Sprint(err)
+	})
+	t.Logf("the isolated node refused writes %v after the partition (failover timeout 1 s)", time.Since(start).Round(time.Millisecond))
+	// The others still commit metadata and serve.
+	for i := range nodes {
+		if i == x {
+			continue
+		}
+		oc, err := client.Dial(t.Context(), listen[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := oc.Push(t.Context(), []string{fmt.Sprintf("during%d", i)}, []byte("x")); err != nil {
+			t.Fatalf("node %d during the partition: %v", i, err)
+		}
+		oc.Close()
+	}
+
+	proxies[x].Thaw()
+	iso.cluster.peers.fault.Store(nil)
+	waitFor(t, 15*time.Second, "the healed node serves again", func() (bool, string) {
+		_, err := c.Put(t.Context(), "users", []byte(key), []byte("v3"))
+		return err == nil, fmt.Sprint(err)
+	})
 }

@@ -38,11 +38,15 @@ type ClusterStatus struct {
 	// LeaderChanges counts the leader changes this node saw.
 	LeaderChanges uint64 `json:"leader_changes"`
 	// LastContactMillis is how long ago this follower heard the leader.
-	LastContactMillis int64         `json:"last_contact_ms,omitempty"`
-	Nodes             []NodeStatus  `json:"nodes"`
-	Settings          meta.Settings `json:"settings"`
-	Failovers         int           `json:"failovers"`
-	Join              JoinStatus    `json:"join"`
+	LastContactMillis int64 `json:"last_contact_ms,omitempty"`
+	// Fenced says why, when the node serves none of its active vBuckets
+	// (its lease ran out: it did not hear the leader for the failover
+	// timeout); empty when it serves them.
+	Fenced    string        `json:"fenced,omitempty"`
+	Nodes     []NodeStatus  `json:"nodes"`
+	Settings  meta.Settings `json:"settings"`
+	Failovers int           `json:"failovers"`
+	Join      JoinStatus    `json:"join"`
 }
 
 // NodeStatus is one member in the cluster document.
@@ -75,6 +79,11 @@ func (n *Node) clusterStatus() *ClusterStatus {
 	if lc := c.meta.LastContact(); !lc.IsZero() && cs.RaftState != "leader" {
 		cs.LastContactMillis = time.Since(lc).Milliseconds()
 	}
+	n.routing.mu.Lock()
+	if n.routing.fenced {
+		cs.Fenced = n.routing.fencedWhy
+	}
+	n.routing.mu.Unlock()
 	if servers, err := c.meta.Servers(); err == nil {
 		for _, s := range servers {
 			if s.Voter {
@@ -138,16 +147,16 @@ func clusterMapBody(st *meta.State) []byte {
 type clusterAdmin struct{ n *Node }
 
 // ClusterMap implements server.Cluster.
-func (a clusterAdmin) ClusterMap() ([]byte, error) {
+func (a clusterAdmin) ClusterMap() ([]byte, uint64, error) {
 	c := a.n.cluster
 	st := c.known()
 	if !st.Initialized() {
 		c.mu.Lock()
 		waiting := c.join.Waiting
 		c.mu.Unlock()
-		return nil, fmt.Errorf("%w: this node is not in a cluster yet (%s)", meta.ErrNotInitialized, waiting)
+		return nil, 0, fmt.Errorf("%w: this node is not in a cluster yet (%s)", meta.ErrNotInitialized, waiting)
 	}
-	return clusterMapBody(st), nil
+	return clusterMapBody(st), st.Map.Revision, nil
 }
 
 // Document implements server.Cluster.
@@ -163,7 +172,18 @@ func (a clusterAdmin) Propose(body []byte) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), proposeTimeout)
+	timeout := proposeTimeout
+	if cmd.Op == meta.OpFailover { // the failed node's last lease is waited out first
+		timeout += a.n.failoverTimeout()
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		release, err := a.n.awaitLease(ctx, cmd.NodeID)
+		if err != nil {
+			return 0, err
+		}
+		defer release()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	idx, err := a.n.cluster.meta.Propose(ctx, cmd)
 	if errors.Is(err, meta.ErrNotLeader) {
@@ -179,7 +199,7 @@ func (a clusterAdmin) Propose(body []byte) (uint64, error) {
 // no vBucket); the leader then takes it out of the raft configuration.
 func (a clusterAdmin) RemoveNode(id string) error {
 	n := a.n
-	st := n.cluster.meta.State()
+	st := n.cluster.known()
 	if _, ok := st.Node(id); !ok {
 		return fmt.Errorf("%w: %q is not a member", meta.ErrUnknownNode, id)
 	}

@@ -65,8 +65,9 @@ func (n *Node) knownClusterID() string {
 	return ""
 }
 
-// joinTargets are the join addresses and the addresses of the nodes heard
-// before the cluster exists, without this node's own.
+// joinTargets are the join addresses, the addresses of the nodes heard
+// before the cluster exists and those the discovery handed over, without
+// this node's own.
 func (n *Node) joinTargets() []string {
 	c := n.cluster
 	out := slices.Clone([]string(n.cfg.Join))
@@ -82,6 +83,7 @@ func (n *Node) joinTargets() []string {
 			out = append(out, m.Addr)
 		}
 	}
+	out = append(out, n.discoveryTargets()...)
 	slices.Sort(out)
 	out = slices.Compact(out)
 	return slices.DeleteFunc(out, func(a string) bool { return a == c.addr })
@@ -99,7 +101,9 @@ func (n *Node) joinRound(ctx context.Context) error {
 		return fmt.Errorf("cannot encode a join request: %w", err)
 	}
 	targets := n.joinTargets()
-	if len(targets) == 0 {
+	if len(targets) == 0 && !(n.cfg.BootstrapExpect == 1 && !c.meta.HasState()) {
+		// (--bootstrap-expect 1: a cluster of one, whatever the join
+		// addresses or the discovery say; planned below.)
 		n.setPhase("joining", "no join address other than this node's own")
 		return nil
 	}
@@ -429,7 +433,9 @@ func (n *Node) initCluster(ctx context.Context) error {
 		}
 	}
 	voters := meta.VoterIDs(members, n.cfg.Voters)
-	in := &meta.Init{ClusterID: newClusterID(), VBuckets: n.cfg.VBuckets, Replicas: n.cfg.Replicas, Voters: n.cfg.Voters, Settings: meta.DefaultSettings()}
+	settings := meta.DefaultSettings()
+	settings.FailoverTimeoutMillis = time.Duration(n.cfg.FailoverTimeout).Milliseconds()
+	in := &meta.Init{ClusterID: newClusterID(), VBuckets: n.cfg.VBuckets, Replicas: n.cfg.Replicas, Voters: n.cfg.Voters, Settings: settings}
 	place := make([]vbmap.Node, len(members))
 	for i, p := range members {
 		in.Nodes = append(in.Nodes, meta.Node{ID: p.ID, Addr: p.Addr, HTTP: p.HTTP, Zone: p.Zone, Voter: voters[p.ID]})

@@ -24,6 +24,7 @@ import (
 	"shoal/internal/auth"
 	"shoal/internal/catalog"
 	"shoal/internal/config"
+	"shoal/internal/discovery"
 	"shoal/internal/engine"
 	"shoal/internal/kv"
 	"shoal/internal/logstore"
@@ -50,10 +51,11 @@ type Node struct {
 	stats  *stats.Registry
 	statsW *stats.LogWriter // keeps the previous counters, for deltas
 
-	rep     *replication // replication and liveness (repl.go)
-	routing routing      // the applied vBucket map (routing.go)
-	replFS  vfs.FS       // of the failover logs; nil: the OS
-	cluster *cluster     // the metadata group and membership (cluster.go); nil on a standby
+	rep     *replication      // replication and liveness (repl.go)
+	routing routing           // the applied vBucket map (routing.go)
+	replFS  vfs.FS            // of the failover logs; nil: the OS
+	cluster *cluster          // the metadata group and membership (cluster.go); nil on a standby
+	disco   *discovery.Runner // --discovery (discovery.go); nil without
 
 	promoting sync.Mutex // serialises promotions (standby.go)
 	standbyMu sync.Mutex
@@ -172,6 +174,9 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 	} else {
 		err = n.setupCluster()
 	}
+	if err == nil {
+		err = n.setupDiscovery()
+	}
 	if err == nil && n.table() == nil { // a new node of its own: it serves at once
 		err = n.applyMap(vbmap.Solo(n.cfg.NodeID, cfg.VBuckets), nil)
 	}
@@ -236,8 +241,13 @@ func (n *Node) Run(ctx context.Context) error {
 	n.startRepl(bg, &wg)
 	fatal := make(chan error, 1)
 	if n.cluster != nil {
-		wg.Add(1)
+		wg.Add(2)
 		go func() { defer wg.Done(); n.clusterLoop(bg, fatal) }()
+		go func() { defer wg.Done(); n.leaseLoop(bg) }()
+	}
+	if n.disco != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.disco.Run(bg) }()
 	}
 	if n.cfg.Console && isTerminal(os.Stdout) {
 		wg.Add(1)

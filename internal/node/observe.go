@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"shoal/internal/discovery"
 	"shoal/internal/liveness"
 	"shoal/internal/stats"
 )
@@ -167,6 +168,10 @@ type Status struct {
 	Replication ReplicationStatus `json:"replication"`
 	// Cluster is the cluster document (absent on a standby).
 	Cluster *ClusterStatus `json:"cluster,omitempty"`
+	// Discovery is the state of --discovery (absent without).
+	Discovery *discovery.Status `json:"discovery,omitempty"`
+	// Readiness is what /readyz and `shoal wait-ready` answer.
+	Readiness Readiness `json:"readiness"`
 }
 
 // KVStatus is the kv engine in /status.
@@ -202,6 +207,8 @@ func (n *Node) Status() Status {
 	n.logStatus(&st)
 	n.replStatus(&st, false)
 	st.Cluster = n.clusterStatus()
+	st.Discovery = n.discoveryStatus()
+	st.Readiness = n.nodeReadiness()
 	return st
 }
 
@@ -217,6 +224,24 @@ func (n *Node) httpHandler() http.Handler {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		enc.Encode(n.Status())
+	})
+	// For orchestrators: the process answers; the node is ready.
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		rd := n.nodeReadiness()
+		if !rd.Ready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "not ready:")
+			for _, m := range rd.Missing {
+				fmt.Fprintln(w, "- "+m)
+			}
+			return
+		}
+		fmt.Fprintln(w, "ready")
 	})
 	// Profiles for operators: the HTTP port listens on loopback by default.
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -244,6 +269,9 @@ var consolePage = template.Must(template.New("console").Funcs(template.FuncMap{"
 {{else}}<tr><td colspan="9">no members yet</td></tr>{{end}}
 </table>
 {{else}}<p>{{with .Replication.ReplicaOf}}standby of {{.}}: in no cluster{{else}}in no cluster{{with .Replication.PromotedFrom}} (a promoted standby of {{.}}){{end}}{{end}}</p>
+{{end}}{{with .Discovery}}<h2>Discovery</h2>
+<p>{{.Backend}} · {{.Phase}} phase · {{.BackendCalls}} backend calls{{with .LastResult}}, the last {{if .OK}}listed {{len .Nodes}} nodes{{else}}<b>failed: {{.Error}}</b>{{end}}, next {{.RetryType}}{{end}}{{if .BackendRunning}} · a call is running{{end}} · {{len .Discovered}} discovered, {{len .Joined}} joined, {{len .Unavailable}} unavailable{{if not .InitialDone}} · <b>initial discovery not done</b>{{end}}</p>
+{{end}}{{if not .Readiness.Ready}}<p><b>not ready</b>:{{range .Readiness.Missing}} {{.}};{{end}}</p>
 {{end}}<h2>kv</h2>
 <p>{{.KV.Records}} records, {{human .KV.Bytes}} of keys and values, {{human .KV.Memory}} of memory{{if .KV.MemoryLimit}} of a {{human .KV.MemoryLimit}} limit{{end}}</p>
 <h2>queue</h2>

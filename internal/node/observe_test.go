@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"shoal/internal/discovery"
 )
 
 // TestConsoleClusterSection renders the console page of a cluster
@@ -33,6 +35,19 @@ func TestConsoleClusterSection(t *testing.T) {
 	}
 	if strings.Contains(page, "<n3>") {
 		t.Error("a node id is not escaped")
+	}
+
+	st.Discovery = &discovery.Status{Backend: "file:/etc/shoal/nodes", Phase: discovery.PhaseInitial, BackendCalls: 3, BackendRunning: true,
+		LastResult: &discovery.Result{Error: "discovery file: open /etc/shoal/nodes: no such file or directory", RetryType: discovery.RetryAfterError}}
+	st.Readiness = Readiness{Missing: []string{"discovery: the last backend call failed: <x>"}}
+	page = render(t, st)
+	for _, want := range []string{
+		"<h2>Discovery</h2>", "file:/etc/shoal/nodes · initial phase · 3 backend calls, the last <b>failed: discovery file: open /etc/shoal/nodes: no such file or directory</b>, next after_error · a call is running · 0 discovered, 0 joined, 0 unavailable · <b>initial discovery not done</b>",
+		"<b>not ready</b>: discovery: the last backend call failed: &lt;x&gt;;",
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("no %q in the page:\n%s", want, page)
+		}
 	}
 
 	page = render(t, Status{NodeID: "s1", Replication: ReplicationStatus{Role: "replica", ReplicaOf: "10.0.0.1:7400"}})

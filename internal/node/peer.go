@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"shoal/internal/auth"
@@ -22,6 +23,9 @@ type peers struct {
 	user   string
 	secret []byte
 	tls    *tls.Config // nil: clear text
+	// fault, when set (tests), fails the dials it returns an error for: a
+	// node cut off from its peers.
+	fault atomic.Pointer[func(addr string) error]
 }
 
 // newPeers prepares the peer dialer from the node's settings.
@@ -68,6 +72,11 @@ const maxPeerAnswer = 16 << 20
 // certificate, and runs no request: replication's streams run their own
 // HELLO and AUTH (repl.Handshake) on it.
 func (p *peers) dialConn(ctx context.Context, addr string) (net.Conn, error) {
+	if f := p.fault.Load(); f != nil {
+		if err := (*f)(addr); err != nil {
+			return nil, err
+		}
+	}
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {

@@ -9,19 +9,55 @@ import (
 
 // routing is the vBucket map the node applied last.
 type routing struct {
-	mu    sync.Mutex   // serialises applyMap
+	mu    sync.Mutex   // serialises applyMap and the fence
 	table *vbmap.Table // the node's view of the applied map, under mu; nil before the first
 	// served is the table the server answers by (the interim one during
-	// a change): the replication producer checks stream requests against
-	// it, without waiting for a change in progress.
+	// a change, without the active vBuckets while fenced): the replication
+	// producer checks stream requests against it, without waiting for a
+	// change in progress.
 	served vbmap.Holder
+	// fenced is set while the node's lease has run out (fence): it then
+	// serves none of its active vBuckets.
+	fenced    bool
+	fencedWhy string
 }
 
-// setTable makes t the table the server answers by and the producer
-// checks streams against.
-func (n *Node) setTable(t *vbmap.Table) {
+// publish makes t the server's routing table, without its active
+// vBuckets while the node is fenced. routing.mu is held.
+func (n *Node) publish(t *vbmap.Table) {
+	if t == nil && n.routing.fenced { // before any map: a lone server's view, fenced
+		t = vbmap.NewTable(n.cfg.NodeID, vbmap.Solo(n.cfg.NodeID, n.cfg.VBuckets), nil)
+	}
+	if t != nil && n.routing.fenced {
+		t = t.Override(func(_ uint16, s vbmap.State) vbmap.State {
+			if s == vbmap.Active {
+				return vbmap.Dead
+			}
+			return s
+		})
+	}
 	n.srv.SetTable(t)
 	n.routing.served.Store(t)
+}
+
+// fence stops (on) or resumes (off) the node's writes and reads for every
+// vBucket it is active for, at once.
+func (n *Node) fence(on bool, why string) {
+	n.routing.mu.Lock()
+	defer n.routing.mu.Unlock()
+	if on {
+		n.routing.fencedWhy = why
+	}
+	if n.routing.fenced == on {
+		return
+	}
+	n.routing.fenced = on
+	n.publish(n.routing.table)
+	if on {
+		n.log.Warn("fenced: this node serves none of its active vbuckets", "why", why)
+	} else {
+		n.log.Info("fence lifted: this node serves its active vbuckets again", "why", why)
+	}
 }
 
 // servedTable is the table the server answers by now (nil before the
@@ -77,7 +113,7 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 		for _, vb := range promoted {
 			isPromoted[vb] = true
 		}
-		n.setTable(next.Override(func(vb uint16, s vbmap.State) vbmap.State {
+		n.publish(next.Override(func(vb uint16, s vbmap.State) vbmap.State {
 			if isPromoted[vb] {
 				return stateOf(vb)
 			}
@@ -86,7 +122,7 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 	}
 	n.rep.reconcile(next, false)
 	if err := n.rep.branch(promoted); err != nil {
-		n.setTable(old)
+		n.publish(old)
 		if rerr := n.rep.reconcile(old, true); rerr != nil {
 			n.log.Error("cannot restart replication after a failed map change", "err", rerr)
 		}
@@ -101,7 +137,7 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 			}
 		}
 	}
-	n.setTable(next)
+	n.publish(next)
 	n.routing.table = next
 	if len(promoted) > 0 {
 		n.removeLeftovers()

@@ -346,3 +346,47 @@ func TestApplyOutOfOrder(t *testing.T) {
 	setAll(t, b, vbmap.Active) // promoted: its copies are its own
 	equal(t, "after drop", popAll(t, b, "q"), only2)
 }
+
+// TestPushVB: a push to an explicit vBucket takes that vBucket's next
+// seqno (the round robin is not advanced), and is refused for a vBucket
+// out of range or not Active here; the record survives a restart with
+// its vBucket.
+func TestPushVB(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	cfg.Durability = DurabilityJournal
+	s := mustOpen(t, cfg)
+	ctx := context.Background()
+	for range 3 {
+		if err := s.PushVB(ctx, []string{"a", "b"}, []byte("x"), 7); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := s.HighSeqno(7); got != 6 {
+		t.Fatalf("vbucket 7: high seqno %d, want 6 (3 pushes to 2 channels)", got)
+	}
+	mustPush(t, s, "rr", "a")
+	if got := s.HighSeqno(0); got != 1 {
+		t.Fatalf("the round robin moved: vbucket 0 has seqno %d", got)
+	}
+	if err := s.PushVB(ctx, []string{"a"}, []byte("x"), 16); !errors.Is(err, ErrBadVBucket) {
+		t.Fatalf("push to vbucket 16 of 16: %v", err)
+	}
+	s.SetState(9, vbmap.Replica)
+	if err := s.PushVB(ctx, []string{"a"}, []byte("x"), 9); !errors.Is(err, engine.ErrNotActive) {
+		t.Fatalf("push to a replica vbucket: %v", err)
+	}
+	if s.HighSeqno(9) != 0 {
+		t.Fatal("a refused push took a seqno")
+	}
+	s.Close()
+	s = mustOpen(t, cfg)
+	defer s.Close()
+	if got := s.HighSeqno(7); got != 6 {
+		t.Fatalf("after a restart vbucket 7 has seqno %d", got)
+	}
+	v, err := s.Pop("b", nil)
+	if err != nil || string(v) != "x" {
+		t.Fatalf("pop after the restart: %q %v", v, err)
+	}
+}

@@ -376,6 +376,27 @@ func validSubscriber(name string) bool {
 // ctx is done: the record may then be stored without having been
 // acknowledged).
 func (s *Store) Push(ctx context.Context, channels []string, value, routingKey []byte) error {
+	vb := -1
+	if len(routingKey) > 0 {
+		vb = int(vbucket.Of(routingKey, len(s.vbs)))
+	}
+	return s.pushTo(ctx, channels, value, vb, false)
+}
+
+// PushVB is Push to vBucket vb, which the caller chose (a routing client
+// spreads its pushes over every vBucket of the cluster): it fails with
+// ErrBadVBucket for a vBucket out of range and engine.ErrNotActive unless
+// vb is Active here.
+func (s *Store) PushVB(ctx context.Context, channels []string, value []byte, vb uint16) error {
+	if int(vb) >= len(s.vbs) {
+		return fmt.Errorf("%w: %d", ErrBadVBucket, vb)
+	}
+	return s.pushTo(ctx, channels, value, int(vb), true)
+}
+
+// pushTo is Push to vBucket vb, or round-robin when vb is -1; active
+// requires vb to be Active.
+func (s *Store) pushTo(ctx context.Context, channels []string, value []byte, want int, active bool) error {
 	if len(channels) == 0 {
 		return ErrNoChannels
 	}
@@ -397,15 +418,19 @@ func (s *Store) Push(ctx context.Context, channels []string, value, routingKey [
 	}
 	targets := s.targets[:0]
 	var vb uint16
-	if len(routingKey) > 0 {
-		vb = vbucket.Of(routingKey, len(s.vbs))
-	} else {
+	switch {
+	case want < 0:
 		var ok bool
 		if vb, ok = s.states.NextActive(s.rr); !ok {
 			s.mu.Unlock()
 			return engine.ErrNoActiveVBucket
 		}
 		s.rr = uint32(vb) + 1
+	case active && s.states.Get(uint16(want)) != vbmap.Active:
+		s.mu.Unlock()
+		return fmt.Errorf("queue: push to vbucket %d: %w", want, engine.ErrNotActive)
+	default:
+		vb = uint16(want)
 	}
 	for i, name := range channels {
 		targets = append(targets, pushTarget{channel: name, seqno: s.vbs[vb].seqno + 1 + uint64(i)})

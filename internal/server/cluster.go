@@ -25,8 +25,9 @@ type ChannelDirectory interface {
 
 // Cluster serves the cluster requests of the data port.
 type Cluster interface {
-	// ClusterMap returns the GetClusterMap answer (docs/protocol.md).
-	ClusterMap() ([]byte, error)
+	// ClusterMap returns the GetClusterMap answer (docs/protocol.md) and
+	// the revision of the map it holds.
+	ClusterMap() (body []byte, revision uint64, err error)
 	// Document returns the cluster document (JSON).
 	Document() ([]byte, error)
 	// Join answers another node's join request (JSON both ways).
@@ -41,19 +42,15 @@ type Cluster interface {
 // maxJoinBody bounds the JSON bodies of Join and MetaPropose.
 const maxJoinBody = 1 << 20
 
-// HandleCluster serves the cluster requests with cl: GetClusterMap and
-// Cluster for every authenticated client, Join and MetaPropose for peers
-// (the admin or "node" credential), NodeRemove for the admin. Call before
-// Serve.
+// HandleCluster serves the cluster requests with cl: GetClusterMap,
+// MapNotify and Cluster for every authenticated client, Join and
+// MetaPropose for peers (the admin or "node" credential), NodeRemove for
+// the admin. A `not my vbucket` then carries the map to a connection that
+// has not had the node's current revision. Call before Serve.
 func (s *Server) HandleCluster(cl Cluster) {
-	s.handle(wire.OpGetClusterMap, handler{fn: func(c *conn, h wire.Header, body []byte) {
-		if len(body) != 0 {
-			c.replyf(h, wire.StatusBadRequest, "malformed GetClusterMap: the body is empty")
-			return
-		}
-		b, err := cl.ClusterMap()
-		c.clusterAnswer(h, b, err)
-	}})
+	s.cluster = cl
+	s.handle(wire.OpGetClusterMap, handler{fn: (*conn).getClusterMap})
+	s.handle(wire.OpMapNotify, handler{fn: (*conn).mapNotify})
 	s.handle(wire.OpCluster, handler{fn: func(c *conn, h wire.Header, body []byte) {
 		if len(body) != 0 {
 			c.replyf(h, wire.StatusBadRequest, "malformed Cluster: the body is empty")
@@ -79,6 +76,61 @@ func (s *Server) HandleCluster(cl Cluster) {
 		}
 		c.clusterAnswer(h, nil, cl.RemoveNode(string(id)))
 	}})
+}
+
+// getClusterMap: empty, or u64 the revision the client has -> the members
+// and the map; empty when the client's revision is the node's (or later).
+func (c *conn) getClusterMap(h wire.Header, body []byte) {
+	d := wire.NewDecoder(body)
+	var have uint64
+	if len(body) > 0 {
+		have = d.U64()
+	}
+	if d.Finish() != nil {
+		c.replyf(h, wire.StatusBadRequest, "malformed GetClusterMap: the body is empty or a u64 map revision")
+		return
+	}
+	b, rev, err := c.s.cluster.ClusterMap()
+	if err != nil {
+		c.clusterAnswer(h, nil, err)
+		return
+	}
+	c.noteMapRev(rev)
+	if len(body) > 0 && have >= rev {
+		b = nil // the client is current
+	}
+	c.reply(h, wire.StatusOK, b)
+}
+
+// mapNotify: empty -> a stream of u64 map revisions: the node's at once,
+// then each new one the node applies. It ends only on a stop, the
+// connection's close or the node's shutdown.
+func (c *conn) mapNotify(h wire.Header, body []byte) {
+	if len(body) != 0 {
+		c.replyf(h, wire.StatusBadRequest, "malformed MapNotify: the body is empty")
+		return
+	}
+	c.startStream(h, 0, func(st *stream) (wire.Status, string) {
+		var sent uint64
+		first := true
+		for {
+			rev, changed := c.s.maps.get()
+			if first || rev != sent {
+				if !st.send(func(b []byte) []byte { return wire.AppendU64(b, rev) }) {
+					return wire.StatusStopped, ""
+				}
+				c.noteMapRev(rev)
+				sent, first = rev, false
+			}
+			select {
+			case <-changed:
+			case <-st.ctx.Done():
+				return wire.StatusStopped, ""
+			case <-c.shutting:
+				return wire.StatusShuttingDown, ""
+			}
+		}
+	})
 }
 
 // clusterAnswer answers a cluster request: b, or the status of err.
@@ -107,7 +159,7 @@ func clusterStatus(err error) wire.Status {
 		return wire.StatusNotFound
 	case errors.Is(err, meta.ErrBadCommand), errors.Is(err, meta.ErrHoldsVBuckets), errors.Is(err, meta.ErrStaleMap), errors.Is(err, meta.ErrNotInitialized):
 		return wire.StatusBadRequest
-	case errors.Is(err, engine.ErrNoActiveVBucket):
+	case errors.Is(err, engine.ErrNoActiveVBucket), errors.Is(err, engine.ErrNotActive):
 		return wire.StatusNotMyVBucket
 	}
 	return wire.StatusInternal

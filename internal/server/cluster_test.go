@@ -76,3 +76,28 @@ func TestRaftOpenNeedsAPeerCredential(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseBoundsServing: past the lease, a node answers every request for
+// its active vBuckets with not my vbucket, whatever its table says.
+func TestLeaseBoundsServing(t *testing.T) {
+	ts := startServer(t, Config{})
+	r := dialRaw(t, ts.addr)
+	if st := r.put("c", "k", "v"); st != wire.StatusOK {
+		t.Fatal(st)
+	}
+	ts.s.SetLease(time.Now().Add(-time.Millisecond))
+	if st := r.put("c", "k", "v"); st != wire.StatusNotMyVBucket {
+		t.Fatalf("put past the lease: %v", st)
+	}
+	if st, _ := r.get("c", "k"); st != wire.StatusNotMyVBucket {
+		t.Fatalf("get past the lease: %v", st)
+	}
+	ts.s.SetLease(time.Now().Add(time.Hour))
+	if st := r.put("c", "k", "v"); st != wire.StatusOK {
+		t.Fatalf("put within the lease: %v", st)
+	}
+	ts.s.SetLease(time.Time{})
+	if st := r.put("c", "k", "v"); st != wire.StatusOK {
+		t.Fatalf("put without a lease: %v", st)
+	}
+}

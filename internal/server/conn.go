@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"shoal/internal/auth"
@@ -45,6 +46,7 @@ type conn struct {
 	big []byte // body buffer for frames larger than the read buffer
 
 	clock time.Time // end of the previous request of this read batch (reader only)
+	now   time.Time // when the request being handled started (reader only)
 
 	// takeover is set by dispatch when the connection leaves the request
 	// protocol; readLoop hands it over once the frame is consumed.
@@ -72,6 +74,21 @@ type conn struct {
 	shutOnce sync.Once
 
 	q queueConn // queue requests' state (queue.go)
+
+	// mapRev is the highest map revision this connection was sent
+	// (GetClusterMap, a map in `not my vbucket`, MapNotify): a `not my
+	// vbucket` carries the map only while it is below the node's.
+	mapRev atomic.Uint64
+}
+
+// noteMapRev records that the connection was sent map revision rev.
+func (c *conn) noteMapRev(rev uint64) {
+	for {
+		cur := c.mapRev.Load()
+		if rev <= cur || c.mapRev.CompareAndSwap(cur, rev) {
+			return
+		}
+	}
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -271,6 +288,7 @@ func (c *conn) dispatch(h wire.Header, body []byte) {
 	if start.IsZero() {
 		start = time.Now()
 	}
+	c.now = start
 	hd.fn(c, h, body)
 	c.clock = time.Time{}
 	if !hd.async {

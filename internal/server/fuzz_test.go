@@ -22,6 +22,10 @@ func FuzzConnection(f *testing.F) {
 	f.Add(frame(wire.OpPop, 0, 7, wire.AppendStr8(nil, "q")))
 	f.Add(frame(wire.OpConsume, 0, 8, consumeBody("q", "sub", 10)))
 	f.Add(append(frame(wire.OpProduce, 0, 9, append([]byte{1, 1, 'q'}, valuesBody("a", "b")...)), frame(wire.OpQueues, 0, 10, nil)...))
+	f.Add(frame(wire.OpGetReplica, vbOf("k"), 11, keyBody("c", "k")))
+	f.Add(frame(wire.OpGetClusterMap, 0, 12, wire.AppendU64(nil, 3)))
+	f.Add(frame(wire.OpMapNotify, 0, 13, nil))
+	f.Add(wire.AppendHeader(nil, wire.Header{Magic: wire.MagicRequest, Version: wire.Version, Opcode: wire.OpPush, Flags: wire.FlagVBucket, VBucket: 70, ID: 14, BodyLen: 5}))
 	f.Add([]byte("garbage garbage garbage"))
 	ts := startServer(f, Config{FrameTimeout: 200 * time.Millisecond, MaxValueSize: 4096})
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -147,11 +147,13 @@ type ChannelSize struct {
 	Bytes   int64
 }
 
-// channelSizes lists every channel of every engine.
+// channelSizes lists every channel of every engine: kv records of the
+// vBuckets the node is active for; queue and log records the node holds,
+// of every vBucket (those engines keep no per-vBucket counts).
 func (s *Server) channelSizes() []ChannelSize {
 	var out []ChannelSize
 	if s.eng.KV != nil {
-		for _, cs := range s.eng.KV.Channels() {
+		for _, cs := range s.eng.KV.ChannelsIn(s.activeFilter()) {
 			out = append(out, ChannelSize{Name: cs.Name, Kind: engine.KindKV, Records: cs.Records, Bytes: cs.Bytes})
 		}
 	}
@@ -193,7 +195,7 @@ func (c *conn) getChannelSize(h wire.Header, body []byte) {
 		switch kind {
 		case engine.KindKV:
 			if c.s.eng.KV != nil {
-				st := c.s.eng.KV.ChannelSize(name)
+				st := c.s.eng.KV.ChannelSizeIn(name, c.s.activeFilter())
 				cs.Records, cs.Bytes = st.Records, st.Bytes
 			}
 		case engine.KindQueue:

@@ -17,6 +17,7 @@ func (s *Server) registerKV() {
 	one, many := s.singleLimit(), s.batchLimit()
 	s.handle(wire.OpPut, handler{fn: (*conn).kvPut, limit: one})
 	s.handle(wire.OpGet, handler{fn: (*conn).kvGet})
+	s.handle(wire.OpGetReplica, handler{fn: (*conn).kvGetReplica})
 	s.handle(wire.OpExists, handler{fn: (*conn).kvExists})
 	s.handle(wire.OpRemove, handler{fn: (*conn).kvRemove})
 	s.handle(wire.OpUpdate, handler{fn: (*conn).kvUpdate, limit: one})
@@ -70,7 +71,7 @@ func (c *conn) checkChannel(h wire.Header, ch []byte, kind engine.Kind, write bo
 
 // checkKey validates a key against the header's vBucket and this node's
 // route for it (checkRoute).
-func (c *conn) checkKey(h wire.Header, key []byte, write bool) bool {
+func (c *conn) checkKey(h wire.Header, key []byte, replica bool) bool {
 	switch {
 	case len(key) == 0:
 		c.replyf(h, wire.StatusBadKey, "empty key")
@@ -84,16 +85,17 @@ func (c *conn) checkKey(h wire.Header, key []byte, write bool) bool {
 		c.replyf(h, wire.StatusBadRequest, "vbucket %d in the header, but the key belongs to vbucket %d of %d", h.VBucket, vb, c.s.cfg.VBuckets)
 		return false
 	}
-	return c.checkRoute(h, vb, write)
+	return c.checkRoute(h, vb, replica)
 }
 
-// checkRoute asks the node's routing table about vb: a write needs this
-// node to be vb's active, a read an active or replica copy (a replica's
-// answer may be stale). Otherwise it answers `not my vbucket` with the
-// active's address, vb's epoch and the map's revision.
-func (c *conn) checkRoute(h wire.Header, vb uint16, write bool) bool {
+// checkRoute asks the node's routing table about vb: every request, read
+// or write, needs this node to be vb's active; with replica (GetReplica) a
+// replica copy does too (its answer may be stale). Otherwise it answers
+// `not my vbucket` with the active's address, vb's epoch and the map's
+// revision (and the map, when this connection has not had it).
+func (c *conn) checkRoute(h wire.Header, vb uint16, replica bool) bool {
 	r := c.s.route(vb)
-	if r.State == vbmap.Active || (!write && r.State == vbmap.Replica) {
+	if (r.State == vbmap.Active && c.s.leased(c.now)) || (replica && r.State == vbmap.Replica) {
 		return true
 	}
 	c.notMyVBucket(h, r)
@@ -103,7 +105,7 @@ func (c *conn) checkRoute(h wire.Header, vb uint16, write bool) bool {
 // checkServing refuses, with `not my vbucket`, a request that needs the
 // node to be active for some vBucket when it is active for none.
 func (c *conn) checkServing(h wire.Header) bool {
-	if c.s.serving() {
+	if c.s.serving() && c.s.leased(c.now) {
 		return true
 	}
 	c.notMyVBucket(h, c.s.route(h.VBucket))
@@ -111,12 +113,23 @@ func (c *conn) checkServing(h wire.Header) bool {
 }
 
 // notMyVBucket answers `not my vbucket`: str8 active address, u64 epoch,
-// u64 map revision.
+// u64 map revision, then, when this connection has not been sent the
+// node's current map revision yet (GetClusterMap, an earlier `not my
+// vbucket`, a MapNotify frame), the GetClusterMap answer: the client
+// routes by it without asking again (Couchbase's dedupe).
 func (c *conn) notMyVBucket(h wire.Header, r vbmap.Route) {
+	var m []byte
+	if cl := c.s.cluster; cl != nil && r.Revision > c.mapRev.Load() {
+		if body, rev, err := cl.ClusterMap(); err == nil {
+			m = body
+			c.noteMapRev(rev)
+		}
+	}
 	b, off := c.begin(h, wire.StatusNotMyVBucket, 0)
 	b = wire.AppendStr8(b, r.ActiveAddr)
 	b = wire.AppendU64(b, r.Epoch)
-	c.end(wire.AppendU64(b, r.Revision), off)
+	b = wire.AppendU64(b, r.Revision)
+	c.end(append(b, m...), off)
 	c.s.ops[h.Opcode].errors.Add(1)
 }
 
@@ -151,7 +164,7 @@ func (c *conn) kvPut(h wire.Header, body []byte) {
 		c.replyf(h, wire.StatusBadRequest, "malformed Put")
 		return
 	}
-	if !c.checkKey(h, key, true) || !c.checkValue(h, val) {
+	if !c.checkKey(h, key, false) || !c.checkValue(h, val) {
 		return
 	}
 	name, ok := c.checkChannel(h, ch, engine.KindKV, true)
@@ -168,18 +181,18 @@ func (c *conn) kvPut(h wire.Header, body []byte) {
 }
 
 // keyRequest decodes and checks the body of a single-key request (str8
-// channel, str8 key): the key against the header's vBucket (and this node's
-// ownership of it when write is set), the channel as a kv channel. name is
-// "" for a channel that does not exist. It answers the request itself when
-// ok is false.
-func (c *conn) keyRequest(h wire.Header, body []byte, write bool) (name string, key []byte, ok bool) {
+// channel, str8 key): the key against the header's vBucket and this
+// node's route for it (checkRoute: active, or with replica a replica copy
+// too), the channel as a kv channel. name is "" for a channel that does
+// not exist. It answers the request itself when ok is false.
+func (c *conn) keyRequest(h wire.Header, body []byte, replica bool) (name string, key []byte, ok bool) {
 	d := wire.NewDecoder(body)
 	ch, key := d.Bytes8(), d.Bytes8()
 	if d.Finish() != nil {
 		c.replyf(h, wire.StatusBadRequest, "malformed %s", h.Opcode)
 		return "", nil, false
 	}
-	if !c.checkKey(h, key, write) {
+	if !c.checkKey(h, key, replica) {
 		return "", nil, false
 	}
 	name, ok = c.checkChannel(h, ch, engine.KindKV, false)
@@ -213,6 +226,39 @@ func (c *conn) kvGet(h wire.Header, body []byte) {
 	c.end(b, off)
 }
 
+// kvGetReplica: str8 channel, str8 key -> u64 cas, u8 source (1 active, 2
+// replica), value (rest). It reads the node's copy, active or replica: a
+// replica's may be stale.
+func (c *conn) kvGetReplica(h wire.Header, body []byte) {
+	name, key, ok := c.keyRequest(h, body, true)
+	if !ok {
+		return
+	}
+	if name == "" {
+		c.reply(h, wire.StatusNotFound, nil)
+		return
+	}
+	source := uint8(wire.SourceReplica)
+	if c.s.route(h.VBucket).State == vbmap.Active {
+		source = wire.SourceActive
+	}
+	b, off := c.begin(h, wire.StatusOK, 0)
+	casAt := len(b)
+	b = wire.AppendU64(b, 0)
+	b = wire.AppendU8(b, source)
+	b, cas, err := c.s.eng.KV.Get(name, key, b)
+	if err != nil {
+		b = b[:casAt]
+		wire.PatchStatus(b, off, kvStatus(err))
+		if !errors.Is(err, kv.ErrNotFound) {
+			b = appendf(b, "%v", err)
+		}
+	} else {
+		binary.LittleEndian.PutUint64(b[casAt:], cas)
+	}
+	c.end(b, off)
+}
+
 // kvExists: str8 channel, str8 key -> u8 exists.
 func (c *conn) kvExists(h wire.Header, body []byte) {
 	name, key, ok := c.keyRequest(h, body, false)
@@ -229,7 +275,7 @@ func (c *conn) kvExists(h wire.Header, body []byte) {
 
 // kvRemove: str8 channel, str8 key -> u8 removed.
 func (c *conn) kvRemove(h wire.Header, body []byte) {
-	name, key, ok := c.keyRequest(h, body, true)
+	name, key, ok := c.keyRequest(h, body, false)
 	if !ok {
 		return
 	}
@@ -256,7 +302,7 @@ func (c *conn) kvUpdate(h wire.Header, body []byte) {
 		c.replyf(h, wire.StatusBadRequest, "malformed Update")
 		return
 	}
-	if !c.checkKey(h, key, true) || !c.checkValue(h, val) {
+	if !c.checkKey(h, key, false) || !c.checkValue(h, val) {
 		return
 	}
 	name, ok := c.checkChannel(h, ch, engine.KindKV, false)
@@ -298,7 +344,7 @@ func (c *conn) kvPutBatch(h wire.Header, body []byte) {
 			c.replyf(h, wire.StatusBadKey, "record %d: empty key", i)
 			return
 		}
-		if !c.checkRoute(h, vbucket.Of(key, c.s.cfg.VBuckets), true) {
+		if !c.checkRoute(h, vbucket.Of(key, c.s.cfg.VBuckets), false) {
 			return
 		}
 	}
@@ -325,6 +371,7 @@ func (c *conn) kvPutBatch(h wire.Header, body []byte) {
 const (
 	getAllKeysOnly = 1
 	getAllExpiry   = 2 // each record carries its expiry (for the external dumper)
+	getAllReplicas = 4 // the vBuckets the node holds a replica copy of too (stale)
 )
 
 // kvGetAll: str8 channel, u8 flags, u32 credit, str8 after (resume after
@@ -344,7 +391,7 @@ func (c *conn) kvGetAll(h wire.Header, body []byte) {
 	}
 	after = bytes.Clone(after)
 	filter = bytes.Clone(filter)
-	keysOnly, expiry := flags&getAllKeysOnly != 0, flags&getAllExpiry != 0
+	keysOnly, expiry, replicas := flags&getAllKeysOnly != 0, flags&getAllExpiry != 0, flags&getAllReplicas != 0
 	c.startStream(h, credit, func(st *stream) (wire.Status, string) {
 		if name == "" {
 			return wire.StatusOK, ""
@@ -356,6 +403,9 @@ func (c *conn) kvGetAll(h wire.Header, body []byte) {
 			first = vbucket.Of(after, c.s.cfg.VBuckets)
 		}
 		for vb := int(first); vb < c.s.cfg.VBuckets; vb++ {
+			if !c.s.serves(uint16(vb), replicas) {
+				continue
+			}
 			var from []byte
 			if vb == int(first) && len(after) > 0 {
 				from = after
@@ -438,6 +488,9 @@ func (c *conn) kvMirror(h wire.Header, body []byte) {
 		}
 		refresh := func() bool {
 			for vb := 0; vb < c.s.cfg.VBuckets; vb++ {
+				if !c.s.serves(uint16(vb), false) {
+					continue
+				}
 				alive := true
 				c.s.eng.KV.Scan(name, uint16(vb), nil, func(r kv.Record) bool {
 					alive = add(MirrorRefresh, r.Key, r.Value)
@@ -465,6 +518,9 @@ func (c *conn) kvMirror(h wire.Header, body []byte) {
 			evs, lost = w.Drain(evs[:0])
 			for _, ev := range evs {
 				var ok bool
+				if (ev.Op == kv.EventPut || ev.Op == kv.EventDelete) && !c.s.serves(vbucket.Of(ev.Key, c.s.cfg.VBuckets), false) {
+					continue // another node mirrors that vBucket
+				}
 				switch ev.Op {
 				case kv.EventPut:
 					ok = add(MirrorPut, ev.Key, ev.Value)

@@ -54,10 +54,12 @@ type appends struct {
 }
 
 // appendGroup is consecutive appends of one connection to one channel
-// with one routing key, committed by one Append.
+// with one routing key (or one vBucket the client chose), committed by one
+// Append.
 type appendGroup struct {
 	name   string
 	key    []byte
+	vb     int // the FlagVBucket vBucket; -1: none (the key's, or round-robin)
 	recs   []logstore.Rec
 	bytes  int
 	weight int64
@@ -100,7 +102,7 @@ func logStatus(err error) wire.Status {
 // (without the engine's name for the condition, which the status says).
 // An error without a status of its own (an I/O error) is logged too.
 func (c *conn) logFail(h wire.Header, err error) {
-	if errors.Is(err, engine.ErrNoActiveVBucket) { // the map changed since checkServing
+	if errors.Is(err, engine.ErrNoActiveVBucket) || errors.Is(err, engine.ErrNotActive) { // the map changed since checkServing
 		c.notMyVBucket(h, c.s.route(h.VBucket))
 		return
 	}
@@ -116,13 +118,36 @@ func (c *conn) logFail(h wire.Header, err error) {
 }
 
 // checkRoutingKey checks the header's vBucket against a routing key and
-// this node's route for it. Without a key the records go round-robin to
-// the node's active vBuckets: it must have one (a standby has none).
+// this node's route for it. Without a key the records go to the header's
+// vBucket with FlagVBucket (the node must be its active), else round-robin
+// to the node's active vBuckets: it must have one (a standby has none).
 func (c *conn) checkRoutingKey(h wire.Header, key []byte) bool {
-	if len(key) == 0 {
-		return c.checkServing(h)
+	switch {
+	case len(key) > 0:
+		return c.checkKey(h, key, false)
+	case h.Flags&wire.FlagVBucket != 0:
+		return c.checkVBucket(h)
 	}
-	return c.checkKey(h, key, true)
+	return c.checkServing(h)
+}
+
+// checkVBucket checks the header's vBucket of a FlagVBucket write: in
+// range, and this node its active.
+func (c *conn) checkVBucket(h wire.Header) bool {
+	if int(h.VBucket) >= c.s.cfg.VBuckets {
+		c.replyf(h, wire.StatusBadRequest, "vbucket %d in the header; the node has %d", h.VBucket, c.s.cfg.VBuckets)
+		return false
+	}
+	return c.checkRoute(h, h.VBucket, false)
+}
+
+// flagVBucket is the vBucket a write goes to by FlagVBucket, -1 without
+// the flag (or with a routing key, which decides).
+func flagVBucket(h wire.Header, key []byte) int {
+	if h.Flags&wire.FlagVBucket == 0 || len(key) > 0 {
+		return -1
+	}
+	return int(h.VBucket)
 }
 
 // routingKey returns the key Append takes: nil for round-robin.
@@ -153,7 +178,7 @@ func (c *conn) logPut(h wire.Header, body []byte) {
 		copy(own, key)
 		copy(own[len(key):], val)
 		rec := [1]logstore.Rec{{Timestamp: ts, Value: own[len(key):]}}
-		c.queueAppend(h, start, len(body), name, rec[:], own[:len(key)], 0)
+		c.queueAppend(h, start, len(body), name, rec[:], own[:len(key)], flagVBucket(h, key), 0)
 		return
 	}
 	c.s.requestDone(h.Opcode, start)
@@ -215,17 +240,17 @@ func (c *conn) parseLogPutBatch(h wire.Header, body []byte, start time.Time) boo
 	if !ok {
 		return false
 	}
-	c.queueAppend(h, start, len(body), name, recs, key, n)
+	c.queueAppend(h, start, len(body), name, recs, key, flagVBucket(h, key), n)
 	return true
 }
 
 // queueAppend adds an append (request h, of size body bytes) to the
 // connection's open group, committing the open group first if it is for
-// another channel or key or full. The reader blocks here while the
-// connection's appends in flight are at their bound.
-func (c *conn) queueAppend(h wire.Header, start time.Time, size int, name string, recs []logstore.Rec, key []byte, count uint32) {
+// another channel, key or vBucket (vb, -1 for none) or full. The reader
+// blocks here while the connection's appends in flight are at their bound.
+func (c *conn) queueAppend(h wire.Header, start time.Time, size int, name string, recs []logstore.Rec, key []byte, vb int, count uint32) {
 	a := &c.appends
-	if g := a.open; g != nil && (g.name != name || !bytes.Equal(g.key, key)) {
+	if g := a.open; g != nil && (g.name != name || !bytes.Equal(g.key, key) || g.vb != vb) {
 		c.commitAppends()
 	}
 	if a.sem == nil {
@@ -241,7 +266,7 @@ func (c *conn) queueAppend(h wire.Header, start time.Time, size int, name string
 	}
 	g := a.open
 	if g == nil {
-		g = &appendGroup{name: name, key: key, recs: make([]logstore.Rec, 0, max(64, 2*len(recs)))}
+		g = &appendGroup{name: name, key: key, vb: vb, recs: make([]logstore.Rec, 0, max(64, 2*len(recs)))}
 		a.open = g
 	}
 	g.recs = append(g.recs, recs...)
@@ -271,7 +296,12 @@ func (c *conn) commitAppends() {
 		defer a.sem.Release(g.weight)
 		// Not c.ctx: a request the node has received is carried out even
 		// if the connection closes meanwhile; shutdown waits for it.
-		err := c.s.eng.Log.Append(context.Background(), g.name, g.recs, routingKey(g.key))
+		var err error
+		if g.vb >= 0 {
+			err = c.s.eng.Log.AppendVB(context.Background(), g.name, g.recs, uint16(g.vb))
+		} else {
+			err = c.s.eng.Log.Append(context.Background(), g.name, g.recs, routingKey(g.key))
+		}
 		for _, r := range g.reqs {
 			if err != nil {
 				c.logFail(r.h, err)
@@ -295,15 +325,26 @@ const (
 	filterRegexp    = 2
 )
 
+// LogRange flags (an optional last byte of the request).
+const (
+	rangeReplicas = 1 // the vBuckets the node holds a replica copy of too (stale)
+)
+
 // logRange: str8 channel, u64 from, u64 to, u8 filter mode, bytes32
-// filter, u32 credit, u64 resume timestamp, u64 resume count -> stream of
-// batches: u32 n, n x (u64 timestamp, bytes32 value), then the position
-// after the batch (u64 timestamp, u64 count).
+// filter, u32 credit, u64 resume timestamp, u64 resume count, [u8 flags]
+// -> stream of batches: u32 n, n x (u64 timestamp, bytes32 value), then
+// the position after the batch (u64 timestamp, u64 count). The records
+// are those of the vBuckets the node is active for (and, with flag
+// rangeReplicas, those it holds a replica copy of).
 func (c *conn) logRange(h wire.Header, body []byte) {
 	d := wire.NewDecoder(body)
 	ch, from, to, mode, fsrc, credit := d.Bytes8(), d.U64(), d.U64(), d.U8(), d.Bytes32(), d.U32()
 	after := logstore.Position{Timestamp: d.U64(), Count: d.U64()}
-	if d.Finish() != nil {
+	var flags uint8
+	if d.Len() > 0 {
+		flags = d.U8()
+	}
+	if d.Finish() != nil || flags&^rangeReplicas != 0 {
 		c.replyf(h, wire.StatusBadRequest, "malformed LogRange")
 		return
 	}
@@ -329,6 +370,10 @@ func (c *conn) logRange(h wire.Header, body []byte) {
 	name, ok := c.checkChannel(h, ch, engine.KindLog, false)
 	if !ok {
 		return
+	}
+	if c.s.table.Load() != nil { // a lone server serves every vBucket
+		replicas := flags&rangeReplicas != 0
+		filter = filter.InVBuckets(func(vb uint16) bool { return c.s.serves(vb, replicas) })
 	}
 	var it *logstore.Iterator
 	if name != "" {

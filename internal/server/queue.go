@@ -91,7 +91,7 @@ func queueStatus(err error) wire.Status {
 // queueFail answers with the status of a queue engine error; errors
 // without a status of their own are logged and carry their text.
 func (c *conn) queueFail(h wire.Header, err error) {
-	if errors.Is(err, engine.ErrNoActiveVBucket) { // the map changed since checkServing
+	if errors.Is(err, engine.ErrNoActiveVBucket) || errors.Is(err, engine.ErrNotActive) { // the map changed since checkServing
 		c.notMyVBucket(h, c.s.route(h.VBucket))
 		return
 	}
@@ -179,7 +179,13 @@ func (c *conn) queuePush(h wire.Header, body []byte) {
 		return
 	}
 	c.q.names = names[:0]
-	switch err := c.s.eng.Queue.Push(doneCtx, names, val, key); {
+	var err error
+	if vb := flagVBucket(h, key); vb >= 0 {
+		err = c.s.eng.Queue.PushVB(doneCtx, names, val, uint16(vb))
+	} else {
+		err = c.s.eng.Queue.Push(doneCtx, names, val, key)
+	}
+	switch {
 	case err == nil:
 		c.reply(h, wire.StatusOK, nil)
 	case errors.Is(err, context.Canceled):
@@ -336,6 +342,13 @@ func (c *conn) queueProduce(h wire.Header, body []byte) {
 		return
 	}
 	d := wire.NewDecoder(body)
+	if h.Flags&wire.FlagVBucket != 0 && !c.checkVBucket(h) {
+		if p != nil {
+			p.channels = nil
+		}
+		c.produceRefused(h)
+		return
+	}
 	if p == nil {
 		if !c.checkServing(h) {
 			c.produceRefused(h)
@@ -361,7 +374,12 @@ func (c *conn) queueProduce(h wire.Header, body []byte) {
 		}
 		c.q.produces[h.ID] = p
 	}
-	if st, msg := c.produceValues(p, d); st != wire.StatusOK {
+	if st, msg := c.produceValues(p, d, flagVBucket(h, nil)); st != wire.StatusOK {
+		if st == wire.StatusNotMyVBucket { // the map changed since checkVBucket
+			c.notMyVBucket(h, c.s.route(h.VBucket))
+			c.produceRefused(h)
+			return
+		}
 		if msg == "" {
 			msg = st.String()
 		}
@@ -382,8 +400,9 @@ func (c *conn) queueProduce(h wire.Header, body []byte) {
 }
 
 // produceValues checks a frame's values (u32 k, k × bytes32), then pushes
-// them in order. It returns the status of the first failure.
-func (c *conn) produceValues(p *produce, d wire.Decoder) (wire.Status, string) {
+// them in order, to vBucket vb (FlagVBucket) or round-robin (-1). It
+// returns the status of the first failure.
+func (c *conn) produceValues(p *produce, d wire.Decoder, vb int) (wire.Status, string) {
 	k := d.U32()
 	check := d
 	for i := range k {
@@ -399,10 +418,18 @@ func (c *conn) produceValues(p *produce, d wire.Decoder) (wire.Status, string) {
 		return wire.StatusBadRequest, fmt.Sprintf("malformed Produce frame: bytes after its %d values", k)
 	}
 	for range k {
-		switch err := c.s.eng.Queue.Push(doneCtx, p.channels, d.Bytes32(), nil); {
+		var err error
+		if vb >= 0 {
+			err = c.s.eng.Queue.PushVB(doneCtx, p.channels, d.Bytes32(), uint16(vb))
+		} else {
+			err = c.s.eng.Queue.Push(doneCtx, p.channels, d.Bytes32(), nil)
+		}
+		switch {
 		case err == nil:
 		case errors.Is(err, context.Canceled):
 			p.pending = true
+		case errors.Is(err, engine.ErrNotActive):
+			return wire.StatusNotMyVBucket, err.Error()
 		default:
 			st := queueStatus(err)
 			if st == wire.StatusInternal {

@@ -116,11 +116,20 @@ func (c *conn) status(h wire.Header, body []byte, r Replication) {
 }
 
 // checkQueueWrite checks a push against this node's routes: the routing
-// key's vBucket when there is one, else the node must be active for some
-// vBucket (round-robin pushes go to its active vBuckets).
+// key's vBucket when there is one (with FlagVBucket the header must carry
+// it), else the header's vBucket with FlagVBucket, else the node must be
+// active for some vBucket (round-robin pushes go to its active vBuckets).
 func (c *conn) checkQueueWrite(h wire.Header, routingKey []byte) bool {
-	if len(routingKey) > 0 {
-		return c.checkRoute(h, vbucket.Of(routingKey, c.s.cfg.VBuckets), true)
+	switch {
+	case len(routingKey) > 0:
+		vb := vbucket.Of(routingKey, c.s.cfg.VBuckets)
+		if h.Flags&wire.FlagVBucket != 0 && h.VBucket != vb {
+			c.replyf(h, wire.StatusBadRequest, "vbucket %d in the header, but the routing key belongs to vbucket %d of %d", h.VBucket, vb, c.s.cfg.VBuckets)
+			return false
+		}
+		return c.checkRoute(h, vb, false)
+	case h.Flags&wire.FlagVBucket != 0:
+		return c.checkVBucket(h)
 	}
 	return c.checkServing(h)
 }

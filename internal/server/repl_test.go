@@ -172,7 +172,8 @@ func TestReplicationRequestsNeedAdmin(t *testing.T) {
 }
 
 // TestStandbyRefusesWrites: a node active for no vBucket refuses every
-// write, kv and queue, naming the active node; reads go on.
+// write, kv and queue, and every read, naming the active node (without a
+// map: a standby is in no cluster); GetReplica reads its replica copy.
 func TestStandbyRefusesWrites(t *testing.T) {
 	s, addr := startReplServer(t, Config{}, &fakeReplication{})
 	r := dialRaw(t, addr)
@@ -206,13 +207,17 @@ func TestStandbyRefusesWrites(t *testing.T) {
 			t.Errorf("%s on a standby: %v %q", tc.name, h.Status, body)
 		}
 	}
-	if st, v := r.get("c", "k"); st != wire.StatusOK || v != "v" {
-		t.Fatalf("get on a standby: %v %q", st, v)
-	}
-	// A node with no copy of the vBucket does not serve its reads either.
-	s.SetTable(vbmap.NewTable("x", standbyTable().Map(), map[string]string{"a": "10.0.0.1:7400"}))
+	// Reads need the active too; GetReplica reads the replica copy.
 	if h, body := r.call(wire.OpGet, vbOf("k"), keyBody("c", "k")); h.Status != wire.StatusNotMyVBucket || string(body) != want {
-		t.Fatalf("get on a node without a copy: %v %q", h.Status, body)
+		t.Fatalf("get on a standby: %v %q", h.Status, body)
+	}
+	if h, body := r.call(wire.OpGetReplica, vbOf("k"), keyBody("c", "k")); h.Status != wire.StatusOK || len(body) != 10 || body[8] != wire.SourceReplica || string(body[9:]) != "v" {
+		t.Fatalf("GetReplica on a standby: %v %q", h.Status, body)
+	}
+	// A node with no copy of the vBucket does not serve its replica reads either.
+	s.SetTable(vbmap.NewTable("x", standbyTable().Map(), map[string]string{"a": "10.0.0.1:7400"}))
+	if h, body := r.call(wire.OpGetReplica, vbOf("k"), keyBody("c", "k")); h.Status != wire.StatusNotMyVBucket || string(body) != want {
+		t.Fatalf("GetReplica on a node without a copy: %v %q", h.Status, body)
 	}
 	s.SetTable(nil)
 	if h, _ := r.call(wire.OpPop, 0, wire.AppendStr8(nil, "q")); h.Status != wire.StatusOK {

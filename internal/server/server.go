@@ -126,6 +126,9 @@ type Server struct {
 	eng      Engines
 	handlers [256]handler
 	table    vbmap.Holder // this node's routing table; nil: active for every vBucket
+	lease    atomic.Int64 // unix nanoseconds until which the node may serve its active vBuckets; 0: no lease
+	maps     mapWatch     // wakes the MapNotify streams at every new map revision
+	cluster  Cluster      // the cluster requests (HandleCluster); nil on a standby
 	takeover map[wire.Opcode]TakeoverFunc
 	start    time.Time
 
@@ -175,8 +178,91 @@ func New(cfg Config, eng Engines) *Server {
 
 // SetTable makes t the node's routing table: every request asks it for
 // its vBucket's Route. Until the first call (or after SetTable(nil)) the
-// server is active for every vBucket, as a lone server is.
-func (s *Server) SetTable(t *vbmap.Table) { s.table.Store(t) }
+// server is active for every vBucket, as a lone server is. When t's map
+// revision differs from the previous table's, every MapNotify stream
+// sends it (the node calls SetTable for every map it applies).
+func (s *Server) SetTable(t *vbmap.Table) {
+	s.table.Store(t)
+	var rev uint64
+	if t != nil {
+		rev = t.Map().Revision
+	}
+	s.maps.set(rev)
+}
+
+// mapWatch is the revision of the node's routing table, with a channel
+// closed (and replaced) whenever it changes: the MapNotify streams wait
+// on it.
+type mapWatch struct {
+	mu  sync.Mutex
+	rev uint64
+	ch  chan struct{}
+}
+
+func (w *mapWatch) set(rev uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if rev == w.rev {
+		return
+	}
+	w.rev = rev
+	if w.ch != nil {
+		close(w.ch)
+	}
+	w.ch = make(chan struct{})
+}
+
+// get returns the current revision and a channel closed at the next
+// change.
+func (w *mapWatch) get() (uint64, <-chan struct{}) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ch == nil {
+		w.ch = make(chan struct{})
+	}
+	return w.rev, w.ch
+}
+
+// serves reports whether the node serves vb's scans and sizes: it is
+// vb's active, or, with replicas, holds a replica copy (GetAll and
+// LogRange "replica copies too").
+func (s *Server) serves(vb uint16, replicas bool) bool {
+	t := s.table.Load()
+	if t == nil {
+		return true
+	}
+	st := t.State(vb)
+	return st == vbmap.Active || (replicas && st == vbmap.Replica)
+}
+
+// activeFilter returns a function reporting whether the node is active
+// for a vBucket, by the current table; nil (every vBucket) without one.
+func (s *Server) activeFilter() func(vb uint16) bool {
+	t := s.table.Load()
+	if t == nil {
+		return nil
+	}
+	return func(vb uint16) bool { return t.State(vb) == vbmap.Active }
+}
+
+// SetLease bounds when the node may serve its active vBuckets: requests
+// that start after until are answered `not my vbucket` whatever the table
+// says (a node stopped and resumed must not serve one request before its
+// lease is checked again). The zero time means no lease (a lone node).
+func (s *Server) SetLease(until time.Time) {
+	if until.IsZero() {
+		s.lease.Store(0)
+		return
+	}
+	s.lease.Store(until.UnixNano())
+}
+
+// leased reports whether a request that started at now may be served as
+// active.
+func (s *Server) leased(now time.Time) bool {
+	l := s.lease.Load()
+	return l == 0 || now.UnixNano() <= l
+}
 
 // route is this node's Route for vb.
 func (s *Server) route(vb uint16) vbmap.Route {

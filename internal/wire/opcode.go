@@ -4,7 +4,7 @@ import "fmt"
 
 // Opcode names the request a frame carries. Opcodes are grouped by range:
 // 0x0_ connection and channel-generic, 0x1_ kv, 0x2_ queue, 0x3_ log,
-// 0x4_ replication streams, 0x5_ operator requests.
+// 0x4_ replication streams, 0x5_ operator requests, 0x6_ cluster.
 type Opcode uint8
 
 // Connection and channel-generic requests.
@@ -31,6 +31,9 @@ const (
 	OpPutBatch Opcode = 0x15 // channel, records -> u32 stored
 	OpGetAll   Opcode = 0x16 // channel, options -> stream of record batches
 	OpMirror   Opcode = 0x17 // channel, options -> stream of changes
+	// OpGetReplica reads a key from an active or a replica copy (which
+	// may be stale): channel, key -> cas, source (1 active, 2 replica), value.
+	OpGetReplica Opcode = 0x18
 )
 
 // queue requests.
@@ -64,6 +67,9 @@ const (
 	OpJoin          Opcode = 0x62 // JSON join request -> JSON answer (between nodes)
 	OpMetaPropose   Opcode = 0x63 // JSON metadata command -> u64 raft index (to the leader, between nodes)
 	OpNodeRemove    Opcode = 0x64 // str8 node id -> empty; admin
+	OpRecover       Opcode = 0x66 // str8 node -> JSON; admin: a failed node becomes a replica again
+	OpLeaseRenew    Opcode = 0x67 // str8 node id -> u64 commit index, u64 lease ms (to the leader, between nodes)
+	OpMapNotify     Opcode = 0x65 // empty -> stream of u64 map revisions, one at once and one per map applied
 )
 
 // Operator requests.
@@ -72,7 +78,7 @@ const (
 	OpReplica  Opcode = 0x51 // u8 action (stop/start/set), settings -> empty
 	OpPromote  Opcode = 0x52 // empty -> empty; a standby becomes active
 	OpStatus   Opcode = 0x53 // empty -> JSON status document
-	OpFailover Opcode = 0x54 // reserved for the cluster layer
+	OpFailover Opcode = 0x54 // str8 node, u8 flags (bit 0 force) -> JSON; admin
 )
 
 var opNames = map[Opcode]string{
@@ -81,12 +87,13 @@ var opNames = map[Opcode]string{
 	OpGetChannels: "GetChannels", OpGetChannelSize: "GetChannelSize", OpGetSize: "GetSize",
 	OpRemoveChannel: "RemoveChannel",
 	OpPut:           "Put", OpGet: "Get", OpExists: "Exists", OpRemove: "Remove", OpUpdate: "Update",
-	OpPutBatch: "PutBatch", OpGetAll: "GetAll", OpMirror: "Mirror",
+	OpPutBatch: "PutBatch", OpGetAll: "GetAll", OpMirror: "Mirror", OpGetReplica: "GetReplica",
 	OpPush: "Push", OpPop: "Pop", OpConsume: "Consume", OpProduce: "Produce", OpQueues: "Queues",
 	OpLogPut: "LogPut", OpLogPutBatch: "LogPutBatch", OpLogRange: "LogRange",
 	OpStreamOpen: "StreamOpen", OpRaftOpen: "RaftOpen",
-	OpGetClusterMap: "GetClusterMap", OpCluster: "Cluster", OpJoin: "Join", OpMetaPropose: "MetaPropose", OpNodeRemove: "NodeRemove",
-	OpDumpNow: "DumpNow", OpReplica: "Replica", OpPromote: "Promote", OpStatus: "Status",
+	OpGetClusterMap: "GetClusterMap", OpCluster: "Cluster", OpJoin: "Join", OpMetaPropose: "MetaPropose", OpNodeRemove: "NodeRemove", OpRecover: "Recover", OpLeaseRenew: "LeaseRenew",
+	OpMapNotify: "MapNotify",
+	OpDumpNow:   "DumpNow", OpReplica: "Replica", OpPromote: "Promote", OpStatus: "Status",
 	OpFailover: "Failover",
 }
 
@@ -107,6 +114,12 @@ const (
 	StreamSuspend = 2 // the sender stops sending until StreamResume
 	StreamResume  = 3
 	StreamStop    = 4 // the sender ends the stream with StatusStopped
+)
+
+// Sources of a GetReplica answer: the copy the node read.
+const (
+	SourceActive  = 1
+	SourceReplica = 2
 )
 
 // Channel kinds, as carried in GetChannels and GetChannelSize answers.

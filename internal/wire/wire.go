@@ -76,6 +76,11 @@ const (
 	// FlagMore marks a frame of a stream after which more frames with the
 	// same request id follow. The last frame of a stream has it clear.
 	FlagMore = 0x01
+	// FlagVBucket, on a Push, Produce, LogPut or LogPutBatch without a
+	// routing key, says that the header's vBucket is where the records
+	// go (a routing client spreads its writes over every vBucket); without
+	// it the node picks among its active vBuckets.
+	FlagVBucket = 0x02
 )
 
 // Header is a decoded frame header.
