@@ -245,7 +245,7 @@ func TestFailoverAndFencing(t *testing.T) {
 			return nd.table().Map().Revision == after.Map.Revision, fmt.Sprint(nd.table().Map().Revision)
 		})
 	}
-	c, err := client.Dial(t.Context(), survivor.Addr().String())
+	c, err := client.Dial(t.Context(), survivor.Addr().String(), client.WithNoRouting())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,7 +355,7 @@ func TestPartitionedNodeStopsServing(t *testing.T) {
 			key = k
 		}
 	}
-	c, err := client.Dial(t.Context(), listen[x]) // the node's own port: clients still reach it
+	c, err := client.Dial(t.Context(), listen[x], client.WithNoRouting()) // the node's own port: clients still reach it
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,7 +43,7 @@ func startNode(t *testing.T, dir string, opts []Option, args ...string) *testNod
 	ctx, cancel := context.WithCancel(context.Background())
 	tn := &testNode{t: t, n: n, dir: dir, stop: cancel, done: make(chan error, 1)}
 	go func() { tn.done <- n.Run(ctx) }()
-	tn.c, err = client.Dial(context.Background(), n.Addr().String())
+	tn.c, err = client.Dial(context.Background(), n.Addr().String(), client.WithNoRouting())
 	if err != nil {
 		t.Fatal(err)
 	}
