@@ -60,7 +60,7 @@ func (c *chainCluster) connect() {
 	c.clients = map[string]*client.Client{}
 	for i, n := range c.nodes {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		cl, err := client.Dial(ctx, n.Addr, append([]client.Option{client.WithTimeout(10 * time.Second)}, c.opts...)...)
+		cl, err := client.Dial(ctx, n.Addr, append([]client.Option{client.WithTimeout(10 * time.Second), client.WithNoRouting()}, c.opts...)...)
 		cancel()
 		if err != nil {
 			c.t.Fatalf("dial %s: %v", n.Addr, err)
@@ -208,7 +208,7 @@ func (c *chainCluster) checkRecords(w *written) {
 	}
 	seen := map[string]int{}
 	for _, id := range c.ids {
-		for r, err := range c.clients[id].GetAll(c.t.Context(), "kv").All() {
+		for r, err := range c.clients[id].GetAll(c.t.Context(), "kv", client.WithReplicaCopies()).All() {
 			if err != nil {
 				c.t.Fatalf("GetAll at %s: %v", id, err)
 			}
