@@ -379,7 +379,7 @@ func TestPartitionedNodeStopsServing(t *testing.T) {
 		if i == x {
 			continue
 		}
-		oc, err := client.Dial(t.Context(), listen[i])
+		oc, err := client.Dial(t.Context(), listen[i], client.WithNoRouting()) // pushes land in its own vbuckets
 		if err != nil {
 			t.Fatal(err)
 		}
