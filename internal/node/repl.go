@@ -495,15 +495,10 @@ func (a replAdmin) Replica(action uint8, s server.ReplicaSettings) error {
 	return a.n.replica(action, s)
 }
 
-// Promote runs `shoal promote`: refused while the active streams to the
-// standby or the standby is behind (see promote).
-func (a replAdmin) Promote() error { return a.n.promote(false) }
-
-// PromoteForce runs `shoal promote --force`: a standby that is behind is
-// promoted anyway (never while its active streams to it). The server
-// does not call it yet (the CLI flag and OpPromote's body are the
-// routing change's).
-func (a replAdmin) PromoteForce() error { return a.n.promote(true) }
+// Promote runs `shoal promote [--force]`: refused while the active
+// streams to the standby, and while the standby is behind unless forced
+// (see promote).
+func (a replAdmin) Promote(force bool) error { return a.n.promote(force) }
 
 // Status returns the status document as JSON.
 func (a replAdmin) Status(vbuckets bool) ([]byte, error) {

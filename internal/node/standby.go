@@ -1,7 +1,6 @@
 package node
 
 import (
-	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -70,11 +69,11 @@ func (n *Node) setupStandby() error {
 
 // ErrActiveAlive refuses the promotion of a standby whose active still
 // streams to it.
-var ErrActiveAlive = errors.New("the active is alive")
+var ErrActiveAlive = fmt.Errorf("%w: the active is alive", server.ErrPromoteRefused)
 
 // ErrStandbyBehind refuses the promotion of a standby that does not hold
 // everything its active announced.
-var ErrStandbyBehind = errors.New("this standby is behind its active")
+var ErrStandbyBehind = fmt.Errorf("%w: this standby is behind its active", server.ErrPromoteRefused)
 
 // promote turns a standby into an active node by applying the next map
 // revision, in which it is active for every vBucket: replication stops,
@@ -106,7 +105,7 @@ func (n *Node) promote(force bool) error {
 	if lag := n.rep.replicaLag(); lag != nil && lag.VBuckets > 0 {
 		msg := lagText(lag)
 		if !force {
-			return fmt.Errorf("%w: %s; promoting now loses them (force the promotion to accept that)", ErrStandbyBehind, msg)
+			return fmt.Errorf("%w: %s; promoting now loses them (shoal promote --force accepts that)", ErrStandbyBehind, msg)
 		}
 		n.log.Warn("promoting a standby that is behind its active: these mutations are lost", "lag", msg)
 	}
@@ -136,7 +135,10 @@ func lagText(l *ReplicaLag) string {
 	var parts []string
 	for _, b := range slices.Sorted(maps.Keys(l.PerEngine)) {
 		e := l.PerEngine[b]
-		p := fmt.Sprintf("%s: %d vbuckets behind by %d seqnos (%d bytes known)", b, e.VBuckets, e.Seqnos, e.Bytes)
+		p := fmt.Sprintf("%s: %d vbuckets behind by %d seqnos", b, e.VBuckets, e.Seqnos)
+		if e.Bytes > 0 {
+			p += fmt.Sprintf(" (%d bytes sent and not yet acknowledged)", e.Bytes)
+		}
 		if e.Unknown > 0 {
 			p += fmt.Sprintf(", %d of them never streamed since the standby started", e.Unknown)
 		}
