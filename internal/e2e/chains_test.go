@@ -193,19 +193,7 @@ func (c *chainCluster) waitCaughtUp(d time.Duration) {
 // the value and CAS its active answered, on every node that has it.
 func (c *chainCluster) checkRecords(w *written) {
 	c.t.Helper()
-	copies := 1 + c.m.Replicas
-	counts := map[string]int64{}
-	for i := range c.nodes {
-		for _, ch := range c.status(i).Channels {
-			counts[ch.Kind] += ch.Records
-		}
-	}
-	want := map[string]int64{"kv": int64(copies * len(w.kv)), "queue": int64(copies * w.pushes), "log": int64(copies * w.logs)}
-	for k, n := range want {
-		if counts[k] != n {
-			c.t.Fatalf("%s records on the three nodes: %d, want %d (%d copies of each)", k, counts[k], n, copies)
-		}
-	}
+	c.checkCounts(map[string]int64{"kv": int64(len(w.kv)), "queue": int64(w.pushes), "log": int64(w.logs)})
 	seen := map[string]int{}
 	for _, id := range c.ids {
 		for r, err := range c.clients[id].GetAll(c.t.Context(), "kv", client.WithReplicaCopies()).All() {
@@ -227,6 +215,24 @@ func (c *chainCluster) checkRecords(w *written) {
 	for key := range w.kv {
 		if seen[key] == 0 {
 			c.t.Fatalf("no node holds %s", key)
+		}
+	}
+}
+
+// checkCounts checks that the nodes hold, per engine, 1+replicas copies
+// of the records written (written: per engine, how many).
+func (c *chainCluster) checkCounts(written map[string]int64) {
+	c.t.Helper()
+	copies := int64(1 + c.m.Replicas)
+	counts := map[string]int64{}
+	for i := range c.nodes {
+		for _, ch := range c.status(i).Channels {
+			counts[ch.Kind] += ch.Records
+		}
+	}
+	for k, n := range written {
+		if counts[k] != copies*n {
+			c.t.Fatalf("%s records on the three nodes: %d, want %d (%d copies of each of %d)", k, counts[k], copies*n, copies, n)
 		}
 	}
 }

@@ -162,7 +162,8 @@ var (
 	// ErrBadCommand: a malformed command.
 	ErrBadCommand = errors.New("meta: bad command")
 	// ErrRefused: a node may not join, for good (another cluster's data,
-	// a copied node id, another vBucket count).
+	// a copied node id, another vBucket count); a failover that would
+	// leave a vBucket without a copy.
 	ErrRefused = errors.New("refused")
 )
 

@@ -411,8 +411,9 @@ func peerToMeta(err error) error {
 	return &forwardedError{sentinel: sentinel, msg: se.Message}
 }
 
-// forwardedError is an error another node answered: its message, and the
-// sentinel of its status for errors.Is.
+// forwardedError is an error another node answered (or a refusal in
+// another package's words): its message, and the sentinel of its status
+// for errors.Is.
 type forwardedError struct {
 	sentinel error
 	msg      string

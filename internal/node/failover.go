@@ -99,7 +99,7 @@ func (n *Node) failoverNode(ref string, force bool) (*FailoverResult, error) {
 		return out, true
 	}, force)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", meta.ErrBadCommand, err)
+		return nil, &forwardedError{sentinel: meta.ErrRefused, msg: err.Error()} // the plan's words, answered refused
 	}
 	// The leader first waits out the node's last lease (at most the failover
 	// timeout): until then it may still be serving.

@@ -12,8 +12,11 @@
 // A Producer given the node's map (ProducerConfig.Table) accepts a stream
 // request only for a vBucket the node is active for, from a consumer in
 // that vBucket's chain or from a standby (CheckChain); a refusal names the
-// map revision and epoch, and the consumer asks again after BackoffMax on
-// the same session. The consumer's name is the one its open message gives:
+// map revision and epoch, and the consumer asks again on the same session
+// after a backoff of its own per vBucket (BackoffMin doubling to
+// BackoffMax, reset when the vBucket starts): when a map commits, the
+// nodes apply it one after the other, and a producer still applying the
+// map that makes it the active refuses the new replica for a moment. The consumer's name is the one its open message gives:
 // every node shares the peer credential, so the check keeps maps
 // consistent, it does not authenticate nodes.
 //
@@ -106,8 +109,8 @@
 // wait a backoff (BackoffMin doubling to BackoffMax, ±20% jitter; reset
 // after a session that started a stream) and open the next, resuming each
 // vBucket from its applied seqno. A stream the producer ends on its own
-// (an engine error, a refusal) is asked again after BackoffMax on the same
-// session. Stop, Start and Set (connections, NOOP interval, idle timeout,
+// (an engine error, a refusal) is asked again on the same session after
+// that vBucket's own backoff (BackoffMin doubling to BackoffMax). Stop, Start and Set (connections, NOOP interval, idle timeout,
 // buffer, compression) work while it runs, without touching the data;
 // SetVBuckets adds and removes vBuckets of the open session without
 // touching the other streams. A vBucket is caught up when its stream is

@@ -569,6 +569,12 @@ type session struct {
 
 	mu      sync.Mutex // also serialises request with remove
 	retries map[uint16]*time.Timer
+	// tries counts, per vBucket, the streams the producer ended on its own
+	// since the vBucket last started: the re-request waits a backoff of
+	// that many failures (a producer still applying the map that makes it
+	// the active is asked again within 100 ms, a lasting refusal every
+	// BackoffMax).
+	tries   map[uint16]int
 	ended   bool
 	removed map[uint16]chan struct{} // closed when a removed vBucket's stream is over
 
@@ -688,7 +694,9 @@ func (s *session) over(vb uint16) bool {
 	return ok
 }
 
-// retryLater asks for vb again after BackoffMax, if the session still runs.
+// retryLater asks for vb again, if the session still runs, after a
+// backoff that grows with the refusals of vb since it last started
+// (BackoffMin doubling to BackoffMax).
 func (s *session) retryLater(vb uint16) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -697,11 +705,14 @@ func (s *session) retryLater(vb uint16) {
 	}
 	if s.retries == nil {
 		s.retries = make(map[uint16]*time.Timer)
+		s.tries = make(map[uint16]int)
 	}
 	if t := s.retries[vb]; t != nil {
 		t.Stop()
 	}
-	s.retries[vb] = time.AfterFunc(s.r.cfg.BackoffMax, func() {
+	s.tries[vb]++
+	wait := backoff(s.tries[vb], s.r.cfg.BackoffMin, s.r.cfg.BackoffMax, s.r.rnd)
+	s.retries[vb] = time.AfterFunc(wait, func() {
 		s.mu.Lock()
 		ended := s.ended
 		delete(s.retries, vb)
@@ -741,6 +752,9 @@ func (s *session) Started(vb uint16, log []stream.FailoverEntry) error {
 	}
 	st.open, st.started = true, true
 	s.r.mu.Unlock()
+	s.mu.Lock()
+	delete(s.tries, vb)
+	s.mu.Unlock()
 	s.r.cfg.Logs.Replace(vb, log)
 	s.progressed.Store(true)
 	return nil
@@ -884,7 +898,7 @@ func (s *session) reportRefusals(final bool) {
 	s.refused, s.refusedAt = 0, time.Now()
 	s.mu.Unlock()
 	s.r.log.Warn("replication streams ended by the producer; asking again later", "count", n,
-		"first_vbucket", e.VBucket, "reason", e.Reason, "message", e.Message, "retry_in", s.r.cfg.BackoffMax)
+		"first_vbucket", e.VBucket, "reason", e.Reason, "message", e.Message, "retry_within", s.r.cfg.BackoffMax)
 }
 
 // Lost implements stream.Handler: the session failed; the loop reconnects.
