@@ -30,6 +30,13 @@ import (
 // applied the cluster's map. stop(i) stops node i cleanly (at most once).
 func startCluster(t *testing.T, n int, extra ...string) (nodes []*Node, stop func(i int)) {
 	t.Helper()
+	return startClusterWith(t, n, nil, extra...)
+}
+
+// startClusterWith is startCluster with before(i, node) run on each node
+// between New and Run (nil: nothing).
+func startClusterWith(t testing.TB, n int, before func(i int, nd *Node), extra ...string) (nodes []*Node, stop func(i int)) {
+	t.Helper()
 	addrs := testproc.FreePorts(t, n)
 	join := strings.Join(addrs, ",")
 	nodes = make([]*Node, n)
@@ -43,6 +50,9 @@ func startCluster(t *testing.T, n int, extra ...string) (nodes []*Node, stop fun
 		nd, err := New(cfg, "test")
 		if err != nil {
 			t.Fatal(err)
+		}
+		if before != nil {
+			before(i, nd)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
