@@ -223,6 +223,34 @@ func TestFailoverAfterKill9(t *testing.T) {
 	}
 	t.Logf("%d writes acknowledged (%d failed or timed out during the failure), %d of them to the killed node's vbuckets; asynchronous-replication loss window: %d lost in %d vbuckets",
 		len(acked), fails, onVictim, lostTotal, len(lost))
+
+	// The killed node comes back: it serves nothing (it is failed) until
+	// `shoal recover`, which makes it the replica of every chain short of a
+	// copy; it rolls back to the new actives' histories and catches up.
+	cc.nodes[vi] = restart(t, victim)
+	poll(t, 20*time.Second, "the restarted node knows it is failed", func() (bool, string) {
+		cs, err := clusterStatus(cc.nodes[vi])
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, mm := range cs.Nodes {
+			if mm.ID == vid {
+				return mm.State == "failed" && cs.Fenced == "", fmt.Sprintf("%+v fenced %q", mm, cs.Fenced)
+			}
+		}
+		return false, "not listed"
+	})
+	if r := testproc.CLI(t, cc.nodes[vi].Addr, "", "--no-route", "get", "acked", acked[0].key); r.Code == 0 || !strings.Contains(r.Stderr, "not my vbucket") {
+		t.Fatalf("the failed node served a read: %+v", r)
+	}
+	if r := testproc.CLI(t, seed.Addr, "", "recover", vid); r.Code != 0 {
+		t.Fatalf("shoal recover: %+v", r)
+	}
+	cc.connect()
+	if _, replica := cc.m.Counts(vid); replica == 0 {
+		t.Fatalf("the recovered node is a replica of nothing: %+v", cc.m)
+	}
+	cc.waitCaughtUp(30 * time.Second)
 }
 
 // TestFailoverRefusedWithoutACopy: with no replicas, failing a killed
