@@ -138,18 +138,20 @@ type Auto struct {
 
 // NewAuto returns a decider with cfg (defaults filled in).
 func NewAuto(cfg AutoConfig) *Auto {
+	a := &Auto{}
+	a.SetConfig(cfg)
+	return a
+}
+
+// SetConfig changes the configuration (defaults filled in); the counters
+// stay.
+func (a *Auto) SetConfig(cfg AutoConfig) {
 	if cfg.GraceTicks <= 0 {
 		cfg.GraceTicks = DefaultGraceTicks
 	}
 	if cfg.StaleTicks <= 0 {
 		cfg.StaleTicks = DefaultStaleTicks
 	}
-	return &Auto{cfg: cfg}
-}
-
-// SetConfig changes the configuration; the counters stay.
-func (a *Auto) SetConfig(cfg AutoConfig) {
-	cfg.GraceTicks, cfg.StaleTicks = max(cfg.GraceTicks, 1), max(cfg.StaleTicks, 1)
 	a.cfg = cfg
 }
 

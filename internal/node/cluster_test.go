@@ -173,10 +173,13 @@ func TestClusterWithTLSAndCredentials(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+	// A replica's copy of the channel goes when its active's removal
+	// arrives by its stream.
 	for _, nd := range nodes {
-		if qs := nd.queue.Channels(); len(qs) != 0 {
-			t.Fatalf("node %s still holds queues %+v", nd.cfg.NodeID, qs)
-		}
+		waitFor(t, 5*time.Second, "the queue copies removed on "+nd.cfg.NodeID, func() (bool, string) {
+			qs := nd.queue.Channels()
+			return len(qs) == 0, fmt.Sprintf("%+v", qs)
+		})
 	}
 }
 
@@ -223,7 +226,7 @@ func TestFailoverAndFencing(t *testing.T) {
 	}
 	before := survivor.cluster.meta.State().Map
 	stop(vi)
-	res, err := survivor.failoverNode(victim.cfg.NodeID, false)
+	res, err := survivor.failoverNode(victim.cfg.NodeID, false, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +246,7 @@ func TestFailoverAndFencing(t *testing.T) {
 			t.Fatalf("vb %d: %+v -> %+v", vb, was, now)
 		}
 	}
-	if _, err := survivor.failoverNode(victim.cfg.NodeID, false); err == nil {
+	if _, err := survivor.failoverNode(victim.cfg.NodeID, false, false); err == nil {
 		t.Fatal("failing over a failed node again was accepted")
 	}
 	// Every vBucket is served by one of the two survivors.
