@@ -3,10 +3,15 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -160,4 +165,153 @@ func TestAutoFailoverFigures(t *testing.T) {
 		t.Logf("| %s | %v | %v | %v | %v |", row.name, row.ds[0].Round(time.Millisecond), q(0.5).Round(time.Millisecond),
 			q(0.99).Round(time.Millisecond), row.ds[len(row.ds)-1].Round(time.Millisecond))
 	}
+}
+
+// TestAutoFailoverSIGSTOP: a member frozen (SIGSTOP) is failed over like
+// a dead one; resumed (SIGCONT), it serves nothing: its lease ran out and
+// its map, once it hears the leader, holds nothing.
+func TestAutoFailoverSIGSTOP(t *testing.T) {
+	cc := startChains(t, 1, nil, nil, autoArgs...)
+	leader := cc.status(0).Cluster.Leader
+	vi := slices.IndexFunc(cc.ids, func(id string) bool { return id != leader })
+	li := slices.Index(cc.ids, leader)
+	victim, vid := cc.nodes[vi], cc.ids[vi]
+	m := cc.m
+	key := ""
+	for i := 0; key == ""; i++ {
+		if k := fmt.Sprintf("k%d", i); m.VBuckets[vbucket.Of([]byte(k), len(m.VBuckets))].Active() == vid {
+			key = k
+		}
+	}
+	old := dialShort(t, victim.Addr)
+	if _, err := old.Put(t.Context(), "users", []byte(key), []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	victim.Signal(syscall.SIGSTOP)
+	stopped := time.Now()
+	wc := dialNode(t, cc.nodes[li].Addr)
+	poll(t, 20*time.Second, "a write to the frozen node's vbucket", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		_, err := wc.Put(ctx, "users", []byte(key), []byte("v2"))
+		return err == nil, fmt.Sprint(err)
+	})
+	t.Logf("SIGSTOP to the first write to a frozen node's vbucket: %v", time.Since(stopped).Round(time.Millisecond))
+	victim.Signal(syscall.SIGCONT)
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := old.Put(t.Context(), "users", []byte(key), []byte("stale")); !errors.Is(err, client.ErrNotMyVBucket) {
+			t.Fatalf("the frozen node took a write after SIGCONT: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if v, err := wc.Get(t.Context(), "users", []byte(key)); err != nil || string(v) != "v2" {
+		t.Fatalf("after SIGCONT the key holds %q, %v", v, err)
+	}
+}
+
+// TestAutoFailoverLeaderKilled: kill -9 of the metadata leader: a new
+// leader is elected, starts deciding, and fails the old one over.
+func TestAutoFailoverLeaderKilled(t *testing.T) {
+	cc := startChains(t, 1, nil, nil, autoArgs...)
+	leader := cc.status(0).Cluster.Leader
+	li := slices.Index(cc.ids, leader)
+	other := cc.nodes[(li+1)%3]
+	cc.nodes[li].Kill()
+	killed := time.Now()
+	poll(t, 20*time.Second, "the old leader failed over", func() (bool, string) {
+		cs, err := clusterStatus(other)
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, n := range cs.Nodes {
+			if n.ID == leader {
+				return n.State == "failed", fmt.Sprintf("%+v", n)
+			}
+		}
+		return false, "not listed"
+	})
+	t.Logf("kill -9 of the leader to its failover committed: %v", time.Since(killed).Round(time.Millisecond))
+}
+
+// TestAutoFailoverNoQuorum: two of three members killed: the survivor has
+// no metadata leader, nothing is failed over, and it says why.
+func TestAutoFailoverNoQuorum(t *testing.T) {
+	cc := startChains(t, 1, nil, nil, autoArgs...)
+	cc.nodes[1].Kill()
+	cc.nodes[2].Kill()
+	poll(t, 20*time.Second, "the survivor says why it does not fail over", func() (bool, string) {
+		return strings.Contains(cc.nodes[0].Output(), "automatic failover cannot decide: no metadata leader"), tail(cc.nodes[0].Output(), 5)
+	})
+	cs, err := clusterStatus(cc.nodes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range cs.Nodes {
+		if n.State != "active" {
+			t.Fatalf("a member changed state without a quorum: %+v", n)
+		}
+	}
+}
+
+var soakDuration = flag.Duration("soak-duration", 10*time.Second, "how long TestAutoFailoverSoak loads the cluster")
+
+// TestAutoFailoverSoak: three members with automatic failover at 1 s,
+// every core kept busy by spinning goroutines of the test process
+// competing with the nodes, and a steady writer: not one failover
+// (-soak-duration, 10 s by default; bench/failover.sh runs it longer).
+func TestAutoFailoverSoak(t *testing.T) {
+	cc := startChains(t, 1, nil, nil, autoArgs...)
+	stop := make(chan struct{})
+	var spinners sync.WaitGroup
+	for range runtime.NumCPU() {
+		spinners.Add(1)
+		go func() {
+			defer spinners.Done()
+			for x := 0; ; x++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				for range 100_000 {
+					x ^= x<<1 + 1
+				}
+			}
+		}()
+	}
+	wc := dialNode(t, cc.nodes[0].Addr)
+	end := time.Now().Add(*soakDuration)
+	var writes, fails atomic.Int64
+	var writers sync.WaitGroup
+	for w := range 8 {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			for i := 0; time.Now().Before(end); i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				if _, err := wc.Put(ctx, "soak", fmt.Appendf(nil, "w%d-%d", w, i%10000), []byte("v")); err != nil {
+					fails.Add(1)
+				} else {
+					writes.Add(1)
+				}
+				cancel()
+			}
+		}()
+	}
+	writers.Wait()
+	close(stop)
+	spinners.Wait()
+	for i := range cc.nodes {
+		cs := cc.status(i).Cluster
+		if cs.Failovers != 0 {
+			t.Fatalf("%d false failovers under load (on %s): %+v", cs.Failovers, cc.ids[i], cs.AutoFailover)
+		}
+		for _, n := range cs.Nodes {
+			if n.State != "active" {
+				t.Fatalf("member %s is %s after the soak", n.ID, n.State)
+			}
+		}
+	}
+	t.Logf("soak of %v: %d writes, %d failed, 0 failovers", *soakDuration, writes.Load(), fails.Load())
 }

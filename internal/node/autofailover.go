@@ -13,6 +13,7 @@ import (
 	"shoal/internal/failover"
 	"shoal/internal/meta"
 	"shoal/internal/server"
+	"shoal/internal/stats"
 	"shoal/internal/wire"
 )
 
@@ -84,6 +85,12 @@ type autoFailover struct {
 	recent   []FailoverEvent
 	senders  map[string]*heartbeatSender // by member id
 	refusals map[string]uint64           // by rule
+	// done counts the failovers this node decided and committed, by
+	// reason ("unreachable", "not_ready"); decideMs and commitMs sum
+	// their durations.
+	done               map[string]uint64
+	decideMs, commitMs int64
+	leaderless         time.Time // since when no leader is known (zero: one is)
 }
 
 // tickOf is the automatic failover's tick for a failover timeout.
@@ -136,6 +143,13 @@ func (n *Node) autoTick(ctx context.Context, now time.Time, timeout time.Duratio
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.tick++
+	if _, leader := n.cluster.meta.Leader(); leader != "" {
+		a.leaderless = time.Time{}
+	} else if a.leaderless.IsZero() {
+		a.leaderless = now
+	} else if now.Sub(a.leaderless) > timeout && a.leaderless.Add(timeout).After(now.Add(-tickOf(timeout))) {
+		n.log.Warn("automatic failover cannot decide: no metadata leader (no quorum of voters reachable); nothing is failed over", "for", now.Sub(a.leaderless).Round(time.Millisecond))
+	}
 	n.syncSenders(ctx, addrs)
 	for _, s := range a.senders {
 		s.send(hb)
@@ -221,6 +235,18 @@ func (n *Node) runAutoFailover(targets []string, ev FailoverEvent) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.running = false
+	if a.done == nil {
+		a.done = map[string]uint64{}
+	}
+	reason := "unreachable"
+	if strings.Contains(ev.Detail, "not ready") {
+		reason = "not_ready"
+	}
+	if ok := len(targets) - len(failed); ok > 0 {
+		a.done[reason] += uint64(ok)
+		a.decideMs += ev.DecisionMillis
+		a.commitMs += ev.CommitMillis
+	}
 	if len(failed) > 0 {
 		ev.Kind, ev.Nodes = "failed", failed
 		if a.decider != nil {
@@ -483,4 +509,19 @@ func (n *Node) failoverSettings(body []byte) (*AutoFailoverStatus, error) {
 		n.log.Warn("automatic failover count reset", "was", st.Failovers)
 	}
 	return n.autoStatus(n.cluster.known()), nil
+}
+
+// reportAutoFailover adds the automatic failover's counters to the stats.
+func (n *Node) reportAutoFailover(f *stats.Fields) {
+	a := &n.auto
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, reason := range []string{"unreachable", "not_ready"} {
+		f.Counter("failover/auto_"+reason, "failovers_total", "Automatic failovers this node decided and committed, by reason.", float64(a.done[reason]), "reason", reason)
+	}
+	for _, rule := range []string{failover.RuleDisabled, failover.RuleNoQuorum, failover.RuleLastNode, failover.RuleRebalance, failover.RuleMaxCount, failover.RuleLastCopy} {
+		f.Counter("failover/refused_"+rule, "failover_refusals_total", "Automatic failovers refused, by the rule that refused them (counted once per refusal, not per tick).", float64(a.refusals[rule]), "rule", rule)
+	}
+	f.Counter("failover/decision_seconds", "failover_decision_seconds_total", "Time from a down set's first sighting to its failover decision, summed.", float64(a.decideMs)/1000)
+	f.Counter("failover/commit_seconds", "failover_commit_seconds_total", "Time of the decided failovers (seqno round, lease wait, raft commit), summed.", float64(a.commitMs)/1000)
 }

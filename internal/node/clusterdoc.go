@@ -246,4 +246,5 @@ func (n *Node) reportCluster(f *stats.Fields) {
 	commits, secs := c.commits.Count(), c.commits.Seconds()
 	f.Counter("cluster/commits", "cluster_commits_total", "Metadata commands this node proposed and saw applied.", float64(commits))
 	f.Counter("cluster/commit_seconds", "cluster_commit_seconds_total", "Time from proposing a metadata command to applying it here.", secs)
+	n.reportAutoFailover(f)
 }
