@@ -212,7 +212,10 @@ type ClusterInfo struct {
 	Nodes             []ClusterMember `json:"nodes"`
 	Settings          ClusterSettings `json:"settings"`
 	Failovers         int             `json:"failovers"`
-	Join              JoinInfo        `json:"join"`
+	// AutoFailover is the automatic failover's state as the node sees it
+	// (on the leader, which decides: the down set too).
+	AutoFailover *AutoFailover `json:"auto_failover,omitempty"`
+	Join         JoinInfo      `json:"join"`
 
 	// Raw is the document as the node sent it, with the fields this
 	// client does not know.

@@ -42,6 +42,17 @@ func clusterCommands(g *globals) []*cobra.Command {
 				}
 				return printJSON(out, doc.Nodes)
 			}
+			// Liveness as the leader, which decides failovers, sees it.
+			if ci.AutoFailover != nil && !ci.AutoFailover.Deciding && ci.LeaderAddr != "" {
+				lg := *g
+				lg.addr, lg.noRoute = ci.LeaderAddr, true
+				if lc, err := lg.dial(cmd.Context()); err == nil {
+					if li, err := lc.Cluster(cmd.Context()); err == nil && li.AutoFailover != nil {
+						ci.AutoFailover = li.AutoFailover
+					}
+					lc.Close()
+				}
+			}
 			printNodes(out, ci, time.Now())
 			return nil
 		}),
@@ -206,12 +217,46 @@ func printNodes(w io.Writer, ci *client.ClusterInfo, now time.Time) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tADDRESS\tSTATE\tVOTER\tLEADER\tACTIVE\tREPLICA\tZONE\tSINCE")
+	fmt.Fprintln(tw, "ID\tADDRESS\tSTATE\tVOTER\tLEADER\tACTIVE\tREPLICA\tZONE\tSINCE\tLIVENESS (leader's view)")
 	for _, m := range ci.Nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", m.ID, m.Addr, m.State, yesNo(m.Voter), yesNo(m.Leader),
-			m.Active, m.Replica, dash(m.Zone), age(now, m.Since))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", m.ID, m.Addr, m.State, yesNo(m.Voter), yesNo(m.Leader),
+			m.Active, m.Replica, dash(m.Zone), age(now, m.Since), livenessOf(ci.AutoFailover, m))
 	}
 	tw.Flush()
+	if af := ci.AutoFailover; af != nil && af.Deciding {
+		state := "off"
+		if af.Enabled {
+			state = "on"
+		}
+		fmt.Fprintf(w, "automatic failover %s (timeout %v, %d of max-count %d used): %s\n", state,
+			time.Duration(af.TimeoutMs)*time.Millisecond, af.Count, af.MaxCount, af.Phase)
+		if af.Refused != nil {
+			fmt.Fprintf(w, "refused by rule %s: %s\n", af.Refused.Rule, af.Refused.Detail)
+		}
+	}
+}
+
+// livenessOf is a member's liveness as the leader sees it: heard how long
+// ago, or its place in the down set.
+func livenessOf(af *client.AutoFailover, m client.ClusterMember) string {
+	switch {
+	case af == nil || !af.Deciding || m.State != "active":
+		return "-"
+	case m.Leader:
+		return "up (the leader)"
+	}
+	for _, d := range af.Down {
+		if d.Node == m.ID {
+			return af.Phase + ": " + d.Reason
+		}
+	}
+	if by, ok := af.Suspected[m.ID]; ok {
+		return "unheard by " + strings.Join(by, ",") + " only (possible partition)"
+	}
+	if ms, ok := af.HeardMsAgo[m.ID]; ok {
+		return fmt.Sprintf("up (heard %d ms ago)", ms)
+	}
+	return "not heard yet"
 }
 
 // printVBMap writes the map's summary: revision, replicas, vBuckets per node.

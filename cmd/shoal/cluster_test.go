@@ -92,12 +92,12 @@ func TestClusterCommandsOnOneNode(t *testing.T) {
 		if len(lines) != 2 {
 			t.Fatalf("want a header and one row:\n%s", out)
 		}
-		if f := strings.Fields(lines[0]); !reflect.DeepEqual(f, []string{"ID", "ADDRESS", "STATE", "VOTER", "LEADER", "ACTIVE", "REPLICA", "ZONE", "SINCE"}) {
+		if f := strings.Fields(lines[0]); !reflect.DeepEqual(f, []string{"ID", "ADDRESS", "STATE", "VOTER", "LEADER", "ACTIVE", "REPLICA", "ZONE", "SINCE", "LIVENESS", "(leader's", "view)"}) {
 			t.Errorf("header %q", f)
 		}
 		f := strings.Fields(lines[1])
 		want := []string{id, addr, "active", "yes", "yes", fmt.Sprint(vbs), "0", "-"}
-		if len(f) != 9 || !reflect.DeepEqual(f[:8], want) || !regexp.MustCompile(`^\d+s$`).MatchString(f[8]) {
+		if len(f) != 10 || !reflect.DeepEqual(f[:8], want) || !regexp.MustCompile(`^\d+s$`).MatchString(f[8]) || f[9] != "-" {
 			t.Errorf("row %q, want %q and an age", f, want)
 		}
 		// The columns line up: every field of the row starts under its header.

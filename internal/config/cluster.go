@@ -104,6 +104,7 @@ func defaultCluster() Cluster {
 		Replicas:               1,
 		PeerUser:               "node",
 		FailoverTimeout:        Duration(5 * time.Second),
+		AutoFailover:           true,
 		RaftHeartbeatTimeout:   Duration(500 * time.Millisecond),
 		RaftElectionTimeout:    Duration(500 * time.Millisecond),
 		RaftLeaderLeaseTimeout: Duration(250 * time.Millisecond),

@@ -119,6 +119,16 @@ func TestAutoFailoverKill9(t *testing.T) {
 	if af.Count != 1 {
 		t.Fatalf("count %d after one automatic failover", af.Count)
 	}
+	// shoal nodes through the other survivor shows the leader's view.
+	for _, n := range cc.nodes {
+		if n == leader || slices.Contains(tr.ev.Nodes, cc.ids[slices.Index(cc.nodes, n)]) {
+			continue
+		}
+		r := testproc.CLI(t, n.Addr, "", "nodes")
+		if r.Code != 0 || !strings.Contains(r.Stdout, "up (the leader)") || !strings.Contains(r.Stdout, "up (heard ") || !strings.Contains(r.Stdout, " failed ") {
+			t.Fatalf("shoal nodes through a follower: %+v", r)
+		}
+	}
 	r := testproc.CLI(t, leader.Addr, "", "failover", "settings")
 	if r.Code != 0 || !strings.Contains(r.Stdout, "automatic failover on: timeout 1s") || !strings.Contains(r.Stdout, "1 of max-count 1 used") {
 		t.Fatalf("failover settings: %+v", r)

@@ -41,7 +41,10 @@ const formTimeout = 60 * time.Second
 // clusterArgs are the flags of one node of a new cluster at addr whose
 // --join lists join.
 func clusterArgs(addr string, join []string, expect int, extra ...string) []string {
-	args := []string{"--listen", addr, "--vbuckets", strconv.Itoa(clusterVBuckets), "--join", strings.Join(join, ",")}
+	// Automatic failover off unless a test asks for it (extra comes last):
+	// the tests that stop, kill or freeze nodes expect them back as they
+	// were.
+	args := []string{"--listen", addr, "--vbuckets", strconv.Itoa(clusterVBuckets), "--join", strings.Join(join, ","), "--auto-failover=false"}
 	if expect > 0 {
 		args = append(args, "--bootstrap-expect", strconv.Itoa(expect))
 	}

@@ -84,7 +84,9 @@ func (nopHandler) Lost(*stream.ConnError)                       {}
 // producer leaves, it turns inactive about two ticks later (the exact
 // boundaries are the scenario tests' business) and stays listed.
 func TestWithStreams(t *testing.T) {
-	const tick = 100 * time.Millisecond
+	// Inactive after 2 ticks of silence with NOOPs every 40 ms: 250 ms
+	// ticks leave a loaded machine 460 ms of scheduling delay.
+	const tick = 250 * time.Millisecond
 	quiet := slog.New(slog.DiscardHandler)
 	prod, err := stream.NewProducer(stream.ProducerConfig{Name: "node-a", Logger: quiet,
 		Engines: func(string) engine.Engine { return idleEngine{} }})

@@ -67,8 +67,8 @@ func TestProgressAndSeqnos(t *testing.T) {
 	}
 	waitFor(t, "both vbuckets copied", func() bool { return rec.last(0) == 20 && rec.last(1) == 20 })
 	waitFor(t, "acknowledged at rest", func() bool {
-		st, _, ok := streamOf(srv.prod, 1)
-		return ok && st.Acked == 20 && st.UnackedBytes == 0
+		st, cs, ok := streamOf(srv.prod, 1)
+		return ok && st.Acked == 20 && st.UnackedBytes == 0 && cs.UnackedBytes == 0
 	})
 	st, cs, _ := streamOf(srv.prod, 1)
 	if st.Sent != 20 || cs.Consumer != "node-b" || cs.Bucket != "kv" || cs.Features&FeatureSeqnos == 0 || cs.UnackedBytes != 0 {
