@@ -197,10 +197,12 @@ type failoverAdmin struct{ n *Node }
 
 // Failover implements server.Failover.
 func (a failoverAdmin) Failover(node string, force bool) ([]byte, error) {
+	start := time.Now()
 	res, err := a.n.failoverNode(node, force)
 	if err != nil {
 		return nil, err
 	}
+	a.n.hist.failover.Observe(time.Since(start))
 	return json.Marshal(res)
 }
 

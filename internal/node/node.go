@@ -62,6 +62,7 @@ type Node struct {
 	standby   standby         // under standbyMu
 	logStore  *logstore.Store // the log engine (log.go)
 	dumps     dumper          // the kv dumps (dump.go)
+	hist      histograms      // of /metrics (observe.go)
 
 	ln     net.Listener
 	httpLn net.Listener

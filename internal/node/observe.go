@@ -21,6 +21,14 @@ import (
 	"shoal/internal/stats"
 )
 
+// histograms are the node's duration histograms of /metrics (the
+// request and metadata commit ones live in the server and the cluster).
+type histograms struct {
+	fsync    stats.Histogram // log segment fsyncs
+	dump     stats.Histogram // whole kv dumps
+	failover stats.Histogram // failovers decided on this node (the leader)
+}
+
 // reportKV reports the kv engine: totals, per channel and per action.
 func (n *Node) reportKV(f *stats.Fields) {
 	var recs, bytes int64
@@ -94,8 +102,8 @@ func (n *Node) consoleLoop(ctx context.Context, w io.Writer) {
 		case now := <-t.C:
 			var reqs float64
 			for _, f := range n.stats.Collect() {
-				if f.Metric == "requests_handled_total" {
-					reqs += f.Value
+				if f.Metric == "request_duration_seconds" && f.Hist != nil {
+					reqs += float64(f.Hist.Count)
 				}
 			}
 			rate := (reqs - prevReqs) / now.Sub(prevAt).Seconds()
@@ -216,7 +224,7 @@ func (n *Node) httpHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(stats.NewCollector(n.stats))
 	reg.MustRegister(collectors.NewGoCollector())
-	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "shoal"}))
+	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {

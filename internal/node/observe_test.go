@@ -2,10 +2,19 @@ package node
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	"shoal/client"
 	"shoal/internal/discovery"
 )
 
@@ -94,5 +103,113 @@ func TestConsoleOfAClusterOfOne(t *testing.T) {
 		if !strings.Contains(page, want) {
 			t.Errorf("no %q in the page:\n%s", want, page)
 		}
+	}
+}
+
+// httpAuthGet fetches a path of nd's HTTP port, with basic auth when user is
+// set, and returns the status code and body.
+func httpAuthGet(t *testing.T, nd *Node, path, user, pass string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest("GET", "http://"+nd.HTTPAddr().String()+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if user != "" {
+		req.SetBasicAuth(user, pass)
+	}
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// TestMetricsFollowPrometheusConventions scrapes /metrics after some
+// traffic: promlint finds no problem, latencies are histograms with
+// cumulative buckets, the process and Go figures are the standard ones,
+// and kv hits, misses and errors by status are counted.
+func TestMetricsFollowPrometheusConventions(t *testing.T) {
+	nd := startNode(t, t.TempDir(), nil, "--log-fsync", "always")
+	ctx := context.Background()
+	c := nd.c
+	if _, err := c.Put(ctx, "users", []byte("alice"), []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := c.Get(ctx, "users", []byte("alice")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 {
+		if _, err := c.Get(ctx, "users", []byte("bob")); !errors.Is(err, client.ErrNotFound) {
+			t.Fatalf("get of a missing key: %v", err)
+		}
+	}
+	if err := c.Push(ctx, []string{"jobs"}, []byte("j1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.LogPut(ctx, "events", uint64(time.Now().UnixNano()), []byte("e1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DumpNow(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	code, body := httpAuthGet(t, nd.n, "/metrics", "", "")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics answers %d", code)
+	}
+	problems, err := promlint.New(strings.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+	for _, want := range []string{
+		"# TYPE shoal_request_duration_seconds histogram",
+		`shoal_request_duration_seconds_bucket{request="Get",le="+Inf"} 5`,
+		`shoal_request_duration_seconds_count{request="Put"} 1`,
+		"# TYPE shoal_log_fsync_duration_seconds histogram",
+		"# TYPE shoal_dump_duration_seconds histogram",
+		"shoal_dump_duration_seconds_count 1",
+		"# TYPE shoal_cluster_commit_duration_seconds histogram",
+		"# TYPE shoal_failover_decision_duration_seconds histogram",
+		"shoal_kv_hits_total 3",
+		"shoal_kv_misses_total 2",
+		`shoal_request_errors_total{request="Get",status="not_found"} 2`,
+		`shoal_records{kind="kv"} 1`,
+		"shoal_connections_ratio ",
+		`shoal_queue_fullness_ratio{channel="jobs",subscriber=""} `,
+		"process_cpu_seconds_total ", "process_resident_memory_bytes ", "go_goroutines ", "go_memstats_heap_inuse_bytes ",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics has no %q", want)
+		}
+	}
+	for _, gone := range []*regexp.Regexp{regexp.MustCompile(`(?m)^shoal_(process_|goroutines|go_|uptime)`), regexp.MustCompile(`(?m)^shoal_\w*(_percent|by_latency)`), regexp.MustCompile(`le="\d+[µm]s"`)} {
+		if gone.MatchString(body) {
+			t.Errorf("/metrics still has %q", gone)
+		}
+	}
+	// Buckets are cumulative: never fewer in a bucket than in the one before.
+	bucket := regexp.MustCompile(`(?m)^shoal_request_duration_seconds_bucket\{request="Get",le="([^"]+)"\} (\d+)$`)
+	prev := -1
+	ms := bucket.FindAllStringSubmatch(body, -1)
+	if len(ms) < 10 {
+		t.Fatalf("Get has %d buckets", len(ms))
+	}
+	for _, m := range ms {
+		var n int
+		json.Unmarshal([]byte(m[2]), &n)
+		if n < prev {
+			t.Errorf("bucket le=%s has %d, the one before %d", m[1], n, prev)
+		}
+		prev = n
 	}
 }
