@@ -2,19 +2,12 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"html/template"
 	"io"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"shoal/internal/discovery"
 	"shoal/internal/liveness"
@@ -218,50 +211,6 @@ func (n *Node) Status() Status {
 	st.Discovery = n.discoveryStatus()
 	st.Readiness = n.nodeReadiness()
 	return st
-}
-
-func (n *Node) httpHandler() http.Handler {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(stats.NewCollector(n.stats))
-	reg.MustRegister(collectors.NewGoCollector())
-	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(n.Status())
-	})
-	// For orchestrators: the process answers; the node is ready.
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		rd := n.nodeReadiness()
-		if !rd.Ready {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, "not ready:")
-			for _, m := range rd.Missing {
-				fmt.Fprintln(w, "- "+m)
-			}
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
-	// Profiles for operators: the HTTP port listens on loopback by default.
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		consolePage.Execute(w, n.Status())
-	})
-	return mux
 }
 
 var consolePage = template.Must(template.New("console").Funcs(template.FuncMap{"human": human, "age": age}).Parse(`<!doctype html>

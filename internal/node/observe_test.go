@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -128,6 +130,107 @@ func httpAuthGet(t *testing.T, nd *Node, path, user, pass string) (int, string) 
 		t.Fatal(err)
 	}
 	return resp.StatusCode, string(b)
+}
+
+// startBare starts a node with flags args and no client (startNode's
+// client does not authenticate); it is stopped at the end of the test.
+func startBare(t *testing.T, args ...string) *Node {
+	t.Helper()
+	cfg, err := newConfig(t.TempDir(), args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd, err := New(cfg, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- nd.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return nd
+}
+
+// waitReady waits until nd's /readyz would answer ready.
+func waitReady(t *testing.T, nd *Node) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !nd.nodeReadiness().Ready {
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready after 10s: %v", nd.nodeReadiness().Missing)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestHTTPAuthAndPprof: without flags every page is open and pprof is not
+// served; with --http-auth the console, /status and pprof need a
+// credential of the credentials file while /metrics, /healthz and /readyz
+// stay open; with --http-auth=all every page needs one.
+func TestHTTPAuthAndPprof(t *testing.T) {
+	admin, peer := "00112233445566778899aabbccddeeff", "ffeeddccbbaa99887766554433221100"
+	creds := filepath.Join(t.TempDir(), "credentials")
+	os.WriteFile(creds, []byte("admin:"+admin+"\nnode:"+peer+"\n"), 0o600)
+	const closed, open = true, false
+	pages := []struct {
+		path   string
+		closed bool // behind --http-auth=on
+		want   string
+	}{
+		{"/", closed, "<h1>shoal node"},
+		{"/status", closed, `"node_id"`},
+		{"/debug/pprof/", closed, "goroutine"},
+		{"/metrics", open, "go_goroutines"},
+		{"/healthz", open, "ok"},
+		{"/readyz", open, "ready"},
+	}
+
+	plain := startNode(t, t.TempDir(), nil)
+	waitReady(t, plain.n)
+	for _, p := range pages {
+		code, body := httpAuthGet(t, plain.n, p.path, "", "")
+		if p.path == "/debug/pprof/" {
+			if code != http.StatusNotFound {
+				t.Errorf("without --pprof %s answers %d", p.path, code)
+			}
+			continue
+		}
+		if code != http.StatusOK || !strings.Contains(body, p.want) {
+			t.Errorf("without --http-auth %s answers %d: %.200s", p.path, code, body)
+		}
+	}
+
+	for _, mode := range []string{"--http-auth", "--http-auth=all"} {
+		nd := startBare(t, "--credentials", creds, "--pprof", mode)
+		waitReady(t, nd)
+		for _, p := range pages {
+			needs := p.closed || mode == "--http-auth=all"
+			code, body := httpAuthGet(t, nd, p.path, "", "")
+			if needs {
+				if code != http.StatusUnauthorized || !strings.Contains(body, "needs a credential") {
+					t.Errorf("%s: %s without a credential answers %d: %.200s", mode, p.path, code, body)
+				}
+				if code, _ := httpAuthGet(t, nd, p.path, "admin", peer); code != http.StatusUnauthorized {
+					t.Errorf("%s: %s with a wrong secret answers %d", mode, p.path, code)
+				}
+				if code, _ := httpAuthGet(t, nd, p.path, "nobody", admin); code != http.StatusUnauthorized {
+					t.Errorf("%s: %s with an unknown name answers %d", mode, p.path, code)
+				}
+			} else if code != http.StatusOK || !strings.Contains(body, p.want) {
+				t.Errorf("%s: %s without a credential answers %d: %.200s", mode, p.path, code, body)
+			}
+			for _, u := range [][2]string{{"admin", admin}, {"node", peer}} {
+				if code, body := httpAuthGet(t, nd, p.path, u[0], u[1]); code != http.StatusOK || !strings.Contains(body, p.want) {
+					t.Errorf("%s: %s as %s answers %d: %.200s", mode, p.path, u[0], code, body)
+				}
+			}
+		}
+	}
 }
 
 // TestMetricsFollowPrometheusConventions scrapes /metrics after some
