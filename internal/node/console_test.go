@@ -238,3 +238,49 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 	t.Logf("screenshot of %s: %s (%d bytes)", url, path, len(png))
 }
+
+// TestFailoverEvents: a failover refused and one done through the admin
+// request are the console's recent events (newest first) on the leader,
+// and the done one is observed by the failover decision histogram.
+func TestFailoverEvents(t *testing.T) {
+	nodes, stop := startCluster(t, 3, "--failover-timeout", "1s")
+	leaderID := nodes[0].clusterStatus().Leader
+	var leader *Node
+	victim := -1
+	for i, nd := range nodes {
+		if nd.cfg.NodeID == leaderID {
+			leader = nd
+		} else if victim < 0 {
+			victim = i
+		}
+	}
+	victimID := nodes[victim].cfg.NodeID
+	c, err := client.Dial(t.Context(), leader.Addr().String(), client.WithNoRouting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Failover(t.Context(), leaderID, false); err == nil {
+		t.Fatal("the leader failed itself over")
+	}
+	stop(victim)
+	if _, err := c.Failover(t.Context(), victimID, false); err != nil {
+		t.Fatal(err)
+	}
+	var st Status
+	_, body := httpAuthGet(t, leader, "/status", "", "")
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Events) != 2 || st.Events[0].Kind != "failover" || st.Events[0].Node != victimID || !strings.Contains(st.Events[0].Message, "promoted") ||
+		st.Events[1].Kind != "failover refused" || st.Events[1].Node != leaderID || !strings.Contains(st.Events[1].Message, "is this node") ||
+		time.Since(st.Events[0].Time) > time.Minute {
+		t.Fatalf("events: %+v", st.Events)
+	}
+	_, metrics := httpAuthGet(t, leader, "/metrics", "", "")
+	for _, want := range []string{"shoal_failover_decision_duration_seconds_count 1\n", "shoal_failovers_total 1\n"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics of the leader has no %q", want)
+		}
+	}
+}

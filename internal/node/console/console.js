@@ -332,10 +332,23 @@ function renderReplication(st) {
     $("repl-line").textContent = st.copies ? "no replicas in the map" : "no seqnos of the copies: the lag per chain is unknown";
   }
   fill("lag", rows, "no chain is behind");
+  // The replica side's own sum, when the node reports one.
+  const sum = st.replication && st.replication.lag;
+  if (sum && typeof sum === "object") {
+    const p = [];
+    for (const [k, v] of Object.entries(sum)) {
+      if (v === null || typeof v === "object") continue;
+      p.push(k.replace(/_/g, " ") + " " + (/bytes/.test(k) ? bytes(v) : v));
+    }
+    if (p.length) $("repl-line").appendChild(el("span", " · this node's replicas behind: " + p.join(", "), sum.vbuckets ? "warn" : ""));
+  }
   const engines = (st.replication && st.replication.engines) || [];
   fill("replicators", engines.map((e) => row([e.bucket, e.producer_node ? e.producer_node + " (" + e.producer + ")" : e.producer, e.state, num(e.vbuckets), { text: e.lagging, cls: "n" + (e.lagging ? " warn" : "") },
     num(e.applied), num(e.reconnects), num(e.rollbacks), lagText(e), e.last_error ? { text: e.last_error, cls: "bad", title: e.last_error_at || "" } : "-"])),
   "this node replicates from no one");
+  const serving = (st.replication && st.replication.serving) || [];
+  $("serving-section").hidden = serving.length === 0;
+  fill("serving", serving.map((s) => row([s.consumer, s.bucket, s.remote, num(s.streams), num(s.caught_up), lagText(s)])), "no replica streams from this node");
 }
 
 // lagText shows whatever lag figures a replicator reports (the field
@@ -344,7 +357,7 @@ function lagText(e) {
   const out = [];
   for (const [k, v] of Object.entries(e)) {
     if (!/lag/.test(k) || k === "lagging" || v === null || typeof v === "object") continue;
-    out.push(k.replace(/_/g, " ") + " " + (/seconds/.test(k) ? duration(v) : /millis|_ms$/.test(k) ? duration(v / 1000) : v));
+    out.push(k.replace(/_/g, " ") + " " + (/seconds/.test(k) ? duration(v) : /millis|_ms$/.test(k) ? duration(v / 1000) : /bytes/.test(k) ? bytes(v) : v));
   }
   return out.length ? out.join(", ") : "-";
 }
