@@ -54,8 +54,8 @@ func (n *Node) reportLog(f *stats.Fields) {
 		f.Gauge("channel/"+cs.Name+"/bytes", "channel_bytes", "Key and value bytes in a channel.", float64(cs.Bytes), "channel", cs.Name, "kind", "log")
 		f.Gauge("channel/"+cs.Name+"/disk_bytes", "channel_disk_bytes", "Bytes of a log channel's files.", float64(cs.DiskBytes), "channel", cs.Name)
 	}
-	f.Gauge("log/records", "records", "Records in all channels.", recs, "kind", "log")
-	f.Gauge("log/bytes", "bytes", "Key and value bytes in all channels.", bytes, "kind", "log")
+	f.Gauge("log/records", "stored_records", "Records stored in all channels of an engine (kind), replica copies included.", recs, "kind", "log")
+	f.Gauge("log/bytes", "stored_bytes", "Key and value bytes stored in all channels of an engine (kind), replica copies included; not its memory (shoal_kv_memory_bytes).", bytes, "kind", "log")
 	f.Gauge("log/disk_bytes", "log_disk_bytes", "Bytes of the log engine's segment files.", disk)
 	st := n.logStore.Stats()
 	f.Gauge("log/segments", "log_segments", "Segment files of the log engine.", float64(st.Segments))

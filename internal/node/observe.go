@@ -158,8 +158,8 @@ func (n *Node) reportKV(f *stats.Fields) {
 		f.Gauge("channel/"+cs.Name+"/records", "channel_records", "Records in a channel.", float64(cs.Records), "channel", cs.Name, "kind", "kv")
 		f.Gauge("channel/"+cs.Name+"/bytes", "channel_bytes", "Key and value bytes in a channel.", float64(cs.Bytes), "channel", cs.Name, "kind", "kv")
 	}
-	f.Gauge("total_records", "records", "Records in all channels.", float64(recs), "kind", "kv")
-	f.Gauge("total_bytes", "bytes", "Key and value bytes in all channels.", float64(bytes), "kind", "kv")
+	f.Gauge("total_records", "stored_records", "Records stored in all channels of an engine (kind), replica copies included.", float64(recs), "kind", "kv")
+	f.Gauge("total_bytes", "stored_bytes", "Key and value bytes stored in all channels of an engine (kind), replica copies included; not its memory (shoal_kv_memory_bytes).", float64(bytes), "kind", "kv")
 	f.Gauge("kv_memory", "kv_memory_bytes", "Memory of the kv engine (what --memory-limit caps).", float64(n.kv.MemoryUsage()))
 	c := n.kv.Counters()
 	for _, a := range []struct {

@@ -197,7 +197,7 @@ func TestMetricsFollowPrometheusConventions(t *testing.T) {
 		"shoal_kv_hits_total 3",
 		"shoal_kv_misses_total 2",
 		`shoal_request_errors_total{request="Get",status="not_found"} 2`,
-		`shoal_records{kind="kv"} 1`,
+		`shoal_stored_records{kind="kv"} 1`, `shoal_stored_bytes{kind="kv"} 6`,
 		"shoal_connections_ratio ",
 		`shoal_queue_fullness_ratio{channel="jobs",subscriber=""} `,
 		"process_cpu_seconds_total ", "process_resident_memory_bytes ", "go_goroutines ", "go_memstats_heap_inuse_bytes ",
