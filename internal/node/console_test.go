@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/chromedp/chromedp"
 
@@ -34,12 +35,42 @@ func TestConsoleAssetsAreSelfContained(t *testing.T) {
 		if code != http.StatusOK || !strings.Contains(body, want) {
 			t.Errorf("%s answers %d: %.200s", path, code, body)
 		}
+		if csp := consoleHeader(t, nd, path, "Content-Security-Policy"); !strings.Contains(csp, "default-src 'none'") || !strings.Contains(csp, "connect-src 'self'") {
+			t.Errorf("%s has the content security policy %q", path, csp)
+		}
 		if m := external.FindString(body); m != "" {
 			t.Errorf("%s loads something from elsewhere: %q", path, m)
 		}
 	}
 	if code, _ := httpAuthGet(t, nd, "/console/nothing.js", "", ""); code != http.StatusNotFound {
 		t.Errorf("a missing asset answers %d", code)
+	}
+}
+
+// consoleHeader returns a header of the answer to path.
+func consoleHeader(t *testing.T, nd *Node, path, name string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + nd.HTTPAddr().String() + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.Header.Get(name)
+}
+
+// TestEventMessagesAreBounded: the event log keeps the last maxEvents
+// events, newest first, and cuts long messages on a rune boundary.
+func TestEventMessagesAreBounded(t *testing.T) {
+	var l eventLog
+	for i := range maxEvents + 5 {
+		l.add("failover refused", fmt.Sprint(i), strings.Repeat("é", maxEventMessage))
+	}
+	ev := l.list()
+	if len(ev) != maxEvents || ev[0].Node != fmt.Sprint(maxEvents+4) || ev[maxEvents-1].Node != "5" {
+		t.Fatalf("%d events, first %s, last %s", len(ev), ev[0].Node, ev[len(ev)-1].Node)
+	}
+	if m := ev[0].Message; len(m) > maxEventMessage+len("…") || !utf8.ValidString(m) || !strings.HasSuffix(m, "é…") {
+		t.Fatalf("message of %d bytes, valid %v: %q", len(m), utf8.ValidString(m), m[len(m)-10:])
 	}
 }
 

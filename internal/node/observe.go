@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"shoal/internal/discovery"
 	"shoal/internal/liveness"
@@ -24,8 +25,12 @@ type histograms struct {
 	failover stats.Histogram // failovers decided on this node (the leader)
 }
 
-// maxEvents is how many recent events the console shows.
-const maxEvents = 20
+// maxEvents is how many recent events the console shows, and
+// maxEventMessage the bytes kept of an event's message.
+const (
+	maxEvents       = 20
+	maxEventMessage = 500
+)
 
 // Event is a failover, a recovery or a refusal this node saw (a
 // failover or join request it answered with an error).
@@ -45,8 +50,12 @@ type eventLog struct {
 }
 
 func (l *eventLog) add(kind, node, msg string) {
-	if len(msg) > 500 {
-		msg = msg[:500] + "…"
+	if len(msg) > maxEventMessage {
+		cut := maxEventMessage
+		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+			cut--
+		}
+		msg = msg[:cut] + "…"
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
