@@ -204,6 +204,18 @@ func TestConsoleInABrowser(t *testing.T) {
 	var total, coloured int
 	eval(`document.querySelectorAll("#vbmap .cell").length`, &total)
 	eval(`new Set([...document.querySelectorAll("#vbmap .cell")].map(c => c.style.backgroundColor).filter(Boolean)).size`, &coloured)
+	// Every section was drawn (a script error stops the drawing midway)
+	// and the last refresh worked.
+	var drawn map[string]string
+	eval(`({problem: document.getElementById("problem").hidden ? "" : document.getElementById("problem").textContent,
+		cluster: document.getElementById("cluster-line").textContent, repl: document.getElementById("repl-line").textContent,
+		events: document.querySelector("#events tbody").textContent, engines: document.getElementById("engines-line").textContent,
+		dumps: document.getElementById("dumps-line").textContent, title: document.title})`, &drawn)
+	for k, v := range drawn {
+		if (k == "problem") != (v == "") {
+			t.Errorf("console %s: %q", k, v)
+		}
+	}
 	var channels [][]string
 	eval(`[...document.querySelectorAll("#channels tbody tr")].map(tr => [...tr.cells].map(td => td.textContent))`, &channels)
 	var tip string

@@ -106,16 +106,23 @@ function refresh() {
       latest = st;
       lastOK = Date.now();
       $("problem").hidden = true;
-      render(st);
-    })
-    .catch((e) => {
-      $("problem").hidden = false;
-      $("problem").textContent = "cannot read /status: " + e.message + (lastOK ? " (showing what it said " + duration((Date.now() - lastOK) / 1000) + " ago)" : "");
+      try {
+        render(st);
+      } catch (e) {
+        problem("cannot draw /status (a bug of this page): " + e.message);
+      }
+    }, (e) => {
+      problem("cannot read /status: " + e.message + (lastOK ? " (showing what it said " + duration((Date.now() - lastOK) / 1000) + " ago)" : ""));
     })
     .finally(() => {
       $("updated").textContent = lastOK ? "updated " + new Date(lastOK).toLocaleTimeString() + ", every " + REFRESH_MS / 1000 + " s" : "";
       setTimeout(refresh, REFRESH_MS);
     });
+}
+
+function problem(text) {
+  $("problem").hidden = false;
+  $("problem").textContent = text;
 }
 
 function render(st) {
