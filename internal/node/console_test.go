@@ -311,7 +311,7 @@ func TestFailoverEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	var st Status
-	_, body := httpAuthGet(t, leader, "/status", "", "")
+	_, body := httpAuthGet(t, leader, "/status?copies=1", "", "")
 	if err := json.Unmarshal([]byte(body), &st); err != nil {
 		t.Fatal(err)
 	}
@@ -319,6 +319,10 @@ func TestFailoverEvents(t *testing.T) {
 		st.Events[1].Kind != "failover refused" || st.Events[1].Node != leaderID || !strings.Contains(st.Events[1].Message, "is this node") ||
 		time.Since(st.Events[0].Time) > time.Minute {
 		t.Fatalf("events: %+v", st.Events)
+	}
+	// The stopped node's copies are missing, and the console is told why.
+	if _, ok := st.Copies[victimID]; ok || st.CopiesErrors[victimID] == "" || len(st.Copies) != 2 {
+		t.Fatalf("copies of %d nodes, errors %v", len(st.Copies), st.CopiesErrors)
 	}
 	_, metrics := httpAuthGet(t, leader, "/metrics", "", "")
 	for _, want := range []string{"shoal_failover_decision_duration_seconds_count 1\n", "shoal_failovers_total 1\n"} {

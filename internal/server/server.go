@@ -180,9 +180,10 @@ func statusLabel(st wire.Status) string {
 	return strings.TrimSuffix(string(b), "_")
 }
 
-// countAnswer counts an answer of op with status st.
+// countAnswer counts an answer of op with status st. A stream's end with
+// stopped (the client stopped it) is no error.
 func (s *Server) countAnswer(op wire.Opcode, st wire.Status) {
-	if st != wire.StatusOK {
+	if st != wire.StatusOK && st != wire.StatusStopped {
 		s.ops[op].errors[min(int(st), maxCountedStatus)].Add(1)
 	}
 }
