@@ -68,7 +68,7 @@ func (a HTTPAuth) Covers(open bool) bool {
 }
 
 func bindHTTP(fs *flag.FlagSet, c *Config) {
-	fs.Var(&c.HTTPAuth, "http-auth", "HTTP basic auth with a --credentials credential (name, hex secret): on (alone: the console, /status, pprof) or all (/metrics, /healthz, /readyz too)")
+	fs.Var(&c.HTTPAuth, "http-auth", "HTTP basic auth with a --credentials credential (user: its name, password: its hex secret): off (default), on (--http-auth alone: the console, /status, pprof) or all (/metrics, /healthz, /readyz too)")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof on the HTTP port (profiles expose memory contents: keep it off, or with --http-auth)")
 }
 
