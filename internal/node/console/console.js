@@ -268,9 +268,11 @@ function renderMap(st) {
   }
   if (none) legend.push(el("span", none + " without a copy", "item bad"));
   $("legend").replaceChildren(...legend);
-  const parts = [m.vbuckets.length + " vBuckets", "revision " + m.revision, (m.replicas || 0) + " replicas wanted"];
+  const replicated = m.vbuckets.some((v) => (v.chain || []).length > 1);
+  const parts = [m.vbuckets.length + " vBuckets", "revision " + m.revision, (m.replicas || 0) + (m.replicas === 1 ? " replica" : " replicas") + " wanted"];
   if (short) parts.push(short + " short of copies (faded)");
-  if (st.copies) parts.push(lagging ? lagging + " with a copy behind its active (red outline)" : "every copy caught up");
+  if (!replicated) parts.push("no vBucket has a replica");
+  else if (st.copies) parts.push(lagging ? lagging + " with a copy behind its active (red outline)" : "every copy caught up");
   else parts.push("no seqnos of the copies");
   if (st.copies_errors) parts.push("no seqnos from " + Object.keys(st.copies_errors).join(", "));
   $("map-line").textContent = parts.join(" · ") + " · hover a cell for its chain";
@@ -334,7 +336,8 @@ function renderReplication(st) {
     });
     lags.sort((a, b) => b[2] - a[2]);
     for (const [vb, chain, lag] of lags.slice(0, 20)) rows.push(row([num(vb), chain.join(" → "), num(lag)]));
-    $("repl-line").textContent = chains + " chains with replicas · " + (lags.length ? lags.length + " behind, " + total.toLocaleString("en") + " mutations in all (the 20 furthest behind below)" : "every replica caught up with its active");
+    $("repl-line").textContent = chains === 0 ? "no chain has a replica (more nodes bring them)" : chains + " chains with replicas · " +
+      (lags.length ? lags.length + " behind, " + total.toLocaleString("en") + " mutations in all (the 20 furthest behind below)" : "every replica caught up with its active");
   } else {
     $("repl-line").textContent = st.copies ? "no replicas in the map" : "no seqnos of the copies: the lag per chain is unknown";
   }
