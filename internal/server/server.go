@@ -153,7 +153,7 @@ type Server struct {
 }
 
 type opStats struct {
-	lat       stats.Histogram
+	lat       stats.Latency
 	active    atomic.Int64
 	maxActive atomic.Int64
 	// errors counts the answers by status (end); index 0, ok, is not
@@ -466,8 +466,7 @@ func (s *Server) Report(f *stats.Fields) {
 		}
 		name := wire.Opcode(op).String()
 		prefix := "request/" + name
-		f.LogHistogram(prefix, "handled", "handled_seconds", "handled", &st.lat)
-		f.Histogram("request_duration_seconds", "Time from reading a request to its answer (to its end for streams).", &st.lat, "request", name)
+		st.lat.Report(f, prefix, "request", name)
 		f.Gauge(prefix+"/max_active", "requests_max_active", "Most requests of this kind in progress at once.", float64(st.maxActive.Load()), "request", name)
 		var errs uint64
 		for code := range st.errors {

@@ -73,6 +73,20 @@ func (h *Histogram) Value() HistogramValue {
 	return v
 }
 
+// Latency is a Histogram of request latencies, the name the request
+// servers (the data port, RESP) use.
+type Latency = Histogram
+
+// Report adds a request kind's latency fields: to stats.log swarm's
+// prefix/handled, prefix/handled_seconds and prefix/handled_10_micros …
+// handled_over_100_ms (prefix such as "request/Put"), to Prometheus the
+// histogram shoal_request_duration_seconds with labels (such as
+// "request", "Put").
+func (h *Histogram) Report(f *Fields, prefix string, labels ...string) {
+	f.LogHistogram(prefix, "handled", "handled_seconds", "handled", h)
+	f.Histogram("request_duration_seconds", "Time from reading a request to its answer (to its end for streams).", h, labels...)
+}
+
 // HistogramValue is a snapshot of a Histogram.
 type HistogramValue struct {
 	// Cumulative[i] counts the observations up to Bounds[i].

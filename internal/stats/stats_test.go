@@ -52,9 +52,15 @@ func TestHistogramBuckets(t *testing.T) {
 		t.Errorf("sum %v, want %v", v.Sum, want)
 	}
 	var f Fields
-	f.LogHistogram("request/Get", "handled", "handled_seconds", "handled", &h)
+	h.Report(&f, "request/Get", "request", "Get")
 	got := map[string]float64{}
 	for _, fl := range f.List() {
+		if fl.Hist != nil {
+			if fl.Key != "" || fl.Metric != "request_duration_seconds" || fl.Hist.Count != 6 || len(fl.Labels) != 2 {
+				t.Errorf("histogram field %+v", fl)
+			}
+			continue
+		}
 		got[fl.Key] = fl.Value
 		if fl.Metric != "" {
 			t.Errorf("%s has a Prometheus name %q", fl.Key, fl.Metric)
