@@ -26,8 +26,8 @@ import (
 type Config struct {
 	// Listen is the data port (clients and peers).
 	Listen string `toml:"listen"`
-	// HTTP is the address of /metrics, /status and the console page; "" or
-	// "off" disables it.
+	// HTTP is the address of /metrics, /status, /healthz, /readyz, the
+	// console page and (with Pprof) /debug/pprof; "" or "off" disables it.
 	HTTP string `toml:"http"`
 	// Data is the data directory.
 	Data string `toml:"data"`
@@ -58,6 +58,11 @@ type Config struct {
 	NodeID string `toml:"node_id"`
 	// Console prints a one-line status to stdout when it is a terminal.
 	Console bool `toml:"console"`
+	// HTTPAuth puts pages of the HTTP port behind HTTP basic auth with the
+	// credentials of Credentials: off, on or all (http.go).
+	HTTPAuth HTTPAuth `toml:"http_auth"`
+	// Pprof serves /debug/pprof on the HTTP port.
+	Pprof bool `toml:"pprof"`
 
 	// QueueRingSize is the memory ring of every queue (a channel, or one
 	// subscriber's queue of it) in bytes, 16-byte record headers included;
@@ -113,6 +118,7 @@ func Default() Config {
 		MaxConnections: 5000,
 		VBuckets:       vbucket.Default,
 		Console:        true,
+		HTTPAuth:       HTTPAuthOff,
 
 		QueueRingSize:   64 << 20,
 		QueueDurability: "memory",
@@ -191,6 +197,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.Var(&c.QueueRingSize, "queue-ring-size", "memory ring of each queue (e.g. 64MiB); more overflows to disk")
 	fs.StringVar(&c.QueueDurability, "queue-durability", c.QueueDurability, "queue durability: memory (a crash loses the rings) or journal")
 	fs.Var(&c.QueueFsyncInterval, "queue-fsync-interval", "journal mode: fsync period (e.g. 10ms), or always (before every answer)")
+	bindHTTP(fs, c)
 	bindReplication(fs, c)
 	bindCluster(fs, c)
 	bindLog(fs, c)
@@ -234,6 +241,7 @@ func (c *Config) Validate() error {
 	if c.VBuckets < 1 || c.VBuckets > vbucket.Max {
 		errs = append(errs, fmt.Errorf("vbuckets %d: must be 1..%d", c.VBuckets, vbucket.Max))
 	}
+	errs = append(errs, c.validateHTTP()...)
 	errs = append(errs, c.validateQueue()...)
 	errs = append(errs, c.validateReplication()...)
 	errs = append(errs, c.validateCluster()...)

@@ -57,6 +57,9 @@ type Config struct {
 	// uniformly random one in [0, interval), so that the nodes of one host
 	// do not dump together).
 	FirstDelay func(interval time.Duration) time.Duration
+	// Done, if set, is told the duration of every dump when it ends (the
+	// node's dump histogram).
+	Done func(time.Duration)
 }
 
 // Result is the outcome of one channel's dump.
@@ -233,6 +236,9 @@ func (m *Manager) DumpEach(ctx context.Context, fn func(Result)) ([]Result, erro
 	m.stats.Dumps++
 	m.stats.LastDuration = end.Sub(start)
 	m.stats.Last = results
+	if m.cfg.Done != nil {
+		m.cfg.Done(end.Sub(start))
+	}
 	for _, r := range results {
 		if r.Err != nil {
 			errs = append(errs, r.Err)

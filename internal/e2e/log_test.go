@@ -87,8 +87,8 @@ func TestLogCLI(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, m := range []string{`shoal_channel_records{channel="events",kind="log"} 5`, `shoal_action_records_total{action="appended"} `,
-		"shoal_log_fsyncs_total ", "shoal_log_fsync_seconds_total ", `shoal_log_fsyncs_by_latency_total{le="1ms"}`, "shoal_log_tails_cut_total 0",
-		`shoal_requests_handled_total{request="LogPut"} 5`} {
+		"shoal_log_fsync_duration_seconds_count ", "shoal_log_fsync_duration_seconds_sum ", `shoal_log_fsync_duration_seconds_bucket{le="0.001"}`, "shoal_log_tails_cut_total 0",
+		`shoal_request_duration_seconds_count{request="LogPut"} 5`} {
 		if !strings.Contains(string(body), m) {
 			t.Errorf("/metrics lacks %q", m)
 		}

@@ -403,7 +403,7 @@ func TestQueueObservability(t *testing.T) {
 	resp.Body.Close()
 	for _, m := range []string{`shoal_action_records_total{action="pushed"} 100`, `shoal_action_records_total{action="popped"} 1`,
 		`shoal_channel_records{channel="obsq",kind="queue"} 99`, `shoal_queue_overflow_records{channel="obsq",subscriber=""}`,
-		`shoal_queue_fullness_percent{channel="obsq",subscriber=""}`, `shoal_records{kind="queue"} 99`} {
+		`shoal_queue_fullness_ratio{channel="obsq",subscriber=""}`, `shoal_stored_records{kind="queue"} 99`} {
 		if !strings.Contains(string(body), m) {
 			t.Errorf("/metrics lacks %q", m)
 		}
@@ -442,7 +442,7 @@ func TestQueueObservability(t *testing.T) {
 	}
 	page, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(page), "<td>obsq</td>") {
-		t.Fatalf("console page lacks the queue:\n%s", page)
+	if !strings.Contains(string(page), `<table id="queues">`) {
+		t.Fatalf("the console page has no queue table:\n%s", page)
 	}
 }

@@ -64,6 +64,9 @@ type Config struct {
 	Now func() time.Time
 	// Logger receives root.log lines; nil means slog.Default().
 	Logger *slog.Logger
+	// OnFsync, if set, is told the duration of every fsync of a segment
+	// file (the node's fsync histogram).
+	OnFsync func(time.Duration)
 }
 
 // withDefaults validates c and fills in its defaults.

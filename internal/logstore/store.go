@@ -567,4 +567,7 @@ func (s *Store) observeFsync(d time.Duration) {
 	}
 	i := sort.Search(len(FsyncBounds), func(i int) bool { return d <= FsyncBounds[i] })
 	s.st.fsyncBuckets[i].Add(1)
+	if fn := s.cfg.OnFsync; fn != nil {
+		fn(d)
+	}
 }

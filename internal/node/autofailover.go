@@ -85,12 +85,10 @@ type autoFailover struct {
 	recent   []FailoverEvent
 	senders  map[string]*heartbeatSender // by member id
 	refusals map[string]uint64           // by rule
-	// done counts the failovers this node decided and committed, by
-	// reason ("unreachable", "not_ready"); decideMs and commitMs sum
-	// their durations.
-	done               map[string]uint64
-	decideMs, commitMs int64
-	leaderless         time.Time // since when no leader is known (zero: one is)
+	// done counts the failovers this node committed, by reason
+	// ("manual", "unreachable", "not_ready").
+	done       map[string]uint64
+	leaderless time.Time // since when no leader is known (zero: one is)
 }
 
 // tickOf is the automatic failover's tick for a failover timeout.
@@ -187,6 +185,7 @@ func (n *Node) autoTick(ctx context.Context, now time.Time, timeout time.Duratio
 		}
 		a.refusals[d.Refused.Rule]++
 		a.record(FailoverEvent{At: now, Nodes: d.Refused.Nodes, Kind: "refused", Rule: d.Refused.Rule, Detail: d.Refused.Detail})
+		n.events.add("failover refused", strings.Join(d.Refused.Nodes, ","), "automatic, rule "+d.Refused.Rule+": "+d.Refused.Detail)
 	}
 	if len(d.Failover) == 0 || a.running {
 		if len(d.Failover) > 0 {
@@ -230,6 +229,9 @@ func (n *Node) runAutoFailover(targets []string, ev FailoverEvent) {
 		}
 		n.log.Warn("automatic failover committed", "node", id, "revision", res.Revision, "promoted", res.Promoted,
 			"silent_ms", ev.SilentMillis, "decision_ms", ev.DecisionMillis, "commit_ms", time.Since(start).Milliseconds())
+		n.hist.failover.Observe(time.Since(start))
+		n.hist.detection.Observe(time.Duration(ev.DecisionMillis) * time.Millisecond)
+		n.events.add("failover", id, fmt.Sprintf("automatic (%s): revision %d: %d vBuckets promoted; %s", ev.Detail, res.Revision, res.Promoted, res.Note))
 	}
 	ev.CommitMillis = time.Since(start).Milliseconds()
 	a.mu.Lock()
@@ -242,11 +244,7 @@ func (n *Node) runAutoFailover(targets []string, ev FailoverEvent) {
 	if strings.Contains(ev.Detail, "not ready") {
 		reason = "not_ready"
 	}
-	if ok := len(targets) - len(failed); ok > 0 {
-		a.done[reason] += uint64(ok)
-		a.decideMs += ev.DecisionMillis
-		a.commitMs += ev.CommitMillis
-	}
+	a.done[reason] += uint64(len(targets) - len(failed))
 	if len(failed) > 0 {
 		ev.Kind, ev.Nodes = "failed", failed
 		if a.decider != nil {
@@ -516,12 +514,20 @@ func (n *Node) reportAutoFailover(f *stats.Fields) {
 	a := &n.auto
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, reason := range []string{"unreachable", "not_ready"} {
-		f.Counter("failover/auto_"+reason, "failovers_total", "Automatic failovers this node decided and committed, by reason.", float64(a.done[reason]), "reason", reason)
+	for _, reason := range []string{"manual", "unreachable", "not_ready"} {
+		f.Counter("failover/"+reason, "failovers_total", "Failovers this node committed: by an operator (manual) or automatically, by the reason the node was down.", float64(a.done[reason]), "reason", reason)
 	}
 	for _, rule := range []string{failover.RuleDisabled, failover.RuleNoQuorum, failover.RuleLastNode, failover.RuleRebalance, failover.RuleMaxCount, failover.RuleLastCopy} {
 		f.Counter("failover/refused_"+rule, "failover_refusals_total", "Automatic failovers refused, by the rule that refused them (counted once per refusal, not per tick).", float64(a.refusals[rule]), "rule", rule)
 	}
-	f.Counter("failover/decision_seconds", "failover_decision_seconds_total", "Time from a down set's first sighting to its failover decision, summed.", float64(a.decideMs)/1000)
-	f.Counter("failover/commit_seconds", "failover_commit_seconds_total", "Time of the decided failovers (seqno round, lease wait, raft commit), summed.", float64(a.commitMs)/1000)
+}
+
+// countManual counts a failover an operator asked this node for.
+func (a *autoFailover) countManual() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.done == nil {
+		a.done = map[string]uint64{}
+	}
+	a.done["manual"]++
 }

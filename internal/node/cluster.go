@@ -56,7 +56,7 @@ type cluster struct {
 	grants        map[string]time.Time  // on the leader: until when each node's lease may last
 	revoking      map[string]bool       // on the leader: nodes being failed over get no new lease
 	join          JoinStatus
-	commits       stats.Latency // metadata commits proposed by this node
+	commits       stats.Histogram // metadata commits proposed by this node
 }
 
 // discovered is a node heard before the cluster exists.

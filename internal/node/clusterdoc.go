@@ -169,7 +169,13 @@ func (a clusterAdmin) ClusterMap() ([]byte, uint64, error) {
 func (a clusterAdmin) Document() ([]byte, error) { return json.Marshal(a.n.clusterStatus()) }
 
 // Join implements server.Cluster.
-func (a clusterAdmin) Join(body []byte) ([]byte, error) { return a.n.handleJoin(body) }
+func (a clusterAdmin) Join(body []byte) ([]byte, error) {
+	b, err := a.n.handleJoin(body)
+	if errors.Is(err, meta.ErrRefused) {
+		a.n.events.add("join refused", "", err.Error())
+	}
+	return b, err
+}
 
 // Propose implements server.Cluster: a command forwarded by another node
 // to this one, the leader.
@@ -243,8 +249,10 @@ func (n *Node) reportCluster(f *stats.Fields) {
 	}
 	f.Gauge("cluster/leader", "cluster_is_leader", "1 on the metadata group's leader.", leader)
 	f.Counter("cluster/leader_changes", "cluster_leader_changes_total", "Leader changes of the metadata group seen by this node.", float64(c.meta.LeaderChanges()))
-	commits, secs := c.commits.Count(), c.commits.Seconds()
-	f.Counter("cluster/commits", "cluster_commits_total", "Metadata commands this node proposed and saw applied.", float64(commits))
-	f.Counter("cluster/commit_seconds", "cluster_commit_seconds_total", "Time from proposing a metadata command to applying it here.", secs)
+	f.LogCounter("cluster/commits", float64(c.commits.Count()))
+	f.LogCounter("cluster/commit_seconds", c.commits.Seconds())
+	f.Histogram("cluster_commit_duration_seconds", "Time from proposing a metadata command (raft) to applying it on this node.", &c.commits)
+	f.Histogram("failover_decision_duration_seconds", "Time a failover took on the leader: asking the survivors for their seqnos, planning, waiting out the node's lease, committing the map.", &n.hist.failover)
+	f.Histogram("failover_detection_duration_seconds", "Automatic failover: time from the down set's first sighting to the decision.", &n.hist.detection)
 	n.reportAutoFailover(f)
 }

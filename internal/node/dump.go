@@ -83,6 +83,7 @@ func (n *Node) loadDumps() error {
 	d.mgr, err = dump.NewManager(dump.Config{
 		FS: d.fs, Dir: d.dir, VBuckets: n.cfg.VBuckets, Source: kvSource{n.kv},
 		Interval: time.Duration(n.cfg.DumpInterval), Codec: n.cfg.DumpCodec, Logger: log, Channels: channels,
+		Done: n.hist.dump.Observe,
 	})
 	if err != nil {
 		return err
@@ -147,6 +148,7 @@ func (n *Node) reportDumps(f *stats.Fields) {
 		running = 1
 	}
 	f.Gauge("dump/running", "dump_running", "1 while a dump is being written.", running)
+	f.Histogram("dump_duration_seconds", "Time to dump all the kv channels (periodic, on demand, at shutdown).", &n.hist.dump)
 	if st.Dumps == 0 {
 		return
 	}

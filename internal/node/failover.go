@@ -198,10 +198,15 @@ type failoverAdmin struct{ n *Node }
 
 // Failover implements server.Failover.
 func (a failoverAdmin) Failover(node string, force bool) ([]byte, error) {
+	start := time.Now()
 	res, err := a.n.failoverNode(node, force, false)
 	if err != nil {
+		a.n.events.add("failover refused", node, err.Error())
 		return nil, err
 	}
+	a.n.hist.failover.Observe(time.Since(start))
+	a.n.auto.countManual()
+	a.n.events.add("failover", res.Node, fmt.Sprintf("revision %d: %d vBuckets promoted, %d lost; %s", res.Revision, res.Promoted, len(res.Lost), res.Note))
 	return json.Marshal(res)
 }
 
@@ -226,7 +231,9 @@ func (a failoverAdmin) RenewLease(node string) (uint64, time.Duration, error) {
 func (a failoverAdmin) Recover(node string) ([]byte, error) {
 	res, err := a.n.recoverNode(node)
 	if err != nil {
+		a.n.events.add("recover refused", node, err.Error())
 		return nil, err
 	}
+	a.n.events.add("recover", res.Node, fmt.Sprintf("revision %d: replica of %d vBuckets", res.Revision, res.Replicas))
 	return json.Marshal(res)
 }

@@ -3,7 +3,6 @@ package node
 import (
 	"fmt"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"shoal/internal/engine"
@@ -27,6 +26,7 @@ func (n *Node) openLog() error {
 		Retention:     time.Duration(cfg.LogRetention),
 		MaxValueSize:  int(cfg.MaxValueSize),
 		Logger:        n.log.With("engine", "log"),
+		OnFsync:       n.hist.fsync.Observe,
 	})
 	if err != nil {
 		return fmt.Errorf("cannot start the log engine: %w", err)
@@ -54,25 +54,17 @@ func (n *Node) reportLog(f *stats.Fields) {
 		f.Gauge("channel/"+cs.Name+"/bytes", "channel_bytes", "Key and value bytes in a channel.", float64(cs.Bytes), "channel", cs.Name, "kind", "log")
 		f.Gauge("channel/"+cs.Name+"/disk_bytes", "channel_disk_bytes", "Bytes of a log channel's files.", float64(cs.DiskBytes), "channel", cs.Name)
 	}
-	f.Gauge("log/records", "records", "Records in all channels.", recs, "kind", "log")
-	f.Gauge("log/bytes", "bytes", "Key and value bytes in all channels.", bytes, "kind", "log")
+	f.Gauge("log/records", "stored_records", "Records stored in all channels of an engine (kind), replica copies included.", recs, "kind", "log")
+	f.Gauge("log/bytes", "stored_bytes", "Key and value bytes stored in all channels of an engine (kind), replica copies included; not its memory (shoal_kv_memory_bytes).", bytes, "kind", "log")
 	f.Gauge("log/disk_bytes", "log_disk_bytes", "Bytes of the log engine's segment files.", disk)
 	st := n.logStore.Stats()
 	f.Gauge("log/segments", "log_segments", "Segment files of the log engine.", float64(st.Segments))
 	f.Counter("action/appended/records", "action_records_total", "Records handled by action.", float64(st.Appends), "action", "appended")
 	f.Counter("action/appended/bytes", "action_bytes_total", "Bytes handled by action.", float64(st.AppendBytes), "action", "appended")
 	f.Counter("log/append_errors", "log_append_errors_total", "Appended records refused by an I/O error (a full disk included).", float64(st.AppendErrors))
-	f.Counter("log/fsyncs", "log_fsyncs_total", "Fsyncs of log segment files.", float64(st.Fsyncs))
-	f.Counter("log/fsync_seconds", "log_fsync_seconds_total", "Time spent in fsyncs of log segment files.", st.FsyncTime.Seconds())
+	f.LogHistogram("log", "fsyncs", "fsync_seconds", "fsync", &n.hist.fsync)
+	f.Histogram("log_fsync_duration_seconds", "Fsyncs of log segment files by duration.", &n.hist.fsync)
 	f.Gauge("log/fsync_max_seconds", "log_fsync_max_seconds", "The longest fsync of a log segment file since the start.", st.FsyncMax.Seconds())
-	for i, c := range st.FsyncBuckets {
-		le := "+Inf"
-		if i < len(logstore.FsyncBounds) {
-			le = logstore.FsyncBounds[i].String()
-		}
-		name := strings.Replace(stats.LatencyBucketNames[i], "handled", "fsync", 1)
-		f.Counter("log/"+name, "log_fsyncs_by_latency_total", "Fsyncs of log segment files by latency bucket (upper bound le).", float64(c), "le", le)
-	}
 	f.Counter("log/tails_cut", "log_tails_cut_total", "Torn tails (unfinished writes) cut from segment files at start-up.", float64(st.TailsCut))
 	f.Counter("log/bytes_cut", "log_bytes_cut_total", "Bytes of the torn tails cut at start-up.", float64(st.BytesCut))
 	f.Counter("log/corrupt_at_open", "log_corrupt_at_open_total", "Damaged stretches found in the middle of segment files at start-up.", float64(st.CorruptAtOpen))

@@ -63,10 +63,13 @@ type Node struct {
 	logStore  *logstore.Store // the log engine (log.go)
 	dumps     dumper          // the kv dumps (dump.go)
 	auto      autoFailover    // heartbeats and the automatic failover (autofailover.go)
+	hist      histograms      // of /metrics (observe.go)
+	events    eventLog        // recent failovers and refusals, for the console (observe.go)
 
 	ln     net.Listener
 	httpLn net.Listener
 	httpS  *http.Server
+	creds  map[string][]byte // of --credentials; nil without
 
 	// onShutdown runs after the data port is closed, before the engines
 	// are (the dump on shutdown hooks in here).
@@ -143,6 +146,7 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 		if scfg.Credentials, err = auth.LoadCredentials(cfg.Credentials); err != nil {
 			return nil, err
 		}
+		n.creds = scfg.Credentials // also the HTTP port's users (--http-auth)
 	}
 	if cfg.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)

@@ -4,22 +4,162 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"html/template"
 	"io"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"unicode/utf8"
 
 	"shoal/internal/discovery"
 	"shoal/internal/liveness"
 	"shoal/internal/stats"
+	"shoal/internal/wire"
 )
+
+// histograms are the node's duration histograms of /metrics (the
+// request and metadata commit ones live in the server and the cluster).
+type histograms struct {
+	fsync    stats.Histogram // log segment fsyncs
+	dump     stats.Histogram // whole kv dumps
+	failover stats.Histogram // failovers decided on this node (the leader)
+	// detection: automatic failovers, from the down set's first sighting
+	// to the decision.
+	detection stats.Histogram
+}
+
+// maxEvents is how many recent events the console shows, and
+// maxEventMessage the bytes kept of an event's message.
+const (
+	maxEvents       = 20
+	maxEventMessage = 500
+)
+
+// Event is a failover, a recovery or a refusal this node saw (a
+// failover or join request it answered with an error).
+type Event struct {
+	Time time.Time `json:"time"`
+	// Kind is "failover", "failover refused", "recover", "recover
+	// refused" or "join refused".
+	Kind    string `json:"kind"`
+	Node    string `json:"node,omitempty"`
+	Message string `json:"message"`
+}
+
+// eventLog keeps the last maxEvents events. The zero value is ready.
+type eventLog struct {
+	mu     sync.Mutex
+	events []Event // oldest first
+}
+
+func (l *eventLog) add(kind, node, msg string) {
+	if len(msg) > maxEventMessage {
+		cut := maxEventMessage
+		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+			cut--
+		}
+		msg = msg[:cut] + "…"
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.events) == maxEvents {
+		l.events = append(l.events[:0], l.events[1:]...)
+	}
+	l.events = append(l.events, Event{Time: time.Now().UTC(), Kind: kind, Node: node, Message: msg})
+}
+
+// list returns the events, newest first.
+func (l *eventLog) list() []Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]Event, len(l.events))
+	for i, e := range l.events {
+		out[len(out)-1-i] = e
+	}
+	return out
+}
+
+// MapStatus is the vBucket map in /status?map=1.
+type MapStatus struct {
+	Revision uint64       `json:"revision"`
+	Replicas int          `json:"replicas"`
+	VBuckets []MapVBucket `json:"vbuckets"`
+}
+
+// MapVBucket is one vBucket of MapStatus: its chain [active, replica1,
+// …] of node ids and its epoch.
+type MapVBucket struct {
+	Chain []string `json:"chain"`
+	Epoch uint64   `json:"epoch"`
+}
+
+// mapStatus is the map this node applied; nil before it has one.
+func (n *Node) mapStatus() *MapStatus {
+	t := n.table()
+	if t == nil || t.Map() == nil {
+		return nil
+	}
+	m := t.Map()
+	ms := &MapStatus{Revision: m.Revision, Replicas: m.Replicas, VBuckets: make([]MapVBucket, len(m.VBuckets))}
+	for i, v := range m.VBuckets {
+		ms.VBuckets[i] = MapVBucket{Chain: append([]string{}, v.Chain...), Epoch: v.Epoch}
+	}
+	return ms
+}
+
+// copiesTimeout bounds the question a console refresh asks each member.
+const copiesTimeout = time.Second
+
+// fillCopies asks every member, in parallel, for its copies' high
+// seqnos (this node answers from its own engines).
+func (n *Node) fillCopies(ctx context.Context, st *Status) {
+	self := n.statusDoc(true)
+	st.Copies = map[string]map[string][]uint64{n.cfg.NodeID: self.Replication.HighSeqnos}
+	if n.cluster == nil {
+		return
+	}
+	leader, _ := n.cluster.meta.Leader()
+	if leader == n.cfg.NodeID {
+		st.LeaderLiveness = self.Liveness
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, m := range n.cluster.known().Nodes {
+		if m.ID == n.cfg.NodeID || m.Addr == "" {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, copiesTimeout)
+			defer cancel()
+			var doc struct {
+				Liveness    *liveness.Report `json:"liveness"`
+				Replication struct {
+					HighSeqnos map[string][]uint64 `json:"high_seqnos"`
+				} `json:"replication"`
+			}
+			b, err := n.cluster.peers.call(cctx, m.Addr, wire.OpStatus, []byte{1})
+			if err == nil {
+				err = json.Unmarshal(b, &doc)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if st.CopiesErrors == nil {
+					st.CopiesErrors = map[string]string{}
+				}
+				st.CopiesErrors[m.ID] = err.Error()
+				return
+			}
+			st.Copies[m.ID] = doc.Replication.HighSeqnos
+			if m.ID == leader {
+				st.LeaderLiveness = doc.Liveness
+			}
+		}()
+	}
+	wg.Wait()
+}
 
 // reportKV reports the kv engine: totals, per channel and per action.
 func (n *Node) reportKV(f *stats.Fields) {
@@ -30,8 +170,8 @@ func (n *Node) reportKV(f *stats.Fields) {
 		f.Gauge("channel/"+cs.Name+"/records", "channel_records", "Records in a channel.", float64(cs.Records), "channel", cs.Name, "kind", "kv")
 		f.Gauge("channel/"+cs.Name+"/bytes", "channel_bytes", "Key and value bytes in a channel.", float64(cs.Bytes), "channel", cs.Name, "kind", "kv")
 	}
-	f.Gauge("total_records", "records", "Records in all channels.", float64(recs), "kind", "kv")
-	f.Gauge("total_bytes", "bytes", "Key and value bytes in all channels.", float64(bytes), "kind", "kv")
+	f.Gauge("total_records", "stored_records", "Records stored in all channels of an engine (kind), replica copies included.", float64(recs), "kind", "kv")
+	f.Gauge("total_bytes", "stored_bytes", "Key and value bytes stored in all channels of an engine (kind), replica copies included; not its memory (shoal_kv_memory_bytes).", float64(bytes), "kind", "kv")
 	f.Gauge("kv_memory", "kv_memory_bytes", "Memory of the kv engine (what --memory-limit caps).", float64(n.kv.MemoryUsage()))
 	c := n.kv.Counters()
 	for _, a := range []struct {
@@ -94,8 +234,8 @@ func (n *Node) consoleLoop(ctx context.Context, w io.Writer) {
 		case now := <-t.C:
 			var reqs float64
 			for _, f := range n.stats.Collect() {
-				if f.Metric == "requests_handled_total" {
-					reqs += f.Value
+				if f.Metric == "request_duration_seconds" && f.Hist != nil {
+					reqs += float64(f.Hist.Count)
 				}
 			}
 			rate := (reqs - prevReqs) / now.Sub(prevAt).Seconds()
@@ -122,14 +262,6 @@ func human(b int64) string {
 		return fmt.Sprintf("%.1fKiB", float64(b)/(1<<10))
 	}
 	return fmt.Sprintf("%dB", b)
-}
-
-// age renders how long ago t was, to the second ("-" for the zero time).
-func age(t time.Time) string {
-	if t.IsZero() {
-		return "-"
-	}
-	return max(time.Since(t), 0).Truncate(time.Second).String()
 }
 
 // info adds node fields to the Info answer.
@@ -172,6 +304,19 @@ type Status struct {
 	Discovery *discovery.Status `json:"discovery,omitempty"`
 	// Readiness is what /readyz and `shoal wait-ready` answer.
 	Readiness Readiness `json:"readiness"`
+	// Events are the recent failovers and refusals this node saw, newest
+	// first.
+	Events []Event `json:"events"`
+	// Map is the vBucket map this node applied (/status?map=1 only).
+	Map *MapStatus `json:"map,omitempty"`
+	// Copies are the high seqnos of every member's copies, by node id and
+	// engine, one per vBucket (/status?copies=1 only: the node asks each
+	// member); CopiesErrors says why a member is absent.
+	Copies       map[string]map[string][]uint64 `json:"copies,omitempty"`
+	CopiesErrors map[string]string              `json:"copies_errors,omitempty"`
+	// LeaderLiveness is the liveness report of the metadata leader
+	// (/status?copies=1 only).
+	LeaderLiveness *liveness.Report `json:"leader_liveness,omitempty"`
 }
 
 // KVStatus is the kv engine in /status.
@@ -209,84 +354,6 @@ func (n *Node) Status() Status {
 	st.Cluster = n.clusterStatus()
 	st.Discovery = n.discoveryStatus()
 	st.Readiness = n.nodeReadiness()
+	st.Events = n.events.list()
 	return st
 }
-
-func (n *Node) httpHandler() http.Handler {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(stats.NewCollector(n.stats))
-	reg.MustRegister(collectors.NewGoCollector())
-	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "shoal"}))
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(n.Status())
-	})
-	// For orchestrators: the process answers; the node is ready.
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		rd := n.nodeReadiness()
-		if !rd.Ready {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprintln(w, "not ready:")
-			for _, m := range rd.Missing {
-				fmt.Fprintln(w, "- "+m)
-			}
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
-	// Profiles for operators: the HTTP port listens on loopback by default.
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		consolePage.Execute(w, n.Status())
-	})
-	return mux
-}
-
-var consolePage = template.Must(template.New("console").Funcs(template.FuncMap{"human": human, "age": age}).Parse(`<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2"><title>shoal {{.NodeID}}</title>
-<style>body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}td,th{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}th{background:#f4f4f4}.n{text-align:right}</style>
-</head><body>
-<h1>shoal node {{.NodeID}}</h1>
-<p>version {{.Version}} · data port {{.Listen}} · up {{.UptimeSeconds}} s · {{.Connections}} connections · {{.VBuckets}} vBuckets</p>
-<h2>Cluster</h2>
-{{with .Cluster}}<p>cluster {{or .ClusterID "not created yet"}} · map revision {{.Revision}} · {{.Replicas}} replicas · leader {{with .Leader}}{{.}} at {{$.Cluster.LeaderAddr}}{{else}}none known{{end}} · this node {{or .RaftState "-"}}, {{len .Voters}} of {{.WantVoters}} voters · {{.LeaderChanges}} leader changes{{if ne .Join.Phase "member"}} · <b>{{.Join.Phase}}{{with .Join.Waiting}}: {{.}}{{end}}</b>{{end}}</p>
-<table><tr><th>node</th><th>address</th><th>state</th><th>voter</th><th>leader</th><th class="n">active</th><th class="n">replica</th><th>zone</th><th>since</th></tr>
-{{range .Nodes}}<tr><td>{{if .HTTP}}<a href="http://{{.HTTP}}/">{{.ID}}</a>{{else}}{{.ID}}{{end}}{{if eq .ID $.NodeID}} (this node){{end}}</td><td>{{.Addr}}</td><td>{{.State}}</td><td>{{if .Voter}}yes{{else}}no{{end}}</td><td>{{if .Leader}}yes{{else}}no{{end}}</td><td class="n">{{.Active}}</td><td class="n">{{.Replica}}</td><td>{{or .Zone "-"}}</td><td>{{age .Since}}</td></tr>
-{{else}}<tr><td colspan="9">no members yet</td></tr>{{end}}
-</table>
-{{else}}<p>{{with .Replication.ReplicaOf}}standby of {{.}}: in no cluster{{else}}in no cluster{{with .Replication.PromotedFrom}} (a promoted standby of {{.}}){{end}}{{end}}</p>
-{{end}}{{with .Discovery}}<h2>Discovery</h2>
-<p>{{.Backend}} · {{.Phase}} phase · {{.BackendCalls}} backend calls{{with .LastResult}}, the last {{if .OK}}listed {{len .Nodes}} nodes{{else}}<b>failed: {{.Error}}</b>{{end}}, next {{.RetryType}}{{end}}{{if .BackendRunning}} · a call is running{{end}} · {{len .Discovered}} discovered, {{len .Joined}} joined, {{len .Unavailable}} unavailable{{if not .InitialDone}} · <b>initial discovery not done</b>{{end}}</p>
-{{end}}{{if not .Readiness.Ready}}<p><b>not ready</b>:{{range .Readiness.Missing}} {{.}};{{end}}</p>
-{{end}}<h2>kv</h2>
-<p>{{.KV.Records}} records, {{human .KV.Bytes}} of keys and values, {{human .KV.Memory}} of memory{{if .KV.MemoryLimit}} of a {{human .KV.MemoryLimit}} limit{{end}}</p>
-<h2>queue</h2>
-<p>{{.Queue.Durability}} durability{{if eq .Queue.Durability "journal"}}, fsync {{.Queue.FsyncInterval}}{{end}} · {{.Queue.Records}} records, {{human .Queue.Bytes}} · {{.Queue.PushedRecords}} pushed, {{.Queue.PoppedRecords}} popped since start</p>
-<table><tr><th>channel</th><th>subscriber</th><th class="n">records</th><th class="n">in memory</th><th class="n">on disk</th><th class="n">ring</th><th class="n">full</th><th class="n">consumers</th></tr>
-{{range .Queue.Queues}}<tr><td>{{.Channel}}</td><td>{{with .Subscriber}}"{{.}}"{{else}}-{{end}}</td><td class="n">{{.Records}}</td><td class="n">{{.MemoryRecords}} · {{human .MemoryBytes}}</td><td class="n">{{.OverflowRecords}} · {{human .OverflowBytes}}</td><td class="n">{{human .RingSize}}</td><td class="n">{{.FullnessPercent}} %</td><td class="n">{{.Consumers}}</td></tr>
-{{else}}<tr><td colspan="8">no queues yet</td></tr>{{end}}
-</table>
-<h2>Channels</h2>
-<table><tr><th>channel</th><th>kind</th><th class="n">records</th><th class="n">bytes</th></tr>
-{{range .Channels}}<tr><td>{{.Name}}</td><td>{{.Kind}}</td><td class="n">{{.Records}}</td><td class="n">{{human .Bytes}}</td></tr>
-{{else}}<tr><td colspan="4">no channels yet</td></tr>{{end}}
-</table>
-<h2>Dumps</h2>
-<p>{{with .Dumps}}every {{.IntervalSeconds}} s to {{.Dir}} ({{.Codec}}) · {{.Dumps}} dumps, {{.Failures}} failed channel dumps{{if .Running}} · dumping now{{end}}{{if .LastEnd}} · last ended {{.LastEnd}} after {{printf "%.1f" .LastDurationSeconds}} s{{end}}{{if .LastError}} · <b>last error ({{.LastErrorAt}}): {{.LastError}}</b>{{end}}{{end}}</p>
-<p><a href="/status">/status</a> · <a href="/metrics">/metrics</a></p>
-</body></html>
-`))

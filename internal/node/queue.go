@@ -83,11 +83,12 @@ func (n *Node) reportQueue(f *stats.Fields) {
 		f.Gauge(key+"/bytes_memory", "queue_memory_bytes", "Value bytes of a queue in its memory ring.", float64(q.MemoryBytes), labels...)
 		f.Gauge(key+"/records_overflow", "queue_overflow_records", "Records of a queue in its disk overflow.", float64(q.OverflowRecords), labels...)
 		f.Gauge(key+"/bytes_overflow", "queue_overflow_bytes", "Value bytes of a queue in its disk overflow.", float64(q.OverflowBytes), labels...)
-		f.Gauge(key+"/percent_memory", "queue_fullness_percent", "Share of a queue's memory ring in use, record headers included.", math.Round(q.Fullness*10)/10, labels...)
+		f.LogGauge(key+"/percent_memory", math.Round(q.Fullness*10)/10)
+		f.Gauge("", "queue_fullness_ratio", "Share (0..1) of a queue's memory ring in use, record headers included.", q.Fullness/100, labels...)
 		f.Gauge(key+"/consumers", "queue_consumers", "Consume streams attached to a queue.", float64(q.Consumers), labels...)
 	}
-	f.Gauge("queue_total_records", "records", "Records in all channels.", float64(recs), "kind", "queue")
-	f.Gauge("queue_total_bytes", "bytes", "Key and value bytes in all channels.", float64(bytes), "kind", "queue")
+	f.Gauge("queue_total_records", "stored_records", "Records stored in all channels of an engine (kind), replica copies included.", float64(recs), "kind", "queue")
+	f.Gauge("queue_total_bytes", "stored_bytes", "Key and value bytes stored in all channels of an engine (kind), replica copies included; not its memory (shoal_kv_memory_bytes).", float64(bytes), "kind", "queue")
 	c := n.queue.Counters()
 	for _, a := range []struct {
 		name           string

@@ -195,3 +195,27 @@ func TestRemoveChannelActiveOnly(t *testing.T) {
 		t.Fatalf("RemoveChannel: %v %v %+v", ok, err, s.Channels())
 	}
 }
+
+// TestReplicatedRemovalFirst: the active's removal of a channel may reach
+// a replica before the replica's own RemoveChannel (the catalog change
+// reaches every node in its own time); that RemoveChannel then forgets
+// the channel, which holds nothing any more.
+func TestReplicatedRemovalFirst(t *testing.T) {
+	cfg := testConfig(t.TempDir())
+	cfg.VBuckets = 4
+	s := mustOpen(t, cfg)
+	defer s.Close()
+	s.SetState(1, vbmap.Replica)
+	if err := s.Apply(&engine.Mutation{VBucket: 1, Seqno: 1, Op: engine.OpPush, Channel: "jobs", Value: []byte("j1")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(&engine.Mutation{VBucket: 1, Seqno: 2, Op: engine.OpRemoveChannel, Channel: "jobs"}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.RemoveChannel("jobs"); !ok || err != nil {
+		t.Fatalf("RemoveChannel: %v %v", ok, err)
+	}
+	if qs := s.Channels(); len(qs) != 0 {
+		t.Fatalf("the channel stays, empty: %+v", qs)
+	}
+}

@@ -133,12 +133,15 @@ func (s *Store) applyPop(channel, key string, vb uint16, seqno, ref uint64) erro
 }
 
 // applyRemove removes the records of vb from channel; a channel removed
-// here that no longer holds anything goes.
+// here that no longer holds anything goes. The removal may arrive before
+// this node's own RemoveChannel of the channel (the cluster's catalog
+// change reaches the nodes in their own time): the channel then holds
+// nothing of vb any more, so that RemoveChannel forgets it.
 func (s *Store) applyRemove(name string, vb uint16, seqno uint64) error {
 	err := s.removeVB(func(ch *channel) bool { return ch.name == name }, vb)
-	if ch := s.channels[name]; ch != nil && ch.removed {
+	if ch := s.channels[name]; ch != nil {
 		ch.vbits[vb/64] &^= 1 << (vb % 64)
-		if !ch.holdsAny() {
+		if ch.removed && !ch.holdsAny() {
 			s.forget(ch, ErrChannelRemoved)
 			if s.journal == nil {
 				s.writeIndex()

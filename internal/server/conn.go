@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -350,9 +351,6 @@ func (c *conn) reply(h wire.Header, st wire.Status, body []byte) {
 
 // replyf appends an error answer with a formatted message.
 func (c *conn) replyf(h wire.Header, st wire.Status, format string, args ...any) {
-	if st != wire.StatusOK {
-		c.s.ops[h.Opcode].errors.Add(1)
-	}
 	b, off := c.begin(h, st, 0)
 	b = appendf(b, format, args...)
 	c.end(b, off)
@@ -370,6 +368,7 @@ func (c *conn) begin(h wire.Header, st wire.Status, flags byte) ([]byte, int) {
 
 // end finishes the frame begun at off and unlocks the output buffer.
 func (c *conn) end(b []byte, off int) {
+	c.s.countAnswer(wire.Opcode(b[off+2]), wire.Status(binary.LittleEndian.Uint16(b[off+4:])))
 	c.out = wire.EndFrame(b, off)
 	c.wmu.Unlock()
 }

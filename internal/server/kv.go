@@ -130,7 +130,6 @@ func (c *conn) notMyVBucket(h wire.Header, r vbmap.Route) {
 	b = wire.AppendU64(b, r.Epoch)
 	b = wire.AppendU64(b, r.Revision)
 	c.end(append(b, m...), off)
-	c.s.ops[h.Opcode].errors.Add(1)
 }
 
 // fail answers with the status of an engine error. The status says it
@@ -206,6 +205,7 @@ func (c *conn) kvGet(h wire.Header, body []byte) {
 		return
 	}
 	if name == "" {
+		c.s.kvMisses.Add(1)
 		c.reply(h, wire.StatusNotFound, nil)
 		return
 	}
@@ -214,6 +214,7 @@ func (c *conn) kvGet(h wire.Header, body []byte) {
 	casAt := len(b)
 	b = wire.AppendU64(b, 0)
 	b, cas, err := c.s.eng.KV.Get(name, key, b)
+	c.s.countRead(err)
 	if err != nil {
 		b = b[:casAt]
 		wire.PatchStatus(b, off, kvStatus(err))
@@ -226,6 +227,16 @@ func (c *conn) kvGet(h wire.Header, body []byte) {
 	c.end(b, off)
 }
 
+// countRead counts a kv read as a hit or a miss.
+func (s *Server) countRead(err error) {
+	switch {
+	case err == nil:
+		s.kvHits.Add(1)
+	case errors.Is(err, kv.ErrNotFound):
+		s.kvMisses.Add(1)
+	}
+}
+
 // kvGetReplica: str8 channel, str8 key -> u64 cas, u8 source (1 active, 2
 // replica), value (rest). It reads the node's copy, active or replica: a
 // replica's may be stale.
@@ -235,6 +246,7 @@ func (c *conn) kvGetReplica(h wire.Header, body []byte) {
 		return
 	}
 	if name == "" {
+		c.s.kvMisses.Add(1)
 		c.reply(h, wire.StatusNotFound, nil)
 		return
 	}
@@ -247,6 +259,7 @@ func (c *conn) kvGetReplica(h wire.Header, body []byte) {
 	b = wire.AppendU64(b, 0)
 	b = wire.AppendU8(b, source)
 	b, cas, err := c.s.eng.KV.Get(name, key, b)
+	c.s.countRead(err)
 	if err != nil {
 		b = b[:casAt]
 		wire.PatchStatus(b, off, kvStatus(err))

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -144,6 +145,9 @@ type Server struct {
 	bytesIn  atomic.Uint64
 	bytesOut atomic.Uint64
 	ops      [256]opStats
+	// kvHits and kvMisses count the kv reads (Get, GetReplica) that found
+	// their record and those that did not.
+	kvHits, kvMisses atomic.Uint64
 
 	acks durableAcks // queue answers waiting for the journal (queue.go)
 }
@@ -152,7 +156,36 @@ type opStats struct {
 	lat       stats.Latency
 	active    atomic.Int64
 	maxActive atomic.Int64
-	errors    atomic.Uint64
+	// errors counts the answers by status (end); index 0, ok, is not
+	// counted, and statuses past the array share its last element.
+	errors [maxCountedStatus + 1]atomic.Uint64
+}
+
+// maxCountedStatus is the highest status counted on its own by
+// opStats.errors; higher ones are counted with it.
+const maxCountedStatus = 63
+
+// statusLabel is a status's name as a Prometheus label value: "not
+// found" is not_found, "exists (CAS mismatch)" exists_cas_mismatch.
+func statusLabel(st wire.Status) string {
+	var b []byte
+	for _, r := range []byte(strings.ToLower(st.String())) {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+			b = append(b, r)
+		case len(b) > 0 && b[len(b)-1] != '_':
+			b = append(b, '_')
+		}
+	}
+	return strings.TrimSuffix(string(b), "_")
+}
+
+// countAnswer counts an answer of op with status st. A stream's end with
+// stopped (the client stopped it) is no error.
+func (s *Server) countAnswer(op wire.Opcode, st wire.Status) {
+	if st != wire.StatusOK && st != wire.StatusStopped {
+		s.ops[op].errors[min(int(st), maxCountedStatus)].Add(1)
+	}
 }
 
 // New returns a server for eng.
@@ -414,16 +447,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // NumConnections returns the number of open client connections.
 func (s *Server) NumConnections() int64 { return s.nconns.Load() }
 
-// Report implements stats.Source: bytes, connections and per-request counts
-// and latencies.
+// Report implements stats.Source: bytes, connections and per-request counts,
+// latencies and errors; kv hits and misses.
 func (s *Server) Report(f *stats.Fields) {
 	f.Counter("bytes_sent", "bytes_sent_total", "Bytes written to client connections.", float64(s.bytesOut.Load()))
 	f.Counter("bytes_received", "bytes_received_total", "Bytes read from client connections.", float64(s.bytesIn.Load()))
 	n := s.nconns.Load()
 	f.Gauge("handling_connections", "connections", "Open client connections.", float64(n))
-	f.Gauge("handling_connections_pcnt", "connections_percent", "Open connections in percent of --max-connections.", float64(n)*100/float64(s.cfg.MaxConnections))
+	f.Gauge("handling_connections_pcnt", "connections_ratio", "Open connections as a share (0..1) of --max-connections.", float64(n)/float64(s.cfg.MaxConnections))
 	f.Counter("connections_accepted", "connections_accepted_total", "Connections accepted.", float64(s.accepted.Load()))
 	f.Counter("connections_refused", "connections_refused_total", "Connections refused over --max-connections.", float64(s.refused.Load()))
+	f.Counter("kv/hits", "kv_hits_total", "kv reads (Get, GetReplica) that found their record.", float64(s.kvHits.Load()))
+	f.Counter("kv/misses", "kv_misses_total", "kv reads (Get, GetReplica) that found no record.", float64(s.kvMisses.Load()))
 	for op := range s.ops {
 		st := &s.ops[op]
 		if st.lat.Count() == 0 {
@@ -433,6 +468,19 @@ func (s *Server) Report(f *stats.Fields) {
 		prefix := "request/" + name
 		st.lat.Report(f, prefix, "request", name)
 		f.Gauge(prefix+"/max_active", "requests_max_active", "Most requests of this kind in progress at once.", float64(st.maxActive.Load()), "request", name)
-		f.Counter(prefix+"/errors", "requests_errors_total", "Requests answered with an error status.", float64(st.errors.Load()), "request", name)
+		var errs uint64
+		for code := range st.errors {
+			c := st.errors[code].Load()
+			if c == 0 {
+				continue
+			}
+			errs += c
+			status := statusLabel(wire.Status(code))
+			if code == maxCountedStatus {
+				status = "other"
+			}
+			f.Counter("", "request_errors_total", "Answers with a status other than ok, by request and status (not_found and empty included).", float64(c), "request", name, "status", status)
+		}
+		f.LogCounter(prefix+"/errors", float64(errs))
 	}
 }

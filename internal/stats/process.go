@@ -12,26 +12,28 @@ import (
 // is 100 on every Linux platform Go supports.
 const clockTicks = 100
 
-// Process reports the process's CPU time, resident memory and Go heap:
-// cpu_user, cpu_system (seconds, counters), rss, vsz (bytes), heap and
-// goroutines. On systems without /proc only the Go runtime figures appear.
+// Process reports, to stats.log only, the process's CPU time, resident
+// memory and Go heap: cpu_user, cpu_system, cpu_total (seconds, counters),
+// rss, vsz (bytes), go_heap_inuse and goroutines. On systems without /proc
+// only the Go runtime figures appear. /metrics has the same figures from
+// the standard process_* and go_* collectors of client_golang.
 type Process struct{}
 
 // Report implements Source.
 func (Process) Report(f *Fields) {
 	if user, sys, ok := readCPU(); ok {
-		f.Counter("cpu_user", "process_cpu_user_seconds_total", "User CPU time of the node process.", user)
-		f.Counter("cpu_system", "process_cpu_system_seconds_total", "System CPU time of the node process.", sys)
-		f.Counter("cpu_total", "process_cpu_seconds_total_all", "User plus system CPU time of the node process.", user+sys)
+		f.LogCounter("cpu_user", user)
+		f.LogCounter("cpu_system", sys)
+		f.LogCounter("cpu_total", user+sys)
 	}
 	if vsz, rss, ok := readMem(); ok {
-		f.Gauge("vsz", "process_virtual_bytes", "Virtual memory size of the node process.", vsz)
-		f.Gauge("rss", "process_resident_bytes", "Resident memory of the node process.", rss)
+		f.LogGauge("vsz", vsz)
+		f.LogGauge("rss", rss)
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	f.Gauge("go_heap_inuse", "go_heap_inuse_bytes", "Go heap in use.", float64(ms.HeapInuse))
-	f.Gauge("goroutines", "goroutines", "Goroutines.", float64(runtime.NumGoroutine()))
+	f.LogGauge("go_heap_inuse", float64(ms.HeapInuse))
+	f.LogGauge("goroutines", float64(runtime.NumGoroutine()))
 }
 
 // readCPU returns user and system CPU seconds from /proc/self/stat.
@@ -80,6 +82,6 @@ func readMem() (vsz, rss float64, ok bool) {
 // Uptime reports the seconds since start.
 func Uptime(start time.Time) Source {
 	return SourceFunc(func(f *Fields) {
-		f.Gauge("uptime", "uptime_seconds", "Seconds since the node started.", time.Since(start).Seconds())
+		f.LogGauge("uptime", time.Since(start).Seconds())
 	})
 }

@@ -46,11 +46,21 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			continue // a duplicate series would fail the whole scrape
 		}
 		seen[id] = true
-		vt := prometheus.GaugeValue
-		if f.Counter {
-			vt = prometheus.CounterValue
+		var m prometheus.Metric
+		var err error
+		if h := f.Hist; h != nil {
+			buckets := make(map[float64]uint64, len(h.Cumulative))
+			for i, c := range h.Cumulative {
+				buckets[Bounds[i].Seconds()] = c
+			}
+			m, err = prometheus.NewConstHistogram(d, h.Count, h.Sum, buckets, values...)
+		} else {
+			vt := prometheus.GaugeValue
+			if f.Counter {
+				vt = prometheus.CounterValue
+			}
+			m, err = prometheus.NewConstMetric(d, vt, f.Value, values...)
 		}
-		m, err := prometheus.NewConstMetric(d, vt, f.Value, values...)
 		if err != nil {
 			continue
 		}

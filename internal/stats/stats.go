@@ -10,18 +10,20 @@ package stats
 import (
 	"sort"
 	"sync"
-	"sync/atomic"
-	"time"
 )
 
 // Field is one reported value.
 type Field struct {
-	Key     string   // stats.log key, e.g. "request/Put/handled"
-	Metric  string   // Prometheus name without the shoal_ prefix, e.g. "requests_handled_total"
+	Key     string   // stats.log key, e.g. "request/Put/handled"; "" for Prometheus only
+	Metric  string   // Prometheus name without the shoal_ prefix, e.g. "request_errors_total"; "" for stats.log only
 	Labels  []string // label name/value pairs, e.g. {"request", "Put"}
 	Help    string   // Prometheus help text
 	Value   float64
 	Counter bool // cumulative; stats.log prints the delta since the previous line
+	// Hist, when set, makes the field a Prometheus histogram (Value and
+	// Counter unused). stats.log does not print histograms: their sources
+	// add the stats.log keys they want with LogCounter.
+	Hist *HistogramValue
 }
 
 // Fields collects the fields of one collection.
@@ -35,6 +37,34 @@ func (f *Fields) Gauge(key, metric, help string, v float64, labels ...string) {
 // Counter adds a cumulative counter.
 func (f *Fields) Counter(key, metric, help string, v float64, labels ...string) {
 	f.list = append(f.list, Field{Key: key, Metric: metric, Help: help, Value: v, Labels: labels, Counter: true})
+}
+
+// Histogram adds a Prometheus histogram (of seconds) with no stats.log key.
+func (f *Fields) Histogram(metric, help string, h *Histogram, labels ...string) {
+	v := h.Value()
+	f.list = append(f.list, Field{Metric: metric, Help: help, Hist: &v, Labels: labels})
+}
+
+// LogCounter adds a counter to stats.log only (no Prometheus metric).
+func (f *Fields) LogCounter(key string, v float64) {
+	f.list = append(f.list, Field{Key: key, Value: v, Counter: true})
+}
+
+// LogGauge adds a gauge to stats.log only (no Prometheus metric).
+func (f *Fields) LogGauge(key string, v float64) {
+	f.list = append(f.list, Field{Key: key, Value: v})
+}
+
+// LogHistogram adds the stats.log keys of h in swarm's style: prefix+"/"+
+// count (observations), prefix+"/"+seconds (their total time) and one
+// counter per swarm latency bucket, prefix+"/"+bucket+"_10_micros" and so on.
+func (f *Fields) LogHistogram(prefix, count, seconds, bucket string, h *Histogram) {
+	v := h.Value()
+	f.LogCounter(prefix+"/"+count, float64(v.Count))
+	f.LogCounter(prefix+"/"+seconds, v.Sum)
+	for i, c := range v.Swarm() {
+		f.LogCounter(prefix+"/"+bucket+"_"+SwarmBucketSuffixes[i], float64(c))
+	}
 }
 
 // List returns the collected fields.
@@ -76,54 +106,7 @@ func (r *Registry) Collect() []Field {
 	return f.list
 }
 
-// Latency buckets of swarm's stats.log: handled within 10 µs, 100 µs, 1 ms,
-// 10 ms, 100 ms, and over 100 ms.
-var latencyBounds = [...]time.Duration{10 * time.Microsecond, 100 * time.Microsecond, time.Millisecond, 10 * time.Millisecond, 100 * time.Millisecond}
-
-// LatencyBucketNames are the stats.log suffixes of the latency buckets.
-var LatencyBucketNames = [...]string{"handled_10_micros", "handled_100_micros", "handled_1_ms", "handled_10_ms", "handled_100_ms", "handled_over_100_ms"}
-
-// Latency counts handled requests by duration. Safe for concurrent use.
-type Latency struct {
-	buckets [len(latencyBounds) + 1]atomic.Uint64
-	count   atomic.Uint64
-	nanos   atomic.Uint64
-}
-
-// Observe records one request that took d.
-func (l *Latency) Observe(d time.Duration) {
-	i := 0
-	for i < len(latencyBounds) && d >= latencyBounds[i] {
-		i++
-	}
-	l.buckets[i].Add(1)
-	l.count.Add(1)
-	l.nanos.Add(uint64(d))
-}
-
-// Count returns the number of observations.
-func (l *Latency) Count() uint64 { return l.count.Load() }
-
-// Report adds the latency fields under prefix (a stats.log key prefix such
-// as "request/Put") with the given Prometheus labels.
-func (l *Latency) Report(f *Fields, prefix string, labels ...string) {
-	n := l.count.Load()
-	f.Counter(prefix+"/handled", "requests_handled_total", "Requests handled.", float64(n), labels...)
-	f.Counter(prefix+"/handled_seconds", "requests_seconds_total", "Time spent handling requests.", float64(l.nanos.Load())/1e9, labels...)
-	for i := range l.buckets {
-		le := "+Inf"
-		if i < len(latencyBounds) {
-			le = latencyBounds[i].String()
-		}
-		f.Counter(prefix+"/"+LatencyBucketNames[i], "requests_by_latency_total", "Requests by latency bucket (upper bound le).",
-			float64(l.buckets[i].Load()), append(append([]string(nil), labels...), "le", le)...)
-	}
-}
-
 // SortFields orders fields by key, for stable output.
 func SortFields(fs []Field) {
 	sort.SliceStable(fs, func(i, j int) bool { return fs[i].Key < fs[j].Key })
 }
-
-// Seconds is the total time observed, in seconds.
-func (l *Latency) Seconds() float64 { return float64(l.nanos.Load()) / 1e9 }

@@ -33,6 +33,9 @@ func (l *LogWriter) Write(now time.Time, fields []Field) error {
 	bw.WriteString(now.Format("2006-01-02 15:04:05,000"))
 	seen := make(map[string]bool, len(fields))
 	for _, f := range fields {
+		if f.Key == "" || f.Hist != nil {
+			continue // Prometheus only
+		}
 		v := f.Value
 		if f.Counter {
 			prev, ok := l.prev[f.Key]
