@@ -136,7 +136,11 @@ func (n *Node) autoTick(ctx context.Context, now time.Time, timeout time.Duratio
 	}
 	view := n.autoView(now, members, timeout/2)
 	timeout = n.failoverTimeout()
-	hb := server.AppendHeartbeat(nil, server.Heartbeat{From: n.cfg.NodeID, NotReady: view.NotReady, Why: view.Why, Inactive: view.Inactive})
+	var rev uint64
+	if t := n.servedTable(); t != nil {
+		rev = t.Map().Revision
+	}
+	hb := server.AppendHeartbeat(nil, server.Heartbeat{From: n.cfg.NodeID, NotReady: view.NotReady, Why: view.Why, Inactive: view.Inactive, Revision: rev})
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -322,6 +326,9 @@ func (a *autoFailover) heardFrom(id string, now time.Time) {
 func (n *Node) receiveHeartbeat(hb server.Heartbeat) {
 	a := &n.auto
 	a.heardFrom(hb.From, time.Now())
+	if t := n.servedTable(); t != nil && hb.Revision > t.Map().Revision {
+		n.peerAhead(hb.From, hb.Revision)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.reports != nil {

@@ -409,3 +409,45 @@ func TestPartitionedNodeStopsServing(t *testing.T) {
 		return err == nil, fmt.Sprint(err)
 	})
 }
+
+// TestFenceFromAPeersMap: a peer's newer map that raised the epoch of a
+// vBucket this node is active for (a failover it has not applied yet)
+// stops its writes for that vBucket at once, and only that one; the
+// node's next map, at least as new, decides again.
+func TestFenceFromAPeersMap(t *testing.T) {
+	tn := startNode(t, t.TempDir(), nil)
+	waitFor(t, 10*time.Second, "a cluster of one", func() (bool, string) {
+		return tn.n.inCluster() && tn.n.table() != nil && tn.n.table().State(3) == vbmap.Active, "no map"
+	})
+	keyIn := func(vb uint16) []byte {
+		for i := 0; ; i++ {
+			if k := fmt.Appendf(nil, "k%d", i); vbucket.Of(k, 64) == vb {
+				return k
+			}
+		}
+	}
+	cur := tn.n.table().Map()
+	chains := cur.Chains()
+	chains[3] = []string{"node-elsewhere"}
+	peerMap := cur.Next(cur.Revision+5, 0, chains)
+	tn.n.fenceFromPeer(peerMap, "node-elsewhere")
+	if _, err := tn.c.Put(t.Context(), "c", keyIn(3), []byte("v")); !errors.Is(err, client.ErrNotMyVBucket) {
+		t.Fatalf("a write to the vbucket a newer map gave away: %v", err)
+	}
+	if _, err := tn.c.Put(t.Context(), "c", keyIn(4), []byte("v")); err != nil {
+		t.Fatalf("a write to another vbucket: %v", err)
+	}
+	// An older map than the peer's leaves the fence; one as new lifts it.
+	if err := tn.n.applyMap(cur.Next(cur.Revision+1, 0, cur.Chains()), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tn.c.Put(t.Context(), "c", keyIn(3), []byte("v")); !errors.Is(err, client.ErrNotMyVBucket) {
+		t.Fatalf("an older map lifted the fence: %v", err)
+	}
+	if err := tn.n.applyMap(cur.Next(peerMap.Revision, 0, cur.Chains()), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tn.c.Put(t.Context(), "c", keyIn(3), []byte("v")); err != nil {
+		t.Fatalf("after a map as new as the peer's: %v", err)
+	}
+}

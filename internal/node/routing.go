@@ -1,10 +1,14 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"shoal/internal/vbmap"
+	"shoal/internal/wire"
 )
 
 // routing is the vBucket map the node applied last.
@@ -20,6 +24,12 @@ type routing struct {
 	// serves none of its active vBuckets.
 	fenced    bool
 	fencedWhy string
+	// peerFenced are the vBuckets this node is active for in its map
+	// whose epoch a peer's newer map (peerRev) raised: they serve nothing
+	// until this node applies a map at least that new (fenceFromPeer).
+	peerFenced map[uint16]bool
+	peerRev    uint64
+	peerAsking atomic.Bool // a peer's map is being fetched
 }
 
 // publish makes t the server's routing table, without its active
@@ -28,9 +38,10 @@ func (n *Node) publish(t *vbmap.Table) {
 	if t == nil && n.routing.fenced { // before any map: a lone server's view, fenced
 		t = vbmap.NewTable(n.cfg.NodeID, vbmap.Solo(n.cfg.NodeID, n.cfg.VBuckets), nil)
 	}
-	if t != nil && n.routing.fenced {
-		t = t.Override(func(_ uint16, s vbmap.State) vbmap.State {
-			if s == vbmap.Active {
+	if t != nil && (n.routing.fenced || len(n.routing.peerFenced) > 0) {
+		all, some := n.routing.fenced, n.routing.peerFenced
+		t = t.Override(func(vb uint16, s vbmap.State) vbmap.State {
+			if s == vbmap.Active && (all || some[vb]) {
 				return vbmap.Dead
 			}
 			return s
@@ -137,6 +148,9 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 			}
 		}
 	}
+	if m.Revision >= n.routing.peerRev {
+		n.routing.peerFenced = nil // this map is at least as new as the peer's that fenced them
+	}
 	n.publish(next)
 	n.routing.table = next
 	if len(promoted) > 0 {
@@ -155,4 +169,87 @@ func (n *Node) table() *vbmap.Table {
 	n.routing.mu.Lock()
 	defer n.routing.mu.Unlock()
 	return n.routing.table
+}
+
+// peerAhead is told that peer from has applied map revision rev, newer
+// than this node's: it fetches that peer's map and fences the vBuckets
+// whose epoch it raised (fenceFromPeer). One fetch at a time.
+func (n *Node) peerAhead(from string, rev uint64) {
+	if !n.routing.peerAsking.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer n.routing.peerAsking.Store(false)
+		st := n.cluster.known()
+		m, ok := st.Node(from)
+		if !ok {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		body, err := n.cluster.peers.call(ctx, m.Addr, wire.OpGetClusterMap, nil)
+		if err != nil {
+			n.log.Debug("cannot read a peer's newer map", "node", from, "revision", rev, "err", err)
+			return
+		}
+		peerMap, err := decodeClusterMap(body)
+		if err != nil {
+			n.log.Warn("a peer's map does not decode", "node", from, "err", err)
+			return
+		}
+		n.fenceFromPeer(peerMap, from)
+	}()
+}
+
+// fenceFromPeer fences, at once, the vBuckets this node is active for
+// whose epoch peerMap — newer than this node's map — raised to another
+// active: a failover this node has not applied yet (it may not hear the
+// leader) gave them away. They serve again, or not, by the map this node
+// applies next.
+func (n *Node) fenceFromPeer(peerMap *vbmap.Map, from string) {
+	n.routing.mu.Lock()
+	defer n.routing.mu.Unlock()
+	t := n.routing.table
+	if t == nil || peerMap.Revision <= t.Map().Revision || peerMap.Len() != t.Map().Len() {
+		return
+	}
+	mine := t.Map()
+	var fenced []uint16
+	for vb := range peerMap.Len() {
+		v := uint16(vb)
+		if t.State(v) == vbmap.Active && !n.routing.peerFenced[v] && peerMap.VBuckets[vb].Epoch > mine.VBuckets[vb].Epoch && peerMap.Active(v) != n.cfg.NodeID {
+			fenced = append(fenced, v)
+		}
+	}
+	if len(fenced) == 0 {
+		return
+	}
+	if n.routing.peerFenced == nil {
+		n.routing.peerFenced = map[uint16]bool{}
+	}
+	for _, vb := range fenced {
+		n.routing.peerFenced[vb] = true
+	}
+	n.routing.peerRev = max(n.routing.peerRev, peerMap.Revision)
+	n.publish(t)
+	n.log.Warn("a peer's newer map raised the epoch of vbuckets this node is active for: they take no writes until this node applies that map",
+		"peer", from, "peer_revision", peerMap.Revision, "revision", mine.Revision, "vbuckets", len(fenced))
+}
+
+// decodeClusterMap decodes a GetClusterMap answer's map (the members
+// skipped).
+func decodeClusterMap(b []byte) (*vbmap.Map, error) {
+	d := wire.NewDecoder(b)
+	for range int(d.U16()) {
+		d.Bytes8()
+		d.Bytes8()
+		d.Bytes8()
+		d.U8()
+		d.Bytes8()
+	}
+	if err := d.Err(); err != nil {
+		return nil, fmt.Errorf("the members of a cluster map: %w", err)
+	}
+	m, _, err := vbmap.DecodeMap(d.Rest())
+	return m, err
 }

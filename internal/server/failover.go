@@ -33,6 +33,9 @@ type Heartbeat struct {
 	Why      string
 	// Inactive are the members the sender hears nothing from.
 	Inactive []string
+	// Revision is the map revision the sender applied: a receiver behind
+	// it learns that its map may be stale before the leader tells it.
+	Revision uint64
 }
 
 // Bounds of a heartbeat's body.
@@ -41,7 +44,8 @@ const (
 )
 
 // AppendHeartbeat encodes hb as OpHeartbeat's body: str8 node id, u8
-// flags (bit 0: not ready), str8 why, u16 n, n x str8 inactive node.
+// flags (bit 0: not ready), str8 why, u16 n, n x str8 inactive node, u64
+// map revision.
 func AppendHeartbeat(b []byte, hb Heartbeat) []byte {
 	b = wire.AppendStr8(b, hb.From)
 	var flags uint8
@@ -59,7 +63,7 @@ func AppendHeartbeat(b []byte, hb Heartbeat) []byte {
 	for _, id := range hb.Inactive[:n] {
 		b = wire.AppendStr8(b, id)
 	}
-	return b
+	return wire.AppendU64(b, hb.Revision)
 }
 
 // decodeHeartbeat decodes OpHeartbeat's body.
@@ -80,6 +84,7 @@ func decodeHeartbeat(body []byte) (Heartbeat, bool) {
 		}
 		hb.Inactive = append(hb.Inactive, string(id))
 	}
+	hb.Revision = d.U64()
 	return hb, d.Finish() == nil
 }
 
@@ -122,7 +127,7 @@ func (s *Server) HandleFailover(f Failover) {
 	s.handle(wire.OpHeartbeat, handler{peer: true, fn: func(c *conn, h wire.Header, body []byte) {
 		hb, ok := decodeHeartbeat(body)
 		if !ok {
-			c.replyf(h, wire.StatusBadRequest, "malformed Heartbeat: want str8 node id, u8 flags (bit 0: not ready), str8 why, u16 n, n x str8 node id")
+			c.replyf(h, wire.StatusBadRequest, "malformed Heartbeat: want str8 node id, u8 flags (bit 0: not ready), str8 why, u16 n, n x str8 node id, u64 map revision")
 			return
 		}
 		f.Heartbeat(hb)

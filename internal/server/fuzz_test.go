@@ -24,6 +24,7 @@ func FuzzConnection(f *testing.F) {
 	f.Add(append(frame(wire.OpProduce, 0, 9, append([]byte{1, 1, 'q'}, valuesBody("a", "b")...)), frame(wire.OpQueues, 0, 10, nil)...))
 	f.Add(frame(wire.OpGetReplica, vbOf("k"), 11, keyBody("c", "k")))
 	f.Add(frame(wire.OpGetClusterMap, 0, 12, wire.AppendU64(nil, 3)))
+	f.Add(frame(wire.OpHeartbeat, 0, 13, AppendHeartbeat(nil, Heartbeat{From: "n", Inactive: []string{"m"}, Revision: 3})))
 	f.Add(frame(wire.OpMapNotify, 0, 13, nil))
 	f.Add(wire.AppendHeader(nil, wire.Header{Magic: wire.MagicRequest, Version: wire.Version, Opcode: wire.OpPush, Flags: wire.FlagVBucket, VBucket: 70, ID: 14, BodyLen: 5}))
 	f.Add([]byte("garbage garbage garbage"))
