@@ -99,11 +99,12 @@ func (n *Node) autoFailoverLoop(ctx context.Context) {
 	a := &n.auto
 	defer func() {
 		a.mu.Lock()
-		for _, s := range a.senders {
-			s.stop()
-		}
+		senders := a.senders
 		a.senders = nil
 		a.mu.Unlock()
+		for _, s := range senders { // not under a.mu: a sender takes it
+			s.stop()
+		}
 	}()
 	for {
 		timeout := n.failoverTimeout()
@@ -142,6 +143,12 @@ func (n *Node) autoTick(ctx context.Context, now time.Time, timeout time.Duratio
 	}
 	hb := server.AppendHeartbeat(nil, server.Heartbeat{From: n.cfg.NodeID, NotReady: view.NotReady, Why: view.Why, Inactive: view.Inactive, Revision: rev})
 
+	var stopped []*heartbeatSender
+	defer func() { // after a.mu is released: a sender takes it
+		for _, s := range stopped {
+			s.stop()
+		}
+	}()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.tick++
@@ -152,7 +159,7 @@ func (n *Node) autoTick(ctx context.Context, now time.Time, timeout time.Duratio
 	} else if now.Sub(a.leaderless) > timeout && a.leaderless.Add(timeout).After(now.Add(-tickOf(timeout))) {
 		n.log.Warn("automatic failover cannot decide: no metadata leader (no quorum of voters reachable); nothing is failed over", "for", now.Sub(a.leaderless).Round(time.Millisecond))
 	}
-	n.syncSenders(ctx, addrs)
+	stopped = n.syncSenders(ctx, addrs)
 	for _, s := range a.senders {
 		s.send(hb)
 	}
@@ -336,16 +343,17 @@ func (n *Node) receiveHeartbeat(hb server.Heartbeat) {
 	}
 }
 
-// syncSenders keeps one heartbeat sender per other active member. a.mu
-// is held.
-func (n *Node) syncSenders(ctx context.Context, addrs map[string]string) {
+// syncSenders keeps one heartbeat sender per other active member and
+// returns those it took out, for the caller to stop once it has released
+// a.mu (held here).
+func (n *Node) syncSenders(ctx context.Context, addrs map[string]string) (stopped []*heartbeatSender) {
 	a := &n.auto
 	if a.senders == nil {
 		a.senders = map[string]*heartbeatSender{}
 	}
 	for id, s := range a.senders {
 		if addrs[id] != s.addr {
-			s.stop()
+			stopped = append(stopped, s)
 			delete(a.senders, id)
 		}
 	}
@@ -359,6 +367,7 @@ func (n *Node) syncSenders(ctx context.Context, addrs map[string]string) {
 		a.senders[id] = s
 		go s.run(sctx)
 	}
+	return stopped
 }
 
 // heartbeatSender sends the heartbeats to one member over one kept
@@ -424,6 +433,11 @@ func (s *heartbeatSender) run(ctx context.Context) {
 			conn = c
 		}
 		conn.SetDeadline(time.Now().Add(timeout))
+		if f := s.n.cluster.peers.fault.Load(); f != nil && (*f)(s.addr) != nil { // the tests' partition
+			conn.Close()
+			conn = nil
+			continue
+		}
 		if _, err := wire.RoundTrip(conn, wire.OpHeartbeat, 4, body, 1024); err != nil {
 			conn.Close()
 			conn = nil

@@ -317,9 +317,14 @@ func TestBootstrapExpectOneWithItself(t *testing.T) {
 // address, and its own dials to them failing) stops serving its active
 // vBuckets within the failover timeout, while the others go on; healed, it
 // serves again.
-func TestPartitionedNodeStopsServing(t *testing.T) {
-	listen := testproc.FreePorts(t, 3)
-	proxies := make([]*faultnet.Proxy, 3)
+// startProxiedCluster starts three in-process nodes that advertise a
+// faultnet proxy in front of their port (so that one can be cut off) and
+// waits until they serve a cluster; failover timeout 1 s, raft timeouts
+// 200 ms, and extra.
+func startProxiedCluster(t *testing.T, extra ...string) (nodes []*Node, proxies []*faultnet.Proxy, listen []string) {
+	t.Helper()
+	listen = testproc.FreePorts(t, 3)
+	proxies = make([]*faultnet.Proxy, 3)
 	advertised := make([]string, 3)
 	for i := range proxies {
 		p, err := faultnet.New(listen[i])
@@ -330,10 +335,10 @@ func TestPartitionedNodeStopsServing(t *testing.T) {
 		proxies[i], advertised[i] = p, p.Addr()
 	}
 	join := strings.Join(advertised, ",")
-	nodes := make([]*Node, 3)
+	nodes = make([]*Node, 3)
 	for i := range nodes {
-		cfg, err := newConfig(t.TempDir(), "--listen", listen[i], "--advertise", advertised[i], "--join", join, "--bootstrap-expect", "3",
-			"--failover-timeout", "1s", "--raft-heartbeat-timeout", "200ms", "--raft-election-timeout", "200ms", "--raft-leader-lease-timeout", "100ms")
+		cfg, err := newConfig(t.TempDir(), append([]string{"--listen", listen[i], "--advertise", advertised[i], "--join", join, "--bootstrap-expect", "3",
+			"--failover-timeout", "1s", "--raft-heartbeat-timeout", "200ms", "--raft-election-timeout", "200ms", "--raft-leader-lease-timeout", "100ms"}, extra...)...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -353,6 +358,64 @@ func TestPartitionedNodeStopsServing(t *testing.T) {
 			return cs.Revision != 0 && len(cs.Nodes) == 3 && cs.Fenced == "" && nd.table().Map().Revision == cs.Revision, fmt.Sprintf("%+v", cs.Join)
 		})
 	}
+	return nodes, proxies, listen
+}
+
+// TestAutoFailoverOfAnIsolatedNode: a member cut off from the others
+// (faultnet in front of its port, its own dials failing) is failed over
+// automatically by the two others, which take its vBuckets' writes; the
+// isolated node stops taking writes.
+func TestAutoFailoverOfAnIsolatedNode(t *testing.T) {
+	nodes, proxies, listen := startProxiedCluster(t, "--auto-failover")
+	leader := nodes[0].clusterStatus().Leader
+	x := slices.IndexFunc(nodes, func(nd *Node) bool { return nd.cfg.NodeID != leader })
+	iso := nodes[x]
+	key := ""
+	for i := 0; key == ""; i++ {
+		if k := fmt.Sprintf("k%d", i); iso.table().State(vbucket.Of([]byte(k), 64)) == vbmap.Active {
+			key = k
+		}
+	}
+	old, err := client.Dial(t.Context(), listen[x], client.WithNoRouting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	cut := errors.New("partitioned")
+	fault := func(string) error { return cut }
+	proxies[x].Freeze()
+	iso.cluster.peers.fault.Store(&fault)
+	start := time.Now()
+	other := nodes[(x+1)%3]
+	waitFor(t, 15*time.Second, "the isolated node failed over", func() (bool, string) {
+		for _, m := range other.clusterStatus().Nodes {
+			if m.ID == iso.cfg.NodeID {
+				return m.State == "failed", m.State
+			}
+		}
+		return false, "not listed"
+	})
+	t.Logf("isolated node failed over %v after the partition", time.Since(start).Round(time.Millisecond))
+	oc, err := client.Dial(t.Context(), other.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer oc.Close()
+	waitFor(t, 10*time.Second, "a write to the isolated node's vbucket through the others", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+		defer cancel()
+		_, err := oc.Put(ctx, "users", []byte(key), []byte("v2"))
+		return err == nil, fmt.Sprint(err)
+	})
+	if _, err := old.Put(t.Context(), "users", []byte(key), []byte("stale")); !errors.Is(err, client.ErrNotMyVBucket) {
+		t.Fatalf("the isolated node took a write: %v", err)
+	}
+	proxies[x].Thaw()
+	iso.cluster.peers.fault.Store(nil)
+}
+
+func TestPartitionedNodeStopsServing(t *testing.T) {
+	nodes, proxies, listen := startProxiedCluster(t)
 	leader := nodes[0].clusterStatus().Leader
 	x := -1
 	for i, nd := range nodes {
