@@ -507,3 +507,28 @@ func TestMirrorSlowConsumer(t *testing.T) {
 	}
 	m.Stop()
 }
+
+// TestCloseAfterFailedDial: a Dial to a port where no node listens fails
+// with a nil client, and Close on it is a no-op, not a panic (the
+// README's snippet may defer Close before looking at err).
+func TestCloseAfterFailedDial(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, addr)
+	if err == nil || c != nil {
+		t.Fatalf("Dial of a closed port: %v, %v", c, err)
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("Close of a nil client: %v", err)
+	}
+	var nilClient *client.Client
+	if err := nilClient.Close(); err != nil {
+		t.Errorf("Close of a nil client: %v", err)
+	}
+}
