@@ -14,9 +14,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 
 	"shoal/client"
+	"shoal/internal/datadir"
 	"shoal/internal/logstore"
 	"shoal/internal/vfs"
 )
@@ -255,17 +255,9 @@ func check(out io.Writer, dir string, repair bool) error {
 
 // lockDataDir takes the lock a running shoald holds on DIR/LOCK.
 func lockDataDir(dir string) (unlock func(), err error) {
-	path := filepath.Join(dir, "LOCK")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := datadir.Lock(dir)
 	if err != nil {
-		return nil, fmt.Errorf("cannot open %s: %w", path, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%s is in use by a running shoald: stop it first", dir)
-		}
-		return nil, fmt.Errorf("cannot lock %s: %w", path, err)
+		return nil, err
 	}
 	return func() { f.Close() }, nil
 }

@@ -153,7 +153,7 @@ func TestDataDirectoryLock(t *testing.T) {
 	second.Path = filepath.Join(testproc.Build(t), "shoald")
 	second.Args = []string{"shoald", "--data", n.Dir, "--listen", "127.0.0.1:0", "--http", "off"}
 	out, err := second.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "in use by another shoald") {
+	if err == nil || !strings.Contains(string(out), fmt.Sprintf("LOCK is locked by process %d (a running shoald", n.Pid())) {
 		t.Fatalf("second node on the same data: %v %s", err, out)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"shoal/internal/auth"
 	"shoal/internal/catalog"
 	"shoal/internal/config"
+	"shoal/internal/datadir"
 	"shoal/internal/discovery"
 	"shoal/internal/engine"
 	"shoal/internal/kv"
@@ -323,19 +324,12 @@ func (n *Node) close() {
 }
 
 // lockData takes an exclusive lock on DATA/LOCK so that two nodes never
-// share a data directory.
+// share a data directory; the error names the PID holding it.
 func (n *Node) lockData() error {
-	path := filepath.Join(n.cfg.Data, "LOCK")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := datadir.Lock(n.cfg.Data)
 	if err != nil {
-		return fmt.Errorf("cannot open %s: %w", path, err)
+		return fmt.Errorf("data directory %s: %w", n.cfg.Data, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		return fmt.Errorf("data directory %s is in use by another shoald (%s is locked): %w", n.cfg.Data, path, err)
-	}
-	f.Truncate(0)
-	fmt.Fprintf(f, "%d\n", os.Getpid())
 	n.lock = f
 	return nil
 }
