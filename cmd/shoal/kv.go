@@ -73,7 +73,7 @@ func kvCommands(g *globals) []*cobra.Command {
 				v, cas, err = c.Gets(ctx, a[0], []byte(a[1]))
 			}
 			if errors.Is(err, client.ErrNotFound) {
-				return &exitError{code: 1, msg: "not found"}
+				return notFound(a[0], a[1])
 			}
 			if err != nil {
 				return err
@@ -90,7 +90,7 @@ func kvCommands(g *globals) []*cobra.Command {
 
 	exists := &cobra.Command{
 		Use:   "exists CHANNEL KEY",
-		Short: "Print true or false",
+		Short: "Print true or false (exit status 1 for false)",
 		Args:  cobra.ExactArgs(2),
 		RunE: g.run(func(ctx context.Context, c *client.Client, a []string) error {
 			ok, err := c.Exists(ctx, a[0], []byte(a[1]))
@@ -98,16 +98,22 @@ func kvCommands(g *globals) []*cobra.Command {
 				return err
 			}
 			fmt.Println(ok)
+			if !ok {
+				return quietExit(exitNegative)
+			}
 			return nil
 		}),
 	}
 
 	rm := &cobra.Command{
 		Use:   "rm CHANNEL KEY",
-		Short: "Remove KEY",
+		Short: "Remove KEY (exit status 1 when there is none)",
 		Args:  cobra.ExactArgs(2),
 		RunE: g.run(func(ctx context.Context, c *client.Client, a []string) error {
-			_, err := c.Remove(ctx, a[0], []byte(a[1]))
+			removed, err := c.Remove(ctx, a[0], []byte(a[1]))
+			if err == nil && !removed {
+				return notFound(a[0], a[1])
+			}
 			return err
 		}),
 	}
@@ -245,9 +251,16 @@ func channelCommands(g *globals) []*cobra.Command {
 	}
 	rmchannel := &cobra.Command{
 		Use:   "rmchannel CHANNEL",
-		Short: "Remove CHANNEL and all its records (needs the admin credential when auth is on)",
+		Short: "Remove CHANNEL and all its records (needs the admin credential when auth is on; exit status 1 when there is none)",
 		Args:  cobra.ExactArgs(1),
 		RunE: g.run(func(ctx context.Context, c *client.Client, a []string) error {
+			list, err := c.Channels(ctx)
+			if err != nil {
+				return err
+			}
+			if !slices.ContainsFunc(list, func(ch client.Channel) bool { return ch.Name == a[0] }) {
+				return &exitError{code: exitNegative, msg: fmt.Sprintf("no channel %q", a[0])}
+			}
 			return c.RemoveChannel(ctx, a[0])
 		}),
 	}

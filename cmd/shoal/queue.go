@@ -60,7 +60,7 @@ func queueCommands(g *globals) []*cobra.Command {
 		RunE: g.run(func(ctx context.Context, c *client.Client, a []string) error {
 			v, err := c.Pop(ctx, a[0])
 			if errors.Is(err, client.ErrEmpty) {
-				return &exitError{code: 1, msg: "empty"}
+				return &exitError{code: exitNegative, msg: fmt.Sprintf("empty: queue %q has no record", a[0])}
 			}
 			if err != nil {
 				return err
