@@ -148,8 +148,8 @@ func printStatus(w io.Writer, st *statusDoc, now time.Time) {
 	case r.PromotedFrom != "":
 		role += " (promoted; was a replica of " + r.PromotedFrom + ")"
 	}
-	fmt.Fprintf(w, "node %s  %s  %s  up %s  %d connections  %d vbuckets  version %s\n", st.NodeID, role, st.Listen,
-		time.Duration(st.UptimeSeconds)*time.Second, st.Connections, st.VBuckets, st.Version)
+	fmt.Fprintf(w, "node %s  %s  %s  up %s  %s  %d vbuckets  version %s\n", st.NodeID, role, st.Listen,
+		time.Duration(st.UptimeSeconds)*time.Second, plural(int(st.Connections), "connection"), st.VBuckets, st.Version)
 	fmt.Fprintf(w, "kv %d records, %d bytes; queue %d records, %d bytes\n", st.KV.Records, st.KV.Bytes, st.Queue.Records, st.Queue.Bytes)
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	if l := st.Liveness; l != nil {

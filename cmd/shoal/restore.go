@@ -12,7 +12,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 
 	"shoal/client"
 	"shoal/internal/dump"
@@ -222,9 +221,4 @@ func (p *progress) finish() {
 	if p.tty {
 		fmt.Fprintln(p.w)
 	}
-}
-
-func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
 }

@@ -34,6 +34,8 @@ const (
 	// OpGetReplica reads a key from an active or a replica copy (which
 	// may be stale): channel, key -> cas, source (1 active, 2 replica), value.
 	OpGetReplica Opcode = 0x18
+	OpExpire     Opcode = 0x19 // channel, key, u32 ttl (0 = never) -> cas; sets or clears the expiry
+	OpTTL        Opcode = 0x1A // channel, key -> cas, u64 expiry unix seconds (0 = never), u32 seconds left
 )
 
 // queue requests.
@@ -87,7 +89,7 @@ var opNames = map[Opcode]string{
 	OpGetChannels: "GetChannels", OpGetChannelSize: "GetChannelSize", OpGetSize: "GetSize",
 	OpRemoveChannel: "RemoveChannel",
 	OpPut:           "Put", OpGet: "Get", OpExists: "Exists", OpRemove: "Remove", OpUpdate: "Update",
-	OpPutBatch: "PutBatch", OpGetAll: "GetAll", OpMirror: "Mirror", OpGetReplica: "GetReplica",
+	OpPutBatch: "PutBatch", OpGetAll: "GetAll", OpMirror: "Mirror", OpGetReplica: "GetReplica", OpExpire: "Expire", OpTTL: "TTL",
 	OpPush: "Push", OpPop: "Pop", OpConsume: "Consume", OpProduce: "Produce", OpQueues: "Queues",
 	OpLogPut: "LogPut", OpLogPutBatch: "LogPutBatch", OpLogRange: "LogRange",
 	OpStreamOpen: "StreamOpen", OpRaftOpen: "RaftOpen",
