@@ -31,10 +31,19 @@ func TestMain(m *testing.M) {
 // create channels).
 func startNode(t *testing.T) string {
 	t.Helper()
+	return startNodeWith(t, nil)
+}
+
+// startNodeWith is startNode with the configuration changed by edit.
+func startNodeWith(t *testing.T, edit func(*config.Config)) string {
+	t.Helper()
 	cfg := config.Default()
 	dir := t.TempDir()
 	cfg.Listen, cfg.HTTP, cfg.Data, cfg.LogDir = "127.0.0.1:0", "off", dir, filepath.Join(dir, "log")
 	cfg.LogLevel, cfg.StatsInterval, cfg.Console = "error", 0, false
+	if edit != nil {
+		edit(&cfg)
+	}
 	n, err := node.New(cfg, "test")
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -35,9 +34,10 @@ func replCommands(g *globals) []*cobra.Command {
 			"comparison as a document. On a node in no cluster (a standby) it prints the node's own\n" +
 			"high seqnos per vBucket and engine, for comparing it with its active by hand.",
 		Args: cobra.NoArgs,
-		RunE: g.run(func(ctx context.Context, c *client.Client, _ []string) error {
+		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, _ []string) error {
+			ctx, stdout := cmd.Context(), cmd.OutOrStdout()
 			if vbuckets && c.RoutingMap() != nil {
-				return compareCopies(ctx, os.Stdout, c, asJSON)
+				return compareCopies(ctx, stdout, c, asJSON)
 			}
 			doc, err := c.Status(ctx, vbuckets)
 			if err != nil {
@@ -49,14 +49,14 @@ func replCommands(g *globals) []*cobra.Command {
 					return fmt.Errorf("the node sent a status that is not JSON: %w", err)
 				}
 				out.WriteByte('\n')
-				_, err = os.Stdout.Write(out.Bytes())
+				_, err = stdout.Write(out.Bytes())
 				return err
 			}
 			var st statusDoc
 			if err := json.Unmarshal(doc, &st); err != nil {
 				return fmt.Errorf("the node sent a status that does not decode: %w", err)
 			}
-			printStatus(os.Stdout, &st, time.Now())
+			printStatus(stdout, &st, time.Now())
 			return nil
 		}),
 	}

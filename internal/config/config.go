@@ -74,6 +74,10 @@ type Config struct {
 	// QueueFsyncInterval is, in journal mode, how often the journal is
 	// fsynced; "always" fsyncs before every answer (group commit).
 	QueueFsyncInterval FsyncInterval `toml:"queue_fsync_interval"`
+	// QueueSubscriberIdle is how long a subscriber may go without a
+	// consumer before /status lists it under queue.idle_subscribers (a
+	// forgotten subscriber keeps every push and blocks pop); 0 lists none.
+	QueueSubscriberIdle Duration `toml:"queue_subscriber_idle"`
 
 	// LogFsync is the log engine's durability mode (log.go).
 	LogFsync FsyncMode `toml:"log_fsync"`
@@ -103,16 +107,17 @@ type Config struct {
 // Default returns the settings of a node started with no arguments.
 func Default() Config {
 	return Config{
-		Listen:         "127.0.0.1:7400",
-		HTTP:           "127.0.0.1:7480",
-		Data:           "./shoal-data",
-		LogFormat:      "text",
-		LogLevel:       "info",
-		StatsInterval:  Duration(30e9),
-		MaxValueSize:   1 << 20,
-		MaxConnections: 5000,
-		VBuckets:       vbucket.Default,
-		Console:        true,
+		Listen:              "127.0.0.1:7400",
+		HTTP:                "127.0.0.1:7480",
+		Data:                "./shoal-data",
+		LogFormat:           "text",
+		LogLevel:            "info",
+		StatsInterval:       Duration(30e9),
+		QueueSubscriberIdle: Duration(time.Hour),
+		MaxValueSize:        1 << 20,
+		MaxConnections:      5000,
+		VBuckets:            vbucket.Default,
+		Console:             true,
 
 		QueueRingSize:   64 << 20,
 		QueueDurability: "memory",
@@ -191,6 +196,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.Var(&c.QueueRingSize, "queue-ring-size", "memory ring of each queue (e.g. 64MiB); more overflows to disk")
 	fs.StringVar(&c.QueueDurability, "queue-durability", c.QueueDurability, "queue durability: memory (a crash loses the rings) or journal")
 	fs.Var(&c.QueueFsyncInterval, "queue-fsync-interval", "journal mode: fsync period (e.g. 10ms), or always (before every answer)")
+	fs.Var(&c.QueueSubscriberIdle, "queue-subscriber-idle", "a queue subscriber without consumer this long is listed as idle in /status (0: never)")
 	bindReplication(fs, c)
 	bindCluster(fs, c)
 	bindLog(fs, c)

@@ -543,6 +543,8 @@ func (s *Store) replay(typ byte, body []byte) error {
 		err = s.applyPop(e.channel, e.subscriber, e.vb, e.seqno, e.ref)
 	case entrySubscribe:
 		_, _, err = s.subscribe(e.channel, e.subscriber, false)
+	case entryUnsubscribe:
+		_, _, err = s.unsubscribe(e.channel, e.subscriber, false)
 	case entryRemove:
 		_, _, err = s.removeChannel(e.channel, false)
 	case entryApplyRemove:

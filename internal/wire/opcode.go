@@ -45,6 +45,10 @@ const (
 	OpConsume Opcode = 0x22 // channel, subscriber -> stream of value batches
 	OpProduce Opcode = 0x23 // channels, then a client stream of value batches -> u64 stored
 	OpQueues  Opcode = 0x24 // empty -> stream of queue channel stats
+	// OpSubscribers lists a channel's subscribers: channel -> u32 n, n x
+	// (subscriber, records, bytes, consumers, idle ms).
+	OpSubscribers Opcode = 0x25
+	OpUnsubscribe Opcode = 0x26 // channel, subscriber -> u8 removed; admin
 )
 
 // log requests.
@@ -90,7 +94,7 @@ var opNames = map[Opcode]string{
 	OpRemoveChannel: "RemoveChannel",
 	OpPut:           "Put", OpGet: "Get", OpExists: "Exists", OpRemove: "Remove", OpUpdate: "Update",
 	OpPutBatch: "PutBatch", OpGetAll: "GetAll", OpMirror: "Mirror", OpGetReplica: "GetReplica", OpExpire: "Expire", OpTTL: "TTL",
-	OpPush: "Push", OpPop: "Pop", OpConsume: "Consume", OpProduce: "Produce", OpQueues: "Queues",
+	OpPush: "Push", OpPop: "Pop", OpConsume: "Consume", OpProduce: "Produce", OpQueues: "Queues", OpSubscribers: "Subscribers", OpUnsubscribe: "Unsubscribe",
 	OpLogPut: "LogPut", OpLogPutBatch: "LogPutBatch", OpLogRange: "LogRange",
 	OpStreamOpen: "StreamOpen", OpRaftOpen: "RaftOpen",
 	OpGetClusterMap: "GetClusterMap", OpCluster: "Cluster", OpJoin: "Join", OpMetaPropose: "MetaPropose", OpNodeRemove: "NodeRemove", OpRecover: "Recover", OpLeaseRenew: "LeaseRenew",
