@@ -595,3 +595,33 @@ func TestExpiry(t *testing.T) {
 		t.Errorf("Expire 0: %v", err)
 	}
 }
+
+// TestDialHTTPPort: a Dial that gets an HTTP answer fails at once with
+// ErrProtocol saying it is an HTTP port (and, from a shoal node's HTTP
+// port, where the data port is).
+func TestDialHTTPPort(t *testing.T) {
+	for _, c := range []struct{ answer, want string }{
+		{"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n", "this is an HTTP port, not a shoal data port"},
+		{"HTTP/1.1 400 Bad Request\r\nContent-Length: 60\r\n\r\nthis is shoal's HTTP port; the data port is 127.0.0.1:7400\n", "this is shoal's HTTP port; the data port is 127.0.0.1:7400"},
+	} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			nc.Write([]byte(c.answer))
+			nc.Close()
+		}()
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		_, err = client.Dial(ctx, ln.Addr().String())
+		cancel()
+		ln.Close()
+		if !errors.Is(err, client.ErrProtocol) || !strings.HasSuffix(err.Error(), ln.Addr().String()+": "+c.want) {
+			t.Errorf("Dial of an HTTP port: %v, want it to end with %q", err, c.want)
+		}
+	}
+}

@@ -37,6 +37,12 @@ func startNode(t *testing.T) string {
 // startNodeWith is startNode with the configuration changed by edit.
 func startNodeWith(t *testing.T, edit func(*config.Config)) string {
 	t.Helper()
+	return startNodeN(t, edit).Addr().String()
+}
+
+// startNodeN is startNodeWith returning the node.
+func startNodeN(t *testing.T, edit func(*config.Config)) *node.Node {
+	t.Helper()
 	cfg := config.Default()
 	dir := t.TempDir()
 	cfg.Listen, cfg.HTTP, cfg.Data, cfg.LogDir = "127.0.0.1:0", "off", dir, filepath.Join(dir, "log")
@@ -57,9 +63,8 @@ func startNodeWith(t *testing.T, edit func(*config.Config)) string {
 			t.Errorf("node: %v", err)
 		}
 	})
-	addr := n.Addr().String()
-	waitCluster(t, addr)
-	return addr
+	waitCluster(t, n.Addr().String())
+	return n
 }
 
 // waitCluster waits until the node at addr is in a cluster.

@@ -1,10 +1,15 @@
 package main
 
 import (
+	"fmt"
 	"net"
+	"net/http"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"shoal/internal/config"
 )
 
 // closedAddr is a 127.0.0.1 address where nothing listens.
@@ -63,5 +68,29 @@ func TestExitStatuses(t *testing.T) {
 	stdout, _, code := runShoal(t, "--help")
 	if code != 0 || !strings.Contains(stdout, "Exit status:\n  0  success\n  1  a negative answer") || !strings.Contains(stdout, "  3  the cluster cannot be reached") {
 		t.Errorf("--help: %d\n%s", code, stdout)
+	}
+}
+
+// TestHTTPPort: the CLI pointed at a node's HTTP port says so at once,
+// naming the data port, and exits 3; the HTTP port still serves HTTP.
+func TestHTTPPort(t *testing.T) {
+	n := startNodeN(t, func(c *config.Config) { c.HTTP = "127.0.0.1:0" })
+	httpAddr := n.HTTPAddr().String()
+	start := time.Now()
+	stdout, stderr, code := runShoal(t, "--addr", httpAddr, "get", "users", "alice")
+	want := fmt.Sprintf("shoal: %s: cannot connect: this is shoal's HTTP port; the data port is %s\n", httpAddr, n.Addr())
+	if code != exitCluster || stdout != "" || stderr != want {
+		t.Errorf("exit %d, stdout %q, stderr %q; want 3 and %q", code, stdout, stderr, want)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %v", d)
+	}
+	resp, err := http.Get("http://" + httpAddr + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/healthz: %s", resp.Status)
 	}
 }

@@ -206,7 +206,10 @@ func (e *connectError) lines() []string {
 	}
 	var out []string
 	for _, c := range causes {
-		msg := strings.TrimPrefix(c.Error(), client.ErrDisconnected.Error()+": ")
+		msg := c.Error()
+		for _, sentinel := range []error{client.ErrDisconnected, client.ErrProtocol} {
+			msg = strings.TrimPrefix(msg, sentinel.Error()+": ")
+		}
 		addr := strings.Join(e.addrs, ",")
 		for _, a := range e.addrs {
 			if strings.HasPrefix(msg, a+": ") {

@@ -169,6 +169,7 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 		if n.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
 			return nil, fmt.Errorf("cannot listen on the HTTP port: %w", err)
 		}
+		n.httpLn = &dataPortHint{Listener: n.httpLn, dataAddr: n.dataPortAddr()}
 	}
 	if cfg.ReplicaOf != "" {
 		err = n.setupStandby()
@@ -185,6 +186,15 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 		return nil, err
 	}
 	return n, nil
+}
+
+// dataPortAddr is the data port's address as clients should dial it: the
+// advertised one, else the listener's.
+func (n *Node) dataPortAddr() string {
+	if n.cfg.Advertise != "" {
+		return n.cfg.Advertise
+	}
+	return n.ln.Addr().String()
 }
 
 // Addr is the data port's address.
