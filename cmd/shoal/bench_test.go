@@ -162,3 +162,48 @@ func TestBenchUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchWarningsAndCleanup: a get run on an empty key space warns on
+// stderr and in --json; the queue workloads remove their bench-* channel
+// unless --cleanup=false; an unreachable target is one error, not one per
+// connection.
+func TestBenchWarningsAndCleanup(t *testing.T) {
+	addr := startNode(t)
+	out, stderr, err := runBench(t, addr, "--workload", "get", "--keys", "100", "--conns", "2", "--requests", "50", "--warmup", "0", "--quiet", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stderr, "shoal: warning: 100% of the gets missed") || !strings.Contains(stderr, "--workload load --keys 100") {
+		t.Errorf("get on an empty key space: stderr %q", stderr)
+	}
+	var res struct {
+		Misses   int64    `json:"misses"`
+		Warnings []string `json:"warnings"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Misses != 50 || len(res.Warnings) != 1 {
+		t.Errorf("get --json: %+v %v", res, err)
+	}
+
+	c := dialT(t, addr)
+	if _, _, err := runBench(t, addr, "--workload", "push", "--requests", "20", "--warmup", "0", "--quiet"); err != nil {
+		t.Fatal(err)
+	}
+	if chs, _ := c.Channels(t.Context()); len(chs) != 0 {
+		t.Errorf("channels after a push run: %+v, want none (cleanup)", chs)
+	}
+	if _, _, err := runBench(t, addr, "--workload", "push", "--requests", "20", "--warmup", "0", "--quiet", "--cleanup=false"); err != nil {
+		t.Fatal(err)
+	}
+	if sz, err := c.ChannelSize(t.Context(), "bench-queue"); err != nil || sz.Records != 20 {
+		t.Errorf("bench-queue after a push run with --cleanup=false: %+v %v", sz, err)
+	}
+	if _, stderr, err := runBench(t, addr, "--workload", "pop", "--requests", "30", "--warmup", "0", "--quiet"); err != nil || !strings.Contains(stderr, "of the pops found the queue empty") {
+		t.Errorf("pop run past the end of the queue: %v, stderr %q", err, stderr)
+	}
+
+	down := closedAddr(t)
+	_, _, err = runBench(t, addr, "--target", "redis://"+down, "--conns", "50", "--requests", "10", "--quiet")
+	if err == nil || !strings.Contains(err.Error(), "cannot open 50 connections to redis://"+down+" (50 failed), the first: ") || strings.Count(err.Error(), "connection refused") != 1 {
+		t.Errorf("unreachable redis: %v", err)
+	}
+}
