@@ -28,9 +28,11 @@ func dumpCommands(g *globals) []*cobra.Command {
 		Short: "Make the node dump its kv channels now (--now), or dump them from outside into DIR (--out)",
 		Long: `With --now the node writes its own dump of every kv channel now (needs the
 admin credential when auth is on) and the command prints, per channel, the
-records, bytes and duration; any failure makes it exit 1.
+records, bytes and duration; a failure makes it exit 4 (3 when the node
+cannot be reached).
 
-With --out DIR the command is an external dumper (like swarm's dhtdump): it
+With --out DIR the command is an external dumper, a process of its own
+beside the node (so that dumps cost the node only the reads): it
 reads every kv channel of the node with GetAll and writes DIR/CHANNEL.dump
 in the node's own format (written to a temporary file, fsynced, the
 previous dump kept as .backup), which shoal restore and a node's dump
@@ -132,7 +134,7 @@ func inspectFiles(stdout, stderr io.Writer, files []string, allSeqnos bool) erro
 		printSeqnos(stdout, info.Seqnos, allSeqnos)
 	}
 	if len(bad) > 0 {
-		return fmt.Errorf("%d of %d files do not verify: %v", len(bad), len(files), bad)
+		return &exitError{code: exitNegative, msg: fmt.Sprintf("%d of %d files do not verify: %v", len(bad), len(files), bad)}
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -47,19 +48,21 @@ func logCommand(g *globals) *cobra.Command {
 			return c.LogPut(ctx, a[0], t, v, opts...)
 		}),
 	}
-	put.Flags().StringVar(&ts, "ts", "now", "timestamp: unix seconds, RFC 3339 time, or now")
+	put.Flags().StringVar(&ts, "ts", "now", "timestamp: unix seconds, RFC 3339 time, now or now-DURATION (now-1h)")
 	put.Flags().StringVar(&key, "key", "", "routing key: store the record in this key's vBucket (default round-robin)")
 
 	var filter, regex string
-	var replicas bool
+	var replicas, rangeJSON bool
 	rng := &cobra.Command{
 		Use:   "range CHANNEL FROM TO",
-		Short: "Print the records with timestamps in [FROM, TO] as TIMESTAMP<TAB>VALUE lines (unix seconds, RFC 3339 or now)",
-		Long: "Print the records with timestamps in [FROM, TO], one TIMESTAMP<TAB>VALUE line each. FROM and TO\n" +
-			"are unix seconds, RFC 3339 times or now. Each node's records come in timestamp order\n" +
-			"(equal timestamps in append order); with several nodes, one node's records after another's.",
+		Short: "Print the records with timestamps in [FROM, TO] as TIMESTAMP<TAB>VALUE lines (--json: JSON lines)",
+		Long: "Print the records with timestamps in [FROM, TO], one TIMESTAMP<TAB>VALUE line each (--json: one\n" +
+			"{\"timestamp\", \"value\"} line each). FROM and TO are unix seconds, RFC 3339 times\n" +
+			"(2024-05-01T12:00:00Z), now, or now minus a duration (now-1h, now-15m). The records come in\n" +
+			"timestamp order across the nodes (equal timestamps in append order).",
 		Args: cobra.ExactArgs(3),
-		RunE: g.run(func(ctx context.Context, c *client.Client, a []string) error {
+		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, a []string) error {
+			ctx := cmd.Context()
 			from, err := parseTimestamp(a[1])
 			if err != nil {
 				return err
@@ -78,31 +81,41 @@ func logCommand(g *globals) *cobra.Command {
 			if replicas {
 				opts = append(opts, client.RangeWithReplicaCopies())
 			}
-			return printLog(os.Stdout, c.LogRange(ctx, a[0], from, to, opts...))
+			return printLog(cmd.OutOrStdout(), c.LogRange(ctx, a[0], from, to, opts...), rangeJSON)
 		}),
 	}
+	jsonFlag(rng, &rangeJSON, `print one {"timestamp", "value"} line per record`)
 	rng.Flags().StringVar(&filter, "filter", "", "only records whose value contains this string")
 	rng.Flags().StringVar(&regex, "regex", "", `only records whose value matches this regular expression (RE2; "(?i)" ignores case)`)
 	rng.Flags().BoolVar(&replicas, "replica", false, "read the replica copies each node holds too (a record once per copy; may be stale)")
 	rng.MarkFlagsMutuallyExclusive("filter", "regex")
 
+	var channelsJSON bool
 	channels := &cobra.Command{
 		Use:   "channels",
 		Short: "List the log channels, one name a line",
 		Args:  cobra.NoArgs,
-		RunE: g.run(func(ctx context.Context, c *client.Client, _ []string) error {
-			list, err := c.Channels(ctx)
+		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, _ []string) error {
+			list, err := c.Channels(cmd.Context())
 			if err != nil {
 				return err
 			}
+			names := []string{}
 			for _, ch := range list {
 				if ch.Kind == "log" {
-					fmt.Println(ch.Name)
+					names = append(names, ch.Name)
 				}
+			}
+			if channelsJSON {
+				return writeJSON(cmd.OutOrStdout(), names)
+			}
+			for _, n := range names {
+				fmt.Fprintln(cmd.OutOrStdout(), n)
 			}
 			return nil
 		}),
 	}
+	jsonFlag(channels, &channelsJSON, "print an array of names")
 	cmd.AddCommand(put, rng, channels, logBenchCommand(g))
 	return cmd
 }
@@ -168,28 +181,60 @@ func logBenchCommand(g *globals) *cobra.Command {
 	return cmd
 }
 
-// parseTimestamp reads unix seconds, an RFC 3339 time or "now".
+// parseTimestamp reads unix seconds, an RFC 3339 time, "now", or now
+// minus or plus a duration ("now-1h", "now-90m", "now+10s").
 func parseTimestamp(s string) (uint64, error) {
-	if s == "now" {
-		return uint64(time.Now().Unix()), nil
+	return parseTimestampAt(s, time.Now())
+}
+
+func parseTimestampAt(s string, now time.Time) (uint64, error) {
+	bad := func() (uint64, error) {
+		return 0, usageError{fmt.Errorf("bad timestamp %q: want unix seconds, an RFC 3339 time such as 2024-05-01T12:00:00Z, now, or now-DURATION such as now-1h", s)}
+	}
+	if rest, ok := strings.CutPrefix(s, "now"); ok {
+		t := now
+		if rest != "" {
+			if rest[0] != '-' && rest[0] != '+' {
+				return bad()
+			}
+			d, err := time.ParseDuration(rest[1:])
+			if err != nil || d < 0 {
+				return bad()
+			}
+			if rest[0] == '-' {
+				d = -d
+			}
+			t = now.Add(d)
+		}
+		if t.Unix() < 0 {
+			return 0, nil
+		}
+		return uint64(t.Unix()), nil
 	}
 	if n, err := strconv.ParseUint(s, 10, 64); err == nil {
 		return n, nil
 	}
 	t, err := time.Parse(time.RFC3339, s)
 	if err != nil || t.Unix() < 0 {
-		return 0, usageError{fmt.Errorf("bad timestamp %q: want unix seconds, an RFC 3339 time such as 2024-05-01T12:00:00Z, or now", s)}
+		return bad()
 	}
 	return uint64(t.Unix()), nil
 }
 
-// printLog writes one TIMESTAMP<TAB>VALUE line per record.
-func printLog(out io.Writer, s *client.Stream[client.LogRecord]) error {
+// printLog writes one TIMESTAMP<TAB>VALUE line per record, or with
+// asJSON one {"timestamp", "value"} line.
+func printLog(out io.Writer, s *client.Stream[client.LogRecord], asJSON bool) error {
 	w := bufio.NewWriterSize(out, 64<<10)
 	for r, err := range s.All() {
 		if err != nil {
 			w.Flush()
 			return err
+		}
+		if asJSON {
+			if err := writeJSON(w, logRecordDoc{r.Timestamp, text(r.Value)}); err != nil {
+				return err
+			}
+			continue
 		}
 		w.WriteString(strconv.FormatUint(r.Timestamp, 10))
 		w.WriteByte('\t')
@@ -260,4 +305,10 @@ func lockDataDir(dir string) (unlock func(), err error) {
 		return nil, err
 	}
 	return func() { f.Close() }, nil
+}
+
+// logRecordDoc is one log range --json line.
+type logRecordDoc struct {
+	Timestamp uint64 `json:"timestamp"`
+	Value     text   `json:"value"`
 }

@@ -55,7 +55,7 @@ func restore(ctx context.Context, c *client.Client, files []string, stderr *os.F
 		info, err := dump.Scan(f, path)
 		f.Close()
 		if err != nil {
-			return fmt.Errorf("nothing restored: %w", err)
+			return &exitError{code: exitNegative, msg: fmt.Sprintf("nothing restored: %v", err)}
 		}
 		total += info.Records
 		channels[i] = info.Channel

@@ -135,6 +135,10 @@ func Default() Config {
 // ErrHelp is returned by Load when -h or --help was given.
 var ErrHelp = flag.ErrHelp
 
+// ErrVersion is returned by Load when --version was given: the caller
+// prints its version and exits.
+var ErrVersion = errors.New("version asked")
+
 // Load builds the configuration from defaults, the file named by --config
 // (if any) and the flags in args, in that order of precedence (flags win).
 // Usage and errors go to output.
@@ -143,6 +147,7 @@ func Load(args []string, output io.Writer) (Config, error) {
 	pre := flag.NewFlagSet("shoald", flag.ContinueOnError)
 	pre.SetOutput(io.Discard)
 	path := pre.String("config", "", "")
+	pre.Bool("version", false, "")
 	bind(pre, &Config{})
 	_ = pre.Parse(args) // errors are reported by the second pass
 
@@ -163,9 +168,13 @@ func Load(args []string, output io.Writer) (Config, error) {
 	fs := flag.NewFlagSet("shoald", flag.ContinueOnError)
 	fs.SetOutput(output)
 	fs.String("config", "", "TOML file with the same settings as the flags (flags win)")
+	version := fs.Bool("version", false, "print the version, the commit and the Go version, and exit")
 	bind(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
+	}
+	if *version {
+		return cfg, ErrVersion
 	}
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
