@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -18,8 +16,6 @@ import (
 
 	"shoal/client"
 	"shoal/internal/datadir"
-	"shoal/internal/logstore"
-	"shoal/internal/vfs"
 )
 
 func logCommand(g *globals) *cobra.Command {
@@ -242,60 +238,6 @@ func printLog(out io.Writer, s *client.Stream[client.LogRecord], asJSON bool) er
 		w.WriteByte('\n')
 	}
 	return w.Flush()
-}
-
-func checkCommand() *cobra.Command {
-	var repair bool
-	cmd := &cobra.Command{
-		Use:   "check DIR",
-		Short: "Verify (and with --repair, repair) the log files of a stopped node's data directory",
-		Long: "Verify every log segment file under DIR, a node's data directory (its log-data directory\n" +
-			"is checked) or a log data directory, offline: the node must be stopped. One line per\n" +
-			"problem, then a summary. --repair cuts torn tails, rewrites files damaged in the middle\n" +
-			"(keeping the original as NAME.broken), salvages files with a bad header and removes\n" +
-			"leftovers. Exit status 1 when problems remain.",
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, a []string) error {
-			return check(os.Stdout, a[0], repair)
-		},
-	}
-	cmd.Flags().BoolVar(&repair, "repair", false, "repair what can be repaired")
-	return cmd
-}
-
-// check runs logstore.Check on dir (or dir/log-data) while holding the
-// data directory's lock, so that no node runs on it meanwhile.
-func check(out io.Writer, dir string, repair bool) error {
-	if fi, err := os.Stat(filepath.Join(dir, "log-data")); err == nil && fi.IsDir() {
-		unlock, err := lockDataDir(dir)
-		if err != nil {
-			return err
-		}
-		defer unlock()
-		dir = filepath.Join(dir, "log-data")
-		fmt.Fprintf(out, "checking %s\n", dir)
-	} else if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return fmt.Errorf("cannot check %s: not a directory", dir)
-	}
-	rep, err := logstore.Check(vfs.Default, dir, repair, out)
-	if err != nil {
-		return err
-	}
-	switch {
-	case rep.Problems() == 0:
-		return nil
-	case !repair:
-		return &exitError{code: 1, msg: fmt.Sprintf("%d problems found; run with --repair to repair them", rep.Problems())}
-	}
-	after, err := logstore.Check(vfs.Default, dir, false, io.Discard)
-	if err != nil {
-		return err
-	}
-	if n := after.Problems(); n > 0 {
-		return &exitError{code: 1, msg: fmt.Sprintf("%d problems remain after the repair", n)}
-	}
-	fmt.Fprintln(out, "no problems remain")
-	return nil
 }
 
 // lockDataDir takes the lock a running shoald holds on DIR/LOCK.

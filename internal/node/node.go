@@ -26,10 +26,12 @@ import (
 	"shoal/internal/config"
 	"shoal/internal/datadir"
 	"shoal/internal/discovery"
+	"shoal/internal/dump"
 	"shoal/internal/engine"
 	"shoal/internal/kv"
 	"shoal/internal/logstore"
 	"shoal/internal/queue"
+	"shoal/internal/raftstore"
 	"shoal/internal/server"
 	"shoal/internal/stats"
 	"shoal/internal/vbmap"
@@ -114,16 +116,16 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 		return nil, fmt.Errorf("cannot start the kv engine: %w", err)
 	}
 	if err := n.loadDumps(); err != nil {
-		return nil, err
+		return nil, n.damaged(err)
 	}
 	for _, cs := range n.kv.Channels() {
 		n.cat.Claim([]byte(cs.Name), engine.KindKV)
 	}
 	if err := n.openQueue(); err != nil {
-		return nil, err
+		return nil, n.damaged(err)
 	}
 	if err := n.openLog(); err != nil {
-		return nil, err
+		return nil, n.damaged(err)
 	}
 	scfg := server.Config{
 		NodeID:         n.cfg.NodeID,
@@ -183,9 +185,21 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 		err = n.applyMap(vbmap.Solo(n.cfg.NodeID, cfg.VBuckets), nil)
 	}
 	if err != nil {
-		return nil, err
+		return nil, n.damaged(err)
 	}
 	return n, nil
+}
+
+// damaged adds to an error about a damaged file, which names the file,
+// the command that checks the whole data directory and repairs what can
+// be repaired.
+func (n *Node) damaged(err error) error {
+	for _, corrupt := range []error{queue.ErrCorrupt, dump.ErrCorrupt, raftstore.ErrCorrupt, logstore.ErrBadState} {
+		if errors.Is(err, corrupt) {
+			return fmt.Errorf("%w\nwith the node stopped, `shoal check --repair %s` checks every file it reads at start, repairs what can be repaired safely and says what to do with the rest", err, n.cfg.Data)
+		}
+	}
+	return err
 }
 
 // dataPortAddr is the data port's address as clients should dial it: the
