@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"shoal/internal/config"
 )
 
 // runAll runs `shoal --addr addr args...` in this process with every
@@ -184,5 +187,33 @@ func TestWriteValue(t *testing.T) {
 		if err := writeValue(&b, []byte(c.in)); err != nil || b.String() != c.want {
 			t.Errorf("writeValue(%q) on a terminal %v: %q %v", c.in, c.tty, b.String(), err)
 		}
+	}
+}
+
+// TestDumpCommandsJSON: dump --now --json prints a JSON line per channel,
+// dump inspect --json one per file (exit 1 when one does not verify).
+func TestDumpCommandsJSON(t *testing.T) {
+	var data string
+	addr := startNodeWith(t, func(c *config.Config) { data = c.Data })
+	mustRun(t, addr, "put", "users", "alice", "31")
+	var d dumpResultDoc
+	if err := json.Unmarshal([]byte(mustRun(t, addr, "dump", "--now", "--json")), &d); err != nil || d.Channel != "users" || d.Records != 1 || d.Error != "" {
+		t.Fatalf("dump --now --json: %+v %v", d, err)
+	}
+	file := filepath.Join(data, "dump", "users.dump")
+	var in struct {
+		File    string            `json:"file"`
+		OK      bool              `json:"ok"`
+		Channel string            `json:"channel"`
+		Records int64             `json:"records"`
+		Seqnos  map[string]uint64 `json:"seqnos"`
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, addr, "dump", "inspect", "--json", file)), &in); err != nil || !in.OK || in.File != file || in.Channel != "users" || in.Records != 1 || len(in.Seqnos) != 1 {
+		t.Fatalf("dump inspect --json: %+v %v", in, err)
+	}
+	missing := filepath.Join(data, "none.dump")
+	out, _, err := runAll(t, addr, "dump", "inspect", "--json", missing)
+	if exitCode(err) != exitNegative || !strings.Contains(out, `"ok":false`) {
+		t.Fatalf("dump inspect --json of a missing file: %q %v", out, err)
 	}
 }
