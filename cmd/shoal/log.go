@@ -119,6 +119,7 @@ func logCommand(g *globals) *cobra.Command {
 func logBenchCommand(g *globals) *cobra.Command {
 	var writers, batch, size int
 	var dur time.Duration
+	var benchJSON bool
 	cmd := &cobra.Command{
 		Use:   "bench CHANNEL",
 		Short: "Append to CHANNEL from concurrent writers for a while and print the throughput",
@@ -126,7 +127,8 @@ func logBenchCommand(g *globals) *cobra.Command {
 			"--duration, one record per LogPut or --batch per LogPutBatch, and print records/s and\n" +
 			"MB/s of values. The records stay in the channel.",
 		Args: cobra.ExactArgs(1),
-		RunE: g.run(func(ctx context.Context, c *client.Client, a []string) error {
+		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, a []string) error {
+			ctx := cmd.Context()
 			if writers < 1 || batch < 1 || size < 0 {
 				return usageError{errors.New("--writers and --batch must be at least 1, --size at least 0")}
 			}
@@ -165,15 +167,20 @@ func logBenchCommand(g *globals) *cobra.Command {
 				return err
 			}
 			sec := time.Since(start).Seconds()
-			fmt.Printf("%d records in %.1f s: %.0f records/s, %.1f MB/s of values\n",
+			if benchJSON {
+				return writeJSON(cmd.OutOrStdout(), map[string]float64{"records": float64(n.Load()), "seconds": sec,
+					"records_per_sec": float64(n.Load()) / sec, "mb_per_sec": float64(n.Load()) * float64(size) / sec / 1e6})
+			}
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "%d records in %.1f s: %.0f records/s, %.1f MB/s of values\n",
 				n.Load(), sec, float64(n.Load())/sec, float64(n.Load())*float64(size)/sec/1e6)
-			return nil
+			return err
 		}),
 	}
 	cmd.Flags().IntVar(&writers, "writers", 50, "concurrent writers")
 	cmd.Flags().IntVar(&batch, "batch", 1, "records per request: 1 uses LogPut, more LogPutBatch")
 	cmd.Flags().IntVar(&size, "size", 100, "value size in bytes")
 	cmd.Flags().DurationVar(&dur, "duration", 10*time.Second, "how long to append")
+	jsonFlag(cmd, &benchJSON, `print {"records", "seconds", "records_per_sec", "mb_per_sec"}`)
 	return cmd
 }
 

@@ -49,3 +49,12 @@ func TestLogCommandsJSON(t *testing.T) {
 		t.Errorf("log channels --json: %q", out)
 	}
 }
+
+func TestLogBenchJSON(t *testing.T) {
+	addr := startNode(t)
+	var res map[string]float64
+	out := mustRun(t, addr, "log", "bench", "--json", "--writers", "2", "--duration", "200ms", "lb")
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res["records"] < 1 || res["records_per_sec"] <= 0 {
+		t.Fatalf("log bench --json: %q %v", out, err)
+	}
+}
