@@ -53,6 +53,8 @@ func TestExitStatuses(t *testing.T) {
 		{[]string{"--addr", addr, "get", "users"}, 2, "", `^shoal: accepts 2 arg\(s\), received 1\n$`},
 		{[]string{"--addr", addr, "get", "--bogus", "users", "alice"}, 2, "", `^shoal: unknown flag: --bogus\n$`},
 		{[]string{"--addr", addr, "frobnicate"}, 2, "", `^shoal: unknown command "frobnicate"`},
+		{[]string{"--addr", addr, "log", "frobnicate"}, 2, "", `^shoal: unknown command "frobnicate" for "shoal log"\n$`},
+		{[]string{"--addr", addr, "queue", "unsubscribe", "jobs"}, 2, "", `^shoal: accepts 2 arg\(s\), received 1\n$`},
 		{[]string{"--addr", addr, "update", "users", "alice", "32"}, 2, "", `^shoal: required flag\(s\) "cas" not set\n$`},
 		{[]string{"--addr", addr, "log", "range", "ev", "yesterday", "now"}, 2, "", `^shoal: bad timestamp "yesterday"`},
 		// No node.

@@ -130,6 +130,17 @@ func rootCommand(g *globals) *cobra.Command {
 // markUsage makes the argument checks of every command return
 // usageErrors (the flag errors are, by the root's FlagErrorFunc).
 func markUsage(cmd *cobra.Command) {
+	if cmd.HasSubCommands() && cmd.RunE == nil && cmd.Run == nil && cmd.HasParent() {
+		// A group (log, queue, ...): its help, or a usage error for a
+		// subcommand it does not have.
+		cmd.Args = cobra.ArbitraryArgs
+		cmd.RunE = func(c *cobra.Command, a []string) error {
+			if len(a) > 0 {
+				return usageError{fmt.Errorf("unknown command %q for %q", a[0], c.CommandPath())}
+			}
+			return c.Help()
+		}
+	}
 	if args := cmd.Args; args != nil {
 		cmd.Args = func(c *cobra.Command, a []string) error {
 			if err := args(c, a); err != nil {
