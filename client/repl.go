@@ -67,9 +67,16 @@ func (c *Client) ReplicaSet(ctx context.Context, s ReplicaSettings) error {
 
 // Promote turns the standby into an active node: it stops replicating,
 // starts a new history of every vBucket and accepts writes. It needs the
-// admin credential when the node has credentials.
-func (c *Client) Promote(ctx context.Context) error {
-	_, err := c.do(ctx, c.kvNode(), wire.OpPromote, 0, nil)
+// admin credential when the node has credentials. The standby refuses
+// (a *Error with StatusRefused naming the reason) while its active still
+// streams to it, and while it is behind its active (the lag named) unless
+// force is set: what it lacks is then lost.
+func (c *Client) Promote(ctx context.Context, force bool) error {
+	var b []byte
+	if force {
+		b = []byte{1}
+	}
+	_, err := c.do(ctx, c.kvNode(), wire.OpPromote, 0, b)
 	return err
 }
 

@@ -390,8 +390,11 @@ func TestRoutingSpreadsWrites(t *testing.T) {
 		}
 		for vb, v := range m.VBuckets {
 			want := uint64(0)
-			if v.Active() == st.NodeID {
+			switch {
+			case v.Active() == st.NodeID:
 				want = rounds
+			case slices.Contains(v.Chain, st.NodeID):
+				continue // a replica's copy, which its stream fills in its own time
 			}
 			for _, engine := range []string{"queue", "log"} {
 				if got := st.Replication.HighSeqnos[engine][vb]; got != want {

@@ -29,7 +29,7 @@ type fakeStatus struct {
 }
 
 func (f *fakeStatus) Replica(uint8, server.ReplicaSettings) error { return server.ErrNotStandby }
-func (f *fakeStatus) Promote() error                              { return server.ErrNotStandby }
+func (f *fakeStatus) Promote(bool) error                          { return server.ErrNotStandby }
 func (f *fakeStatus) Status(bool) ([]byte, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

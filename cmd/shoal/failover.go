@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -61,7 +62,109 @@ func failoverCommands(g *globals) []*cobra.Command {
 		}),
 	}
 	rec.Flags().BoolVar(&recJSON, "json", false, "print the result as JSON")
+	fail.AddCommand(failoverSettingsCommand(g), failoverResetCommand(g))
 	return []*cobra.Command{fail, rec}
+}
+
+// failoverSettingsCommand is `shoal failover settings`.
+func failoverSettingsCommand(g *globals) *cobra.Command {
+	var (
+		timeout         time.Duration
+		maxCount        int
+		enable, disable bool
+		asJSON          bool
+	)
+	cmd := &cobra.Command{
+		Use:   "settings",
+		Short: "Show or change the automatic failover: --enable/--disable, --timeout, --max-count",
+		Long: "Without flags, show the automatic failover's settings and, as the node asked sees it, the\n" +
+			"down set and the recent failovers and refusals (ask the leader for its decision). A member\n" +
+			"that every other member has heard nothing from for half the timeout, for two more ticks\n" +
+			"(timeout/10), is failed over, unless a rule refuses: no quorum, a vBucket would lose its\n" +
+			"last copy, max-count reached (shoal failover reset-count), the last member. The timeout is\n" +
+			"also the nodes' lease: a node that hears no leader that long stops serving.",
+		Args: cobra.NoArgs,
+		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, _ []string) error {
+			var ch client.FailoverSettingsChange
+			if enable && disable {
+				return fmt.Errorf("--enable and --disable together")
+			}
+			if enable || disable {
+				ch.Enabled = &enable
+			}
+			if cmd.Flags().Changed("max-count") {
+				ch.MaxCount = &maxCount
+			}
+			if cmd.Flags().Changed("timeout") {
+				ms := timeout.Milliseconds()
+				ch.TimeoutMs = &ms
+			}
+			af, err := c.FailoverSettings(cmd.Context(), ch)
+			if err != nil {
+				return clusterErr(c, err)
+			}
+			if asJSON {
+				return printJSONOf(cmd.OutOrStdout(), af)
+			}
+			printAutoFailover(cmd.OutOrStdout(), af)
+			return nil
+		}),
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "failover timeout (at least 500ms; at least twice the raft election timeout)")
+	cmd.Flags().IntVar(&maxCount, "max-count", 0, "automatic failovers allowed before an operator resets the count")
+	cmd.Flags().BoolVar(&enable, "enable", false, "turn the automatic failover on")
+	cmd.Flags().BoolVar(&disable, "disable", false, "turn the automatic failover off")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the state as JSON")
+	return cmd
+}
+
+// failoverResetCommand is `shoal failover reset-count`.
+func failoverResetCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "reset-count",
+		Short: "Set the count of automatic failovers to 0 (max-count allows more again)",
+		Args:  cobra.NoArgs,
+		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, _ []string) error {
+			af, err := c.FailoverSettings(cmd.Context(), client.FailoverSettingsChange{ResetCount: true})
+			if err != nil {
+				return clusterErr(c, err)
+			}
+			printAutoFailover(cmd.OutOrStdout(), af)
+			return nil
+		}),
+	}
+}
+
+// printAutoFailover writes the automatic failover's state for people.
+func printAutoFailover(w io.Writer, af *client.AutoFailover) {
+	state := "off"
+	if af.Enabled {
+		state = "on"
+	}
+	fmt.Fprintf(w, "automatic failover %s: timeout %v (tick %v), %d of max-count %d used\n",
+		state, time.Duration(af.TimeoutMs)*time.Millisecond, time.Duration(af.TickMs)*time.Millisecond, af.Count, af.MaxCount)
+	if af.Deciding {
+		fmt.Fprintf(w, "this node decides (metadata leader): %s\n", af.Phase)
+		for _, d := range af.Down {
+			fmt.Fprintf(w, "  down: %s (%s)\n", d.Node, d.Reason)
+		}
+		if af.Refused != nil {
+			fmt.Fprintf(w, "  refused by rule %s: %s\n", af.Refused.Rule, af.Refused.Detail)
+		}
+		for n, by := range af.Suspected {
+			fmt.Fprintf(w, "  possible partition: %s unheard by %s only\n", n, strings.Join(by, ", "))
+		}
+	}
+	for _, e := range af.Recent {
+		fmt.Fprintf(w, "%s %s %s", e.At.Local().Format(time.DateTime), e.Kind, strings.Join(e.Nodes, ","))
+		if e.Rule != "" {
+			fmt.Fprintf(w, " (rule %s)", e.Rule)
+		}
+		if e.Kind != "refused" {
+			fmt.Fprintf(w, " silent %dms, decided in %dms, committed in %dms", e.SilentMillis, e.DecisionMillis, e.CommitMillis)
+		}
+		fmt.Fprintf(w, ": %s\n", e.Detail)
+	}
 }
 
 // printFailover writes a failover's or recovery's result for people.

@@ -63,21 +63,27 @@ func replCommands(g *globals) []*cobra.Command {
 	status.Flags().BoolVar(&asJSON, "json", false, "print the status document (JSON)")
 	status.Flags().BoolVar(&vbuckets, "vbuckets", false, "compare every vBucket's high seqno per engine across its copies (the active and each replica)")
 
+	var forcePromote bool
 	promote := &cobra.Command{
 		Use:   "promote",
 		Short: "Turn the standby at --addr into an active node (needs the admin credential when auth is on)",
 		Long: "Manual failover: the standby stops replicating, starts a new history of every vBucket (a new\n" +
 			"failover-log entry at its high seqno) and accepts writes. It will not start as a standby again\n" +
-			"unless DATA/repl/promoted is deleted.",
+			"unless DATA/repl/promoted is deleted.\n\n" +
+			"Refused while the active still streams to the standby (stop the active, or `shoal replica stop`\n" +
+			"the standby, first: a standby cannot fence its active) and while the standby is behind what its\n" +
+			"active announced (the lag is named); --force promotes it anyway and what it lacks is lost.",
 		Args: cobra.NoArgs,
 		RunE: g.run(func(ctx context.Context, c *client.Client, _ []string) error {
-			if err := c.Promote(ctx); err != nil {
+			if err := c.Promote(ctx, forcePromote); err != nil {
 				return err
 			}
 			fmt.Printf("%s is active\n", c.Nodes()[0])
 			return nil
 		}),
 	}
+
+	promote.Flags().BoolVar(&forcePromote, "force", false, "promote a standby that is behind its active (what it lacks is lost)")
 
 	replica := &cobra.Command{
 		Use:   "replica",

@@ -46,6 +46,9 @@ type Cluster struct {
 	// metadata group's leader before it stops serving (its lease); a
 	// cluster setting, fixed at bootstrap.
 	FailoverTimeout Duration `toml:"failover_timeout"`
+	// AutoFailover turns a new cluster's automatic failover on (a cluster
+	// setting, changed later with shoal failover settings).
+	AutoFailover bool `toml:"auto_failover"`
 	// Raft timeouts of the metadata group (LAN values by default).
 	RaftHeartbeatTimeout   Duration `toml:"raft_heartbeat_timeout"`
 	RaftElectionTimeout    Duration `toml:"raft_election_timeout"`
@@ -126,7 +129,8 @@ func bindCluster(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.PeerUser, "peer-user", c.PeerUser, `credential this node authenticates to its peers as ("node" or the admin's)`)
 	fs.StringVar(&c.PeerSecretFile, "peer-secret-file", c.PeerSecretFile, "file holding the hex secret of --peer-user (when the nodes have --credentials)")
 	fs.StringVar(&c.TLSCA, "tls-ca", c.TLSCA, "CA certificate (PEM) that signs the peers' TLS certificates (default: this node's own)")
-	fs.Var(&c.FailoverTimeout, "failover-timeout", "a new cluster's failover timeout: a node that hears no leader this long stops serving (fixed at bootstrap)")
+	fs.Var(&c.FailoverTimeout, "failover-timeout", "a new cluster's failover timeout: a node that hears no leader this long stops serving; a member unheard this long is failed over automatically when that is on (a cluster setting: shoal failover settings --timeout)")
+	fs.BoolVar(&c.AutoFailover, "auto-failover", c.AutoFailover, "a new cluster fails unreachable members over automatically (a cluster setting: shoal failover settings --enable|--disable)")
 	fs.Var(&c.RaftHeartbeatTimeout, "raft-heartbeat-timeout", "metadata group: a follower that hears no leader this long starts an election")
 	fs.Var(&c.RaftElectionTimeout, "raft-election-timeout", "metadata group: how long a candidate waits for votes")
 	fs.Var(&c.RaftLeaderLeaseTimeout, "raft-leader-lease-timeout", "metadata group: a leader that cannot reach a majority this long steps down")

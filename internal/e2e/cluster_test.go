@@ -149,20 +149,25 @@ func TestClusterFormation(t *testing.T) {
 			}
 		}
 	}
-	after := seqnos()
-	for i := range nodes {
-		for _, engine := range []string{"queue", "log"} {
-			for vb := range clusterVBuckets {
-				want := uint64(0)
-				if m.Active(uint16(vb)) == ids[i] {
-					want = 1
-				}
-				if got := after[i][engine][vb] - before[i][engine][vb]; got != want {
-					t.Errorf("node %s, %s vbucket %d: %d records, want %d (active: %s)", ids[i], engine, vb, got, want, m.Active(uint16(vb)))
+	// Each record is in its vBucket's active and, once replicated, in its
+	// replicas: nowhere else.
+	poll(t, 20*time.Second, "one record in every vbucket of every chain", func() (bool, string) {
+		after := seqnos()
+		for i := range nodes {
+			for _, engine := range []string{"queue", "log"} {
+				for vb := range clusterVBuckets {
+					want := uint64(0)
+					if m.StateOf(ids[i], uint16(vb)) != vbmap.Dead {
+						want = 1
+					}
+					if got := after[i][engine][vb] - before[i][engine][vb]; got != want {
+						return false, fmt.Sprintf("node %s, %s vbucket %d: %d records, want %d (chain: %v)", ids[i], engine, vb, got, want, m.VBuckets[vb].Chain)
+					}
 				}
 			}
 		}
-	}
+		return true, ""
+	})
 
 	// A channel created on a follower is known on every node: on the
 	// follower as soon as it answers, on the others once they applied it.

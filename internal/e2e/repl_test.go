@@ -660,9 +660,16 @@ func TestPromote(t *testing.T) {
 	if r := testproc.CLI(t, a.Addr, "", "status"); r.Code != 0 || !strings.Contains(r.Stdout, " active ") {
 		t.Fatalf("status of the active: %d %q %q", r.Code, r.Stdout, r.Stderr)
 	}
-	if r := testproc.CLI(t, b.Addr, "", "promote"); r.Code != 0 {
-		t.Fatalf("promote: %d %q", r.Code, r.Stderr)
+	// Not while the active streams to it: both would take writes.
+	if r := testproc.CLI(t, b.Addr, "", "promote"); r.Code == 0 || !strings.Contains(r.Stderr, "the active is alive") || !strings.Contains(r.Stderr, a.Addr) {
+		t.Fatalf("promote with the active alive: %d %q", r.Code, r.Stderr)
 	}
+	// A clean stop drains the streams: the standby holds everything.
+	a.Stop()
+	poll(t, 20*time.Second, "promoted", func() (bool, string) {
+		r := testproc.CLI(t, b.Addr, "", "promote")
+		return r.Code == 0, r.Stderr
+	})
 	if r := testproc.CLI(t, b.Addr, "", "put", "c", "k", "v2"); r.Code != 0 {
 		t.Fatalf("put on the promoted node: %d %q", r.Code, r.Stderr)
 	}
@@ -686,5 +693,56 @@ func TestPromote(t *testing.T) {
 	out, err := exec.CommandContext(ctx, filepath.Join(testproc.Build(t), "shoald"), b.Args...).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "was promoted") {
 		t.Fatalf("restart as a standby after promotion: %v %s", err, out)
+	}
+}
+
+// TestPromoteOfALaggingStandby: the defect found by a new user — promote
+// of a standby still copying reported success and left it with a third of
+// the log — must not come back. The standby applies slowly (a failpoint),
+// its active is killed in the middle of the copy: promote is refused,
+// naming the lag; --force promotes it and says what is lost.
+func TestPromoteOfALaggingStandby(t *testing.T) {
+	a := startActive(t)
+	ca := dialShort(t, a.Addr)
+	const records = 20_000
+	batch := make([]client.LogRecord, 1000)
+	for i := 0; i < records; i += len(batch) {
+		for j := range batch {
+			batch[j] = client.LogRecord{Timestamp: uint64(1_700_000_000_000 + i + j), Value: []byte("a record of the log")}
+		}
+		if _, err := ca.LogPutBatch(t.Context(), "l", batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv(repl.FailpointsEnv, "repl-apply-delay=1ms")
+	b := startStandby(t, a.Addr)
+	cb := dialShort(t, b.Addr)
+	poll(t, 20*time.Second, "the copy under way", func() (bool, string) {
+		st, err := nodeStatus(cb, false)
+		e := engineStatus(st, "log")
+		return err == nil && e.Applied > 100, fmt.Sprintf("%+v %v", e, err)
+	})
+	a.Kill()
+	var refusal string
+	poll(t, 20*time.Second, "promote refused for the lag", func() (bool, string) {
+		r := testproc.CLI(t, b.Addr, "", "promote")
+		refusal = r.Stderr
+		return r.Code != 0 && strings.Contains(r.Stderr, "behind its active"), fmt.Sprintf("%d %q", r.Code, r.Stderr)
+	})
+	if !strings.Contains(refusal, "log: ") || !strings.Contains(refusal, "--force") {
+		t.Fatalf("the refusal does not name the lagging engine and the way out: %q", refusal)
+	}
+	t.Logf("refused: %s", strings.TrimSpace(refusal))
+	if st, _ := nodeStatus(cb, false); st.Replication.Role == "active" {
+		t.Fatal("a refused promotion made the standby active")
+	}
+	if r := testproc.CLI(t, b.Addr, "", "promote", "--force"); r.Code != 0 {
+		t.Fatalf("promote --force: %d %q", r.Code, r.Stderr)
+	}
+	if !strings.Contains(b.Output(), "promoting a standby that is behind its active") {
+		t.Fatal("the forced promotion did not log what is lost")
+	}
+	if n := len(logRecords(t, cb)); n == 0 || n >= records {
+		t.Fatalf("the promoted standby holds %d of %d log records: the test did not catch it mid-copy", n, records)
 	}
 }

@@ -16,12 +16,22 @@ import (
 // 6 s under the race detector on the 2-core machine, 3 s without.
 const routingKeys = 100_000
 
-// TestRoutingManyKeys: a three-node cluster of real processes; keys
-// written through one seed are each held by their vBucket's active alone
-// (each vBucket is active on exactly one node), and every key is read
-// back through each of the other seeds.
+// TestRoutingManyKeys: three-node clusters of real processes with one
+// replica and with two; keys written through one seed are each held by
+// their vBucket's active alone among the actives (each vBucket is active
+// on exactly one node), every key is read back through each of the other
+// seeds, and the replicas catch up: at rest every copy of every vBucket
+// holds its active's seqno in all three engines, and the nodes hold
+// 1+replicas copies of every record.
 func TestRoutingManyKeys(t *testing.T) {
-	nodes, _ := startCluster(t, 3)
+	for _, replicas := range []int{1, 2} {
+		t.Run(fmt.Sprintf("replicas=%d", replicas), func(t *testing.T) { routingManyKeys(t, replicas) })
+	}
+}
+
+func routingManyKeys(t *testing.T, replicas int) {
+	cc := startChains(t, replicas, nil, nil)
+	nodes := cc.nodes
 	n := routingKeys
 	c0 := dialNode(t, nodes[0].Addr)
 	m := c0.RoutingMap()
@@ -104,6 +114,19 @@ func TestRoutingManyKeys(t *testing.T) {
 	if s, err := c0.ChannelSize(t.Context(), "many"); err != nil || s.Records != int64(n) {
 		t.Fatalf("the channel's size through the routing client: %+v %v", s, err)
 	}
+	// Queue pushes and log appends through the routing client, round
+	// robin over every vBucket; then every copy catches up.
+	const others = 500
+	for i := range others {
+		if err := c0.Push(t.Context(), []string{"jobs"}, fmt.Appendf(nil, "job-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		if err := c0.LogPut(t.Context(), "events", uint64(1_700_000_000+i), fmt.Appendf(nil, "event-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cc.waitCaughtUp(60 * time.Second)
+	cc.checkCounts(map[string]int64{"kv": int64(n), "queue": others, "log": others})
 }
 
 // TestRoutingCLI: every command routes through the client (--addr names
@@ -144,17 +167,13 @@ func TestRoutingCLI(t *testing.T) {
 	if r := testproc.CLI(t, active, "", "--no-route", "get", "c", k); r.Code != 0 || r.Stdout != "v1" {
 		t.Fatalf("--no-route get on the key's active: %+v", r)
 	}
-	// get --replica asks the replica of the key's vBucket. The cluster's
-	// replicas are filled by replication along the chains (another
-	// change): until then the replica has no copy and says not found.
+	// get --replica asks the replica of the key's vBucket, which its
+	// chain's stream fills.
 	replica := addrOf[m.VBuckets[vb].Chain[1]]
-	r = testproc.CLI(t, nodes[0].Addr, "", "get", "--replica", "c", k)
-	switch {
-	case r.Code == 0 && r.Stdout == "v1" && strings.Contains(r.Stderr, "replica copy on "+replica):
-	case r.Code == 1 && strings.Contains(r.Stderr, "not found"):
-	default:
-		t.Fatalf("get --replica: %+v (the replica is %s)", r, replica)
-	}
+	poll(t, 10*time.Second, "the replica's copy", func() (bool, string) {
+		r := testproc.CLI(t, nodes[0].Addr, "", "get", "--replica", "c", k)
+		return r.Code == 0 && r.Stdout == "v1" && strings.Contains(r.Stderr, "replica copy on "+replica), fmt.Sprintf("%+v (the replica is %s)", r, replica)
+	})
 	// status --vbuckets: the active's seqno of every vBucket and engine is
 	// the one its node reports itself, and the replicas' are theirs.
 	for i := range 50 {
@@ -165,6 +184,12 @@ func TestRoutingCLI(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// At rest every copy holds its active's seqno: the comparison below
+	// reads the members' own figures after the document.
+	poll(t, 20*time.Second, "every replica copy at its active's seqno", func() (bool, string) {
+		r := testproc.CLI(t, nodes[2].Addr, "", "status", "--vbuckets")
+		return r.Code == 0 && strings.Contains(r.Stdout, "\n0 of "), fmt.Sprintf("%d %q, %d bytes: %s", r.Code, r.Stderr, len(r.Stdout), r.Stdout[max(0, len(r.Stdout)-300):])
+	})
 	r = testproc.CLI(t, nodes[2].Addr, "", "status", "--vbuckets", "--json")
 	var doc struct {
 		Revision uint64 `json:"revision"`

@@ -585,9 +585,12 @@ func (p *partition) removedAt(name string) uint64 {
 	return 0
 }
 
-// RemoveChannel removes every record of ch, one vBucket at a time (one
-// mutation per vBucket that held any), and frees their memory. Watchers
-// of ch get an EventChannelRemoved. It reports whether ch held anything.
+// RemoveChannel removes every record of ch in the Active vBuckets, one
+// vBucket at a time (one mutation per vBucket that held any), and frees
+// their memory. The records of other vBuckets are a replica's copies: they
+// go when their active's removal arrives (Apply), so the copies stay equal
+// to their active's. Watchers of ch get an EventChannelRemoved. It reports
+// whether ch held anything in an active vBucket.
 func (s *Store) RemoveChannel(ch string) bool {
 	if s.closed.Load() {
 		return false
@@ -595,6 +598,9 @@ func (s *Store) RemoveChannel(ch string) bool {
 	stamp := toStamp(s.nowUnix())
 	any := false
 	for _, p := range s.parts {
+		if s.states.Get(p.id) != vbmap.Active {
+			continue
+		}
 		p.mu.Lock()
 		if t := p.tables[ch]; t != nil {
 			p.dropTable(s, t)

@@ -577,3 +577,45 @@ func TestApply(t *testing.T) {
 		t.Fatal("set after a channel removal lost")
 	}
 }
+
+// TestRemoveChannelActiveOnly: RemoveChannel takes a seqno and removes the
+// records only in active vBuckets; a replica vBucket keeps its copies
+// (and its seqno) until its active's removal arrives.
+func TestRemoveChannelActiveOnly(t *testing.T) {
+	s := newStore(t, Config{VBuckets: 4})
+	for vb := range uint16(4) {
+		if vb%2 == 1 {
+			s.SetState(vb, vbmap.Replica)
+			if err := s.Apply(&engine.Mutation{VBucket: vb, Seqno: 1, Op: engine.OpSet, Channel: "c", Key: keyIn(vb, 4, 0), Value: []byte("copy")}); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if _, err := s.Put("c", keyIn(vb, 4, 0), []byte("own"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !s.RemoveChannel("c") {
+		t.Fatal("RemoveChannel found nothing")
+	}
+	for vb := range uint16(4) {
+		want, exists := uint64(2), false // the put, then the removal
+		if vb%2 == 1 {
+			want, exists = 1, true
+		}
+		if got, kept := s.HighSeqno(vb), s.Exists("c", keyIn(vb, 4, 0)); got != want || kept != exists {
+			t.Fatalf("vb %d: seqno %d (want %d), record kept %v (want %v)", vb, got, want, kept, exists)
+		}
+	}
+	if st := s.ChannelSize("c"); st.Records != 2 {
+		t.Fatalf("copies left: %+v", st)
+	}
+	for _, vb := range []uint16{1, 3} {
+		if err := s.Apply(&engine.Mutation{VBucket: vb, Seqno: 2, Op: engine.OpRemoveChannel, Channel: "c"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := s.ChannelSize("c"); st.Records != 0 || len(s.Channels()) != 0 {
+		t.Fatalf("after the replicated removals: %+v %+v", st, s.Channels())
+	}
+}

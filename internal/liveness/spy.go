@@ -65,6 +65,20 @@ func (s *Spy) Forget(conn uint64) {
 
 // latest returns, per node and channel, the latest time heard over the
 // connections still open.
+// LastHeard returns when anything was last heard from node on a
+// connection still open (zero when nothing).
+func (s *Spy) LastHeard(node string) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var last time.Time
+	for _, h := range s.conns {
+		if h.node == node && h.at.After(last) {
+			last = h.at
+		}
+	}
+	return last
+}
+
 func (s *Spy) latest() map[string]map[string]time.Time {
 	s.mu.Lock()
 	defer s.mu.Unlock()

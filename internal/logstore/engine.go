@@ -321,6 +321,12 @@ func (s *Store) snapshotPass(ctx context.Context, vb uint16, last, end uint64, s
 			s.maintMu.Unlock()
 		}
 	}()
+	// Passes queue on maintMu, and each one reads every segment holding
+	// its vBucket: a stream whose consumer left while it waited ends here
+	// instead of scanning the files first.
+	if err := ctx.Err(); err != nil {
+		return last, err
+	}
 	gen := s.maintGen
 	var segs []snapSeg
 	var locs []snapLoc
@@ -350,7 +356,10 @@ func (s *Store) snapshotPass(ctx context.Context, vb uint16, last, end uint64, s
 	for i, sg := range segs {
 		err := s.withFile(sg.path, func(f vfs.File) error {
 			rd := segment.NewReader(f, sg.hdr, sg.size, s.validator(sg.hdr), s.dec)
-			for rd.Next() {
+			for n := 0; rd.Next(); n++ {
+				if n%4096 == 4095 && ctx.Err() != nil {
+					return ctx.Err()
+				}
 				r := rd.Record()
 				if r.VBucket == vb && r.Seqno > last && r.Seqno <= end && r.Seqno > floors[sg.ch] {
 					locs = append(locs, snapLoc{seqno: r.Seqno, seg: i, pos: rd.Pos(), ch: sg.ch})

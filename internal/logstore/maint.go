@@ -13,6 +13,7 @@ import (
 
 	"shoal/internal/engine"
 	"shoal/internal/logstore/segment"
+	"shoal/internal/vbmap"
 	"shoal/internal/vfs"
 )
 
@@ -83,10 +84,13 @@ func cloneTombs(t tombs) tombs {
 	return out
 }
 
-// RemoveChannel deletes channel ch and its files. Every vBucket that held
-// records of it takes a seqno for the removal, which replication streams as
-// an OpRemoveChannel mutation. Removing a channel that does not exist does
-// nothing.
+// RemoveChannel removes channel ch's records of the Active vBuckets: each
+// Active vBucket that held records of it takes a seqno for the removal (a
+// tombstone), which replication streams as an OpRemoveChannel mutation.
+// The records of other vBuckets are a replica's copies: they stay until
+// their active's removal arrives (Apply), so that the copies stay equal to
+// their active's. Once no vBucket holds a visible record, the channel and
+// its files go. Removing a channel that does not exist does nothing.
 func (s *Store) RemoveChannel(ch string) error {
 	if !engine.ValidChannelString(ch) {
 		return fmt.Errorf("%w: %q", ErrBadChannel, ch)
@@ -105,14 +109,22 @@ func (s *Store) RemoveChannel(ch string) error {
 	high := slices.Clone(s.high)
 	tb := cloneTombs(s.tombs)
 	var muts []engine.Mutation
+	hidden := true
 	for i, mx := range c.vbMax {
-		if mx == 0 {
+		vb := uint16(i)
+		if mx == 0 || mx <= tb[ch][vb] {
+			continue // nothing visible here
+		}
+		if s.states.Get(vb) != vbmap.Active {
+			hidden = false // a replica's copies
 			continue
 		}
-		vb := uint16(i)
 		high[vb]++
 		tb.set(ch, vb, high[vb])
 		muts = append(muts, engine.Mutation{VBucket: vb, Seqno: high[vb], Op: engine.OpRemoveChannel, Channel: ch})
+	}
+	if len(muts) == 0 && !hidden {
+		return nil // only copies: their actives' removals will come
 	}
 	// The state goes first: should the deletion stop half-way, the
 	// tombstones hide what is left, after a restart too.
@@ -121,7 +133,9 @@ func (s *Store) RemoveChannel(ch string) error {
 	}
 	s.mu.Lock()
 	s.high, s.tombs = high, tb
-	delete(s.channels, ch)
+	if hidden {
+		delete(s.channels, ch)
+	}
 	for i := range muts {
 		if subs := s.subs[muts[i].VBucket]; len(subs) > 0 {
 			s.notify(subs, muts[i])
@@ -129,6 +143,9 @@ func (s *Store) RemoveChannel(ch string) error {
 	}
 	s.mu.Unlock()
 	s.maintGen++
+	if !hidden {
+		return nil
+	}
 	return s.deleteChannelFiles(c)
 }
 

@@ -40,6 +40,9 @@ const (
 	// OpRecover makes a failed NodeID active again with Chains as the map
 	// (it may be a replica in them), if the map is still at ExpectRevision.
 	OpRecover Op = "recover"
+	// OpFailoverReset sets the count of automatic failovers to 0 (shoal
+	// failover reset-count).
+	OpFailoverReset Op = "failover-reset"
 )
 
 // MaxCommandSize bounds an encoded command.
@@ -64,6 +67,9 @@ type Command struct {
 	// OpMap, OpFailover, OpRecover.
 	Chains         [][]string `json:"chains,omitempty"`
 	ExpectRevision uint64     `json:"expect_revision,omitempty"`
+	// OpFailover: decided by the automatic failover (it counts towards
+	// the settings' MaxFailovers).
+	Auto bool `json:"auto,omitempty"`
 	// OpChannelCreate, OpChannelRemove.
 	Channel string      `json:"channel,omitempty"`
 	Kind    engine.Kind `json:"kind,omitempty"`

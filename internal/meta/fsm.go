@@ -117,6 +117,9 @@ func (s *State) apply(idx uint64, c *Command) error {
 		}
 		s.Settings = *c.Settings
 		return nil
+	case OpFailoverReset:
+		s.Failovers = 0
+		return nil
 	}
 	return badCommand("unknown op %q", c.Op)
 }
@@ -158,6 +161,9 @@ func (s *State) failover(idx uint64, c *Command) error {
 	n.State, n.Since = Failed, c.Time
 	if c.Op == OpRecover {
 		n.State = Active
+	}
+	if c.Op == OpFailover && c.Auto {
+		s.Failovers++
 	}
 	return nil
 }

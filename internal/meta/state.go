@@ -60,13 +60,16 @@ func (n Node) SinceTime() time.Time { return time.UnixMilli(n.Since) }
 
 // Settings are the cluster-wide settings.
 type Settings struct {
-	// FailoverTimeoutMillis is how long a node may be unheard before an
-	// automatic failover (automatic failover is a later issue; the value
-	// is kept so that it is set once for the cluster).
+	// FailoverTimeoutMillis is how long a node may be unheard before it
+	// is failed over automatically, and the length of the nodes' leases
+	// (a node that hears no leader for this long stops serving).
 	FailoverTimeoutMillis int64 `json:"failover_timeout_ms"`
 	// MaxFailovers is how many automatic failovers may happen before an
 	// operator resets the count.
 	MaxFailovers int `json:"max_failovers"`
+	// AutoFailoverOff disables the automatic failover (its zero value,
+	// in states written before it existed too, leaves it on).
+	AutoFailoverOff bool `json:"auto_failover_off,omitempty"`
 	// Durability is the default durability of writes ("none").
 	Durability string `json:"durability"`
 }
@@ -162,7 +165,8 @@ var (
 	// ErrBadCommand: a malformed command.
 	ErrBadCommand = errors.New("meta: bad command")
 	// ErrRefused: a node may not join, for good (another cluster's data,
-	// a copied node id, another vBucket count).
+	// a copied node id, another vBucket count); a failover that would
+	// leave a vBucket without a copy.
 	ErrRefused = errors.New("refused")
 )
 

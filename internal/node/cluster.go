@@ -289,8 +289,14 @@ func (c *cluster) known() *meta.State {
 }
 
 // removeChannelLocal removes a channel the cluster removed from this
-// node's engines, catalog and dumps.
+// node's engines, catalog and dumps. The engines remove only the records
+// of the vBuckets this node is active for: the copies it holds of other
+// nodes' vBuckets go when their actives' removals arrive through the
+// replication streams (so the copies stay equal to their actives'). Should
+// it become active for such a vBucket first, applyMap removes the copies
+// left then (rememberRemoved).
 func (n *Node) removeChannelLocal(name string, kind engine.Kind) {
+	n.rep.rememberRemoved(name, kind)
 	var err error
 	switch kind {
 	case engine.KindKV:
@@ -405,8 +411,9 @@ func peerToMeta(err error) error {
 	return &forwardedError{sentinel: sentinel, msg: se.Message}
 }
 
-// forwardedError is an error another node answered: its message, and the
-// sentinel of its status for errors.Is.
+// forwardedError is an error another node answered (or a refusal in
+// another package's words): its message, and the sentinel of its status
+// for errors.Is.
 type forwardedError struct {
 	sentinel error
 	msg      string

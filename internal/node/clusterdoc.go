@@ -46,7 +46,10 @@ type ClusterStatus struct {
 	Nodes     []NodeStatus  `json:"nodes"`
 	Settings  meta.Settings `json:"settings"`
 	Failovers int           `json:"failovers"`
-	Join      JoinStatus    `json:"join"`
+	// AutoFailover is the automatic failover: settings, and on the
+	// leader, which decides, the down set and the recent failovers.
+	AutoFailover *AutoFailoverStatus `json:"auto_failover,omitempty"`
+	Join         JoinStatus          `json:"join"`
 }
 
 // NodeStatus is one member in the cluster document.
@@ -75,6 +78,9 @@ func (n *Node) clusterStatus() *ClusterStatus {
 		ClusterID: st.ClusterID, Self: n.cfg.NodeID, Index: st.Index, VBuckets: st.VBuckets, Replicas: st.Replicas,
 		Leader: leader, LeaderAddr: leaderAddr, RaftState: c.meta.RaftState(), WantVoters: st.Voters,
 		LeaderChanges: c.meta.LeaderChanges(), Settings: st.Settings, Failovers: st.Failovers, Nodes: []NodeStatus{},
+	}
+	if st.Initialized() {
+		cs.AutoFailover = n.autoStatus(st)
 	}
 	if lc := c.meta.LastContact(); !lc.IsZero() && cs.RaftState != "leader" {
 		cs.LastContactMillis = time.Since(lc).Milliseconds()
@@ -240,4 +246,5 @@ func (n *Node) reportCluster(f *stats.Fields) {
 	commits, secs := c.commits.Count(), c.commits.Seconds()
 	f.Counter("cluster/commits", "cluster_commits_total", "Metadata commands this node proposed and saw applied.", float64(commits))
 	f.Counter("cluster/commit_seconds", "cluster_commit_seconds_total", "Time from proposing a metadata command to applying it here.", secs)
+	n.reportAutoFailover(f)
 }

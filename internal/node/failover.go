@@ -10,6 +10,7 @@ import (
 
 	"shoal/internal/failover"
 	"shoal/internal/meta"
+	"shoal/internal/server"
 	"shoal/internal/wire"
 )
 
@@ -54,7 +55,7 @@ var engineOrder = []string{"kv", "queue", "log"}
 // asked for its copies' high seqnos, failover.Plan picks the new actives,
 // and one raft command, whose premise the FSM checks again, commits the
 // map and marks the node failed.
-func (n *Node) failoverNode(ref string, force bool) (*FailoverResult, error) {
+func (n *Node) failoverNode(ref string, force, auto bool) (*FailoverResult, error) {
 	c := n.cluster
 	st := c.known()
 	if !st.Initialized() {
@@ -99,13 +100,13 @@ func (n *Node) failoverNode(ref string, force bool) (*FailoverResult, error) {
 		return out, true
 	}, force)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", meta.ErrBadCommand, err)
+		return nil, &forwardedError{sentinel: meta.ErrRefused, msg: err.Error()} // the plan's words, answered refused
 	}
 	// The leader first waits out the node's last lease (at most the failover
 	// timeout): until then it may still be serving.
 	ctx, cancel := context.WithTimeout(context.Background(), n.failoverTimeout()+proposeTimeout)
 	defer cancel()
-	idx, err := n.propose(ctx, &meta.Command{Op: meta.OpFailover, NodeID: target.ID, ExpectRevision: st.Map.Revision, Chains: plan.Chains})
+	idx, err := n.propose(ctx, &meta.Command{Op: meta.OpFailover, NodeID: target.ID, ExpectRevision: st.Map.Revision, Chains: plan.Chains, Auto: auto})
 	if err != nil {
 		return nil, err
 	}
@@ -197,11 +198,23 @@ type failoverAdmin struct{ n *Node }
 
 // Failover implements server.Failover.
 func (a failoverAdmin) Failover(node string, force bool) ([]byte, error) {
-	res, err := a.n.failoverNode(node, force)
+	res, err := a.n.failoverNode(node, force, false)
 	if err != nil {
 		return nil, err
 	}
 	return json.Marshal(res)
+}
+
+// Heartbeat implements server.Failover.
+func (a failoverAdmin) Heartbeat(hb server.Heartbeat) { a.n.receiveHeartbeat(hb) }
+
+// FailoverSettings implements server.Failover.
+func (a failoverAdmin) FailoverSettings(change []byte) ([]byte, error) {
+	st, err := a.n.failoverSettings(change)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(st)
 }
 
 // RenewLease implements server.Failover.

@@ -435,6 +435,7 @@ func (n *Node) initCluster(ctx context.Context) error {
 	voters := meta.VoterIDs(members, n.cfg.Voters)
 	settings := meta.DefaultSettings()
 	settings.FailoverTimeoutMillis = time.Duration(n.cfg.FailoverTimeout).Milliseconds()
+	settings.AutoFailoverOff = !n.cfg.AutoFailover
 	in := &meta.Init{ClusterID: newClusterID(), VBuckets: n.cfg.VBuckets, Replicas: n.cfg.Replicas, Voters: n.cfg.Voters, Settings: settings}
 	place := make([]vbmap.Node, len(members))
 	for i, p := range members {

@@ -65,6 +65,7 @@ type Node struct {
 	standby   standby         // under standbyMu
 	logStore  *logstore.Store // the log engine (log.go)
 	dumps     dumper          // the kv dumps (dump.go)
+	auto      autoFailover    // heartbeats and the automatic failover (autofailover.go)
 
 	ln     net.Listener
 	httpLn net.Listener
@@ -269,6 +270,8 @@ func (n *Node) Run(ctx context.Context) error {
 		wg.Add(2)
 		go func() { defer wg.Done(); n.clusterLoop(bg, fatal) }()
 		go func() { defer wg.Done(); n.leaseLoop(bg) }()
+		wg.Add(1)
+		go func() { defer wg.Done(); n.autoFailoverLoop(bg) }()
 	}
 	if n.disco != nil {
 		wg.Add(1)

@@ -15,9 +15,9 @@ import (
 	"shoal/internal/wire"
 )
 
-// peers dials the data ports of other nodes: raft connections, joins and
-// forwarded metadata commands. It authenticates as the peer credential and
-// uses TLS when the node has a certificate.
+// peers dials the data ports of other nodes: raft connections, joins,
+// forwarded metadata commands and replication streams. It authenticates
+// as the peer credential and uses TLS when the node has a certificate.
 type peers struct {
 	self   string
 	user   string
@@ -68,8 +68,10 @@ func (p *peers) tlsFor(addr string) *tls.Config {
 // maxPeerAnswer bounds the body of an answer to a peer request.
 const maxPeerAnswer = 16 << 20
 
-// dial connects to a peer's data port and runs HELLO and AUTH.
-func (p *peers) dial(ctx context.Context, addr string) (net.Conn, error) {
+// dialConn connects to a peer's data port, with TLS when the node has a
+// certificate, and runs no request: replication's streams run their own
+// HELLO and AUTH (repl.Handshake) on it.
+func (p *peers) dialConn(ctx context.Context, addr string) (net.Conn, error) {
 	if f := p.fault.Load(); f != nil {
 		if err := (*f)(addr); err != nil {
 			return nil, err
@@ -80,16 +82,29 @@ func (p *peers) dial(ctx context.Context, addr string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	if p.tls == nil {
+		return nc, nil
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
 	}
-	if p.tls != nil {
-		tc := tls.Client(nc, p.tlsFor(addr))
-		if err := tc.HandshakeContext(ctx); err != nil {
-			nc.Close()
-			return nil, fmt.Errorf("TLS with %s: %w", addr, err)
-		}
-		nc = tc
+	tc := tls.Client(nc, p.tlsFor(addr))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("TLS with %s: %w", addr, err)
+	}
+	tc.SetDeadline(time.Time{})
+	return tc, nil
+}
+
+// dial connects to a peer's data port and runs HELLO and AUTH.
+func (p *peers) dial(ctx context.Context, addr string) (net.Conn, error) {
+	nc, err := p.dialConn(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		nc.SetDeadline(dl)
 	}
 	if err := p.authenticate(nc, addr); err != nil {
 		nc.Close()

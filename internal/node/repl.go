@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -39,6 +40,22 @@ type replication struct {
 	// newReplicator builds the replicator of one bucket of a feed; nil
 	// when the node does not fill its replicas (see reconcile).
 	newReplicator func(b repl.Bucket, producerAddr string, vbs []uint16, o repl.Options) (*repl.Replicator, error)
+	// peers dials the producers: TCP, TLS when the node has a certificate.
+	peers *peers
+	// user and secret authenticate the feeds' connections: the peer
+	// credential, or a standby's --replica-user.
+	user   string
+	secret []byte
+	// standby: the feeds ask as a whole-node standby (FeatureStandby).
+	standby bool
+	// applyHook is the test failpoint of the feeds' applies (nil: none).
+	applyHook func(*engine.Mutation) error
+
+	// removed are the channels the cluster removed while this node may
+	// still hold copies of them in replica vBuckets (removeChannelLocal);
+	// when it becomes active for a vBucket, the copies left there go.
+	removedMu sync.Mutex
+	removed   map[string]engine.Kind
 
 	mu      sync.Mutex
 	feeds   map[string]*feed // by producer node id
@@ -81,10 +98,22 @@ func (n *Node) setupRepl() error {
 		rp.buckets = append(rp.buckets, repl.Bucket{Name: b.name, Engine: b.e, Logs: logs})
 	}
 	var err error
-	rp.producer, err = repl.NewProducer(repl.ProducerConfig{Name: n.cfg.NodeID, Buckets: rp.buckets, Spy: rp.spy, Logger: log})
+	rp.producer, err = repl.NewProducer(repl.ProducerConfig{Name: n.cfg.NodeID, Buckets: rp.buckets, Spy: rp.spy,
+		Table: n.servedTable, Logger: log})
 	if err != nil {
 		return err
 	}
+	if rp.peers, err = n.newPeers(); err != nil {
+		return err
+	}
+	rp.user, rp.secret = rp.peers.user, rp.peers.secret
+	if rp.applyHook, err = repl.ApplyFailpoint(os.Getenv(repl.FailpointsEnv)); err != nil {
+		return err
+	}
+	if rp.applyHook != nil {
+		n.log.Warn("test failpoint armed", "env", repl.FailpointsEnv, "value", os.Getenv(repl.FailpointsEnv))
+	}
+	rp.newReplicator = n.newFeedReplicator
 	rp.ctx, rp.stop = context.WithCancel(context.Background())
 	n.srv.HandleTakeover(wire.OpStreamOpen, func(nc net.Conn, h wire.Header, body []byte) {
 		rp.serving.Add(1)
@@ -98,6 +127,26 @@ func (n *Node) setupRepl() error {
 	return nil
 }
 
+// newFeedReplicator builds the replicator of bucket b from the producer
+// at addr over vbs. Its connections are the node's peer connections: TLS
+// when the node has a certificate, then HELLO and AUTH as the peer
+// credential (a standby: --replica-user when given).
+func (n *Node) newFeedReplicator(b repl.Bucket, addr string, vbs []uint16, o repl.Options) (*repl.Replicator, error) {
+	rp := n.rep
+	eng := b.Engine
+	if rp.standby {
+		// A standby has no metadata: replicated writes claim their
+		// channels, as the data port's writes do. A cluster node's catalog
+		// follows the cluster's metadata instead.
+		eng = cataloged{b.Engine, n.cat}
+	}
+	return repl.New(repl.Config{
+		Name: n.cfg.NodeID, Addr: addr, Bucket: b.Name, Engine: eng, Logs: b.Logs, VBuckets: vbs, Standby: rp.standby,
+		Options: o, Dial: rp.peers.dialConn, Handshake: repl.Handshake(n.cfg.NodeID, rp.user, rp.secret, n.cfg.VBuckets),
+		Spy: rp.spy, ApplyHook: rp.applyHook, Logger: n.replLogger(),
+	})
+}
+
 // cataloged is an engine whose replicated writes claim their channel in
 // the node's catalog, as writes on the data port do, so that readers of
 // the replica find the replicated channels.
@@ -106,9 +155,11 @@ type cataloged struct {
 	cat *catalog.Catalog
 }
 
-// Apply implements engine.Engine.
+// Apply implements engine.Engine. Channel removals and the pop of
+// nothing that ends a queue snapshot (Ref 0, on a placeholder channel)
+// claim nothing.
 func (c cataloged) Apply(m *engine.Mutation) error {
-	if m.Op != engine.OpRemoveChannel {
+	if m.Op != engine.OpRemoveChannel && (m.Op != engine.OpPop || m.Ref != 0) {
 		if _, kind, ok := c.cat.Lookup([]byte(m.Channel)); !ok || kind != c.Kind() {
 			if _, err := c.cat.Claim([]byte(m.Channel), c.Kind()); err != nil {
 				return fmt.Errorf("cannot apply to channel %q: %w", m.Channel, err)
@@ -143,12 +194,16 @@ func replicaFeeds(t *vbmap.Table) map[string]*feed {
 	return out
 }
 
-// reconcile makes the feeds match t: a feed whose producer address or
-// vBuckets changed is stopped (and replaced when start is set), a feed
-// of a producer t no longer names is stopped, and, when start is set, the
-// missing feeds are created (and started once Run has started them all,
-// unless an operator stopped replication). A node without newReplicator
-// only stops feeds. rp.mu is not held.
+// reconcile makes the feeds match t. A feed of a producer t no longer
+// names, or names at another address, is stopped. A feed whose vBuckets
+// changed keeps its sessions: without start only the vBuckets t does not
+// give it are taken out (closed and waited for, so that the node may
+// become their active), with start its replicators get t's whole set
+// (SetVBuckets: the new ones are requested on the open sessions, the
+// other streams go on). With start the missing feeds are created (and
+// started once Run has started them all, unless an operator stopped
+// replication). A node without newReplicator only stops feeds. rp.mu is
+// not held.
 func (rp *replication) reconcile(t *vbmap.Table, start bool) error {
 	rp.mu.Lock()
 	defer rp.mu.Unlock()
@@ -157,12 +212,35 @@ func (rp *replication) reconcile(t *vbmap.Table, start bool) error {
 		want = replicaFeeds(t)
 	}
 	for id, f := range rp.feeds {
-		if w := want[id]; w == nil || w.addr != f.addr || !slices.Equal(w.vbs, f.vbs) {
+		w := want[id]
+		set := f.vbs
+		switch {
+		case w == nil || w.addr != f.addr:
+			set = nil
+		case start:
+			set = w.vbs
+		default:
+			set = slices.DeleteFunc(slices.Clone(f.vbs), func(vb uint16) bool {
+				_, found := slices.BinarySearch(w.vbs, vb)
+				return !found
+			})
+		}
+		if len(set) == 0 {
 			for _, r := range f.reps {
 				r.Stop()
 			}
 			delete(rp.feeds, id)
+			continue
 		}
+		if slices.Equal(set, f.vbs) {
+			continue
+		}
+		for _, r := range f.reps {
+			if err := r.SetVBuckets(set); err != nil {
+				return fmt.Errorf("cannot change the vbuckets replicated from %s: %w", f.addr, err)
+			}
+		}
+		f.vbs = set
 	}
 	if !start {
 		return nil
@@ -189,6 +267,74 @@ func (rp *replication) reconcile(t *vbmap.Table, start bool) error {
 		rp.feeds[id] = w
 	}
 	return nil
+}
+
+// rememberRemoved records that the cluster removed channel name.
+func (rp *replication) rememberRemoved(name string, kind engine.Kind) {
+	rp.removedMu.Lock()
+	defer rp.removedMu.Unlock()
+	if rp.removed == nil {
+		rp.removed = map[string]engine.Kind{}
+	}
+	if len(rp.removed) >= maxRemembered {
+		for k := range rp.removed { // forget one: its copies, if any, stay
+			delete(rp.removed, k)
+			break
+		}
+	}
+	rp.removed[name] = kind
+}
+
+// maxRemembered bounds the removed channels remembered for removeLeftovers.
+const maxRemembered = 4096
+
+// removeLeftovers removes, now that the node became active for more
+// vBuckets, what it still holds of the channels the cluster removed (the
+// copies their old actives' removals did not reach), unless a channel of
+// the name exists again. The removals take seqnos and stream to the
+// replicas.
+func (n *Node) removeLeftovers() {
+	rp := n.rep
+	rp.removedMu.Lock()
+	defer rp.removedMu.Unlock()
+	for name, kind := range rp.removed {
+		if _, k, ok := n.cat.Lookup([]byte(name)); ok && k == kind {
+			delete(rp.removed, name) // made again
+			continue
+		}
+		var err error
+		switch kind {
+		case engine.KindKV:
+			n.kv.RemoveChannel(name)
+		case engine.KindQueue:
+			_, err = n.queue.RemoveChannel(name)
+		case engine.KindLog:
+			err = n.logStore.RemoveChannel(name)
+		}
+		if err != nil {
+			n.log.Error("cannot remove what is left of a removed channel", "channel", name, "kind", kind.String(), "err", err)
+		} else if !n.holdsChannel(name, kind) {
+			delete(rp.removed, name)
+		}
+	}
+}
+
+// holdsChannel reports whether the engine of kind holds records of name.
+func (n *Node) holdsChannel(name string, kind engine.Kind) bool {
+	switch kind {
+	case engine.KindKV:
+		return n.kv.ChannelSize(name).Records > 0
+	case engine.KindQueue:
+		for _, cs := range n.queue.Channels() {
+			if cs.Name == name && cs.Records > 0 {
+				return true
+			}
+		}
+	case engine.KindLog:
+		_, ok := n.logStore.ChannelSize(name)
+		return ok
+	}
+	return false
 }
 
 // replicators returns every feed's replicators, sorted by producer.
@@ -349,8 +495,10 @@ func (a replAdmin) Replica(action uint8, s server.ReplicaSettings) error {
 	return a.n.replica(action, s)
 }
 
-// Promote runs `shoal promote`.
-func (a replAdmin) Promote() error { return a.n.promote() }
+// Promote runs `shoal promote [--force]`: refused while the active
+// streams to the standby, and while the standby is behind unless forced
+// (see promote).
+func (a replAdmin) Promote(force bool) error { return a.n.promote(force) }
 
 // Status returns the status document as JSON.
 func (a replAdmin) Status(vbuckets bool) ([]byte, error) {
@@ -365,11 +513,67 @@ type ReplicationStatus struct {
 	// standby followed until its promotion.
 	ReplicaOf    string `json:"replica_of,omitempty"`
 	PromotedFrom string `json:"promoted_from,omitempty"`
-	// Engines are the node's replicators, one per engine and producer.
+	// Engines are the node's replicators, one per engine and producer:
+	// its replica side.
 	Engines []repl.Status `json:"engines,omitempty"`
+	// Serving is its producer side: one entry per stream connection of a
+	// consumer (a replica of this node's active vBuckets), with per
+	// vBucket what was sent and acknowledged with status --vbuckets.
+	Serving []repl.ConsumerStatus `json:"serving,omitempty"`
+	// Lag sums the replica side's lag (every engine and producer), as far
+	// as this node knows it: what a promotion would lack.
+	Lag *ReplicaLag `json:"lag,omitempty"`
 	// HighSeqnos are every vBucket's high seqno per engine (status
 	// --vbuckets only).
 	HighSeqnos map[string][]uint64 `json:"high_seqnos,omitempty"`
+	// States are every vBucket's state on this node ("active",
+	// "replica", "pending", "dead"; status --vbuckets only).
+	States []string `json:"states,omitempty"`
+}
+
+// ReplicaLag is how far a node's replica vBuckets are behind their
+// actives, summed over every engine.
+type ReplicaLag struct {
+	// VBuckets counts the (vBucket, engine) pairs not known to hold
+	// everything their producer announced; Unknown those of them never
+	// streamed since the node started.
+	VBuckets int `json:"vbuckets"`
+	Unknown  int `json:"unknown"`
+	// Seqnos and Bytes are the lag summed.
+	Seqnos uint64 `json:"seqnos"`
+	Bytes  uint64 `json:"bytes"`
+	// PerEngine names the engines that lag, with their figures.
+	PerEngine map[string]repl.Lag `json:"per_engine,omitempty"`
+}
+
+// replicaLag sums the feeds' lag; nil when the node has no feeds.
+func (rp *replication) replicaLag() *ReplicaLag {
+	reps := rp.replicators()
+	if len(reps) == 0 {
+		return nil
+	}
+	l := &ReplicaLag{}
+	for _, r := range reps {
+		b := r.Behind()
+		if b.VBuckets == 0 {
+			continue
+		}
+		bucket := r.Status(false).Bucket
+		if l.PerEngine == nil {
+			l.PerEngine = map[string]repl.Lag{}
+		}
+		e := l.PerEngine[bucket]
+		e.VBuckets += b.VBuckets
+		e.Seqnos += b.Seqnos
+		e.Bytes += b.Bytes
+		e.Unknown += b.Unknown
+		l.PerEngine[bucket] = e
+		l.VBuckets += b.VBuckets
+		l.Unknown += b.Unknown
+		l.Seqnos += b.Seqnos
+		l.Bytes += b.Bytes
+	}
+	return l
 }
 
 // replStatus fills the liveness and replication parts of st.
@@ -380,7 +584,15 @@ func (n *Node) replStatus(st *Status, vbuckets bool) {
 	for _, r := range rp.replicators() {
 		st.Replication.Engines = append(st.Replication.Engines, r.Status(vbuckets))
 	}
+	st.Replication.Serving = rp.producer.Status(vbuckets)
+	st.Replication.Lag = rp.replicaLag()
 	if vbuckets {
+		if t := n.servedTable(); t != nil {
+			st.Replication.States = make([]string, n.cfg.VBuckets)
+			for vb := range st.Replication.States {
+				st.Replication.States[vb] = t.State(uint16(vb)).String()
+			}
+		}
 		st.Replication.HighSeqnos = make(map[string][]uint64, len(rp.buckets))
 		for _, b := range rp.buckets {
 			seqnos := make([]uint64, n.cfg.VBuckets)

@@ -11,6 +11,11 @@ import (
 type routing struct {
 	mu    sync.Mutex   // serialises applyMap and the fence
 	table *vbmap.Table // the node's view of the applied map, under mu; nil before the first
+	// served is the table the server answers by (the interim one during
+	// a change, without the active vBuckets while fenced): the replication
+	// producer checks stream requests against it, without waiting for a
+	// change in progress.
+	served vbmap.Holder
 	// fenced is set while the node's lease has run out (fence): it then
 	// serves none of its active vBuckets.
 	fenced    bool
@@ -32,6 +37,7 @@ func (n *Node) publish(t *vbmap.Table) {
 		})
 	}
 	n.srv.SetTable(t)
+	n.routing.served.Store(t)
 }
 
 // fence stops (on) or resumes (off) the node's writes and reads for every
@@ -54,6 +60,10 @@ func (n *Node) fence(on bool, why string) {
 	}
 }
 
+// servedTable is the table the server answers by now (nil before the
+// first map).
+func (n *Node) servedTable() *vbmap.Table { return n.routing.served.Load() }
+
 // applyMap makes m the node's vBucket map, addrs giving the nodes' data
 // addresses, and returns once every part of the node follows it. The
 // order never lets this node take writes for a vBucket it has not
@@ -62,14 +72,17 @@ func (n *Node) fence(on bool, why string) {
 //
 //  1. an interim routing table: writes stop where the node is no longer
 //     active (vBuckets it becomes active for keep their old state);
-//  2. replication stops for the vBuckets it becomes active for, and for
-//     feeds whose producer or vBuckets change;
+//  2. replication stops for the vBuckets it becomes active for or no
+//     longer holds a replica of (their streams are closed and waited
+//     for; the feed's other vBuckets stream on), and feeds whose producer
+//     changes stop;
 //  3. the vBuckets it becomes active for start new histories in every
 //     engine's failover logs (all or nothing: on failure the node goes
 //     back to the previous map and the error is returned);
 //  4. every engine's vBucket states;
 //  5. the routing table of m: the server answers by it;
-//  6. the feeds of its new replica vBuckets start.
+//  6. the feeds of its new replica vBuckets start: new feeds, and new
+//     vBuckets requested on the running sessions of the others.
 func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 	n.routing.mu.Lock()
 	defer n.routing.mu.Unlock()
@@ -126,6 +139,9 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 	}
 	n.publish(next)
 	n.routing.table = next
+	if len(promoted) > 0 {
+		n.removeLeftovers()
+	}
 	if err := n.rep.reconcile(next, true); err != nil {
 		return fmt.Errorf("map revision %d applied, but replication did not start: %w", m.Revision, err)
 	}

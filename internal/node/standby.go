@@ -2,8 +2,11 @@ package node
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"shoal/internal/auth"
@@ -40,38 +43,37 @@ func standbyMap(self, addr string, vbuckets int) *vbmap.Map {
 
 // setupStandby makes the node a standby replica of cfg.ReplicaOf: it
 // applies the standby map, whose feeds (one Replicator per engine over
-// every vBucket) start with Run.
+// every vBucket) start with Run. They dial the active as every peer
+// connection does (TLS when the node has a certificate) and authenticate
+// as --replica-user when it is given, else as the peer credential; they
+// tell the active they are a standby, which it serves every vBucket it is
+// active for although the standby is in none of its chains.
 func (n *Node) setupStandby() error {
 	rp := n.rep
 	marker := filepath.Join(rp.dir, promotedFile)
 	if _, err := os.Stat(marker); err == nil {
 		return fmt.Errorf("this node was promoted from standby to active (%s exists): start it without --replica-of, or delete that file to make it a replica again (its data is then replaced by the active's)", marker)
 	}
-	var secret []byte
 	if n.cfg.ReplicaUser != "" {
-		var err error
-		if secret, err = auth.LoadSecret(n.cfg.ReplicaSecretFile); err != nil {
+		secret, err := auth.LoadSecret(n.cfg.ReplicaSecretFile)
+		if err != nil {
 			return fmt.Errorf("replica-secret-file: %w", err)
 		}
+		rp.user, rp.secret = n.cfg.ReplicaUser, secret
 	}
-	hook, err := repl.ApplyFailpoint(os.Getenv(repl.FailpointsEnv))
-	if err != nil {
-		return err
-	}
-	if hook != nil {
-		n.log.Warn("test failpoint armed", "env", repl.FailpointsEnv, "value", os.Getenv(repl.FailpointsEnv))
-	}
-	handshake := repl.Handshake(n.cfg.NodeID, n.cfg.ReplicaUser, secret, n.cfg.VBuckets)
-	rp.newReplicator = func(b repl.Bucket, addr string, vbs []uint16, o repl.Options) (*repl.Replicator, error) {
-		return repl.New(repl.Config{
-			Name: n.cfg.NodeID, Addr: addr, Bucket: b.Name, Engine: cataloged{b.Engine, n.cat}, Logs: b.Logs, VBuckets: vbs,
-			Options: o, Handshake: handshake, Spy: rp.spy, ApplyHook: hook, Logger: n.replLogger(),
-		})
-	}
+	rp.standby = true
 	n.standby = standby{replicaOf: n.cfg.ReplicaOf}
 	addr := n.cfg.ReplicaOf
 	return n.applyMap(standbyMap(n.cfg.NodeID, addr, n.cfg.VBuckets), map[string]string{addr: addr})
 }
+
+// ErrActiveAlive refuses the promotion of a standby whose active still
+// streams to it.
+var ErrActiveAlive = fmt.Errorf("%w: the active is alive", server.ErrPromoteRefused)
+
+// ErrStandbyBehind refuses the promotion of a standby that does not hold
+// everything its active announced.
+var ErrStandbyBehind = fmt.Errorf("%w: this standby is behind its active", server.ErrPromoteRefused)
 
 // promote turns a standby into an active node by applying the next map
 // revision, in which it is active for every vBucket: replication stops,
@@ -79,12 +81,33 @@ func (n *Node) setupStandby() error {
 // the kv engine expires records again, and writes are accepted. It is
 // all or nothing: when a step fails the node stays a standby and
 // replicates on.
-func (n *Node) promote() error {
+//
+// It is refused while the active still streams to the standby: both
+// would then take writes, and a standby cannot fence its active (stop
+// the active first; a network partition that hides a live active is not
+// seen). It is refused while the standby is behind (a vBucket inside a
+// snapshot, below its active's last announced high seqno, or never
+// streamed since the standby started), naming the lag, unless force is
+// set: the promoted node then lacks those mutations for good.
+func (n *Node) promote(force bool) error {
 	n.promoting.Lock()
 	defer n.promoting.Unlock()
 	sb := n.standbyState()
 	if sb.replicaOf == "" {
 		return server.ErrNotStandby
+	}
+	for _, r := range n.rep.replicators() {
+		if st := r.Status(false); st.State == repl.StateStreaming {
+			return fmt.Errorf("%w: %s streams to this standby (its %s engine): stop it before promoting, or both nodes take writes for every vbucket (a standby cannot fence its active)",
+				ErrActiveAlive, sb.replicaOf, st.Bucket)
+		}
+	}
+	if lag := n.rep.replicaLag(); lag != nil && lag.VBuckets > 0 {
+		msg := lagText(lag)
+		if !force {
+			return fmt.Errorf("%w: %s; promoting now loses them (shoal promote --force accepts that)", ErrStandbyBehind, msg)
+		}
+		n.log.Warn("promoting a standby that is behind its active: these mutations are lost", "lag", msg)
 	}
 	marker := filepath.Join(n.rep.dir, promotedFile)
 	text := fmt.Sprintf("promoted at %s; was a replica of %s\n", time.Now().UTC().Format(time.RFC3339), sb.replicaOf)
@@ -104,6 +127,24 @@ func (n *Node) promote() error {
 	n.standbyMu.Unlock()
 	n.log.Warn("promoted: this node is now active and accepts writes", "was_replica_of", sb.replicaOf)
 	return nil
+}
+
+// lagText describes a lag for people: per engine, the vBuckets behind,
+// the seqnos and bytes missing, and those never streamed.
+func lagText(l *ReplicaLag) string {
+	var parts []string
+	for _, b := range slices.Sorted(maps.Keys(l.PerEngine)) {
+		e := l.PerEngine[b]
+		p := fmt.Sprintf("%s: %d vbuckets behind by %d seqnos", b, e.VBuckets, e.Seqnos)
+		if e.Bytes > 0 {
+			p += fmt.Sprintf(" (%d bytes sent and not yet acknowledged)", e.Bytes)
+		}
+		if e.Unknown > 0 {
+			p += fmt.Sprintf(", %d of them never streamed since the standby started", e.Unknown)
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, "; ")
 }
 
 func (n *Node) standbyState() standby {

@@ -152,7 +152,7 @@ func scanSegment(fsys vfs.FS, path string) (int64, error) {
 		return -1, err
 	}
 	defer f.Close()
-	if err := readMagic(f, journalMagic); err != nil {
+	if err := readMagic(f, journalMagic, journalMagicV1); err != nil {
 		return -1, err
 	}
 	fr := newFrameReader(&offsetReader{f: f, off: magicLen}, magicLen)

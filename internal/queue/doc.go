@@ -30,6 +30,16 @@
 // that vBucket's seqno. A pop is a mutation of the popped record's vBucket
 // that references the push seqno.
 //
+// Pop and consumers take only records of Active vBuckets: a queue also
+// holds the copies of the vBuckets this node is a replica of (applied from
+// their active's stream), which only their active's pops remove; popping
+// one here would make the copy diverge. They are stepped over, in the ring
+// and in the overflow, so order among the records taken stays FIFO (a
+// queue whose head holds many copies costs a pop a scan past them).
+// RemoveChannel likewise removes only the records of Active vBuckets, one
+// seqno each; a channel still holding copies stays for them (its consumers
+// end) until the replicated removals of their vBuckets arrive.
+//
 // # Durability
 //
 // Memory mode: Close saves every ring and the overflow index in the state
@@ -83,20 +93,23 @@
 //	| vb u16 | seqno u64 | value   |
 //	+--------+-----------+---------+
 //
-// Journal segment, magic "SHQJNL01", one frame per entry:
+// Journal segment, magic "SHQJNL02" ("SHQJNL01", written before entry
+// 'Z', is still read), one frame per entry:
 //
 //	'P' push            | vb u16 | n u8 | n × (str8 channel, seqno u64) | value |
 //	'O' pop             | str8 channel | subscribed u8 | str8 subscriber | n u32 | n × (vb u16, ref u64, seqno u64) |
 //	'A' replicated pop  | str8 channel | str8 key | vb u16 | seqno u64 | ref u64 |
 //	'S' subscribe       | str8 channel | str8 subscriber |
-//	'X' remove channel  | str8 channel |
+//	'X' remove channel in every vBucket (version 1 only) | str8 channel |
 //	'Y' replicated removal of a channel in one vBucket | str8 channel | vb u16 | seqno u64 |
+//	'Z' remove channel in some vBuckets | str8 channel | n u32 | n × (vb u16, seqno u64) |
 //	'D' drop vBucket    | vb u16 |
 //
 // A push stores value in every channel listed, each copy with its own
 // seqno in vBucket vb. A pop lists the records it took (vBucket and push
 // seqno ref) with the seqno of each pop. Removing a channel takes one seqno
-// in every vBucket that held a record of it, in ascending vBucket order.
+// in every Active vBucket that held a record of it ('Z' lists them with
+// their seqnos, in ascending vBucket order; 'X' meant every vBucket).
 //
 // State file, magic "SHQSTA01":
 //

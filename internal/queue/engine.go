@@ -132,9 +132,19 @@ func (s *Store) applyPop(channel, key string, vb uint16, seqno, ref uint64) erro
 	return err
 }
 
-// applyRemove removes the records of vb from channel.
+// applyRemove removes the records of vb from channel; a channel removed
+// here that no longer holds anything goes.
 func (s *Store) applyRemove(name string, vb uint16, seqno uint64) error {
 	err := s.removeVB(func(ch *channel) bool { return ch.name == name }, vb)
+	if ch := s.channels[name]; ch != nil && ch.removed {
+		ch.vbits[vb/64] &^= 1 << (vb % 64)
+		if !ch.holdsAny() {
+			s.forget(ch, ErrChannelRemoved)
+			if s.journal == nil {
+				s.writeIndex()
+			}
+		}
+	}
 	v := &s.vbs[vb]
 	v.seqno = max(v.seqno, seqno)
 	v.lastRemoval = max(v.lastRemoval, seqno)

@@ -166,7 +166,13 @@ func TestStreamReplicates(t *testing.T) {
 			if first[0] != 0 || first[1] == 0 {
 				t.Fatalf("first snapshot marker %v", first)
 			}
-			// The replica holds exactly the active's records of vb, in order.
+			// The replica holds exactly the active's records of vb, in order
+			// (read by popping them once it is promoted: a replica's pops
+			// take nothing).
+			if _, err := b.Pop("q", nil); !errors.Is(err, ErrEmpty) {
+				t.Fatalf("a pop on the replica: %v", err)
+			}
+			setAll(t, b, vbmap.Active)
 			for _, ch := range []string{"q", "r"} {
 				var want []string
 				for _, v := range popAll(t, a, ch) {
@@ -334,6 +340,10 @@ func TestApplyOutOfOrder(t *testing.T) {
 	if st := stats(t, b, "q", ""); st.Records != int64(len(only2)) {
 		t.Fatalf("stats after drop %+v, want %d records", st, len(only2))
 	}
+	if _, err := b.Pop("q", nil); !errors.Is(err, ErrEmpty) {
+		t.Fatalf("a pop on a replica: %v (it takes only records of active vbuckets)", err)
+	}
+	setAll(t, b, vbmap.Active) // promoted: its copies are its own
 	equal(t, "after drop", popAll(t, b, "q"), only2)
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"slices"
 
 	"shoal/internal/engine"
 	"shoal/internal/vfs"
@@ -113,8 +114,9 @@ func (r *offsetReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// readMagic checks that f starts with magic.
-func readMagic(f vfs.File, magic string) error {
+// readMagic checks that f starts with magic (or one of others, older
+// versions still read).
+func readMagic(f vfs.File, magic string, others ...string) error {
 	var b [magicLen]byte
 	if _, err := f.ReadAt(b[:], 0); err != nil {
 		if err == io.EOF {
@@ -122,7 +124,7 @@ func readMagic(f vfs.File, magic string) error {
 		}
 		return fmt.Errorf("cannot read header of %q: %w", f.Name(), err)
 	}
-	if string(b[:]) != magic {
+	if string(b[:]) != magic && !slices.Contains(others, string(b[:])) {
 		return fmt.Errorf("%w: %q does not start with %q", ErrCorrupt, f.Name(), magic)
 	}
 	return nil

@@ -210,6 +210,7 @@ func FuzzDecodeEntry(f *testing.F) {
 		appendNameEntry(nil, entrySubscribe, "ch", "sub"),
 		appendNameEntry(nil, entryRemove, "ch", ""),
 		appendApplyRemoveEntry(nil, "ch", 7, 11),
+		appendRemoveInEntry(nil, "ch", []vbRemoval{{vb: 1, seqno: 4}}),
 		appendDropEntry(nil, 5),
 	} {
 		f.Add(frame[frameHeaderLen], frame[frameHeaderLen+1:])
@@ -234,6 +235,8 @@ func FuzzDecodeEntry(f *testing.F) {
 			again = appendNameEntry(nil, typ, e.channel, e.subscriber)
 		case entryApplyRemove:
 			again = appendApplyRemoveEntry(nil, e.channel, e.vb, e.seqno)
+		case entryRemoveIn:
+			again = appendRemoveInEntry(nil, e.channel, e.removals)
 		case entryDrop:
 			again = appendDropEntry(nil, e.vb)
 		}

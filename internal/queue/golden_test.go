@@ -45,8 +45,22 @@ var goldenMemoryDir = map[string]string{
 
 // goldenJournalDir is a store directory after a crash in journal mode
 // (goldenJournalScenario): the state file of the checkpoint at open, and a
-// journal segment holding every entry since.
+// journal segment holding every entry since. Version 2 of the journal:
+// the removal of r is a 'Z' entry (the active vBuckets it was removed
+// from, with their seqnos).
 var goldenJournalDir = map[string]string{
+	"journal/0000000000000001.jnl": "5348514a4e4c3032" +
+		"3d370efa1a0000005000000201710100000000000000017202000000000000006a31" +
+		"750de3641000000050020001017101000000000000006a32" +
+		"437b20730700000053037375620178" +
+		"d914ab841b0000004f0171000001000000000001000000000000000300000000000000" +
+		"6ec0d278110000005a01720100000000000400000000000000",
+	"state": goldenJournalDirV1["state"],
+}
+
+// goldenJournalDirV1 is the same scenario written by version 1 of the
+// journal, whose removal of r is an 'X' entry (every vBucket): still read.
+var goldenJournalDirV1 = map[string]string{
 	"journal/0000000000000001.jnl": "5348514a4e4c3031" +
 		"3d370efa1a0000005000000201710100000000000000017202000000000000006a31" +
 		"750de3641000000050020001017101000000000000006a32" +
@@ -192,8 +206,16 @@ func TestGoldenFilesLoad(t *testing.T) {
 		// (The pops above come after the seqnos are read.)
 		checkSeqnos(t, seqnos, []uint64{4, 1, 1, 1})
 	})
-	t.Run("journal", func(t *testing.T) {
-		s := mustOpen(t, goldenConfig(writeGolden(t, goldenJournalDir), DurabilityJournal))
+	for name, files := range map[string]map[string]string{"journal": goldenJournalDir, "journal-v1": goldenJournalDirV1} {
+		t.Run(name, func(t *testing.T) { goldenJournalLoads(t, files) })
+	}
+}
+
+// goldenJournalLoads checks the store replayed from a golden journal
+// directory.
+func goldenJournalLoads(t *testing.T, files map[string]string) {
+	{
+		s := mustOpen(t, goldenConfig(writeGolden(t, files), DurabilityJournal))
 		defer s.Close()
 		// j1 to q and r in vBucket 0 (seqnos 1, 2), j2 routed to vBucket 2,
 		// the pop of j1 and the removal of r in vBucket 0 (3, 4).
@@ -207,7 +229,7 @@ func TestGoldenFilesLoad(t *testing.T) {
 			t.Fatalf("queues after replay (-want +got):\n%s", diff)
 		}
 		equal(t, "q", popAll(t, s, "q"), []string{"j2"})
-	})
+	}
 }
 
 func highSeqnos(s *Store) []uint64 {
@@ -235,6 +257,7 @@ var goldenEntries = map[string]string{
 	"push":         "b7a333a422000000500300020263680700000000000000056f74686572080000000000000076616c7565",
 	"record":       "d0e74f1610000000500300070000000000000076616c7565",
 	"remove":       "e4a9b8090400000058026368",
+	"remove-in":    "bed3211d1c0000005a026368020000000100050000000000000003000900000000000000",
 	"subscribe":    "33ade7da080000005302636803737562",
 }
 
@@ -247,6 +270,7 @@ func TestGoldenEntries(t *testing.T) {
 		"apply-pop":    hex.EncodeToString(appendApplyPopEntry(nil, "ch", "key", 2, 11, 5)),
 		"subscribe":    hex.EncodeToString(appendNameEntry(nil, entrySubscribe, "ch", "sub")),
 		"remove":       hex.EncodeToString(appendNameEntry(nil, entryRemove, "ch", "")),
+		"remove-in":    hex.EncodeToString(appendRemoveInEntry(nil, "ch", []vbRemoval{{vb: 1, seqno: 5}, {vb: 3, seqno: 9}})),
 		"apply-remove": hex.EncodeToString(appendApplyRemoveEntry(nil, "ch", 1, 12)),
 		"drop":         hex.EncodeToString(appendDropEntry(nil, 2)),
 		"record":       hex.EncodeToString(appendRecord(nil, 3, 7, []byte("value"))),
@@ -262,6 +286,7 @@ func TestGoldenEntries(t *testing.T) {
 		"apply-pop":    {typ: entryApplyPop, channel: "ch", subscriber: "key", vb: 2, seqno: 11, ref: 5},
 		"subscribe":    {typ: entrySubscribe, channel: "ch", subscriber: "sub"},
 		"remove":       {typ: entryRemove, channel: "ch"},
+		"remove-in":    {typ: entryRemoveIn, channel: "ch", removals: []vbRemoval{{vb: 1, seqno: 5}, {vb: 3, seqno: 9}}},
 		"apply-remove": {typ: entryApplyRemove, channel: "ch", vb: 1, seqno: 12},
 		"drop":         {typ: entryDrop, vb: 2},
 	}
@@ -283,7 +308,7 @@ func TestGoldenEntries(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if diff := cmp.Diff(want[name], e, cmp.AllowUnexported(entry{}, pushTarget{}, popRef{})); diff != "" {
+		if diff := cmp.Diff(want[name], e, cmp.AllowUnexported(entry{}, pushTarget{}, popRef{}, vbRemoval{})); diff != "" {
 			t.Fatalf("%s decodes differently (-want +got):\n%s", name, diff)
 		}
 	}

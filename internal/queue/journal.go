@@ -18,8 +18,13 @@ import (
 	"shoal/internal/vfs"
 )
 
-// journalMagic starts every journal segment.
-const journalMagic = "SHQJNL01"
+// journalMagic starts every journal segment written; journalMagicV1 those
+// written before the per-vBucket channel removal (entry 'Z'), which are
+// still read.
+const (
+	journalMagic   = "SHQJNL02"
+	journalMagicV1 = "SHQJNL01"
+)
 
 // journalSuffix ends the name of every journal segment.
 const journalSuffix = ".jnl"
@@ -31,8 +36,9 @@ const (
 	entryApplyPop    = 'A' // a replicated pop
 	entrySubscribe   = 'S' // a subscription
 	entryUnsubscribe = 'U' // a subscriber removed
-	entryRemove      = 'X' // a channel removed
+	entryRemove      = 'X' // a channel removed in every vBucket (written before per-vBucket removals)
 	entryApplyRemove = 'Y' // a replicated channel removal in one vBucket
+	entryRemoveIn    = 'Z' // a channel removed in the listed (active) vBuckets
 	entryDrop        = 'D' // a vBucket dropped
 )
 
@@ -62,6 +68,7 @@ type entry struct {
 	ref        uint64
 	targets    []pushTarget
 	pops       []popRef
+	removals   []vbRemoval
 	value      []byte
 }
 
@@ -127,6 +134,18 @@ func appendApplyRemoveEntry(dst []byte, channel string, vb uint16, seqno uint64)
 	return finishFrame(dst, start)
 }
 
+func appendRemoveInEntry(dst []byte, channel string, removals []vbRemoval) []byte {
+	start := len(dst)
+	dst = beginFrame(dst, entryRemoveIn)
+	dst = appendStr8(dst, channel)
+	dst = appendU32(dst, uint32(len(removals)))
+	for _, r := range removals {
+		dst = appendU16(dst, r.vb)
+		dst = appendU64(dst, r.seqno)
+	}
+	return finishFrame(dst, start)
+}
+
 func appendDropEntry(dst []byte, vb uint16) []byte {
 	start := len(dst)
 	dst = beginFrame(dst, entryDrop)
@@ -189,6 +208,19 @@ func decodeEntry(typ byte, body []byte, nvb int) (entry, error) {
 	case entryApplyRemove:
 		e.channel = channel()
 		e.vb, e.seqno = d.u16(), d.u64()
+	case entryRemoveIn:
+		e.channel = channel()
+		n := d.u32()
+		if d.err == nil && uint64(n)*10 != uint64(d.len()) {
+			return e, fmt.Errorf("%w: removal entry claims %d vbuckets in %d bytes", ErrCorrupt, n, d.len())
+		}
+		for range n {
+			r := vbRemoval{vb: d.u16(), seqno: d.u64()}
+			if int(r.vb) >= nvb {
+				return e, fmt.Errorf("%w: vbucket %d out of range", ErrCorrupt, r.vb)
+			}
+			e.removals = append(e.removals, r)
+		}
 	case entryDrop:
 		e.vb = d.u16()
 	default:
@@ -461,7 +493,7 @@ func (j *journal) replaySegment(gen uint64, isLast bool, apply func(typ byte, bo
 		return fmt.Errorf("cannot open journal segment: %w", err)
 	}
 	defer f.Close()
-	if err := readMagic(f, journalMagic); err != nil {
+	if err := readMagic(f, journalMagic, journalMagicV1); err != nil {
 		if !isLast {
 			return err
 		}

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"time"
@@ -16,6 +17,10 @@ type channel struct {
 	queues     []*queue
 	ringSize   int64
 	vbits      []uint64 // the vBuckets that ever held a record of the channel
+	// removed: RemoveChannel removed the channel's records of the active
+	// vBuckets, and it stays only for its copies of replica vBuckets until
+	// their actives' removals arrive (then it goes).
+	removed bool
 }
 
 func (c *channel) queue(subscriber string) *queue {
@@ -30,6 +35,16 @@ func (c *channel) queue(subscriber string) *queue {
 func (c *channel) setVB(vb uint16) { c.vbits[vb/64] |= 1 << (vb % 64) }
 
 func (c *channel) hasVB(vb uint16) bool { return c.vbits[vb/64]&(1<<(vb%64)) != 0 }
+
+// holdsAny reports whether some vBucket may hold a record of c.
+func (c *channel) holdsAny() bool {
+	for _, w := range c.vbits {
+		if w != 0 {
+			return true
+		}
+	}
+	return false
+}
 
 // queue is one FIFO of records: a memory ring holding the oldest ones and
 // an overflow on disk holding the newer ones that did not fit. Once the
@@ -48,13 +63,16 @@ type queue struct {
 	activeAt time.Time
 }
 
-// popItem is a record at the head of a queue, about to be popped.
+// popItem is a record a pop is about to take.
 type popItem struct {
 	vb       uint16
 	seqno    uint64 // push seqno
 	popSeqno uint64
 	vlen     int
-	overflow bool // read from the overflow (the ring had nothing)
+	overflow bool   // read from the overflow (the ring had nothing to take)
+	off      int    // in the ring: the item's offset
+	pos      ofPos  // in the overflow: the record's position
+	value    []byte // in the overflow past its head: a copy of the value
 }
 
 // qMark undoes a push into one queue.
@@ -92,17 +110,23 @@ func (m qMark) rollback() {
 }
 
 // heads appends to dst the records a pop of up to maxBytes of values (at
-// least one record) would take: the ring's first records, or the
-// overflow's head when the ring is empty.
-func (q *queue) heads(dst []popItem, maxBytes int) ([]popItem, error) {
+// least one record) would take among those of vBuckets active selects:
+// the ring's first such records, or, when the ring holds none, the
+// overflow's first. Records of other vBuckets (a replica's copies, which
+// only their active's pops remove) are stepped over: order among the
+// records taken is FIFO as ever.
+func (q *queue) heads(dst []popItem, maxBytes int, active func(vb uint16) bool) ([]popItem, error) {
 	total, n := 0, len(dst)
 	q.ring.skipRemoved()
-	q.ring.each(func(_ int, h itemHeader) bool {
+	q.ring.each(func(off int, h itemHeader) bool {
+		if !active(h.vb) {
+			return true
+		}
 		if len(dst) > n && total+h.vlen > maxBytes {
 			return false
 		}
 		total += h.vlen
-		dst = append(dst, popItem{vb: h.vb, seqno: h.seqno, vlen: h.vlen})
+		dst = append(dst, popItem{vb: h.vb, seqno: h.seqno, vlen: h.vlen, off: off})
 		return true
 	})
 	if len(dst) > n || q.of.records == 0 {
@@ -112,21 +136,47 @@ func (q *queue) heads(dst []popItem, maxBytes int) ([]popItem, error) {
 	if err != nil || r == nil {
 		return dst, err
 	}
-	return append(dst, popItem{vb: r.vb, seqno: r.seqno, vlen: len(r.value), overflow: true}), nil
+	if active(r.vb) {
+		return append(dst, popItem{vb: r.vb, seqno: r.seqno, vlen: len(r.value), overflow: true, pos: r.pos}), nil
+	}
+	var found *popItem
+	err = q.of.scan(func(r *ofRecord) bool {
+		if !active(r.vb) {
+			return true
+		}
+		found = &popItem{vb: r.vb, seqno: r.seqno, vlen: len(r.value), overflow: true, pos: r.pos, value: bytes.Clone(r.value)}
+		return false
+	})
+	if err != nil || found == nil {
+		return dst, err
+	}
+	return append(dst, *found), nil
 }
 
 // take pops the records heads returned, appending their values to dst:
-// bare, or as wire bytes32 fields when framed is set.
+// bare, or as wire bytes32 fields when framed is set. A record past the
+// head (others' copies before it) is removed where it is.
 func (q *queue) take(dst []byte, items []popItem, framed bool) []byte {
 	for _, it := range items {
 		if framed {
 			dst = appendU32(dst, uint32(it.vlen))
 		}
-		if it.overflow {
+		switch {
+		case it.overflow && it.value == nil: // the overflow's head
 			dst = append(dst, q.of.head.value...)
 			q.of.pop()
-		} else {
-			dst = q.ring.pop(dst)
+		case it.overflow:
+			dst = append(dst, it.value...)
+			q.of.removeAt(it.pos, it.vlen)
+		default:
+			h, ok := q.ring.first()
+			if ok && q.ring.head == it.off {
+				dst = q.ring.pop(dst)
+				break
+			}
+			h = q.ring.header(it.off)
+			dst = q.ring.appendValue(dst, it.off, h)
+			q.ring.remove(it.off, h)
 		}
 	}
 	return dst
@@ -307,7 +357,8 @@ func (c *Consumer) signal() {
 	}
 }
 
-// Next pops a batch from the queue and appends it to dst as consecutive
+// Next pops a batch from the queue (records of Active vBuckets only, as
+// Pop) and appends it to dst as consecutive
 // wire bytes32 fields (u32 length, then the value). The batch holds at
 // least one record and, beyond the first, at most maxBytes of values. It
 // returns the extended dst and the number of records, ErrEmpty when the

@@ -581,7 +581,11 @@ func (s *Store) replay(typ byte, body []byte) error {
 	case entryUnsubscribe:
 		_, _, err = s.unsubscribe(e.channel, e.subscriber, false)
 	case entryRemove:
-		_, _, err = s.removeChannel(e.channel, false)
+		err = s.removeAll(e.channel)
+	case entryRemoveIn:
+		if ch := s.channels[e.channel]; ch != nil {
+			err = s.removeIn(ch, e.removals)
+		}
 	case entryApplyRemove:
 		err = s.applyRemove(e.channel, e.vb, e.seqno)
 	case entryDrop:

@@ -440,6 +440,9 @@ func (s *Store) pushTo(ctx context.Context, channels []string, value []byte, wan
 	}
 	for i, name := range channels {
 		targets = append(targets, pushTarget{channel: name, seqno: s.vbs[vb].seqno + 1 + uint64(i)})
+		if ch := s.channels[name]; ch != nil {
+			ch.removed = false // made again after its removal
+		}
 	}
 	lsn, err := s.push(vb, targets, value, true)
 	s.targets = targets[:0]
@@ -512,8 +515,10 @@ func (s *Store) push(vb uint16, targets []pushTarget, value []byte, log bool) (u
 	return lsn, nil
 }
 
-// Pop removes the oldest record of channel and appends its value to dst.
-// It returns ErrEmpty when there is none (or no such channel) and
+// Pop removes the oldest record of channel in an Active vBucket and
+// appends its value to dst (a replica vBucket's records are copies,
+// removed only by their active's pops). It returns ErrEmpty when there is
+// none (or no such channel) and
 // ErrSubscribed when the channel has subscribers. In journal mode with
 // FsyncInterval 0 it returns only after the pop is on disk.
 func (s *Store) Pop(channel string, dst []byte) ([]byte, error) {
@@ -551,7 +556,7 @@ func (s *Store) take(q *queue, dst []byte, maxBytes int, framed bool) ([]byte, i
 	if s.closed {
 		return dst, 0, 0, ErrClosed
 	}
-	items, err := q.heads(s.items[:0], maxBytes)
+	items, err := q.heads(s.items[:0], maxBytes, s.activeVB)
 	s.items = items[:0]
 	if err != nil {
 		return dst, 0, 0, fmt.Errorf("cannot read queue %q: %w", q.ch.name, err)
@@ -593,6 +598,11 @@ func (s *Store) take(q *queue, dst []byte, maxBytes int, framed bool) ([]byte, i
 	return dst, len(items), lsn, nil
 }
 
+// activeVB reports whether vb is Active here: pops take only records of
+// active vBuckets (the others are copies of another node's; popping one
+// would make the copy diverge).
+func (s *Store) activeVB(vb uint16) bool { return s.states.Get(vb) == vbmap.Active }
+
 func (s *Store) emitPop(q *queue, vb uint16, seqno, ref uint64) {
 	if !s.streaming(vb) {
 		return
@@ -628,6 +638,7 @@ func (s *Store) Subscribe(channel, subscriber string) (*Consumer, error) {
 		s.mu.Unlock()
 		return nil, err
 	}
+	q.ch.removed = false // made again after its removal
 	c := &Consumer{s: s, q: q, ready: make(chan struct{}, 1)}
 	q.consumers = append(q.consumers, c)
 	q.activeAt = s.cfg.Now()
@@ -738,9 +749,14 @@ func (s *Store) unsubscribe(channel, subscriber string, log bool) (bool, uint64,
 	return true, lsn, nil
 }
 
-// RemoveChannel deletes a channel with all its queues and subscriptions.
-// Its consumers end with ErrChannelRemoved. It reports whether the channel
-// existed.
+// RemoveChannel removes a channel's records of the Active vBuckets, each
+// such vBucket taking a seqno for the removal (streamed as an
+// OpRemoveChannel mutation). Copies of records of other vBuckets (a
+// replica's) stay until their active's removals arrive through the stream
+// (Apply), which keeps the copies equal to their active's. A channel left
+// holding nothing goes with its queues and subscriptions; one still
+// holding copies stays for them, and its consumers end with
+// ErrChannelRemoved either way. It reports whether the channel existed.
 func (s *Store) RemoveChannel(channel string) (bool, error) {
 	if !engine.ValidChannelString(channel) {
 		return false, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
@@ -758,36 +774,83 @@ func (s *Store) RemoveChannel(channel string) (bool, error) {
 	return ok, s.durable(context.Background(), lsn)
 }
 
+// vbRemoval is the removal of a channel's records of one vBucket, at a
+// seqno of that vBucket.
+type vbRemoval struct {
+	vb    uint16
+	seqno uint64
+}
+
 func (s *Store) removeChannel(channel string, log bool) (bool, uint64, error) {
 	ch := s.channels[channel]
 	if ch == nil {
 		return false, 0, nil
 	}
+	var removals []vbRemoval
+	for i := range s.vbs {
+		vb := uint16(i)
+		if ch.hasVB(vb) && s.activeVB(vb) {
+			removals = append(removals, vbRemoval{vb: vb, seqno: s.vbs[vb].seqno + 1})
+		}
+	}
 	var lsn uint64
 	if log {
-		s.enc = appendNameEntry(s.enc[:0], entryRemove, channel, "")
+		s.enc = appendRemoveInEntry(s.enc[:0], channel, removals)
 		var err error
 		if lsn, err = s.logEntry(s.enc); err != nil {
 			return false, 0, err
 		}
 	}
-	for i := range s.vbs {
-		vb := uint16(i)
-		if !ch.hasVB(vb) {
-			continue
+	return true, lsn, s.removeIn(ch, removals)
+}
+
+// removeIn removes ch's records of the vBuckets of removals at their
+// seqnos, then forgets ch if it holds no record of another vBucket, or
+// keeps it for those copies (removed) and ends its consumers.
+func (s *Store) removeIn(ch *channel, removals []vbRemoval) error {
+	var errs []error
+	for _, r := range removals {
+		if err := s.removeVB(func(c *channel) bool { return c == ch }, r.vb); err != nil {
+			errs = append(errs, err)
 		}
-		s.vbs[vb].seqno++
-		s.vbs[vb].lastRemoval = s.vbs[vb].seqno
-		if s.streaming(vb) {
-			s.emit(engine.Mutation{VBucket: vb, Seqno: s.vbs[vb].seqno, Op: engine.OpRemoveChannel, Channel: channel})
+		ch.vbits[r.vb/64] &^= 1 << (r.vb % 64)
+		v := &s.vbs[r.vb]
+		v.seqno = max(v.seqno, r.seqno)
+		v.lastRemoval = max(v.lastRemoval, r.seqno)
+		if s.streaming(r.vb) {
+			s.emit(engine.Mutation{VBucket: r.vb, Seqno: r.seqno, Op: engine.OpRemoveChannel, Channel: ch.name})
 		}
 	}
-	s.forget(ch, ErrChannelRemoved)
+	if !ch.holdsAny() {
+		s.forget(ch, ErrChannelRemoved)
+	} else {
+		ch.removed = true
+		for _, q := range ch.queues {
+			q.end(ErrChannelRemoved)
+		}
+	}
 	if s.journal == nil {
 		s.writeIndex()
 	}
 	s.maybeCheckpoint()
-	return true, lsn, nil
+	return errors.Join(errs...)
+}
+
+// removeAll removes every record of a channel, one seqno in every vBucket
+// that held any: the replay of an entry written before removals were made
+// per active vBucket.
+func (s *Store) removeAll(channel string) error {
+	ch := s.channels[channel]
+	if ch == nil {
+		return nil
+	}
+	var removals []vbRemoval
+	for i := range s.vbs {
+		if vb := uint16(i); ch.hasVB(vb) {
+			removals = append(removals, vbRemoval{vb: vb, seqno: s.vbs[vb].seqno + 1})
+		}
+	}
+	return s.removeIn(ch, removals)
 }
 
 // Channels describes every queue, sorted by channel and then in

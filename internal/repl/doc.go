@@ -2,9 +2,33 @@
 // vBucket: a Producer serves a node's engines to replicas, a Replicator
 // keeps a replica of some vBuckets of one engine of a producer, and Logs
 // are the per-vBucket failover logs both sides consult. Nothing here is a
-// whole-node copy: the standby replica (internal/node) is one Replicator
-// per engine over every vBucket, and the cluster layer will run
-// Replicators over the vBuckets of each chain.
+// whole-node copy: a node runs one Replicator per producer node and
+// engine over the vBuckets the map makes it a replica of (the standby
+// replica of internal/node is one per engine over every vBucket), and
+// changes their vBuckets with SetVBuckets when the map changes.
+//
+// # Chains
+//
+// A Producer given the node's map (ProducerConfig.Table) accepts a stream
+// request only for a vBucket the node is active for, from a consumer in
+// that vBucket's chain or from a standby (CheckChain); a refusal names the
+// map revision and epoch, and the consumer asks again on the same session
+// after a backoff of its own per vBucket (BackoffMin doubling to
+// BackoffMax, reset when the vBucket starts): when a map commits, the
+// nodes apply it one after the other, and a producer still applying the
+// map that makes it the active refuses the new replica for a moment. The consumer's name is the one its open message gives:
+// every node shares the peer credential, so the check keeps maps
+// consistent, it does not authenticate nodes.
+//
+// # Lag
+//
+// Both sides know per vBucket how far the replica is behind. The producer
+// tracks what it handed to each stream and what the consumer acknowledged
+// (Producer.Status: high, sent, acked, lag in seqnos and unacknowledged
+// bytes). The Replicator asks for the stream library's seqno messages and
+// keeps the producer's high seqno as last announced, with its
+// unacknowledged bytes (Status, Behind); its figures are as fresh as the
+// last message its handler read.
 //
 // # Failover logs and rollback
 //
@@ -85,7 +109,11 @@
 // wait a backoff (BackoffMin doubling to BackoffMax, ±20% jitter; reset
 // after a session that started a stream) and open the next, resuming each
 // vBucket from its applied seqno. A stream the producer ends on its own
-// (an engine error, a refusal) is asked again after BackoffMax on the same
-// session. Stop, Start and Set (connections, NOOP interval, idle timeout,
-// buffer, compression) work while it runs, without touching the data.
+// (an engine error, a refusal) is asked again on the same session after
+// that vBucket's own backoff (BackoffMin doubling to BackoffMax). Stop, Start and Set (connections, NOOP interval, idle timeout,
+// buffer, compression) work while it runs, without touching the data;
+// SetVBuckets adds and removes vBuckets of the open session without
+// touching the other streams. A vBucket is caught up when its stream is
+// open, it is not inside a snapshot and it holds the producer's last
+// announced high seqno.
 package repl

@@ -262,6 +262,8 @@ func TestApplyFailpoint(t *testing.T) {
 		"repl-apply-error=2":                 {false, true, false},
 		" other=1 , repl-apply-error=always": nil,
 		"repl-apply-error=always":            {true, true, true},
+		"repl-apply-delay=1ms":               {false, false, false},
+		"repl-apply-delay=1ms,repl-apply-error=2": {false, true, false},
 	} {
 		hook, err := ApplyFailpoint(spec)
 		if want == nil {
@@ -280,7 +282,11 @@ func TestApplyFailpoint(t *testing.T) {
 			}
 		}
 	}
-	for _, bad := range []string{"repl-apply-error=0", "repl-apply-error=x"} {
+	start := time.Now()
+	if hook, _ := ApplyFailpoint("repl-apply-delay=20ms"); hook == nil || hook(nil) != nil || time.Since(start) < 20*time.Millisecond {
+		t.Error("repl-apply-delay did not delay")
+	}
+	for _, bad := range []string{"repl-apply-error=0", "repl-apply-error=x", "repl-apply-delay=2s", "repl-apply-delay=x"} {
 		if _, err := ApplyFailpoint(bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}

@@ -15,8 +15,8 @@ const maxHandshakeReply = 4096
 // Handshake returns the function a Replicator runs on each fresh
 // connection before opening the stream: HELLO as client name, then AUTH
 // as user with secret when user is not empty. When the producer has
-// credentials, user must be the admin credential (stream connections are
-// an operator's business). A producer whose vBucket count is not vbuckets
+// credentials, user must be the peer credential (auth.Peer) or the admin
+// one. A producer whose vBucket count is not vbuckets
 // is refused (0: not checked): its keys would map to other vBuckets.
 func Handshake(name, user string, secret []byte, vbuckets int) func(ctx context.Context, conn net.Conn) error {
 	return func(_ context.Context, conn net.Conn) error {
@@ -42,7 +42,7 @@ func Handshake(name, user string, secret []byte, vbuckets int) func(ctx context.
 		}
 		if user == "" {
 			if required {
-				return fmt.Errorf("the producer requires authentication: give the replica a user and secret")
+				return fmt.Errorf("the producer requires authentication: give this node the secret of the %q credential (--peer-secret-file; a standby: --replica-user and --replica-secret-file)", auth.Peer)
 			}
 			return nil
 		}

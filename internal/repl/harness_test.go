@@ -52,6 +52,7 @@ type side struct {
 	logs  map[string]*Logs
 
 	srv    *server.Server
+	prod   *Producer
 	ln     net.Listener
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -127,6 +128,18 @@ func (s *side) serveOn(addr string, creds map[string][]byte) string {
 	return s.listen(addr, creds, prod)
 }
 
+// serveCfg starts the data port with a producer of cfg (its name, buckets
+// and logger filled in).
+func (s *side) serveCfg(cfg ProducerConfig) string {
+	s.t.Helper()
+	cfg.Name, cfg.Buckets, cfg.Logger = s.name, s.buckets(), quiet
+	prod, err := NewProducer(cfg)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return s.listen("127.0.0.1:0", nil, prod)
+}
+
 // serveWith starts the data port with producer prod.
 func (s *side) serveWith(prod *Producer) string {
 	s.t.Helper()
@@ -136,6 +149,7 @@ func (s *side) serveWith(prod *Producer) string {
 func (s *side) listen(addr string, creds map[string][]byte, prod *Producer) string {
 	s.t.Helper()
 	var err error
+	s.prod = prod
 	s.srv = server.New(server.Config{NodeID: s.name, VBuckets: testVBuckets, Credentials: creds, Logger: quiet},
 		server.Engines{KV: s.kv, Queue: s.queue})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -250,9 +264,16 @@ func head(s string) string {
 }
 
 // queueContents pops every record of every channel and returns them
-// sorted per channel (a replica's order mixes vBuckets differently).
+// sorted per channel (a replica's order mixes vBuckets differently). A
+// replica's vBuckets are made active first: pops take only records of
+// active vBuckets.
 func queueContents(t *testing.T, q *queue.Store) map[string][]string {
 	t.Helper()
+	for vb := range uint16(testVBuckets) {
+		if err := q.SetState(vb, vbmap.Active); err != nil {
+			t.Fatal(err)
+		}
+	}
 	out := map[string][]string{}
 	for _, cs := range q.Channels() {
 		for {

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"shoal/internal/engine"
 	"shoal/internal/stream"
+	"shoal/internal/vbmap"
 	"shoal/internal/wire"
 )
 
@@ -33,6 +35,15 @@ type ProducerConfig struct {
 	IdleTimeout time.Duration
 	// Spy, if set, is told about the traffic received from consumers.
 	Spy stream.Spy
+	// Table, if set, returns the node's current view of the vBucket map:
+	// a stream request is then accepted only for a vBucket this node is
+	// active for, from a consumer in that vBucket's chain or from a
+	// standby (stream.FeatureStandby, which may stream every vBucket this
+	// node is active for). Without it (tests, tools) every request is
+	// checked against the failover log only.
+	Table func() *vbmap.Table
+	// SeqnoInterval overrides stream.DefaultSeqnoInterval (tests).
+	SeqnoInterval time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -42,8 +53,10 @@ type ProducerConfig struct {
 // against the bucket's failover logs (Decide). The node's server hands it
 // every connection whose first request is wire.OpStreamOpen.
 type Producer struct {
-	byName map[string]*stream.Producer
-	first  *stream.Producer
+	byName  map[string]*stream.Producer
+	first   *stream.Producer
+	buckets []Bucket
+	table   func() *vbmap.Table
 
 	mu      sync.Mutex
 	streams map[*handed]struct{} // the vBucket streams being served
@@ -67,18 +80,20 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	p := &Producer{byName: make(map[string]*stream.Producer, len(cfg.Buckets)), streams: make(map[*handed]struct{})}
+	p := &Producer{byName: make(map[string]*stream.Producer, len(cfg.Buckets)), streams: make(map[*handed]struct{}),
+		buckets: cfg.Buckets, table: cfg.Table}
 	for _, b := range cfg.Buckets {
 		if b.Engine == nil || b.Logs == nil {
 			return nil, fmt.Errorf("repl: bucket %q without engine or failover logs", b.Name)
 		}
 		sp, err := stream.NewProducer(stream.ProducerConfig{
-			Name:        cfg.Name,
-			Engines:     func(name string) engine.Engine { return engineIf(name == b.Name, ascending{b.Engine, p}) },
-			Accept:      accept(b),
-			IdleTimeout: cfg.IdleTimeout,
-			Spy:         cfg.Spy,
-			Logger:      cfg.Logger.With("bucket", b.Name),
+			Name:          cfg.Name,
+			Engines:       func(name string) engine.Engine { return engineIf(name == b.Name, ascending{b.Engine, p}) },
+			Accept:        p.accept(b),
+			IdleTimeout:   cfg.IdleTimeout,
+			SeqnoInterval: cfg.SeqnoInterval,
+			Spy:           cfg.Spy,
+			Logger:        cfg.Logger.With("bucket", b.Name),
 		})
 		if err != nil {
 			return nil, err
@@ -204,10 +219,15 @@ func (p *Producer) Drain(ctx context.Context) error {
 	}
 }
 
-// accept is the Accept hook of bucket b: the DCP rules against its
-// failover log.
-func accept(b Bucket) func(string, stream.Request) ([]stream.FailoverEntry, error) {
-	return func(_ string, req stream.Request) ([]stream.FailoverEntry, error) {
+// accept is the Accept hook of bucket b: the chain check (when the node
+// has a map), then the DCP rules against its failover log.
+func (p *Producer) accept(b Bucket) func(stream.ConsumerInfo, stream.Request) ([]stream.FailoverEntry, error) {
+	return func(ci stream.ConsumerInfo, req stream.Request) ([]stream.FailoverEntry, error) {
+		if p.table != nil {
+			if err := CheckChain(p.table(), ci, req.VBucket); err != nil {
+				return nil, err
+			}
+		}
 		high := b.Engine.HighSeqno(req.VBucket)
 		log := b.Logs.Ensure(req.VBucket, high)
 		if log == nil {
@@ -218,6 +238,100 @@ func accept(b Bucket) func(string, stream.Request) ([]stream.FailoverEntry, erro
 		}
 		return log, nil
 	}
+}
+
+// ErrNotInChain is wrapped by the chain check's refusals.
+var ErrNotInChain = errors.New("repl: not in the vbucket's chain")
+
+// CheckChain returns nil when a producer whose view of the map is t may
+// stream vb to consumer c: it is vb's active, and c is in vb's chain or a
+// standby. Consumers retry refused requests; the answer names the map
+// revision, so a consumer whose map is older can tell.
+func CheckChain(t *vbmap.Table, c stream.ConsumerInfo, vb uint16) error {
+	if t == nil {
+		return fmt.Errorf("%w: this node has no vbucket map yet", ErrNotInChain)
+	}
+	m := t.Map()
+	if int(vb) >= m.Len() {
+		return fmt.Errorf("%w: no vbucket %d", ErrNotInChain, vb)
+	}
+	v := m.VBuckets[vb]
+	if t.State(vb) != vbmap.Active {
+		return fmt.Errorf("%w: node %s is not the active of vbucket %d (map revision %d, epoch %d: active %q)",
+			ErrNotInChain, t.Self(), vb, m.Revision, v.Epoch, v.Active())
+	}
+	if c.Features&stream.FeatureStandby != 0 || slices.Contains(v.Chain[1:], c.Name) {
+		return nil
+	}
+	return fmt.Errorf("%w: consumer %s is not in the chain %v of vbucket %d (map revision %d, epoch %d)",
+		ErrNotInChain, c.Name, v.Chain, vb, m.Revision, v.Epoch)
+}
+
+// ConsumerStatus is the producer's view of one stream connection it
+// serves: whom, and per vBucket what it sent, what was acknowledged and
+// how far behind the consumer is.
+type ConsumerStatus struct {
+	Consumer string `json:"consumer"`
+	Bucket   string `json:"bucket"`
+	Conn     int    `json:"conn"`
+	Remote   string `json:"remote"`
+	Standby  bool   `json:"standby,omitempty"`
+	Streams  int    `json:"streams"`
+	// CaughtUp counts the streams whose consumer acknowledged the
+	// engine's high seqno.
+	CaughtUp int `json:"caught_up"`
+	// LagSeqnos and LagBytes sum the streams' lags.
+	LagSeqnos uint64 `json:"lag_seqnos"`
+	LagBytes  int64  `json:"lag_bytes"`
+	// PerVBucket: with Status(true) only.
+	PerVBucket []ServedStatus `json:"per_vbucket,omitempty"`
+}
+
+// ServedStatus is the producer's view of one vBucket stream.
+type ServedStatus struct {
+	VBucket uint16 `json:"vbucket"`
+	// High is the engine's high seqno; Sent the highest seqno handed to
+	// the connection; Acked the highest the consumer acknowledged (its
+	// handler applied it).
+	High  uint64 `json:"high"`
+	Sent  uint64 `json:"sent"`
+	Acked uint64 `json:"acked"`
+	// LagSeqnos is High - Acked (0 when not below); LagBytes the bytes of
+	// the stream's messages queued or sent and not acknowledged.
+	LagSeqnos uint64 `json:"lag_seqnos"`
+	LagBytes  int64  `json:"lag_bytes"`
+}
+
+// Status describes the stream connections served, per consumer and
+// bucket; with vbuckets, every stream of each.
+func (p *Producer) Status(vbuckets bool) []ConsumerStatus {
+	var out []ConsumerStatus
+	for _, b := range p.buckets {
+		for _, cs := range p.byName[b.Name].Status() {
+			st := ConsumerStatus{Consumer: cs.Consumer, Bucket: cs.Bucket, Conn: cs.Conn, Remote: cs.Remote,
+				Standby: cs.Features&stream.FeatureStandby != 0}
+			for _, s := range cs.Streams {
+				if s.Ended {
+					continue
+				}
+				high := b.Engine.HighSeqno(s.VBucket)
+				v := ServedStatus{VBucket: s.VBucket, High: high, Sent: s.Sent, Acked: s.Acked, LagBytes: s.UnackedBytes}
+				if high > s.Acked {
+					v.LagSeqnos = high - s.Acked
+				} else {
+					st.CaughtUp++
+				}
+				st.Streams++
+				st.LagSeqnos += v.LagSeqnos
+				st.LagBytes += v.LagBytes
+				if vbuckets {
+					st.PerVBucket = append(st.PerVBucket, v)
+				}
+			}
+			out = append(out, st)
+		}
+	}
+	return out
 }
 
 // Serve runs one stream connection (see stream.Producer.Serve): it reads

@@ -87,8 +87,12 @@ type Config struct {
 	Engine engine.Engine
 	// Logs are Engine's failover logs on this node. Required.
 	Logs *Logs
-	// VBuckets are the vBuckets to replicate. Required.
+	// VBuckets are the vBuckets to replicate at first (SetVBuckets changes
+	// them). Required.
 	VBuckets []uint16
+	// Standby tells the producer that this node is a whole-node standby
+	// outside its vBucket chains (stream.FeatureStandby).
+	Standby bool
 	// Options are the initial settings (Set changes them).
 	Options Options
 	// Dial opens a connection; default a net.Dialer on "tcp".
@@ -115,16 +119,36 @@ type vbState struct {
 	seqno     uint64 // the highest seqno applied
 	snapStart uint64 // the last snapshot marker received
 	snapEnd   uint64
-	marked    bool // snapStart and snapEnd are set
-	open      bool // its stream is started on the current session
-	resync    bool // drop it and start from 0 before the next request
+	marked    bool   // snapStart and snapEnd are set
+	open      bool   // its stream is started on the current session
+	resync    bool   // drop it and start from 0 before the next request
+	started   bool   // a stream of it started since the Replicator was made
+	high      uint64 // the producer's high seqno, as last announced (or a snapshot's end)
+	behind    uint64 // the producer's unacknowledged bytes of it, as last announced
+	bytes     uint64 // value bytes applied
+	removing  bool   // SetVBuckets is taking it out: request it no more
 }
+
+// lag returns how many seqnos the replica is behind the producer's last
+// announced high seqno.
+func (st *vbState) lag() uint64 {
+	if st.high > st.seqno {
+		return st.high - st.seqno
+	}
+	return 0
+}
+
+// caughtUp: its stream is open, it is not inside a snapshot, and it holds
+// the producer's high seqno as last announced.
+func (st *vbState) caughtUp() bool { return st.open && !st.inSnapshot() && st.seqno >= st.high }
 
 // inSnapshot reports whether a snapshot was begun and not finished: the
 // vBucket is consistent only once it holds the snapshot's end.
 func (st *vbState) inSnapshot() bool { return st.marked && st.seqno < st.snapEnd }
 
-func (st *vbState) reset() { *st = vbState{} }
+// reset forgets what the vBucket held and what the producer announced of
+// it (a rollback: the producer's history is not the one it announced).
+func (st *vbState) reset() { *st = vbState{started: st.started, removing: st.removing} }
 
 // Replicator keeps a replica of some vBuckets of one engine of a producer
 // node: it holds a session (stream.Consumer) to the producer, asks for
@@ -144,6 +168,7 @@ type Replicator struct {
 
 	mu         sync.Mutex
 	opts       Options
+	list       []uint16   // the vBuckets replicated, ascending
 	vbs        []*vbState // by vBucket id; nil for those not replicated
 	cancel     context.CancelFunc
 	done       chan struct{} // closed when the running loop exits
@@ -201,19 +226,111 @@ func New(cfg Config) (*Replicator, error) {
 		ordered: cfg.Engine.Kind() != engine.KindQueue,
 		rnd:     jitter,
 		opts:    cfg.Options,
-		vbs:     make([]*vbState, int(slices.Max(cfg.VBuckets))+1),
 		retune:  make(chan struct{}, 1),
 		state:   StateStopped,
 	}
-	for _, vb := range cfg.VBuckets {
-		if r.vbs[vb] != nil {
-			return nil, fmt.Errorf("repl: vbucket %d given twice", vb)
-		}
-		st := &vbState{seqno: cfg.Engine.HighSeqno(vb)}
-		st.resync = !r.ordered && st.seqno > 0
-		r.vbs[vb] = st
+	list, err := checkVBuckets(cfg.VBuckets)
+	if err != nil {
+		return nil, err
+	}
+	r.list = list
+	r.cfg.VBuckets = nil // r.list from now on
+	for _, vb := range list {
+		r.vbs = r.addState(r.vbs, vb)
 	}
 	return r, nil
+}
+
+// checkVBuckets returns vbs sorted, or an error if it is empty or names a
+// vBucket twice.
+func checkVBuckets(vbs []uint16) ([]uint16, error) {
+	if len(vbs) == 0 {
+		return nil, errors.New("repl: no vbuckets")
+	}
+	list := slices.Clone(vbs)
+	slices.Sort(list)
+	for i := 1; i < len(list); i++ {
+		if list[i] == list[i-1] {
+			return nil, fmt.Errorf("repl: vbucket %d given twice", list[i])
+		}
+	}
+	return list, nil
+}
+
+// addState returns vbs with a fresh state for vb, which starts from the
+// engine's high seqno. The queue engine's snapshots do not come in seqno
+// order, so a queue vBucket holding data is copied again from 0.
+func (r *Replicator) addState(vbs []*vbState, vb uint16) []*vbState {
+	if int(vb) >= len(vbs) {
+		vbs = append(vbs, make([]*vbState, int(vb)+1-len(vbs))...)
+	}
+	st := &vbState{seqno: r.cfg.Engine.HighSeqno(vb)}
+	st.resync = !r.ordered && st.seqno > 0
+	vbs[vb] = st
+	return vbs
+}
+
+// VBuckets returns the vBuckets replicated, ascending.
+func (r *Replicator) VBuckets() []uint16 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.list)
+}
+
+// removeTimeout bounds how long SetVBuckets waits for the producer to end
+// the streams of the vBuckets it removes; past it the session is closed
+// (and reopened without them), which ends them for sure.
+const removeTimeout = 5 * time.Second
+
+// SetVBuckets changes the vBuckets replicated, without touching the
+// others: on an open session the new ones are requested at once and the
+// removed ones are closed (stream.Consumer.CloseStream). It returns once
+// nothing more is applied to a removed vBucket, so the caller may then
+// make it active or drop it. What a removed vBucket holds stays. vbs must
+// not be empty.
+func (r *Replicator) SetVBuckets(vbs []uint16) error {
+	list, err := checkVBuckets(vbs)
+	if err != nil {
+		return err
+	}
+	r.ctl.Lock()
+	defer r.ctl.Unlock()
+	r.mu.Lock()
+	var added, removed []uint16
+	for _, vb := range list {
+		if int(vb) >= len(r.vbs) || r.vbs[vb] == nil {
+			added = append(added, vb)
+			r.vbs = r.addState(r.vbs, vb)
+		}
+	}
+	for _, vb := range r.list {
+		if _, found := slices.BinarySearch(list, vb); !found {
+			removed = append(removed, vb)
+			r.vbs[vb].removing = true
+		}
+	}
+	r.list = list
+	s := r.sess
+	r.mu.Unlock()
+	if len(added)+len(removed) == 0 {
+		return nil
+	}
+	r.log.Info("replicated vbuckets changed", "added", len(added), "removed", len(removed), "vbuckets", len(list))
+	if s != nil {
+		s.remove(removed)
+	}
+	r.mu.Lock()
+	for _, vb := range removed {
+		r.vbs[vb] = nil
+	}
+	s = r.sess
+	r.mu.Unlock()
+	if s != nil {
+		for _, vb := range added {
+			s.request(vb)
+		}
+	}
+	return nil
 }
 
 // Start starts replicating (again, after Stop): it connects in the
@@ -360,6 +477,8 @@ func (r *Replicator) connect(ctx context.Context) (*session, error) {
 		Bucket:       r.cfg.Bucket,
 		Connections:  opts.Connections,
 		Compression:  opts.Compression,
+		Seqnos:       true,
+		Standby:      r.cfg.Standby,
 		NoopInterval: opts.NoopInterval,
 		IdleTimeout:  opts.IdleTimeout,
 		BufferSize:   opts.BufferSize,
@@ -376,10 +495,13 @@ func (r *Replicator) connect(ctx context.Context) (*session, error) {
 	r.mu.Lock()
 	r.sess, r.producer, r.state = s, c.Producer(), StateStreaming
 	r.sessions++
+	list := slices.Clone(r.list)
 	r.mu.Unlock()
 	r.log.Info("replication session open", "producer", c.Producer(), "connections", opts.Connections,
-		"noop_interval", opts.NoopInterval, "vbuckets", len(r.cfg.VBuckets))
-	for _, vb := range r.cfg.VBuckets {
+		"noop_interval", opts.NoopInterval, "vbuckets", len(list))
+	// A vBucket SetVBuckets adds from now on is requested by it; one it
+	// removes is skipped by request.
+	for _, vb := range list {
 		s.request(vb)
 	}
 	return s, nil
@@ -406,10 +528,13 @@ func (r *Replicator) follow(ctx context.Context, s *session) (cause error, retun
 	s.stopRetries()
 	r.mu.Lock()
 	r.sess = nil
-	for _, vb := range r.cfg.VBuckets {
-		r.vbs[vb].open = false
+	for _, st := range r.vbs {
+		if st != nil {
+			st.open = false
+		}
 	}
 	r.mu.Unlock()
+	s.reportRefusals(true)
 	return cause, retuned
 }
 
@@ -420,9 +545,19 @@ func (r *Replicator) rollback(vb uint16) error {
 	}
 	r.cfg.Logs.Reset(vb)
 	r.mu.Lock()
-	r.vbs[vb].reset()
+	if st := r.vbs[vb]; st != nil {
+		st.reset()
+	}
 	r.mu.Unlock()
 	return nil
+}
+
+// state returns vb's state, nil when vb is not replicated (r.mu held).
+func (r *Replicator) stateOf(vb uint16) *vbState {
+	if int(vb) >= len(r.vbs) {
+		return nil
+	}
+	return r.vbs[vb]
 }
 
 // session is one stream.Consumer of a Replicator and its Handler.
@@ -432,9 +567,24 @@ type session struct {
 	restart    chan error // the handler asks the loop to reopen the session
 	progressed atomic.Bool
 
-	mu      sync.Mutex
+	mu      sync.Mutex // also serialises request with remove
 	retries map[uint16]*time.Timer
+	// tries counts, per vBucket, the streams the producer ended on its own
+	// since the vBucket last started: the re-request waits a backoff of
+	// that many failures (a producer still applying the map that makes it
+	// the active is asked again within 100 ms, a lasting refusal every
+	// BackoffMax).
+	tries   map[uint16]int
 	ended   bool
+	removed map[uint16]chan struct{} // closed when a removed vBucket's stream is over
+
+	// Streams the producer ended on its own (refused, engine error), since
+	// the last log line about them: a consumer whose map is stale is
+	// refused every vBucket every BackoffMax, which must not make a line
+	// each time.
+	refused   int
+	refusedE  stream.End
+	refusedAt time.Time
 }
 
 // fail asks the loop to close the session and reconnect.
@@ -445,11 +595,21 @@ func (s *session) fail(err error) {
 	}
 }
 
-// request asks for vb from what the replica holds.
+// request asks for vb from what the replica holds, unless vb is not (or
+// no longer) replicated.
 func (s *session) request(vb uint16) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return
+	}
 	r := s.r
 	r.mu.Lock()
-	st := r.vbs[vb]
+	st := r.stateOf(vb)
+	if st == nil || st.removing {
+		r.mu.Unlock()
+		return
+	}
 	resync := st.resync || (!r.ordered && st.inSnapshot())
 	r.mu.Unlock()
 	if resync {
@@ -468,12 +628,75 @@ func (s *session) request(vb uint16) {
 	if req.Start > 0 {
 		req.UUID = r.cfg.Logs.UUID(vb)
 	}
-	if err := s.c.Request(req); err != nil && !errors.Is(err, stream.ErrClosed) {
+	// ErrStreamExists: the session's first requests and SetVBuckets both
+	// asked for a vBucket added meanwhile.
+	if err := s.c.Request(req); err != nil && !errors.Is(err, stream.ErrClosed) && !errors.Is(err, stream.ErrStreamExists) {
 		s.fail(fmt.Errorf("cannot request vbucket %d: %w", vb, err))
 	}
 }
 
-// retryLater asks for vb again after BackoffMax, if the session still runs.
+// remove closes the streams of vbs (which SetVBuckets marked removing)
+// and waits until they are over: ended by the producer, or lost with the
+// session. When the producer does not end them within removeTimeout, the
+// session is failed, which ends them.
+func (s *session) remove(vbs []uint16) {
+	if len(vbs) == 0 {
+		return
+	}
+	var waits []chan struct{}
+	s.mu.Lock()
+	if s.removed == nil {
+		s.removed = make(map[uint16]chan struct{})
+	}
+	for _, vb := range vbs {
+		if t := s.retries[vb]; t != nil {
+			t.Stop()
+			delete(s.retries, vb)
+		}
+		if s.ended {
+			continue
+		}
+		done := make(chan struct{})
+		s.removed[vb] = done
+		// The lock keeps request from asking for vb meanwhile: either the
+		// stream exists and is closed here, or it does not and will not.
+		if err := s.c.CloseStream(vb); err != nil {
+			delete(s.removed, vb) // no stream (ErrNoStream), or the session is over
+			continue
+		}
+		waits = append(waits, done)
+	}
+	s.mu.Unlock()
+	timeout := time.NewTimer(removeTimeout)
+	defer timeout.Stop()
+	for _, w := range waits {
+		select {
+		case <-w:
+		case <-s.c.Done():
+		case <-timeout.C:
+			s.fail(fmt.Errorf("the producer did not end %d removed vbucket streams within %v", len(waits), removeTimeout))
+			<-s.c.Done()
+			return
+		}
+	}
+}
+
+// over reports whether vb was removed, and if so tells remove that its
+// stream is over.
+func (s *session) over(vb uint16) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	done, ok := s.removed[vb]
+	if ok {
+		close(done)
+		delete(s.removed, vb)
+	}
+	return ok
+}
+
+// retryLater asks for vb again, if the session still runs, after a
+// backoff that grows with the refusals of vb since it last started
+// (BackoffMin doubling to BackoffMax).
 func (s *session) retryLater(vb uint16) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -482,11 +705,14 @@ func (s *session) retryLater(vb uint16) {
 	}
 	if s.retries == nil {
 		s.retries = make(map[uint16]*time.Timer)
+		s.tries = make(map[uint16]int)
 	}
 	if t := s.retries[vb]; t != nil {
 		t.Stop()
 	}
-	s.retries[vb] = time.AfterFunc(s.r.cfg.BackoffMax, func() {
+	s.tries[vb]++
+	wait := backoff(s.tries[vb], s.r.cfg.BackoffMin, s.r.cfg.BackoffMax, s.r.rnd)
+	s.retries[vb] = time.AfterFunc(wait, func() {
 		s.mu.Lock()
 		ended := s.ended
 		delete(s.retries, vb)
@@ -505,26 +731,57 @@ func (s *session) stopRetries() {
 	for _, t := range s.retries {
 		t.Stop()
 	}
+	for vb, done := range s.removed {
+		close(done)
+		delete(s.removed, vb)
+	}
 }
+
+// errNotReplicated is a handler's answer for a vBucket SetVBuckets took
+// out while its stream was still delivering.
+var errNotReplicated = errors.New("repl: vbucket no longer replicated")
 
 // Started implements stream.Handler: the producer accepted the request,
 // so the replica follows its history from now on.
 func (s *session) Started(vb uint16, log []stream.FailoverEntry) error {
-	s.r.cfg.Logs.Replace(vb, log)
 	s.r.mu.Lock()
-	s.r.vbs[vb].open = true
+	st := s.r.stateOf(vb)
+	if st == nil || st.removing {
+		s.r.mu.Unlock()
+		return errNotReplicated
+	}
+	st.open, st.started = true, true
 	s.r.mu.Unlock()
+	s.mu.Lock()
+	delete(s.tries, vb)
+	s.mu.Unlock()
+	s.r.cfg.Logs.Replace(vb, log)
 	s.progressed.Store(true)
 	return nil
 }
 
-// Snapshot implements stream.Handler.
+// Snapshot implements stream.Handler. A marker's end is the producer's
+// high seqno when it was made.
 func (s *session) Snapshot(vb uint16, start, end uint64) error {
 	s.r.mu.Lock()
-	st := s.r.vbs[vb]
+	defer s.r.mu.Unlock()
+	st := s.r.stateOf(vb)
+	if st == nil || st.removing {
+		return errNotReplicated
+	}
 	st.snapStart, st.snapEnd, st.marked = start, end, true
-	s.r.mu.Unlock()
+	st.high = max(st.high, end)
 	return nil
+}
+
+// Seqno implements stream.SeqnoHandler: the producer's high seqno and
+// unacknowledged bytes of vb.
+func (s *session) Seqno(vb uint16, high, behind uint64) {
+	s.r.mu.Lock()
+	defer s.r.mu.Unlock()
+	if st := s.r.stateOf(vb); st != nil {
+		st.high, st.behind = max(st.high, high), behind
+	}
 }
 
 // Mutation implements stream.Handler: it applies m with its seqno.
@@ -535,57 +792,127 @@ func (s *session) Mutation(m *engine.Mutation) error {
 			return err
 		}
 	}
+	r.mu.Lock()
+	st := r.stateOf(m.VBucket)
+	gone := st == nil || st.removing
+	r.mu.Unlock()
+	if gone {
+		return errNotReplicated
+	}
 	if err := r.cfg.Engine.Apply(m); err != nil {
 		return fmt.Errorf("cannot apply %v seqno %d: %w", m.Op, m.Seqno, err)
 	}
 	r.mu.Lock()
-	st := r.vbs[m.VBucket]
-	st.seqno = max(st.seqno, m.Seqno)
+	if st := r.stateOf(m.VBucket); st != nil {
+		st.seqno = max(st.seqno, m.Seqno)
+		st.high = max(st.high, m.Seqno)
+		st.bytes += uint64(len(m.Value))
+	}
 	r.mu.Unlock()
 	r.applied.Add(1)
 	return nil
 }
 
-// Ended implements stream.Handler.
+// Ended implements stream.Handler. It runs under the session's lock up
+// to the rollback, so that SetVBuckets never takes a vBucket out while it
+// is being dropped.
 func (s *session) Ended(e stream.End) {
 	r := s.r
+	vb := e.VBucket
+	s.mu.Lock()
+	if done, ok := s.removed[vb]; ok { // SetVBuckets took it out
+		close(done)
+		delete(s.removed, vb)
+		s.mu.Unlock()
+		return
+	}
 	r.mu.Lock()
-	r.vbs[e.VBucket].open = false
+	st := r.stateOf(vb)
+	gone := st == nil || st.removing
+	if st != nil {
+		st.open = false
+	}
+	held := uint64(0)
+	if st != nil {
+		held = st.seqno
+	}
 	r.mu.Unlock()
+	if gone {
+		s.mu.Unlock()
+		return
+	}
 	switch e.Reason {
 	case stream.ReasonRollback:
-		r.mu.Lock()
-		held := r.vbs[e.VBucket].seqno
-		r.mu.Unlock()
-		r.log.Info("rolling back vbucket: the producer cannot resume it", "vbucket", e.VBucket, "replica_seqno", held, "producer_seqno", e.Seqno)
-		if err := r.rollback(e.VBucket); err != nil {
+		r.log.Info("rolling back vbucket: the producer cannot resume it", "vbucket", vb, "replica_seqno", held, "producer_seqno", e.Seqno)
+		err := r.rollback(vb)
+		s.mu.Unlock()
+		if err != nil {
 			s.fail(err)
 			return
 		}
 		r.mu.Lock()
 		r.rollbacks++
 		r.mu.Unlock()
-		s.request(e.VBucket)
+		s.request(vb)
 	case stream.ReasonHandler:
-		r.log.Warn("replication stream stopped: apply failed; reopening the session", "vbucket", e.VBucket, "err", e.Err)
+		s.mu.Unlock()
+		r.log.Warn("replication stream stopped: apply failed; reopening the session", "vbucket", vb, "err", e.Err)
 		s.fail(e.Err)
 	case stream.ReasonShutdown:
+		s.mu.Unlock()
 		// The producer is stopping; the session ends next.
 	default:
-		err := fmt.Errorf("producer ended the stream of vbucket %d: %s %s", e.VBucket, e.Reason, e.Message)
-		r.log.Warn("replication stream ended; asking again later", "vbucket", e.VBucket, "reason", e.Reason, "message", e.Message)
+		s.mu.Unlock()
+		err := fmt.Errorf("producer ended the stream of vbucket %d: %s %s", vb, e.Reason, e.Message)
 		r.noteErr(err)
-		s.retryLater(e.VBucket)
+		s.noteRefused(e)
+		s.retryLater(vb)
 	}
+}
+
+// refusalReport is the least time between two log lines of a session
+// about the streams the producer ended on its own.
+const refusalReport = 10 * time.Second
+
+// noteRefused counts a stream the producer ended on its own and logs the
+// count at most once per refusalReport.
+func (s *session) noteRefused(e stream.End) {
+	s.mu.Lock()
+	if s.refused == 0 {
+		s.refusedE = e
+	}
+	s.refused++
+	s.mu.Unlock()
+	s.reportRefusals(false)
+}
+
+// reportRefusals logs the streams counted by noteRefused since the last
+// report, if the interval has passed or final is set.
+func (s *session) reportRefusals(final bool) {
+	s.mu.Lock()
+	n, e := s.refused, s.refusedE
+	if n == 0 || (!final && time.Since(s.refusedAt) < refusalReport) {
+		s.mu.Unlock()
+		return
+	}
+	s.refused, s.refusedAt = 0, time.Now()
+	s.mu.Unlock()
+	s.r.log.Warn("replication streams ended by the producer; asking again later", "count", n,
+		"first_vbucket", e.VBucket, "reason", e.Reason, "message", e.Message, "retry_within", s.r.cfg.BackoffMax)
 }
 
 // Lost implements stream.Handler: the session failed; the loop reconnects.
 func (s *session) Lost(e *stream.ConnError) {
 	s.r.mu.Lock()
 	for _, vb := range e.VBuckets {
-		s.r.vbs[vb].open = false
+		if st := s.r.stateOf(vb); st != nil {
+			st.open = false
+		}
 	}
 	s.r.mu.Unlock()
+	for _, vb := range e.VBuckets {
+		s.over(vb)
+	}
 }
 
 // Status is a Replicator's state, for /status.
@@ -606,21 +933,53 @@ type Status struct {
 	Rollbacks    uint64     `json:"rollbacks"`
 	LastError    string     `json:"last_error,omitempty"`
 	LastErrorAt  *time.Time `json:"last_error_at,omitempty"`
-	// Seqnos are the seqnos applied, in the order of Config.VBuckets (with
+	// LagSeqnos and LagBytes sum the lag of every vBucket (VBStatus).
+	LagSeqnos uint64 `json:"lag_seqnos"`
+	LagBytes  uint64 `json:"lag_bytes"`
+	// Unknown counts the vBuckets no stream has started for since the
+	// Replicator was made: how far behind they are is not known.
+	Unknown int `json:"unknown"`
+	// Seqnos are the seqnos applied, in the order of VBucketList (with
 	// Status(true) only).
 	Seqnos []uint64 `json:"seqnos,omitempty"`
+	// VBucketList are the vBuckets replicated and PerVBucket their state,
+	// in the same order (with Status(true) only).
+	VBucketList []uint16   `json:"vbucket_list,omitempty"`
+	PerVBucket  []VBStatus `json:"per_vbucket,omitempty"`
+}
+
+// VBStatus is a replica vBucket's replication state.
+type VBStatus struct {
+	VBucket uint16 `json:"vbucket"`
+	// Seqno is the highest seqno applied; High the producer's high seqno
+	// as last announced (seqno message, snapshot marker or mutation).
+	Seqno uint64 `json:"seqno"`
+	High  uint64 `json:"high"`
+	// LagSeqnos is High - Seqno (0 when not below); LagBytes the bytes of
+	// the vBucket's mutations the producer had not seen acknowledged when
+	// it last announced, while the replica lags (the producer does not know
+	// the size of what it has not read from its engine yet).
+	LagSeqnos uint64 `json:"lag_seqnos"`
+	LagBytes  uint64 `json:"lag_bytes"`
+	// Bytes are the value bytes applied since the Replicator was made.
+	Bytes uint64 `json:"bytes"`
+	// State: "caught_up", "snapshot" (inside a snapshot), "behind" (open,
+	// below the producer's high seqno), "waiting" (no open stream) or
+	// "unknown" (no stream started yet).
+	State string `json:"state"`
 }
 
 // Status returns the Replicator's state. A vBucket is caught up when its
-// stream is open and it is not inside a snapshot; the others lag. With
-// seqnos, each vBucket's applied seqno is included.
+// stream is open, it is not inside a snapshot and it holds the producer's
+// high seqno as last announced; the others lag. With seqnos, each
+// vBucket's state is included.
 func (r *Replicator) Status(seqnos bool) Status {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := Status{
 		Bucket: r.cfg.Bucket, Producer: r.cfg.Addr, ProducerNode: r.producer, State: r.state,
 		Connections: r.opts.Connections, NoopInterval: r.opts.NoopInterval.String(), IdleTimeout: r.opts.IdleTimeout.String(),
-		VBuckets: len(r.cfg.VBuckets), Applied: r.applied.Load(),
+		VBuckets: len(r.list), Applied: r.applied.Load(),
 		Sessions: r.sessions, Reconnects: r.reconnects, Rollbacks: r.rollbacks, LastError: r.lastErr,
 	}
 	if !r.lastErrAt.IsZero() {
@@ -628,17 +987,73 @@ func (r *Replicator) Status(seqnos bool) Status {
 		st.LastErrorAt = &at
 	}
 	if seqnos {
-		st.Seqnos = make([]uint64, 0, len(r.cfg.VBuckets))
+		st.Seqnos = make([]uint64, 0, len(r.list))
+		st.VBucketList = slices.Clone(r.list)
+		st.PerVBucket = make([]VBStatus, 0, len(r.list))
 	}
-	for _, vb := range r.cfg.VBuckets {
+	for _, vb := range r.list {
 		v := r.vbs[vb]
-		if v.open && !v.inSnapshot() {
-			st.CaughtUp++
+		vs := VBStatus{VBucket: vb, Seqno: v.seqno, High: v.high, LagSeqnos: v.lag(), Bytes: v.bytes}
+		if vs.LagSeqnos > 0 {
+			vs.LagBytes = v.behind
 		}
+		switch {
+		case !v.started:
+			vs.State = "unknown"
+			st.Unknown++
+		case v.caughtUp():
+			vs.State = "caught_up"
+			st.CaughtUp++
+		case !v.open:
+			vs.State = "waiting"
+		case v.inSnapshot():
+			vs.State = "snapshot"
+		default:
+			vs.State = "behind"
+		}
+		st.LagSeqnos += vs.LagSeqnos
+		st.LagBytes += vs.LagBytes
 		if seqnos {
 			st.Seqnos = append(st.Seqnos, v.seqno)
+			st.PerVBucket = append(st.PerVBucket, vs)
 		}
 	}
 	st.Lagging = st.VBuckets - st.CaughtUp
 	return st
+}
+
+// Lag is how far a replica is from its producer, as far as it knows.
+type Lag struct {
+	// VBuckets are those not known to hold everything the producer had
+	// announced: inside a snapshot, below its last announced high seqno,
+	// or never streamed since the Replicator was made.
+	VBuckets int
+	// Seqnos and Bytes sum their lag (VBStatus).
+	Seqnos, Bytes uint64
+	// Unknown are those never streamed.
+	Unknown int
+}
+
+// Behind returns the replica's lag as far as it knows it, whether or not
+// a session is open: what the producer announced last against what was
+// applied. A promotion uses it when the producer may be gone.
+func (r *Replicator) Behind() Lag {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var l Lag
+	for _, vb := range r.list {
+		v := r.vbs[vb]
+		switch {
+		case !v.started:
+			l.Unknown++
+			l.VBuckets++
+		case v.inSnapshot() || v.seqno < v.high:
+			l.VBuckets++
+			l.Seqnos += v.lag()
+			if v.lag() > 0 {
+				l.Bytes += v.behind
+			}
+		}
+	}
+	return l
 }

@@ -28,8 +28,9 @@ type Replication interface {
 	// Replica stops, starts or retunes (ReplicaSet with s) the node's
 	// replication from its producer.
 	Replica(action uint8, s ReplicaSettings) error
-	// Promote turns a standby replica into an active node.
-	Promote() error
+	// Promote turns a standby replica into an active node; force promotes
+	// one that is behind its active (what it lacks is lost).
+	Promote(force bool) error
 	// Status returns the node's status document (JSON); with vbuckets it
 	// includes every vBucket's seqnos.
 	Status(vbuckets bool) ([]byte, error)
@@ -38,6 +39,11 @@ type Replication interface {
 // ErrNotStandby is returned by Replica and Promote on a node that
 // replicates nothing; the request is answered StatusBadRequest.
 var ErrNotStandby = errors.New("the node is not a standby replica")
+
+// ErrPromoteRefused wraps the reasons a standby refuses its promotion
+// (its active still streams to it, it is behind); the request is answered
+// StatusRefused with the reason.
+var ErrPromoteRefused = errors.New("promotion refused")
 
 // ErrBadSettings wraps the error of settings a Replica set refuses; the
 // request is answered StatusBadRequest.
@@ -75,13 +81,13 @@ func (c *conn) replica(h wire.Header, body []byte, r Replication) {
 	c.replicationAnswer(h, r.Replica(action, set))
 }
 
-// promote: empty -> empty.
+// promote: [u8 flags: bit 0 force] -> empty.
 func (c *conn) promote(h wire.Header, body []byte, r Replication) {
-	if len(body) != 0 {
-		c.replyf(h, wire.StatusBadRequest, "malformed Promote: the body is empty")
+	if len(body) > 1 || len(body) == 1 && body[0]&^1 != 0 {
+		c.replyf(h, wire.StatusBadRequest, "malformed Promote: want an empty body or u8 flags (bit 0: force)")
 		return
 	}
-	c.replicationAnswer(h, r.Promote())
+	c.replicationAnswer(h, r.Promote(len(body) == 1 && body[0]&1 != 0))
 }
 
 func (c *conn) replicationAnswer(h wire.Header, err error) {
@@ -90,6 +96,8 @@ func (c *conn) replicationAnswer(h wire.Header, err error) {
 		c.reply(h, wire.StatusOK, nil)
 	case errors.Is(err, ErrNotStandby), errors.Is(err, ErrBadSettings):
 		c.replyf(h, wire.StatusBadRequest, "%v", err)
+	case errors.Is(err, ErrPromoteRefused):
+		c.replyf(h, wire.StatusRefused, "%v", err)
 	default:
 		c.s.cfg.Logger.Error("request failed", "op", h.Opcode.String(), "err", err)
 		c.replyf(h, wire.StatusInternal, "%v", err)

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -22,6 +23,7 @@ type fakeReplication struct {
 	actions  []uint8
 	settings []ReplicaSettings
 	promoted int
+	forced   int
 	vbuckets []bool
 	err      error
 }
@@ -34,10 +36,13 @@ func (f *fakeReplication) Replica(action uint8, s ReplicaSettings) error {
 	return f.err
 }
 
-func (f *fakeReplication) Promote() error {
+func (f *fakeReplication) Promote(force bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.promoted++
+	if force {
+		f.forced++
+	}
 	return f.err
 }
 
@@ -121,7 +126,9 @@ func TestReplicationRequests(t *testing.T) {
 		{"trailing bytes", wire.OpReplica, []byte{ReplicaStop, 0}, wire.StatusBadRequest},
 		{"noop over a day", wire.OpReplica, setBody(1, maxReplicaMillis+1, 0), wire.StatusBadRequest},
 		{"promote", wire.OpPromote, nil, wire.StatusOK},
-		{"promote with a body", wire.OpPromote, []byte{1}, wire.StatusBadRequest},
+		{"promote --force", wire.OpPromote, []byte{1}, wire.StatusOK},
+		{"promote with unknown flags", wire.OpPromote, []byte{2}, wire.StatusBadRequest},
+		{"promote with trailing bytes", wire.OpPromote, []byte{1, 0}, wire.StatusBadRequest},
 		{"status", wire.OpStatus, nil, wire.StatusOK},
 		{"status with vbuckets", wire.OpStatus, []byte{1}, wire.StatusOK},
 		{"status with unknown flags", wire.OpStatus, []byte{2}, wire.StatusBadRequest},
@@ -136,13 +143,19 @@ func TestReplicationRequests(t *testing.T) {
 	}
 	f.mu.Lock()
 	if len(f.actions) != 3 || f.actions[2] != ReplicaSet || f.settings[2] != (ReplicaSettings{Connections: 3, NoopInterval: 200 * time.Millisecond}) ||
-		f.promoted != 1 || len(f.vbuckets) != 2 || f.vbuckets[0] || !f.vbuckets[1] {
+		f.promoted != 2 || f.forced != 1 || len(f.vbuckets) != 2 || f.vbuckets[0] || !f.vbuckets[1] {
 		t.Fatalf("recorded %+v", f)
 	}
 	f.err = ErrNotStandby
 	f.mu.Unlock()
 	if h, body := r.call(wire.OpPromote, 0, nil); h.Status != wire.StatusBadRequest || string(body) != ErrNotStandby.Error() {
 		t.Fatalf("promote of an active node: %v %q", h.Status, body)
+	}
+	f.mu.Lock()
+	f.err = fmt.Errorf("%w: the active streams to it", ErrPromoteRefused)
+	f.mu.Unlock()
+	if h, body := r.call(wire.OpPromote, 0, nil); h.Status != wire.StatusRefused || string(body) != "promotion refused: the active streams to it" {
+		t.Fatalf("a refused promotion: %v %q", h.Status, body)
 	}
 	f.mu.Lock()
 	f.err = errors.New("disk on fire")

@@ -65,6 +65,15 @@ type Handler interface {
 	Lost(err *ConnError)
 }
 
+// SeqnoHandler is implemented by a Handler that wants the producer's seqno
+// messages (ConsumerConfig.Seqnos): Seqno reports vb's high seqno on the
+// producer and the bytes of vb's messages the producer has queued or sent
+// that this consumer had not acknowledged when it sent the message. It is
+// called like the Handler's other methods, between Started and Ended.
+type SeqnoHandler interface {
+	Seqno(vb uint16, high, behind uint64)
+}
+
 // End describes the end of one vBucket stream.
 type End struct {
 	VBucket uint16
@@ -93,6 +102,12 @@ type ConsumerConfig struct {
 	Connections int
 	// Compression asks the producer to s2-compress its packets.
 	Compression bool
+	// Seqnos asks the producer for seqno messages (FeatureSeqnos), which
+	// reach the Handler if it implements SeqnoHandler.
+	Seqnos bool
+	// Standby tells the producer that this consumer is a whole-node
+	// standby (FeatureStandby).
+	Standby bool
 	// NoopInterval: each side sends a NOOP when it has sent nothing for this
 	// long, and declares the connection dead (ErrSilent) after two intervals
 	// with nothing received. Default DefaultNoopInterval.
@@ -203,6 +218,12 @@ func Dial(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
 	var features uint32
 	if cfg.Compression {
 		features |= FeatureS2
+	}
+	if cfg.Seqnos {
+		features |= FeatureSeqnos
+	}
+	if cfg.Standby {
+		features |= FeatureStandby
 	}
 	for i := range cfg.Connections {
 		cc, err := c.open(ctx, i, features)
@@ -585,6 +606,10 @@ func (cc *cconn) handle(m *message) error {
 		}
 	case msgEnd:
 		delete(cc.streams, m.vb)
+	case msgSeqno:
+		if !st.started {
+			err = fmt.Errorf("%w: seqno before start on vbucket %d", ErrProtocol, m.vb)
+		}
 	default:
 		err = fmt.Errorf("%w: message type %#x from a producer", ErrProtocol, m.typ)
 	}
@@ -610,6 +635,10 @@ func (cc *cconn) handle(m *message) error {
 		err = h.Snapshot(m.vb, m.start, m.end)
 	case msgMutation:
 		err = h.Mutation(&m.mut)
+	case msgSeqno:
+		if sh, ok := h.(SeqnoHandler); ok {
+			sh.Seqno(m.vb, m.high, m.behind)
+		}
 	}
 	if err != nil {
 		if cerr := cc.closeStream(m.vb, fmt.Errorf("stream: vbucket %d: %w", m.vb, err)); cerr != nil {

@@ -34,8 +34,9 @@
 //	| u8 = 1  | str8, 1..100  | str8, chan. | u16  | u16   | u32      | u32        | u32    |
 //	+---------+---------------+-------------+------+-------+----------+------------+--------+
 //
-// conn < conns <= 64; features bit 0 asks for s2 compression; noop is
-// 1..3600000; buffer (the credit window, bytes) is at least 1. The producer
+// conn < conns <= 64; features bit 0 asks for s2 compression, bit 1 for
+// seqno messages, bit 2 says the consumer is a standby (FeatureStandby);
+// noop is 1..3600000; buffer (the credit window, bytes) is at least 1. The producer
 // answers with a wire frame (magic 's', same opcode and id): status OK and
 //
 //	+---------------+----------+
@@ -77,6 +78,7 @@
 //	                [expiry u64 if fields&1], [timestamp u64 if fields&2],
 //	                [ref u64 if fields&4]
 //	end       0x04  vb u16, reason u8 (0..5), seqno u64, message str8
+//	seqno     0x05  vb u16, high u64, behind u64   (only with FeatureSeqnos)
 //
 // Consumer to producer:
 //
@@ -87,7 +89,12 @@
 //
 // Per vBucket the producer sends start, then snapshot markers each followed
 // by mutations whose seqnos lie in the marker's range, markers ascending
-// (each start above the previous end), then end; or end alone. The
+// (each start above the previous end), then end; or end alone. Between
+// start and end, when the consumer asked for FeatureSeqnos, seqno messages
+// may come anywhere: high is the producer engine's high seqno of vb when
+// it was sent (mutations up to it may still be on their way), behind the
+// bytes of vb's messages the producer has queued or sent and the consumer
+// has not acknowledged. The
 // consumer sends at most one request per vBucket until that vBucket's end
 // arrives. Anything else is a protocol error and closes the connection.
 package stream

@@ -34,6 +34,7 @@ const (
 	msgSnapshot = 0x02
 	msgMutation = 0x03
 	msgEnd      = 0x04
+	msgSeqno    = 0x05
 	msgRequest  = 0x10
 	msgClose    = 0x11
 	msgAck      = 0x12
@@ -54,8 +55,19 @@ const MaxFailoverLog = 1024
 const (
 	// FeatureS2 lets the producer s2-compress message packets.
 	FeatureS2 uint32 = 1 << 0
+	// FeatureSeqnos asks the producer to announce, for every open stream
+	// whose figures changed, its engine's high seqno of the vBucket and the
+	// bytes of the vBucket's messages the consumer has not acknowledged yet
+	// (a seqno message every ProducerConfig.SeqnoInterval at most), so that
+	// the consumer knows how far behind it is.
+	FeatureSeqnos uint32 = 1 << 1
+	// FeatureStandby says the consumer is a whole-node standby rather than
+	// a member of the producer's vBucket chains. The library only carries
+	// it to the producer's Accept hook (ConsumerInfo.Features), which
+	// decides what a standby may stream.
+	FeatureStandby uint32 = 1 << 2
 
-	knownFeatures = FeatureS2
+	knownFeatures = FeatureS2 | FeatureSeqnos | FeatureStandby
 )
 
 // Limits of the open message.
@@ -131,6 +143,8 @@ type message struct {
 	start  uint64 // snapshot
 	end    uint64 // snapshot
 	reason Reason
+	high   uint64 // seqno: the producer's high seqno
+	behind uint64 // seqno: the vBucket's bytes not acknowledged yet
 	text   []byte // end: message for people
 	log    []FailoverEntry
 	req    Request
@@ -221,6 +235,15 @@ func appendEnd(b []byte, vb uint16, reason Reason, seqno uint64, text string) []
 	return wire.AppendStr8(b, text)
 }
 
+// appendSeqno appends a seqno message: vb's high seqno on the producer and
+// the bytes of vb's messages not acknowledged yet.
+func appendSeqno(b []byte, vb uint16, high, behind uint64) []byte {
+	b = append(b, msgSeqno)
+	b = wire.AppendU16(b, vb)
+	b = wire.AppendU64(b, high)
+	return wire.AppendU64(b, behind)
+}
+
 func appendRequest(b []byte, r Request) []byte {
 	b = append(b, msgRequest)
 	b = wire.AppendU16(b, r.VBucket)
@@ -293,6 +316,9 @@ func (dc *decoder) next(m *message) error {
 		if d.Err() == nil && m.reason > maxWireReason {
 			return fmt.Errorf("%w: end reason %d", errMalformed, m.reason)
 		}
+	case msgSeqno:
+		m.vb = d.U16()
+		m.high, m.behind = d.U64(), d.U64()
 	case msgRequest:
 		m.vb = d.U16()
 		if flags := d.U32(); flags != 0 && d.Err() == nil {

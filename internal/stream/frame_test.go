@@ -52,13 +52,15 @@ func encode(b []byte, m *message) []byte {
 		return appendClose(b, m.vb)
 	case msgAck:
 		return appendAck(b, m.ack)
+	case msgSeqno:
+		return appendSeqno(b, m.vb, m.high, m.behind)
 	}
 	panic("unknown message type")
 }
 
 func genMessage(t *rapid.T) message {
 	vb := rapid.Uint16().Draw(t, "vb")
-	switch rapid.IntRange(0, 6).Draw(t, "type") {
+	switch rapid.IntRange(0, 7).Draw(t, "type") {
 	case 0:
 		n := rapid.IntRange(0, 5).Draw(t, "n")
 		log := make([]FailoverEntry, n)
@@ -91,6 +93,8 @@ func genMessage(t *rapid.T) message {
 			SnapStart: rapid.Uint64Max(start).Draw(t, "snapStart"), SnapEnd: rapid.Uint64Min(start).Draw(t, "snapEnd")}}
 	case 5:
 		return message{typ: msgClose, vb: vb}
+	case 6:
+		return message{typ: msgSeqno, vb: vb, high: rapid.Uint64().Draw(t, "high"), behind: rapid.Uint64().Draw(t, "behind")}
 	}
 	return message{typ: msgAck, ack: rapid.Uint32().Draw(t, "ack")}
 }
@@ -300,6 +304,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(appendStart(appendSnapshot(nil, 1, 2, 3), 4, []FailoverEntry{{1, 2}}))
 	f.Add(appendEnd(appendRequest(nil, Request{VBucket: 5, Start: 1, SnapStart: 1, SnapEnd: 1}), 5, ReasonRollback, 4, "why"))
 	f.Add(appendAck(appendClose(nil, 3), 100))
+	f.Add(appendSeqno(nil, 7, 1000, 64))
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		msgs, err := decodeAll(payload)
 		if err != nil {

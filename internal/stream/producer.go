@@ -1,11 +1,13 @@
 package stream
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,11 +23,16 @@ type ProducerConfig struct {
 	// is none. Required.
 	Engines func(bucket string) engine.Engine
 	// Accept, if set, decides whether a stream request may start (replication
-	// checks the vBucket uuid against its failover log here). It returns the
-	// failover log to send with the start, a *RollbackError to make the
-	// consumer roll back, or another error to refuse. It runs on the
-	// request's own goroutine. Nil accepts every request with an empty log.
-	Accept func(consumer string, req Request) ([]FailoverEntry, error)
+	// checks the vBucket uuid against its failover log here, and the
+	// consumer against the vBucket's chain). It returns the failover log to
+	// send with the start, a *RollbackError to make the consumer roll back,
+	// or another error to refuse. It runs on the request's own goroutine.
+	// Nil accepts every request with an empty log.
+	Accept func(c ConsumerInfo, req Request) ([]FailoverEntry, error)
+	// SeqnoInterval is how often, at most, the producer announces the
+	// figures of each stream that changed (to consumers that asked for
+	// FeatureSeqnos). Default DefaultSeqnoInterval.
+	SeqnoInterval time.Duration
 	// BatchSize is the message bytes after which a batch is sent at once
 	// (at most MaxBatchSize; default DefaultBatchSize). The producer also
 	// uses at most half the consumer's buffer size.
@@ -49,10 +56,48 @@ type ProducerConfig struct {
 	Logger *slog.Logger
 }
 
+// ConsumerInfo is what a producer knows of the consumer of a connection,
+// from its open message.
+type ConsumerInfo struct {
+	Name     string // the consumer's node name
+	Bucket   string
+	Conn     int    // the connection's index in its session
+	Features uint32 // asked for (FeatureStandby among them)
+}
+
+// DefaultSeqnoInterval is the default of ProducerConfig.SeqnoInterval.
+const DefaultSeqnoInterval = 250 * time.Millisecond
+
+// refusalReport is the least time between two log lines of a connection
+// about the stream requests it refused.
+const refusalReport = 10 * time.Second
+
 // Producer serves vBucket streams to consumers from the node's engines.
 // One Producer serves every stream connection of a node.
 type Producer struct {
 	cfg ProducerConfig
+
+	mu    sync.Mutex
+	conns map[*pconn]struct{}
+}
+
+// Status describes every stream connection being served, sorted by
+// consumer, bucket and connection.
+func (p *Producer) Status() []ConnStatus {
+	p.mu.Lock()
+	conns := make([]*pconn, 0, len(p.conns))
+	for pc := range p.conns {
+		conns = append(conns, pc)
+	}
+	p.mu.Unlock()
+	out := make([]ConnStatus, 0, len(conns))
+	for _, pc := range conns {
+		out = append(out, pc.status())
+	}
+	slices.SortFunc(out, func(a, b ConnStatus) int {
+		return cmp.Or(cmp.Compare(a.Consumer, b.Consumer), cmp.Compare(a.Bucket, b.Bucket), cmp.Compare(a.Conn, b.Conn))
+	})
+	return out
 }
 
 // NewProducer checks cfg and returns a producer.
@@ -72,6 +117,9 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
+	if cfg.SeqnoInterval == 0 {
+		cfg.SeqnoInterval = DefaultSeqnoInterval
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -82,10 +130,10 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 		return nil, errors.New("stream: producer without engines")
 	case cfg.BatchSize < 1 || cfg.BatchSize > MaxBatchSize:
 		return nil, fmt.Errorf("stream: batch size %d out of [1, %d]", cfg.BatchSize, MaxBatchSize)
-	case cfg.FlushDelay < 0 || cfg.IdleTimeout < 0 || cfg.StallTimeout < 0 || cfg.DrainTimeout < 0:
+	case cfg.FlushDelay < 0 || cfg.IdleTimeout < 0 || cfg.StallTimeout < 0 || cfg.DrainTimeout < 0 || cfg.SeqnoInterval < 0:
 		return nil, errors.New("stream: negative duration in producer config")
 	}
-	return &Producer{cfg: cfg}, nil
+	return &Producer{cfg: cfg, conns: make(map[*pconn]struct{})}, nil
 }
 
 // Serve runs one stream connection. conn has just carried an OpStreamOpen
@@ -117,6 +165,14 @@ func (p *Producer) Serve(ctx context.Context, conn net.Conn, h wire.Header, body
 		return fmt.Errorf("cannot open stream from %s: %w", conn.RemoteAddr(), err)
 	}
 	pc := p.newConn(conn, o, features, eng, log.With("consumer", o.consumer, "bucket", o.bucket, "conn", o.conn))
+	p.mu.Lock()
+	p.conns[pc] = struct{}{}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.conns, pc)
+		p.mu.Unlock()
+	}()
 	return pc.serve(ctx)
 }
 
@@ -149,6 +205,11 @@ type pconn struct {
 
 	mu       sync.Mutex
 	cause    error // why the connection ends; nil while it runs
+	lost     int   // streams ended by the connection's failure (logged once, with it)
+	refused  int   // requests refused since the last report
+	refusedV uint16
+	refusedT string    // the first refused since the last report: its vBucket and why
+	reported time.Time // the last report of refusals
 	streams  map[uint16]context.CancelCauseFunc
 	running  int           // stream goroutines
 	closing  bool          // no new streams; allEnded closes once running is 0
@@ -177,6 +238,7 @@ func (p *Producer) newConn(conn net.Conn, o open, features uint32, eng engine.En
 		}),
 		recv: newReceiver(conn, wait, expired),
 	}
+	pc.send.track = newTracker()
 	pc.alive, pc.kill = context.WithCancel(context.Background())
 	if p.cfg.Spy != nil {
 		pc.recv.spy, pc.recv.id, pc.recv.peer, pc.recv.bucket = p.cfg.Spy, pc.id, o.consumer, o.bucket
@@ -194,6 +256,12 @@ func (pc *pconn) serve(ctx context.Context) error {
 		}
 	}()
 	stop := context.AfterFunc(ctx, pc.shutdown)
+	announced := make(chan struct{})
+	if pc.open.features&FeatureSeqnos != 0 {
+		go func() { defer close(announced); pc.announce() }()
+	} else {
+		close(announced)
+	}
 	err := pc.readLoop()
 	close(pc.readDone)
 	pc.fail(err)
@@ -202,18 +270,114 @@ func (pc *pconn) serve(ctx context.Context) error {
 	}
 	<-pc.allEnded
 	<-pc.send.done
+	<-announced
 	if pc.recv.spy != nil {
 		pc.recv.spy.Forget(pc.id)
 	}
 	pc.mu.Lock()
-	cause := pc.cause
+	cause, lost := pc.cause, pc.lost
 	pc.mu.Unlock()
+	pc.reportRefusals(true)
+	// One line for the connection, however many streams it ended.
 	if errors.Is(cause, errShutdown) || errors.Is(cause, ErrPeerClosed) {
-		pc.log.Info("stream connection closed", "reason", cause)
+		pc.log.Info("stream connection closed", "reason", cause, "streams_ended", lost)
 		return nil
 	}
-	pc.log.Warn("stream connection failed", "err", cause)
+	pc.log.Warn("stream connection failed", "err", cause, "streams_ended", lost)
 	return cause
+}
+
+// announce sends, every SeqnoInterval, a seqno message for each open
+// stream whose high seqno or unacknowledged bytes changed since the last
+// one, until the connection ends.
+func (pc *pconn) announce() {
+	t := time.NewTicker(pc.p.cfg.SeqnoInterval)
+	defer t.Stop()
+	type due struct {
+		p    *progress
+		high uint64
+	}
+	var list []due
+	for {
+		select {
+		case <-pc.alive.Done():
+			return
+		case <-t.C:
+		}
+		list = list[:0]
+		send := pc.send
+		send.mu.Lock()
+		for _, p := range send.track.streams {
+			if p.started && !p.ended {
+				list = append(list, due{p: p})
+			}
+		}
+		send.mu.Unlock()
+		if len(list) == 0 {
+			continue
+		}
+		// The engine's locks are never taken under the sender's.
+		for i := range list {
+			list[i].high = pc.eng.HighSeqno(list[i].p.vb)
+		}
+		if err := send.lock(pc.alive); err != nil {
+			return
+		}
+		for _, d := range list {
+			p := d.p
+			behind := uint64(max(p.unacked, 0))
+			if p.ended || (p.announced && p.announcedHigh == d.high && p.announcedBehind == behind) {
+				continue
+			}
+			send.pending = appendSeqno(send.pending, p.vb, d.high, behind)
+			p.announced, p.announcedHigh, p.announcedBehind = true, d.high, behind
+		}
+		send.unlock()
+	}
+}
+
+// status describes the connection and its streams.
+func (pc *pconn) status() ConnStatus {
+	st := ConnStatus{
+		Consumer: pc.open.consumer, Bucket: pc.open.bucket, Conn: int(pc.open.conn), Conns: int(pc.open.conns),
+		Remote: pc.conn.RemoteAddr().String(), Features: pc.open.features & knownFeatures,
+	}
+	send := pc.send
+	send.mu.Lock()
+	st.UnackedBytes = send.out
+	for _, p := range send.track.streams {
+		st.Streams = append(st.Streams, StreamStatus{VBucket: p.vb, Sent: p.sent, Acked: p.acked, UnackedBytes: p.unacked, Ended: p.ended})
+	}
+	send.mu.Unlock()
+	slices.SortFunc(st.Streams, func(a, b StreamStatus) int { return cmp.Compare(a.VBucket, b.VBucket) })
+	return st
+}
+
+// noteRefused counts a refused request; the refusals are logged at most
+// once per refusalReport, with the first one's reason (a consumer whose
+// map is stale asks again for every vBucket every few seconds).
+func (pc *pconn) noteRefused(vb uint16, why string) {
+	pc.mu.Lock()
+	if pc.refused == 0 {
+		pc.refusedV, pc.refusedT = vb, why
+	}
+	pc.refused++
+	pc.mu.Unlock()
+	pc.reportRefusals(false)
+}
+
+// reportRefusals logs the refusals counted since the last report, if the
+// report interval has passed or final is set.
+func (pc *pconn) reportRefusals(final bool) {
+	pc.mu.Lock()
+	n, vb, why := pc.refused, pc.refusedV, pc.refusedT
+	if n == 0 || (!final && time.Since(pc.reported) < refusalReport) {
+		pc.mu.Unlock()
+		return
+	}
+	pc.refused, pc.reported = 0, time.Now()
+	pc.mu.Unlock()
+	pc.log.Warn("stream requests refused", "count", n, "first_vbucket", vb, "reason", why)
 }
 
 // endStreams stops accepting requests and cancels every stream with cause.
@@ -340,17 +504,37 @@ func (pc *pconn) closeStream(vb uint16) {
 // stream is the goroutine of one vBucket stream: it runs the request and
 // sends the stream's end.
 func (pc *pconn) stream(ctx context.Context, cancel context.CancelCauseFunc, req Request) {
-	reason, seqno, text := pc.runStream(ctx, req)
+	reason, seqno, text, prog := pc.runStream(ctx, req)
 	cancel(nil)
 	pc.mu.Lock()
 	delete(pc.streams, req.VBucket)
+	failing := pc.cause != nil
+	if failing {
+		pc.lost++
+	}
 	pc.mu.Unlock()
-	if reason == ReasonError || reason == ReasonRefused {
+	switch {
+	case failing:
+		// The connection's failure ended it: logged once, with the
+		// connection (a consumer that leaves mid-backfill ends every
+		// stream at once).
+	case reason == ReasonRefused:
+		pc.noteRefused(req.VBucket, text)
+	case reason == ReasonError:
 		pc.log.Warn("stream ended", "vbucket", req.VBucket, "reason", reason, "err", text)
 	}
 	if err := pc.send.lock(pc.alive); err == nil {
+		n := len(pc.send.pending)
 		pc.send.pending = appendEnd(pc.send.pending, req.VBucket, reason, seqno, text)
+		if prog != nil {
+			pc.send.track.note(prog, 0, len(pc.send.pending)-n)
+			pc.send.track.end(prog)
+		}
 		pc.send.unlock()
+	} else if prog != nil {
+		pc.send.mu.Lock()
+		pc.send.track.end(prog)
+		pc.send.mu.Unlock()
 	}
 	pc.mu.Lock()
 	pc.running--
@@ -362,33 +546,38 @@ func (pc *pconn) stream(ctx context.Context, cancel context.CancelCauseFunc, req
 
 // runStream accepts the request and streams the engine's mutations until
 // the stream ends, and returns how it ended.
-func (pc *pconn) runStream(ctx context.Context, req Request) (reason Reason, seqno uint64, text string) {
+func (pc *pconn) runStream(ctx context.Context, req Request) (reason Reason, seqno uint64, text string, prog *progress) {
 	vb := req.VBucket
 	if !req.valid() {
-		return ReasonRefused, 0, fmt.Sprintf("snapshot [%d, %d] does not hold start %d", req.SnapStart, req.SnapEnd, req.Start)
+		return ReasonRefused, 0, fmt.Sprintf("snapshot [%d, %d] does not hold start %d", req.SnapStart, req.SnapEnd, req.Start), nil
 	}
 	var log []FailoverEntry
 	if accept := pc.p.cfg.Accept; accept != nil {
 		var err error
-		log, err = accept(pc.open.consumer, req)
+		log, err = accept(ConsumerInfo{Name: pc.open.consumer, Bucket: pc.open.bucket, Conn: int(pc.open.conn), Features: pc.open.features}, req)
 		var rb *RollbackError
 		switch {
 		case errors.As(err, &rb):
-			return ReasonRollback, rb.Seqno, ""
+			return ReasonRollback, rb.Seqno, "", nil
 		case err != nil:
-			return ReasonRefused, 0, err.Error()
+			return ReasonRefused, 0, err.Error(), nil
 		case len(log) > MaxFailoverLog:
-			return ReasonError, 0, fmt.Sprintf("failover log of %d entries over %d", len(log), MaxFailoverLog)
+			return ReasonError, 0, fmt.Sprintf("failover log of %d entries over %d", len(log), MaxFailoverLog), nil
 		}
 	}
 	if err := pc.send.lock(ctx); err != nil {
-		return pc.endOf(ctx, vb, err, 0)
+		reason, seqno, text := pc.endOf(ctx, vb, err, 0)
+		return reason, seqno, text, nil
 	}
+	n := len(pc.send.pending)
 	pc.send.pending = appendStart(pc.send.pending, vb, log)
+	prog = pc.send.track.begin(vb, req.Start)
+	pc.send.track.note(prog, 0, len(pc.send.pending)-n)
 	pc.send.unlock()
-	s := &sink{pc: pc, ctx: ctx, vb: vb}
+	s := &sink{pc: pc, ctx: ctx, vb: vb, prog: prog}
 	err := pc.eng.Stream(ctx, vb, req.Start, s)
-	return pc.endOf(ctx, vb, err, s.last)
+	reason, seqno, text = pc.endOf(ctx, vb, err, s.last)
+	return reason, seqno, text, prog
 }
 
 // endOf maps how a stream stopped to its end reason.
@@ -419,6 +608,7 @@ type sink struct {
 	vb      uint16
 	last    uint64 // the last seqno sent
 	channel string // the last channel name checked
+	prog    *progress
 }
 
 // Snapshot implements engine.Sink.
@@ -430,7 +620,9 @@ func (s *sink) Snapshot(start, end uint64) error {
 	if err := send.lock(s.ctx); err != nil {
 		return err
 	}
+	n := len(send.pending)
 	send.pending = appendSnapshot(send.pending, s.vb, start, end)
+	send.track.note(s.prog, 0, len(send.pending)-n)
 	send.unlock()
 	return nil
 }
@@ -453,7 +645,9 @@ func (s *sink) Mutation(m *engine.Mutation) error {
 	if err := send.lock(s.ctx); err != nil {
 		return err
 	}
+	n := len(send.pending)
 	send.pending = appendMutation(send.pending, m)
+	send.track.note(s.prog, m.Seqno, len(send.pending)-n)
 	send.unlock()
 	s.last = m.Seqno
 	return nil

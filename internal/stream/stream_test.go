@@ -113,8 +113,8 @@ func TestResumeAndRollback(t *testing.T) {
 func TestAccept(t *testing.T) {
 	log := []FailoverEntry{{UUID: 0xbeef, Seqno: 10}, {UUID: 0xcafe, Seqno: 0}}
 	var asked atomic.Value
-	srv := newServer(t, ProducerConfig{Accept: func(consumer string, req Request) ([]FailoverEntry, error) {
-		asked.Store(fmt.Sprintf("%s %+v", consumer, req))
+	srv := newServer(t, ProducerConfig{Accept: func(ci ConsumerInfo, req Request) ([]FailoverEntry, error) {
+		asked.Store(fmt.Sprintf("%s %s %d %#x %+v", ci.Name, ci.Bucket, ci.Conn, ci.Features, req))
 		switch req.VBucket {
 		case 1:
 			return nil, &RollbackError{Seqno: 7}
@@ -125,13 +125,13 @@ func TestAccept(t *testing.T) {
 	}})
 	srv.eng.fill(3, 5, 10)
 	rec := newRecorder()
-	c := dial(t, srv.addr(), ConsumerConfig{Handler: rec})
+	c := dial(t, srv.addr(), ConsumerConfig{Handler: rec, Standby: true})
 
 	if err := c.Request(Request{VBucket: 0, Start: 2, UUID: 0xbeef, SnapStart: 1, SnapEnd: 4}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "vbucket 0", func() bool { return rec.last(0) == 5 })
-	if got := asked.Load(); got != "node-b {VBucket:0 Start:2 UUID:48879 SnapStart:1 SnapEnd:4}" {
+	if got := asked.Load(); got != "node-b kv 0 0x4 {VBucket:0 Start:2 UUID:48879 SnapStart:1 SnapEnd:4}" {
 		t.Fatalf("Accept saw %v", got)
 	}
 	rec.mu.Lock()

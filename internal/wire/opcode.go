@@ -68,14 +68,16 @@ const (
 
 // Cluster requests (0x6_).
 const (
-	OpGetClusterMap Opcode = 0x60 // empty -> node table and vBucket map (binary)
-	OpCluster       Opcode = 0x61 // empty -> JSON cluster document
-	OpJoin          Opcode = 0x62 // JSON join request -> JSON answer (between nodes)
-	OpMetaPropose   Opcode = 0x63 // JSON metadata command -> u64 raft index (to the leader, between nodes)
-	OpNodeRemove    Opcode = 0x64 // str8 node id -> empty; admin
-	OpRecover       Opcode = 0x66 // str8 node -> JSON; admin: a failed node becomes a replica again
-	OpLeaseRenew    Opcode = 0x67 // str8 node id -> u64 commit index, u64 lease ms (to the leader, between nodes)
-	OpMapNotify     Opcode = 0x65 // empty -> stream of u64 map revisions, one at once and one per map applied
+	OpGetClusterMap    Opcode = 0x60 // empty -> node table and vBucket map (binary)
+	OpCluster          Opcode = 0x61 // empty -> JSON cluster document
+	OpJoin             Opcode = 0x62 // JSON join request -> JSON answer (between nodes)
+	OpMetaPropose      Opcode = 0x63 // JSON metadata command -> u64 raft index (to the leader, between nodes)
+	OpNodeRemove       Opcode = 0x64 // str8 node id -> empty; admin
+	OpRecover          Opcode = 0x66 // str8 node -> JSON; admin: a failed node becomes a replica again
+	OpLeaseRenew       Opcode = 0x67 // str8 node id -> u64 commit index, u64 lease ms (to the leader, between nodes)
+	OpHeartbeat        Opcode = 0x68 // str8 node id, u8 flags, str8 why, u16 n, n x str8 inactive node -> empty (between nodes, every tick)
+	OpFailoverSettings Opcode = 0x69 // JSON settings change -> JSON settings; admin
+	OpMapNotify        Opcode = 0x65 // empty -> stream of u64 map revisions, one at once and one per map applied
 )
 
 // Operator requests.
@@ -97,7 +99,7 @@ var opNames = map[Opcode]string{
 	OpPush: "Push", OpPop: "Pop", OpConsume: "Consume", OpProduce: "Produce", OpQueues: "Queues", OpSubscribers: "Subscribers", OpUnsubscribe: "Unsubscribe",
 	OpLogPut: "LogPut", OpLogPutBatch: "LogPutBatch", OpLogRange: "LogRange",
 	OpStreamOpen: "StreamOpen", OpRaftOpen: "RaftOpen",
-	OpGetClusterMap: "GetClusterMap", OpCluster: "Cluster", OpJoin: "Join", OpMetaPropose: "MetaPropose", OpNodeRemove: "NodeRemove", OpRecover: "Recover", OpLeaseRenew: "LeaseRenew",
+	OpGetClusterMap: "GetClusterMap", OpCluster: "Cluster", OpJoin: "Join", OpMetaPropose: "MetaPropose", OpNodeRemove: "NodeRemove", OpRecover: "Recover", OpLeaseRenew: "LeaseRenew", OpHeartbeat: "Heartbeat", OpFailoverSettings: "FailoverSettings",
 	OpMapNotify: "MapNotify",
 	OpDumpNow:   "DumpNow", OpReplica: "Replica", OpPromote: "Promote", OpStatus: "Status",
 	OpFailover: "Failover",
