@@ -190,8 +190,10 @@ for rep in $(seq 1 "$REPS"); do
       pid=$RPID
       if [ "$t" = shoal ]; then pid=$SPID; fi
       c0=$(cpu_ticks "$pid")
+      # The push rows leave their records for the pop rows (a queue run
+      # removes its channel at the end by default).
       j=$(bench "$t" --workload "$workload" --conns "$conns" --pipeline "$pipeline" --keys "$N_KEYS" \
-        --value-size 100 --duration "$DURATION" --warmup "$WARMUP") || j='{}'
+        --value-size 100 --duration "$DURATION" --warmup "$WARMUP" --cleanup=false) || j='{}'
       c1=$(cpu_ticks "$pid")
       row="$t,$label,$conns,$pipeline,$rep"
       for f in ops_per_sec p50_ms p99_ms errors; do row="$row,$(echo "$j" | json_field $f)"; done

@@ -169,7 +169,7 @@ func fatalDialError(err error) bool {
 
 // Close closes every connection. Calls in flight fail with ErrDisconnected.
 func (c *Client) Close() error {
-	if c.closed.Swap(true) {
+	if c == nil || c.closed.Swap(true) {
 		return nil
 	}
 	if c.r != nil {

@@ -507,3 +507,121 @@ func TestMirrorSlowConsumer(t *testing.T) {
 	}
 	m.Stop()
 }
+
+// TestCloseAfterFailedDial: a Dial to a port where no node listens fails
+// with a nil client, and Close on it is a no-op, not a panic (the
+// README's snippet may defer Close before looking at err).
+func TestCloseAfterFailedDial(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, addr)
+	if err == nil || c != nil {
+		t.Fatalf("Dial of a closed port: %v, %v", c, err)
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("Close of a nil client: %v", err)
+	}
+	var nilClient *client.Client
+	if err := nilClient.Close(); err != nil {
+		t.Errorf("Close of a nil client: %v", err)
+	}
+}
+
+// TestExpiry: Update keeps a record's TTL unless given a new one; TTL,
+// Expire and Persist read, set and clear it over the wire.
+func TestExpiry(t *testing.T) {
+	n := startNode(t, server.Config{}, "")
+	c := dial(t, n.addr)
+	ctx := t.Context()
+	key := []byte("k")
+	cas, err := c.Put(ctx, "t", key, []byte("v1"), client.WithTTL(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := c.TTL(ctx, "t", key)
+	if err != nil || e.Never() || e.CAS != cas || e.Left <= 59*time.Minute || e.Left > time.Hour+time.Second || time.Until(e.At) > time.Hour+time.Second {
+		t.Fatalf("TTL after Put: %+v %v", e, err)
+	}
+	if cas, err = c.Update(ctx, "t", key, []byte("v2"), cas); err != nil {
+		t.Fatal(err)
+	}
+	if e2, err := c.TTL(ctx, "t", key); err != nil || !e2.At.Equal(e.At) || e2.CAS != cas {
+		t.Fatalf("Update without WithTTL: %+v %v, want the expiry %v kept", e2, err, e.At)
+	}
+	if cas, err = c.Update(ctx, "t", key, []byte("v3"), cas, client.WithTTL(10*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if e2, _ := c.TTL(ctx, "t", key); e2.Left > 10*time.Minute+time.Second || e2.Left < 9*time.Minute {
+		t.Fatalf("Update WithTTL: %+v", e2)
+	}
+	ncas, err := c.Persist(ctx, "t", key)
+	if err != nil || ncas <= cas {
+		t.Fatalf("Persist: %d %v", ncas, err)
+	}
+	if e2, err := c.TTL(ctx, "t", key); err != nil || !e2.Never() || e2.Left != 0 || e2.CAS != ncas {
+		t.Fatalf("TTL after Persist: %+v %v", e2, err)
+	}
+	if _, err := c.Expire(ctx, "t", key, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := c.Get(ctx, "t", key); err != nil || string(v) != "v3" {
+		t.Fatalf("Expire changed the value: %q %v", v, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, err := c.Get(ctx, "t", key); !errors.Is(err, client.ErrNotFound); _, err = c.Get(ctx, "t", key) {
+		if time.Now().After(deadline) {
+			t.Fatal("a record given 1s by Expire is there after 5s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, k := range []string{"k", "missing"} {
+		if _, err := c.TTL(ctx, "t", []byte(k)); !errors.Is(err, client.ErrNotFound) {
+			t.Errorf("TTL of %s: %v", k, err)
+		}
+		if _, err := c.Persist(ctx, "t", []byte(k)); !errors.Is(err, client.ErrNotFound) {
+			t.Errorf("Persist of %s: %v", k, err)
+		}
+	}
+	if _, err := c.TTL(ctx, "nochannel", key); !errors.Is(err, client.ErrNotFound) {
+		t.Errorf("TTL in a missing channel: %v", err)
+	}
+	if _, err := c.Expire(ctx, "t", key, 0); !errors.Is(err, client.ErrBadRequest) {
+		t.Errorf("Expire 0: %v", err)
+	}
+}
+
+// TestDialHTTPPort: a Dial that gets an HTTP answer fails at once with
+// ErrProtocol saying it is an HTTP port (and, from a shoal node's HTTP
+// port, where the data port is).
+func TestDialHTTPPort(t *testing.T) {
+	for _, c := range []struct{ answer, want string }{
+		{"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n", "this is an HTTP port, not a shoal data port"},
+		{"HTTP/1.1 400 Bad Request\r\nContent-Length: 60\r\n\r\nthis is shoal's HTTP port; the data port is 127.0.0.1:7400\n", "this is shoal's HTTP port; the data port is 127.0.0.1:7400"},
+	} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			nc.Write([]byte(c.answer))
+			nc.Close()
+		}()
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		_, err = client.Dial(ctx, ln.Addr().String())
+		cancel()
+		ln.Close()
+		if !errors.Is(err, client.ErrProtocol) || !strings.HasSuffix(err.Error(), ln.Addr().String()+": "+c.want) {
+			t.Errorf("Dial of an HTTP port: %v, want it to end with %q", err, c.want)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package client
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -295,6 +296,10 @@ func (c *conn) readLoop() {
 		if err == nil && h.Magic != wire.MagicResponse {
 			err = wire.ErrBadMagic
 		}
+		if err != nil && bytes.HasPrefix(hb[:], []byte("HTTP/")) {
+			c.close(httpAnswer(c.addr, c.nc, hb[:], br))
+			return
+		}
 		if err != nil {
 			c.close(fmt.Errorf("%w: %s: %w", ErrProtocol, c.addr, err))
 			return
@@ -325,6 +330,23 @@ func (c *conn) readLoop() {
 			cl.ch <- r
 		}
 	}
+}
+
+// httpAnswer is the error of a connection that got an HTTP answer: the
+// address is an HTTP port. A shoal node's HTTP port says where its data
+// port is (in the body); that sentence ends the error.
+func httpAnswer(addr string, nc net.Conn, head []byte, br *bufio.Reader) error {
+	nc.SetReadDeadline(time.Now().Add(time.Second))
+	rest, _ := io.ReadAll(io.LimitReader(br, 4<<10))
+	msg := append(head, rest...)
+	if i := bytes.Index(msg, []byte("this is shoal's HTTP port")); i >= 0 {
+		line := msg[i:]
+		if j := bytes.IndexAny(line, "\r\n"); j >= 0 {
+			line = line[:j]
+		}
+		return fmt.Errorf("%w: %s: %s", ErrProtocol, addr, line)
+	}
+	return fmt.Errorf("%w: %s: this is an HTTP port, not a shoal data port", ErrProtocol, addr)
 }
 
 // close breaks the connection and fails every waiting call and stream.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -90,7 +91,7 @@ func (c *Client) kvCall(ctx context.Context, op wire.Opcode, channel string, key
 	}
 	*bp = b
 	var pol routePolicy
-	if op == wire.OpGet || op == wire.OpExists {
+	if op == wire.OpGet || op == wire.OpExists || op == wire.OpTTL {
 		pol = reads
 	}
 	var r []byte
@@ -228,7 +229,9 @@ func (c *Client) Remove(ctx context.Context, channel string, key []byte) (bool, 
 
 // Update stores value under key only if the record's CAS is still cas
 // (from Gets or an earlier write); otherwise it fails with ErrExists, or
-// ErrNotFound if the record is gone. It returns the new CAS.
+// ErrNotFound if the record is gone. It returns the new CAS. The record
+// keeps its expiry unless WithTTL gives a new one (Redis's SET ...
+// KEEPTTL); Persist removes it.
 func (c *Client) Update(ctx context.Context, channel string, key, value []byte, cas uint64, opts ...WriteOption) (uint64, error) {
 	ttl := ttlOf(opts)
 	r, err := c.kvCall(ctx, wire.OpUpdate, channel, key, func(b []byte) []byte {
@@ -239,6 +242,68 @@ func (c *Client) Update(ctx context.Context, channel string, key, value []byte, 
 		return 0, err
 	}
 	return u64(r), nil
+}
+
+// Expire makes the record of key expire d from now (rounded up to whole
+// seconds), keeping its value (Redis's EXPIRE); d must be positive. It is
+// a write: the record gets a new CAS, which Expire returns. ErrNotFound
+// when there is no record.
+func (c *Client) Expire(ctx context.Context, channel string, key []byte, d time.Duration) (uint64, error) {
+	if d <= 0 {
+		return 0, fmt.Errorf("%w: Expire needs a positive duration (Persist clears the expiry)", ErrBadRequest)
+	}
+	return c.expire(ctx, channel, key, ttlOf([]WriteOption{WithTTL(d)}))
+}
+
+// Persist removes the expiry of key's record, keeping its value (Redis's
+// PERSIST). It is a write: it returns the record's new CAS. ErrNotFound
+// when there is no record.
+func (c *Client) Persist(ctx context.Context, channel string, key []byte) (uint64, error) {
+	return c.expire(ctx, channel, key, 0)
+}
+
+func (c *Client) expire(ctx context.Context, channel string, key []byte, ttl uint32) (uint64, error) {
+	r, err := c.kvCall(ctx, wire.OpExpire, channel, key, func(b []byte) []byte { return wire.AppendU32(b, ttl) })
+	if err != nil {
+		return 0, err
+	}
+	if len(r) != 8 {
+		return 0, fmt.Errorf("%w: malformed Expire answer", ErrProtocol)
+	}
+	return u64(r), nil
+}
+
+// Expiry is when a record expires, as TTL reports it.
+type Expiry struct {
+	// At is the time the record expires (whole seconds); zero when never.
+	At time.Time
+	// Left is the time left by the node's clock, 0 when the record never
+	// expires.
+	Left time.Duration
+	// CAS is the record's CAS.
+	CAS uint64
+}
+
+// Never reports whether the record has no expiry.
+func (e Expiry) Never() bool { return e.At.IsZero() }
+
+// TTL returns when key's record expires; ErrNotFound when there is no
+// record.
+func (c *Client) TTL(ctx context.Context, channel string, key []byte) (Expiry, error) {
+	r, err := c.kvCall(ctx, wire.OpTTL, channel, key, nil)
+	if err != nil {
+		return Expiry{}, err
+	}
+	d := wire.NewDecoder(r)
+	cas, at, left := d.U64(), d.U64(), d.U32()
+	if d.Finish() != nil || at > math.MaxInt64 {
+		return Expiry{}, fmt.Errorf("%w: malformed TTL answer", ErrProtocol)
+	}
+	e := Expiry{CAS: cas, Left: time.Duration(left) * time.Second}
+	if at != 0 {
+		e.At = time.Unix(int64(at), 0)
+	}
+	return e, nil
 }
 
 // Record is a key and value.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"shoal/internal/vbucket"
 	"shoal/internal/wire"
@@ -479,4 +480,88 @@ func (c *Client) Queues(ctx context.Context) ([]QueueStats, error) {
 		}
 	}
 	return out, nil
+}
+
+// Subscriber is one subscriber of a queue channel, summed over the nodes.
+type Subscriber struct {
+	Name      string // the subscriber name ("" is a name too)
+	Records   int64  // records waiting in its queue
+	Bytes     int64  // value bytes waiting
+	Consumers int    // Consume streams attached now
+	// Idle is how long no consumer has been attached (on any node; the
+	// shortest of the nodes' idle times), 0 while one is.
+	Idle time.Duration
+}
+
+// Subscribers lists the subscribers of a queue channel, in subscription
+// order, summed over every node; none when it has none (or there is no
+// such channel).
+func (c *Client) Subscribers(ctx context.Context, channel string) ([]Subscriber, error) {
+	if !wire.ValidChannelString(channel) {
+		return nil, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
+	}
+	var out []Subscriber
+	at := map[string]int{}
+	for _, n := range c.members() {
+		r, err := c.do(ctx, n, wire.OpSubscribers, 0, wire.AppendStr8(nil, channel))
+		if err != nil {
+			return nil, err
+		}
+		d := wire.NewDecoder(r)
+		count := d.U32()
+		for i := uint32(0); i < count && d.Err() == nil; i++ {
+			s := Subscriber{Name: string(d.Bytes8()), Records: int64(d.U64()), Bytes: int64(d.U64()), Consumers: int(d.U16())}
+			s.Idle = time.Duration(d.U64()) * time.Millisecond
+			j, ok := at[s.Name]
+			if !ok {
+				at[s.Name] = len(out)
+				out = append(out, s)
+				continue
+			}
+			o := &out[j]
+			o.Records += s.Records
+			o.Bytes += s.Bytes
+			o.Consumers += s.Consumers
+			if o.Consumers > 0 {
+				o.Idle = 0
+			} else {
+				o.Idle = min(o.Idle, s.Idle)
+			}
+		}
+		if d.Finish() != nil {
+			return nil, fmt.Errorf("%w: malformed Subscribers answer from %s", ErrProtocol, n.addr)
+		}
+	}
+	return out, nil
+}
+
+// Unsubscribe removes subscriber from a queue channel on every node and
+// reports whether it existed: its Consume streams end with
+// ErrChannelRemoved. While other subscribers remain, its queue and the
+// records in it are dropped; the last subscriber's queue, records
+// included, becomes the channel's plain queue again, which Pop serves.
+// Needs the admin credential when the node has auth on.
+func (c *Client) Unsubscribe(ctx context.Context, channel, subscriber string) (bool, error) {
+	if !wire.ValidChannelString(channel) {
+		return false, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
+	}
+	if len(subscriber) > 255 {
+		return false, fmt.Errorf("%w: subscriber name of %d bytes", ErrBadRequest, len(subscriber))
+	}
+	body := wire.AppendStr8(wire.AppendStr8(nil, channel), subscriber)
+	removed := false
+	for _, n := range c.members() {
+		r, err := c.do(ctx, n, wire.OpUnsubscribe, 0, body)
+		if errors.Is(err, ErrNotMyVBucket) {
+			continue // a member active for no vBucket holds no queue
+		}
+		if err != nil {
+			return removed, err
+		}
+		if len(r) != 1 {
+			return removed, fmt.Errorf("%w: malformed Unsubscribe answer from %s", ErrProtocol, n.addr)
+		}
+		removed = removed || r[0] == 1
+	}
+	return removed, nil
 }

@@ -391,3 +391,55 @@ func TestProduce(t *testing.T) {
 		t.Fatalf("Produce without channels: %v", err)
 	}
 }
+
+// TestSubscribersAcrossNodes: Subscribers sums each subscriber over the
+// nodes (idle only when idle on every node), Unsubscribe removes it on
+// every node.
+func TestSubscribersAcrossNodes(t *testing.T) {
+	n1 := startNode(t, server.Config{}, "")
+	n2 := startNode(t, server.Config{}, "")
+	ctx := t.Context()
+	for _, n := range []*node{n1, n2} {
+		// A push through the server makes "jobs" a queue channel of the
+		// node; the first subscriber, a, takes that record over.
+		if err := dial(t, n.addr).Push(ctx, []string{"jobs"}, []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n.q.Subscribe("jobs", "a"); err != nil {
+			t.Fatal(err)
+		}
+		cons, err := n.q.Subscribe("jobs", "b")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == n1 {
+			cons.Close() // b is attached on n2 only
+		}
+		if err := n.q.Push(ctx, []string{"jobs"}, []byte("v"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := dial(t, n1.addr+","+n2.addr, client.WithNoRouting())
+	subs, err := c.Subscribers(ctx, "jobs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(subs) != 2 || subs[0].Name != "a" || subs[0].Records != 4 || subs[0].Consumers != 2 || subs[0].Idle != 0 ||
+		subs[1].Name != "b" || subs[1].Records != 2 || subs[1].Consumers != 1 || subs[1].Idle != 0 {
+		t.Fatalf("Subscribers: %+v", subs)
+	}
+	if ok, err := c.Unsubscribe(ctx, "jobs", "b"); !ok || err != nil {
+		t.Fatalf("Unsubscribe: %v %v", ok, err)
+	}
+	for _, n := range []*node{n1, n2} {
+		if s := n.q.Subscribers("jobs"); len(s) != 1 || s[0].Subscriber != "a" {
+			t.Fatalf("%s after Unsubscribe: %+v", n.addr, s)
+		}
+	}
+	if ok, err := c.Unsubscribe(ctx, "jobs", "b"); ok || err != nil {
+		t.Fatalf("second Unsubscribe: %v %v", ok, err)
+	}
+	if subs, err := c.Subscribers(ctx, "nosuch"); err != nil || len(subs) != 0 {
+		t.Fatalf("Subscribers of no channel: %+v %v", subs, err)
+	}
+}

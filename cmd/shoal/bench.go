@@ -16,7 +16,7 @@ import (
 func benchCommand(g *globals) *cobra.Command {
 	o := bench.DefaultOptions()
 	var workload, target string
-	var asJSON, quiet bool
+	var asJSON, quiet, cleanup bool
 	names := make([]string, len(bench.Workloads))
 	for i, w := range bench.Workloads {
 		names[i] = string(w)
@@ -32,7 +32,15 @@ Keys are key:%012d over --keys (redis-benchmark -r), values --value-size bytes
 (-d). With --target redis://HOST:PORT the same workload goes to a Redis server
 (SET/GET, LPUSH/RPOP, XADD/XRANGE), so both figures come from one tool.
 The load workload sets every key of the key space once, then stops.
-Requests still in flight when the time is up get 10s to finish.`,
+Requests still in flight when the time is up get 10s to finish.
+
+Channels are named after --channel: NAME-kv for get, set, mix and load,
+NAME-queue for push and pop, NAME-log for append, NAME-range for range.
+--cleanup removes the run's channel at the end; it is on by default for
+the queue and log workloads (push, pop, append, range) and off for the kv
+ones, whose records a later get run reads. A run where more than 10% of
+the gets (or pops) missed says so on stderr (and in --json's warnings):
+fill the key space first with --workload load.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f := cmd.Flags()
@@ -44,6 +52,10 @@ Requests still in flight when the time is up get 10s to finish.`,
 				return usageError{err}
 			}
 			o.Workload = w
+			o.Cleanup = w.CleansUpByDefault()
+			if f.Changed("cleanup") {
+				o.Cleanup = cleanup
+			}
 			if !quiet {
 				o.Progress = cmd.ErrOrStderr()
 			}
@@ -60,6 +72,9 @@ Requests still in flight when the time is up get 10s to finish.`,
 					return perr
 				}
 			}
+			for _, w := range res.Warnings {
+				fmt.Fprintf(cmd.ErrOrStderr(), "shoal: warning: %s\n", w)
+			}
 			return err
 		},
 	}
@@ -75,7 +90,8 @@ Requests still in flight when the time is up get 10s to finish.`,
 	f.DurationVar(&o.Warmup, "warmup", o.Warmup, "unrecorded load before measuring")
 	f.Float64Var(&o.GetRatio, "get-ratio", o.GetRatio, "mix workload: share of gets (0..1)")
 	f.IntVar(&o.RangeOf, "range-count", o.RangeOf, "range workload: records per request")
-	f.StringVar(&o.Channel, "channel", o.Channel, "channel (NAME-queue, NAME-log, NAME-range for queue and log workloads)")
+	f.StringVar(&o.Channel, "channel", o.Channel, "base channel name: NAME-kv, NAME-queue, NAME-log, NAME-range by workload")
+	f.BoolVar(&cleanup, "cleanup", false, "remove the run's channel at the end (default: on for push, pop, append and range)")
 	f.BoolVar(&asJSON, "json", false, "print one JSON object")
 	f.BoolVar(&quiet, "quiet", false, "no progress line on stderr")
 	return cmd

@@ -31,10 +31,25 @@ func TestMain(m *testing.M) {
 // create channels).
 func startNode(t *testing.T) string {
 	t.Helper()
+	return startNodeWith(t, nil)
+}
+
+// startNodeWith is startNode with the configuration changed by edit.
+func startNodeWith(t *testing.T, edit func(*config.Config)) string {
+	t.Helper()
+	return startNodeN(t, edit).Addr().String()
+}
+
+// startNodeN is startNodeWith returning the node.
+func startNodeN(t *testing.T, edit func(*config.Config)) *node.Node {
+	t.Helper()
 	cfg := config.Default()
 	dir := t.TempDir()
 	cfg.Listen, cfg.HTTP, cfg.Data, cfg.LogDir = "127.0.0.1:0", "off", dir, filepath.Join(dir, "log")
 	cfg.LogLevel, cfg.StatsInterval, cfg.Console = "error", 0, false
+	if edit != nil {
+		edit(&cfg)
+	}
 	n, err := node.New(cfg, "test")
 	if err != nil {
 		t.Fatal(err)
@@ -48,9 +63,8 @@ func startNode(t *testing.T) string {
 			t.Errorf("node: %v", err)
 		}
 	})
-	addr := n.Addr().String()
-	waitCluster(t, addr)
-	return addr
+	waitCluster(t, n.Addr().String())
+	return n
 }
 
 // waitCluster waits until the node at addr is in a cluster.
@@ -146,5 +160,50 @@ func TestBenchUsage(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) || (c.args[0] != "extra" && !errors.As(err, &ue)) {
 			t.Errorf("%v: %v; want a usage error with %q", c.args, err, c.want)
 		}
+	}
+}
+
+// TestBenchWarningsAndCleanup: a get run on an empty key space warns on
+// stderr and in --json; the queue workloads remove their bench-* channel
+// unless --cleanup=false; an unreachable target is one error, not one per
+// connection.
+func TestBenchWarningsAndCleanup(t *testing.T) {
+	addr := startNode(t)
+	out, stderr, err := runBench(t, addr, "--workload", "get", "--keys", "100", "--conns", "2", "--requests", "50", "--warmup", "0", "--quiet", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stderr, "shoal: warning: 100% of the gets missed") || !strings.Contains(stderr, "--workload load --keys 100") {
+		t.Errorf("get on an empty key space: stderr %q", stderr)
+	}
+	var res struct {
+		Misses   int64    `json:"misses"`
+		Warnings []string `json:"warnings"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Misses != 50 || len(res.Warnings) != 1 {
+		t.Errorf("get --json: %+v %v", res, err)
+	}
+
+	c := dialT(t, addr)
+	if _, _, err := runBench(t, addr, "--workload", "push", "--requests", "20", "--warmup", "0", "--quiet"); err != nil {
+		t.Fatal(err)
+	}
+	if chs, _ := c.Channels(t.Context()); len(chs) != 0 {
+		t.Errorf("channels after a push run: %+v, want none (cleanup)", chs)
+	}
+	if _, _, err := runBench(t, addr, "--workload", "push", "--requests", "20", "--warmup", "0", "--quiet", "--cleanup=false"); err != nil {
+		t.Fatal(err)
+	}
+	if sz, err := c.ChannelSize(t.Context(), "bench-queue"); err != nil || sz.Records != 20 {
+		t.Errorf("bench-queue after a push run with --cleanup=false: %+v %v", sz, err)
+	}
+	if _, stderr, err := runBench(t, addr, "--workload", "pop", "--requests", "30", "--warmup", "0", "--quiet"); err != nil || !strings.Contains(stderr, "of the pops found the queue empty") {
+		t.Errorf("pop run past the end of the queue: %v, stderr %q", err, stderr)
+	}
+
+	down := closedAddr(t)
+	_, _, err = runBench(t, addr, "--target", "redis://"+down, "--conns", "50", "--requests", "10", "--quiet")
+	if err == nil || !strings.Contains(err.Error(), "cannot open 50 connections to redis://"+down+" (50 failed), the first: ") || strings.Count(err.Error(), "connection refused") != 1 {
+		t.Errorf("unreachable redis: %v", err)
 	}
 }

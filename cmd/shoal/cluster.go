@@ -126,7 +126,7 @@ func clusterCommands(g *globals) []*cobra.Command {
 					vb = m.VBucketOf([]byte(key))
 				}
 				if vb < 0 || vb >= len(m.VBuckets) {
-					return fmt.Errorf("vbucket %d is out of range: the map of %s has %d vbuckets (0..%d)", vb, c.Nodes()[0], len(m.VBuckets), len(m.VBuckets)-1)
+					return &exitError{code: exitNegative, msg: fmt.Sprintf("vbucket %d is out of range: the map of %s has %d vbuckets (0..%d)", vb, c.Nodes()[0], len(m.VBuckets), len(m.VBuckets)-1)}
 				}
 				doc := oneVBucket(m, vb, key)
 				if mapJSON {

@@ -87,7 +87,7 @@ func discoveryCommands(g *globals) []*cobra.Command {
 			"(every discovered node answered, and every one that answered is a member of the cluster),\n" +
 			"the node has the map of a cluster it is a member of, and its replica vBuckets have caught\n" +
 			"up. A node not started yet is waited for too. On timeout it exits 1 and says what is still\n" +
-			"missing. --backend-only returns once the node's current discovery backend call (and one\n" +
+			"missing (3 when the node never answered). --backend-only returns once the node's current discovery backend call (and one\n" +
 			"queued after it) has answered, and prints that answer.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -156,7 +156,11 @@ func waitReady(ctx context.Context, g *globals, out io.Writer, timeout time.Dura
 			if cerr := context.Cause(ctx); !errors.Is(cerr, context.DeadlineExceeded) {
 				return cerr
 			}
-			return &exitError{code: 1, msg: notReady(g.addr, timeout, backendOnly, last, lastErr)}
+			code := exitNegative
+			if last == nil {
+				code = exitCluster // the node never answered
+			}
+			return &exitError{code: code, msg: notReady(g.addr, timeout, backendOnly, last, lastErr)}
 		case <-time.After(pollInterval):
 		}
 	}

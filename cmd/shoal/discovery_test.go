@@ -227,7 +227,7 @@ func TestWaitReadyNodeNotUpYet(t *testing.T) {
 	nowhere := testproc.FreePorts(t, 1)[0]
 	_, err = runDiscoveryCLI(t, nowhere, "wait-ready", "--timeout", "500ms")
 	var ee *exitError
-	if !errors.As(err, &ee) || !strings.Contains(ee.msg, nowhere+" did not answer within 500ms") || !strings.Contains(ee.msg, "connection refused") {
+	if !errors.As(err, &ee) || ee.code != exitCluster || !strings.Contains(ee.msg, nowhere+" did not answer within 500ms") || !strings.Contains(ee.msg, "connection refused") {
 		t.Fatalf("a node that never comes: %v", err)
 	}
 }

@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,7 +20,7 @@ import (
 // dumpCommands returns `dump` (with its subcommand `inspect`) and
 // `restore`.
 func dumpCommands(g *globals) []*cobra.Command {
-	var now bool
+	var now, asJSON bool
 	var ext dumperConfig
 	var codec string
 	cmd := &cobra.Command{
@@ -28,9 +28,11 @@ func dumpCommands(g *globals) []*cobra.Command {
 		Short: "Make the node dump its kv channels now (--now), or dump them from outside into DIR (--out)",
 		Long: `With --now the node writes its own dump of every kv channel now (needs the
 admin credential when auth is on) and the command prints, per channel, the
-records, bytes and duration; any failure makes it exit 1.
+records, bytes and duration; a failure makes it exit 4 (3 when the node
+cannot be reached).
 
-With --out DIR the command is an external dumper (like swarm's dhtdump): it
+With --out DIR the command is an external dumper, a process of its own
+beside the node (so that dumps cost the node only the reads): it
 reads every kv channel of the node with GetAll and writes DIR/CHANNEL.dump
 in the node's own format (written to a temporary file, fsynced, the
 previous dump kept as .backup), which shoal restore and a node's dump
@@ -45,7 +47,9 @@ runs until stopped, through the node's restarts.`,
 			case now && ext.out != "":
 				return usageError{errors.New("give --now or --out, not both")}
 			case now:
-				return g.run(dumpNow)(cmd, nil)
+				return g.runCmd(func(cmd *cobra.Command, c *client.Client, _ []string) error {
+					return dumpNow(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), c, asJSON)
+				})(cmd, nil)
 			case ext.out != "":
 				c, err := dump.ParseCodec(codec)
 				if err != nil {
@@ -64,8 +68,9 @@ runs until stopped, through the node's restarts.`,
 	f.DurationVar(&ext.initialDelay, "initial-delay", 0, "external dumper with --every: wait this long before the first cycle")
 	f.DurationVar(&ext.retryWait, "retry-wait", 30*time.Second, "external dumper: wait before retrying after a failure")
 	f.StringVar(&codec, "codec", dump.CodecZstd.String(), "external dumper: compression, zstd or s2")
+	jsonFlag(cmd, &asJSON, `--now: print one {"node", "channel", "records", "bytes", "file_bytes", "duration_ms", "error"} line per channel`)
 
-	var allSeqnos bool
+	var allSeqnos, inspectJSON bool
 	inspect := &cobra.Command{
 		Use:   "inspect FILE...",
 		Short: "Verify dump files and print their channel, records, bytes, size, creation time and seqnos",
@@ -74,40 +79,115 @@ channel, records, key+value bytes, file size, creation time, codec and the
 non-zero vBucket seqnos (a summary, or all with --seqnos). Exits 1 if a
 file does not verify, naming the file and the offset at fault.`,
 		Args: cobra.MinimumNArgs(1),
-		RunE: func(_ *cobra.Command, files []string) error {
-			return inspectFiles(os.Stdout, os.Stderr, files, allSeqnos)
+		RunE: func(cmd *cobra.Command, files []string) error {
+			if inspectJSON {
+				return inspectFilesJSON(cmd.OutOrStdout(), files)
+			}
+			return inspectFiles(cmd.OutOrStdout(), cmd.ErrOrStderr(), files, allSeqnos)
 		},
 	}
 	inspect.Flags().BoolVar(&allSeqnos, "seqnos", false, "print every non-zero vBucket seqno")
+	jsonFlag(inspect, &inspectJSON, `print one {"file", "ok", "error", "channel", "records", "bytes", "file_size", "created", "codec", "vbuckets", "seqnos"} line per file`)
 	cmd.AddCommand(inspect)
 	return []*cobra.Command{cmd, restoreCommand(g)}
 }
 
 // dumpNow asks the node(s) to dump now and prints a line per channel as
-// each is done.
-func dumpNow(ctx context.Context, c *client.Client, _ []string) error {
+// each is done (with asJSON, a JSON line).
+func dumpNow(ctx context.Context, stdout, stderr io.Writer, c *client.Client, asJSON bool) error {
 	const row = "%-24s %12v %14v %14v %10v\n"
 	several := len(c.Nodes()) > 1
-	if several {
-		fmt.Printf("%-22s ", "NODE")
+	if !asJSON {
+		if several {
+			fmt.Fprintf(stdout, "%-22s ", "NODE")
+		}
+		fmt.Fprintf(stdout, row, "CHANNEL", "RECORDS", "BYTES", "FILE BYTES", "DURATION")
 	}
-	fmt.Printf(row, "CHANNEL", "RECORDS", "BYTES", "FILE BYTES", "DURATION")
 	failed := 0
 	_, err := c.DumpNow(ctx, func(r client.DumpResult) {
+		if r.Err != nil {
+			failed++
+		}
+		if asJSON {
+			d := dumpResultDoc{Node: r.Node, Channel: r.Channel, Records: r.Records, Bytes: r.Bytes, FileBytes: r.FileBytes, DurationMs: r.Duration.Milliseconds()}
+			if r.Err != nil {
+				d.Error = r.Err.Error()
+			}
+			writeJSON(stdout, d)
+			return
+		}
 		if several {
-			fmt.Printf("%-22s ", r.Node)
+			fmt.Fprintf(stdout, "%-22s ", r.Node)
 		}
 		d := r.Duration.Round(time.Millisecond)
 		if r.Err != nil {
-			failed++
-			fmt.Printf(row, r.Channel, "FAILED", "", "", d)
-			fmt.Fprintf(os.Stderr, "channel %q: %v\n", r.Channel, r.Err)
+			fmt.Fprintf(stdout, row, r.Channel, "FAILED", "", "", d)
+			fmt.Fprintf(stderr, "channel %q: %v\n", r.Channel, r.Err)
 			return
 		}
-		fmt.Printf(row, r.Channel, r.Records, r.Bytes, r.FileBytes, d)
+		fmt.Fprintf(stdout, row, r.Channel, r.Records, r.Bytes, r.FileBytes, d)
 	})
 	if err != nil {
 		return fmt.Errorf("dump failed (%d channels failed, each keeps its previous dump): %w", failed, err)
+	}
+	return nil
+}
+
+// dumpResultDoc is one dump --now --json line.
+type dumpResultDoc struct {
+	Node       string `json:"node"`
+	Channel    string `json:"channel"`
+	Records    int64  `json:"records"`
+	Bytes      int64  `json:"bytes"`
+	FileBytes  int64  `json:"file_bytes"`
+	DurationMs int64  `json:"duration_ms"`
+	Error      string `json:"error,omitempty"`
+}
+
+// inspectDoc is one dump inspect --json line.
+type inspectDoc struct {
+	File     string            `json:"file"`
+	OK       bool              `json:"ok"`
+	Error    string            `json:"error,omitempty"`
+	Channel  string            `json:"channel,omitempty"`
+	Records  int64             `json:"records"`
+	Bytes    int64             `json:"bytes"`
+	FileSize int64             `json:"file_size"`
+	Created  *time.Time        `json:"created,omitempty"`
+	Codec    string            `json:"codec,omitempty"`
+	VBuckets int               `json:"vbuckets,omitempty"`
+	Seqnos   map[string]uint64 `json:"seqnos,omitempty"` // non-zero ones, by vBucket
+}
+
+// inspectFilesJSON is inspectFiles with a JSON line per file.
+func inspectFilesJSON(stdout io.Writer, files []string) error {
+	bad := 0
+	for _, path := range files {
+		doc := inspectDoc{File: path}
+		info, err := dump.Inspect(vfs.Default, path)
+		if err != nil {
+			bad++
+			doc.Error = err.Error()
+		} else {
+			doc.OK, doc.Channel, doc.Records, doc.Bytes, doc.FileSize = true, info.Channel, info.Records, info.Bytes, info.FileSize
+			doc.Codec, doc.VBuckets = info.Codec.String(), int(info.VBuckets)
+			if !info.Created.IsZero() {
+				c := info.Created.UTC()
+				doc.Created = &c
+			}
+			doc.Seqnos = map[string]uint64{}
+			for vb, s := range info.Seqnos {
+				if s != 0 {
+					doc.Seqnos[strconv.Itoa(vb)] = s
+				}
+			}
+		}
+		if err := writeJSON(stdout, doc); err != nil {
+			return err
+		}
+	}
+	if bad > 0 {
+		return quietExit(exitNegative)
 	}
 	return nil
 }
@@ -132,7 +212,7 @@ func inspectFiles(stdout, stderr io.Writer, files []string, allSeqnos bool) erro
 		printSeqnos(stdout, info.Seqnos, allSeqnos)
 	}
 	if len(bad) > 0 {
-		return fmt.Errorf("%d of %d files do not verify: %v", len(bad), len(files), bad)
+		return &exitError{code: exitNegative, msg: fmt.Sprintf("%d of %d files do not verify: %v", len(bad), len(files), bad)}
 	}
 	return nil
 }

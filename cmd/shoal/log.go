@@ -6,19 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 
 	"shoal/client"
-	"shoal/internal/logstore"
-	"shoal/internal/vfs"
+	"shoal/internal/datadir"
 )
 
 func logCommand(g *globals) *cobra.Command {
@@ -47,19 +44,21 @@ func logCommand(g *globals) *cobra.Command {
 			return c.LogPut(ctx, a[0], t, v, opts...)
 		}),
 	}
-	put.Flags().StringVar(&ts, "ts", "now", "timestamp: unix seconds, RFC 3339 time, or now")
+	put.Flags().StringVar(&ts, "ts", "now", "timestamp: unix seconds, RFC 3339 time, now or now-DURATION (now-1h)")
 	put.Flags().StringVar(&key, "key", "", "routing key: store the record in this key's vBucket (default round-robin)")
 
 	var filter, regex string
-	var replicas bool
+	var replicas, rangeJSON bool
 	rng := &cobra.Command{
 		Use:   "range CHANNEL FROM TO",
-		Short: "Print the records with timestamps in [FROM, TO] as TIMESTAMP<TAB>VALUE lines (unix seconds, RFC 3339 or now)",
-		Long: "Print the records with timestamps in [FROM, TO], one TIMESTAMP<TAB>VALUE line each. FROM and TO\n" +
-			"are unix seconds, RFC 3339 times or now. Each node's records come in timestamp order\n" +
-			"(equal timestamps in append order); with several nodes, one node's records after another's.",
+		Short: "Print the records with timestamps in [FROM, TO] as TIMESTAMP<TAB>VALUE lines (--json: JSON lines)",
+		Long: "Print the records with timestamps in [FROM, TO], one TIMESTAMP<TAB>VALUE line each (--json: one\n" +
+			"{\"timestamp\", \"value\"} line each). FROM and TO are unix seconds, RFC 3339 times\n" +
+			"(2024-05-01T12:00:00Z), now, or now minus a duration (now-1h, now-15m). The records come in\n" +
+			"timestamp order across the nodes (equal timestamps in append order).",
 		Args: cobra.ExactArgs(3),
-		RunE: g.run(func(ctx context.Context, c *client.Client, a []string) error {
+		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, a []string) error {
+			ctx := cmd.Context()
 			from, err := parseTimestamp(a[1])
 			if err != nil {
 				return err
@@ -78,31 +77,41 @@ func logCommand(g *globals) *cobra.Command {
 			if replicas {
 				opts = append(opts, client.RangeWithReplicaCopies())
 			}
-			return printLog(os.Stdout, c.LogRange(ctx, a[0], from, to, opts...))
+			return printLog(cmd.OutOrStdout(), c.LogRange(ctx, a[0], from, to, opts...), rangeJSON)
 		}),
 	}
+	jsonFlag(rng, &rangeJSON, `print one {"timestamp", "value"} line per record`)
 	rng.Flags().StringVar(&filter, "filter", "", "only records whose value contains this string")
 	rng.Flags().StringVar(&regex, "regex", "", `only records whose value matches this regular expression (RE2; "(?i)" ignores case)`)
 	rng.Flags().BoolVar(&replicas, "replica", false, "read the replica copies each node holds too (a record once per copy; may be stale)")
 	rng.MarkFlagsMutuallyExclusive("filter", "regex")
 
+	var channelsJSON bool
 	channels := &cobra.Command{
 		Use:   "channels",
 		Short: "List the log channels, one name a line",
 		Args:  cobra.NoArgs,
-		RunE: g.run(func(ctx context.Context, c *client.Client, _ []string) error {
-			list, err := c.Channels(ctx)
+		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, _ []string) error {
+			list, err := c.Channels(cmd.Context())
 			if err != nil {
 				return err
 			}
+			names := []string{}
 			for _, ch := range list {
 				if ch.Kind == "log" {
-					fmt.Println(ch.Name)
+					names = append(names, ch.Name)
 				}
+			}
+			if channelsJSON {
+				return writeJSON(cmd.OutOrStdout(), names)
+			}
+			for _, n := range names {
+				fmt.Fprintln(cmd.OutOrStdout(), n)
 			}
 			return nil
 		}),
 	}
+	jsonFlag(channels, &channelsJSON, "print an array of names")
 	cmd.AddCommand(put, rng, channels, logBenchCommand(g))
 	return cmd
 }
@@ -110,6 +119,7 @@ func logCommand(g *globals) *cobra.Command {
 func logBenchCommand(g *globals) *cobra.Command {
 	var writers, batch, size int
 	var dur time.Duration
+	var benchJSON bool
 	cmd := &cobra.Command{
 		Use:   "bench CHANNEL",
 		Short: "Append to CHANNEL from concurrent writers for a while and print the throughput",
@@ -117,7 +127,8 @@ func logBenchCommand(g *globals) *cobra.Command {
 			"--duration, one record per LogPut or --batch per LogPutBatch, and print records/s and\n" +
 			"MB/s of values. The records stay in the channel.",
 		Args: cobra.ExactArgs(1),
-		RunE: g.run(func(ctx context.Context, c *client.Client, a []string) error {
+		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, a []string) error {
+			ctx := cmd.Context()
 			if writers < 1 || batch < 1 || size < 0 {
 				return usageError{errors.New("--writers and --batch must be at least 1, --size at least 0")}
 			}
@@ -156,40 +167,77 @@ func logBenchCommand(g *globals) *cobra.Command {
 				return err
 			}
 			sec := time.Since(start).Seconds()
-			fmt.Printf("%d records in %.1f s: %.0f records/s, %.1f MB/s of values\n",
+			if benchJSON {
+				return writeJSON(cmd.OutOrStdout(), map[string]float64{"records": float64(n.Load()), "seconds": sec,
+					"records_per_sec": float64(n.Load()) / sec, "mb_per_sec": float64(n.Load()) * float64(size) / sec / 1e6})
+			}
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "%d records in %.1f s: %.0f records/s, %.1f MB/s of values\n",
 				n.Load(), sec, float64(n.Load())/sec, float64(n.Load())*float64(size)/sec/1e6)
-			return nil
+			return err
 		}),
 	}
 	cmd.Flags().IntVar(&writers, "writers", 50, "concurrent writers")
 	cmd.Flags().IntVar(&batch, "batch", 1, "records per request: 1 uses LogPut, more LogPutBatch")
 	cmd.Flags().IntVar(&size, "size", 100, "value size in bytes")
 	cmd.Flags().DurationVar(&dur, "duration", 10*time.Second, "how long to append")
+	jsonFlag(cmd, &benchJSON, `print {"records", "seconds", "records_per_sec", "mb_per_sec"}`)
 	return cmd
 }
 
-// parseTimestamp reads unix seconds, an RFC 3339 time or "now".
+// parseTimestamp reads unix seconds, an RFC 3339 time, "now", or now
+// minus or plus a duration ("now-1h", "now-90m", "now+10s").
 func parseTimestamp(s string) (uint64, error) {
-	if s == "now" {
-		return uint64(time.Now().Unix()), nil
+	return parseTimestampAt(s, time.Now())
+}
+
+func parseTimestampAt(s string, now time.Time) (uint64, error) {
+	bad := func() (uint64, error) {
+		return 0, usageError{fmt.Errorf("bad timestamp %q: want unix seconds, an RFC 3339 time such as 2024-05-01T12:00:00Z, now, or now-DURATION such as now-1h", s)}
+	}
+	if rest, ok := strings.CutPrefix(s, "now"); ok {
+		t := now
+		if rest != "" {
+			if rest[0] != '-' && rest[0] != '+' {
+				return bad()
+			}
+			d, err := time.ParseDuration(rest[1:])
+			if err != nil || d < 0 {
+				return bad()
+			}
+			if rest[0] == '-' {
+				d = -d
+			}
+			t = now.Add(d)
+		}
+		if t.Unix() < 0 {
+			return 0, nil
+		}
+		return uint64(t.Unix()), nil
 	}
 	if n, err := strconv.ParseUint(s, 10, 64); err == nil {
 		return n, nil
 	}
 	t, err := time.Parse(time.RFC3339, s)
 	if err != nil || t.Unix() < 0 {
-		return 0, usageError{fmt.Errorf("bad timestamp %q: want unix seconds, an RFC 3339 time such as 2024-05-01T12:00:00Z, or now", s)}
+		return bad()
 	}
 	return uint64(t.Unix()), nil
 }
 
-// printLog writes one TIMESTAMP<TAB>VALUE line per record.
-func printLog(out io.Writer, s *client.Stream[client.LogRecord]) error {
+// printLog writes one TIMESTAMP<TAB>VALUE line per record, or with
+// asJSON one {"timestamp", "value"} line.
+func printLog(out io.Writer, s *client.Stream[client.LogRecord], asJSON bool) error {
 	w := bufio.NewWriterSize(out, 64<<10)
 	for r, err := range s.All() {
 		if err != nil {
 			w.Flush()
 			return err
+		}
+		if asJSON {
+			if err := writeJSON(w, logRecordDoc{r.Timestamp, text(r.Value)}); err != nil {
+				return err
+			}
+			continue
 		}
 		w.WriteString(strconv.FormatUint(r.Timestamp, 10))
 		w.WriteByte('\t')
@@ -199,73 +247,17 @@ func printLog(out io.Writer, s *client.Stream[client.LogRecord]) error {
 	return w.Flush()
 }
 
-func checkCommand() *cobra.Command {
-	var repair bool
-	cmd := &cobra.Command{
-		Use:   "check DIR",
-		Short: "Verify (and with --repair, repair) the log files of a stopped node's data directory",
-		Long: "Verify every log segment file under DIR, a node's data directory (its log-data directory\n" +
-			"is checked) or a log data directory, offline: the node must be stopped. One line per\n" +
-			"problem, then a summary. --repair cuts torn tails, rewrites files damaged in the middle\n" +
-			"(keeping the original as NAME.broken), salvages files with a bad header and removes\n" +
-			"leftovers. Exit status 1 when problems remain.",
-		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, a []string) error {
-			return check(os.Stdout, a[0], repair)
-		},
-	}
-	cmd.Flags().BoolVar(&repair, "repair", false, "repair what can be repaired")
-	return cmd
-}
-
-// check runs logstore.Check on dir (or dir/log-data) while holding the
-// data directory's lock, so that no node runs on it meanwhile.
-func check(out io.Writer, dir string, repair bool) error {
-	if fi, err := os.Stat(filepath.Join(dir, "log-data")); err == nil && fi.IsDir() {
-		unlock, err := lockDataDir(dir)
-		if err != nil {
-			return err
-		}
-		defer unlock()
-		dir = filepath.Join(dir, "log-data")
-		fmt.Fprintf(out, "checking %s\n", dir)
-	} else if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return fmt.Errorf("cannot check %s: not a directory", dir)
-	}
-	rep, err := logstore.Check(vfs.Default, dir, repair, out)
-	if err != nil {
-		return err
-	}
-	switch {
-	case rep.Problems() == 0:
-		return nil
-	case !repair:
-		return &exitError{code: 1, msg: fmt.Sprintf("%d problems found; run with --repair to repair them", rep.Problems())}
-	}
-	after, err := logstore.Check(vfs.Default, dir, false, io.Discard)
-	if err != nil {
-		return err
-	}
-	if n := after.Problems(); n > 0 {
-		return &exitError{code: 1, msg: fmt.Sprintf("%d problems remain after the repair", n)}
-	}
-	fmt.Fprintln(out, "no problems remain")
-	return nil
-}
-
 // lockDataDir takes the lock a running shoald holds on DIR/LOCK.
 func lockDataDir(dir string) (unlock func(), err error) {
-	path := filepath.Join(dir, "LOCK")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := datadir.Lock(dir)
 	if err != nil {
-		return nil, fmt.Errorf("cannot open %s: %w", path, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%s is in use by a running shoald: stop it first", dir)
-		}
-		return nil, fmt.Errorf("cannot lock %s: %w", path, err)
+		return nil, err
 	}
 	return func() { f.Close() }, nil
+}
+
+// logRecordDoc is one log range --json line.
+type logRecordDoc struct {
+	Timestamp uint64 `json:"timestamp"`
+	Value     text   `json:"value"`
 }

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -37,7 +38,8 @@ type globals struct {
 	noRoute     bool
 }
 
-// exitError carries an exit status other than 1.
+// exitError carries an exit status and the message for stderr ("" for
+// none).
 type exitError struct {
 	code int
 	msg  string
@@ -45,11 +47,58 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.msg }
 
+// quietExit ends the command with code and nothing on stderr: its output
+// said it all (exists printing false).
+func quietExit(code int) error { return &exitError{code: code} }
+
+// notFound is the negative answer of a key that has no record.
+func notFound(channel, key string) error {
+	return &exitError{code: exitNegative, msg: fmt.Sprintf("not found: no key %q in channel %q", key, channel)}
+}
+
+// Exit statuses, for scripts (shoal --help and the README list them).
+const (
+	exitOK       = 0 // success
+	exitNegative = 1 // a negative answer: not found, empty, exists false, CAS mismatch, problems found
+	exitUsage    = 2 // a mistake in the command line
+	exitCluster  = 3 // the cluster cannot be reached, or it refused (auth, no quorum, unavailable)
+	exitOther    = 4 // any other error: the node's (bad request, out of memory, internal) or a local one
+)
+
+// exitHelp is the part of `shoal --help` about exit statuses.
+const exitHelp = `Exit status:
+  0  success
+  1  a negative answer: not found, empty queue, exists false, CAS mismatch,
+     a missing channel, check or wait-ready problems
+  2  usage error (unknown command or flag, wrong arguments)
+  3  the cluster cannot be reached, or it refused: connection refused or
+     timed out, authentication, no quorum, unavailable, not my vbucket
+  4  any other error: one the node answered with (bad request, out of
+     memory, internal error, ...) or a local one (a file that cannot be read)`
+
 func main() {
-	g := &globals{}
+	root := rootCommand(&globals{})
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := root.ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		if err.Error() != "" {
+			for _, line := range errorLines(err) {
+				fmt.Fprintln(os.Stderr, "shoal:", line)
+			}
+		}
+		os.Exit(exitCode(err))
+	}
+}
+
+// rootCommand builds the command tree. The errors cobra finds before a
+// command's body runs (unknown command or flag, wrong arguments, a
+// required flag missing) are usage errors.
+func rootCommand(g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "shoal",
 		Short:         "Command-line client of shoal nodes",
+		Long:          "Command-line client and operator tool of shoal nodes.\n\n" + exitHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -72,21 +121,116 @@ func main() {
 	root.AddCommand(failoverCommands(g)...)
 	root.AddCommand(discoveryCommands(g)...)
 	root.AddCommand(benchCommand(g))
+	root.AddCommand(versionCommand())
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	markUsage(root)
+	return root
+}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := root.ExecuteContext(ctx)
-	stop()
-	if err != nil {
-		code := 1
-		var ee *exitError
-		if errors.As(err, &ee) {
-			code = ee.code
-		} else if isUsage(err) {
-			code = 2
+// markUsage makes the argument checks of every command return
+// usageErrors (the flag errors are, by the root's FlagErrorFunc).
+func markUsage(cmd *cobra.Command) {
+	if cmd.HasSubCommands() && cmd.RunE == nil && cmd.Run == nil && cmd.HasParent() {
+		// A group (log, queue, ...): its help, or a usage error for a
+		// subcommand it does not have.
+		cmd.Args = cobra.ArbitraryArgs
+		cmd.RunE = func(c *cobra.Command, a []string) error {
+			if len(a) > 0 {
+				return usageError{fmt.Errorf("unknown command %q for %q", a[0], c.CommandPath())}
+			}
+			return c.Help()
 		}
-		fmt.Fprintln(os.Stderr, "shoal:", err)
-		os.Exit(code)
 	}
+	if args := cmd.Args; args != nil {
+		cmd.Args = func(c *cobra.Command, a []string) error {
+			if err := args(c, a); err != nil {
+				return usageError{err}
+			}
+			return nil
+		}
+	}
+	for _, sub := range cmd.Commands() {
+		markUsage(sub)
+	}
+}
+
+// exitCode is the exit status for err.
+func exitCode(err error) int {
+	var ee *exitError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ee):
+		return ee.code
+	case isUsage(err), isCobraUsage(err):
+		return exitUsage
+	case errors.Is(err, client.ErrNotFound), errors.Is(err, client.ErrEmpty), errors.Is(err, client.ErrExists):
+		return exitNegative
+	case errors.Is(err, client.ErrDisconnected), errors.Is(err, client.ErrUnavailable), errors.Is(err, client.ErrNotMyVBucket),
+		errors.Is(err, client.ErrAuthRequired), errors.Is(err, client.ErrAuthFailed), errors.Is(err, client.ErrNotPermitted),
+		errors.Is(err, client.ErrNoQuorum), errors.Is(err, client.ErrRefused), errors.Is(err, client.ErrTooManyConnections),
+		errors.Is(err, client.ErrShuttingDown), errors.Is(err, client.ErrBusy), errors.Is(err, client.ErrProtocol),
+		errors.Is(err, context.DeadlineExceeded):
+		return exitCluster
+	}
+	return exitOther
+}
+
+// isCobraUsage recognises the usage errors cobra makes on its own (an
+// unknown command, a required flag or a flag group), which carry no type.
+func isCobraUsage(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"unknown command ", "required flag(s) ", "if any flags in the group ", "at least one of the flags in the group "} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// errorLines formats err for stderr, one line per error, each as
+// "ADDR: what happened" when a node is concerned.
+func errorLines(err error) []string {
+	var ce *connectError
+	if errors.As(err, &ce) {
+		return ce.lines()
+	}
+	return []string{err.Error()}
+}
+
+// connectError is a failed Dial: one cause per seed address.
+type connectError struct {
+	addrs []string
+	err   error
+}
+
+func (e *connectError) Error() string { return strings.Join(e.lines(), "; ") }
+func (e *connectError) Unwrap() error { return e.err }
+
+// lines are "ADDR: cannot connect: why", one per seed that failed.
+func (e *connectError) lines() []string {
+	var causes []error
+	if j, ok := e.err.(interface{ Unwrap() []error }); ok {
+		causes = j.Unwrap()
+	} else {
+		causes = []error{e.err}
+	}
+	var out []string
+	for _, c := range causes {
+		msg := c.Error()
+		for _, sentinel := range []error{client.ErrDisconnected, client.ErrProtocol} {
+			msg = strings.TrimPrefix(msg, sentinel.Error()+": ")
+		}
+		addr := strings.Join(e.addrs, ",")
+		for _, a := range e.addrs {
+			if strings.HasPrefix(msg, a+": ") {
+				addr, msg = a, strings.TrimPrefix(msg, a+": ")
+				break
+			}
+		}
+		out = append(out, addr+": cannot connect: "+msg)
+	}
+	return out
 }
 
 func isUsage(err error) bool {
@@ -96,6 +240,8 @@ func isUsage(err error) bool {
 
 // usageError marks a mistake in the command line (exit status 2).
 type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
@@ -139,7 +285,7 @@ func (g *globals) dial(ctx context.Context) (*client.Client, error) {
 	defer cancel()
 	c, err := client.Dial(dctx, g.addr, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("cannot connect to %s: %w", g.addr, err)
+		return nil, &connectError{addrs: strings.Split(g.addr, ","), err: err}
 	}
 	return c, nil
 }

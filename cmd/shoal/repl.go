@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -35,9 +34,10 @@ func replCommands(g *globals) []*cobra.Command {
 			"comparison as a document. On a node in no cluster (a standby) it prints the node's own\n" +
 			"high seqnos per vBucket and engine, for comparing it with its active by hand.",
 		Args: cobra.NoArgs,
-		RunE: g.run(func(ctx context.Context, c *client.Client, _ []string) error {
+		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, _ []string) error {
+			ctx, stdout := cmd.Context(), cmd.OutOrStdout()
 			if vbuckets && c.RoutingMap() != nil {
-				return compareCopies(ctx, os.Stdout, c, asJSON)
+				return compareCopies(ctx, stdout, c, asJSON)
 			}
 			doc, err := c.Status(ctx, vbuckets)
 			if err != nil {
@@ -49,14 +49,14 @@ func replCommands(g *globals) []*cobra.Command {
 					return fmt.Errorf("the node sent a status that is not JSON: %w", err)
 				}
 				out.WriteByte('\n')
-				_, err = os.Stdout.Write(out.Bytes())
+				_, err = stdout.Write(out.Bytes())
 				return err
 			}
 			var st statusDoc
 			if err := json.Unmarshal(doc, &st); err != nil {
 				return fmt.Errorf("the node sent a status that does not decode: %w", err)
 			}
-			printStatus(os.Stdout, &st, time.Now())
+			printStatus(stdout, &st, time.Now())
 			return nil
 		}),
 	}
@@ -154,8 +154,8 @@ func printStatus(w io.Writer, st *statusDoc, now time.Time) {
 	case r.PromotedFrom != "":
 		role += " (promoted; was a replica of " + r.PromotedFrom + ")"
 	}
-	fmt.Fprintf(w, "node %s  %s  %s  up %s  %d connections  %d vbuckets  version %s\n", st.NodeID, role, st.Listen,
-		time.Duration(st.UptimeSeconds)*time.Second, st.Connections, st.VBuckets, st.Version)
+	fmt.Fprintf(w, "node %s  %s  %s  up %s  %s  %d vbuckets  version %s\n", st.NodeID, role, st.Listen,
+		time.Duration(st.UptimeSeconds)*time.Second, plural(int(st.Connections), "connection"), st.VBuckets, st.Version)
 	fmt.Fprintf(w, "kv %d records, %d bytes; queue %d records, %d bytes\n", st.KV.Records, st.KV.Bytes, st.Queue.Records, st.Queue.Bytes)
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	if l := st.Liveness; l != nil {

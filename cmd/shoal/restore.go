@@ -12,7 +12,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 
 	"shoal/client"
 	"shoal/internal/dump"
@@ -56,7 +55,7 @@ func restore(ctx context.Context, c *client.Client, files []string, stderr *os.F
 		info, err := dump.Scan(f, path)
 		f.Close()
 		if err != nil {
-			return fmt.Errorf("nothing restored: %w", err)
+			return &exitError{code: exitNegative, msg: fmt.Sprintf("nothing restored: %v", err)}
 		}
 		total += info.Records
 		channels[i] = info.Channel
@@ -222,9 +221,4 @@ func (p *progress) finish() {
 	if p.tty {
 		fmt.Fprintln(p.w)
 	}
-}
-
-func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
 }

@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	"shoal/internal/buildinfo"
 	"shoal/internal/config"
 	"shoal/internal/node"
 )
@@ -33,6 +34,10 @@ func main() {
 	}
 	cfg, err := config.Load(os.Args[1:], os.Stderr)
 	if errors.Is(err, config.ErrHelp) {
+		os.Exit(0)
+	}
+	if errors.Is(err, config.ErrVersion) {
+		fmt.Println(buildinfo.Read(version).String("shoald"))
 		os.Exit(0)
 	}
 	if err != nil {

@@ -65,7 +65,11 @@ type Options struct {
 	Warmup    time.Duration // load sent before measuring, not recorded
 	GetRatio  float64       // Mix: the share of Gets, 0..1
 	RangeOf   int           // Range: records per request
-	Channel   string        // base channel name: kv channel; NAME-queue, NAME-log, NAME-range for the others
+	Channel   string        // base channel name: NAME-kv, NAME-queue, NAME-log, NAME-range by workload
+	// Cleanup removes the run's channel (and everything in it) at the
+	// end: the queue, the log, or the kv channel (on Redis the list or
+	// stream key; kv keys stay there).
+	Cleanup bool
 
 	// Progress receives a live progress line every ProgressEvery (nil:
 	// none).
@@ -138,5 +142,20 @@ func (o *Options) channel() string {
 	case Range:
 		return o.Channel + "-range"
 	}
-	return o.Channel
+	return o.Channel + "-kv"
+}
+
+// ChannelName returns the channel the workload's requests go to.
+func (o *Options) ChannelName() string { return o.channel() }
+
+// CleansUpByDefault reports whether a workload's channel is removed at the
+// end unless asked otherwise: the queue and log workloads, whose records
+// nobody reads afterwards (the kv ones keep their records for a later get
+// run).
+func (w Workload) CleansUpByDefault() bool {
+	switch w {
+	case Push, Pop, Append, Range:
+		return true
+	}
+	return false
 }

@@ -37,6 +37,31 @@ type Result struct {
 	MaxMs          float64 `json:"max_ms"`
 	// FirstError is the first error seen, for the record.
 	FirstError string `json:"first_error,omitempty"`
+	// Warnings say what makes the figures doubtful (most gets missed) or
+	// what the run left behind.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// maxMissRatio is the share of misses over which a run warns: it measured
+// mostly misses, which cost less than hits.
+const maxMissRatio = 0.10
+
+// missWarning is the warning of a run with more than maxMissRatio misses;
+// "" when there is none.
+func missWarning(o Options, res Result) string {
+	answered := res.Requests - res.Errors
+	if answered <= 0 || float64(res.Misses) <= maxMissRatio*float64(answered) {
+		return ""
+	}
+	pct := 100 * float64(res.Misses) / float64(answered)
+	switch o.Workload {
+	case Get, Mix:
+		return fmt.Sprintf("%.0f%% of the gets missed: most keys of the key space are not there, and misses are cheaper than hits; "+
+			"fill it first with --workload load --keys %d (same --channel)", pct, o.Keys)
+	case Pop:
+		return fmt.Sprintf("%.0f%% of the pops found the queue empty: fill it first with --workload push --cleanup=false, or run a push bench alongside", pct)
+	}
+	return fmt.Sprintf("%.0f%% of the requests were misses", pct)
 }
 
 // Latencies are recorded in microseconds, from 1 µs to 100 s, with 3
@@ -170,6 +195,14 @@ wait:
 		fmt.Fprintln(o.Progress, progressLine(string(o.Workload), t.String(), time.Since(start), r.done.Load(), r.failed.Load()))
 	}
 	res := r.result(start, tallies)
+	if w := missWarning(o, res); w != "" {
+		res.Warnings = append(res.Warnings, w)
+	}
+	if o.Cleanup && parent.Err() == nil {
+		if err := r.cleanup(parent); err != nil {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("cannot remove %s after the run: %v", r.ch, err))
+		}
+	}
 	for i := range tallies {
 		if tallies[i].fatal != nil {
 			return res, tallies[i].fatal
@@ -222,13 +255,27 @@ func (r *run) open(ctx context.Context) ([]Conn, error) {
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	var first error
+	failed := 0
+	for _, err := range errs {
+		if err != nil {
+			failed++
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	if first != nil {
 		for _, c := range conns {
 			if c != nil {
 				c.Close()
 			}
 		}
-		return nil, fmt.Errorf("cannot open %d connections to %s: %w", r.o.Conns, r.t, err)
+		// One error, not one per connection: they are all the same.
+		if failed == 1 && r.o.Conns == 1 {
+			return nil, fmt.Errorf("cannot connect to %s: %w", r.t, first)
+		}
+		return nil, fmt.Errorf("cannot open %d connections to %s (%d failed), the first: %w", r.o.Conns, r.t, failed, first)
 	}
 	return conns, nil
 }
@@ -258,6 +305,19 @@ func (r *run) fillLog(ctx context.Context) error {
 		ts += int64(n)
 	}
 	return nil
+}
+
+// cleanup removes the run's channel.
+func (r *run) cleanup(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, stopGrace)
+	defer cancel()
+	c, err := r.t.Open(ctx, 1)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	out := make([]Outcome, 1)
+	return firstError(c.Do(ctx, []Request{{Op: OpDrop, Channel: r.ch}}, out), out)
 }
 
 // firstError returns err or the first request error of out.

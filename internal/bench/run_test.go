@@ -288,10 +288,10 @@ func TestShoal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if sz, err := c.ChannelSize(ctx, "bench"); err != nil || sz.Records != 50 {
+	if sz, err := c.ChannelSize(ctx, "bench-kv"); err != nil || sz.Records != 50 {
 		t.Errorf("after load: %+v, %v", sz, err)
 	}
-	if v, err := c.Get(ctx, "bench", []byte("key:000000000049")); err != nil || string(v) != "xxxxxxxxxx" {
+	if v, err := c.Get(ctx, "bench-kv", []byte("key:000000000049")); err != nil || string(v) != "xxxxxxxxxx" {
 		t.Errorf("key 49: %q, %v", v, err)
 	}
 	for _, w := range []Workload{Get, Set, Mix} {

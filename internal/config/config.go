@@ -79,6 +79,10 @@ type Config struct {
 	// QueueFsyncInterval is, in journal mode, how often the journal is
 	// fsynced; "always" fsyncs before every answer (group commit).
 	QueueFsyncInterval FsyncInterval `toml:"queue_fsync_interval"`
+	// QueueSubscriberIdle is how long a subscriber may go without a
+	// consumer before /status lists it under queue.idle_subscribers (a
+	// forgotten subscriber keeps every push and blocks pop); 0 lists none.
+	QueueSubscriberIdle Duration `toml:"queue_subscriber_idle"`
 
 	// LogFsync is the log engine's durability mode (log.go).
 	LogFsync FsyncMode `toml:"log_fsync"`
@@ -108,17 +112,18 @@ type Config struct {
 // Default returns the settings of a node started with no arguments.
 func Default() Config {
 	return Config{
-		Listen:         "127.0.0.1:7400",
-		HTTP:           "127.0.0.1:7480",
-		Data:           "./shoal-data",
-		LogFormat:      "text",
-		LogLevel:       "info",
-		StatsInterval:  Duration(30e9),
-		MaxValueSize:   1 << 20,
-		MaxConnections: 5000,
-		VBuckets:       vbucket.Default,
-		Console:        true,
-		HTTPAuth:       HTTPAuthOff,
+		Listen:              "127.0.0.1:7400",
+		HTTP:                "127.0.0.1:7480",
+		Data:                "./shoal-data",
+		LogFormat:           "text",
+		LogLevel:            "info",
+		StatsInterval:       Duration(30e9),
+		QueueSubscriberIdle: Duration(time.Hour),
+		MaxValueSize:        1 << 20,
+		MaxConnections:      5000,
+		VBuckets:            vbucket.Default,
+		Console:             true,
+		HTTPAuth:            HTTPAuthOff,
 
 		QueueRingSize:   64 << 20,
 		QueueDurability: "memory",
@@ -136,6 +141,10 @@ func Default() Config {
 // ErrHelp is returned by Load when -h or --help was given.
 var ErrHelp = flag.ErrHelp
 
+// ErrVersion is returned by Load when --version was given: the caller
+// prints its version and exits.
+var ErrVersion = errors.New("version asked")
+
 // Load builds the configuration from defaults, the file named by --config
 // (if any) and the flags in args, in that order of precedence (flags win).
 // Usage and errors go to output.
@@ -144,6 +153,7 @@ func Load(args []string, output io.Writer) (Config, error) {
 	pre := flag.NewFlagSet("shoald", flag.ContinueOnError)
 	pre.SetOutput(io.Discard)
 	path := pre.String("config", "", "")
+	pre.Bool("version", false, "")
 	bind(pre, &Config{})
 	_ = pre.Parse(args) // errors are reported by the second pass
 
@@ -164,9 +174,13 @@ func Load(args []string, output io.Writer) (Config, error) {
 	fs := flag.NewFlagSet("shoald", flag.ContinueOnError)
 	fs.SetOutput(output)
 	fs.String("config", "", "TOML file with the same settings as the flags (flags win)")
+	version := fs.Bool("version", false, "print the version, the commit and the Go version, and exit")
 	bind(fs, &cfg)
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
+	}
+	if *version {
+		return cfg, ErrVersion
 	}
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -197,6 +211,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.Var(&c.QueueRingSize, "queue-ring-size", "memory ring of each queue (e.g. 64MiB); more overflows to disk")
 	fs.StringVar(&c.QueueDurability, "queue-durability", c.QueueDurability, "queue durability: memory (a crash loses the rings) or journal")
 	fs.Var(&c.QueueFsyncInterval, "queue-fsync-interval", "journal mode: fsync period (e.g. 10ms), or always (before every answer)")
+	fs.Var(&c.QueueSubscriberIdle, "queue-subscriber-idle", "a queue subscriber without consumer this long is listed as idle in /status (0: never)")
 	bindHTTP(fs, c)
 	bindReplication(fs, c)
 	bindCluster(fs, c)

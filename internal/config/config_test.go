@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -133,5 +134,23 @@ func TestDiscoveryFlags(t *testing.T) {
 		if _, err := Load(args, io.Discard); err == nil {
 			t.Errorf("Load(%q) accepted bad settings", args)
 		}
+	}
+}
+
+// TestVersionAndHelp: --version is its own outcome (before validation);
+// -h shows a placeholder for --replica-of's value, not words of its text.
+func TestVersionAndHelp(t *testing.T) {
+	if _, err := Load([]string{"--version"}, io.Discard); !errors.Is(err, ErrVersion) {
+		t.Errorf("--version: %v", err)
+	}
+	if _, err := Load([]string{"--vbuckets", "0", "--version"}, io.Discard); !errors.Is(err, ErrVersion) {
+		t.Errorf("--version with a bad setting: %v", err)
+	}
+	var out strings.Builder
+	if _, err := Load([]string{"-h"}, &out); !errors.Is(err, ErrHelp) {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "-replica-of ADDR\n") || strings.Contains(out.String(), "-replica-of shoal") || !strings.Contains(out.String(), "-version\n") {
+		t.Errorf("usage:\n%s", out.String())
 	}
 }

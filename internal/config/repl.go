@@ -50,7 +50,7 @@ func defaultReplication() Replication {
 }
 
 func bindReplication(fs *flag.FlagSet, c *Config) {
-	fs.StringVar(&c.ReplicaOf, "replica-of", c.ReplicaOf, "run as a standby replica of the node at this data port address (read-only until `shoal promote`)")
+	fs.StringVar(&c.ReplicaOf, "replica-of", c.ReplicaOf, "run as a standby replica of the node whose data port is `ADDR` (read-only until shoal promote)")
 	fs.StringVar(&c.ReplicaUser, "replica-user", c.ReplicaUser, "credential name the standby authenticates as (the active's admin)")
 	fs.StringVar(&c.ReplicaSecretFile, "replica-secret-file", c.ReplicaSecretFile, "file holding the hex secret of --replica-user")
 	fs.IntVar(&c.ReplicaConnections, "replica-connections", c.ReplicaConnections, "stream connections per engine from the standby to the active")

@@ -284,7 +284,7 @@ func TestDumpCommandErrors(t *testing.T) {
 	os.RemoveAll(dd)
 	os.WriteFile(dd, []byte("not a directory"), 0o644)
 	r := testproc.CLI(t, n.Addr, "", "dump", "--now")
-	if r.Code != 1 || !strings.Contains(r.Stderr, "cannot create dump directory") {
+	if r.Code != 4 || !strings.Contains(r.Stderr, "cannot create dump directory") {
 		t.Fatalf("dump --now into a file: %+v", r)
 	}
 	// The node still serves, and its status names the failure.

@@ -9,7 +9,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -38,7 +41,7 @@ func TestCLIKV(t *testing.T) {
 	f("from stdin\n", 0, "", "put", "users", "carol", "-")
 	f("", 0, "from stdin\n", "get", "users", "carol")
 	f("", 0, "true\n", "exists", "users", "alice")
-	f("", 0, "false\n", "exists", "users", "bob")
+	f("", 1, "false\n", "exists", "users", "bob")
 	r = f("", 0, "", "get", "--cas", "users", "alice")
 	var cas uint64
 	fmt.Sscanf(r.Stderr, "cas %d", &cas)
@@ -81,7 +84,7 @@ func TestCLIKV(t *testing.T) {
 		}
 	}
 	r = testproc.CLI(t, "127.0.0.1:1", "", "get", "c", "k")
-	if r.Code != 1 || !strings.Contains(r.Stderr, "cannot connect") || strings.Count(strings.TrimSpace(r.Stderr), "\n") != 0 {
+	if r.Code != 3 || !strings.Contains(r.Stderr, "cannot connect") || strings.Count(strings.TrimSpace(r.Stderr), "\n") != 0 {
 		t.Fatalf("unreachable node: code %d stderr %q", r.Code, r.Stderr)
 	}
 }
@@ -153,7 +156,7 @@ func TestDataDirectoryLock(t *testing.T) {
 	second.Path = filepath.Join(testproc.Build(t), "shoald")
 	second.Args = []string{"shoald", "--data", n.Dir, "--listen", "127.0.0.1:0", "--http", "off"}
 	out, err := second.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "in use by another shoald") {
+	if err == nil || !strings.Contains(string(out), fmt.Sprintf("LOCK is locked by process %d (a running shoald", n.Pid())) {
 		t.Fatalf("second node on the same data: %v %s", err, out)
 	}
 }
@@ -292,5 +295,26 @@ func TestGarbageAgainstTheBinary(t *testing.T) {
 	}
 	if r := testproc.CLI(t, n.Addr, "", "put", "c", "k", "v"); r.Code != 0 {
 		t.Fatalf("node not serving after garbage: %+v", r)
+	}
+}
+
+// TestVersions: shoald --version and shoal version name the version, the
+// commit (stamped by go build in a git checkout, "unknown" elsewhere) and
+// the Go version; shoal version --json is one JSON object of the same.
+func TestVersions(t *testing.T) {
+	bin := testproc.Build(t)
+	out, err := exec.Command(filepath.Join(bin, "shoald"), "--version").CombinedOutput()
+	re := regexp.MustCompile(`^shoald dev \(commit ([0-9a-f]{40}(\+dirty)?|unknown), ` + regexp.QuoteMeta(runtime.Version()) + `\)\n$`)
+	if err != nil || !re.MatchString(string(out)) {
+		t.Errorf("shoald --version: %v %q", err, out)
+	}
+	r := testproc.CLI(t, "", "", "version")
+	if r.Code != 0 || !strings.HasPrefix(r.Stdout, "shoal dev (commit ") || !strings.HasSuffix(r.Stdout, ", "+runtime.Version()+")\n") {
+		t.Errorf("shoal version: %+v", r)
+	}
+	r = testproc.CLI(t, "", "", "version", "--json")
+	var v struct{ Version, Commit, Go string }
+	if r.Code != 0 || json.Unmarshal([]byte(r.Stdout), &v) != nil || v.Version != "dev" || v.Go != runtime.Version() || v.Commit == "" {
+		t.Errorf("shoal version --json: %+v", r)
 	}
 }

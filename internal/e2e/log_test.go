@@ -258,7 +258,7 @@ func TestLogCheckRepair(t *testing.T) {
 	}
 
 	n2 := testproc.StartIn(t, dir)
-	if r := testproc.CLI(t, n2.Addr, "", "check", dir); r.Code == 0 || !strings.Contains(r.Stderr, "in use by a running shoald") {
+	if r := testproc.CLI(t, n2.Addr, "", "check", dir); r.Code == 0 || !strings.Contains(r.Stderr, fmt.Sprintf("locked by process %d (a running shoald", n2.Pid())) {
 		t.Fatalf("check of a running node's directory: %+v", r)
 	}
 	for ch, lost := range map[string]func(i int) bool{

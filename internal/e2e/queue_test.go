@@ -69,7 +69,7 @@ func TestQueueCLI(t *testing.T) {
 	f("", 0, "second\n", "pop", "jobs")
 	f("", 0, "both", "pop", "jobs")
 	r := f("", 1, "", "pop", "jobs")
-	if strings.TrimSpace(r.Stderr) != "shoal: empty" {
+	if strings.TrimSpace(r.Stderr) != `shoal: empty: queue "jobs" has no record` {
 		t.Fatalf("pop of an empty queue: stderr %q", r.Stderr)
 	}
 	f("", 0, "both", "pop", "copy")
@@ -82,7 +82,7 @@ func TestQueueCLI(t *testing.T) {
 	f("", 0, "audit\tqueue\ncopy\tqueue\njobs\tqueue\nmore\tqueue\n", "channels")
 	f("", 0, "records 2\nbytes 8\n", "size")
 	f("", 0, "", "put", "kvchan", "k", "v")
-	r = f("", 1, "", "push", "kvchan", "v")
+	r = f("", 4, "", "push", "kvchan", "v")
 	if !strings.Contains(r.Stderr, "wrong channel kind") {
 		t.Fatalf("push to a kv channel: %q", r.Stderr)
 	}
@@ -127,8 +127,8 @@ func TestQueueCLI(t *testing.T) {
 	if l := next(); l != "live" {
 		t.Fatalf("consume live: %q", l)
 	}
-	r = f("", 1, "", "pop", "audit")
-	if !strings.Contains(r.Stderr, "subscribers") {
+	r = f("", 4, "", "pop", "audit")
+	if !strings.Contains(r.Stderr, "subscribers") || !strings.Contains(r.Stderr, "shoal queue unsubscribe audit NAME") {
 		t.Fatalf("pop of a subscribed channel: %q", r.Stderr)
 	}
 	f("", 0, "", "rmchannel", "audit")

@@ -121,9 +121,31 @@ func (st *storeTest) Update(t *rapid.T) {
 		if err != nil {
 			t.Fatalf("Update: %v", err)
 		}
-		if want := st.m.put(ch, key, v, st.expiry(ttl)); got != want {
+		exp := st.expiry(ttl)
+		if ttl <= 0 {
+			exp = r.expiry // Update without a TTL keeps the record's
+		}
+		if want := st.m.put(ch, key, v, exp); got != want {
 			t.Fatalf("Update cas %d, want %d", got, want)
 		}
+	}
+}
+
+func (st *storeTest) Expire(t *rapid.T) {
+	ch, key, ttl := st.ch(t), st.key(t), st.ttl(t)
+	r, ok := st.m.get(ch, key, st.now())
+	got, err := st.s.Expire(ch, []byte(key), ttl)
+	if !ok {
+		if !errors.Is(err, ErrNotFound) {
+			t.Fatalf("Expire of missing key: %v", err)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("Expire: %v", err)
+	}
+	if want := st.m.put(ch, key, r.value, st.expiry(ttl)); got != want {
+		t.Fatalf("Expire cas %d, want %d", got, want)
 	}
 }
 

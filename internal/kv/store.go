@@ -1,6 +1,7 @@
 package kv
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -364,7 +365,9 @@ func (s *Store) write(p *partition, t *table, ch string, i int, found bool, m ui
 
 // Update replaces the value of an existing record whose CAS is cas. It
 // fails with ErrNotFound when there is no live record and with ErrExists
-// when the record changed since cas was read.
+// when the record changed since cas was read. ttl > 0 sets a new expiry;
+// ttl <= 0 keeps the record's (Redis's SET ... KEEPTTL): a record that
+// was to expire still does, at the same time.
 func (s *Store) Update(ch string, key, value []byte, cas uint64, ttl time.Duration) (uint64, error) {
 	if err := s.checkWrite(ch, key, value); err != nil {
 		return 0, err
@@ -391,7 +394,79 @@ func (s *Store) Update(ch string, key, value []byte, cas uint64, ttl time.Durati
 	if r.seqno != cas {
 		return 0, ErrExists
 	}
+	if ttl <= 0 && r.flags&flagTime != 0 {
+		stamp = r.stamp
+	}
 	return s.write(p, t, ch, i, true, m, key, value, stamp)
+}
+
+// Expire sets when the live record of key expires: ttl later (rounded up
+// to a whole second), or never for ttl <= 0 (Redis's EXPIRE and PERSIST).
+// The value stays; it is a write (a new seqno, which replicas receive
+// with the new expiry), and it returns the record's new CAS. ErrNotFound
+// when there is no live record.
+func (s *Store) Expire(ch string, key []byte, ttl time.Duration) (uint64, error) {
+	if err := s.checkChannel(ch); err != nil {
+		return 0, err
+	}
+	if err := checkKey(key); err != nil {
+		return 0, err
+	}
+	var stamp uint32
+	if ttl > 0 {
+		stamp = expiryStamp(s.now(), ttl)
+	}
+	p, m := s.locate(key)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	t := p.tables[ch]
+	if t == nil {
+		return 0, ErrNotFound
+	}
+	i, found := t.find(key, m)
+	if !found {
+		return 0, ErrNotFound
+	}
+	r := t.recAt(i)
+	if !s.visible(&r) {
+		return 0, ErrNotFound
+	}
+	// r.value points into the table, which the write may move.
+	value := bytes.Clone(r.value)
+	if value == nil {
+		value = []byte{}
+	}
+	return s.write(p, t, ch, i, true, m, key, value, stamp)
+}
+
+// Expiry returns when the live record of key expires (the zero time when
+// never) and its CAS; ErrNotFound when there is no live record.
+func (s *Store) Expiry(ch string, key []byte) (time.Time, uint64, error) {
+	if s.closed.Load() {
+		return time.Time{}, 0, ErrClosed
+	}
+	if err := checkKey(key); err != nil {
+		return time.Time{}, 0, err
+	}
+	p, m := s.locate(key)
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	t := p.tables[ch]
+	if t == nil {
+		return time.Time{}, 0, ErrNotFound
+	}
+	i, found := t.find(key, m)
+	if !found {
+		return time.Time{}, 0, ErrNotFound
+	}
+	r := t.recAt(i)
+	if !s.visible(&r) {
+		return time.Time{}, 0, ErrNotFound
+	}
+	if r.flags&flagTime == 0 {
+		return time.Time{}, r.seqno, nil
+	}
+	return time.Unix(fromStamp(r.stamp), 0), r.seqno, nil
 }
 
 // Get appends the value of key to dst and returns it with the record's CAS.

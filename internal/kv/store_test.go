@@ -609,3 +609,87 @@ func TestSizesInVBuckets(t *testing.T) {
 		t.Fatalf("every vBucket: %+v", all)
 	}
 }
+
+// TestUpdateKeepsTTL: Update without a TTL keeps the record's expiry
+// (Redis's KEEPTTL), with one sets it anew; Expire sets or clears it as a
+// write of its own (a new CAS, the value unchanged); Expiry reports it.
+func TestUpdateKeepsTTL(t *testing.T) {
+	clock := newFakeClock()
+	s := newStore(t, Config{VBuckets: 2, Now: clock.Now})
+	key := []byte("k")
+	cas, err := s.Put("c", key, []byte("v1"), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := clock.Now().Add(10 * time.Second)
+	if exp, c, err := s.Expiry("c", key); err != nil || !exp.Equal(at) || c != cas {
+		t.Fatalf("Expiry after Put: %v %d %v, want %v %d", exp, c, err, at, cas)
+	}
+	clock.Add(4 * time.Second)
+	if cas, err = s.Update("c", key, []byte("v2"), cas, 0); err != nil {
+		t.Fatal(err)
+	}
+	if exp, _, _ := s.Expiry("c", key); !exp.Equal(at) {
+		t.Fatalf("Update without a TTL: expiry %v, want the old %v", exp, at)
+	}
+	clock.Add(7 * time.Second) // past the original expiry
+	if s.Exists("c", key) {
+		t.Fatal("an updated record outlived its TTL")
+	}
+
+	// A new TTL on Update replaces the old one.
+	cas, _ = s.Put("c", key, []byte("v1"), 10*time.Second)
+	if cas, err = s.Update("c", key, []byte("v2"), cas, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if exp, _, _ := s.Expiry("c", key); !exp.Equal(clock.Now().Add(time.Hour)) {
+		t.Fatalf("Update with a TTL: expiry %v", exp)
+	}
+	// A record without a TTL keeps none.
+	other := []byte("forever")
+	c2, _ := s.Put("c", other, []byte("x"), 0)
+	s.Update("c", other, []byte("y"), c2, 0)
+	if exp, _, err := s.Expiry("c", other); err != nil || !exp.IsZero() {
+		t.Fatalf("Update of a record without TTL: %v %v", exp, err)
+	}
+
+	// Expire: a write with the value kept.
+	vb := s.locateVB(key)
+	high := s.HighSeqno(vb)
+	ncas, err := s.Expire("c", key, 30*time.Second)
+	if err != nil || ncas != high+1 || ncas == cas {
+		t.Fatalf("Expire: %d %v (high was %d)", ncas, err, high)
+	}
+	if v, c, _ := s.Get("c", key, nil); string(v) != "v2" || c != ncas {
+		t.Fatalf("after Expire: %q %d", v, c)
+	}
+	var scanned Record
+	s.Scan("c", vb, nil, func(r Record) bool {
+		if string(r.Key) == "k" {
+			scanned = r
+		}
+		return true
+	})
+	if want := clock.Now().Add(30 * time.Second).Unix(); scanned.Expiry != want {
+		t.Fatalf("the record's expiry as scanned (and streamed): %d, want %d", scanned.Expiry, want)
+	}
+	// Persist (ttl 0) clears it.
+	if _, err := s.Expire("c", key, 0); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(time.Minute)
+	if exp, _, err := s.Expiry("c", key); err != nil || !exp.IsZero() || !s.Exists("c", key) {
+		t.Fatalf("after persist: %v %v", exp, err)
+	}
+	for _, k := range []string{"missing", "k2"} {
+		if _, err := s.Expire("c", []byte(k), time.Second); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Expire of %s: %v", k, err)
+		}
+		if _, _, err := s.Expiry("c", []byte(k)); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Expiry of %s: %v", k, err)
+		}
+	}
+	if _, _, err := s.Expiry("nochannel", key); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Expiry in a missing channel: %v", err)
+	}
+}

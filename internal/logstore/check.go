@@ -62,14 +62,14 @@ func Check(fsys vfs.FS, dir string, repair bool, out io.Writer) (Report, error) 
 		return c.rep, err
 	}
 	r := &c.rep
-	verb := "found"
+	repaired := ""
 	if repair {
-		verb = "repaired"
+		repaired = fmt.Sprintf("; repaired %d files", r.Repaired)
 	}
 	fmt.Fprintf(out, "checked %d channels, %d segment files, %d records: %d damaged stretches, %d torn tails (%d bytes), "+
-		"%d bad headers, %d unsorted, %d leftover files, state %s; %s %d files\n",
+		"%d bad headers, %d unsorted, %d leftover files, state %s%s\n",
 		r.Channels, r.Files, r.Records, r.Damaged, r.TornTails, r.BadBytes, r.BadHeaders, r.Unsorted, r.Leftovers,
-		map[bool]string{true: "damaged", false: "ok"}[r.BadState], verb, r.Repaired)
+		map[bool]string{true: "damaged", false: "ok"}[r.BadState], repaired)
 	return c.rep, nil
 }
 

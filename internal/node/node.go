@@ -24,11 +24,14 @@ import (
 	"shoal/internal/auth"
 	"shoal/internal/catalog"
 	"shoal/internal/config"
+	"shoal/internal/datadir"
 	"shoal/internal/discovery"
+	"shoal/internal/dump"
 	"shoal/internal/engine"
 	"shoal/internal/kv"
 	"shoal/internal/logstore"
 	"shoal/internal/queue"
+	"shoal/internal/raftstore"
 	"shoal/internal/server"
 	"shoal/internal/stats"
 	"shoal/internal/vbmap"
@@ -117,16 +120,16 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 		return nil, fmt.Errorf("cannot start the kv engine: %w", err)
 	}
 	if err := n.loadDumps(); err != nil {
-		return nil, err
+		return nil, n.damaged(err)
 	}
 	for _, cs := range n.kv.Channels() {
 		n.cat.Claim([]byte(cs.Name), engine.KindKV)
 	}
 	if err := n.openQueue(); err != nil {
-		return nil, err
+		return nil, n.damaged(err)
 	}
 	if err := n.openLog(); err != nil {
-		return nil, err
+		return nil, n.damaged(err)
 	}
 	scfg := server.Config{
 		NodeID:         n.cfg.NodeID,
@@ -173,6 +176,7 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 		if n.httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
 			return nil, fmt.Errorf("cannot listen on the HTTP port: %w", err)
 		}
+		n.httpLn = &dataPortHint{Listener: n.httpLn, dataAddr: n.dataPortAddr()}
 	}
 	if cfg.ReplicaOf != "" {
 		err = n.setupStandby()
@@ -186,9 +190,30 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 		err = n.applyMap(vbmap.Solo(n.cfg.NodeID, cfg.VBuckets), nil)
 	}
 	if err != nil {
-		return nil, err
+		return nil, n.damaged(err)
 	}
 	return n, nil
+}
+
+// damaged adds to an error about a damaged file, which names the file,
+// the command that checks the whole data directory and repairs what can
+// be repaired.
+func (n *Node) damaged(err error) error {
+	for _, corrupt := range []error{queue.ErrCorrupt, dump.ErrCorrupt, raftstore.ErrCorrupt, logstore.ErrBadState} {
+		if errors.Is(err, corrupt) {
+			return fmt.Errorf("%w\nwith the node stopped, `shoal check --repair %s` checks every file it reads at start, repairs what can be repaired safely and says what to do with the rest", err, n.cfg.Data)
+		}
+	}
+	return err
+}
+
+// dataPortAddr is the data port's address as clients should dial it: the
+// advertised one, else the listener's.
+func (n *Node) dataPortAddr() string {
+	if n.cfg.Advertise != "" {
+		return n.cfg.Advertise
+	}
+	return n.ln.Addr().String()
 }
 
 // Addr is the data port's address.
@@ -330,19 +355,12 @@ func (n *Node) close() {
 }
 
 // lockData takes an exclusive lock on DATA/LOCK so that two nodes never
-// share a data directory.
+// share a data directory; the error names the PID holding it.
 func (n *Node) lockData() error {
-	path := filepath.Join(n.cfg.Data, "LOCK")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := datadir.Lock(n.cfg.Data)
 	if err != nil {
-		return fmt.Errorf("cannot open %s: %w", path, err)
+		return fmt.Errorf("data directory %s: %w", n.cfg.Data, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		return fmt.Errorf("data directory %s is in use by another shoald (%s is locked): %w", n.cfg.Data, path, err)
-	}
-	f.Truncate(0)
-	fmt.Fprintf(f, "%d\n", os.Getpid())
 	n.lock = f
 	return nil
 }

@@ -111,6 +111,18 @@ type QueueStatus struct {
 	PushedRecords uint64      `json:"pushed_records"`
 	PoppedRecords uint64      `json:"popped_records"`
 	Queues        []QueueInfo `json:"queues"`
+	// IdleSubscribers are the subscribers without a consumer for
+	// --queue-subscriber-idle or longer: each keeps every push and blocks
+	// pop (shoal queue unsubscribe removes one).
+	IdleSubscribers []IdleSubscriber `json:"idle_subscribers"`
+}
+
+// IdleSubscriber is a subscriber no consumer has used for a while.
+type IdleSubscriber struct {
+	Channel     string `json:"channel"`
+	Subscriber  string `json:"subscriber"`
+	IdleSeconds int64  `json:"idle_seconds"`
+	Records     int64  `json:"records"`
 }
 
 // QueueInfo is one queue in /status: a channel without subscribers, or a
@@ -135,9 +147,15 @@ func (n *Node) queueStatus(st *Status) {
 	st.Queue = QueueStatus{
 		Durability: n.cfg.QueueDurability, FsyncInterval: n.cfg.QueueFsyncInterval.String(),
 		PushedRecords: c.PushedRecords, PoppedRecords: c.PoppedRecords, Queues: []QueueInfo{},
+		IdleSubscribers: []IdleSubscriber{},
 	}
 	list := n.queue.Channels()
+	now, limit := time.Now(), time.Duration(n.cfg.QueueSubscriberIdle)
 	for _, q := range list {
+		if idle := now.Sub(q.IdleSince); q.Subscribed && !q.IdleSince.IsZero() && limit > 0 && idle >= limit {
+			st.Queue.IdleSubscribers = append(st.Queue.IdleSubscribers, IdleSubscriber{
+				Channel: q.Name, Subscriber: q.Subscriber, IdleSeconds: int64(idle / time.Second), Records: q.Records})
+		}
 		qi := QueueInfo{
 			Channel: q.Name, Records: q.Records, Bytes: q.Bytes, MemoryRecords: q.MemoryRecords, MemoryBytes: q.MemoryBytes,
 			OverflowRecords: q.OverflowRecords, OverflowBytes: q.OverflowBytes, RingSize: q.RingSize,

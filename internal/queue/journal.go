@@ -35,6 +35,7 @@ const (
 	entryPop         = 'O' // records popped from one queue
 	entryApplyPop    = 'A' // a replicated pop
 	entrySubscribe   = 'S' // a subscription
+	entryUnsubscribe = 'U' // a subscriber removed
 	entryRemove      = 'X' // a channel removed in every vBucket (written before per-vBucket removals)
 	entryApplyRemove = 'Y' // a replicated channel removal in one vBucket
 	entryRemoveIn    = 'Z' // a channel removed in the listed (active) vBuckets
@@ -118,7 +119,7 @@ func appendNameEntry(dst []byte, typ byte, channel, subscriber string) []byte {
 	start := len(dst)
 	dst = beginFrame(dst, typ)
 	dst = appendStr8(dst, channel)
-	if typ == entrySubscribe {
+	if typ == entrySubscribe || typ == entryUnsubscribe {
 		dst = appendStr8(dst, subscriber)
 	}
 	return finishFrame(dst, start)
@@ -199,7 +200,7 @@ func decodeEntry(typ byte, body []byte, nvb int) (entry, error) {
 		e.channel = channel()
 		e.subscriber = string(d.bytes8())
 		e.vb, e.seqno, e.ref = d.u16(), d.u64(), d.u64()
-	case entrySubscribe:
+	case entrySubscribe, entryUnsubscribe:
 		e.channel = channel()
 		e.subscriber = string(d.bytes8())
 	case entryRemove:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"slices"
+	"time"
 )
 
 // channel is a named queue channel. Without subscribers it has exactly one
@@ -56,6 +57,10 @@ type queue struct {
 	ring       ring
 	of         overflow
 	consumers  []*Consumer
+	// activeAt is when a consumer last attached, took records or
+	// detached (or the queue was made or loaded): with no consumer
+	// attached, the queue has been idle since then.
+	activeAt time.Time
 }
 
 // popItem is a record a pop is about to take.
@@ -276,8 +281,9 @@ func (q *queue) end(err error) {
 	q.consumers = nil
 }
 
-func (q *queue) detach(c *Consumer) {
+func (q *queue) detach(c *Consumer, now time.Time) {
 	q.consumers = slices.DeleteFunc(q.consumers, func(x *Consumer) bool { return x == c })
+	q.activeAt = now
 }
 
 func (q *queue) stats() ChannelStats {
@@ -292,6 +298,9 @@ func (q *queue) stats() ChannelStats {
 		RingSize:        q.ring.limit,
 		Fullness:        100 * float64(q.ring.used) / float64(q.ring.limit),
 		Consumers:       len(q.consumers),
+	}
+	if len(q.consumers) == 0 {
+		st.IdleSince = q.activeAt
 	}
 	st.Records = st.MemoryRecords + st.OverflowRecords
 	st.Bytes = st.MemoryBytes + st.OverflowBytes
@@ -318,6 +327,10 @@ type ChannelStats struct {
 	// smaller ring size.
 	Fullness  float64
 	Consumers int // consumers attached now
+	// IdleSince is, when no consumer is attached, since when: the last
+	// time one detached, took records or attached (or the queue was made,
+	// or the store opened). Zero while a consumer is attached.
+	IdleSince time.Time
 }
 
 // Consumer takes records from one subscriber queue of a channel. Consumers
@@ -361,6 +374,9 @@ func (c *Consumer) Next(dst []byte, maxBytes int) ([]byte, int, error) {
 		return dst, 0, err
 	}
 	dst, n, lsn, err := s.take(c.q, dst, maxBytes, true)
+	if n > 0 {
+		c.q.activeAt = s.cfg.Now()
+	}
 	s.mu.Unlock()
 	if err != nil {
 		return dst, 0, err
@@ -378,7 +394,7 @@ func (c *Consumer) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c.q != nil {
-		c.q.detach(c)
+		c.q.detach(c, s.cfg.Now())
 		c.q, c.err = nil, ErrClosed
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 
 	"shoal/internal/engine"
+	"shoal/internal/vbucket"
 	"shoal/internal/vfs"
 )
 
@@ -198,6 +199,14 @@ func (s *Store) writeQueueState(q *queue, rings bool, b *[]byte, put func() erro
 // inside channels, skips and ring records inside queues, ring records only
 // when the header says so, and a final end frame counting the others. Any
 // departure is an error wrapping ErrCorrupt.
+//
+// Bytes after a valid end frame (which counts every frame before it, so
+// the file is whole up to there) are not parsed: parseState returns an
+// error wrapping errStrayTail that gives their offset, after visiting
+// everything. The state is complete; the caller may ignore the tail.
+//
+// nvb < 0 accepts the vBucket count the header gives (an offline check,
+// which does not know the node's).
 func parseState(r io.Reader, nvb int, v stateVisitor) error {
 	var magic [magicLen]byte
 	if _, err := io.ReadFull(r, magic[:]); err != nil || string(magic[:]) != stateMagic {
@@ -210,18 +219,18 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 		inChannel, done bool
 	)
 	for {
+		if done {
+			if _, err := fr.r.ReadByte(); err == io.EOF {
+				return nil
+			}
+			return &strayTailError{off: fr.off}
+		}
 		typ, body, err := fr.next()
 		if err == io.EOF {
-			if !done {
-				return fmt.Errorf("%w: state file ends before its end frame", ErrCorrupt)
-			}
-			return nil
+			return fmt.Errorf("%w: state file ends before its end frame", ErrCorrupt)
 		}
 		if err != nil {
 			return fmt.Errorf("state file: %w", err)
-		}
-		if done {
-			return fmt.Errorf("%w: data after the end frame of the state file", ErrCorrupt)
 		}
 		if frames == 0 && typ != stateHeader {
 			return fmt.Errorf("%w: state file does not start with a header frame", ErrCorrupt)
@@ -241,11 +250,14 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 				switch {
 				case version != stateVersion:
 					err = fmt.Errorf("%w: state file version %d, want %d", ErrCorrupt, version, stateVersion)
-				case n != nvb:
+				case nvb >= 0 && n != nvb:
 					err = fmt.Errorf("state file is for %d vbuckets, the store has %d", n, nvb)
+				case n < 1 || n > vbucket.Max:
+					err = fmt.Errorf("%w: state file is for %d vbuckets", ErrCorrupt, n)
 				case flags&^stateFlagRings != 0:
 					err = fmt.Errorf("%w: unknown state flags %#x", ErrCorrupt, flags)
 				default:
+					nvb = n
 					err = v.head(h)
 				}
 			}
@@ -324,6 +336,20 @@ func parseState(r io.Reader, nvb int, v stateVisitor) error {
 		frames++
 	}
 }
+
+// errStrayTail is wrapped by parseState's error when bytes follow a valid
+// end frame.
+var errStrayTail = errors.New("queue: stray bytes after the end of the state file")
+
+// strayTailError says where the stray bytes after a state file's end frame
+// start.
+type strayTailError struct{ off int64 }
+
+func (e *strayTailError) Error() string {
+	return fmt.Sprintf("%v, from offset %d", errStrayTail, e.off)
+}
+
+func (e *strayTailError) Unwrap() error { return errStrayTail }
 
 // restorer rebuilds a Store from its state file.
 type restorer struct {
@@ -421,6 +447,15 @@ func (s *Store) recover() error {
 	default:
 		err = parseState(bufio.NewReaderSize(f, 1<<20), len(s.vbs), r)
 		_ = f.Close()
+		var stray *strayTailError
+		if errors.As(err, &stray) {
+			// The file is whole up to its end frame, which counts every
+			// frame before it: what follows is not ours. The state is
+			// rewritten below, without it.
+			s.log.Warn("queue state file has stray bytes after its end: ignored them, the file is rewritten without them",
+				"file", s.path(stateName), "offset", stray.off)
+			err = nil
+		}
 		if err == nil {
 			err = r.check()
 		}
@@ -543,6 +578,8 @@ func (s *Store) replay(typ byte, body []byte) error {
 		err = s.applyPop(e.channel, e.subscriber, e.vb, e.seqno, e.ref)
 	case entrySubscribe:
 		_, _, err = s.subscribe(e.channel, e.subscriber, false)
+	case entryUnsubscribe:
+		_, _, err = s.unsubscribe(e.channel, e.subscriber, false)
 	case entryRemove:
 		err = s.removeAll(e.channel)
 	case entryRemoveIn:

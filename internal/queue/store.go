@@ -35,6 +35,7 @@ var (
 	ErrStreamLagged    = errors.New("queue: stream consumer fell too far behind")      // ends a Stream whose sink is too slow
 	ErrBadVBucket      = errors.New("queue: vbucket out of range")                     // a vBucket >= Config.VBuckets
 	ErrBadMutation     = errors.New("queue: mutation the queue engine does not apply") // Apply of a kv or log operation
+	ErrUnsubscribed    = errors.New("queue: subscriber removed")                       // ends the consumers of a removed subscriber
 )
 
 // Durability is how the store keeps records across restarts.
@@ -118,9 +119,14 @@ type Config struct {
 	MaxValueSize int
 	// Logger receives the store's logs; nil means slog.Default().
 	Logger *slog.Logger
+	// Now is the clock of the subscribers' idle times; nil means time.Now.
+	Now func() time.Time
 }
 
 func (c *Config) normalize() error {
+	if c.Now == nil {
+		c.Now = time.Now
+	}
 	if c.Dir == "" {
 		return errors.New("queue: no directory configured")
 	}
@@ -312,7 +318,7 @@ func (s *Store) newChannel(name string, subscribed bool, subscriber string) *cha
 }
 
 func (s *Store) newQueue(ch *channel, subscriber string, id uint64) *queue {
-	q := &queue{id: id, ch: ch, subscriber: subscriber}
+	q := &queue{id: id, ch: ch, subscriber: subscriber, activeAt: s.cfg.Now()}
 	q.ring.limit = ch.ringSize
 	q.of = overflow{fs: s.fs, log: s.log, dir: s.queueDir(id), segSize: s.cfg.SegmentSize, garbage: &s.garbage}
 	return q
@@ -613,8 +619,8 @@ func (s *Store) emitPop(q *queue, vb uint16, seqno, ref uint64) {
 // first subscription of a channel, whatever its name, takes over the
 // records already queued; every further subscriber name starts with an
 // empty queue and receives every record pushed from then on; consumers
-// sharing a name split one queue. Subscriptions are permanent until the
-// channel is removed.
+// sharing a name split one queue. Subscriptions last until Unsubscribe
+// or the channel's removal.
 func (s *Store) Subscribe(channel, subscriber string) (*Consumer, error) {
 	if !engine.ValidChannelString(channel) {
 		return nil, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
@@ -635,6 +641,7 @@ func (s *Store) Subscribe(channel, subscriber string) (*Consumer, error) {
 	q.ch.removed = false // made again after its removal
 	c := &Consumer{s: s, q: q, ready: make(chan struct{}, 1)}
 	q.consumers = append(q.consumers, c)
+	q.activeAt = s.cfg.Now()
 	if q.records() > 0 {
 		c.signal()
 	}
@@ -679,6 +686,67 @@ func (s *Store) subscribe(channel, subscriber string, log bool) (*queue, uint64,
 	}
 	s.maybeCheckpoint()
 	return q, lsn, nil
+}
+
+// Unsubscribe removes subscriber from channel: its consumers end with
+// ErrUnsubscribed. While other subscribers remain, its queue and the
+// records in it go; the last subscriber's queue, records included, becomes
+// the channel's plain queue again, which Pop serves. It reports whether
+// the subscriber existed.
+func (s *Store) Unsubscribe(channel, subscriber string) (bool, error) {
+	if !engine.ValidChannelString(channel) {
+		return false, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
+	}
+	if !validSubscriber(subscriber) {
+		return false, fmt.Errorf("%w: %q", ErrBadSubscriber, subscriber)
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false, ErrClosed
+	}
+	ok, lsn, err := s.unsubscribe(channel, subscriber, true)
+	s.mu.Unlock()
+	if err != nil {
+		return false, err
+	}
+	return ok, s.durable(context.Background(), lsn)
+}
+
+func (s *Store) unsubscribe(channel, subscriber string, log bool) (bool, uint64, error) {
+	ch := s.channels[channel]
+	if ch == nil || !ch.subscribed {
+		return false, 0, nil
+	}
+	q := ch.queue(subscriber)
+	if q == nil {
+		return false, 0, nil
+	}
+	var lsn uint64
+	if log {
+		s.enc = appendNameEntry(s.enc[:0], entryUnsubscribe, channel, subscriber)
+		var err error
+		if lsn, err = s.logEntry(s.enc); err != nil {
+			return false, 0, err
+		}
+	}
+	q.end(ErrUnsubscribed)
+	if len(ch.queues) == 1 {
+		ch.subscribed = false
+		q.subscriber = ""
+		q.activeAt = s.cfg.Now()
+	} else {
+		q.of.close()
+		if q.of.dirReady {
+			s.garbage = append(s.garbage, q.of.dir)
+		}
+		ch.queues = slices.DeleteFunc(ch.queues, func(x *queue) bool { return x == q })
+	}
+	if s.journal == nil {
+		s.writeIndex()
+	}
+	s.maybeCheckpoint()
+	return true, lsn, nil
 }
 
 // RemoveChannel removes a channel's records of the Active vBuckets, each
@@ -797,6 +865,22 @@ func (s *Store) Channels() []ChannelStats {
 		}
 	}
 	slices.SortStableFunc(out, func(a, b ChannelStats) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Subscribers describes the subscriber queues of channel, in
+// subscription order; none when it has no subscribers.
+func (s *Store) Subscribers(channel string) []ChannelStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := s.channels[channel]
+	if ch == nil || !ch.subscribed {
+		return nil
+	}
+	out := make([]ChannelStats, 0, len(ch.queues))
+	for _, q := range ch.queues {
+		out = append(out, q.stats())
+	}
 	return out
 }
 

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -499,5 +500,79 @@ func TestParseDurability(t *testing.T) {
 	}
 	if _, err := Open(Config{Dir: t.TempDir(), Durability: 7}); err == nil {
 		t.Error("Open accepted an unknown durability")
+	}
+}
+
+// TestUnsubscribe: removing one of several subscribers drops its queue
+// and ends its consumers; removing the last one gives its records back to
+// Pop. Subscribers reports each queue and its idle time. In journal mode
+// the removal survives a crash (replayed from the journal) and, in memory
+// mode, a clean restart.
+func TestUnsubscribe(t *testing.T) {
+	for _, mode := range []Durability{DurabilityJournal, DurabilityMemory} {
+		t.Run(mode.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := testConfig(dir)
+			cfg.Durability = mode
+			now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+			cfg.Now = func() time.Time { return now }
+			s := mustOpen(t, cfg)
+			if ok, err := s.Unsubscribe("ch", "A"); ok || err != nil {
+				t.Fatalf("Unsubscribe of a missing channel: %v %v", ok, err)
+			}
+			a, err := s.Subscribe("ch", "A")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := s.Subscribe("ch", "B")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.Close()
+			now = now.Add(time.Hour)
+			mustPush(t, s, "one", "ch")
+			mustPush(t, s, "two", "ch")
+			subs := s.Subscribers("ch")
+			if len(subs) != 2 || subs[0].Subscriber != "A" || subs[0].Consumers != 1 || !subs[0].IdleSince.IsZero() ||
+				subs[1].Subscriber != "B" || subs[1].Consumers != 0 || !subs[1].IdleSince.Equal(now.Add(-time.Hour)) || subs[1].Records != 2 {
+				t.Fatalf("Subscribers: %+v", subs)
+			}
+			if _, err := s.Pop("ch", nil); !errors.Is(err, ErrSubscribed) {
+				t.Fatalf("Pop of a subscribed channel: %v", err)
+			}
+			if ok, err := s.Unsubscribe("ch", "nobody"); ok || err != nil {
+				t.Fatalf("Unsubscribe of a stranger: %v %v", ok, err)
+			}
+			if ok, err := s.Unsubscribe("ch", "A"); !ok || err != nil {
+				t.Fatalf("Unsubscribe A: %v %v", ok, err)
+			}
+			if _, _, err := a.Next(nil, 0); !errors.Is(err, ErrUnsubscribed) {
+				t.Fatalf("A's consumer after Unsubscribe: %v", err)
+			}
+			if subs := s.Subscribers("ch"); len(subs) != 1 || subs[0].Subscriber != "B" {
+				t.Fatalf("Subscribers after removing A: %+v", subs)
+			}
+			// A crash (journal) or a clean close (memory) and a restart.
+			if mode == DurabilityJournal {
+				s.abandon()
+			} else {
+				s.Close()
+			}
+			s = mustOpen(t, cfg)
+			defer func() { s.Close() }()
+			if subs := s.Subscribers("ch"); len(subs) != 1 || subs[0].Subscriber != "B" || subs[0].Records != 2 {
+				t.Fatalf("Subscribers after the restart: %+v", subs)
+			}
+			if ok, err := s.Unsubscribe("ch", "B"); !ok || err != nil {
+				t.Fatalf("Unsubscribe B: %v %v", ok, err)
+			}
+			if subs := s.Subscribers("ch"); len(subs) != 0 {
+				t.Fatalf("Subscribers after removing the last: %+v", subs)
+			}
+			equal(t, "pops after the last subscriber left", popAll(t, s, "ch"), []string{"one", "two"})
+			if st := stats(t, s, "ch", ""); st.Subscribed {
+				t.Fatalf("stats: %+v", st)
+			}
+		})
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -464,4 +466,30 @@ func TestCorruptPages(t *testing.T) {
 		t.Error("100 damaged files and not one error")
 	}
 	t.Logf("%d of 100 damaged files gave errors", failures)
+}
+
+// TestCheck: a good file has no problem; one with corrupt entries names
+// them; garbage is a file that cannot be opened; a missing file is
+// fs.ErrNotExist.
+func TestCheck(t *testing.T) {
+	s, path := openTemp(t)
+	if err := s.StoreLogs(entries(1, 5)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if p, err := Check(path, Options{}); err != nil || len(p) != 0 {
+		t.Fatalf("check of a good file: %q %v", p, err)
+	}
+	corrupt(t, path, bucketLogs, indexKey(3), []byte("garbage"))
+	if p, err := Check(path, Options{}); err != nil || len(p) != 1 || !strings.Contains(p[0], "log entry 3") {
+		t.Fatalf("check of a corrupt entry: %q %v", p, err)
+	}
+	junk := filepath.Join(t.TempDir(), "raft.db")
+	os.WriteFile(junk, bytes.Repeat([]byte("junk"), 4096), 0o600)
+	if p, err := Check(junk, Options{}); err != nil || len(p) != 1 || !strings.Contains(p[0], "cannot be opened") {
+		t.Fatalf("check of junk: %q %v", p, err)
+	}
+	if _, err := Check(filepath.Join(t.TempDir(), "none"), Options{}); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("check of a missing file: %v", err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 
 	"shoal/internal/stream"
+	"shoal/internal/vbucket"
 	"shoal/internal/vfs"
 )
 
@@ -136,4 +137,30 @@ func readLogFile(fs vfs.FS, path string, vbuckets int) (logFile, error) {
 		return logFile{}, fmt.Errorf("%w: %s is over %d bytes", ErrCorruptLog, path, limit)
 	}
 	return decodeLogFile(b, vbuckets)
+}
+
+// VerifyLogFile checks, offline, that the failover log file at path
+// decodes, whatever its vBucket count (a missing file is
+// os.ErrNotExist). A node that finds its file damaged starts a new history
+// for every vBucket (its consumers roll back) and rewrites it.
+func VerifyLogFile(fs vfs.FS, path string) error {
+	if fs == nil {
+		fs = vfs.Default
+	}
+	file, err := fs.Open(path)
+	if err != nil {
+		return err
+	}
+	var h [logHeaderLen]byte
+	_, err = file.ReadAt(h[:], 0)
+	file.Close()
+	if err != nil {
+		return fmt.Errorf("%w: %s: no header: %v", ErrCorruptLog, path, err)
+	}
+	n := int(binary.LittleEndian.Uint16(h[6:]))
+	if n < 1 || n > vbucket.Max {
+		return fmt.Errorf("%w: %s: %d vbuckets", ErrCorruptLog, path, n)
+	}
+	_, err = readLogFile(fs, path, n)
+	return err
 }

@@ -68,6 +68,17 @@ func TestAuthRequiredBeforeData(t *testing.T) {
 	if h, _ := adm.call(wire.OpRemoveChannel, 0, wire.AppendStr8(nil, "c")); h.Status != wire.StatusOK {
 		t.Fatalf("RemoveChannel as admin: %v", h.Status)
 	}
+	// Unsubscribe drops a subscriber's records: the admin's too.
+	unsub := wire.AppendStr8(wire.AppendStr8(nil, "jobs"), "workers")
+	if h, _ := r.call(wire.OpUnsubscribe, 0, unsub); h.Status != wire.StatusNotPermitted {
+		t.Fatalf("Unsubscribe as app: %v", h.Status)
+	}
+	if h, body := adm.call(wire.OpUnsubscribe, 0, unsub); h.Status != wire.StatusOK || len(body) != 1 || body[0] != 0 {
+		t.Fatalf("Unsubscribe as admin of no subscriber: %v %x", h.Status, body)
+	}
+	if h, body := r.call(wire.OpSubscribers, 0, wire.AppendStr8(nil, "jobs")); h.Status != wire.StatusOK || len(body) != 4 {
+		t.Fatalf("Subscribers as app: %v %x", h.Status, body)
+	}
 }
 
 func TestAuthFailureClosesConnection(t *testing.T) {

@@ -21,6 +21,8 @@ func (s *Server) registerKV() {
 	s.handle(wire.OpExists, handler{fn: (*conn).kvExists})
 	s.handle(wire.OpRemove, handler{fn: (*conn).kvRemove})
 	s.handle(wire.OpUpdate, handler{fn: (*conn).kvUpdate, limit: one})
+	s.handle(wire.OpExpire, handler{fn: (*conn).kvExpire})
+	s.handle(wire.OpTTL, handler{fn: (*conn).kvTTL})
 	s.handle(wire.OpPutBatch, handler{fn: (*conn).kvPutBatch, limit: many})
 	s.handle(wire.OpGetAll, handler{fn: (*conn).kvGetAll})
 	s.handle(wire.OpMirror, handler{fn: (*conn).kvMirror})
@@ -333,6 +335,64 @@ func (c *conn) kvUpdate(h wire.Header, body []byte) {
 	}
 	b, off := c.begin(h, wire.StatusOK, 0)
 	c.end(wire.AppendU64(b, ncas), off)
+}
+
+// kvExpire: str8 channel, str8 key, u32 ttl seconds (0 = never) -> u64 cas.
+func (c *conn) kvExpire(h wire.Header, body []byte) {
+	d := wire.NewDecoder(body)
+	ch, key, ttl := d.Bytes8(), d.Bytes8(), d.U32()
+	if d.Finish() != nil {
+		c.replyf(h, wire.StatusBadRequest, "malformed Expire")
+		return
+	}
+	if !c.checkKey(h, key, false) {
+		return
+	}
+	name, ok := c.checkChannel(h, ch, engine.KindKV, false)
+	if !ok {
+		return
+	}
+	if name == "" {
+		c.reply(h, wire.StatusNotFound, nil)
+		return
+	}
+	cas, err := c.s.eng.KV.Expire(name, key, ttlOf(ttl))
+	if err != nil {
+		c.fail(h, err)
+		return
+	}
+	b, off := c.begin(h, wire.StatusOK, 0)
+	c.end(wire.AppendU64(b, cas), off)
+}
+
+// kvTTL: str8 channel, str8 key -> u64 cas, u64 expiry (unix seconds, 0 =
+// never), u32 seconds left by this node's clock (0 when never).
+func (c *conn) kvTTL(h wire.Header, body []byte) {
+	name, key, ok := c.keyRequest(h, body, false)
+	if !ok {
+		return
+	}
+	if name == "" {
+		c.reply(h, wire.StatusNotFound, nil)
+		return
+	}
+	at, cas, err := c.s.eng.KV.Expiry(name, key)
+	if err != nil {
+		c.fail(h, err)
+		return
+	}
+	var exp uint64
+	var left uint32
+	if !at.IsZero() {
+		exp = uint64(at.Unix())
+		if l := time.Until(at); l > 0 {
+			left = uint32((l + time.Second - 1) / time.Second)
+		}
+	}
+	b, off := c.begin(h, wire.StatusOK, 0)
+	b = wire.AppendU64(b, cas)
+	b = wire.AppendU64(b, exp)
+	c.end(wire.AppendU32(b, left), off)
 }
 
 // kvPutBatch: str8 channel, u32 count, count x (str8 key, u32 ttl, bytes32

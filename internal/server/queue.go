@@ -63,6 +63,8 @@ func (s *Server) registerQueue() {
 	s.handle(wire.OpConsume, handler{fn: (*conn).queueConsume})
 	s.handle(wire.OpProduce, handler{fn: (*conn).queueProduce, limit: s.batchLimit()})
 	s.handle(wire.OpQueues, handler{fn: (*conn).queueList})
+	s.handle(wire.OpSubscribers, handler{fn: (*conn).queueSubscribers})
+	s.handle(wire.OpUnsubscribe, handler{fn: (*conn).queueUnsubscribe, admin: true})
 }
 
 // queueStatus maps a queue engine error to a status.
@@ -72,7 +74,7 @@ func queueStatus(err error) wire.Status {
 		return wire.StatusEmpty
 	case errors.Is(err, queue.ErrSubscribed):
 		return wire.StatusSubscribed
-	case errors.Is(err, queue.ErrChannelRemoved):
+	case errors.Is(err, queue.ErrChannelRemoved), errors.Is(err, queue.ErrUnsubscribed):
 		return wire.StatusChannelRemoved
 	case errors.Is(err, queue.ErrNoChannels), errors.Is(err, queue.ErrTooManyChannels), errors.Is(err, queue.ErrBadSubscriber):
 		return wire.StatusBadRequest
@@ -302,6 +304,8 @@ func (c *conn) consume(st *stream, cons *queue.Consumer) (wire.Status, string) {
 			}
 		case errors.Is(err, queue.ErrChannelRemoved):
 			return wire.StatusChannelRemoved, "the channel was removed"
+		case errors.Is(err, queue.ErrUnsubscribed):
+			return wire.StatusChannelRemoved, "the subscriber was removed (unsubscribe)"
 		default:
 			st := queueStatus(err)
 			if st == wire.StatusInternal {
@@ -550,6 +554,78 @@ func (c *conn) queueList(h wire.Header, _ []byte) {
 	}
 	putU32(b[countAt:], uint32(n))
 	c.end(b, off)
+}
+
+// queueSubscribers: str8 channel -> u32 n, n x (str8 subscriber, u64
+// records, u64 bytes, u16 consumers, u64 idle ms: since when no consumer
+// is attached, 0 while one is).
+func (c *conn) queueSubscribers(h wire.Header, body []byte) {
+	d := wire.NewDecoder(body)
+	ch := d.Bytes8()
+	if d.Finish() != nil {
+		c.replyf(h, wire.StatusBadRequest, "malformed Subscribers")
+		return
+	}
+	name, ok := c.checkChannel(h, ch, engine.KindQueue, false)
+	if !ok {
+		return
+	}
+	var list []queue.ChannelStats
+	if name != "" {
+		list = c.s.eng.Queue.Subscribers(name)
+	}
+	b, off := c.begin(h, wire.StatusOK, 0)
+	countAt := len(b)
+	b = wire.AppendU32(b, 0)
+	n := 0
+	for _, q := range list {
+		if len(b)-off+256+8*3+2 > wire.MaxBody {
+			break
+		}
+		var idle uint64
+		if !q.IdleSince.IsZero() {
+			idle = uint64(max(c.now.Sub(q.IdleSince).Milliseconds(), 1))
+		}
+		b = wire.AppendStr8(b, q.Subscriber)
+		b = wire.AppendU64(b, uint64(q.Records))
+		b = wire.AppendU64(b, uint64(q.Bytes))
+		b = wire.AppendU16(b, uint16(min(q.Consumers, math.MaxUint16)))
+		b = wire.AppendU64(b, idle)
+		n++
+	}
+	putU32(b[countAt:], uint32(n))
+	c.end(b, off)
+}
+
+// queueUnsubscribe: str8 channel, str8 subscriber -> u8 removed.
+func (c *conn) queueUnsubscribe(h wire.Header, body []byte) {
+	d := wire.NewDecoder(body)
+	ch, sub := d.Bytes8(), d.Bytes8()
+	if d.Finish() != nil {
+		c.replyf(h, wire.StatusBadRequest, "malformed Unsubscribe")
+		return
+	}
+	if !c.checkServing(h) {
+		return
+	}
+	name, ok := c.checkChannel(h, ch, engine.KindQueue, false)
+	if !ok {
+		return
+	}
+	var removed uint8
+	if name != "" {
+		ok, err := c.s.eng.Queue.Unsubscribe(name, string(sub))
+		if err != nil {
+			c.queueFail(h, err)
+			return
+		}
+		if ok {
+			removed = 1
+			c.s.cfg.Logger.Info("subscriber removed", "channel", name, "subscriber", string(sub), "by", c.user, "remote", c.nc.RemoteAddr())
+		}
+	}
+	b, off := c.begin(h, wire.StatusOK, 0)
+	c.end(wire.AppendU8(b, removed), off)
 }
 
 // queueChannelSizes sums the queues of each channel.

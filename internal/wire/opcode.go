@@ -34,6 +34,8 @@ const (
 	// OpGetReplica reads a key from an active or a replica copy (which
 	// may be stale): channel, key -> cas, source (1 active, 2 replica), value.
 	OpGetReplica Opcode = 0x18
+	OpExpire     Opcode = 0x19 // channel, key, u32 ttl (0 = never) -> cas; sets or clears the expiry
+	OpTTL        Opcode = 0x1A // channel, key -> cas, u64 expiry unix seconds (0 = never), u32 seconds left
 )
 
 // queue requests.
@@ -43,6 +45,10 @@ const (
 	OpConsume Opcode = 0x22 // channel, subscriber -> stream of value batches
 	OpProduce Opcode = 0x23 // channels, then a client stream of value batches -> u64 stored
 	OpQueues  Opcode = 0x24 // empty -> stream of queue channel stats
+	// OpSubscribers lists a channel's subscribers: channel -> u32 n, n x
+	// (subscriber, records, bytes, consumers, idle ms).
+	OpSubscribers Opcode = 0x25
+	OpUnsubscribe Opcode = 0x26 // channel, subscriber -> u8 removed; admin
 )
 
 // log requests.
@@ -89,8 +95,8 @@ var opNames = map[Opcode]string{
 	OpGetChannels: "GetChannels", OpGetChannelSize: "GetChannelSize", OpGetSize: "GetSize",
 	OpRemoveChannel: "RemoveChannel",
 	OpPut:           "Put", OpGet: "Get", OpExists: "Exists", OpRemove: "Remove", OpUpdate: "Update",
-	OpPutBatch: "PutBatch", OpGetAll: "GetAll", OpMirror: "Mirror", OpGetReplica: "GetReplica",
-	OpPush: "Push", OpPop: "Pop", OpConsume: "Consume", OpProduce: "Produce", OpQueues: "Queues",
+	OpPutBatch: "PutBatch", OpGetAll: "GetAll", OpMirror: "Mirror", OpGetReplica: "GetReplica", OpExpire: "Expire", OpTTL: "TTL",
+	OpPush: "Push", OpPop: "Pop", OpConsume: "Consume", OpProduce: "Produce", OpQueues: "Queues", OpSubscribers: "Subscribers", OpUnsubscribe: "Unsubscribe",
 	OpLogPut: "LogPut", OpLogPutBatch: "LogPutBatch", OpLogRange: "LogRange",
 	OpStreamOpen: "StreamOpen", OpRaftOpen: "RaftOpen",
 	OpGetClusterMap: "GetClusterMap", OpCluster: "Cluster", OpJoin: "Join", OpMetaPropose: "MetaPropose", OpNodeRemove: "NodeRemove", OpRecover: "Recover", OpLeaseRenew: "LeaseRenew", OpHeartbeat: "Heartbeat", OpFailoverSettings: "FailoverSettings",

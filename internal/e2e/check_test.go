@@ -1,0 +1,100 @@
+package e2e
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"shoal/internal/testproc"
+)
+
+// TestCheckCoversStartupFiles: shoal check verifies every file a node
+// reads at start (queue state, failover logs, dumps, raft metadata beside
+// the log); a queue state with stray bytes after its end is recovered by
+// the node itself (root.log says so); a damaged dump is replaced by its
+// backup by --repair; a node whose queue state is damaged inside refuses
+// to start, naming the file and `shoal check --repair DATA`.
+func TestCheckCoversStartupFiles(t *testing.T) {
+	n := testproc.Start(t)
+	dir := n.Dir
+	for _, args := range [][]string{{"put", "users", "alice", "31"}, {"push", "jobs", "one"}, {"push", "jobs", "two"}} {
+		if r := testproc.CLI(t, n.Addr, "", args...); r.Code != 0 {
+			t.Fatalf("%v: %+v", args, r)
+		}
+	}
+	n.Stop()
+	r := testproc.CLI(t, "", "", "check", dir)
+	for _, want := range []string{"checking " + filepath.Join(dir, "queue"), "checking " + filepath.Join(dir, "dump"), "checking " + filepath.Join(dir, "repl"),
+		"checking " + filepath.Join(dir, "meta", "raft.db"), "no problems found"} {
+		if r.Code != 0 || !strings.Contains(r.Stdout, want) {
+			t.Fatalf("check of a clean stop: no %q in %+v", want, r)
+		}
+	}
+	if strings.Contains(r.Stdout, "found 0 files") {
+		t.Errorf("check prints a count of nothing: %s", r.Stdout)
+	}
+
+	// 333 stray bytes after the queue state: check finds them; the node
+	// starts anyway, says so in root.log and keeps the records.
+	state := filepath.Join(dir, "queue", "state")
+	appendTo(t, state, bytes.Repeat([]byte("KLMN"), 84)[:333])
+	if r := testproc.CLI(t, "", "", "check", dir); r.Code != 1 || !strings.Contains(r.Stdout, state+": 333 stray bytes after the end of the state") {
+		t.Fatalf("check of a state with stray bytes: %+v", r)
+	}
+	n = testproc.StartIn(t, dir)
+	if r := testproc.CLI(t, n.Addr, "", "pop", "jobs"); r.Code != 0 || r.Stdout != "one" {
+		t.Fatalf("pop after the stray bytes: %+v", r)
+	}
+	n.Stop()
+	root, _ := os.ReadFile(filepath.Join(dir, "log", "root.log"))
+	if !strings.Contains(string(root), "queue state file has stray bytes after its end") {
+		t.Fatalf("root.log does not say the state was recovered")
+	}
+
+	// The second clean stop left users.dump and its backup: damage the dump.
+	dumpFile := filepath.Join(dir, "dump", "users.dump")
+	flip(t, dumpFile)
+	r = testproc.CLI(t, "", "", "check", dir)
+	if r.Code != 1 || !strings.Contains(r.Stdout, dumpFile+": ") || !strings.Contains(r.Stdout, "its backup verifies") {
+		t.Fatalf("check of a damaged dump: %+v", r)
+	}
+	if r := testproc.CLI(t, "", "", "check", "--repair", dir); r.Code != 0 || !strings.Contains(r.Stdout, "replaced by its backup") || !strings.Contains(r.Stdout, "no problems remain") {
+		t.Fatalf("check --repair of a damaged dump: %+v", r)
+	}
+
+	// Damage inside the queue state: the node refuses to start and says
+	// what to run; check --repair says it cannot mend it.
+	flip(t, state)
+	cmd := exec.Command(filepath.Join(testproc.Build(t), "shoald"), "--data", dir, "--listen", "127.0.0.1:0", "--http", "off", "--console=false")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), state) || !strings.Contains(string(out), "`shoal check --repair "+dir+"`") {
+		t.Fatalf("start on a damaged queue state: %v\n%s", err, out)
+	}
+	if r := testproc.CLI(t, "", "", "check", "--repair", dir); r.Code != 1 || !strings.Contains(r.Stdout, "cannot be repaired without losing the queues") {
+		t.Fatalf("check --repair of a damaged state: %+v", r)
+	}
+}
+
+func appendTo(t *testing.T, path string, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(b)
+	f.Close()
+}
+
+// flip changes a byte in the middle of path.
+func flip(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x40
+	os.WriteFile(path, b, 0o644)
+}
