@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -87,7 +88,7 @@ func failoverSettingsCommand(g *globals) *cobra.Command {
 		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, _ []string) error {
 			var ch client.FailoverSettingsChange
 			if enable && disable {
-				return fmt.Errorf("--enable and --disable together")
+				return usageError{errors.New("--enable and --disable together")}
 			}
 			if enable || disable {
 				ch.Enabled = &enable
