@@ -22,6 +22,7 @@ type Proxy struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	frozen  bool
+	oneWay  bool // only what clients send to the target is held (FreezeToTarget)
 	latency time.Duration
 	cutAt   int64 // cut each connection after this many bytes toward the client; 0 = never
 	conns   map[*link]struct{}
@@ -81,10 +82,19 @@ func (p *Proxy) Freeze() {
 	p.mu.Unlock()
 }
 
-// Thaw resumes forwarding.
+// FreezeToTarget stops forwarding what clients send to the target, and
+// only that: the target's answers on open connections still flow, as in a
+// one-way partition where the target can send but not receive.
+func (p *Proxy) FreezeToTarget() {
+	p.mu.Lock()
+	p.oneWay = true
+	p.mu.Unlock()
+}
+
+// Thaw resumes forwarding (after Freeze or FreezeToTarget).
 func (p *Proxy) Thaw() {
 	p.mu.Lock()
-	p.frozen = false
+	p.frozen, p.oneWay = false, false
 	p.cond.Broadcast()
 	p.mu.Unlock()
 }
@@ -108,7 +118,7 @@ func (p *Proxy) CutAfter(n int64) {
 func (p *Proxy) Close() error {
 	p.mu.Lock()
 	p.closed = true
-	p.frozen = false
+	p.frozen, p.oneWay = false, false
 	p.cond.Broadcast()
 	p.mu.Unlock()
 	err := p.ln.Close()
@@ -169,7 +179,7 @@ func (p *Proxy) pipe(l *link, src, dst net.Conn, toClient bool) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			for p.frozen && !p.closed {
+			for (p.frozen || p.oneWay && !toClient) && !p.closed {
 				p.cond.Wait()
 			}
 			lat, cutAt := p.latency, p.cutAt

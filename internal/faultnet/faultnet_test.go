@@ -97,3 +97,68 @@ func TestCutAfterAndLatency(t *testing.T) {
 		t.Fatal("no latency")
 	}
 }
+
+// TestFreezeToTarget: a one-way partition. What the client sends is held;
+// what the target sends still reaches the client; Thaw delivers the rest.
+func TestFreezeToTarget(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 4)
+	push := make(chan struct{})
+	done := make(chan struct{})
+	t.Cleanup(func() { ln.Close(); <-done })
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		go func() {
+			r := bufio.NewReader(c)
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				got <- line
+			}
+		}()
+		<-push
+		c.Write([]byte("from the target\n"))
+		time.Sleep(500 * time.Millisecond)
+	}()
+	p, err := New(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p.FreezeToTarget()
+	c.Write([]byte("to the target\n"))
+	close(push)
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if line, err := bufio.NewReader(c).ReadString('\n'); err != nil || line != "from the target\n" {
+		t.Fatalf("the target's data did not come through: %q %v", line, err)
+	}
+	select {
+	case line := <-got:
+		t.Fatalf("the client's data reached the target: %q", line)
+	case <-time.After(200 * time.Millisecond):
+	}
+	p.Thaw()
+	select {
+	case line := <-got:
+		if line != "to the target\n" {
+			t.Fatalf("after Thaw: %q", line)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("nothing reached the target after Thaw")
+	}
+}

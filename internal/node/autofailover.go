@@ -310,6 +310,12 @@ func (n *Node) autoView(now time.Time, members []string, window time.Duration) f
 			failed = append(failed, c.Name+": "+c.Detail)
 		}
 	}
+	// A node fenced for longer than a lease serves none of its actives and
+	// may well stay so (it can send but not receive: a one-way partition);
+	// it asks to be failed over.
+	if d, why := n.fencedFor(now); d > 2*window {
+		failed = append(failed, fmt.Sprintf("fenced for %v: %s", d.Round(time.Millisecond), why))
+	}
 	if len(failed) > 0 {
 		v.NotReady, v.Why = true, strings.Join(failed, "; ")
 	}

@@ -514,3 +514,54 @@ func TestFenceFromAPeersMap(t *testing.T) {
 		t.Fatalf("after a map as new as the peer's: %v", err)
 	}
 }
+
+// TestAutoFailoverOneWayPartition: a member that can send but not receive
+// (faultnet holds everything sent to it): the others still hear it, so it
+// is not down for them; it cannot apply the leader's commits, so its
+// lease runs out and it serves nothing; fenced for longer than a lease,
+// it reports itself not ready and is failed over. Its vBuckets take
+// writes on the new actives.
+func TestAutoFailoverOneWayPartition(t *testing.T) {
+	nodes, proxies, listen := startProxiedCluster(t, "--auto-failover")
+	leader := nodes[0].clusterStatus().Leader
+	x := slices.IndexFunc(nodes, func(nd *Node) bool { return nd.cfg.NodeID != leader })
+	iso := nodes[x]
+	key := ""
+	for i := 0; key == ""; i++ {
+		if k := fmt.Sprintf("k%d", i); iso.table().State(vbucket.Of([]byte(k), 64)) == vbmap.Active {
+			key = k
+		}
+	}
+	old, err := client.Dial(t.Context(), listen[x], client.WithNoRouting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	proxies[x].FreezeToTarget()
+	defer proxies[x].Thaw()
+	start := time.Now()
+	other := nodes[(x+1)%3]
+	waitFor(t, 20*time.Second, "the one-way partitioned node failed over", func() (bool, string) {
+		for _, m := range other.clusterStatus().Nodes {
+			if m.ID == iso.cfg.NodeID {
+				return m.State == "failed", m.State + " " + fmt.Sprint(iso.autoStatus(iso.cluster.known()).Heard)
+			}
+		}
+		return false, "not listed"
+	})
+	t.Logf("one-way partitioned node failed over %v after the partition", time.Since(start).Round(time.Millisecond))
+	if _, err := old.Put(t.Context(), "users", []byte(key), []byte("stale")); !errors.Is(err, client.ErrNotMyVBucket) {
+		t.Fatalf("the partitioned node took a write: %v", err)
+	}
+	oc, err := client.Dial(t.Context(), other.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer oc.Close()
+	waitFor(t, 10*time.Second, "a write to its vbucket through the others", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+		defer cancel()
+		_, err := oc.Put(ctx, "users", []byte(key), []byte("v2"))
+		return err == nil, fmt.Sprint(err)
+	})
+}

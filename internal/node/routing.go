@@ -24,6 +24,11 @@ type routing struct {
 	// serves none of its active vBuckets.
 	fenced    bool
 	fencedWhy string
+	// fencedAt is when the fence went up (unix nanoseconds; 0: not
+	// fenced) and fencedNote its reason, readable without mu (which a map
+	// change holds for long).
+	fencedAt   atomic.Int64
+	fencedNote atomic.Pointer[string]
 	// peerFenced are the vBuckets this node is active for in its map
 	// whose epoch a peer's newer map (peerRev) raised: they serve nothing
 	// until this node applies a map at least that new (fenceFromPeer).
@@ -63,6 +68,12 @@ func (n *Node) fence(on bool, why string) {
 		return
 	}
 	n.routing.fenced = on
+	if on {
+		n.routing.fencedNote.Store(&why)
+		n.routing.fencedAt.Store(time.Now().UnixNano())
+	} else {
+		n.routing.fencedAt.Store(0)
+	}
 	n.publish(n.routing.table)
 	if on {
 		n.log.Warn("fenced: this node serves none of its active vbuckets", "why", why)
@@ -252,4 +263,18 @@ func decodeClusterMap(b []byte) (*vbmap.Map, error) {
 	}
 	m, _, err := vbmap.DecodeMap(d.Rest())
 	return m, err
+}
+
+// fencedFor returns how long the node has been fenced, and why (0 when it
+// is not).
+func (n *Node) fencedFor(now time.Time) (time.Duration, string) {
+	at := n.routing.fencedAt.Load()
+	if at == 0 {
+		return 0, ""
+	}
+	why := ""
+	if p := n.routing.fencedNote.Load(); p != nil {
+		why = *p
+	}
+	return now.Sub(time.Unix(0, at)), why
 }
