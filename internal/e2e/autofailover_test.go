@@ -325,3 +325,68 @@ func TestAutoFailoverSoak(t *testing.T) {
 	}
 	t.Logf("soak of %v: %d writes, %d failed, 0 failovers", *soakDuration, writes.Load(), fails.Load())
 }
+
+// TestAutoFailoverFiveNodesTwoDown: five members, two replicas, max-count
+// 2: two members killed together are failed over as one down set, and the
+// vBuckets they were active for take writes again.
+func TestAutoFailoverFiveNodesTwoDown(t *testing.T) {
+	nodes, docs := startCluster(t, 5, append([]string{"--replicas", "2"}, autoArgs...)...)
+	leader, followers := leaderOf(t, nodes, docs)
+	if r := testproc.CLI(t, leader.Addr, "", "failover", "settings", "--max-count", "2"); r.Code != 0 {
+		t.Fatalf("failover settings --max-count 2: %+v", r)
+	}
+	ids := map[*testproc.Node]string{}
+	for i, n := range nodes {
+		ids[n] = docs[i].Self
+	}
+	// Two that leave the metadata group a quorum: by default three of the
+	// five vote, so at most one voter goes.
+	var victims []*testproc.Node
+	votersKilled := 0
+	for _, f := range followers {
+		voter := slices.Contains(docs[0].Voters, ids[f])
+		if len(victims) < 2 && (!voter || votersKilled == 0) {
+			victims = append(victims, f)
+			if voter {
+				votersKilled++
+			}
+		}
+	}
+	wc := dialNode(t, leader.Addr)
+	m := wc.RoutingMap()
+	var keys []string
+	for _, v := range victims {
+		for i := 0; ; i++ {
+			if k := fmt.Sprintf("k-%s-%d", ids[v], i); m.VBuckets[vbucket.Of([]byte(k), len(m.VBuckets))].Active() == ids[v] {
+				keys = append(keys, k)
+				break
+			}
+		}
+	}
+	for _, v := range victims {
+		v.Kill()
+	}
+	killed := time.Now()
+	for _, k := range keys {
+		poll(t, 20*time.Second, "a write to a dead member's vbucket", func() (bool, string) {
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			_, err := wc.Put(ctx, "auto", []byte(k), []byte("after"))
+			return err == nil, fmt.Sprint(err)
+		})
+	}
+	t.Logf("two of five killed: both vbuckets writable %v after the kill", time.Since(killed).Round(time.Millisecond))
+	cs, err := clusterStatus(leader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := 0
+	for _, n := range cs.Nodes {
+		if n.State == "failed" {
+			failed++
+		}
+	}
+	if failed != 2 || cs.Failovers != 2 {
+		t.Fatalf("%d failed members, count %d: %+v", failed, cs.Failovers, cs.AutoFailover)
+	}
+}
