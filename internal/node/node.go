@@ -29,6 +29,7 @@ import (
 	"shoal/internal/kv"
 	"shoal/internal/logstore"
 	"shoal/internal/queue"
+	"shoal/internal/resp"
 	"shoal/internal/server"
 	"shoal/internal/stats"
 	"shoal/internal/vbmap"
@@ -65,6 +66,8 @@ type Node struct {
 
 	ln     net.Listener
 	httpLn net.Listener
+	resp   *resp.Server // the RESP port (resp.go)
+	respLn net.Listener // nil without --resp
 	httpS  *http.Server
 
 	// onShutdown runs after the data port is closed, before the engines
@@ -177,6 +180,9 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 	if err == nil {
 		err = n.setupDiscovery()
 	}
+	if err == nil {
+		err = n.setupRESP()
+	}
 	if err == nil && n.table() == nil { // a new node of its own: it serves at once
 		err = n.applyMap(vbmap.Solo(n.cfg.NodeID, cfg.VBuckets), nil)
 	}
@@ -215,7 +221,9 @@ func (n *Node) Run(ctx context.Context) error {
 		"auth", n.cfg.Credentials != "", "tls", n.cfg.TLSCert != "")
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	serveErr := make(chan error, 2)
+	serveErr := make(chan error, 3)
+	wg.Add(1)
+	go func() { defer wg.Done(); n.serveRESP(serveErr) }()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -265,6 +273,7 @@ func (n *Node) Run(ctx context.Context) error {
 	drained := n.stopRepl()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	n.stopRESP(sctx)
 	if err := n.srv.Shutdown(sctx); err != nil {
 		n.log.Warn("connections did not finish in time; closed them", "err", err)
 	}
@@ -294,6 +303,9 @@ func (n *Node) close() {
 		}
 		if n.httpLn != nil {
 			n.httpLn.Close()
+		}
+		if n.respLn != nil {
+			n.respLn.Close()
 		}
 		if n.cluster != nil && n.cluster.meta != nil {
 			if err := n.cluster.meta.Close(); err != nil {
