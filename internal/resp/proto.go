@@ -75,7 +75,7 @@ func (p *Parser) Parse(b []byte, args [][]byte) (out [][]byte, n, need int, err 
 	}
 	for i := int64(0); i < count; i++ {
 		if pos >= len(b) {
-			return args, 0, pos + 1, nil
+			return args[:0], 0, pos + 1, nil
 		}
 		if b[pos] != '$' {
 			return args, 0, 0, errExpectedBulk
@@ -88,7 +88,7 @@ func (p *Parser) Parse(b []byte, args [][]byte) (out [][]byte, n, need int, err 
 			if len(b)-pos > maxLenDigits+3 {
 				return args, 0, 0, errBadBulkLen
 			}
-			return args, 0, len(b) + 1, nil
+			return args[:0], 0, len(b) + 1, nil
 		}
 		if l < 0 || l > int64(p.MaxBulk) {
 			return args, 0, 0, errBadBulkLen
@@ -98,7 +98,7 @@ func (p *Parser) Parse(b []byte, args [][]byte) (out [][]byte, n, need int, err 
 			return args, 0, 0, errCmdTooBig
 		}
 		if end+2 > len(b) {
-			return args, 0, end + 2, nil
+			return args[:0], 0, end + 2, nil
 		}
 		if b[end] != '\r' || b[end+1] != '\n' {
 			return args, 0, 0, errBadCRLF
