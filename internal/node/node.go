@@ -218,7 +218,7 @@ func (n *Node) Run(ctx context.Context) error {
 		"http", addrString(n.HTTPAddr()), "data", n.cfg.Data, "vbuckets", n.cfg.VBuckets,
 		"max_value_size", n.cfg.MaxValueSize.String(), "memory_limit", n.cfg.MemoryLimit.String(),
 		"queue_durability", n.cfg.QueueDurability, "queue_fsync_interval", n.cfg.QueueFsyncInterval.String(),
-		"auth", n.cfg.Credentials != "", "tls", n.cfg.TLSCert != "")
+		"auth", n.cfg.Credentials != "", "tls", n.cfg.TLSCert != "", "resp", addrString(n.RESPAddr()))
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 3)

@@ -564,7 +564,9 @@ func ttlOf(x *exec, key []byte, ms bool) {
 		if ms {
 			x.int(left)
 		} else {
-			x.int((left + 500) / 1000)
+			// Expiries are whole seconds, rounded up when set: SET EX 100
+			// leaves up to 101 s, which TTL says is 100 as Redis would.
+			x.int(left / 1000)
 		}
 	}
 }
