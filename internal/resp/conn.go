@@ -29,10 +29,12 @@ type conn struct {
 	sess    session
 	scratch []byte // values read by a command before they are answered
 
-	out     []byte    // answers not written yet
-	pending []pending // forwarded answers to splice into out
-	werr    error
-	quit    bool // QUIT: close after writing the answers
+	out        []byte    // answers not written yet
+	pending    []pending // forwarded answers to splice into out
+	werr       error
+	quit       bool      // QUIT: close after writing the answers
+	clock      time.Time // end of the previous command of this pipeline
+	deadlineAt time.Time // the write deadline set on nc
 }
 
 // pending is a forwarded command whose answer goes at offset at of out.
@@ -144,6 +146,7 @@ func (c *conn) readLoop() {
 		}
 		m, err := c.r.Read(c.buf[c.end:])
 		c.end += m
+		c.clock = time.Time{} // the wait was no command's
 		if err != nil && m == 0 {
 			c.readFailed(err)
 			return
@@ -180,11 +183,21 @@ func (c *conn) flush() bool {
 	}
 	if len(c.pending) > 0 {
 		c.resolve()
+		c.clock = time.Time{} // waited for other nodes
 	}
 	if len(c.out) == 0 {
 		return true
 	}
-	c.nc.SetWriteDeadline(time.Now().Add(c.s.cfg.WriteTimeout))
+	// The deadline moves only when half of it has passed: one clock read
+	// and no syscall for most writes.
+	now := c.clock
+	if now.IsZero() {
+		now = time.Now()
+	}
+	if now.Add(c.s.cfg.WriteTimeout / 2).After(c.deadlineAt) {
+		c.deadlineAt = now.Add(c.s.cfg.WriteTimeout)
+		c.nc.SetWriteDeadline(c.deadlineAt)
+	}
 	n, err := c.nc.Write(c.out)
 	c.s.bytesOut.Add(uint64(n))
 	if cap(c.out) > keepBuf {

@@ -75,7 +75,8 @@ type exec struct {
 	out     []byte
 	notMine bool // a forwarded command found a key whose vBucket is not active here
 	failed  bool
-	buf     []byte // scratch (values read for a read-modify-write)
+	buf     []byte    // scratch (values read for a read-modify-write)
+	now     time.Time // when the command started: the lease is checked at it
 }
 
 // errorf appends an error answer.
@@ -159,8 +160,13 @@ func (c *conn) run(args [][]byte) {
 		c.out = AppendError(c.out, unknownCommand(args))
 		return
 	}
-	start := time.Now()
-	x := exec{s: s, sess: &c.sess, c: c, cmd: cmd, out: c.out, buf: c.scratch}
+	// One clock read per command: a command starts when the previous one
+	// of the same pipeline ended.
+	start := c.clock
+	if start.IsZero() {
+		start = time.Now()
+	}
+	x := exec{s: s, sess: &c.sess, c: c, cmd: cmd, out: c.out, buf: c.scratch, now: start}
 	switch {
 	case !arityOK(cmd, len(args)):
 		x.errorf("ERR wrong number of arguments for '%s' command", strings.ToLower(cmd.name))
@@ -172,10 +178,10 @@ func (c *conn) run(args [][]byte) {
 		x.errorf("NOPERM this command needs the %q credential", "admin")
 	case cmd.flags&flagKeyed != 0:
 		vb := vbucket.Of(args[1], s.cfg.VBuckets)
-		if r, ok := s.eng.Data.ActiveRoute(vb); !ok {
+		if r, ok := s.eng.Data.ActiveRoute(vb, start); !ok {
 			c.out = x.out
 			c.forwardAsync(cmd, args, vb, r)
-			s.observe(cmd, start, false)
+			c.clock = s.observe(cmd, start, false)
 			return
 		}
 		cmd.fn(&x, args)
@@ -187,22 +193,28 @@ func (c *conn) run(args [][]byte) {
 		c.scratch = x.buf[:0]
 	}
 	c.sess.lastCmd = cmd.name
-	s.observe(cmd, start, x.failed)
+	c.clock = s.observe(cmd, start, x.failed)
+	if cmd.flags&flagBlocking != 0 {
+		c.clock = time.Time{} // a blocking command's end is not the next one's start
+	}
 }
 
-func (s *Server) observe(cmd *command, start time.Time, failed bool) {
+// observe counts a command that started at start and returns its end.
+func (s *Server) observe(cmd *command, start time.Time, failed bool) time.Time {
+	end := time.Now()
 	st := &s.cstats[cmd.idx]
-	st.lat.Observe(time.Since(start))
+	st.lat.Observe(end.Sub(start))
 	if failed {
 		st.errors.Add(1)
 	}
+	return end
 }
 
 // local reports whether key's vBucket is served here. For a forwarded
 // command a key that is not marks the command refused (notMine); the
 // caller stops.
 func (x *exec) local(key []byte) bool {
-	_, ok := x.s.eng.Data.ActiveRoute(vbucket.Of(key, x.s.cfg.VBuckets))
+	_, ok := x.s.eng.Data.ActiveRoute(vbucket.Of(key, x.s.cfg.VBuckets), x.now)
 	if !ok && x.sess.forwarded {
 		x.notMine = true
 	}
@@ -230,13 +242,13 @@ func (s *Server) execForwarded(dst, body []byte) ([]byte, wire.Status) {
 	}
 	sess := session{proto: int(proto), authed: true, forwarded: true}
 	sess.setChannel(string(ch))
+	start := time.Now()
 	if cmd.flags&flagKeyed != 0 {
-		if _, ok := s.eng.Data.ActiveRoute(vbucket.Of(args[1], s.cfg.VBuckets)); !ok {
+		if _, ok := s.eng.Data.ActiveRoute(vbucket.Of(args[1], s.cfg.VBuckets), start); !ok {
 			return dst, wire.StatusNotMyVBucket
 		}
 	}
-	start := time.Now()
-	x := exec{s: s, sess: &sess, cmd: cmd, out: dst}
+	x := exec{s: s, sess: &sess, cmd: cmd, out: dst, now: start}
 	cmd.fn(&x, args)
 	if x.notMine {
 		return dst, wire.StatusNotMyVBucket

@@ -199,7 +199,7 @@ func (s *Server) finish(b []byte, fc *fcall) []byte {
 		}
 		time.Sleep(pause)
 		pause = min(2*pause, 200*time.Millisecond)
-		r, ok := s.eng.Data.ActiveRoute(fc.vb)
+		r, ok := s.eng.Data.ActiveRoute(fc.vb, time.Now())
 		if ok {
 			return s.runHere(b, fc.req)
 		}

@@ -675,7 +675,7 @@ type group struct {
 func (x *exec) split(args [][]byte, pos []int) (local []int, remote []group, msg string) {
 	for _, p := range pos {
 		vb := vbucket.Of(args[p], x.s.cfg.VBuckets)
-		r, ok := x.s.eng.Data.ActiveRoute(vb)
+		r, ok := x.s.eng.Data.ActiveRoute(vb, x.now)
 		if ok {
 			local = append(local, p)
 			continue

@@ -70,10 +70,10 @@ func cmdPush(x *exec, args [][]byte) {
 		return
 	}
 	ch := []string{name}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	for _, v := range args[2:] {
-		if err := x.s.eng.Queue.Push(ctx, ch, v, args[1]); err != nil {
+		// In journal mode Push waits for the fsync covering it (it ends
+		// when the store closes).
+		if err := x.s.eng.Queue.Push(context.Background(), ch, v, args[1]); err != nil {
 			x.queueError(err)
 			return
 		}
@@ -182,6 +182,7 @@ func cmdBLPop(x *exec, args [][]byte) {
 	}
 	pause := time.Millisecond
 	for {
+		x.now = time.Now() // the lease is checked at each round
 		for _, k := range keys {
 			v, found, msg := x.popOne(k)
 			if msg != "" {
@@ -216,7 +217,7 @@ func cmdBLPop(x *exec, args [][]byte) {
 // popOne pops one record of list key, here or on its active.
 func (x *exec) popOne(key []byte) (val []byte, found bool, msg string) {
 	vb := vbucket.Of(key, x.s.cfg.VBuckets)
-	if r, ok := x.s.eng.Data.ActiveRoute(vb); !ok {
+	if r, ok := x.s.eng.Data.ActiveRoute(vb, x.now); !ok {
 		if r.ActiveAddr == "" || x.s.fwd == nil {
 			return nil, false, "CLUSTERDOWN vBucket " + strconv.Itoa(int(vb)) + " has no reachable active node"
 		}

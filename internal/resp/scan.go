@@ -77,7 +77,7 @@ func (x *exec) scanHere(cursor uint64, o scanOpts, keys [][]byte) (uint64, [][]b
 	name, _ := x.kvName()
 	examined := 0
 	for vb < nvb {
-		if _, ok := x.s.eng.Data.ActiveRoute(uint16(vb)); !ok {
+		if _, ok := x.s.eng.Data.ActiveRoute(uint16(vb), x.now); !ok {
 			return cursorOf(vb, pos), keys
 		}
 		if name == "" {
@@ -126,7 +126,7 @@ func (x *exec) scan(cursor uint64, o scanOpts) (uint64, [][]byte, string) {
 	for range 16 {
 		vb := int(cursor >> posBits)
 		var next uint64
-		if r, ok := x.s.eng.Data.ActiveRoute(uint16(vb)); ok {
+		if r, ok := x.s.eng.Data.ActiveRoute(uint16(vb), x.now); ok {
 			next, keys = x.scanHere(cursor, o, keys)
 		} else {
 			if r.ActiveAddr == "" || x.s.fwd == nil {
@@ -201,7 +201,7 @@ func cmdScan(x *exec, args [][]byte) {
 	var next uint64
 	var keys [][]byte
 	if x.sess.forwarded {
-		if _, ok := x.s.eng.Data.ActiveRoute(uint16(cursor >> posBits)); !ok || int(cursor>>posBits) >= x.s.cfg.VBuckets {
+		if _, ok := x.s.eng.Data.ActiveRoute(uint16(cursor>>posBits), x.now); !ok || int(cursor>>posBits) >= x.s.cfg.VBuckets {
 			x.notMine = true
 			return
 		}

@@ -20,11 +20,12 @@ import (
 func (s *Server) Table() *vbmap.Table { return s.table.Load() }
 
 // ActiveRoute returns the node's route for vb and whether the node may
-// serve vb as its active now: the table says so and the lease has not run
-// out (the check every kv request of the data port makes).
-func (s *Server) ActiveRoute(vb uint16) (vbmap.Route, bool) {
+// serve vb as its active at now (a request's start): the table says so and
+// the lease has not run out (the check every kv request of the data port
+// makes).
+func (s *Server) ActiveRoute(vb uint16, now time.Time) (vbmap.Route, bool) {
 	r := s.route(vb)
-	return r, r.State == vbmap.Active && s.leased(time.Now())
+	return r, r.State == vbmap.Active && s.leased(now)
 }
 
 // ErrWrongKind is returned by ClaimChannel for a channel of another kind.
