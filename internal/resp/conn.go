@@ -27,6 +27,7 @@ type conn struct {
 	args       [][]byte
 
 	sess    session
+	x       exec   // the command being run (reused: no allocation per command)
 	scratch []byte // values read by a command before they are answered
 
 	out        []byte    // answers not written yet

@@ -166,7 +166,8 @@ func (c *conn) run(args [][]byte) {
 	if start.IsZero() {
 		start = time.Now()
 	}
-	x := exec{s: s, sess: &c.sess, c: c, cmd: cmd, out: c.out, buf: c.scratch, now: start}
+	x := &c.x
+	*x = exec{s: s, sess: &c.sess, c: c, cmd: cmd, out: c.out, buf: c.scratch, now: start}
 	switch {
 	case !arityOK(cmd, len(args)):
 		x.errorf("ERR wrong number of arguments for '%s' command", strings.ToLower(cmd.name))
@@ -184,9 +185,9 @@ func (c *conn) run(args [][]byte) {
 			c.clock = s.observe(cmd, start, false)
 			return
 		}
-		cmd.fn(&x, args)
+		cmd.fn(x, args)
 	default:
-		cmd.fn(&x, args)
+		cmd.fn(x, args)
 	}
 	c.out = x.out
 	if cap(x.buf) <= keepBuf {

@@ -23,7 +23,12 @@ func (s *Server) Table() *vbmap.Table { return s.table.Load() }
 // serve vb as its active at now (a request's start): the table says so and
 // the lease has not run out (the check every kv request of the data port
 // makes).
+// When it may, the route holds only the state (no address look-up).
 func (s *Server) ActiveRoute(vb uint16, now time.Time) (vbmap.Route, bool) {
+	t := s.table.Load()
+	if (t == nil || t.State(vb) == vbmap.Active) && s.leased(now) {
+		return vbmap.Route{State: vbmap.Active}, true
+	}
 	r := s.route(vb)
 	return r, r.State == vbmap.Active && s.leased(now)
 }
