@@ -109,10 +109,11 @@ func (f *forwarder) close() {
 
 // fcall is one forwarded command.
 type fcall struct {
-	done chan struct{}
-	st   wire.Status
-	ans  []byte
-	err  error
+	done      chan struct{}
+	st        wire.Status
+	ans       []byte
+	err       error
+	permanent bool // err is not worth routing again for
 
 	req   []byte // the request body
 	vb    uint16 // the vBucket it was routed by (single-key commands)
@@ -152,6 +153,11 @@ func (s *Server) send(fc *fcall, addr string) {
 		fc.deliver(0, nil, errors.New("the vBucket has no active node"))
 		return
 	}
+	if len(fc.req) > wire.MaxBody-wire.HeaderLen {
+		fc.permanent = true
+		fc.deliver(0, nil, fmt.Errorf("a command of %d bytes is over the %d a node forwards", len(fc.req), wire.MaxBody-wire.HeaderLen))
+		return
+	}
 	pc, err := s.fwd.conn(addr, fc.lane)
 	if err != nil {
 		fc.deliver(0, nil, err)
@@ -188,6 +194,8 @@ func (s *Server) finish(b []byte, fc *fcall) []byte {
 			return append(b, fc.ans...)
 		case fc.err == nil && fc.st != wire.StatusNotMyVBucket:
 			return AppendError(b, fmt.Sprintf("ERR the active node of the key refused the command: %s %s", fc.st, fc.ans))
+		case fc.permanent:
+			return AppendError(b, "ERR "+fc.err.Error())
 		}
 		// Not my vbucket, or the connection failed: route it again.
 		if time.Now().Add(pause).After(deadline) {
@@ -298,12 +306,15 @@ func (p *peerConn) writeLoop() {
 			p.mu.Unlock()
 			return
 		}
-		buf := p.out
-		p.out = p.spare[:0]
-		p.mu.Unlock()
-		if len(buf) == 0 {
+		if len(p.out) == 0 { // a wake-up for frames an earlier write took
+			p.mu.Unlock()
 			continue
 		}
+		// buf is the writer's until the write is done: spare is nil
+		// meanwhile, so that out never shares its array.
+		buf := p.out
+		p.out, p.spare = p.spare[:0], nil
+		p.mu.Unlock()
 		p.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		_, err := p.nc.Write(buf)
 		if err != nil {

@@ -157,3 +157,45 @@ func TestForwardingFollowsTheMap(t *testing.T) {
 	}
 	eq(t, "local keys still served", must(c.Set(ctx, keyIn(0, "l"), "x", 0).Result()), "OK")
 }
+
+// TestForwardingConcurrent: many connections forwarding at once over the
+// shared peer connections get their own answers, in order.
+func TestForwardingConcurrent(t *testing.T) {
+	a := startPeer(t, Config{})
+	b := startPeer(t, Config{})
+	addrs := map[string]string{"a": a.dataAddr, "b": b.dataAddr}
+	m := twoNodeMap(1, nil)
+	a.data.SetTable(vbmap.NewTable("a", m, addrs))
+	b.data.SetTable(vbmap.NewTable("b", m, addrs))
+	ctx := ctxT(t)
+	c := a.client(t, &redis.Options{PoolSize: 32})
+	errs := make(chan error, 16)
+	for g := range 16 {
+		go func() {
+			for i := range 300 {
+				k := fmt.Sprintf("g%d:%d", g, i%37)
+				v := fmt.Sprintf("%d-%d", g, i)
+				p := c.Pipeline()
+				p.Set(ctx, k, v, 0)
+				get := p.Get(ctx, k)
+				if _, err := p.Exec(ctx); err != nil {
+					errs <- err
+					return
+				}
+				if get.Val() != v {
+					errs <- fmt.Errorf("GET %s = %q, want %q", k, get.Val(), v)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.s.forwarded.Load() < 1000 {
+		t.Fatalf("only %d commands forwarded", a.s.forwarded.Load())
+	}
+}
