@@ -129,7 +129,12 @@ if [ "$CLUSTER" != 0 ]; then
     done
   done
   FWD=$(redis-cli -p "${RP[0]}" info stats | awk -F: '/shoal_forwarded_commands/ { gsub(/\r/, "", $2); print $2 }')
-  LISTNODE=$(for i in 0 1 2; do redis-cli -p "${RP[$i]}" info keyspace >/dev/null; done; "$WORK/shoal" --addr "127.0.0.1:${CP[0]}" vbmap --key mylist 2>/dev/null | head -3 | tr '\n' ' ')
+  LISTADDR=$("$WORK/shoal" --addr "127.0.0.1:${CP[0]}" vbmap --key mylist 2>/dev/null | awk '$1 == "active" { print $3 }')
+  if [ "$LISTADDR" = "127.0.0.1:${CP[0]}" ]; then
+    LISTNODE="its vBucket's active is the node benchmarked: LPUSH and RPOP were not forwarded"
+  else
+    LISTNODE="its vBucket's active is another node: every LPUSH and RPOP was forwarded"
+  fi
 fi
 
 median() { sort -g | awk '{ a[NR]=$1 } END { if (NR) print a[int((NR+1)/2)]; else print "-" }'; }

@@ -132,8 +132,13 @@ func (c *conn) readLoop() {
 			c.end = copy(c.buf, c.buf[c.start:c.end])
 			c.start = 0
 		}
-		if need > len(c.buf) || c.end == len(c.buf) {
-			size := max(need, 2*len(c.buf))
+		// Grow only a full buffer, at most doubling: the memory of a
+		// connection follows what it sent, not what its lengths claim.
+		if c.end == len(c.buf) {
+			size := 2 * len(c.buf)
+			if need > len(c.buf) {
+				size = min(size, need)
+			}
 			size = min(size, c.s.parser.MaxCommand+64)
 			if size <= len(c.buf) {
 				c.out = AppendError(c.out, "ERR Protocol error: command too big")
