@@ -231,7 +231,10 @@ func (c *conn) resolve() {
 	for i := range c.pending {
 		p := &c.pending[i]
 		b = append(b, c.out[prev:p.at]...)
+		at := len(b)
 		b = c.s.finish(b, p.f)
+		// A forwarded command counts from its start to its answer.
+		c.s.observe(p.f.cmd, p.f.start, len(b) > at && b[at] == '-')
 		prev = p.at
 		c.pending[i] = pending{}
 	}

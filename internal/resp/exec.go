@@ -181,8 +181,9 @@ func (c *conn) run(args [][]byte) {
 		vb := vbucket.Of(args[1], s.cfg.VBuckets)
 		if r, ok := s.eng.Data.ActiveRoute(vb, start); !ok {
 			c.out = x.out
-			c.forwardAsync(cmd, args, vb, r)
-			c.clock = s.observe(cmd, start, false)
+			c.clock = start
+			c.forwardAsync(cmd, args, vb, r) // counted when answered (resolve)
+			c.clock = time.Now()
 			return
 		}
 		cmd.fn(x, args)

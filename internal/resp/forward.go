@@ -115,8 +115,9 @@ type fcall struct {
 	err       error
 	permanent bool // err is not worth routing again for
 
-	req   []byte // the request body
-	vb    uint16 // the vBucket it was routed by (single-key commands)
+	req   []byte   // the request body
+	vb    uint16   // the vBucket it was routed by (single-key commands)
+	cmd   *command // counted when answered (single-key commands)
 	lane  int
 	start time.Time
 }
@@ -146,7 +147,8 @@ func forwardBody(proto int, channel string, args [][]byte) []byte {
 func (s *Server) send(fc *fcall, addr string) {
 	fc.done = make(chan struct{})
 	if s.fwd == nil {
-		fc.deliver(0, nil, errors.New("this node does not forward"))
+		fc.permanent = true
+		fc.deliver(0, nil, errors.New("this node serves only the keys of the vBuckets it is active for (a standby serves none) and forwards no command"))
 		return
 	}
 	if addr == "" {
@@ -170,7 +172,10 @@ func (s *Server) send(fc *fcall, addr string) {
 // forwardAsync sends a single-key command to its vBucket's active; the
 // answer is spliced into the connection's output when it is written.
 func (c *conn) forwardAsync(cmd *command, args [][]byte, vb uint16, r vbmap.Route) {
-	fc := &fcall{req: forwardBody(c.sess.proto, c.sess.channel, args), vb: vb, lane: int(c.sess.id), start: time.Now()}
+	fc := &fcall{req: forwardBody(c.sess.proto, c.sess.channel, args), vb: vb, cmd: cmd, lane: int(c.sess.id), start: c.clock}
+	if fc.start.IsZero() {
+		fc.start = time.Now()
+	}
 	c.s.send(fc, r.ActiveAddr)
 	c.pending = append(c.pending, pending{at: len(c.out), f: fc})
 	c.sess.lastCmd = cmd.name

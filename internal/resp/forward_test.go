@@ -13,6 +13,7 @@ import (
 	"shoal/internal/kv"
 	"shoal/internal/queue"
 	"shoal/internal/server"
+	"shoal/internal/stats"
 	"shoal/internal/vbmap"
 	"shoal/internal/vbucket"
 )
@@ -197,5 +198,13 @@ func TestForwardingConcurrent(t *testing.T) {
 	}
 	if a.s.forwarded.Load() < 1000 {
 		t.Fatalf("only %d commands forwarded", a.s.forwarded.Load())
+	}
+	// Forwarded or not, every command is counted where the client sent it.
+	var f stats.Fields
+	a.s.Report(&f)
+	for _, fl := range f.List() {
+		if fl.Key == "request/RESP.SET/handled" && fl.Value != 16*300 {
+			t.Fatalf("SET handled: %v, want %d", fl.Value, 16*300)
+		}
 	}
 }
