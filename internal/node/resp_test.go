@@ -2,8 +2,11 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"testing"
@@ -12,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"shoal/client"
+	"shoal/internal/testproc"
 	"shoal/internal/vbmap"
 	"shoal/internal/vbucket"
 )
@@ -239,4 +243,51 @@ func containsLine(s, prefix string) bool {
 		}
 	}
 	return false
+}
+
+// TestRESPClusterWithTLSAndCredentials: with credentials and TLS, a
+// client authenticates over TLS on one node's RESP port and reaches the
+// keys of every node: the node forwards as the peer credential, over TLS.
+func TestRESPClusterWithTLSAndCredentials(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := testproc.WriteCert(t, dir)
+	admin, peer := "00112233445566778899aabbccddeeff", "ffeeddccbbaa99887766554433221100"
+	creds := filepath.Join(dir, "credentials")
+	os.WriteFile(creds, []byte("admin:"+admin+"\nnode:"+peer+"\n"), 0o600)
+	peerFile := filepath.Join(dir, "peer-secret")
+	os.WriteFile(peerFile, []byte(peer+"\n"), 0o600)
+	nodes, _ := startCluster(t, 3, "--tls-cert", certFile, "--tls-key", keyFile, "--credentials", creds,
+		"--peer-secret-file", peerFile, "--resp", "127.0.0.1:0", "--resp-require-tls")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	plain := redis.NewClient(&redis.Options{Addr: nodes[0].RESPAddr().String(), Username: "admin", Password: admin, MaxRetries: -1})
+	defer plain.Close()
+	if err := plain.Set(ctx, "k", "v", 0).Err(); err == nil {
+		t.Fatal("AUTH over plain TCP was accepted with --resp-require-tls")
+	}
+	c := redis.NewClient(&redis.Options{Addr: nodes[0].RESPAddr().String(), Username: "admin", Password: admin,
+		TLSConfig: &tls.Config{InsecureSkipVerify: true}}) // the test's own certificate
+	defer c.Close()
+	seen := map[int]bool{}
+	for i := 0; len(seen) < 3 || i < 30; i++ {
+		if i == 1000 {
+			t.Fatalf("1000 keys and not one of every node: %v", seen)
+		}
+		k := fmt.Sprintf("k%d", i)
+		vb := vbucket.OfString(k, 64)
+		for j, nd := range nodes {
+			if nd.table().State(vb) == vbmap.Active {
+				seen[j] = true
+			}
+		}
+		if err := c.Set(ctx, k, i, 0).Err(); err != nil {
+			t.Fatalf("SET %s: %v", k, err)
+		}
+		if v := c.Get(ctx, k).Val(); v != fmt.Sprint(i) {
+			t.Fatalf("GET %s = %q", k, v)
+		}
+	}
+	if n := c.DBSize(ctx).Val(); n < 30 {
+		t.Fatalf("DBSIZE %d", n)
+	}
 }
