@@ -255,7 +255,8 @@ func (s *Server) execForwarded(dst, body []byte) ([]byte, wire.Status) {
 	if x.notMine {
 		return dst, wire.StatusNotMyVBucket
 	}
-	s.observe(cmd, start, x.failed)
+	// Counted by the node the client sent it to, and here as the data
+	// port's RESPForward request: not twice as a RESP command.
 	return x.out, wire.StatusOK
 }
 
