@@ -107,6 +107,7 @@ type Config struct {
 
 	Replication // the standby replica and liveness (repl.go)
 	Cluster     // membership and metadata (cluster.go)
+	RESP        // the Redis protocol port (resp.go)
 }
 
 // Default returns the settings of a node started with no arguments.
@@ -135,6 +136,7 @@ func Default() Config {
 
 		Replication: defaultReplication(),
 		Cluster:     defaultCluster(),
+		RESP:        defaultRESP(),
 	}
 }
 
@@ -217,6 +219,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	bindCluster(fs, c)
 	bindLog(fs, c)
 	bindDump(fs, c)
+	bindRESP(fs, c)
 }
 
 // Validate checks the settings and says what is wrong.
@@ -260,6 +263,7 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateQueue()...)
 	errs = append(errs, c.validateReplication()...)
 	errs = append(errs, c.validateCluster()...)
+	errs = append(errs, c.validateRESP()...)
 	errs = append(errs, c.validateLog())
 	return errors.Join(errs...)
 }

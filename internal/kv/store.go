@@ -366,8 +366,9 @@ func (s *Store) write(p *partition, t *table, ch string, i int, found bool, m ui
 // Update replaces the value of an existing record whose CAS is cas. It
 // fails with ErrNotFound when there is no live record and with ErrExists
 // when the record changed since cas was read. ttl > 0 sets a new expiry;
-// ttl <= 0 keeps the record's (Redis's SET ... KEEPTTL): a record that
-// was to expire still does, at the same time.
+// ttl == 0 keeps the record's (Redis's SET ... KEEPTTL): a record that
+// was to expire still does, at the same time; ttl < 0 clears it (the
+// record never expires, as after Redis's SET without KEEPTTL).
 func (s *Store) Update(ch string, key, value []byte, cas uint64, ttl time.Duration) (uint64, error) {
 	if err := s.checkWrite(ch, key, value); err != nil {
 		return 0, err
@@ -394,7 +395,7 @@ func (s *Store) Update(ch string, key, value []byte, cas uint64, ttl time.Durati
 	if r.seqno != cas {
 		return 0, ErrExists
 	}
-	if ttl <= 0 && r.flags&flagTime != 0 {
+	if ttl == 0 && r.flags&flagTime != 0 {
 		stamp = r.stamp
 	}
 	return s.write(p, t, ch, i, true, m, key, value, stamp)

@@ -645,6 +645,13 @@ func TestUpdateKeepsTTL(t *testing.T) {
 	if exp, _, _ := s.Expiry("c", key); !exp.Equal(clock.Now().Add(time.Hour)) {
 		t.Fatalf("Update with a TTL: expiry %v", exp)
 	}
+	// A negative TTL clears it.
+	if cas, err = s.Update("c", key, []byte("v3"), cas, -1); err != nil {
+		t.Fatal(err)
+	}
+	if exp, _, _ := s.Expiry("c", key); !exp.IsZero() {
+		t.Fatalf("Update with a negative TTL: expiry %v, want none", exp)
+	}
 	// A record without a TTL keeps none.
 	other := []byte("forever")
 	c2, _ := s.Put("c", other, []byte("x"), 0)

@@ -32,6 +32,7 @@ import (
 	"shoal/internal/logstore"
 	"shoal/internal/queue"
 	"shoal/internal/raftstore"
+	"shoal/internal/resp"
 	"shoal/internal/server"
 	"shoal/internal/stats"
 	"shoal/internal/vbmap"
@@ -71,6 +72,8 @@ type Node struct {
 
 	ln     net.Listener
 	httpLn net.Listener
+	resp   *resp.Server // the RESP port (resp.go)
+	respLn net.Listener // nil without --resp
 	httpS  *http.Server
 	creds  map[string][]byte // of --credentials; nil without
 
@@ -186,6 +189,9 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 	if err == nil {
 		err = n.setupDiscovery()
 	}
+	if err == nil {
+		err = n.setupRESP()
+	}
 	if err == nil && n.table() == nil { // a new node of its own: it serves at once
 		err = n.applyMap(vbmap.Solo(n.cfg.NodeID, cfg.VBuckets), nil)
 	}
@@ -242,10 +248,12 @@ func (n *Node) Run(ctx context.Context) error {
 		"http", addrString(n.HTTPAddr()), "data", n.cfg.Data, "vbuckets", n.cfg.VBuckets,
 		"max_value_size", n.cfg.MaxValueSize.String(), "memory_limit", n.cfg.MemoryLimit.String(),
 		"queue_durability", n.cfg.QueueDurability, "queue_fsync_interval", n.cfg.QueueFsyncInterval.String(),
-		"auth", n.cfg.Credentials != "", "tls", n.cfg.TLSCert != "")
+		"auth", n.cfg.Credentials != "", "tls", n.cfg.TLSCert != "", "resp", addrString(n.RESPAddr()))
 	bg, stopBG := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	serveErr := make(chan error, 2)
+	serveErr := make(chan error, 3)
+	wg.Add(1)
+	go func() { defer wg.Done(); n.serveRESP(serveErr) }()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -297,6 +305,7 @@ func (n *Node) Run(ctx context.Context) error {
 	drained := n.stopRepl()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	n.stopRESP(sctx)
 	if err := n.srv.Shutdown(sctx); err != nil {
 		n.log.Warn("connections did not finish in time; closed them", "err", err)
 	}
@@ -326,6 +335,9 @@ func (n *Node) close() {
 		}
 		if n.httpLn != nil {
 			n.httpLn.Close()
+		}
+		if n.respLn != nil {
+			n.respLn.Close()
 		}
 		if n.cluster != nil && n.cluster.meta != nil {
 			if err := n.cluster.meta.Close(); err != nil {

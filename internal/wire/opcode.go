@@ -80,6 +80,13 @@ const (
 	OpMapNotify        Opcode = 0x65 // empty -> stream of u64 map revisions, one at once and one per map applied
 )
 
+// OpRESPForward carries a RESP command from the node a Redis client is
+// connected to, to the active of the command's keys (between nodes; the
+// peer credential): u8 RESP version, str8 kv channel, the command as a
+// RESP array -> the RESP answer; `not my vbucket` when the node is not
+// the keys' active.
+const OpRESPForward Opcode = 0x70
+
 // Operator requests.
 const (
 	OpDumpNow  Opcode = 0x50 // empty -> stream of per-channel dump results
@@ -102,7 +109,7 @@ var opNames = map[Opcode]string{
 	OpGetClusterMap: "GetClusterMap", OpCluster: "Cluster", OpJoin: "Join", OpMetaPropose: "MetaPropose", OpNodeRemove: "NodeRemove", OpRecover: "Recover", OpLeaseRenew: "LeaseRenew", OpHeartbeat: "Heartbeat", OpFailoverSettings: "FailoverSettings",
 	OpMapNotify: "MapNotify",
 	OpDumpNow:   "DumpNow", OpReplica: "Replica", OpPromote: "Promote", OpStatus: "Status",
-	OpFailover: "Failover",
+	OpFailover: "Failover", OpRESPForward: "RESPForward",
 }
 
 // Known reports whether op is an opcode of protocol version 1.
