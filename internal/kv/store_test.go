@@ -646,7 +646,7 @@ func TestUpdateKeepsTTL(t *testing.T) {
 		t.Fatalf("Update with a TTL: expiry %v", exp)
 	}
 	// A negative TTL clears it.
-	if cas, err = s.Update("c", key, []byte("v3"), cas, -1); err != nil {
+	if cas, err = s.Update("c", key, []byte("v2"), cas, -1); err != nil {
 		t.Fatal(err)
 	}
 	if exp, _, _ := s.Expiry("c", key); !exp.IsZero() {
