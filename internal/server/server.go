@@ -374,17 +374,20 @@ func (s *Server) startConn(nc net.Conn) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	if s.nconns.Add(1) > int64(s.cfg.MaxConnections) {
-		s.nconns.Add(-1)
-		s.refused.Add(1)
-		go refuse(nc, s.cfg.MaxConnections)
-		return
-	}
+	// Counted under s.mu, after the closing check: a connection accepted
+	// while Shutdown runs is either closed here uncounted or registered
+	// for Shutdown to wait for, never counted after Shutdown returned.
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		s.nconns.Add(-1)
 		nc.Close()
+		return
+	}
+	if s.nconns.Add(1) > int64(s.cfg.MaxConnections) {
+		s.nconns.Add(-1)
+		s.mu.Unlock()
+		s.refused.Add(1)
+		go refuse(nc, s.cfg.MaxConnections)
 		return
 	}
 	c := newConn(s, nc)
