@@ -112,8 +112,10 @@ type Decision struct {
 	// Failover are the nodes to fail over now, as one action; set once
 	// per down set (see Auto.Retry).
 	Failover []string
-	// Refused is set while a due failover is refused.
-	Refused *Refusal
+	// Refused is set while a due failover is refused; NewRefusal when
+	// the refusal (its rule or detail) is new at this tick.
+	Refused    *Refusal
+	NewRefusal bool
 	// Suspected are nodes some fresh reporters see inactive and others
 	// active: a possible partition, which triggers nothing.
 	Suspected map[string][]string // node -> the reporters that see it inactive
@@ -255,7 +257,7 @@ func (a *Auto) Step(in Input) Decision {
 		d.Refused = ref
 		if s := ref.Rule + ref.Detail; s != a.refused {
 			d.Events = append(d.Events, fmt.Sprintf("automatic failover of %s refused by rule %s: %s", strings.Join(nodes, ","), ref.Rule, ref.Detail))
-			a.refused = s
+			a.refused, d.NewRefusal = s, true
 		}
 		return d
 	}

@@ -87,8 +87,9 @@ type autoFailover struct {
 	refusals map[string]uint64           // by rule
 	// done counts the failovers this node committed, by reason
 	// ("manual", "unreachable", "not_ready").
-	done       map[string]uint64
-	leaderless time.Time // since when no leader is known (zero: one is)
+	done           map[string]uint64
+	leaderless     time.Time // since when no leader is known (zero: one is)
+	leaderlessSaid bool      // the log said so for this stretch
 }
 
 // tickOf is the automatic failover's tick for a failover timeout.
@@ -152,11 +153,13 @@ func (n *Node) autoTick(ctx context.Context, now time.Time, timeout time.Duratio
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.tick++
-	if _, leader := n.cluster.meta.Leader(); leader != "" {
-		a.leaderless = time.Time{}
-	} else if a.leaderless.IsZero() {
+	switch _, leader := n.cluster.meta.Leader(); {
+	case leader != "":
+		a.leaderless, a.leaderlessSaid = time.Time{}, false
+	case a.leaderless.IsZero():
 		a.leaderless = now
-	} else if now.Sub(a.leaderless) > timeout && a.leaderless.Add(timeout).After(now.Add(-tickOf(timeout))) {
+	case !a.leaderlessSaid && now.Sub(a.leaderless) > timeout:
+		a.leaderlessSaid = true
 		n.log.Warn("automatic failover cannot decide: no metadata leader (no quorum of voters reachable); nothing is failed over", "for", now.Sub(a.leaderless).Round(time.Millisecond))
 	}
 	stopped = n.syncSenders(ctx, addrs)
@@ -190,7 +193,7 @@ func (n *Node) autoTick(ctx context.Context, now time.Time, timeout time.Duratio
 			n.log.Info("automatic failover: "+e, "tick", a.tick)
 		}
 	}
-	if d.Refused != nil && len(d.Events) > 0 && strings.Contains(strings.Join(d.Events, "\n"), "refused by rule") {
+	if d.NewRefusal {
 		if a.refusals == nil {
 			a.refusals = map[string]uint64{}
 		}
