@@ -136,8 +136,8 @@ func (n *Node) autoTick(ctx context.Context, now time.Time, timeout time.Duratio
 			}
 		}
 	}
+	timeout = n.failoverTimeout() // the settings may have changed since the tick was scheduled
 	view := n.autoView(now, members, timeout/2)
-	timeout = n.failoverTimeout()
 	var rev uint64
 	if t := n.servedTable(); t != nil {
 		rev = t.Map().Revision
