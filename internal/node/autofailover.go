@@ -199,7 +199,9 @@ func (n *Node) autoTick(ctx context.Context, now time.Time, timeout time.Duratio
 		}
 		a.refusals[d.Refused.Rule]++
 		a.record(FailoverEvent{At: now, Nodes: d.Refused.Nodes, Kind: "refused", Rule: d.Refused.Rule, Detail: d.Refused.Detail})
-		n.events.add("failover refused", strings.Join(d.Refused.Nodes, ","), "automatic, rule "+d.Refused.Rule+": "+d.Refused.Detail)
+		if d.Refused.Rule != failover.RuleDisabled { // off by choice: not an event for the console
+			n.events.add("failover refused", strings.Join(d.Refused.Nodes, ","), "automatic, rule "+d.Refused.Rule+": "+d.Refused.Detail)
+		}
 	}
 	if len(d.Failover) == 0 || a.running {
 		if len(d.Failover) > 0 {

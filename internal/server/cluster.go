@@ -116,10 +116,12 @@ func (c *conn) mapNotify(h wire.Header, body []byte) {
 		for {
 			rev, changed := c.s.maps.get()
 			if first || rev != sent {
+				// Noted before the notice goes: a client that reads it and
+				// asks at once is already known to hold the revision.
+				c.noteMapRev(rev)
 				if !st.send(func(b []byte) []byte { return wire.AppendU64(b, rev) }) {
 					return wire.StatusStopped, ""
 				}
-				c.noteMapRev(rev)
 				sent, first = rev, false
 			}
 			select {
