@@ -54,9 +54,19 @@ func startChains(t *testing.T, replicas int, opts []client.Option, cli []string,
 	return c
 }
 
-// connect dials a client per node and reads the map.
+// connect waits until every node serves (a restarted node is fenced
+// until its first lease), dials a client per node and reads the map.
 func (c *chainCluster) connect() {
 	c.t.Helper()
+	poll(c.t, 20*time.Second, "every node serving (not fenced)", func() (bool, string) {
+		for _, n := range c.nodes {
+			cs, err := clusterStatus(n)
+			if err != nil || cs.Fenced != "" {
+				return false, fmt.Sprintf("%s: %v %+v", n.Addr, err, cs)
+			}
+		}
+		return true, ""
+	})
 	c.clients = map[string]*client.Client{}
 	for i, n := range c.nodes {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
