@@ -183,21 +183,24 @@ func (s *Server) startConn(nc net.Conn) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
+	// Counted under s.mu, after the closing check (as the data port does):
+	// a connection accepted while Shutdown runs is closed uncounted or
+	// registered for Shutdown to wait for.
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		nc.Close()
+		return
+	}
 	if s.nconns.Add(1) > int64(s.cfg.MaxConnections) {
 		s.nconns.Add(-1)
+		s.mu.Unlock()
 		s.refused.Add(1)
 		go func() {
 			nc.SetWriteDeadline(time.Now().Add(time.Second))
 			nc.Write(AppendError(nil, "ERR max number of clients reached"))
 			nc.Close()
 		}()
-		return
-	}
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		s.nconns.Add(-1)
-		nc.Close()
 		return
 	}
 	c := newConn(s, nc)
