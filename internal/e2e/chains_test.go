@@ -113,7 +113,11 @@ func (c *chainCluster) write(p string, n int, w *written) {
 	for i := range n {
 		key := fmt.Sprintf("%s-key-%d", p, i)
 		active := c.m.VBuckets[vbucket.Of([]byte(key), len(c.m.VBuckets))].Active()
-		cas, err := c.clients[active].Put(ctx, "kv", []byte(key), []byte("value of "+key))
+		var cas uint64
+		err := retryNMVB(func() (err error) {
+			cas, err = c.clients[active].Put(ctx, "kv", []byte(key), []byte("value of "+key))
+			return err
+		})
 		if err != nil {
 			c.t.Fatalf("put %s at %s: %v", key, active, err)
 		}
@@ -122,15 +126,32 @@ func (c *chainCluster) write(p string, n int, w *written) {
 	for _, id := range c.ids {
 		cl := c.clients[id]
 		for i := range n {
-			if err := cl.Push(ctx, []string{"q"}, fmt.Appendf(nil, "%s-%s-%d", p, id, i)); err != nil {
+			if err := retryNMVB(func() error { return cl.Push(ctx, []string{"q"}, fmt.Appendf(nil, "%s-%s-%d", p, id, i)) }); err != nil {
 				c.t.Fatalf("push on %s: %v", id, err)
 			}
-			if err := cl.LogPut(ctx, "events", uint64(1_700_000_000+i), fmt.Appendf(nil, "%s-%s-%d", p, id, i)); err != nil {
+			if err := retryNMVB(func() error {
+				return cl.LogPut(ctx, "events", uint64(1_700_000_000+i), fmt.Appendf(nil, "%s-%s-%d", p, id, i))
+			}); err != nil {
 				c.t.Fatalf("log append on %s: %v", id, err)
 			}
 		}
 		w.pushes += n
 		w.logs += n
+	}
+}
+
+// retryNMVB runs a write to one particular node again while it answers
+// not my vbucket naming itself, for at most 5 s: a node just restarted
+// serves its active vBuckets once it holds a lease.
+func retryNMVB(write func() error) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := write()
+		var ce *client.Error
+		if !errors.As(err, &ce) || !errors.Is(err, client.ErrNotMyVBucket) || ce.Active != ce.Node || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
