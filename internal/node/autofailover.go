@@ -444,11 +444,6 @@ func (s *heartbeatSender) run(ctx context.Context) {
 			conn = c
 		}
 		conn.SetDeadline(time.Now().Add(timeout))
-		if f := s.n.cluster.peers.fault.Load(); f != nil && (*f)(s.addr) != nil { // the tests' partition
-			conn.Close()
-			conn = nil
-			continue
-		}
 		if _, err := wire.RoundTrip(conn, wire.OpHeartbeat, 4, body, 1024); err != nil {
 			conn.Close()
 			conn = nil

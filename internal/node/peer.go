@@ -23,9 +23,43 @@ type peers struct {
 	user   string
 	secret []byte
 	tls    *tls.Config // nil: clear text
-	// fault, when set (tests), fails the dials it returns an error for: a
-	// node cut off from its peers.
+	// fault, when set (tests), fails the dials it returns an error for,
+	// and the next read or write of a connection already dialed to such an
+	// address: a node cut off from its peers, established connections
+	// included.
 	fault atomic.Pointer[func(addr string) error]
+}
+
+// faultErr is the error the tests' fault returns for addr, nil when none.
+func (p *peers) faultErr(addr string) error {
+	if f := p.fault.Load(); f != nil {
+		return (*f)(addr)
+	}
+	return nil
+}
+
+// faultableConn is a dialed peer connection that fails once the tests'
+// fault covers its address (a partition cuts what was open too).
+type faultableConn struct {
+	net.Conn
+	p    *peers
+	addr string
+}
+
+func (c *faultableConn) Read(b []byte) (int, error) {
+	if err := c.p.faultErr(c.addr); err != nil {
+		c.Conn.Close()
+		return 0, err
+	}
+	return c.Conn.Read(b)
+}
+
+func (c *faultableConn) Write(b []byte) (int, error) {
+	if err := c.p.faultErr(c.addr); err != nil {
+		c.Conn.Close()
+		return 0, err
+	}
+	return c.Conn.Write(b)
 }
 
 // newPeers prepares the peer dialer from the node's settings.
@@ -72,16 +106,15 @@ const maxPeerAnswer = 16 << 20
 // certificate, and runs no request: replication's streams run their own
 // HELLO and AUTH (repl.Handshake) on it.
 func (p *peers) dialConn(ctx context.Context, addr string) (net.Conn, error) {
-	if f := p.fault.Load(); f != nil {
-		if err := (*f)(addr); err != nil {
-			return nil, err
-		}
+	if err := p.faultErr(addr); err != nil {
+		return nil, err
 	}
 	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
+	nc := net.Conn(&faultableConn{Conn: raw, p: p, addr: addr})
 	if p.tls == nil {
 		return nc, nil
 	}
