@@ -47,7 +47,7 @@ func startTestCluster(t *testing.T, n int) *testCluster {
 	for i := range n {
 		cfg, err := config.Load([]string{"--data", t.TempDir(), "--listen", addrs[i], "--http", "off",
 			"--console=false", "--stats-interval", "0", "--vbuckets", strconv.Itoa(clusterVBuckets), "--log-level", "error",
-			"--join", strings.Join(addrs, ","), "--bootstrap-expect", strconv.Itoa(n), "--auto-failover=false",
+			"--join", strings.Join(addrs, ","), "--bootstrap-expect", strconv.Itoa(n), "--auto-failover=false", "--failover-timeout", "5s",
 			"--raft-heartbeat-timeout", "200ms", "--raft-election-timeout", "200ms", "--raft-leader-lease-timeout", "100ms"}, io.Discard)
 		if err != nil {
 			t.Fatal(err)

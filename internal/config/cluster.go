@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"shoal/internal/discovery"
+	"shoal/internal/meta"
 )
 
 // Cluster holds the cluster membership and metadata settings (embedded in
@@ -103,11 +104,11 @@ func defaultCluster() Cluster {
 		Voters:                 3,
 		Replicas:               1,
 		PeerUser:               "node",
-		FailoverTimeout:        Duration(5 * time.Second),
+		FailoverTimeout:        Duration(meta.DefaultFailoverTimeout),
 		AutoFailover:           true,
-		RaftHeartbeatTimeout:   Duration(500 * time.Millisecond),
-		RaftElectionTimeout:    Duration(500 * time.Millisecond),
-		RaftLeaderLeaseTimeout: Duration(250 * time.Millisecond),
+		RaftHeartbeatTimeout:   Duration(meta.DefaultHeartbeatTimeout),
+		RaftElectionTimeout:    Duration(meta.DefaultElectionTimeout),
+		RaftLeaderLeaseTimeout: Duration(meta.DefaultLeaderLeaseTimeout),
 
 		DiscoveryInitialInterval:       Duration(discovery.DefaultInitialInterval),
 		DiscoveryAfterErrorInterval:    Duration(discovery.DefaultAfterErrorInterval),

@@ -43,8 +43,9 @@ const formTimeout = 60 * time.Second
 func clusterArgs(addr string, join []string, expect int, extra ...string) []string {
 	// Automatic failover off unless a test asks for it (extra comes last):
 	// the tests that stop, kill or freeze nodes expect them back as they
-	// were.
-	args := []string{"--listen", addr, "--vbuckets", strconv.Itoa(clusterVBuckets), "--join", strings.Join(join, ","), "--auto-failover=false"}
+	// were. 5 s leases: a loaded CI machine starving a node for most of a
+	// second must not fence it in a test of something else.
+	args := []string{"--listen", addr, "--vbuckets", strconv.Itoa(clusterVBuckets), "--join", strings.Join(join, ","), "--auto-failover=false", "--failover-timeout", "5s"}
 	if expect > 0 {
 		args = append(args, "--bootstrap-expect", strconv.Itoa(expect))
 	}

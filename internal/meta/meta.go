@@ -45,11 +45,16 @@ type Config struct {
 	OnChange func(prev, next *State)
 }
 
-// Defaults of the raft timeouts.
+// Defaults of the raft timeouts and of a new cluster's failover timeout.
+// The failover timeout is also the length of a member's lease, which only
+// the metadata leader grants: an election must end well within it (a
+// dead leader is noticed after 200–400 ms, the vote takes one round on a
+// LAN) or every member stops serving for a moment after each leader loss.
 const (
-	DefaultHeartbeatTimeout   = 500 * time.Millisecond
-	DefaultElectionTimeout    = 500 * time.Millisecond
-	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
+	DefaultHeartbeatTimeout   = 200 * time.Millisecond
+	DefaultElectionTimeout    = 200 * time.Millisecond
+	DefaultLeaderLeaseTimeout = 100 * time.Millisecond
+	DefaultFailoverTimeout    = time.Second
 )
 
 // Meta is a node's member of the metadata group.

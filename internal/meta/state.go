@@ -76,7 +76,7 @@ type Settings struct {
 
 // DefaultSettings are the settings of a new cluster.
 func DefaultSettings() Settings {
-	return Settings{FailoverTimeoutMillis: 5000, MaxFailovers: 1, Durability: "none"}
+	return Settings{FailoverTimeoutMillis: DefaultFailoverTimeout.Milliseconds(), MaxFailovers: 1, Durability: "none"}
 }
 
 // State is the cluster metadata at one raft index. It is immutable: the

@@ -122,6 +122,7 @@ func (n *Node) setupCluster() error {
 	}
 	n.cluster = c
 	n.routing.fenced = true // until the lease is checked, below
+	n.routing.fencedWhy = "no lease from the metadata group's leader yet (the node is starting)"
 	if prev.Initialized() {
 		// Serve as before the restart until the group catches up.
 		for name, kind := range prev.Channels {

@@ -58,7 +58,7 @@ func startNode(t *testing.T, dir string, opts []Option, args ...string) *testNod
 // newConfig is the configuration of a test node on dir.
 func newConfig(dir string, args ...string) (config.Config, error) {
 	return config.Load(append([]string{"--data", dir, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0",
-		"--console=false", "--stats-interval", "0", "--vbuckets", "64", "--auto-failover=false"}, args...), io.Discard)
+		"--console=false", "--stats-interval", "0", "--vbuckets", "64", "--auto-failover=false", "--failover-timeout", "5s"}, args...), io.Discard)
 }
 
 // shutdown stops the node cleanly (with its final dump) and waits.
