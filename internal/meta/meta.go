@@ -336,6 +336,15 @@ func (m *Meta) VerifyLeader() error {
 	return nil
 }
 
+// TransferLeadership hands the leadership to the most up-to-date
+// follower and returns once it did or could not. Leader only.
+func (m *Meta) TransferLeadership() error {
+	if err := m.raft.LeadershipTransfer().Error(); err != nil {
+		return m.membershipErr("transfer the leadership", err)
+	}
+	return nil
+}
+
 // CommitIndex is the highest raft index this node knows committed.
 func (m *Meta) CommitIndex() uint64 { return m.raft.CommitIndex() }
 

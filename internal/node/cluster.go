@@ -55,6 +55,7 @@ type cluster struct {
 	peerSeen      map[string]discovered // before the cluster exists: nodes heard, by id
 	grants        map[string]time.Time  // on the leader: until when each node's lease may last
 	revoking      map[string]bool       // on the leader: nodes being failed over get no new lease
+	steppedDown   time.Time             // on the leader: when it last handed the leadership over (stepDownIfUnasked)
 	join          JoinStatus
 	commits       stats.Histogram // metadata commits proposed by this node
 }
@@ -104,10 +105,7 @@ func (n *Node) setupCluster() error {
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		return fmt.Errorf("cannot create the metadata directory: %w", err)
 	}
-	var err error
-	if c.peers, err = n.newPeers(); err != nil {
-		return err
-	}
+	c.peers = n.rep.peers // one dialer for raft, joins, heartbeats and streams (setupRepl made it)
 	prev, err := readState(filepath.Join(c.dir, stateFile))
 	if err != nil {
 		return err
@@ -567,6 +565,7 @@ func (n *Node) renewLease(ctx context.Context, asked time.Time) (time.Time, erro
 		if err := c.meta.VerifyLeader(); err != nil {
 			return time.Time{}, err
 		}
+		n.stepDownIfUnasked(asked)
 		return asked.Add(n.failoverTimeout()), nil
 	}
 	_, leader := c.meta.Leader()
@@ -588,6 +587,61 @@ func (n *Node) renewLease(ctx context.Context, asked time.Time) (time.Time, erro
 		return time.Time{}, err
 	}
 	return asked.Add(time.Duration(millis) * time.Millisecond), nil
+}
+
+// stepDownIfUnasked hands the leadership over when the followers hear
+// this leader (raft confirms it) but a majority of the voters have not
+// been able to ask it for a lease for a whole lease: a one-way partition
+// in front of the leader, which would otherwise leave every other member
+// fenced for good (their renewals, and their reports, cannot reach it).
+// A new leader is elected among those who can reach each other; this one,
+// unreachable, is then fenced and failed over like any such member.
+func (n *Node) stepDownIfUnasked(now time.Time) {
+	c := n.cluster
+	servers, err := c.meta.Servers()
+	if err != nil {
+		return
+	}
+	var voters []string
+	for _, s := range servers {
+		if s.Voter {
+			voters = append(voters, s.ID)
+		}
+	}
+	timeout := n.failoverTimeout()
+	c.mu.Lock()
+	unasked := leaderUnasked(now, c.meta.LeaderSince(), c.steppedDown, timeout, n.cfg.NodeID, voters, c.grants)
+	if unasked {
+		c.steppedDown = now
+	}
+	c.mu.Unlock()
+	if !unasked {
+		return
+	}
+	n.log.Warn("this node leads the metadata group but a majority of the voters have not reached it for a lease: handing the leadership over (a one-way partition in front of this node?)",
+		"voters", len(voters), "lease", timeout)
+	go func() { // not on the lease loop: a transfer takes up to an election
+		if err := c.meta.TransferLeadership(); err != nil {
+			n.log.Warn("the leadership could not be handed over", "err", err)
+		}
+	}()
+}
+
+// leaderUnasked is stepDownIfUnasked's decision: the leader has led for
+// three leases (time for every member to renew once), tried no hand-over
+// within the last three, and fewer than a majority of the voters, itself
+// counted, hold a lease it granted (grants: until when each lease lasts).
+func leaderUnasked(now, since, lastTry time.Time, lease time.Duration, self string, voters []string, grants map[string]time.Time) bool {
+	if len(voters) < 2 || since.IsZero() || now.Sub(since) < 3*lease || now.Sub(lastTry) < 3*lease {
+		return false
+	}
+	held := 0
+	for _, v := range voters {
+		if v == self || grants[v].After(now) {
+			held++
+		}
+	}
+	return held < len(voters)/2+1
 }
 
 // grantLease is the leader's side of renewLease: it confirms its
