@@ -21,10 +21,10 @@ import (
 )
 
 // autoArgs are the flags of a cluster with automatic failover at the
-// defaults: a 1 s timeout, raft's 200 ms timeouts. The other test clusters
-// turn it off and take 5 s leases, so that a loaded CI machine starving a
-// node for most of a second does not fence it in a test of something else.
-var autoArgs = []string{"--auto-failover", "--failover-timeout", "1s"}
+// defaults: a 1 s timeout, raft's 200/200/100 ms timeouts (spelled out:
+// they come after the other test clusters' slowArgs).
+var autoArgs = []string{"--auto-failover", "--failover-timeout", "1s",
+	"--raft-heartbeat-timeout", "200ms", "--raft-election-timeout", "200ms", "--raft-leader-lease-timeout", "100ms"}
 
 // autoTrial kills (kill -9) a member that is not the leader while a
 // writer writes to one of its vBuckets through the routing client, and

@@ -38,14 +38,21 @@ const clusterVBuckets = 64
 // default timeouts) and the init commit, on a loaded machine under -race.
 const formTimeout = 60 * time.Second
 
+// slowArgs are the timeouts of the test clusters that do not test failover
+// timing: 5 s leases and raft's timeouts of 500/500/250 ms rather than the
+// defaults (1 s, 200/200/100 ms), which the automatic failover tests use
+// (autoArgs comes last and sets them back).
+var slowArgs = []string{"--failover-timeout", "5s",
+	"--raft-heartbeat-timeout", "500ms", "--raft-election-timeout", "500ms", "--raft-leader-lease-timeout", "250ms"}
+
 // clusterArgs are the flags of one node of a new cluster at addr whose
 // --join lists join.
 func clusterArgs(addr string, join []string, expect int, extra ...string) []string {
 	// Automatic failover off unless a test asks for it (extra comes last):
 	// the tests that stop, kill or freeze nodes expect them back as they
-	// were. 5 s leases: a loaded CI machine starving a node for most of a
-	// second must not fence it in a test of something else.
-	args := []string{"--listen", addr, "--vbuckets", strconv.Itoa(clusterVBuckets), "--join", strings.Join(join, ","), "--auto-failover=false", "--failover-timeout", "5s"}
+	// were. slowArgs: a loaded CI machine starving a node for a moment must
+	// not fence it or move the leadership in a test of something else.
+	args := append([]string{"--listen", addr, "--vbuckets", strconv.Itoa(clusterVBuckets), "--join", strings.Join(join, ","), "--auto-failover=false"}, slowArgs...)
 	if expect > 0 {
 		args = append(args, "--bootstrap-expect", strconv.Itoa(expect))
 	}

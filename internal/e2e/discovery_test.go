@@ -27,8 +27,9 @@ import (
 // through spec; the members re-read the backend every 2 s (the regular
 // interval) so that a node added later shows in their status soon.
 func discoveryArgs(addr, spec string, extra ...string) []string {
-	return append([]string{"--listen", addr, "--vbuckets", strconv.Itoa(clusterVBuckets), "--discovery", spec, "--bootstrap-expect", "3", "--auto-failover=false", "--failover-timeout", "5s",
-		"--discovery-initial-interval", "1s", "--discovery-regular-interval", "2s", "--discovery-probe-interval", "500ms"}, extra...)
+	args := append([]string{"--listen", addr, "--vbuckets", strconv.Itoa(clusterVBuckets), "--discovery", spec, "--bootstrap-expect", "3", "--auto-failover=false",
+		"--discovery-initial-interval", "1s", "--discovery-regular-interval", "2s", "--discovery-probe-interval", "500ms"}, slowArgs...)
+	return append(args, extra...)
 }
 
 // writeFile replaces path with the addresses, one a line, atomically.
