@@ -82,9 +82,16 @@ type Result struct {
 // to nodes under theirs, chains short of copies (a node removed or failed
 // over, replicas raised) are filled by nodes under their count, a
 // vBucket keeps its active unless that node has too many. Result.Built
-// and Result.MinBuilt say how close it came (property tests: equal, for
-// random maps and changes without zones).
+// and Result.MinBuilt say how close it came. The bounds, checked by
+// property tests over random maps and changes (nodes added, removed and
+// failed over, replica counts changed): without zones, Built ≤
+// MinBuilt + MinBuilt/20 + 4 and Takeovers ≤ MinTakeovers +
+// MinTakeovers/4 + 2 (in practice Built is MinBuilt but for replica
+// counts lowered or a few vBuckets); with zones, twice the lower bounds
+// plus 4 and 2, unless Result.Fallback.
 //
+// It takes milliseconds for 1024 vBuckets, about 3.5 s for 65535 over 17
+// nodes.
 // It fails (wrapping ErrPlan) when cur is nil or invalid, or Place fails
 // for the nodes (none, too many, ids given twice, replicas out of range).
 func Plan(cur *vbmap.Map, nodes []vbmap.Node, replicas int) (Result, error) {
