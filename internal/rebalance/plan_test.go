@@ -362,3 +362,39 @@ func BenchmarkPlanJoin(b *testing.B) {
 		})
 	}
 }
+
+// TestPlanArbitraryMaps: from any valid map (chains of any length up to
+// the replica count, any nodes, members or not), Plan meets the rules
+// and never panics.
+func TestPlanArbitraryMaps(t *testing.T) {
+	rapid.Check(t, func(rt *rapid.T) {
+		vbs := rapid.IntRange(1, 64).Draw(rt, "vbuckets")
+		r0 := rapid.IntRange(0, 3).Draw(rt, "replicas now")
+		ids := []string{"a", "b", "c", "d", "e", "f"}
+		chains := make([][]string, vbs)
+		for vb := range chains {
+			perm := rapid.Permutation(ids).Draw(rt, fmt.Sprintf("perm%d", vb))
+			chains[vb] = perm[:rapid.IntRange(0, 1+r0).Draw(rt, fmt.Sprintf("len%d", vb))]
+		}
+		cur := (*vbmap.Map)(nil).Next(1, r0, chains)
+		var nodes []vbmap.Node
+		for _, id := range ids {
+			if rapid.Bool().Draw(rt, "member "+id) {
+				zone := ""
+				if rapid.Bool().Draw(rt, "zoned "+id) {
+					zone = rapid.SampledFrom([]string{"x", "y"}).Draw(rt, "zone "+id)
+				}
+				nodes = append(nodes, vbmap.Node{ID: id, Zone: zone})
+			}
+		}
+		if len(nodes) == 0 {
+			return
+		}
+		replicas := rapid.IntRange(0, 3).Draw(rt, "replicas")
+		res, err := Plan(cur, nodes, replicas)
+		if err != nil {
+			rt.Fatal(err)
+		}
+		checkPlan(rt, cur, nodes, replicas, res)
+	})
+}
