@@ -324,7 +324,9 @@ func (r *Run) observe(o Observation) []Action {
 			m.phase, m.since = draining, r.now
 		}
 	case ObsDrained:
-		if m.phase == draining && o.Node == m.To[0] {
+		// Drained implies frozen: a report of both in the wrong order
+		// still counts.
+		if (m.phase == draining || m.phase == freezing) && o.Node == m.To[0] {
 			return r.commit(m)
 		}
 	case ObsCommitted:
