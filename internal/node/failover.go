@@ -126,7 +126,9 @@ func (n *Node) survivorSeqnos(st *meta.State, survivors []string) map[string]map
 	for _, id := range survivors {
 		if id == n.cfg.NodeID {
 			doc := n.statusDoc(true)
+			mu.Lock() // the answers of the survivors asked before may be arriving
 			out[id] = doc.Replication.HighSeqnos
+			mu.Unlock()
 			continue
 		}
 		m, _ := st.Node(id)
