@@ -273,6 +273,31 @@ func (r *Run) reachable(acts []Action) []Action {
 	return slices.DeleteFunc(acts, func(a Action) bool { return a.Node != "" && r.down[a.Node] })
 }
 
+// Abort ends the run at once, for a node that is no longer the raft
+// leader (it cannot commit): moves building roll back, takeovers frozen
+// but not yet committing are thawed; a move whose commit was proposed is
+// left to the leases — its outcome is unknown here, and a thaw arriving
+// before the old active applied a committed map would let two nodes take
+// writes (the old active's freeze ends with that map, or with its lease,
+// longer than the fence of a node cut off from the leader). The run is
+// then stopped; a new leader plans again from the committed map.
+func (r *Run) Abort(reason string) []Action {
+	if r.state != Running && r.state != Stopping {
+		return nil
+	}
+	var acts []Action
+	for _, m := range r.moves {
+		switch m.phase {
+		case building, freezing, draining:
+			acts = append(acts, r.abandon(m)...)
+		case committing:
+			m.phase, m.frozen = abandoned, false
+		}
+	}
+	r.state, r.reason = Stopped, reason
+	return r.reachable(acts)
+}
+
 // Rebalancing reports whether the run still changes the map (running or
 // stopping): automatic failover waits for it to stop.
 func (r *Run) Rebalancing() bool { return r.state == Running || r.state == Stopping }

@@ -23,6 +23,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of the sc
 //	obs KIND [vb=N] [node=ID] [lag=N] [bytes=N] [why=WORD]   an observation for the next step
 //	step MS                     Step at MS; prints the actions and the progress
 //	stop [WORD...]              Stop; prints the actions and the progress
+//	abort [WORD...]             Abort; prints the actions and the progress
 func TestRunScenarios(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.txt")
 	if err != nil || len(files) == 0 {
@@ -124,7 +125,7 @@ func runScenario(t *testing.T, file string) {
 			}
 			obs = append(obs, o)
 			continue
-		case "step", "stop":
+		case "step", "stop", "abort":
 			if run == nil {
 				run = NewRun(plan, cfg)
 			}
@@ -136,8 +137,10 @@ func runScenario(t *testing.T, file string) {
 				}
 				acts = run.Step(ms, obs)
 				obs = nil
-			} else {
+			} else if cmd[0] == "stop" {
 				acts = run.Stop(strings.Join(cmd[1:], " "))
+			} else {
+				acts = run.Abort(strings.Join(cmd[1:], " "))
 			}
 			for _, a := range acts {
 				got = append(got, a.String())
@@ -227,6 +230,7 @@ func TestRunProperties(t *testing.T) {
 		r := NewRun(plan, cfg)
 		type vbState struct {
 			frozen, committed, commitAsked bool
+			proposed                       bool // a commit was ever asked
 			building                       map[string]bool
 		}
 		st := map[uint16]*vbState{}
@@ -257,7 +261,7 @@ func TestRunProperties(t *testing.T) {
 					}
 					s.frozen = false
 				case Commit:
-					s.commitAsked = true
+					s.commitAsked, s.proposed = true, true
 				case Drop:
 					if !s.committed {
 						rt.Fatalf("%v before the commit", a)
@@ -300,8 +304,19 @@ func TestRunProperties(t *testing.T) {
 					}
 				}
 			}
-			if rapid.IntRange(0, 29).Draw(rt, fmt.Sprintf("stop%d", i)) == 0 {
+			switch rapid.IntRange(0, 59).Draw(rt, fmt.Sprintf("stop%d", i)) {
+			case 0, 1:
 				check(r.Stop("operator"))
+			case 2:
+				acts := r.Abort("leadership lost")
+				check(acts)
+				for _, s := range st {
+					if s.frozen && s.proposed && !s.committed {
+						// A commit proposed, its outcome unknown here:
+						// the old active's lease ends the freeze.
+						s.frozen, s.commitAsked = false, false
+					}
+				}
 			}
 			if rapid.IntRange(0, 19).Draw(rt, fmt.Sprintf("down%d", i)) == 0 {
 				n := rapid.SampledFrom(nodes).Draw(rt, "node down")
