@@ -84,6 +84,7 @@ const (
 
 // Action is one thing the node running the rebalance must make happen.
 type Action struct {
+	// Kind is what to do, for VBucket.
 	Kind    ActionKind
 	VBucket uint16
 	// Node is the node that acts (for Commit: none, the leader).
@@ -146,12 +147,16 @@ const (
 
 // Observation is what the node running the rebalance saw.
 type Observation struct {
+	// Kind is what is reported, about VBucket's move and Node.
 	Kind    ObsKind
 	VBucket uint16
 	Node    string
-	Lag     uint64
-	Bytes   int64
-	Why     string
+	// Lag is a pending copy's lag in seqnos, Bytes the bytes it received
+	// since its last report (ObsProgress).
+	Lag   uint64
+	Bytes int64
+	// Why says what failed (ObsFailed, ObsCommitFailed).
+	Why string
 }
 
 // RunState is where a rebalance run is.
