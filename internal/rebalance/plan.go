@@ -528,11 +528,10 @@ func (p *planner) fillPath(chains [][]int, cnt []int, filled [][]int, vb int, fi
 // node under its count), found breadth first.
 func (p *planner) shed(chains [][]int, cnt []int, over int, fits func([]int, int, int) bool) bool {
 	type hop struct {
-		vb       int // the chain where the previous node gives its copy to this one
-		prev     int
-		hasPrev  bool
-		reached  bool
-		givenOut int
+		vb      int // the chain where the previous node gives its copy to this one
+		prev    int
+		hasPrev bool
+		reached bool
 	}
 	// A direct hand-over first, to the node that suits the chain best.
 	bestVB, best := -1, -1
@@ -542,10 +541,6 @@ func (p *planner) shed(chains [][]int, cnt []int, over int, fits func([]int, int
 	if p.noOrphan == nil {
 		p.noOrphan = make([]bool, p.n)
 	}
-	// Pass 0: chains whose active must change (a node under its count
-	// taking a replica there can take the active too: fewer takeovers),
-	// until none of over's can take one; pass 1: chains where over is a
-	// replica; pass 2: any.
 	if p.handed == nil {
 		p.handed = make([]int, p.n)
 	}
@@ -559,6 +554,10 @@ func (p *planner) shed(chains [][]int, cnt []int, over int, fits func([]int, int
 			minHanded = p.handed[y]
 		}
 	}
+	// Pass 0: chains whose active must change (a node under its count
+	// taking a replica there can take the active too: fewer takeovers),
+	// until none of over's can take one; pass 1: chains where over is a
+	// replica; pass 2: any.
 	for pass := 0; pass < 3 && best < 0; pass++ {
 		if pass == 0 && p.noOrphan[over] {
 			continue
