@@ -151,6 +151,7 @@ type planner struct {
 	zoneOf    []int
 	zones     [][]int
 	lo, hi    []int   // zone -> bounds on a chain's copies in it
+	lower     bool    // some zone has a lower bound above 0
 	qc, qa    []int   // node -> target copies, actives
 	groups    [][]int // nodes that are alike (a zone; all without zones)
 	cur       [][]int
@@ -205,6 +206,7 @@ func newPlanner(cur *vbmap.Map, nodes []vbmap.Node, replicas int, ideal [][]stri
 	p.lo, p.hi = make([]int, len(p.zones)), make([]int, len(p.zones))
 	for z, zn := range p.zones {
 		p.lo[z], p.hi[z] = min(len(zn), h-1), min(len(zn), h)
+		p.lower = p.lower || p.lo[z] > 0
 	}
 	// The current chains, restricted to the nodes.
 	p.cur = make([][]int, p.vbs)
@@ -387,6 +389,9 @@ func (p *planner) run() ([][]string, bool) {
 		size := len(c) + 1
 		if out >= 0 {
 			size--
+		}
+		if !p.lower {
+			return true
 		}
 		// The copies still to come must be able to lift every zone to its
 		// lower bound.
