@@ -664,7 +664,10 @@ func (p *planner) shed(chains [][]int, cnt []int, over int, fits func([]int, int
 // spreadActiveCounts gives again, among alike nodes, their active
 // counts (Place's, a multiset): the larger ones to the nodes that can
 // keep the most of their current actives in chains, then to those in the
-// most chains whose active must change. The copy counts stay.
+// most chains whose active must change, then to those that share the
+// fewest chains with nodes needing actives (the smaller counts go where
+// an active can be handed over without an augmenting path). The copy
+// counts stay.
 func (p *planner) spreadActiveCounts(chains [][]int) {
 	keep, orphan := make([]int, p.n), make([]int, p.n)
 	for vb, c := range chains {
@@ -675,6 +678,32 @@ func (p *planner) spreadActiveCounts(chains [][]int) {
 		}
 		for _, b := range c {
 			orphan[b]++
+		}
+	}
+	// A node keeping fewer actives than the smallest count of its group
+	// needs more; shares counts, per node, the chains it keeps as their
+	// active that such a node is in (where it can hand an active over).
+	needy := make([]bool, p.n)
+	for _, g := range p.groups {
+		least := p.qa[g[0]]
+		for _, b := range g {
+			least = min(least, p.qa[b])
+		}
+		for _, b := range g {
+			needy[b] = keep[b] < least
+		}
+	}
+	shares := make([]int, p.n)
+	for vb, c := range chains {
+		a := p.curActive[vb]
+		if a < 0 || !slices.Contains(c, a) {
+			continue
+		}
+		for _, b := range c {
+			if b != a && needy[b] {
+				shares[a]++
+				break
+			}
 		}
 	}
 	for _, g := range p.groups {
@@ -689,7 +718,11 @@ func (p *planner) spreadActiveCounts(chains [][]int) {
 			if kx, ky := min(keep[x], as[0]), min(keep[y], as[0]); kx != ky {
 				return ky - kx
 			}
-			return orphan[y] - orphan[x]
+			if orphan[x] != orphan[y] {
+				return orphan[y] - orphan[x]
+			}
+			// The smaller counts to the nodes that can hand actives over.
+			return shares[x] - shares[y]
 		})
 		for i, b := range class {
 			p.qa[b] = as[i]

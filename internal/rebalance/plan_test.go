@@ -403,7 +403,7 @@ func TestPlanArbitraryMaps(t *testing.T) {
 // one of n leaving: the plan builds exactly the lower bound of copies and
 // takes over exactly the lower bound of actives.
 func TestPlanJoinsMeetTheBounds(t *testing.T) {
-	for _, tc := range []struct{ vbs, nodes, replicas int }{{1024, 3, 1}, {1024, 5, 2}, {1024, 9, 1}, {4096, 17, 1}, {1024, 4, 3}} {
+	for _, tc := range []struct{ vbs, nodes, replicas int }{{1024, 3, 1}, {1024, 5, 2}, {1024, 9, 1}, {4096, 17, 1}, {1024, 4, 3}, {1024, 65, 2}, {1024, 17, 3}} {
 		var ids []string
 		for i := range tc.nodes {
 			ids = append(ids, fmt.Sprintf("n%02d", i))
