@@ -152,6 +152,7 @@ type planner struct {
 	zones     [][]int
 	lo, hi    []int   // zone -> bounds on a chain's copies in it
 	lower     bool    // some zone has a lower bound above 0
+	trimmed   bool    // copies held now were shed because chains were too long
 	qc, qa    []int   // node -> target copies, actives
 	groups    [][]int // nodes that are alike (a zone; all without zones)
 	cur       [][]int
@@ -360,6 +361,7 @@ func (p *planner) run() ([][]string, bool) {
 			}
 			if victim >= 0 {
 				cnt[c[victim]]--
+				p.trimmed = true
 				chains[vb] = slices.Delete(c, victim, victim+1)
 				dropped = true
 			}
@@ -584,7 +586,10 @@ func (p *planner) shed(chains [][]int, cnt []int, over int, fits func([]int, int
 					bestVB, best = vb, u
 				}
 			}
-			if best >= 0 && pass == 1 && p.curActive[vb] >= 0 && p.handed[p.curActive[vb]] > minHanded+1 {
+			crowded := pass == 1 && p.curActive[vb] >= 0 && p.handed[p.curActive[vb]] > minHanded+1
+			// With copies trimmed (replicas lowered), a chain where a node
+			// that held a copy takes it back builds nothing: look on.
+			if best >= 0 && (crowded || (p.trimmed && !slices.Contains(p.cur[vb], best))) {
 				if spare < 0 {
 					spareVB, spare = bestVB, best
 				}
@@ -731,10 +736,19 @@ func (p *planner) spreadActiveCounts(chains [][]int) {
 }
 
 // better reports whether node u suits chain c (of vBucket vb) better
-// than node v as a new copy: the one further under its copy count, then,
+// than node v as a new copy: one under its copy count, then one that
+// holds a copy of vb now, then the one further under its count, then,
 // for a chain whose current active is gone, the one that holds fewer
 // actives now (it will take actives), else the one that holds more.
 func (p *planner) better(c []int, vb, u, v int, cnt []int) bool {
+	if uu, vu := cnt[u] < p.qc[u], cnt[v] < p.qc[v]; uu != vu {
+		return uu
+	}
+	// A node that holds a copy now (one the replica count lowered away)
+	// costs no copy.
+	if hu, hv := slices.Contains(p.cur[vb], u), slices.Contains(p.cur[vb], v); hu != hv {
+		return hu
+	}
 	if du, dv := p.qc[u]-cnt[u], p.qc[v]-cnt[v]; du != dv {
 		return du > dv
 	}
