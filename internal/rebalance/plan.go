@@ -88,9 +88,9 @@ type Result struct {
 // MinBuilt + MinBuilt/5 + 4 and Takeovers ≤ MinTakeovers +
 // MinTakeovers/2 + 2; with zones, twice the lower bounds plus 4 and 2,
 // unless Result.Fallback. In practice both are the lower bounds: in
-// about 99 % of random cases (the rest: replica counts lowered, vBuckets
-// whose every copy was lost), and for every join and leave of one node
-// tested (TestPlanJoinsMeetTheBounds).
+// about 99 % of random cases (the rest mostly lower the replica count),
+// and for every join and leave of one node tested
+// (TestPlanJoinsMeetTheBounds).
 //
 // For one node joining (BenchmarkPlanJoin) it takes a few milliseconds
 // for 1024 vBuckets and under 0.2 s (44 MB allocated) for 65535 over 17
