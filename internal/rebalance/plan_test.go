@@ -3,7 +3,6 @@ package rebalance
 import (
 	"fmt"
 	"slices"
-	"strings"
 	"testing"
 
 	"pgregory.net/rapid"
@@ -337,13 +336,6 @@ func TestPlanProperties(t *testing.T) {
 	})
 }
 
-func describe(m *vbmap.Map) string {
-	var b strings.Builder
-	for vb, v := range m.VBuckets {
-		fmt.Fprintf(&b, "%d:%v ", vb, v.Chain)
-	}
-	return b.String()
-}
 
 func BenchmarkPlanJoin(b *testing.B) {
 	for _, tc := range []struct{ vbs, nodes, replicas int }{{1024, 3, 1}, {4096, 9, 2}, {65535, 17, 1}} {
