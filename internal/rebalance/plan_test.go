@@ -336,7 +336,6 @@ func TestPlanProperties(t *testing.T) {
 	})
 }
 
-
 func BenchmarkPlanJoin(b *testing.B) {
 	for _, tc := range []struct{ vbs, nodes, replicas int }{{1024, 3, 1}, {4096, 9, 2}, {65535, 17, 1}} {
 		b.Run(fmt.Sprintf("%dvb-%dnodes", tc.vbs, tc.nodes), func(b *testing.B) {
