@@ -207,7 +207,13 @@ func TestAutoFailoverSIGSTOP(t *testing.T) {
 		_, err := wc.Put(ctx, "users", []byte(key), []byte("v2"))
 		return err == nil, fmt.Sprint(err)
 	})
-	t.Logf("SIGSTOP to the first write to a frozen node's vbucket: %v", time.Since(stopped).Round(time.Millisecond))
+	took := time.Since(stopped)
+	t.Logf("SIGSTOP to the first write to a frozen node's vbucket: %v", took.Round(time.Millisecond))
+	if took < 400*time.Millisecond { // less than a failover can take: who took it? (seen once in a loaded run)
+		cs := cc.status(li).Cluster
+		t.Fatalf("a write to %s's vbucket %d succeeded %v after its SIGSTOP (the map at the start, revision %d, made it the active; now revision %d, failovers %d, leader %s, members %+v)",
+			vid, vbucket.Of([]byte(key), len(m.VBuckets)), took, m.Revision, cs.Revision, cs.Failovers, cs.Leader, cs.Nodes)
+	}
 	victim.Signal(syscall.SIGCONT)
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
