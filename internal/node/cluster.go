@@ -121,6 +121,7 @@ func (n *Node) setupCluster() error {
 	n.cluster = c
 	n.routing.fenced = true // until the lease is checked, below
 	n.routing.fencedWhy = "no lease from the metadata group's leader yet (the node is starting)"
+	n.routing.holding.Store(prev.Initialized()) // a restart: see handBackBehind
 	if prev.Initialized() {
 		// Serve as before the restart until the group catches up.
 		for name, kind := range prev.Channels {
@@ -514,13 +515,14 @@ func (n *Node) leaseLoop(ctx context.Context) {
 	defer t.Stop()
 	var until, next time.Time
 	var lastErr string
+	var handingBack bool // the restart's comparison started (holdBack)
 	for {
 		now := time.Now()
 		switch servers, err := n.cluster.meta.Servers(); {
 		case err == nil && len(servers) == 1 && servers[0].ID == n.cfg.NodeID:
 			until = time.Time{} // the only voter: no partition puts it in a minority
 			n.srv.SetLease(until)
-			n.fence(false, "this node is the metadata group's only member")
+			n.fence(n.holdBack(ctx, &handingBack), holdBackWhy)
 		default:
 			if !now.Before(next) {
 				got, err := n.renewLease(ctx, now)
@@ -539,7 +541,12 @@ func (n *Node) leaseLoop(ctx context.Context) {
 			if until.IsZero() {
 				why = "no lease from the metadata group's leader since the start: " + lastErr
 			}
-			n.fence(!time.Now().Before(until), why)
+			valid := time.Now().Before(until)
+			hold := valid && n.holdBack(ctx, &handingBack)
+			if hold {
+				why = holdBackWhy
+			}
+			n.fence(!valid || hold, why)
 		}
 		select {
 		case <-ctx.Done():

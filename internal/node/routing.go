@@ -22,7 +22,10 @@ type routing struct {
 	served vbmap.Holder
 	// fenced is set while the node's lease has run out (fence): it then
 	// serves none of its active vBuckets.
-	fenced    bool
+	fenced bool
+	// holding is set while a restarted node compares its active vBuckets
+	// with their replicas before it serves them (handBackBehind).
+	holding   atomic.Bool
 	fencedWhy string
 	// fencedAt is when the fence went up (unix nanoseconds; 0: not
 	// fenced) and fencedNote its reason, readable without mu (which a map
