@@ -1,0 +1,111 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"shoal/client"
+	"shoal/internal/vbmap"
+	"shoal/internal/vbucket"
+)
+
+// TestDurableWrites: in a cluster of two (one replica), a majority write
+// is answered once the replica holds it; with the replica's feeds stopped
+// it is answered ErrAmbiguous after its timeout (applied on the active,
+// never a success), while the key is in flight its reads are held back
+// and then served, and a write without durability still succeeds;
+// persist-majority is refused for kv; once the feeds run again majority
+// writes succeed.
+func TestDurableWrites(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	ctx := t.Context()
+	c, err := client.Dial(ctx, nodes[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	key := []byte("durable-key")
+	vb := vbucket.Of(key, nodes[0].cfg.VBuckets)
+	active, replica := nodes[0], nodes[1]
+	if active.table().State(vb) != vbmap.Active {
+		active, replica = replica, active
+	}
+	var cas uint64
+	waitFor(t, 10*time.Second, "a first majority write", func() (bool, string) {
+		var err error
+		cas, err = c.Put(ctx, "d", key, []byte("v1"), client.WithDurability(client.Majority), client.WithDurabilityTimeout(time.Second))
+		return err == nil, fmt.Sprint(err)
+	})
+	if got := replica.kv.HighSeqno(vb); got < cas {
+		t.Fatalf("majority write %d answered, the replica holds %d", cas, got)
+	}
+	if _, err := c.Put(ctx, "d", key, []byte("p"), client.WithDurability(client.PersistMajority)); !errors.Is(err, client.ErrUnsupported) {
+		t.Fatalf("persist-majority on kv: %v", err)
+	}
+
+	rc, err := client.Dial(ctx, replica.Addr().String(), client.WithNoRouting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := rc.ReplicaStop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	got := make(chan error, 1)
+	go func() {
+		_, err := c.Put(ctx, "d", key, []byte("v2"), client.WithDurability(client.Majority), client.WithDurabilityTimeout(700*time.Millisecond))
+		got <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	// A read of the key in flight waits (the client tries again) until the
+	// write is over.
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	v, err := c.Get(rctx, "d", key)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el < 600*time.Millisecond {
+		t.Fatalf("read %q of a key in flight after %v", v, el)
+	}
+	err = <-got
+	if !errors.Is(err, client.ErrAmbiguous) {
+		t.Fatalf("majority write with the replica stopped: %v", err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("ambiguous after %v", el)
+	}
+	if string(v) != "v2" {
+		t.Fatalf("read %q after the ambiguous write (it was applied on the active)", v)
+	}
+	if _, err := c.Put(ctx, "d", []byte("other"), []byte("x")); err != nil {
+		t.Fatalf("write without durability: %v", err)
+	}
+	if err := rc.ReplicaStart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "majority writes again", func() (bool, string) {
+		_, err := c.Put(ctx, "d", key, []byte("v3"), client.WithDurability(client.Majority), client.WithDurabilityTimeout(time.Second))
+		return err == nil, fmt.Sprint(err)
+	})
+	// The Dial default.
+	dc, err := client.Dial(ctx, nodes[0].Addr().String(), client.WithDefaultDurability(client.Majority, 2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	cas, err = dc.Put(ctx, "d", key, []byte("v4"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := replica.kv.HighSeqno(vb); got < cas {
+		t.Fatalf("default majority write %d answered, the replica holds %d", cas, got)
+	}
+	if _, err := dc.Remove(ctx, "d", key); err != nil {
+		t.Fatal(err)
+	}
+}
