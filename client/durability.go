@@ -90,7 +90,7 @@ func (c *Client) writeOpts(opts []WriteOption) writeOptions {
 // o's durability (none for None).
 func (o writeOptions) durablePrefix() (byte, []byte) {
 	if o.durability == None {
-		return 0, nil
+		return 0, nil // the node's default applies (none unless the cluster's settings say otherwise)
 	}
 	return wire.FlagDurable, wire.AppendDurablePrefix(nil, wire.Durability(o.durability), o.durTimeout)
 }
