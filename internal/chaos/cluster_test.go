@@ -31,7 +31,7 @@ type cluster struct {
 	down    []bool // killed, not restarted yet
 	stopped []bool // SIGSTOPped
 
-	failovers int // seen in the cluster documents
+	failovers int // nodes failed over (and recovered by heal)
 }
 
 func startCluster(t *testing.T, tl *Timeline) *cluster {
@@ -132,7 +132,6 @@ func (c *cluster) healthy() (bool, string) {
 		if l := st.Replication.Lag; l != nil && (l.Seqnos > 0 || l.VBuckets > 0) {
 			return false, fmt.Sprintf("node %d replicas behind: %+v", i, *l)
 		}
-		c.failovers = max(c.failovers, cs.Failovers)
 		if first == nil {
 			first = st
 		}
@@ -256,6 +255,7 @@ func (c *cluster) heal(ctx context.Context) {
 				_, err := admin.Recover(rctx, id)
 				cancel()
 				if err == nil {
+					c.failovers++ // every failover ends with its node recovered
 					c.tl.Add("recovered %s", id)
 					rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 					admin.FailoverSettings(rctx, client.FailoverSettingsChange{ResetCount: true})
