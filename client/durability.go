@@ -89,7 +89,7 @@ func (c *Client) writeOpts(opts []WriteOption) writeOptions {
 // durablePrefix returns the header flag and body prefix of a write with
 // o's durability (none for None).
 func (o writeOptions) durablePrefix() (byte, []byte) {
-	if o.durability == None {
+	if o.durability == None && !o.durabilitySet {
 		return 0, nil // the node's default applies (none unless the cluster's settings say otherwise)
 	}
 	return wire.FlagDurable, wire.AppendDurablePrefix(nil, wire.Durability(o.durability), o.durTimeout)

@@ -7,6 +7,7 @@ import (
 
 	"shoal/internal/repl"
 	"shoal/internal/stats"
+	"shoal/internal/wire"
 )
 
 // durabilityFailpoint is the SHOAL_FAILPOINTS name of the planted bug of
@@ -34,4 +35,15 @@ func (n *Node) setupDurability(acks *repl.Acks) {
 		}
 		f.Gauge("durability/waiting", "durable_writes_waiting", "Durable writes waiting for a majority of their chain.", float64(acks.Waiting()))
 	}))
+}
+
+// noteDurabilitySetting applies the cluster's default durability (its
+// settings in the metadata group) to the server; called every tick of the
+// automatic failover.
+func (n *Node) noteDurabilitySetting(level string) {
+	d, err := wire.ParseDurability(level)
+	if err != nil {
+		d = wire.DurabilityNone
+	}
+	n.srv.SetDefaultDurability(d)
 }

@@ -109,3 +109,60 @@ func TestDurableWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDefaultDurabilityFromSettings: the cluster's default durability
+// (failover settings, in the metadata group) makes plain writes wait for
+// their majority; none, which a write can ask for explicitly, does not.
+func TestDefaultDurabilityFromSettings(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	ctx := t.Context()
+	c, err := client.Dial(ctx, nodes[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	bad := "persist-majority"
+	if _, err := c.FailoverSettings(ctx, client.FailoverSettingsChange{Durability: &bad}); err == nil {
+		t.Fatal("persist-majority accepted as the default")
+	}
+	majority := "majority"
+	if _, err := c.FailoverSettings(ctx, client.FailoverSettingsChange{Durability: &majority}); err != nil {
+		t.Fatal(err)
+	}
+	key := []byte("default-key")
+	vb := vbucket.Of(key, nodes[0].cfg.VBuckets)
+	replica := nodes[1]
+	if replica.table().State(vb) != vbmap.Replica {
+		replica = nodes[0]
+	}
+	waitFor(t, 10*time.Second, "the setting applied on every node", func() (bool, string) {
+		for _, nd := range nodes {
+			if nd.srv == nil || nd.cluster.known().Settings.Durability != "majority" {
+				return false, "not yet"
+			}
+		}
+		time.Sleep(600 * time.Millisecond) // a tick of the automatic failover applies it to the server
+		return true, ""
+	})
+	rc, err := client.Dial(ctx, replica.Addr().String(), client.WithNoRouting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := rc.ReplicaStop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 12*time.Second)
+	_, err = c.Put(sctx, "d", key, []byte("v"))
+	cancel()
+	if !errors.Is(err, client.ErrAmbiguous) {
+		t.Fatalf("plain write under a majority default with the replica stopped: %v", err)
+	}
+	// An explicit none is answered at once.
+	if _, err := c.Put(ctx, "d", []byte("other-key"), []byte("v"), client.WithDurability(client.None)); err != nil {
+		t.Fatalf("explicit none under a majority default: %v", err)
+	}
+	if err := rc.ReplicaStart(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

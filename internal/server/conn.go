@@ -293,7 +293,7 @@ func (c *conn) dispatch(h wire.Header, body []byte) {
 	}
 	c.now = start
 	c.dur = connDurable{}
-	if h.Flags&wire.FlagDurable != 0 || c.s.dur.inflight.Load() > 0 {
+	if h.Flags&wire.FlagDurable != 0 || c.s.dur.inflight.Load() > 0 || c.s.dur.def.Load() != 0 {
 		var ok bool
 		if body, ok = c.prepareDurable(h, body); !ok {
 			st.lat.Observe(time.Since(start))

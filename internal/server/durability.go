@@ -38,9 +38,20 @@ type DurableWait func(bucket string, vb uint16, seqno uint64, chain []string, ti
 // chain is the server alone.
 func (s *Server) SetDurableWait(w DurableWait) { s.dur.wait.Store(&w) }
 
+// SetDefaultDurability sets the level of the kv writes that do not say
+// (no FlagDurable): the cluster's setting. persist-majority is not a
+// valid default for kv (none is used instead).
+func (s *Server) SetDefaultDurability(d wire.Durability) {
+	if d == wire.DurabilityPersistMajority {
+		d = wire.DurabilityNone
+	}
+	s.dur.def.Store(uint32(d))
+}
+
 // durability is the server's state of durable writes.
 type durability struct {
 	wait     atomic.Pointer[DurableWait]
+	def      atomic.Uint32 // the default level of kv writes without FlagDurable (the cluster's settings)
 	inflight atomic.Int64 // writes waiting: 0 lets kv requests skip the key check
 
 	mu   sync.Mutex
@@ -101,6 +112,8 @@ func (c *conn) prepareDurable(h wire.Header, body []byte) ([]byte, bool) {
 		}
 		c.dur = connDurable{level: level, timeout: timeout}
 		body = rest
+	} else if def := wire.Durability(c.s.dur.def.Load()); def != wire.DurabilityNone && durableOps[h.Opcode] {
+		c.dur = connDurable{level: def, timeout: wire.DefaultDurableTimeout}
 	}
 	if keyCheckedOps[h.Opcode] && c.s.dur.inflight.Load() > 0 {
 		d := wire.NewDecoder(body)
