@@ -52,7 +52,7 @@ func (s *Server) SetDefaultDurability(d wire.Durability) {
 type durability struct {
 	wait     atomic.Pointer[DurableWait]
 	def      atomic.Uint32 // the default level of kv writes without FlagDurable (the cluster's settings)
-	inflight atomic.Int64 // writes waiting: 0 lets kv requests skip the key check
+	inflight atomic.Int64  // writes waiting: 0 lets kv requests skip the key check
 
 	mu   sync.Mutex
 	keys map[string]int // channel "\x00" key → durable writes waiting on it
