@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"shoal/internal/vbucket"
 	"shoal/internal/wire"
 )
 
@@ -125,4 +126,49 @@ func retrySyncWrite(ctx context.Context, attempt int) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+// WithPushDurability makes a Push durable at level d: answered once a
+// majority of its vBucket's chain holds it (ErrAmbiguous after timeout, 0:
+// the node's 10 s). It needs the routing client (a cluster) or a lone
+// node, whose chain is itself.
+func WithPushDurability(d Durability, timeout time.Duration) PushOption {
+	return func(o *pushOptions) { o.dur = writeOptions{durability: d, durabilitySet: true, durTimeout: timeout} }
+}
+
+// LogDurability makes a log append durable at level d, as
+// WithPushDurability does a Push.
+func LogDurability(d Durability, timeout time.Duration) LogWriteOption {
+	return func(o *logWriteOptions) { o.dur = writeOptions{durability: d, durabilitySet: true, durTimeout: timeout} }
+}
+
+// durableSpread sends a durable Push or log append (body with its
+// durability prefix; plain without it) by the routing table, always to
+// a vBucket the client names, so that the node knows which to wait for.
+func (c *Client) durableSpread(ctx context.Context, op wire.Opcode, key, body []byte, flags byte, plain []byte) error {
+	_, err := c.durableSpreadAnswer(ctx, op, key, body, flags, plain)
+	return err
+}
+
+func (c *Client) durableSpreadAnswer(ctx context.Context, op wire.Opcode, key, body []byte, flags byte, plain []byte) ([]byte, error) {
+	rt := c.routes()
+	if rt == nil {
+		if c.o.noRouting {
+			return nil, fmt.Errorf("%w: a durable %s needs the routing client (not WithNoRouting)", ErrUnsupported, op)
+		}
+		// A lone node: its chain is itself, a plain write is as durable.
+		n := c.kvNode()
+		var vb uint16
+		if len(key) > 0 {
+			if n.vbuckets() == 0 {
+				if _, err := n.conn(ctx); err != nil {
+					return nil, err
+				}
+			}
+			vb = vbucket.Of(key, n.vbuckets())
+		}
+		return c.do(ctx, n, op, vb, plain)
+	}
+	r, err := c.spreadFlags(ctx, rt, op, key, body, flags)
+	return r, durableOutcome(err)
 }

@@ -166,3 +166,62 @@ func TestDefaultDurabilityFromSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDurablePushAndAppend: queue pushes and log appends with majority
+// durability are answered once the replica holds them, ErrAmbiguous with
+// the replica's feeds stopped; persist-majority is refused.
+func TestDurablePushAndAppend(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	ctx := t.Context()
+	c, err := client.Dial(ctx, nodes[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	key := []byte("route")
+	vb := vbucket.Of(key, nodes[0].cfg.VBuckets)
+	replica := nodes[1]
+	if replica.table().State(vb) != vbmap.Replica {
+		replica = nodes[0]
+	}
+	push := func(d client.Durability, timeout time.Duration) error {
+		return c.Push(ctx, []string{"jobs"}, []byte("j"), client.WithRoutingKey(key), client.WithPushDurability(d, timeout))
+	}
+	appendLog := func(d client.Durability, timeout time.Duration) error {
+		return c.LogPut(ctx, "events", 1, []byte("e"), client.RoutingKey(key), client.LogDurability(d, timeout))
+	}
+	waitFor(t, 10*time.Second, "a majority push and append", func() (bool, string) {
+		e1, e2 := push(client.Majority, time.Second), appendLog(client.Majority, time.Second)
+		return e1 == nil && e2 == nil, fmt.Sprint(e1, e2)
+	})
+	if q, l := replica.queue.HighSeqno(vb), replica.logStore.HighSeqno(vb); q == 0 || l == 0 {
+		t.Fatalf("answered, the replica holds queue %d log %d", q, l)
+	}
+	// Without a routing key the client names the vBucket (FlagVBucket).
+	if err := c.LogPut(ctx, "events", 2, []byte("spread"), client.LogDurability(client.Majority, time.Second)); err != nil {
+		t.Fatalf("durable append without a routing key: %v", err)
+	}
+	if err := push(client.PersistMajority, 0); !errors.Is(err, client.ErrUnsupported) {
+		t.Fatalf("persist-majority push: %v", err)
+	}
+	rc, err := client.Dial(ctx, replica.Addr().String(), client.WithNoRouting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := rc.ReplicaStop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := push(client.Majority, 500*time.Millisecond); !errors.Is(err, client.ErrAmbiguous) {
+		t.Fatalf("push with the replica stopped: %v", err)
+	}
+	if err := appendLog(client.Majority, 500*time.Millisecond); !errors.Is(err, client.ErrAmbiguous) {
+		t.Fatalf("append with the replica stopped: %v", err)
+	}
+	if err := push(client.None, 0); err != nil {
+		t.Fatalf("plain push: %v", err)
+	}
+	if err := rc.ReplicaStart(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -68,6 +68,22 @@ type connDurable struct {
 // durableOps are the requests that may carry FlagDurable.
 var durableOps = map[wire.Opcode]bool{
 	wire.OpPut: true, wire.OpUpdate: true, wire.OpRemove: true, wire.OpExpire: true,
+	wire.OpPush: true, wire.OpLogPut: true, wire.OpLogPutBatch: true,
+}
+
+// kvOps are the durable requests of the kv engine.
+var kvOps = map[wire.Opcode]bool{wire.OpPut: true, wire.OpUpdate: true, wire.OpRemove: true, wire.OpExpire: true}
+
+// needsVBucket refuses a durable queue push or log append without a
+// routing key or FlagVBucket: the node would pick the vBucket, and the
+// wait needs to know it before the write. It answers when it refuses.
+func (c *conn) needsVBucket(h wire.Header, key []byte) bool {
+	if c.dur.level == wire.DurabilityNone || len(key) > 0 || h.Flags&wire.FlagVBucket != 0 {
+		return true
+	}
+	c.replyf(h, wire.StatusBadRequest, "a durable %s needs a routing key or the VBUCKET flag", h.Opcode)
+	c.dur = connDurable{}
+	return false
 }
 
 // keyCheckedOps are the kv requests refused while their key has a durable
@@ -107,12 +123,16 @@ func (c *conn) prepareDurable(h wire.Header, body []byte) ([]byte, bool) {
 			return nil, false
 		}
 		if level == wire.DurabilityPersistMajority {
-			c.replyf(h, wire.StatusUnsupported, "persist-majority cannot be honoured for kv: its records live in memory and reach disk only in periodic dumps, so no fsync can cover a write; use majority")
+			if kvOps[h.Opcode] {
+				c.replyf(h, wire.StatusUnsupported, "persist-majority cannot be honoured for kv: its records live in memory and reach disk only in periodic dumps, so no fsync can cover a write; use majority")
+			} else {
+				c.replyf(h, wire.StatusUnsupported, "persist-majority is not honoured yet: replicas do not report what they have fsynced; use majority")
+			}
 			return nil, false
 		}
 		c.dur = connDurable{level: level, timeout: timeout}
 		body = rest
-	} else if def := wire.Durability(c.s.dur.def.Load()); def != wire.DurabilityNone && durableOps[h.Opcode] {
+	} else if def := wire.Durability(c.s.dur.def.Load()); def != wire.DurabilityNone && kvOps[h.Opcode] {
 		c.dur = connDurable{level: def, timeout: wire.DefaultDurableTimeout}
 	}
 	if keyCheckedOps[h.Opcode] && c.s.dur.inflight.Load() > 0 {
@@ -142,11 +162,21 @@ func (c *conn) holdAnswer(h wire.Header, bucket string, seqno uint64, key string
 	}
 	timeout := c.dur.timeout
 	c.dur = connDurable{}
+	c.waitDurable(h, h.VBucket, bucket, seqno, timeout, key, answer)
+	return true
+}
+
+// waitDurable answers h with answer once a majority of vb's chain holds
+// seqno of bucket, `ambiguous` after timeout or at the connection's end.
+// Any goroutine of the connection may call it; the answer may be
+// appended before it returns (a chain of one), and the caller flushes
+// as it would have after its own answer.
+func (c *conn) waitDurable(h wire.Header, vb uint16, bucket string, seqno uint64, timeout time.Duration, key string, answer []byte) {
 	wp := c.s.dur.wait.Load()
-	chain := c.s.chain(h.VBucket)
+	chain := c.s.chain(vb)
 	if wp == nil || len(chain) <= 1 {
 		c.reply(h, wire.StatusOK, answer)
-		return true
+		return
 	}
 	ans := append([]byte(nil), answer...)
 	d := &c.s.dur
@@ -190,7 +220,7 @@ func (c *conn) holdAnswer(h wire.Header, bucket string, seqno uint64, key string
 			}()
 		})
 	}
-	cancel := (*wp)(bucket, h.VBucket, seqno, chain, timeout, done)
+	cancel := (*wp)(bucket, vb, seqno, chain, timeout, done)
 	hw.mu.Lock()
 	if !hw.over {
 		hw.cancel = cancel
@@ -203,7 +233,6 @@ func (c *conn) holdAnswer(h wire.Header, bucket string, seqno uint64, key string
 		})
 	}
 	hw.mu.Unlock()
-	return true
 }
 
 // heldWrite links a held answer's wait and the connection's end.
