@@ -139,7 +139,9 @@ func WithPushDurability(d Durability, timeout time.Duration) PushOption {
 // LogDurability makes a log append durable at level d, as
 // WithPushDurability does a Push.
 func LogDurability(d Durability, timeout time.Duration) LogWriteOption {
-	return func(o *logWriteOptions) { o.dur = writeOptions{durability: d, durabilitySet: true, durTimeout: timeout} }
+	return func(o *logWriteOptions) {
+		o.dur = writeOptions{durability: d, durabilitySet: true, durTimeout: timeout}
+	}
 }
 
 // durableSpread sends a durable Push or log append (body with its
