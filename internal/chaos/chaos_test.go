@@ -234,6 +234,20 @@ func harness(t *testing.T, d time.Duration, seed uint64, level client.Durability
 			}
 		}()
 	}
+	ql := newQueueLog()
+	qc, err := client.Dial(t.Context(), c.seeds(), client.WithTimeout(opTimeout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qc.Close()
+	for _, fn := range []func(){
+		func() { ql.pusher(ctx, 0, qc, level) },
+		func() { ql.popper(ctx, qc) },
+		func() { ql.appender(ctx, 0, qc, level) },
+	} {
+		wg.Add(1)
+		go func() { defer wg.Done(); fn() }()
+	}
 	byKind := map[string]int{}
 	deadline := start.Add(d)
 	// Every kind once per round, in an order the seed shuffles, so that
@@ -295,6 +309,7 @@ func harness(t *testing.T, d time.Duration, seed uint64, level client.Durability
 		}
 	}
 	set := CheckSet(r.acked, r.unk, present)
+	push, app, dup := ql.finish(t, fc)
 	ops := r.hist.Ops()
 	html := filepath.Join(report, "linearizability.html")
 	if err := os.MkdirAll(report, 0o755); err != nil {
@@ -312,6 +327,10 @@ func harness(t *testing.T, d time.Duration, seed uint64, level client.Durability
 	fmt.Fprintf(&b, "linearizability per key: %v\n", res)
 	fmt.Fprintf(&b, "set: %d acknowledged, %d found, %d lost %v; %d indeterminate, %d of them found\n",
 		set.Acknowledged, set.Found, len(set.Lost), firstN(set.Lost, 10), set.Unknown, set.UnknownFound)
+	fmt.Fprintf(&b, "queue: %d pushes acknowledged, %d lost %v, %d indeterminate (%d of them popped); %d records popped more than once (pops are not durable), %d pops failed (first: %s)\n",
+		push.Acknowledged, len(push.Lost), firstN(push.Lost, 10), push.Unknown, push.UnknownFound, dup, ql.popsFailed, ql.popErr)
+	fmt.Fprintf(&b, "log: %d appends acknowledged, %d lost %v, %d indeterminate (%d of them found)\n",
+		app.Acknowledged, len(app.Lost), firstN(app.Lost, 10), app.Unknown, app.UnknownFound)
 	if set.Acknowledged > 0 {
 		fmt.Fprintf(&b, "loss rate of acknowledged writes: %.4f%%\n", 100*float64(len(set.Lost))/float64(set.Acknowledged))
 	}
@@ -319,7 +338,7 @@ func harness(t *testing.T, d time.Duration, seed uint64, level client.Durability
 	if err := WriteReport(report, summary, r.tl); err != nil {
 		t.Error(err)
 	}
-	return summary, len(set.Lost), res == porcupine.Illegal
+	return summary, len(set.Lost) + len(push.Lost) + len(app.Lost), res == porcupine.Illegal
 }
 
 func firstN(s []string, n int) []string { return s[:min(n, len(s))] }
