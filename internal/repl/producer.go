@@ -345,7 +345,9 @@ func (p *Producer) Status(vbuckets bool) []ConsumerStatus {
 					continue
 				}
 				high := b.Engine.HighSeqno(s.VBucket)
-				v := ServedStatus{VBucket: s.VBucket, High: high, Sent: s.Sent, Acked: s.Acked, LagBytes: s.UnackedBytes}
+				// A consumer with the acks feature says what it applied at once
+				// (its applied messages); the byte acknowledgements come later.
+				v := ServedStatus{VBucket: s.VBucket, High: high, Sent: s.Sent, Acked: max(s.Acked, s.Applied), LagBytes: s.UnackedBytes}
 				if high > s.Acked {
 					v.LagSeqnos = high - s.Acked
 				} else {
