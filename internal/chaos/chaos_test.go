@@ -196,6 +196,15 @@ var faults = []fault{
 		c.proxies[i].Thaw()
 		c.tl.Add("thaw %s", c.ids[i])
 	}},
+	{"slow links", func(ctx context.Context, c *cluster, rng *rand.Rand) {
+		i := rng.IntN(len(c.nodes))
+		d := time.Duration(20+rng.IntN(80)) * time.Millisecond
+		c.tl.Add("slow links into %s: %v each way for 3s", c.ids[i], d)
+		c.proxies[i].SetLatency(d)
+		time.Sleep(3 * time.Second)
+		c.proxies[i].SetLatency(0)
+		c.tl.Add("links into %s fast again", c.ids[i])
+	}},
 	{"one-way partition", func(ctx context.Context, c *cluster, rng *rand.Rand) {
 		i := rng.IntN(len(c.nodes))
 		c.tl.Add("one-way: nothing sent to %s arrives, its answers do", c.ids[i])

@@ -227,6 +227,7 @@ func (c *cluster) heal(ctx context.Context) {
 	c.t.Helper()
 	for i := range c.nodes {
 		c.proxies[i].Thaw()
+		c.proxies[i].SetLatency(0)
 		if c.stopped[i] {
 			c.cont(i)
 		}
