@@ -62,8 +62,9 @@ func redisSideBySide(b *testing.B, d time.Duration) {
 		return
 	}
 	ports := testproc.FreePorts(b, 2)
+	dir := b.TempDir() // where a full resync's RDB file goes
 	start := func(args ...string) {
-		cmd := exec.Command("redis-server", append([]string{"--save", "", "--appendonly", "no", "--bind", "127.0.0.1"}, args...)...)
+		cmd := exec.Command("redis-server", append([]string{"--save", "", "--appendonly", "no", "--bind", "127.0.0.1", "--dir", dir, "--repl-diskless-sync", "yes"}, args...)...)
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
 		}
