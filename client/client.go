@@ -66,6 +66,8 @@ type options struct {
 	timeout     time.Duration
 	conns       int
 	window      uint32
+	durability  Durability    // WithDefaultDurability
+	durTimeout  time.Duration // WithDefaultDurability
 }
 
 // WithAuth authenticates as user with secret (the bytes of the hex secret

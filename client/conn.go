@@ -238,6 +238,14 @@ func (c *conn) do(ctx context.Context, op wire.Opcode, vb uint16, body []byte) (
 
 // doFlags is do with header flags (wire.FlagVBucket).
 func (c *conn) doFlags(ctx context.Context, op wire.Opcode, vb uint16, flags byte, body []byte) ([]byte, error) {
+	if flags&wire.FlagDurable != 0 && c.info.Features&featureDurable == 0 && len(body) >= wire.DurablePrefixLen && body[0] == byte(None) {
+		// An explicit none to a node without durable writes: the write as it was.
+		flags, body = flags&^wire.FlagDurable, body[wire.DurablePrefixLen:]
+	}
+	if flags&wire.FlagDurable != 0 && c.info.Features&featureDurable == 0 {
+		// An older node would read the durability prefix as the body.
+		return nil, &Error{Status: uint16(wire.StatusUnsupported), Message: "this node does not take durable writes", Node: c.addr, VBucket: -1}
+	}
 	cl := callPool.Get().(*call)
 	id, err := c.send(op, vb, flags, body, cl, nil, 0)
 	if err != nil {

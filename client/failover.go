@@ -76,6 +76,9 @@ type FailoverSettingsChange struct {
 	TimeoutMs *int64 `json:"timeout_ms,omitempty"`
 	// ResetCount sets the count of automatic failovers to 0.
 	ResetCount bool `json:"reset_count,omitempty"`
+	// Durability sets the cluster's default durability of kv writes that
+	// do not give one: "none" or "majority".
+	Durability *string `json:"durability,omitempty"`
 }
 
 // AutoFailover is the automatic failover's state: its settings, and, as

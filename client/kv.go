@@ -27,7 +27,12 @@ func putBuf(b *[]byte) {
 // WriteOption changes a write.
 type WriteOption func(*writeOptions)
 
-type writeOptions struct{ ttl uint32 }
+type writeOptions struct {
+	ttl           uint32
+	durability    Durability // durability.go
+	durabilitySet bool
+	durTimeout    time.Duration
+}
 
 // WithTTL makes the record expire after d (rounded up to whole seconds).
 func WithTTL(d time.Duration) WriteOption {
@@ -66,6 +71,11 @@ var reads = routePolicy{retrySent: true}
 // kvCall runs a single-key request: it routes by the key's vBucket (to its
 // active by the map, or to the first node when the client does not route).
 func (c *Client) kvCall(ctx context.Context, op wire.Opcode, channel string, key []byte, build func(b []byte) []byte) ([]byte, error) {
+	return c.kvWrite(ctx, op, channel, key, writeOptions{}, build)
+}
+
+// kvWrite is kvCall with a write's options (its durability).
+func (c *Client) kvWrite(ctx context.Context, op wire.Opcode, channel string, key []byte, wo writeOptions, build func(b []byte) []byte) ([]byte, error) {
 	if err := checkArgs(channel, key); err != nil {
 		return nil, err
 	}
@@ -94,23 +104,47 @@ func (c *Client) kvCall(ctx context.Context, op wire.Opcode, channel string, key
 	if op == wire.OpGet || op == wire.OpExists || op == wire.OpTTL {
 		pol = reads
 	}
+	flags, prefix := wo.durablePrefix()
+	if prefix != nil {
+		b = append(prefix, b...)
+		if _, ok := ctx.Deadline(); !ok {
+			// The node answers within the durability timeout: wait for it.
+			t := wo.durTimeout
+			if t <= 0 {
+				t = wire.DefaultDurableTimeout
+			}
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, max(c.o.timeout, t+2*time.Second))
+			defer cancel()
+		}
+	}
 	var r []byte
 	var err error
-	if rt != nil {
-		res := c.routed(ctx, rt, vb, op, 0, b, pol)
-		r, err = res.body, res.err
-	} else {
-		r, err = c.direct(ctx, op, vb, 0, b, pol)
+	for attempt := 1; ; attempt++ {
+		if rt != nil {
+			res := c.routed(ctx, rt, vb, op, flags, b, pol)
+			r, err = res.body, res.err
+		} else {
+			r, err = c.direct(ctx, op, vb, flags, b, pol)
+		}
+		if !errors.Is(err, ErrSyncWriteInProgress) || !retrySyncWrite(ctx, attempt) {
+			break
+		}
+		rt = c.routes()
 	}
 	putBuf(bp)
+	if prefix != nil {
+		err = durableOutcome(err)
+	}
 	return r, err
 }
 
 // Put stores value under key in channel, replacing any value, and returns
 // the record's new CAS.
 func (c *Client) Put(ctx context.Context, channel string, key, value []byte, opts ...WriteOption) (uint64, error) {
-	ttl := ttlOf(opts)
-	r, err := c.kvCall(ctx, wire.OpPut, channel, key, func(b []byte) []byte {
+	wo := c.writeOpts(opts)
+	ttl := wo.ttl
+	r, err := c.kvWrite(ctx, wire.OpPut, channel, key, wo, func(b []byte) []byte {
 		return append(wire.AppendU32(b, ttl), value...)
 	})
 	if err != nil {
@@ -219,8 +253,8 @@ func (c *Client) Exists(ctx context.Context, channel string, key []byte) (bool, 
 }
 
 // Remove deletes key and reports whether it had a value.
-func (c *Client) Remove(ctx context.Context, channel string, key []byte) (bool, error) {
-	r, err := c.kvCall(ctx, wire.OpRemove, channel, key, nil)
+func (c *Client) Remove(ctx context.Context, channel string, key []byte, opts ...WriteOption) (bool, error) {
+	r, err := c.kvWrite(ctx, wire.OpRemove, channel, key, c.writeOpts(opts), nil)
 	if err != nil {
 		return false, err
 	}
@@ -233,8 +267,9 @@ func (c *Client) Remove(ctx context.Context, channel string, key []byte) (bool, 
 // keeps its expiry unless WithTTL gives a new one (Redis's SET ...
 // KEEPTTL); Persist removes it.
 func (c *Client) Update(ctx context.Context, channel string, key, value []byte, cas uint64, opts ...WriteOption) (uint64, error) {
-	ttl := ttlOf(opts)
-	r, err := c.kvCall(ctx, wire.OpUpdate, channel, key, func(b []byte) []byte {
+	wo := c.writeOpts(opts)
+	ttl := wo.ttl
+	r, err := c.kvWrite(ctx, wire.OpUpdate, channel, key, wo, func(b []byte) []byte {
 		b = wire.AppendU64(b, cas)
 		return append(wire.AppendU32(b, ttl), value...)
 	})
@@ -263,7 +298,7 @@ func (c *Client) Persist(ctx context.Context, channel string, key []byte) (uint6
 }
 
 func (c *Client) expire(ctx context.Context, channel string, key []byte, ttl uint32) (uint64, error) {
-	r, err := c.kvCall(ctx, wire.OpExpire, channel, key, func(b []byte) []byte { return wire.AppendU32(b, ttl) })
+	r, err := c.kvWrite(ctx, wire.OpExpire, channel, key, c.writeOpts(nil), func(b []byte) []byte { return wire.AppendU32(b, ttl) })
 	if err != nil {
 		return 0, err
 	}

@@ -32,7 +32,10 @@ type LogRecord struct {
 // LogWriteOption changes a log append.
 type LogWriteOption func(*logWriteOptions)
 
-type logWriteOptions struct{ key []byte }
+type logWriteOptions struct {
+	key []byte
+	dur writeOptions // durability.go
+}
 
 // RoutingKey puts the records in the vBucket of key instead of spreading
 // them round-robin over the vBuckets.
@@ -65,7 +68,7 @@ func (c *Client) LogPut(ctx context.Context, channel string, ts uint64, value []
 		b = wire.AppendU64(b, ts)
 		b = wire.AppendBytes8(b, key)
 		return append(b, value...)
-	})
+	}, opts...)
 	return err
 }
 
@@ -86,7 +89,7 @@ func (c *Client) LogPutBatch(ctx context.Context, channel string, recs []LogReco
 			b = wire.AppendBytes32(b, r.Value)
 		}
 		return b
-	})
+	}, opts...)
 	if err != nil {
 		return 0, err
 	}
@@ -98,9 +101,17 @@ func (c *Client) LogPutBatch(ctx context.Context, channel string, recs []LogReco
 
 // logAppend sends an append, whose body build appends, to the next node
 // that can be reached. The header carries the routing key's vBucket.
-func (c *Client) logAppend(ctx context.Context, op wire.Opcode, channel string, key []byte, build func(b []byte) []byte) ([]byte, error) {
+func (c *Client) logAppend(ctx context.Context, op wire.Opcode, channel string, key []byte, build func(b []byte) []byte, opts ...LogWriteOption) ([]byte, error) {
 	if !wire.ValidChannelString(channel) {
 		return nil, fmt.Errorf("%w: %q: use 1-255 of A-Z a-z 0-9 _ -", ErrBadChannelName, channel)
+	}
+	var o logWriteOptions
+	for _, fn := range opts {
+		fn(&o)
+	}
+	if flags, prefix := o.dur.durablePrefix(); prefix != nil {
+		b := build(nil)
+		return c.durableSpreadAnswer(ctx, op, key, append(prefix, b...), flags, b)
 	}
 	if rt := c.routes(); rt != nil {
 		bp := getBuf()

@@ -22,7 +22,10 @@ import (
 // PushOption changes a Push.
 type PushOption func(*pushOptions)
 
-type pushOptions struct{ routingKey []byte }
+type pushOptions struct {
+	routingKey []byte
+	dur        writeOptions // durability.go
+}
 
 // WithRoutingKey makes the node put the record in the vBucket of key (as a
 // kv key would be) instead of picking one round-robin.
@@ -81,8 +84,13 @@ func (c *Client) nextVB(rt *routeTable, op wire.Opcode, skip []*node) (vb uint16
 // every node was tried. With a routing key, the key's vBucket takes it,
 // retried as every routed request is.
 func (c *Client) spread(ctx context.Context, rt *routeTable, op wire.Opcode, key, body []byte) ([]byte, error) {
+	return c.spreadFlags(ctx, rt, op, key, body, 0)
+}
+
+// spreadFlags is spread with more header flags (wire.FlagDurable).
+func (c *Client) spreadFlags(ctx context.Context, rt *routeTable, op wire.Opcode, key, body []byte, flags byte) ([]byte, error) {
 	if len(key) > 0 {
-		res := c.routed(ctx, rt, vbucket.Of(key, rt.vbs), op, wire.FlagVBucket, body, routePolicy{})
+		res := c.routed(ctx, rt, vbucket.Of(key, rt.vbs), op, wire.FlagVBucket|flags, body, routePolicy{})
 		return res.body, res.err
 	}
 	var tried []*node
@@ -95,7 +103,7 @@ func (c *Client) spread(ctx context.Context, rt *routeTable, op wire.Opcode, key
 			}
 			return nil, errors.Join(errs...)
 		}
-		res := c.routed(ctx, rt, vb, op, wire.FlagVBucket, body, routePolicy{moveOn: true})
+		res := c.routed(ctx, rt, vb, op, wire.FlagVBucket|flags, body, routePolicy{moveOn: true})
 		if !res.notStored || ctx.Err() != nil {
 			return res.body, res.err
 		}
@@ -148,6 +156,9 @@ func (c *Client) Push(ctx context.Context, channels []string, value []byte, opts
 	b = append(b, value...)
 	*bp = b
 	defer putBuf(bp)
+	if flags, prefix := o.dur.durablePrefix(); prefix != nil {
+		return c.durableSpread(ctx, wire.OpPush, o.routingKey, append(prefix, b...), flags, b)
+	}
 	if rt := c.routes(); rt != nil {
 		_, err := c.spread(ctx, rt, wire.OpPush, o.routingKey, b)
 		return err

@@ -223,6 +223,9 @@ func printNodes(w io.Writer, ci *client.ClusterInfo, now time.Time) {
 			m.Active, m.Replica, dash(m.Zone), age(now, m.Since), livenessOf(ci.AutoFailover, m))
 	}
 	tw.Flush()
+	if d := ci.Settings.Durability; d != "" && d != "none" {
+		fmt.Fprintf(w, "default durability of kv writes: %s\n", d)
+	}
 	if af := ci.AutoFailover; af != nil && af.Deciding {
 		state := "off"
 		if af.Enabled {

@@ -74,6 +74,7 @@ func failoverSettingsCommand(g *globals) *cobra.Command {
 		maxCount        int
 		enable, disable bool
 		asJSON          bool
+		durability      string
 	)
 	cmd := &cobra.Command{
 		Use:   "settings",
@@ -96,6 +97,9 @@ func failoverSettingsCommand(g *globals) *cobra.Command {
 			if cmd.Flags().Changed("max-count") {
 				ch.MaxCount = &maxCount
 			}
+			if cmd.Flags().Changed("durability") {
+				ch.Durability = &durability
+			}
 			if cmd.Flags().Changed("timeout") {
 				ms := timeout.Milliseconds()
 				ch.TimeoutMs = &ms
@@ -113,6 +117,7 @@ func failoverSettingsCommand(g *globals) *cobra.Command {
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "failover timeout (at least 500ms; at least twice the raft election timeout)")
 	cmd.Flags().IntVar(&maxCount, "max-count", 0, "automatic failovers allowed before an operator resets the count")
+	cmd.Flags().StringVar(&durability, "durability", "", "the cluster's default durability of kv writes that give none: none or majority (shown by shoal cluster)")
 	cmd.Flags().BoolVar(&enable, "enable", false, "turn the automatic failover on")
 	cmd.Flags().BoolVar(&disable, "disable", false, "turn the automatic failover off")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the state as JSON")

@@ -36,6 +36,7 @@ type globals struct {
 	tlsInsecure bool
 	timeout     time.Duration
 	noRoute     bool
+	durability  string // durability.go
 }
 
 // exitError carries an exit status and the message for stderr ("" for
@@ -111,6 +112,7 @@ func rootCommand(g *globals) *cobra.Command {
 	pf.BoolVar(&g.tlsInsecure, "tls-insecure", false, "do not verify the node's certificate (implies --tls)")
 	pf.DurationVar(&g.timeout, "timeout", 30*time.Second, "timeout of each request")
 	pf.BoolVar(&g.noRoute, "no-route", false, "send every request to the --addr node(s) as given, without routing by the cluster's vBucket map")
+	pf.StringVar(&g.durability, "durability", "", "durability of kv writes (put, update, rm, expire, persist): none, majority (held by a majority of the vBucket's chain before the answer) or persist-majority")
 	root.AddCommand(kvCommands(g)...)
 	root.AddCommand(queueCommands(g)...)
 	root.AddCommand(channelCommands(g)...)
@@ -256,6 +258,13 @@ func (g *globals) dial(ctx context.Context) (*client.Client, error) {
 	opts := []client.Option{client.WithClientName("shoal-cli"), client.WithTimeout(g.timeout)}
 	if g.noRoute {
 		opts = append(opts, client.WithNoRouting())
+	}
+	if g.durability != "" {
+		d, err := client.ParseDurability(g.durability)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		opts = append(opts, client.WithDefaultDurability(d, 0))
 	}
 	if g.user != "" || g.secretFile != "" {
 		if g.user == "" || g.secretFile == "" {

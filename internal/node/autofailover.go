@@ -124,6 +124,7 @@ func (n *Node) autoTick(ctx context.Context, now time.Time, timeout time.Duratio
 	if !st.Initialized() {
 		return
 	}
+	n.noteDurabilitySetting(st.Settings.Durability)
 	a := &n.auto
 	var members, voters []string
 	addrs := map[string]string{}
@@ -484,6 +485,9 @@ type FailoverSettingsChange struct {
 	MaxCount   *int   `json:"max_count,omitempty"`
 	TimeoutMs  *int64 `json:"timeout_ms,omitempty"`
 	ResetCount bool   `json:"reset_count,omitempty"`
+	// Durability is the default durability of kv writes (none or
+	// majority; docs/design.md §19).
+	Durability *string `json:"durability,omitempty"`
 }
 
 // minFailoverTimeout is the shortest failover timeout settable at run
@@ -520,6 +524,12 @@ func (n *Node) failoverSettings(body []byte) (*AutoFailoverStatus, error) {
 			return nil, fmt.Errorf("%w: timeout %v: want %v..1h (and at least twice the raft election timeout)", meta.ErrBadCommand, d, minFailoverTimeout)
 		}
 		set.FailoverTimeoutMillis, changed = *ch.TimeoutMs, true
+	}
+	if ch.Durability != nil {
+		if d, err := wire.ParseDurability(*ch.Durability); err != nil || d == wire.DurabilityPersistMajority {
+			return nil, fmt.Errorf("%w: default durability %q: want none or majority (kv cannot honour persist-majority)", meta.ErrBadCommand, *ch.Durability)
+		}
+		set.Durability, changed = *ch.Durability, true
 	}
 	if changed {
 		if _, err := n.propose(ctx, &meta.Command{Op: meta.OpSettings, Settings: &set}); err != nil {

@@ -98,11 +98,13 @@ func (n *Node) setupRepl() error {
 		rp.buckets = append(rp.buckets, repl.Bucket{Name: b.name, Engine: b.e, Logs: logs})
 	}
 	var err error
+	acks := repl.NewAcks("kv", "queue", "log")
 	rp.producer, err = repl.NewProducer(repl.ProducerConfig{Name: n.cfg.NodeID, Buckets: rp.buckets, Spy: rp.spy,
-		Table: n.servedTable, Logger: log})
+		Table: n.servedTable, Acks: acks, Logger: log})
 	if err != nil {
 		return err
 	}
+	n.setupDurability(acks)
 	if rp.peers, err = n.newPeers(); err != nil {
 		return err
 	}

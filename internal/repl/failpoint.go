@@ -43,6 +43,8 @@ func ApplyFailpoint(spec string) (func(*engine.Mutation) error, error) {
 			delay = d
 			continue
 		case "repl-apply-error":
+		case "durability-skip-wait": // read by the node (internal/node/durability.go)
+			continue
 		default:
 			return nil, fmt.Errorf("%s: unknown failpoint %q", FailpointsEnv, name)
 		}

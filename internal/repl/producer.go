@@ -44,6 +44,9 @@ type ProducerConfig struct {
 	Table func() *vbmap.Table
 	// SeqnoInterval overrides stream.DefaultSeqnoInterval (tests).
 	SeqnoInterval time.Duration
+	// Acks, if set, records the consumers' seqno acknowledgements and
+	// samples the replication lag (acks.go).
+	Acks *Acks
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -57,6 +60,7 @@ type Producer struct {
 	first   *stream.Producer
 	buckets []Bucket
 	table   func() *vbmap.Table
+	acks    *Acks
 
 	mu      sync.Mutex
 	streams map[*handed]struct{} // the vBucket streams being served
@@ -81,15 +85,16 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 		cfg.Logger = slog.Default()
 	}
 	p := &Producer{byName: make(map[string]*stream.Producer, len(cfg.Buckets)), streams: make(map[*handed]struct{}),
-		buckets: cfg.Buckets, table: cfg.Table}
+		buckets: cfg.Buckets, table: cfg.Table, acks: cfg.Acks}
 	for _, b := range cfg.Buckets {
 		if b.Engine == nil || b.Logs == nil {
 			return nil, fmt.Errorf("repl: bucket %q without engine or failover logs", b.Name)
 		}
 		sp, err := stream.NewProducer(stream.ProducerConfig{
 			Name:          cfg.Name,
-			Engines:       func(name string) engine.Engine { return engineIf(name == b.Name, ascending{b.Engine, p}) },
+			Engines:       func(name string) engine.Engine { return engineIf(name == b.Name, ascending{b.Engine, p, b.Name}) },
 			Accept:        p.accept(b),
+			OnApplied:     p.onApplied(b.Name),
 			IdleTimeout:   cfg.IdleTimeout,
 			SeqnoInterval: cfg.SeqnoInterval,
 			Spy:           cfg.Spy,
@@ -126,7 +131,8 @@ func engineIf(ok bool, e engine.Engine) engine.Engine {
 // follows is above it.
 type ascending struct {
 	engine.Engine
-	p *Producer
+	p      *Producer
+	bucket string
 }
 
 // Stream implements engine.Engine.
@@ -142,7 +148,7 @@ func (a ascending) Stream(ctx context.Context, vb uint16, from uint64, sink engi
 		delete(a.p.streams, h)
 		a.p.mu.Unlock()
 	}()
-	return a.Engine.Stream(ctx, vb, from, &ascendingSink{Sink: sink, h: h, end: from})
+	return a.Engine.Stream(ctx, vb, from, &ascendingSink{Sink: sink, h: h, end: from, acks: a.p.acks, bucket: a.bucket})
 }
 
 // ascendingSink raises marker starts above the previous end and records
@@ -151,6 +157,13 @@ type ascendingSink struct {
 	engine.Sink
 	h   *handed
 	end uint64 // the previous marker's end, or the stream's from
+
+	// Lag samples (Acks.Sample): live mutations only, each a snapshot of
+	// its own, at most one per lagSampleEvery per stream.
+	acks       *Acks
+	bucket     string
+	single     bool // the last marker holds one seqno
+	lastSample time.Time
 }
 
 // Snapshot implements engine.Sink.
@@ -159,6 +172,7 @@ func (s *ascendingSink) Snapshot(start, end uint64) error {
 		start = s.end + 1
 	}
 	s.end = max(s.end, end)
+	s.single = start == end
 	if err := s.Sink.Snapshot(start, end); err != nil {
 		return err
 	}
@@ -176,7 +190,23 @@ func (s *ascendingSink) Mutation(m *engine.Mutation) error {
 		s.h.last.Store(m.Seqno)
 	}
 	s.h.calls.Add(1)
+	if s.acks != nil && s.single && m.Seqno == s.end {
+		if now := time.Now(); now.Sub(s.lastSample) >= lagSampleEvery {
+			s.lastSample = now
+			s.acks.Sample(s.bucket, m.VBucket, m.Seqno, now)
+		}
+	}
 	return nil
+}
+
+// onApplied is the stream library's OnApplied hook of bucket.
+func (p *Producer) onApplied(bucket string) func(stream.ConsumerInfo, uint16, uint64, uint64) {
+	if p.acks == nil {
+		return nil
+	}
+	return func(ci stream.ConsumerInfo, vb uint16, applied, _ uint64) {
+		p.acks.Note(bucket, ci.Name, vb, applied)
+	}
 }
 
 // drainPoll is how often Drain looks at the streams.
@@ -315,7 +345,9 @@ func (p *Producer) Status(vbuckets bool) []ConsumerStatus {
 					continue
 				}
 				high := b.Engine.HighSeqno(s.VBucket)
-				v := ServedStatus{VBucket: s.VBucket, High: high, Sent: s.Sent, Acked: s.Acked, LagBytes: s.UnackedBytes}
+				// A consumer with the acks feature says what it applied at once
+				// (its applied messages); the byte acknowledgements come later.
+				v := ServedStatus{VBucket: s.VBucket, High: high, Sent: s.Sent, Acked: max(s.Acked, s.Applied), LagBytes: s.UnackedBytes}
 				if high > s.Acked {
 					v.LagSeqnos = high - s.Acked
 				} else {

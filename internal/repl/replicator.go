@@ -478,6 +478,7 @@ func (r *Replicator) connect(ctx context.Context) (*session, error) {
 		Connections:  opts.Connections,
 		Compression:  opts.Compression,
 		Seqnos:       true,
+		Acks:         true,
 		Standby:      r.cfg.Standby,
 		NoopInterval: opts.NoopInterval,
 		IdleTimeout:  opts.IdleTimeout,

@@ -76,6 +76,8 @@ type conn struct {
 
 	q queueConn // queue requests' state (queue.go)
 
+	dur connDurable // the durability of the request being handled (durability.go)
+
 	// mapRev is the highest map revision this connection was sent
 	// (GetClusterMap, a map in `not my vbucket`, MapNotify): a `not my
 	// vbucket` carries the map only while it is below the node's.
@@ -290,6 +292,15 @@ func (c *conn) dispatch(h wire.Header, body []byte) {
 		start = time.Now()
 	}
 	c.now = start
+	c.dur = connDurable{}
+	if h.Flags&wire.FlagDurable != 0 || c.s.dur.inflight.Load() > 0 || c.s.dur.def.Load() != 0 {
+		var ok bool
+		if body, ok = c.prepareDurable(h, body); !ok {
+			st.lat.Observe(time.Since(start))
+			st.active.Add(-1)
+			return
+		}
+	}
 	hd.fn(c, h, body)
 	c.clock = time.Time{}
 	if !hd.async {

@@ -17,6 +17,7 @@ const (
 	FeatureQueue       = 1 << 1
 	FeatureLog         = 1 << 2
 	FeatureReplication = 1 << 3
+	FeatureDurable     = 1 << 4 // durable writes (durability.go)
 )
 
 func (s *Server) features() uint32 {
@@ -33,6 +34,7 @@ func (s *Server) features() uint32 {
 	if _, ok := s.takeover[wire.OpStreamOpen]; ok {
 		f |= FeatureReplication
 	}
+	f |= FeatureDurable
 	return f
 }
 

@@ -177,6 +177,9 @@ func (c *conn) kvPut(h wire.Header, body []byte) {
 		c.fail(h, err)
 		return
 	}
+	if c.dur.level != wire.DurabilityNone && c.holdAnswer(h, "kv", cas, inflightKey(ch, key), wire.AppendU64(nil, cas)) {
+		return
+	}
 	b, off := c.begin(h, wire.StatusOK, 0)
 	c.end(wire.AppendU64(b, cas), off)
 }
@@ -305,6 +308,10 @@ func (c *conn) kvRemove(h wire.Header, body []byte) {
 			v = 1
 		}
 	}
+	// A removal's seqno is not returned: the vBucket's high seqno covers it.
+	if c.dur.level != wire.DurabilityNone && c.holdAnswer(h, "kv", c.s.eng.KV.HighSeqno(h.VBucket), removeKey(name, key), []byte{v}) {
+		return
+	}
 	b, off := c.begin(h, wire.StatusOK, 0)
 	c.end(wire.AppendU8(b, v), off)
 }
@@ -333,6 +340,9 @@ func (c *conn) kvUpdate(h wire.Header, body []byte) {
 		c.fail(h, err)
 		return
 	}
+	if c.dur.level != wire.DurabilityNone && c.holdAnswer(h, "kv", ncas, inflightKey(ch, key), wire.AppendU64(nil, ncas)) {
+		return
+	}
 	b, off := c.begin(h, wire.StatusOK, 0)
 	c.end(wire.AppendU64(b, ncas), off)
 }
@@ -359,6 +369,9 @@ func (c *conn) kvExpire(h wire.Header, body []byte) {
 	cas, err := c.s.eng.KV.Expire(name, key, ttlOf(ttl))
 	if err != nil {
 		c.fail(h, err)
+		return
+	}
+	if c.dur.level != wire.DurabilityNone && c.holdAnswer(h, "kv", cas, inflightKey(ch, key), wire.AppendU64(nil, cas)) {
 		return
 	}
 	b, off := c.begin(h, wire.StatusOK, 0)

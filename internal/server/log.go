@@ -70,7 +70,8 @@ type appendGroup struct {
 type appendReq struct {
 	h     wire.Header
 	start time.Time
-	count uint32 // LogPutBatch: records stored, for the answer
+	count uint32      // LogPutBatch: records stored, for the answer
+	dur   connDurable // a durable append waits for its majority (durability.go)
 }
 
 func (s *Server) registerLog() {
@@ -167,7 +168,7 @@ func (c *conn) logPut(h wire.Header, body []byte) {
 	switch {
 	case d.Err() != nil:
 		c.replyf(h, wire.StatusBadRequest, "malformed LogPut")
-	case !c.checkRoutingKey(h, key), !c.checkValue(h, val):
+	case !c.needsVBucket(h, key), !c.checkRoutingKey(h, key), !c.checkValue(h, val):
 	default:
 		name, ok := c.checkChannel(h, ch, engine.KindLog, true)
 		if !ok {
@@ -209,7 +210,7 @@ func (c *conn) parseLogPutBatch(h wire.Header, body []byte, start time.Time) boo
 		c.replyf(h, wire.StatusBadRequest, "malformed LogPutBatch: %d records cannot fit in %d bytes", n, d.Len())
 		return false
 	}
-	if !c.checkRoutingKey(h, key) {
+	if !c.needsVBucket(h, key) || !c.checkRoutingKey(h, key) {
 		return false
 	}
 	// Copy what the append keeps (the key and the records), then read the
@@ -274,7 +275,7 @@ func (c *conn) queueAppend(h wire.Header, start time.Time, size int, name string
 		g.bytes += len(recs[i].Value)
 	}
 	g.weight += weight
-	g.reqs = append(g.reqs, appendReq{h: h, start: start, count: count})
+	g.reqs = append(g.reqs, appendReq{h: h, start: start, count: count, dur: c.dur})
 	if len(g.recs) >= groupRecords || g.bytes >= groupBytes {
 		c.commitAppends()
 	}
@@ -305,6 +306,12 @@ func (c *conn) commitAppends() {
 		for _, r := range g.reqs {
 			if err != nil {
 				c.logFail(r.h, err)
+			} else if r.dur.level != wire.DurabilityNone {
+				var ans []byte
+				if r.h.Opcode == wire.OpLogPutBatch {
+					ans = wire.AppendU32(nil, r.count)
+				}
+				c.waitDurable(r.h, r.h.VBucket, "log", c.s.eng.Log.HighSeqno(r.h.VBucket), r.dur.timeout, "", ans)
 			} else {
 				b, off := c.begin(r.h, wire.StatusOK, 0)
 				if r.h.Opcode == wire.OpLogPutBatch {

@@ -10,6 +10,7 @@ import (
 
 	"shoal/internal/engine"
 	"shoal/internal/queue"
+	"shoal/internal/vbucket"
 	"shoal/internal/wire"
 )
 
@@ -55,6 +56,8 @@ type durableAck struct {
 	c      *conn
 	h      wire.Header
 	stored uint64
+	dur    connDurable // a durable push then waits for its majority (durability.go)
+	vb     uint16      // its vBucket
 }
 
 func (s *Server) registerQueue() {
@@ -170,7 +173,7 @@ func (c *conn) queuePush(h wire.Header, body []byte) {
 		c.replyf(h, wire.StatusBadRequest, "malformed Push: no routing key after the channels")
 		return
 	}
-	if !c.checkQueueWrite(h, key) {
+	if !c.needsVBucket(h, key) || !c.checkQueueWrite(h, key) {
 		return
 	}
 	if !c.checkValue(h, val) {
@@ -188,8 +191,20 @@ func (c *conn) queuePush(h wire.Header, body []byte) {
 		err = c.s.eng.Queue.Push(doneCtx, names, val, key)
 	}
 	switch {
+	case err == nil && c.dur.level != wire.DurabilityNone:
+		vb := h.VBucket
+		if len(key) > 0 {
+			vb = vbucket.Of(key, c.s.cfg.VBuckets)
+		}
+		c.waitDurable(h, vb, "queue", c.s.eng.Queue.HighSeqno(vb), c.dur.timeout, "", nil)
 	case err == nil:
 		c.reply(h, wire.StatusOK, nil)
+	case errors.Is(err, context.Canceled) && c.dur.level != wire.DurabilityNone:
+		vb := h.VBucket
+		if len(key) > 0 {
+			vb = vbucket.Of(key, c.s.cfg.VBuckets)
+		}
+		c.ackWhenDurable(durableAck{h: h, dur: c.dur, vb: vb})
 	case errors.Is(err, context.Canceled):
 		c.ackWhenDurable(durableAck{h: h})
 	default:
@@ -504,6 +519,8 @@ func (s *Server) ackLoop() {
 			switch {
 			case err != nil:
 				c.queueFail(a.h, fmt.Errorf("stored, but the journal could not be made durable: %w", err))
+			case a.dur.level != wire.DurabilityNone:
+				c.waitDurable(a.h, a.vb, "queue", s.eng.Queue.HighSeqno(a.vb), a.dur.timeout, "", nil)
 			case a.h.Opcode == wire.OpProduce:
 				b, off := c.begin(a.h, wire.StatusOK, 0)
 				c.end(wire.AppendU64(b, a.stored), off)

@@ -150,6 +150,7 @@ type Server struct {
 	kvHits, kvMisses atomic.Uint64
 
 	acks durableAcks // queue answers waiting for the journal (queue.go)
+	dur  durability  // durable writes waiting for their replicas (durability.go)
 }
 
 type opStats struct {

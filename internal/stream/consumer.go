@@ -108,6 +108,9 @@ type ConsumerConfig struct {
 	// Standby tells the producer that this consumer is a whole-node
 	// standby (FeatureStandby).
 	Standby bool
+	// Acks asks to acknowledge applied seqnos per vBucket (FeatureAcks,
+	// acks.go); a producer that does not grant it gets none.
+	Acks bool
 	// NoopInterval: each side sends a NOOP when it has sent nothing for this
 	// long, and declares the connection dead (ErrSilent) after two intervals
 	// with nothing received. Default DefaultNoopInterval.
@@ -224,6 +227,9 @@ func Dial(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
 	}
 	if cfg.Standby {
 		features |= FeatureStandby
+	}
+	if cfg.Acks {
+		features |= FeatureAcks
 	}
 	for i := range cfg.Connections {
 		cc, err := c.open(ctx, i, features)
@@ -424,6 +430,11 @@ type cconn struct {
 	mu      sync.Mutex
 	streams map[uint16]*cstream
 	dead    bool
+
+	// Seqno acknowledgements (acks.go), the reader's alone.
+	acks   bool     // FeatureAcks was granted
+	moved  []uint16 // vBuckets whose applied seqno the current packet moved
+	ackBuf []vbAck
 }
 
 // cstream is the consumer's state of one vBucket stream.
@@ -434,6 +445,7 @@ type cstream struct {
 	snap     bool   // a snapshot marker arrived
 	snapLow  uint64 // the current snapshot's range
 	snapHigh uint64
+	ack      ackState // the reader's alone
 }
 
 func (c *Consumer) newConn(i int, conn net.Conn, peer string, features uint32) *cconn {
@@ -450,6 +462,7 @@ func (c *Consumer) newConn(i int, conn net.Conn, peer string, features uint32) *
 		recv: newReceiver(conn, wait, expired),
 	}
 	cc.recv.s2 = features&FeatureS2 != 0
+	cc.acks = features&FeatureAcks != 0
 	if cfg.Spy != nil {
 		cc.recv.spy, cc.recv.id, cc.recv.peer, cc.recv.bucket = cfg.Spy, cc.id, peer, cfg.Bucket
 	}
@@ -568,6 +581,11 @@ func (cc *cconn) readLoop() error {
 				return err
 			}
 		}
+		if cc.acks {
+			if err := cc.sendApplied(); err != nil {
+				return err
+			}
+		}
 		cc.send.addAck(HeaderLen + len(payload))
 	}
 }
@@ -583,6 +601,7 @@ func (cc *cconn) handle(m *message) error {
 		return fmt.Errorf("%w: message type %#x for vbucket %d, which has no stream", ErrProtocol, m.typ, m.vb)
 	}
 	deliver := !st.closing
+	prevSnap, prevHigh := st.snap, st.snapHigh
 	var err error
 	switch m.typ {
 	case msgStart:
@@ -633,8 +652,14 @@ func (cc *cconn) handle(m *message) error {
 		err = h.Started(m.vb, m.log)
 	case msgSnapshot:
 		err = h.Snapshot(m.vb, m.start, m.end)
+		if err == nil && cc.acks && prevSnap {
+			cc.noteApplied(m.vb, st, prevHigh) // the previous snapshot is complete
+		}
 	case msgMutation:
 		err = h.Mutation(&m.mut)
+		if err == nil && cc.acks && m.mut.Seqno == st.snapHigh {
+			cc.noteApplied(m.vb, st, m.mut.Seqno)
+		}
 	case msgSeqno:
 		if sh, ok := h.(SeqnoHandler); ok {
 			sh.Seqno(m.vb, m.high, m.behind)

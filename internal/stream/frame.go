@@ -38,6 +38,7 @@ const (
 	msgRequest  = 0x10
 	msgClose    = 0x11
 	msgAck      = 0x12
+	msgApplied  = 0x13
 )
 
 // Bits of a mutation message's fields byte: which optional u64 follow.
@@ -66,8 +67,13 @@ const (
 	// it to the producer's Accept hook (ConsumerInfo.Features), which
 	// decides what a standby may stream.
 	FeatureStandby uint32 = 1 << 2
+	// FeatureAcks asks the consumer to acknowledge, per vBucket, the
+	// highest seqno its handler has applied (and, when it knows, made
+	// durable on disk) with applied messages after every packet it handled
+	// that moved one (acks.go). Durable writes wait for these.
+	FeatureAcks uint32 = 1 << 3
 
-	knownFeatures = FeatureS2 | FeatureSeqnos | FeatureStandby
+	knownFeatures = FeatureS2 | FeatureSeqnos | FeatureStandby | FeatureAcks
 )
 
 // Limits of the open message.
@@ -150,6 +156,8 @@ type message struct {
 	req    Request
 	ack    uint32
 	mut    engine.Mutation
+	// applied: the consumer's highest applied and persisted seqnos of vb.
+	applied, persisted uint64
 }
 
 // errMalformed is wrapped by every decoding error.
@@ -262,6 +270,15 @@ func appendAck(b []byte, n uint32) []byte {
 	return wire.AppendU32(append(b, msgAck), n)
 }
 
+// appendApplied appends an applied message: the consumer holds every
+// mutation of vb up to applied, and has made those up to persisted durable
+// (0: does not say). persisted <= applied.
+func appendApplied(b []byte, vb uint16, applied, persisted uint64) []byte {
+	b = wire.AppendU16(append(b, msgApplied), vb)
+	b = wire.AppendU64(b, applied)
+	return wire.AppendU64(b, persisted)
+}
+
 // decoder reads the messages of one packet payload. It never panics and
 // never allocates a size read from its input: byte fields alias the payload
 // and the failover log is bounded by MaxFailoverLog. Channel names are
@@ -329,6 +346,12 @@ func (dc *decoder) next(m *message) error {
 		m.vb = d.U16()
 	case msgAck:
 		m.ack = d.U32()
+	case msgApplied:
+		m.vb = d.U16()
+		m.applied, m.persisted = d.U64(), d.U64()
+		if d.Err() == nil && m.persisted > m.applied {
+			return fmt.Errorf("%w: vbucket %d persisted %d above applied %d", errMalformed, m.vb, m.persisted, m.applied)
+		}
 	default:
 		if d.Err() == nil {
 			return fmt.Errorf("%w: unknown message type %#x", errMalformed, m.typ)

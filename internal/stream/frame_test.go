@@ -54,13 +54,15 @@ func encode(b []byte, m *message) []byte {
 		return appendAck(b, m.ack)
 	case msgSeqno:
 		return appendSeqno(b, m.vb, m.high, m.behind)
+	case msgApplied:
+		return appendApplied(b, m.vb, m.applied, m.persisted)
 	}
 	panic("unknown message type")
 }
 
 func genMessage(t *rapid.T) message {
 	vb := rapid.Uint16().Draw(t, "vb")
-	switch rapid.IntRange(0, 7).Draw(t, "type") {
+	switch rapid.IntRange(0, 8).Draw(t, "type") {
 	case 0:
 		n := rapid.IntRange(0, 5).Draw(t, "n")
 		log := make([]FailoverEntry, n)
@@ -95,6 +97,9 @@ func genMessage(t *rapid.T) message {
 		return message{typ: msgClose, vb: vb}
 	case 6:
 		return message{typ: msgSeqno, vb: vb, high: rapid.Uint64().Draw(t, "high"), behind: rapid.Uint64().Draw(t, "behind")}
+	case 7:
+		applied := rapid.Uint64().Draw(t, "applied")
+		return message{typ: msgApplied, vb: vb, applied: applied, persisted: rapid.Uint64Max(applied).Draw(t, "persisted")}
 	}
 	return message{typ: msgAck, ack: rapid.Uint32().Draw(t, "ack")}
 }
@@ -305,6 +310,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(appendEnd(appendRequest(nil, Request{VBucket: 5, Start: 1, SnapStart: 1, SnapEnd: 1}), 5, ReasonRollback, 4, "why"))
 	f.Add(appendAck(appendClose(nil, 3), 100))
 	f.Add(appendSeqno(nil, 7, 1000, 64))
+	f.Add(appendApplied(appendApplied(nil, 7, 1000, 900), 8, 5, 0))
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		msgs, err := decodeAll(payload)
 		if err != nil {

@@ -52,6 +52,12 @@ type ProducerConfig struct {
 	DrainTimeout time.Duration
 	// Spy, if set, is told about received traffic.
 	Spy Spy
+	// OnApplied, if set, is called on the connection's reader goroutine
+	// with every applied message a consumer sends (FeatureAcks): it holds
+	// vb's mutations up to applied, and those up to persisted on disk (0:
+	// not said). Acknowledgements of one vBucket on one connection only
+	// grow. It must not block.
+	OnApplied func(c ConsumerInfo, vb uint16, applied, persisted uint64)
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -346,7 +352,8 @@ func (pc *pconn) status() ConnStatus {
 	send.mu.Lock()
 	st.UnackedBytes = send.out
 	for _, p := range send.track.streams {
-		st.Streams = append(st.Streams, StreamStatus{VBucket: p.vb, Sent: p.sent, Acked: p.acked, UnackedBytes: p.unacked, Ended: p.ended})
+		st.Streams = append(st.Streams, StreamStatus{VBucket: p.vb, Sent: p.sent, Acked: p.acked, UnackedBytes: p.unacked, Ended: p.ended,
+			Applied: p.applied, Persisted: p.persisted})
 	}
 	send.mu.Unlock()
 	slices.SortFunc(st.Streams, func(a, b StreamStatus) int { return cmp.Compare(a.VBucket, b.VBucket) })
@@ -464,6 +471,8 @@ func (pc *pconn) readLoop() error {
 				pc.closeStream(m.vb)
 			case msgAck:
 				err = pc.send.acked(m.ack)
+			case msgApplied:
+				err = pc.applied(m.vb, m.applied, m.persisted)
 			default:
 				err = fmt.Errorf("%w: message type %#x from a consumer", ErrProtocol, m.typ)
 			}

@@ -16,6 +16,8 @@ type progress struct {
 
 	announcedHigh, announcedBehind uint64 // the last seqno message
 	announced                      bool
+
+	applied, persisted uint64 // the consumer's last applied message (FeatureAcks)
 }
 
 // charge is one stream's share of a batch: its messages' bytes and its
@@ -50,7 +52,7 @@ func newTracker() *tracker { return &tracker{streams: make(map[uint16]*progress)
 // begin makes the progress of a new stream of vb from seqno from (which
 // the consumer holds: sent and acknowledged as far as the producer cares).
 func (t *tracker) begin(vb uint16, from uint64) *progress {
-	p := &progress{vb: vb, started: true, sent: from, acked: from}
+	p := &progress{vb: vb, started: true, sent: from, acked: from, applied: from}
 	t.streams[vb] = p
 	return p
 }
@@ -123,6 +125,11 @@ type StreamStatus struct {
 	// Ended: the stream's end is queued; it is listed until its last
 	// bytes are acknowledged.
 	Ended bool
+	// Applied and Persisted are the consumer's last applied message
+	// (FeatureAcks): it holds every mutation up to Applied, and those up
+	// to Persisted on disk (0: not said). Applied starts at the seqno the
+	// consumer asked from.
+	Applied, Persisted uint64
 }
 
 // ConnStatus is a producer's view of one stream connection.

@@ -1,0 +1,227 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"shoal/client"
+	"shoal/internal/vbmap"
+	"shoal/internal/vbucket"
+)
+
+// TestDurableWrites: in a cluster of two (one replica), a majority write
+// is answered once the replica holds it; with the replica's feeds stopped
+// it is answered ErrAmbiguous after its timeout (applied on the active,
+// never a success), while the key is in flight its reads are held back
+// and then served, and a write without durability still succeeds;
+// persist-majority is refused for kv; once the feeds run again majority
+// writes succeed.
+func TestDurableWrites(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	ctx := t.Context()
+	c, err := client.Dial(ctx, nodes[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	key := []byte("durable-key")
+	vb := vbucket.Of(key, nodes[0].cfg.VBuckets)
+	active, replica := nodes[0], nodes[1]
+	if active.table().State(vb) != vbmap.Active {
+		active, replica = replica, active
+	}
+	var cas uint64
+	waitFor(t, 10*time.Second, "a first majority write", func() (bool, string) {
+		var err error
+		cas, err = c.Put(ctx, "d", key, []byte("v1"), client.WithDurability(client.Majority), client.WithDurabilityTimeout(time.Second))
+		return err == nil, fmt.Sprint(err)
+	})
+	if got := replica.kv.HighSeqno(vb); got < cas {
+		t.Fatalf("majority write %d answered, the replica holds %d", cas, got)
+	}
+	if _, err := c.Put(ctx, "d", key, []byte("p"), client.WithDurability(client.PersistMajority)); !errors.Is(err, client.ErrUnsupported) {
+		t.Fatalf("persist-majority on kv: %v", err)
+	}
+
+	rc, err := client.Dial(ctx, replica.Addr().String(), client.WithNoRouting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := rc.ReplicaStop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	got := make(chan error, 1)
+	go func() {
+		_, err := c.Put(ctx, "d", key, []byte("v2"), client.WithDurability(client.Majority), client.WithDurabilityTimeout(700*time.Millisecond))
+		got <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	// A read of the key in flight waits (the client tries again) until the
+	// write is over.
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	v, err := c.Get(rctx, "d", key)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if el := time.Since(start); el < 600*time.Millisecond {
+		t.Fatalf("read %q of a key in flight after %v", v, el)
+	}
+	err = <-got
+	if !errors.Is(err, client.ErrAmbiguous) {
+		t.Fatalf("majority write with the replica stopped: %v", err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("ambiguous after %v", el)
+	}
+	if string(v) != "v2" {
+		t.Fatalf("read %q after the ambiguous write (it was applied on the active)", v)
+	}
+	if _, err := c.Put(ctx, "d", []byte("other"), []byte("x")); err != nil {
+		t.Fatalf("write without durability: %v", err)
+	}
+	if err := rc.ReplicaStart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "majority writes again", func() (bool, string) {
+		_, err := c.Put(ctx, "d", key, []byte("v3"), client.WithDurability(client.Majority), client.WithDurabilityTimeout(time.Second))
+		return err == nil, fmt.Sprint(err)
+	})
+	// The Dial default.
+	dc, err := client.Dial(ctx, nodes[0].Addr().String(), client.WithDefaultDurability(client.Majority, 2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	cas, err = dc.Put(ctx, "d", key, []byte("v4"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := replica.kv.HighSeqno(vb); got < cas {
+		t.Fatalf("default majority write %d answered, the replica holds %d", cas, got)
+	}
+	if _, err := dc.Remove(ctx, "d", key); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDefaultDurabilityFromSettings: the cluster's default durability
+// (failover settings, in the metadata group) makes plain writes wait for
+// their majority; none, which a write can ask for explicitly, does not.
+func TestDefaultDurabilityFromSettings(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	ctx := t.Context()
+	c, err := client.Dial(ctx, nodes[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	bad := "persist-majority"
+	if _, err := c.FailoverSettings(ctx, client.FailoverSettingsChange{Durability: &bad}); err == nil {
+		t.Fatal("persist-majority accepted as the default")
+	}
+	majority := "majority"
+	if _, err := c.FailoverSettings(ctx, client.FailoverSettingsChange{Durability: &majority}); err != nil {
+		t.Fatal(err)
+	}
+	key := []byte("default-key")
+	vb := vbucket.Of(key, nodes[0].cfg.VBuckets)
+	replica := nodes[1]
+	if replica.table().State(vb) != vbmap.Replica {
+		replica = nodes[0]
+	}
+	waitFor(t, 10*time.Second, "the setting applied on every node", func() (bool, string) {
+		for _, nd := range nodes {
+			if nd.srv == nil || nd.cluster.known().Settings.Durability != "majority" {
+				return false, "not yet"
+			}
+		}
+		time.Sleep(600 * time.Millisecond) // a tick of the automatic failover applies it to the server
+		return true, ""
+	})
+	rc, err := client.Dial(ctx, replica.Addr().String(), client.WithNoRouting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := rc.ReplicaStop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 12*time.Second)
+	_, err = c.Put(sctx, "d", key, []byte("v"))
+	cancel()
+	if !errors.Is(err, client.ErrAmbiguous) {
+		t.Fatalf("plain write under a majority default with the replica stopped: %v", err)
+	}
+	// An explicit none is answered at once.
+	if _, err := c.Put(ctx, "d", []byte("other-key"), []byte("v"), client.WithDurability(client.None)); err != nil {
+		t.Fatalf("explicit none under a majority default: %v", err)
+	}
+	if err := rc.ReplicaStart(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDurablePushAndAppend: queue pushes and log appends with majority
+// durability are answered once the replica holds them, ErrAmbiguous with
+// the replica's feeds stopped; persist-majority is refused.
+func TestDurablePushAndAppend(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	ctx := t.Context()
+	c, err := client.Dial(ctx, nodes[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	key := []byte("route")
+	vb := vbucket.Of(key, nodes[0].cfg.VBuckets)
+	replica := nodes[1]
+	if replica.table().State(vb) != vbmap.Replica {
+		replica = nodes[0]
+	}
+	push := func(d client.Durability, timeout time.Duration) error {
+		return c.Push(ctx, []string{"jobs"}, []byte("j"), client.WithRoutingKey(key), client.WithPushDurability(d, timeout))
+	}
+	appendLog := func(d client.Durability, timeout time.Duration) error {
+		return c.LogPut(ctx, "events", 1, []byte("e"), client.RoutingKey(key), client.LogDurability(d, timeout))
+	}
+	waitFor(t, 10*time.Second, "a majority push and append", func() (bool, string) {
+		e1, e2 := push(client.Majority, time.Second), appendLog(client.Majority, time.Second)
+		return e1 == nil && e2 == nil, fmt.Sprint(e1, e2)
+	})
+	if q, l := replica.queue.HighSeqno(vb), replica.logStore.HighSeqno(vb); q == 0 || l == 0 {
+		t.Fatalf("answered, the replica holds queue %d log %d", q, l)
+	}
+	// Without a routing key the client names the vBucket (FlagVBucket).
+	if err := c.LogPut(ctx, "events", 2, []byte("spread"), client.LogDurability(client.Majority, time.Second)); err != nil {
+		t.Fatalf("durable append without a routing key: %v", err)
+	}
+	if err := push(client.PersistMajority, 0); !errors.Is(err, client.ErrUnsupported) {
+		t.Fatalf("persist-majority push: %v", err)
+	}
+	rc, err := client.Dial(ctx, replica.Addr().String(), client.WithNoRouting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := rc.ReplicaStop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := push(client.Majority, 500*time.Millisecond); !errors.Is(err, client.ErrAmbiguous) {
+		t.Fatalf("push with the replica stopped: %v", err)
+	}
+	if err := appendLog(client.Majority, 500*time.Millisecond); !errors.Is(err, client.ErrAmbiguous) {
+		t.Fatalf("append with the replica stopped: %v", err)
+	}
+	if err := push(client.None, 0); err != nil {
+		t.Fatalf("plain push: %v", err)
+	}
+	if err := rc.ReplicaStart(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
