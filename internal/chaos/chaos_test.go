@@ -166,6 +166,15 @@ var faults = []fault{
 			c.tl.Add("%s NOT failed over within 20s", c.ids[i])
 		}
 	}},
+	{"kill -9 and restart at once", func(ctx context.Context, c *cluster, rng *rand.Rand) {
+		// Back before a failover, with its last dump's kv: it must hand
+		// the vBuckets its replicas hold more of to them, not serve them.
+		i := rng.IntN(len(c.nodes))
+		c.tl.Add("kill -9 %s and restart it at once", c.ids[i])
+		c.kill(i)
+		c.restart(i)
+		c.tl.Add("restarted %s", c.ids[i])
+	}},
 	{"kill -9 the leader", func(ctx context.Context, c *cluster, rng *rand.Rand) {
 		i := c.leader()
 		if i < 0 {
