@@ -1,13 +1,13 @@
 package e2e
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"shoal/internal/filedamage"
 	"shoal/internal/testproc"
 )
 
@@ -40,7 +40,7 @@ func TestCheckCoversStartupFiles(t *testing.T) {
 	// 333 stray bytes after the queue state: check finds them; the node
 	// starts anyway, says so in root.log and keeps the records.
 	state := filepath.Join(dir, "queue", "state")
-	appendTo(t, state, bytes.Repeat([]byte("KLMN"), 84)[:333])
+	filedamage.Append(t, state, filedamage.Stray(333))
 	if r := testproc.CLI(t, "", "", "check", dir); r.Code != 1 || !strings.Contains(r.Stdout, state+": 333 stray bytes after the end of the state") {
 		t.Fatalf("check of a state with stray bytes: %+v", r)
 	}
@@ -56,7 +56,7 @@ func TestCheckCoversStartupFiles(t *testing.T) {
 
 	// The second clean stop left users.dump and its backup: damage the dump.
 	dumpFile := filepath.Join(dir, "dump", "users.dump")
-	flip(t, dumpFile)
+	filedamage.Flip(t, dumpFile)
 	r = testproc.CLI(t, "", "", "check", dir)
 	if r.Code != 1 || !strings.Contains(r.Stdout, dumpFile+": ") || !strings.Contains(r.Stdout, "its backup verifies") {
 		t.Fatalf("check of a damaged dump: %+v", r)
@@ -67,7 +67,7 @@ func TestCheckCoversStartupFiles(t *testing.T) {
 
 	// Damage inside the queue state: the node refuses to start and says
 	// what to run; check --repair says it cannot mend it.
-	flip(t, state)
+	filedamage.Flip(t, state)
 	cmd := exec.Command(filepath.Join(testproc.Build(t), "shoald"), "--data", dir, "--listen", "127.0.0.1:0", "--http", "off", "--console=false")
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), state) || !strings.Contains(string(out), "`shoal check --repair "+dir+"`") {
@@ -76,27 +76,6 @@ func TestCheckCoversStartupFiles(t *testing.T) {
 	if r := testproc.CLI(t, "", "", "check", "--repair", dir); r.Code != 1 || !strings.Contains(r.Stdout, "cannot be repaired without losing the queues") {
 		t.Fatalf("check --repair of a damaged state: %+v", r)
 	}
-}
-
-func appendTo(t *testing.T, path string, b []byte) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Write(b)
-	f.Close()
-}
-
-// flip changes a byte in the middle of path.
-func flip(t *testing.T, path string) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)/2] ^= 0x40
-	os.WriteFile(path, b, 0o644)
 }
 
 // TestCheckOverflowAndMeta: shoal check reads the queue's overflow
@@ -132,8 +111,8 @@ func TestCheckOverflowAndMeta(t *testing.T) {
 
 	// Stray bytes after the overflow segment and after the applied state.
 	state := filepath.Join(dir, "meta", "state")
-	appendTo(t, segs[0], bytes.Repeat([]byte("KLMN"), 84)[:333])
-	appendTo(t, state, []byte("KLMN\n"))
+	filedamage.Append(t, segs[0], filedamage.Stray(333))
+	filedamage.Append(t, state, []byte("KLMN\n"))
 	r = testproc.CLI(t, "", "", "check", dir)
 	if r.Code != 1 || !strings.Contains(r.Stdout, segs[0]+": torn tail from offset") || !strings.Contains(r.Stdout, state+": stray bytes after the end of the state") {
 		t.Fatalf("check of stray bytes: %+v", r)
@@ -157,14 +136,14 @@ func TestCheckOverflowAndMeta(t *testing.T) {
 		t.Fatalf("overflow segments: %v", segs)
 	}
 	saved, _ := os.ReadFile(segs[0])
-	flip(t, segs[0])
+	filedamage.Flip(t, segs[0])
 	if r := testproc.CLI(t, "", "", "check", "--repair", dir); r.Code != 1 || !strings.Contains(r.Stdout, segs[0]+": damaged at offset") || !strings.Contains(r.Stdout, "cannot be repaired") {
 		t.Fatalf("check of a damaged overflow segment: %+v", r)
 	}
 	os.WriteFile(segs[0], saved, 0o644)
 
 	// A damaged applied state stops the node; --repair moves it aside.
-	flip(t, state)
+	filedamage.Flip(t, state)
 	cmd := exec.Command(filepath.Join(testproc.Build(t), "shoald"), "--data", dir, "--listen", "127.0.0.1:0", "--http", "off", "--console=false")
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), state) || !strings.Contains(string(out), "`shoal check --repair "+dir+"`") {

@@ -2,6 +2,7 @@ package meta
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"shoal/internal/checkreport"
 	"shoal/internal/raftstore"
 	"shoal/internal/vfs"
 )
@@ -133,15 +135,10 @@ func planSnapshots(dir string, first, last uint64) (snapshotPlan, error) {
 	// Newest first by term, index and id (raft's order); those raft
 	// cannot list last.
 	slices.SortStableFunc(p.snaps, func(a, b snapshotCheck) int {
-		switch {
-		case a.meta == nil || b.meta == nil:
-			return boolCmp(a.meta == nil, b.meta == nil)
-		case a.meta.Term != b.meta.Term:
-			return -cmpU64(a.meta.Term, b.meta.Term)
-		case a.meta.Index != b.meta.Index:
-			return -cmpU64(a.meta.Index, b.meta.Index)
+		if a.meta == nil || b.meta == nil {
+			return cmp.Compare(b2i(a.meta == nil), b2i(b.meta == nil))
 		}
-		return -strings.Compare(a.meta.ID, b.meta.ID)
+		return cmp.Or(cmp.Compare(b.meta.Term, a.meta.Term), cmp.Compare(b.meta.Index, a.meta.Index), strings.Compare(b.meta.ID, a.meta.ID))
 	})
 	listed := false
 	for _, s := range p.snaps {
@@ -167,21 +164,8 @@ func restoredName(name string) string {
 	return name
 }
 
-func boolCmp(a, b bool) int {
-	switch {
-	case a == b:
-		return 0
-	case a:
-		return 1
-	}
-	return -1
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
+func b2i(b bool) int {
+	if b {
 		return 1
 	}
 	return 0
@@ -242,44 +226,44 @@ type CheckReport struct {
 // mended (a damaged raft.db, no usable snapshot) is reported with what to
 // do. An error is returned only when dir cannot be read.
 func Check(dir string, repair bool, out io.Writer) (CheckReport, error) {
-	c := &checker{dir: dir, repair: repair, out: out}
+	c := &checker{dir: dir, found: checkreport.Findings{Out: out, Repair: repair, RepairNote: " (--repair mends it)"}}
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return c.rep, nil
+		return c.report(), nil
 	}
 	if err != nil {
-		return c.rep, fmt.Errorf("cannot list %s: %w", dir, err)
+		return c.report(), fmt.Errorf("cannot list %s: %w", dir, err)
 	}
 	for _, e := range ents {
 		if path := filepath.Join(dir, e.Name()); !e.IsDir() && strings.HasSuffix(e.Name(), vfs.AtomicTempSuffix) {
-			c.problem(path, "a file left half-written by a crash (never read)", "", func() error { return os.Remove(path) })
+			c.found.Problem(path, "a file left half-written by a crash (never read)", "", func() error { return os.Remove(path) })
 		}
 	}
 	raftOK := true
 	var in raftstore.Inspection
 	path := filepath.Join(dir, RaftFile)
 	if in, err = raftstore.Inspect(path, raftstore.Options{}); err == nil {
-		c.rep.Files++
+		c.files++
 		for _, p := range in.Problems {
 			fmt.Fprintf(out, "%s: %s\n", path, p)
 		}
 		if len(in.Problems) > 0 {
 			raftOK = false
-			c.problem(path, plural(len(in.Problems), "problem")+" above", "it cannot be repaired: it is this node's copy of the cluster metadata; "+RejoinAdvice, nil)
+			c.found.Problem(path, plural(len(in.Problems), "problem")+" above", "it cannot be repaired: it is this node's copy of the cluster metadata; "+RejoinAdvice, nil)
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return c.rep, err
+		return c.report(), err
 	}
 	plan, err := planSnapshots(dir, in.First, in.Last)
 	if err != nil {
-		return c.rep, err
+		return c.report(), err
 	}
 	for _, tmp := range plan.tmps {
-		c.problem(tmp, "a snapshot left half-written by a crash (raft ignores it)", "", func() error { return os.RemoveAll(tmp) })
+		c.found.Problem(tmp, "a snapshot left half-written by a crash (raft ignores it)", "", func() error { return os.RemoveAll(tmp) })
 	}
 	usable := raftOK && plan.startable()
 	for _, s := range plan.snaps {
-		c.rep.Files++
+		c.files++
 		if s.err == nil {
 			continue
 		}
@@ -290,7 +274,7 @@ func Check(dir string, repair bool, out io.Writer) (CheckReport, error) {
 			if plan.refuses != "" {
 				what = "raft refuses to start while it is there; without it raft replays its log"
 			}
-			c.problemNote(sp, fmt.Sprintf("%v (%s; --repair moves it to %s)", s.err, what, to), "", func() error {
+			c.found.Repairable(sp, fmt.Sprintf("%v (%s; --repair moves it to %s)", s.err, what, to), "", func() error {
 				if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
 					return err
 				}
@@ -298,13 +282,13 @@ func Check(dir string, repair bool, out io.Writer) (CheckReport, error) {
 			})
 			continue
 		}
-		c.problem(sp, s.err.Error(), "it cannot be repaired: "+RejoinAdvice, nil)
+		c.found.Problem(sp, s.err.Error(), "it cannot be repaired: "+RejoinAdvice, nil)
 	}
 	if raftOK && !plan.startable() {
-		c.problem(filepath.Join(dir, SnapshotsDir), plan.gap, "it cannot be repaired: "+RejoinAdvice, nil)
+		c.found.Problem(filepath.Join(dir, SnapshotsDir), plan.gap, "it cannot be repaired: "+RejoinAdvice, nil)
 	}
 	c.state(usable)
-	return c.rep, nil
+	return c.report(), nil
 }
 
 // state checks the applied-state file; rebuildable says whether raft's
@@ -315,52 +299,29 @@ func (c *checker) state(rebuildable bool) {
 	if errors.Is(err, fs.ErrNotExist) {
 		return
 	}
-	c.rep.Files++
+	c.files++
 	switch {
 	case err == nil && stray >= 0:
-		c.problem(path, fmt.Sprintf("stray bytes after the end of the state, from offset %d", stray), "", func() error { return os.Truncate(path, stray) })
+		c.found.Problem(path, fmt.Sprintf("stray bytes after the end of the state, from offset %d", stray), "", func() error { return os.Truncate(path, stray) })
 	case err == nil:
 	case rebuildable:
-		c.problemNote(path, fmt.Sprintf("%v (the node refuses to start; --repair moves it aside as %s.broken, and the node rebuilds it from its raft log and snapshots once the metadata group has a leader)", err, StateFile), "", func() error {
+		c.found.Repairable(path, fmt.Sprintf("%v (the node refuses to start; --repair moves it aside as %s.broken, and the node rebuilds it from its raft log and snapshots once the metadata group has a leader)", err, StateFile), "", func() error {
 			return os.Rename(path, path+".broken")
 		})
 	default:
-		c.problem(path, err.Error(), "it cannot be repaired while raft's files are damaged too (above)", nil)
+		c.found.Problem(path, err.Error(), "it cannot be repaired while raft's files are damaged too (above)", nil)
 	}
 }
 
 type checker struct {
-	dir    string
-	repair bool
-	out    io.Writer
-	rep    CheckReport
+	dir   string
+	found checkreport.Findings
+	files int
 }
 
-// problem reports one problem; fix, when not nil, mends it under repair.
-func (c *checker) problem(path, what, unrepaired string, fix func() error) {
-	c.report(path, what, unrepaired, " (--repair mends it)", fix)
-}
-
-// problemNote is problem for a what that says itself what repair does.
-func (c *checker) problemNote(path, what, unrepaired string, fix func() error) {
-	c.report(path, what, unrepaired, "", fix)
-}
-
-func (c *checker) report(path, what, unrepaired, repairable string, fix func() error) {
-	c.rep.Problems++
-	switch {
-	case c.repair && fix != nil:
-		if err := fix(); err != nil {
-			fmt.Fprintf(c.out, "%s: %s; cannot repair it: %v\n", path, what, err)
-			return
-		}
-		c.rep.Repaired++
-		fmt.Fprintf(c.out, "%s: %s; repaired\n", path, what)
-	case fix != nil:
-		fmt.Fprintf(c.out, "%s: %s%s\n", path, what, repairable)
-	default:
-		fmt.Fprintf(c.out, "%s: %s; %s\n", path, what, unrepaired)
-	}
+// report is what the check found so far.
+func (c *checker) report() CheckReport {
+	return CheckReport{Files: c.files, Problems: c.found.Problems, Repaired: c.found.Repaired}
 }
 
 func plural(n int, what string) string {

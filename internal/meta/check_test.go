@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"shoal/internal/filedamage"
 	"shoal/internal/raftstore"
 )
 
@@ -94,14 +95,14 @@ func TestCheckMeta(t *testing.T) {
 	}
 
 	// The applied-state file: stray bytes, then damage in the middle.
-	appendTo(t, state, []byte("KLMN stray"))
+	filedamage.Append(t, state, []byte("KLMN stray"))
 	if st, stray, err := ReadStateFile(state); err != nil || stray != int64(len(b)) || st.ClusterID != "c1" {
 		t.Fatalf("ReadStateFile with stray bytes: %v %d %v", st, stray, err)
 	}
 	checkMeta(t, dir, false, 1, 0, state+": stray bytes after the end of the state, from offset")
 	checkMeta(t, dir, true, 1, 1)
 	checkMeta(t, dir, false, 0, 0)
-	flipMiddle(t, state)
+	filedamage.Flip(t, state)
 	if _, _, err := ReadStateFile(state); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), state) {
 		t.Fatalf("ReadStateFile of a damaged file: %v", err)
 	}
@@ -120,7 +121,7 @@ func TestCheckMeta(t *testing.T) {
 		t.Fatalf("snapshots: %v", snaps)
 	}
 	snap := filepath.Dir(snaps[0])
-	appendTo(t, snaps[0], []byte("torn"))
+	filedamage.Append(t, snaps[0], []byte("torn"))
 	if _, err := openSolo(t, dir); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), snap) {
 		t.Fatalf("Open with a damaged snapshot: %v", err)
 	}
@@ -155,30 +156,9 @@ func TestCheckMeta(t *testing.T) {
 	if len(snaps) != 1 {
 		t.Fatalf("snapshots: %v", snaps)
 	}
-	flipMiddle(t, snaps[0])
+	filedamage.Flip(t, snaps[0])
 	checkMeta(t, dir, true, 2, 0, filepath.Dir(snaps[0])+": state.bin", "entries 1 to", "it cannot be repaired: move DATA/meta aside")
 	if _, err := openSolo(t, dir); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "missing") {
 		t.Fatalf("Open with a log that does not continue a snapshot: %v", err)
 	}
-}
-
-func appendTo(t *testing.T, path string, b []byte) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Write(b)
-	f.Close()
-}
-
-// flipMiddle changes a byte in the middle of path.
-func flipMiddle(t *testing.T, path string) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)/2] ^= 0x40
-	os.WriteFile(path, b, 0o644)
 }

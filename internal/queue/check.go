@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 
+	"shoal/internal/checkreport"
 	"shoal/internal/vfs"
 )
 
@@ -37,49 +38,35 @@ func Check(fsys vfs.FS, dir string, repair bool, out io.Writer) (CheckReport, er
 	if fsys == nil {
 		fsys = vfs.Default
 	}
-	c := &queueChecker{fs: fsys, dir: dir, repair: repair, out: out}
+	c := &queueChecker{fs: fsys, dir: dir, found: checkreport.Findings{Out: out, Repair: repair, RepairNote: " (--repair mends it; a node mends it itself at start)"}}
 	if err := c.state(); err != nil {
-		return c.rep, err
+		return c.report(), err
 	}
 	if err := c.overflow(); err != nil {
-		return c.rep, err
+		return c.report(), err
 	}
 	if err := c.journal(); err != nil {
-		return c.rep, err
+		return c.report(), err
 	}
-	return c.rep, nil
+	return c.report(), nil
+}
+
+// report is what the check found so far.
+func (c *queueChecker) report() CheckReport {
+	return CheckReport{Files: c.files, Problems: c.found.Problems, Repaired: c.found.Repaired}
 }
 
 type queueChecker struct {
-	fs     vfs.FS
-	dir    string
-	repair bool
-	out    io.Writer
-	rep    CheckReport
+	fs    vfs.FS
+	dir   string
+	found checkreport.Findings
+	files int
 	// known is what the state file holds; nil when there is none or it is
 	// damaged (the overflow is then not checked: the node does not start,
 	// or, without a state, deletes it).
 	known *checkVisit
 	// noState: there is no state file.
 	noState bool
-}
-
-// problem reports one problem; fix, when not nil, mends it under repair.
-func (c *queueChecker) problem(path, what, unrepaired string, fix func() error) {
-	c.rep.Problems++
-	switch {
-	case c.repair && fix != nil:
-		if err := fix(); err != nil {
-			fmt.Fprintf(c.out, "%s: %s; cannot repair it: %v\n", path, what, err)
-			return
-		}
-		c.rep.Repaired++
-		fmt.Fprintf(c.out, "%s: %s; repaired\n", path, what)
-	case fix != nil:
-		fmt.Fprintf(c.out, "%s: %s (--repair mends it; a node mends it itself at start)\n", path, what)
-	default:
-		fmt.Fprintf(c.out, "%s: %s; %s\n", path, what, unrepaired)
-	}
 }
 
 // checkVisit validates a state file, keeping what the check of the
@@ -99,7 +86,7 @@ func (*checkVisit) ringItem(uint16, uint64, []byte) error         { return nil }
 func (c *queueChecker) state() error {
 	tmp := filepath.Join(c.dir, stateTmpName)
 	if _, err := c.fs.Stat(tmp); err == nil {
-		c.problem(tmp, "a state file left half-written by a crash", "", func() error { return c.fs.Remove(tmp) })
+		c.found.Problem(tmp, "a state file left half-written by a crash", "", func() error { return c.fs.Remove(tmp) })
 	}
 	path := filepath.Join(c.dir, stateName)
 	f, err := c.fs.Open(path)
@@ -110,7 +97,7 @@ func (c *queueChecker) state() error {
 	if err != nil {
 		return fmt.Errorf("cannot open %s: %w", path, err)
 	}
-	c.rep.Files++
+	c.files++
 	v := &checkVisit{queues: map[uint64]ofState{}}
 	err = parseState(bufio.NewReaderSize(f, 1<<20), -1, v)
 	f.Close()
@@ -126,11 +113,11 @@ func (c *queueChecker) state() error {
 		if fi != nil {
 			n = fi.Size() - stray.off
 		}
-		c.problem(path, fmt.Sprintf("%d stray bytes after the end of the state, from offset %d", n, stray.off), "", func() error {
+		c.found.Problem(path, fmt.Sprintf("%d stray bytes after the end of the state, from offset %d", n, stray.off), "", func() error {
 			return truncate(c.fs, path, stray.off)
 		})
 	case err != nil:
-		c.problem(path, err.Error(), "it cannot be repaired without losing the queues: move it aside (the node then starts with no queues, and the overflow files of the old ones are deleted)", nil)
+		c.found.Problem(path, err.Error(), "it cannot be repaired without losing the queues: move it aside (the node then starts with no queues, and the overflow files of the old ones are deleted)", nil)
 	}
 	return nil
 }
@@ -155,18 +142,18 @@ func (c *queueChecker) journal() error {
 	for i, g := range gens {
 		path, last := j.segPath(g), i == len(gens)-1
 		if i > 0 && g != gens[i-1]+1 {
-			c.problem(path, fmt.Sprintf("journal segment %016x is missing before it", gens[i-1]+1), "the records of the missing segment are lost; the node refuses to start until the segments from this one on are moved aside", nil)
+			c.found.Problem(path, fmt.Sprintf("journal segment %016x is missing before it", gens[i-1]+1), "the records of the missing segment are lost; the node refuses to start until the segments from this one on are moved aside", nil)
 		}
-		c.rep.Files++
+		c.files++
 		off, err := scanSegment(c.fs, path)
 		switch {
 		case err == nil:
 		case last && off >= 0:
-			c.problem(path, fmt.Sprintf("torn tail from offset %d (%v)", off, err), "", func() error { return truncate(c.fs, path, off) })
+			c.found.Problem(path, fmt.Sprintf("torn tail from offset %d (%v)", off, err), "", func() error { return truncate(c.fs, path, off) })
 		case last:
-			c.problem(path, err.Error(), "", func() error { return c.fs.Remove(path) })
+			c.found.Problem(path, err.Error(), "", func() error { return c.fs.Remove(path) })
 		default:
-			c.problem(path, err.Error(), "damage before the last journal segment cannot be repaired: the node refuses to start; the records after it are lost if it and the later segments are moved aside", nil)
+			c.found.Problem(path, err.Error(), "damage before the last journal segment cannot be repaired: the node refuses to start; the records after it are lost if it and the later segments are moved aside", nil)
 		}
 	}
 	return nil
@@ -245,7 +232,7 @@ func (c *queueChecker) overflow() error {
 		}
 	}
 	if orphans > 0 {
-		fmt.Fprintf(c.out, "%s: %d overflow directories of queues the state does not know (not problems: the node deletes them at start; in journal mode the journal rebuilds those queues)\n", od, orphans)
+		fmt.Fprintf(c.found.Out, "%s: %d overflow directories of queues the state does not know (not problems: the node deletes them at start; in journal mode the journal rebuilds those queues)\n", od, orphans)
 	}
 	return nil
 }
@@ -270,7 +257,7 @@ func (c *queueChecker) overflowQueue(dir string, st ofState) error {
 	if live {
 		for n := st.headSeg; n <= st.tailSeg && n-st.headSeg < 1<<20; n++ {
 			if _, found := slices.BinarySearch(nums, n); !found {
-				c.problem(segPath(n), "missing, though the state counts records in it", "its records are lost (the node counts what is left)", nil)
+				c.found.Problem(segPath(n), "missing, though the state counts records in it", "its records are lost (the node counts what is left)", nil)
 			}
 		}
 	}
@@ -294,7 +281,7 @@ func (c *queueChecker) overflowQueue(dir string, st ofState) error {
 		if live && n == st.headSeg {
 			start = headOff
 		}
-		c.rep.Files++
+		c.files++
 		c.overflowSegment(segPath(n), start, vouched, limit)
 	}
 	return nil
@@ -307,26 +294,26 @@ func (c *queueChecker) overflowSegment(path string, start, vouched, limit int64)
 	const lost = "cannot be repaired: the node drops the records from there to the segment's end when its reads reach them (and logs it in root.log)"
 	f, err := c.fs.Open(path)
 	if err != nil {
-		c.problem(path, fmt.Sprintf("cannot be read: %v", err), "check its permissions", nil)
+		c.found.Problem(path, fmt.Sprintf("cannot be read: %v", err), "check its permissions", nil)
 		return
 	}
 	defer f.Close()
 	if err := readMagic(f, segMagic); err != nil {
 		if vouched == magicLen {
-			c.problem(path, err.Error(), "", func() error { return c.fs.Remove(path) })
+			c.found.Problem(path, err.Error(), "", func() error { return c.fs.Remove(path) })
 		} else {
-			c.problem(path, err.Error(), "cannot be repaired: the node drops the segment at start, and its records are lost", nil)
+			c.found.Problem(path, err.Error(), "cannot be repaired: the node drops the segment at start, and its records are lost", nil)
 		}
 		return
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		c.problem(path, fmt.Sprintf("cannot be read: %v", err), "check its permissions", nil)
+		c.found.Problem(path, fmt.Sprintf("cannot be read: %v", err), "check its permissions", nil)
 		return
 	}
 	size := fi.Size()
 	if vouched > size {
-		c.problem(path, fmt.Sprintf("%d bytes, shorter than the %d the state vouches for", size, vouched), "cannot be repaired: the records after its end are lost (the node counts what is left)", nil)
+		c.found.Problem(path, fmt.Sprintf("%d bytes, shorter than the %d the state vouches for", size, vouched), "cannot be repaired: the records after its end are lost (the node counts what is left)", nil)
 		return
 	}
 	end := size
@@ -345,9 +332,9 @@ func (c *queueChecker) overflowSegment(path string, start, vouched, limit int64)
 			continue
 		case err == io.EOF:
 		case vouched < 0 || off < vouched:
-			c.problem(path, fmt.Sprintf("damaged at offset %d (%v), %d bytes before its end", off, err, size-off), lost, nil)
+			c.found.Problem(path, fmt.Sprintf("damaged at offset %d (%v), %d bytes before its end", off, err, size-off), lost, nil)
 		default:
-			c.problem(path, fmt.Sprintf("torn tail from offset %d (%v)", off, err), "", func() error { return truncate(c.fs, path, off) })
+			c.found.Problem(path, fmt.Sprintf("torn tail from offset %d (%v)", off, err), "", func() error { return truncate(c.fs, path, off) })
 		}
 		return
 	}

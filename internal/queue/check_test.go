@@ -8,18 +8,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"shoal/internal/filedamage"
 )
 
 // appendBytes appends n stray bytes to path.
-func appendBytes(t *testing.T, path string, n int) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.Write(bytes.Repeat([]byte("KLMN"), n/4+1)[:n])
-	f.Close()
-}
+func appendBytes(t *testing.T, path string, n int) { filedamage.Append(t, path, filedamage.Stray(n)) }
 
 // TestStateStrayTailRecovered: a state file with stray bytes after its
 // end opens (the store says so in its log and rewrites the file), with
@@ -169,17 +163,6 @@ func TestCheckOverflow(t *testing.T) {
 
 	// Damage in the middle of vouched records: found, not repaired.
 	segs = overflowSegments(t, dir)
-	flipByte(t, segs[0])
+	filedamage.Flip(t, segs[0])
 	check(true, 1, 0, segs[0]+": damaged at offset", "cannot be repaired: the node drops the records from there")
-}
-
-// flipByte changes a byte in the middle of path.
-func flipByte(t *testing.T, path string) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)/2] ^= 0x40
-	os.WriteFile(path, b, 0o644)
 }
