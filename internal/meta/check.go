@@ -184,7 +184,8 @@ func verifySnapshot(path string) (*raft.SnapshotMeta, error) {
 		raft.SnapshotMeta
 		CRC []byte
 	}
-	if err := json.Unmarshal(b, &m); err != nil {
+	// As raft reads it: the first JSON value (bytes after it are ignored).
+	if err := json.NewDecoder(bytes.NewReader(b)).Decode(&m); err != nil {
 		return nil, fmt.Errorf("meta.json: %w", err)
 	}
 	if m.Version < raft.SnapshotVersionMin || m.Version > raft.SnapshotVersionMax {
