@@ -166,3 +166,21 @@ func TestCheckOverflow(t *testing.T) {
 	filedamage.Flip(t, segs[0])
 	check(true, 1, 0, segs[0]+": damaged at offset", "cannot be repaired: the node drops the records from there")
 }
+
+// TestCheckOverflowMissingSegment: a segment the state counts records in
+// that is gone is one problem, which no repair mends.
+func TestCheckOverflowMissingSegment(t *testing.T) {
+	dir := t.TempDir()
+	s := mustOpen(t, testConfig(dir))
+	for i := range 80 {
+		mustPush(t, s, fmt.Sprintf("%s%03d", strings.Repeat("v", 200), i), "q")
+	}
+	s.Close()
+	segs := overflowSegments(t, dir)
+	os.Remove(segs[0])
+	var out bytes.Buffer
+	rep, err := Check(nil, dir, true, &out)
+	if err != nil || rep.Problems != 1 || rep.Repaired != 0 || !strings.Contains(out.String(), "1 of the overflow segments") {
+		t.Fatalf("check: %+v %v\n%s", rep, err, out.String())
+	}
+}
