@@ -45,7 +45,8 @@ func (s *Store) Add(ch string, key, value []byte, ttl time.Duration) (uint64, er
 		return 0, err
 	}
 	stamp := s.ttlStamp(ttl)
-	w := s.lockRecord(ch, key)
+	var w recordRef
+	s.lockRecord(&w, ch, key)
 	defer w.p.mu.Unlock()
 	if w.live {
 		return 0, ErrExists

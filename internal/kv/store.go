@@ -371,7 +371,8 @@ func (s *Store) Update(ch string, key, value []byte, cas uint64, ttl time.Durati
 		return 0, err
 	}
 	stamp := s.ttlStamp(ttl)
-	w := s.lockRecord(ch, key)
+	var w recordRef
+	s.lockRecord(&w, ch, key)
 	defer w.p.mu.Unlock()
 	switch {
 	case !w.live:
@@ -400,9 +401,9 @@ type recordRef struct {
 }
 
 // lockRecord locks key's partition for writing and looks key up in
-// channel ch: the common start of Add, Update and Expire. The caller
-// unlocks ref.p.mu.
-func (s *Store) lockRecord(ch string, key []byte) (ref recordRef) {
+// channel ch, filling in ref (zero): the common start of Add, Update and
+// Expire. The caller unlocks ref.p.mu.
+func (s *Store) lockRecord(ref *recordRef, ch string, key []byte) {
 	ref.p, ref.m = s.locate(key)
 	ref.p.mu.Lock()
 	if ref.t = ref.p.tables[ch]; ref.t != nil {
@@ -411,17 +412,18 @@ func (s *Store) lockRecord(ch string, key []byte) (ref recordRef) {
 			ref.live = s.visible(&ref.r)
 		}
 	}
-	return ref
 }
 
 // ttlStamp is the expiry stamp of a write with ttl: ttl later, rounded up
 // to a whole second; 0 (never) for ttl <= 0.
 func (s *Store) ttlStamp(ttl time.Duration) uint32 {
 	if ttl <= 0 {
-		return 0
+		return 0 // inlined: the common case costs a comparison
 	}
-	return expiryStamp(s.now(), ttl)
+	return s.stampAfter(ttl)
 }
+
+func (s *Store) stampAfter(ttl time.Duration) uint32 { return expiryStamp(s.now(), ttl) }
 
 // Expire sets when the live record of key expires: ttl later (rounded up
 // to a whole second), or never for ttl <= 0 (Redis's EXPIRE and PERSIST).
@@ -436,7 +438,8 @@ func (s *Store) Expire(ch string, key []byte, ttl time.Duration) (uint64, error)
 		return 0, err
 	}
 	stamp := s.ttlStamp(ttl)
-	w := s.lockRecord(ch, key)
+	var w recordRef
+	s.lockRecord(&w, ch, key)
 	defer w.p.mu.Unlock()
 	if !w.live {
 		return 0, ErrNotFound
