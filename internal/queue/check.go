@@ -205,8 +205,8 @@ func truncate(fsys vfs.FS, path string, off int64) error {
 // them (memory mode: records pushed after the last index) the node keeps
 // the frames that read and cuts at the first that does not.
 func (c *queueChecker) overflow() error {
-	if c.known == nil {
-		return nil
+	if c.known == nil && !c.noState {
+		return nil // a damaged state: the node does not start
 	}
 	od := filepath.Join(c.dir, "overflow")
 	ents, err := c.fs.ReadDir(od)
@@ -222,7 +222,11 @@ func (c *queueChecker) overflow() error {
 		if err != nil || len(e.Name()) != 16 || !e.IsDir() {
 			continue // the node ignores it
 		}
-		st, ok := c.known.queues[id]
+		var st ofState
+		ok := false
+		if c.known != nil {
+			st, ok = c.known.queues[id]
+		}
 		if !ok {
 			orphans++
 			continue
@@ -231,7 +235,9 @@ func (c *queueChecker) overflow() error {
 			return err
 		}
 	}
-	if orphans > 0 {
+	if orphans > 0 && c.noState {
+		fmt.Fprintf(c.found.Out, "%s: %d overflow directories and no state file (not problems: the node deletes them at start, and their records are lost unless the journal holds them)\n", od, orphans)
+	} else if orphans > 0 {
 		fmt.Fprintf(c.found.Out, "%s: %d overflow directories of queues the state does not know (not problems: the node deletes them at start; in journal mode the journal rebuilds those queues)\n", od, orphans)
 	}
 	return nil

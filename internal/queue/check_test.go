@@ -184,3 +184,20 @@ func TestCheckOverflowMissingSegment(t *testing.T) {
 		t.Fatalf("check: %+v %v\n%s", rep, err, out.String())
 	}
 }
+
+// TestCheckOverflowWithoutState: overflow directories without a state
+// file are said to be deleted at start, not counted as problems.
+func TestCheckOverflowWithoutState(t *testing.T) {
+	dir := t.TempDir()
+	s := mustOpen(t, testConfig(dir))
+	for i := range 80 {
+		mustPush(t, s, fmt.Sprintf("%s%03d", strings.Repeat("v", 200), i), "q")
+	}
+	s.Close()
+	os.Remove(filepath.Join(dir, stateName))
+	var out bytes.Buffer
+	rep, err := Check(nil, dir, false, &out)
+	if err != nil || rep.Problems != 0 || !strings.Contains(out.String(), "1 overflow directories and no state file") {
+		t.Fatalf("check: %+v %v\n%s", rep, err, out.String())
+	}
+}
