@@ -13,8 +13,8 @@ import (
 
 	"shoal/internal/dump"
 	"shoal/internal/logstore"
+	"shoal/internal/meta"
 	"shoal/internal/queue"
-	"shoal/internal/raftstore"
 	"shoal/internal/repl"
 	"shoal/internal/vbmap"
 	"shoal/internal/vfs"
@@ -27,16 +27,18 @@ func checkCommand() *cobra.Command {
 		Use:   "check DIR",
 		Short: "Verify (and with --repair, repair) every file a stopped node reads at start-up",
 		Long: "Verify, offline, every file a node reads when it starts, under DIR, its data directory: the\n" +
-			"node id, the log engine's segments and state (log-data), the queue state file and journal\n" +
-			"(queue), the kv dumps (dump, or --dump-dir), the failover logs (repl) and the cluster\n" +
-			"metadata (meta/raft.db). The node must be stopped (check takes its lock). DIR may also be a\n" +
-			"log data directory alone. One line per problem, then a summary per part.\n\n" +
+			"node id, the log engine's segments and state (log-data), the queue state file, overflow\n" +
+			"segments and journal (queue), the kv dumps (dump, or --dump-dir), the failover logs (repl)\n" +
+			"and the cluster metadata (meta: raft.db, the raft snapshots, the applied state). The node\n" +
+			"must be stopped (check takes its lock). DIR may also be a log data directory alone. One line\n" +
+			"per problem, then a summary per part.\n\n" +
 			"--repair mends what is safe to mend: torn tails and stray bytes after the last valid record\n" +
 			"are cut (a node does that itself at start, and says so in root.log), log files damaged in the\n" +
 			"middle are rewritten (the original kept as NAME.broken), a damaged dump is replaced by its\n" +
 			"backup when that verifies, a damaged failover log is removed (the node starts new histories,\n" +
-			"as it would), leftovers are removed. What cannot be mended without losing data is reported\n" +
-			"with what to do. Exit status 1 when problems remain.",
+			"as it would), a damaged raft snapshot the raft log still covers and a damaged meta/state are\n" +
+			"moved aside (raft's files rebuild them), leftovers are removed. What cannot be mended without\n" +
+			"losing data is reported with what to do. Exit status 1 when problems remain.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			return check(cmd.OutOrStdout(), a[0], dumpDir, repair)
@@ -281,25 +283,19 @@ func checkFailoverLogs(out io.Writer, dir, _ string, repair bool, t *checkTally)
 	return nil
 }
 
-func checkMeta(out io.Writer, dir, _ string, _ bool, t *checkTally) error {
-	path := filepath.Join(dir, "meta", "raft.db")
-	problems, err := raftstore.Check(path, raftstore.Options{})
-	if errors.Is(err, fs.ErrNotExist) {
+func checkMeta(out io.Writer, dir, _ string, repair bool, t *checkTally) error {
+	md := filepath.Join(dir, "meta")
+	if _, err := os.Stat(md); err != nil {
 		return nil
 	}
+	fmt.Fprintf(out, "checking %s\n", md)
+	rep, err := meta.Check(md, repair, out)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "checking %s\n", path)
-	for _, p := range problems {
-		fmt.Fprintf(out, "%s: %s\n", path, p)
-	}
-	if len(problems) > 0 {
-		fmt.Fprintf(out, "%s cannot be repaired: it is this node's copy of the cluster metadata. Move %s aside, remove the member on another node (shoal nodes remove ID) and start this node with --join to join afresh; a cluster of one must be created anew\n",
-			path, filepath.Join(dir, "meta"))
-	}
-	fmt.Fprintf(out, "checked %s: %s\n", path, plural(len(problems), "problem"))
-	t.problems += min(len(problems), 1)
+	fmt.Fprintf(out, "checked %s: %s%s\n", plural(rep.Files, "file"), plural(rep.Problems, "problem"), repairedNote(repair, rep.Repaired))
+	t.problems += rep.Problems
+	t.repaired += rep.Repaired
 	return nil
 }
 

@@ -2,19 +2,16 @@ package discovery
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+
+	"shoal/internal/scenario"
 	"time"
 )
-
-var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of the scenario files")
 
 // TestScenarios runs the scripts in testdata. A script is a list of
 // commands, one a line; a command that produces output is followed by a
@@ -36,75 +33,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of the sc
 //	                                    as auto says; prints the backend calls (with the
 //	                                    retry type that scheduled them), targets and logs
 func TestScenarios(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scenario files: %v", err)
-	}
-	for _, file := range files {
-		t.Run(filepath.Base(file), func(t *testing.T) { runScenario(t, file) })
-	}
-}
-
-func runScenario(t *testing.T, file string) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	var (
-		out    strings.Builder
-		sc     scenario
-		failed bool
-	)
-	for i := 0; i < len(lines); i++ {
-		line := lines[i]
-		out.WriteString(line + "\n")
-		cmd := strings.Fields(line)
-		if len(cmd) == 0 || strings.HasPrefix(cmd[0], "#") {
-			continue
-		}
-		lineNo := i + 1
-		got, err := sc.run(cmd)
-		if err != nil {
-			t.Fatalf("%s:%d: %v", file, lineNo, err)
-		}
-		var want []string
-		block := i+1 < len(lines) && lines[i+1] == "----"
-		if block {
-			i += 2
-			for ; i < len(lines) && lines[i] != ""; i++ {
-				want = append(want, lines[i])
-			}
-		}
-		if got == "" {
-			// A command that does nothing has no block.
-			if block {
-				failed = true
-				if !*rewrite {
-					t.Errorf("%s:%d: %s\ngot nothing, want:\n%s", file, lineNo, line, strings.Join(want, "\n"))
-				}
-				if i < len(lines) {
-					out.WriteString("\n")
-				}
-			}
-			continue
-		}
-		out.WriteString("----\n" + got + "\n")
-		if block && i < len(lines) {
-			out.WriteString("\n")
-		}
-		if w := strings.Join(want, "\n"); w != got {
-			failed = true
-			if !*rewrite {
-				t.Errorf("%s:%d: %s\ngot:\n%s\nwant:\n%s", file, lineNo, line, got, w)
-			}
-		}
-	}
-	if failed && *rewrite {
-		if err := os.WriteFile(file, []byte(out.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	scenario.RunFiles(t, "testdata/*.txt", func() scenario.Script { return new(script).run })
 }
 
 var epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -118,13 +47,14 @@ func secs(t time.Time) string {
 	return strconv.FormatFloat(t.Sub(epoch).Seconds(), 'f', -1, 64)
 }
 
-type scenario struct {
+// script is the state of one scenario file.
+type script struct {
 	m           *Machine
 	autoBackend string
 	autoProbe   map[Addr]string
 }
 
-func (sc *scenario) run(cmd []string) (string, error) {
+func (sc *script) run(cmd []string) (string, error) {
 	if sc.m == nil && cmd[0] != "config" {
 		return "", fmt.Errorf("%s before config", cmd[0])
 	}
@@ -280,7 +210,7 @@ func (sc *scenario) run(cmd []string) (string, error) {
 // simulate steps the machine at every wake-up in [from, to], answering
 // its actions at once as auto says. Three or more backend calls in a row
 // at the same interval and retry type are printed as one line.
-func (sc *scenario) simulate(from, to time.Time) string {
+func (sc *script) simulate(from, to time.Time) string {
 	type call struct {
 		at    time.Time
 		retry RetryType
@@ -359,7 +289,7 @@ func (sc *scenario) simulate(from, to time.Time) string {
 	return strings.TrimSuffix(b.String(), "\n")
 }
 
-func (sc *scenario) nextLine() string {
+func (sc *script) nextLine() string {
 	if sc.m.running {
 		return "next: running"
 	}

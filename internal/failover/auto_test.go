@@ -1,19 +1,15 @@
 package failover
 
 import (
-	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
+	"shoal/internal/scenario"
 	"shoal/internal/vbmap"
 )
-
-var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of the scenario files")
 
 // TestAutoScenarios runs the scripts in testdata/*.txt. A script is a list
 // of commands, one a line; a command that prints is followed by "----"
@@ -30,62 +26,9 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of the sc
 //	tick T                      Step at T; prints the decision
 //	retry                       Auto.Retry
 func TestAutoScenarios(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scenario files: %v", err)
-	}
-	for _, file := range files {
-		t.Run(filepath.Base(file), func(t *testing.T) { runAutoScenario(t, file) })
-	}
-}
-
-func runAutoScenario(t *testing.T, file string) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	var out strings.Builder
-	sc := &autoScenario{in: Input{Reports: map[string]Report{}}}
-	failed := false
-	for i := 0; i < len(lines); i++ {
-		line := lines[i]
-		out.WriteString(line + "\n")
-		cmd := strings.Fields(line)
-		if len(cmd) == 0 || strings.HasPrefix(cmd[0], "#") {
-			continue
-		}
-		got, err := sc.run(cmd)
-		if err != nil {
-			t.Fatalf("%s:%d: %v", file, i+1, err)
-		}
-		var want []string
-		block := i+1 < len(lines) && lines[i+1] == "----"
-		if block {
-			i += 2
-			for ; i < len(lines) && lines[i] != ""; i++ {
-				want = append(want, lines[i])
-			}
-		}
-		if got == "" && !block {
-			continue
-		}
-		out.WriteString("----\n" + got + "\n")
-		if block && i < len(lines) {
-			out.WriteString("\n")
-		}
-		if w := strings.Join(want, "\n"); w != got && !*rewrite {
-			t.Errorf("%s:%d: %s\ngot:\n%s\nwant:\n%s", file, i+1, line, got, w)
-			failed = true
-		}
-	}
-	if *rewrite {
-		if err := os.WriteFile(file, []byte(out.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	} else if failed {
-		t.Log("run with -rewrite to accept the new output")
-	}
+	scenario.RunFiles(t, "testdata/*.txt", func() scenario.Script {
+		return (&autoScenario{in: Input{Reports: map[string]Report{}}}).run
+	})
 }
 
 type autoScenario struct {

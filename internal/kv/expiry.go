@@ -44,23 +44,12 @@ func (s *Store) Add(ch string, key, value []byte, ttl time.Duration) (uint64, er
 	if err := s.checkWrite(ch, key, value); err != nil {
 		return 0, err
 	}
-	var stamp uint32
-	if ttl > 0 {
-		stamp = expiryStamp(s.now(), ttl)
+	stamp := s.ttlStamp(ttl)
+	var w recordRef
+	s.lockRecord(&w, ch, key)
+	defer w.p.mu.Unlock()
+	if w.live {
+		return 0, ErrExists
 	}
-	p, m := s.locate(key)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	t := p.tables[ch]
-	i, found := 0, false
-	if t != nil {
-		i, found = t.find(key, m)
-		if found {
-			r := t.recAt(i)
-			if s.visible(&r) {
-				return 0, ErrExists
-			}
-		}
-	}
-	return s.write(p, t, ch, i, found, m, key, value, stamp)
+	return s.write(w.p, w.t, ch, w.i, w.found, w.m, key, value, stamp)
 }

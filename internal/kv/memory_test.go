@@ -241,6 +241,64 @@ func BenchmarkGet(b *testing.B) {
 	}
 }
 
+// BenchmarkAddExisting: Add of keys that hold live records (ErrExists):
+// the lookup that Add, Update and Expire share.
+func BenchmarkAddExisting(b *testing.B) {
+	s := loadStore(b, benchRecords)
+	key, val := make([]byte, 0, 16), make([]byte, 100)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if _, err := s.Add("bench", benchKey(key, (i*7919)%benchRecords), val, 0); err != ErrExists {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+// BenchmarkUpdate: Update with the record's CAS (a compare-and-swap
+// write that keeps the expiry).
+func BenchmarkUpdate(b *testing.B) {
+	const n = 1 << 16
+	s := loadStore(b, n)
+	key, val := make([]byte, 0, 16), make([]byte, 100)
+	cas := make([]uint64, n)
+	for i := range cas {
+		_, c, _, err := s.GetWithExpiry("bench", benchKey(key, i), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cas[i] = c
+	}
+	b.SetBytes(116)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		k := (i * 7919) % n
+		c, err := s.Update("bench", benchKey(key, k), val, cas[k], 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cas[k] = c
+		i++
+	}
+}
+
+// BenchmarkExpire: Expire of live records (a write of the same value).
+func BenchmarkExpire(b *testing.B) {
+	const n = 1 << 16
+	s := loadStore(b, n)
+	key := make([]byte, 0, 16)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if _, err := s.Expire("bench", benchKey(key, (i*7919)%n), time.Hour); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
 func BenchmarkGetParallel(b *testing.B) {
 	s := loadStore(b, benchRecords)
 	b.SetBytes(116)

@@ -333,10 +333,7 @@ func (s *Store) Put(ch string, key, value []byte, ttl time.Duration) (uint64, er
 	if err := s.checkWrite(ch, key, value); err != nil {
 		return 0, err
 	}
-	var stamp uint32
-	if ttl > 0 {
-		stamp = expiryStamp(s.now(), ttl)
-	}
+	stamp := s.ttlStamp(ttl)
 	p, m := s.locate(key)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -373,33 +370,60 @@ func (s *Store) Update(ch string, key, value []byte, cas uint64, ttl time.Durati
 	if err := s.checkWrite(ch, key, value); err != nil {
 		return 0, err
 	}
-	var stamp uint32
-	if ttl > 0 {
-		stamp = expiryStamp(s.now(), ttl)
-	}
-	p, m := s.locate(key)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	t := p.tables[ch]
-	if t == nil {
+	stamp := s.ttlStamp(ttl)
+	var w recordRef
+	s.lockRecord(&w, ch, key)
+	defer w.p.mu.Unlock()
+	switch {
+	case !w.live:
 		return 0, ErrNotFound
-	}
-	i, found := t.find(key, m)
-	if !found {
-		return 0, ErrNotFound
-	}
-	r := t.recAt(i)
-	if !s.visible(&r) {
-		return 0, ErrNotFound
-	}
-	if r.seqno != cas {
+	case w.r.seqno != cas:
 		return 0, ErrExists
 	}
-	if ttl == 0 && r.flags&flagTime != 0 {
-		stamp = r.stamp
+	if ttl == 0 && w.r.flags&flagTime != 0 {
+		stamp = w.r.stamp
 	}
-	return s.write(p, t, ch, i, true, m, key, value, stamp)
+	return s.write(w.p, w.t, ch, w.i, true, w.m, key, value, stamp)
 }
+
+// recordRef is where key's record is in a channel: its partition, locked
+// for writing by lockRecord, the channel's table (nil when it has none),
+// the key's hash and slot, whether the slot holds a record of key (found)
+// and whether that one is live, and the record (valid when found).
+type recordRef struct {
+	p     *partition
+	t     *table
+	m     uint64
+	i     int
+	found bool
+	live  bool
+	r     rec
+}
+
+// lockRecord locks key's partition for writing and looks key up in
+// channel ch, filling in ref (zero): the common start of Add, Update and
+// Expire. The caller unlocks ref.p.mu.
+func (s *Store) lockRecord(ref *recordRef, ch string, key []byte) {
+	ref.p, ref.m = s.locate(key)
+	ref.p.mu.Lock()
+	if ref.t = ref.p.tables[ch]; ref.t != nil {
+		if ref.i, ref.found = ref.t.find(key, ref.m); ref.found {
+			ref.r = ref.t.recAt(ref.i)
+			ref.live = s.visible(&ref.r)
+		}
+	}
+}
+
+// ttlStamp is the expiry stamp of a write with ttl: ttl later, rounded up
+// to a whole second; 0 (never) for ttl <= 0.
+func (s *Store) ttlStamp(ttl time.Duration) uint32 {
+	if ttl <= 0 {
+		return 0 // inlined: the common case costs a comparison
+	}
+	return s.stampAfter(ttl)
+}
+
+func (s *Store) stampAfter(ttl time.Duration) uint32 { return expiryStamp(s.now(), ttl) }
 
 // Expire sets when the live record of key expires: ttl later (rounded up
 // to a whole second), or never for ttl <= 0 (Redis's EXPIRE and PERSIST).
@@ -413,31 +437,19 @@ func (s *Store) Expire(ch string, key []byte, ttl time.Duration) (uint64, error)
 	if err := checkKey(key); err != nil {
 		return 0, err
 	}
-	var stamp uint32
-	if ttl > 0 {
-		stamp = expiryStamp(s.now(), ttl)
-	}
-	p, m := s.locate(key)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	t := p.tables[ch]
-	if t == nil {
-		return 0, ErrNotFound
-	}
-	i, found := t.find(key, m)
-	if !found {
-		return 0, ErrNotFound
-	}
-	r := t.recAt(i)
-	if !s.visible(&r) {
+	stamp := s.ttlStamp(ttl)
+	var w recordRef
+	s.lockRecord(&w, ch, key)
+	defer w.p.mu.Unlock()
+	if !w.live {
 		return 0, ErrNotFound
 	}
 	// r.value points into the table, which the write may move.
-	value := bytes.Clone(r.value)
+	value := bytes.Clone(w.r.value)
 	if value == nil {
 		value = []byte{}
 	}
-	return s.write(p, t, ch, i, true, m, key, value, stamp)
+	return s.write(w.p, w.t, ch, w.i, true, w.m, key, value, stamp)
 }
 
 // Expiry returns when the live record of key expires (the zero time when

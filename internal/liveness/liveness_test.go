@@ -81,12 +81,13 @@ func (nopHandler) Lost(*stream.ConnError)                       {}
 
 // TestWithStreams wires a real stream session to a Spy: an idle stream's
 // NOOPs keep the producer active in the consumer's monitor; once the
-// producer leaves, it turns inactive about two ticks later (the exact
+// producer leaves, it turns inactive about InactiveTicks later (the exact
 // boundaries are the scenario tests' business) and stays listed.
 func TestWithStreams(t *testing.T) {
-	// Inactive after 2 ticks of silence with NOOPs every 40 ms: 250 ms
-	// ticks leave a loaded machine 460 ms of scheduling delay.
-	const tick = 250 * time.Millisecond
+	// Inactive after 4 ticks of silence with NOOPs every 40 ms: 250 ms
+	// ticks leave a loaded machine (-race, load 9 on 2 cores) 960 ms of
+	// scheduling delay; 2 ticks, 460 ms, were not always enough.
+	const tick, inactive = 250 * time.Millisecond, 4
 	quiet := slog.New(slog.DiscardHandler)
 	prod, err := stream.NewProducer(stream.ProducerConfig{Name: "node-a", Logger: quiet,
 		Engines: func(string) engine.Engine { return idleEngine{} }})
@@ -115,7 +116,7 @@ func TestWithStreams(t *testing.T) {
 		served <- prod.Serve(ctx, conn, h, body)
 	}()
 	spy := NewSpy()
-	mon := NewMonitor(Config{Self: "node-b", Tick: tick}, spy)
+	mon := NewMonitor(Config{Self: "node-b", Tick: tick, InactiveTicks: inactive}, spy)
 	c, err := stream.Dial(context.Background(), stream.ConsumerConfig{Name: "node-b", Bucket: "kv",
 		Addr: ln.Addr().String(), NoopInterval: 40 * time.Millisecond, Handler: nopHandler{}, Spy: spy, Logger: quiet})
 	if err != nil {
@@ -146,7 +147,7 @@ func TestWithStreams(t *testing.T) {
 	c.Wait()
 	left := time.Now()
 	for state() == Active {
-		if time.Since(left) > 3*tick+time.Second {
+		if time.Since(left) > (inactive+1)*tick+time.Second {
 			t.Fatal("the producer stayed active")
 		}
 		time.Sleep(tick / 5)

@@ -2,18 +2,15 @@ package liveness
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"shoal/internal/scenario"
 	"time"
 )
-
-var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of the scenario files")
 
 // TestScenarios runs the scripts in testdata. A script is a list of
 // commands, one a line; a command that produces output is followed by a
@@ -30,69 +27,11 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of the sc
 //	ticks FROM TO                           a tick every Tick from FROM to TO; prints the changes
 //	json T                                  one tick; prints the report as JSON
 func TestScenarios(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scenario files: %v", err)
-	}
-	for _, file := range files {
-		t.Run(filepath.Base(file), func(t *testing.T) { runScenario(t, file) })
-	}
+	scenario.RunFiles(t, "testdata/*.txt", func() scenario.Script { return new(script).run })
 }
 
-func runScenario(t *testing.T, file string) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	var (
-		out    strings.Builder // the file as it should be
-		sc     scenario
-		failed bool
-	)
-	for i := 0; i < len(lines); i++ {
-		line := lines[i]
-		out.WriteString(line + "\n")
-		cmd := strings.Fields(line)
-		if len(cmd) == 0 || strings.HasPrefix(cmd[0], "#") {
-			continue
-		}
-		lineNo := i + 1
-		got, err := sc.run(cmd)
-		if err != nil {
-			t.Fatalf("%s:%d: %v", file, lineNo, err)
-		}
-		var want []string
-		block := i+1 < len(lines) && lines[i+1] == "----"
-		if block {
-			i += 2
-			for ; i < len(lines) && lines[i] != ""; i++ {
-				want = append(want, lines[i])
-			}
-		}
-		if got == "" && !block {
-			continue
-		}
-		out.WriteString("----\n" + got + "\n")
-		if block && i < len(lines) {
-			out.WriteString("\n") // the blank line that ended the block
-		}
-		if w := strings.Join(want, "\n"); w != got {
-			failed = true
-			if !*rewrite {
-				t.Errorf("%s:%d: %s\ngot:\n%s\nwant:\n%s", file, lineNo, line, got, w)
-			}
-		}
-	}
-	if failed && *rewrite {
-		if err := os.WriteFile(file, []byte(out.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// scenario is the state of one script.
-type scenario struct {
+// script is the state of one scenario file.
+type script struct {
 	spy    *Spy
 	mon    *Monitor
 	tick   time.Duration
@@ -106,7 +45,7 @@ func at(s string) (time.Time, error) {
 	return epoch.Add(time.Duration(math.Round(f * 1e9))), err
 }
 
-func (sc *scenario) run(cmd []string) (string, error) {
+func (sc *script) run(cmd []string) (string, error) {
 	if sc.mon == nil && cmd[0] != "config" {
 		return "", fmt.Errorf("%s before config", cmd[0])
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"shoal/internal/filedamage"
 	"shoal/internal/logstore/segment"
 	"shoal/internal/vfs"
 )
@@ -143,17 +144,7 @@ func TestDamagedStateFile(t *testing.T) {
 	}
 }
 
-func appendBytes(t *testing.T, path string, b []byte) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.Write(b); err != nil {
-		t.Fatal(err)
-	}
-}
+func appendBytes(t *testing.T, path string, b []byte) { filedamage.Append(t, path, b) }
 
 func flipByte(t *testing.T, path string, off int64) {
 	t.Helper()

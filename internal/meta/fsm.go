@@ -2,6 +2,7 @@ package meta
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -315,8 +316,27 @@ func EncodeState(s *State) ([]byte, error) {
 	return json.Marshal(d)
 }
 
-// DecodeState is the inverse of EncodeState; the result is checked.
+// DecodeState is the inverse of EncodeState; the result is checked. Its
+// errors wrap ErrCorrupt.
 func DecodeState(b []byte) (*State, error) {
+	s, err := decodeState(b)
+	if err != nil {
+		return nil, corruptError{err}
+	}
+	return s, nil
+}
+
+// ErrCorrupt is wrapped by the errors about metadata files that do not
+// decode: the applied-state file, a snapshot, the raft log.
+var ErrCorrupt = errors.New("meta: corrupt data")
+
+// corruptError is err, also wrapping ErrCorrupt, its text unchanged.
+type corruptError struct{ err error }
+
+func (e corruptError) Error() string   { return e.err.Error() }
+func (e corruptError) Unwrap() []error { return []error{e.err, ErrCorrupt} }
+
+func decodeState(b []byte) (*State, error) {
 	if len(b) > maxSnapshotSize {
 		return nil, fmt.Errorf("meta: state of %d bytes", len(b))
 	}

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -117,9 +119,13 @@ func Open(cfg Config) (*Meta, error) {
 		m.store.Close()
 		return nil, fmt.Errorf("cannot open the metadata snapshots: %w", err)
 	}
+	if err := m.verifyStart(); err != nil {
+		m.store.Close()
+		return nil, err
+	}
 	m.layer = NewStreamLayer(cfg.Advertise, cfg.Dial)
 	m.trans = NewTransport(m.layer, hlog.Named("transport"))
-	if m.raft, err = raft.NewRaft(rc, m.fsm, m.store, m.store, m.snaps, m.trans); err != nil {
+	if m.raft, err = newRaft(rc, m); err != nil {
 		m.trans.Close()
 		m.store.Close()
 		return nil, fmt.Errorf("cannot start raft: %w", err)
@@ -132,6 +138,55 @@ func Open(cfg Config) (*Meta, error) {
 	m.raft.RegisterObserver(m.obs)
 	go m.observe()
 	return m, nil
+}
+
+// verifyStart refuses, naming the files, what raft's start would fail on
+// or panic over: no snapshot that restores, or a log that does not
+// continue the snapshot restored. A damaged snapshot that raft skips (an
+// older one restores) is only logged.
+func (m *Meta) verifyStart() error {
+	first, err := m.store.FirstIndex()
+	if err != nil {
+		return err
+	}
+	last, err := m.store.LastIndex()
+	if err != nil {
+		return err
+	}
+	plan, err := planSnapshots(m.cfg.Dir, first, last)
+	if err != nil {
+		return err
+	}
+	var damaged []string
+	for _, s := range plan.snaps {
+		if s.err == nil {
+			continue
+		}
+		path := filepath.Join(m.cfg.Dir, SnapshotsDir, s.name)
+		damaged = append(damaged, fmt.Sprintf("%s: %v", path, s.err))
+		if plan.refuses == "" && plan.startable() {
+			m.cfg.Logger.Warn("a metadata snapshot is damaged: raft skips it and restores an older one, then replays its log; shoal check --repair moves it aside",
+				"snapshot", path, "restores", restoredName(plan.restored), "err", s.err)
+		}
+	}
+	if why := strings.Join(slices.DeleteFunc([]string{plan.refuses, plan.gap}, func(s string) bool { return s == "" }), "; "); why != "" {
+		if len(damaged) > 0 {
+			why += "; " + strings.Join(damaged, "; ")
+		}
+		return fmt.Errorf("%s: %s: %w", filepath.Join(m.cfg.Dir, SnapshotsDir), why, ErrCorrupt)
+	}
+	return nil
+}
+
+// newRaft is raft.NewRaft, which panics on a log entry it cannot read
+// (before it starts any goroutine): that is an error wrapping ErrCorrupt.
+func newRaft(rc *raft.Config, m *Meta) (r *raft.Raft, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r, err = nil, fmt.Errorf("raft cannot read its log in %s: %v: %w", filepath.Join(m.cfg.Dir, RaftFile), p, ErrCorrupt)
+		}
+	}()
+	return raft.NewRaft(rc, m.fsm, m.store, m.store, m.snaps, m.trans)
 }
 
 // observe counts leader changes.

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net"
 	"os"
@@ -106,7 +107,7 @@ func (n *Node) setupCluster() error {
 		return fmt.Errorf("cannot create the metadata directory: %w", err)
 	}
 	c.peers = n.rep.peers // one dialer for raft, joins, heartbeats and streams (setupRepl made it)
-	prev, err := readState(filepath.Join(c.dir, stateFile))
+	prev, err := readState(filepath.Join(c.dir, stateFile), n.log)
 	if err != nil {
 		return err
 	}
@@ -208,18 +209,18 @@ func (n *Node) checkIdentity(prev *meta.State, c *cluster) error {
 	return nil
 }
 
-// readState reads the metadata a node applied last; nil when there is none.
-func readState(path string) (*meta.State, error) {
-	b, err := os.ReadFile(path)
+// readState reads the metadata a node applied last; nil when there is
+// none. Stray bytes after the document are ignored, and logged.
+func readState(path string, log *slog.Logger) (*meta.State, error) {
+	st, stray, err := meta.ReadStateFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("cannot read %s: %w", path, err)
+		return nil, fmt.Errorf("%w (move it aside to start from what the cluster holds)", err)
 	}
-	st, err := meta.DecodeState(b)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w (move it aside to start from what the cluster holds)", path, err)
+	if stray >= 0 {
+		log.Warn("DATA/meta/state has stray bytes after its end: ignored them (the file is rewritten at the next metadata change)", "file", path, "offset", stray)
 	}
 	return st, nil
 }

@@ -361,26 +361,50 @@ func startProxiedCluster(t *testing.T, extra ...string) (nodes []*Node, proxies 
 	return nodes, proxies, listen
 }
 
+// partitionCase is a proxied cluster of three (startProxiedCluster) and
+// the member a partition test cuts off: nodes[x], not the leader, a key of
+// a vBucket it is active for, and a client of its own port (no routing:
+// clients still reach it).
+type partitionCase struct {
+	nodes   []*Node
+	proxies []*faultnet.Proxy
+	listen  []string
+	x       int
+	iso     *Node
+	key     string
+	c       *client.Client
+}
+
+// startPartitionCase starts the cluster with extra flags and picks the
+// member; the client is closed when the test ends.
+func startPartitionCase(t *testing.T, extra ...string) partitionCase {
+	t.Helper()
+	pc := partitionCase{}
+	pc.nodes, pc.proxies, pc.listen = startProxiedCluster(t, extra...)
+	leader := pc.nodes[0].clusterStatus().Leader
+	pc.x = slices.IndexFunc(pc.nodes, func(nd *Node) bool { return nd.cfg.NodeID != leader })
+	pc.iso = pc.nodes[pc.x]
+	for i := 0; pc.key == ""; i++ {
+		if k := fmt.Sprintf("k%d", i); pc.iso.table().State(vbucket.Of([]byte(k), 64)) == vbmap.Active {
+			pc.key = k
+		}
+	}
+	var err error
+	if pc.c, err = client.Dial(t.Context(), pc.listen[pc.x], client.WithNoRouting()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.c.Close() })
+	return pc
+}
+
 // TestAutoFailoverOfAnIsolatedNode: a member cut off from the others
 // (faultnet in front of its port, its own dials failing) is failed over
 // automatically by the two others, which take its vBuckets' writes; the
 // isolated node stops taking writes.
 func TestAutoFailoverOfAnIsolatedNode(t *testing.T) {
-	nodes, proxies, listen := startProxiedCluster(t, "--auto-failover")
-	leader := nodes[0].clusterStatus().Leader
-	x := slices.IndexFunc(nodes, func(nd *Node) bool { return nd.cfg.NodeID != leader })
-	iso := nodes[x]
-	key := ""
-	for i := 0; key == ""; i++ {
-		if k := fmt.Sprintf("k%d", i); iso.table().State(vbucket.Of([]byte(k), 64)) == vbmap.Active {
-			key = k
-		}
-	}
-	old, err := client.Dial(t.Context(), listen[x], client.WithNoRouting())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
+	pc := startPartitionCase(t, "--auto-failover")
+	x, iso, key, old := pc.x, pc.iso, pc.key, pc.c
+	nodes, proxies := pc.nodes, pc.proxies
 	cut := errors.New("partitioned")
 	fault := func(string) error { return cut }
 	proxies[x].Freeze()
@@ -415,27 +439,9 @@ func TestAutoFailoverOfAnIsolatedNode(t *testing.T) {
 }
 
 func TestPartitionedNodeStopsServing(t *testing.T) {
-	nodes, proxies, listen := startProxiedCluster(t)
-	leader := nodes[0].clusterStatus().Leader
-	x := -1
-	for i, nd := range nodes {
-		if nd.cfg.NodeID != leader {
-			x = i
-			break
-		}
-	}
-	iso := nodes[x]
-	key := ""
-	for i := 0; key == ""; i++ {
-		if k := fmt.Sprintf("k%d", i); iso.table().State(vbucket.Of([]byte(k), 64)) == vbmap.Active {
-			key = k
-		}
-	}
-	c, err := client.Dial(t.Context(), listen[x], client.WithNoRouting()) // the node's own port: clients still reach it
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	pc := startPartitionCase(t)
+	nodes, proxies, listen := pc.nodes, pc.proxies, pc.listen
+	x, iso, key, c := pc.x, pc.iso, pc.key, pc.c
 	if _, err := c.Put(t.Context(), "users", []byte(key), []byte("v1")); err != nil {
 		t.Fatal(err)
 	}
@@ -522,21 +528,9 @@ func TestFenceFromAPeersMap(t *testing.T) {
 // it reports itself not ready and is failed over. Its vBuckets take
 // writes on the new actives.
 func TestAutoFailoverOneWayPartition(t *testing.T) {
-	nodes, proxies, listen := startProxiedCluster(t, "--auto-failover")
-	leader := nodes[0].clusterStatus().Leader
-	x := slices.IndexFunc(nodes, func(nd *Node) bool { return nd.cfg.NodeID != leader })
-	iso := nodes[x]
-	key := ""
-	for i := 0; key == ""; i++ {
-		if k := fmt.Sprintf("k%d", i); iso.table().State(vbucket.Of([]byte(k), 64)) == vbmap.Active {
-			key = k
-		}
-	}
-	old, err := client.Dial(t.Context(), listen[x], client.WithNoRouting())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
+	pc := startPartitionCase(t, "--auto-failover")
+	x, iso, key, old := pc.x, pc.iso, pc.key, pc.c
+	nodes, proxies := pc.nodes, pc.proxies
 	proxies[x].FreezeToTarget()
 	defer proxies[x].Thaw()
 	start := time.Now()

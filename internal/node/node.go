@@ -30,6 +30,7 @@ import (
 	"shoal/internal/engine"
 	"shoal/internal/kv"
 	"shoal/internal/logstore"
+	"shoal/internal/meta"
 	"shoal/internal/queue"
 	"shoal/internal/raftstore"
 	"shoal/internal/resp"
@@ -205,7 +206,7 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 // the command that checks the whole data directory and repairs what can
 // be repaired.
 func (n *Node) damaged(err error) error {
-	for _, corrupt := range []error{queue.ErrCorrupt, dump.ErrCorrupt, raftstore.ErrCorrupt, logstore.ErrBadState} {
+	for _, corrupt := range []error{queue.ErrCorrupt, dump.ErrCorrupt, raftstore.ErrCorrupt, meta.ErrCorrupt, logstore.ErrBadState} {
 		if errors.Is(err, corrupt) {
 			return fmt.Errorf("%w\nwith the node stopped, `shoal check --repair %s` checks every file it reads at start, repairs what can be repaired safely and says what to do with the rest", err, n.cfg.Data)
 		}

@@ -476,7 +476,7 @@ func (j *journal) replay(first uint64, apply func(typ byte, body []byte) error) 
 	}
 	for i, g := range todo {
 		if g != first+uint64(i) {
-			return 0, fmt.Errorf("%w: journal segment %016x missing", ErrCorrupt, first+uint64(i))
+			return 0, fmt.Errorf("%w: journal segment %s missing", ErrCorrupt, j.segPath(first+uint64(i)))
 		}
 		if err := j.replaySegment(g, i == len(todo)-1, apply); err != nil {
 			return 0, err

@@ -412,11 +412,29 @@ func (s *Store) GetUint64(key []byte) (uint64, error) {
 // error only when the file cannot be opened at all (a missing one is
 // fs.ErrNotExist).
 func Check(path string, opts Options) (problems []string, err error) {
+	in, err := Inspect(path, opts)
+	return in.Problems, err
+}
+
+// Inspection is what Inspect found in a raft store file.
+type Inspection struct {
+	Problems    []string // as Check returns them
+	First, Last uint64   // the log's first and last index (0, 0: empty); set only without problems
+}
+
+// Inspect is Check that also gives the log's index range, which a check of
+// raft's snapshots needs (the log must continue the snapshot raft restores).
+func Inspect(path string, opts Options) (in Inspection, err error) {
+	problems, first, last, err := inspect(path, opts)
+	return Inspection{Problems: problems, First: first, Last: last}, err
+}
+
+func inspect(path string, opts Options) (problems []string, first, last uint64, err error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = DefaultLockTimeout
 	}
 	if _, err := os.Stat(path); err != nil {
-		return nil, err
+		return nil, 0, 0, err
 	}
 	var db *bolt.DB
 	func() {
@@ -424,7 +442,7 @@ func Check(path string, opts Options) (problems []string, err error) {
 		db, err = bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: opts.LockTimeout})
 	}()
 	if err != nil {
-		return []string{fmt.Sprintf("cannot be opened: %v", err)}, nil
+		return []string{fmt.Sprintf("cannot be opened: %v", err)}, 0, 0, nil
 	}
 	defer db.Close()
 	s := &Store{db: db}
@@ -450,12 +468,12 @@ func Check(path string, opts Options) (problems []string, err error) {
 		problems = append(problems, err.Error())
 	}
 	if len(problems) > 0 {
-		return problems, nil
+		return problems, 0, 0, nil
 	}
 	first, ferr := s.FirstIndex()
 	last, lerr := s.LastIndex()
 	if ferr != nil || lerr != nil {
-		return append(problems, fmt.Sprint(errors.Join(ferr, lerr))), nil
+		return append(problems, fmt.Sprint(errors.Join(ferr, lerr))), 0, 0, nil
 	}
 	for i := first; i != 0 && i <= last; i++ {
 		var l raft.Log
@@ -466,5 +484,8 @@ func Check(path string, opts Options) (problems []string, err error) {
 			}
 		}
 	}
-	return problems, nil
+	if len(problems) > 0 {
+		return problems, 0, 0, nil
+	}
+	return nil, first, last, nil
 }

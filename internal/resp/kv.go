@@ -249,55 +249,28 @@ func cmdSet(x *exec, args [][]byte) {
 		}
 		return
 	}
-	for range maxCASRounds {
-		old, cas, _, err := st.GetWithExpiry(name, key, x.buf[:0])
-		x.buf = old
-		found := err == nil
-		if err != nil && !errors.Is(err, kv.ErrNotFound) {
-			x.kvError(err)
-			return
-		}
-		answer := func() {
-			switch {
-			case !get:
-				x.ok()
-			case found:
-				x.bulk(old)
-			default:
-				x.null()
-			}
-		}
+	var old []byte
+	var found, stopped bool
+	_, done := x.casLoop(name, key, true, func(cur []byte, f bool, _ int64) ([]byte, time.Duration, bool, bool, string) {
+		old, found = cur, f
 		if nx && found || xx && !found {
-			if get {
-				answer()
-			} else {
-				x.null()
-			}
-			return
+			stopped = true
+			return nil, 0, false, true, ""
 		}
-		t := ttl
-		switch {
-		case keep && found:
-			t = 0 // Update keeps the record's expiry
-		case t <= 0:
-			t = -1 // SET without an expiry clears the record's
-		}
-		if found {
-			_, err = st.Update(name, key, val, cas, t)
-		} else {
-			_, err = st.Add(name, key, val, t)
-		}
-		if errors.Is(err, kv.ErrExists) || errors.Is(err, kv.ErrNotFound) {
-			continue // another write came in between
-		}
-		if err != nil {
-			x.kvError(err)
-			return
-		}
-		answer()
-		return
+		// KEEPTTL keeps the record's expiry; SET without an expiry clears it.
+		return val, ttl, !(keep && found), false, ""
+	})
+	switch {
+	case !done:
+	case stopped && !get:
+		x.null()
+	case !get:
+		x.ok()
+	case found:
+		x.bulk(old)
+	default:
+		x.null()
 	}
-	x.err(errContended)
 }
 
 func cmdSetNX(x *exec, args [][]byte) {
@@ -350,11 +323,24 @@ func cmdGetDel(x *exec, args [][]byte) {
 // false: none) and returns the new value, its ttl (when setTTL) and an
 // error message to answer instead. done is false when the loop gave up or
 // failed (the answer is given).
-func (x *exec) rewrite(key []byte, create bool, fn func(old []byte, found bool, exp int64) (val []byte, ttl time.Duration, setTTL bool, stop bool, msg string)) (val []byte, done bool) {
+func (x *exec) rewrite(key []byte, create bool, fn casFunc) (val []byte, done bool) {
 	name, ok := x.kvWriteName()
 	if !ok {
 		return nil, false
 	}
+	return x.casLoop(name, key, create, fn)
+}
+
+// casFunc is a read-modify-write's step: it gets the current value (found
+// false: none) and its expiry, and returns the new value, its ttl (when
+// setTTL; <= 0 clears the expiry), stop to write nothing, or an error
+// message to answer instead.
+type casFunc func(old []byte, found bool, exp int64) (val []byte, ttl time.Duration, setTTL bool, stop bool, msg string)
+
+// casLoop is rewrite on channel name: get, fn, then Update with the CAS
+// read (Add when there was no record and create is set), again while
+// another write comes in between, at most maxCASRounds times.
+func (x *exec) casLoop(name string, key []byte, create bool, fn casFunc) (val []byte, done bool) {
 	st := x.s.eng.KV
 	for range maxCASRounds {
 		old, cas, exp, err := st.GetWithExpiry(name, key, x.buf[:0])
