@@ -375,14 +375,21 @@ type partitionCase struct {
 	c       *client.Client
 }
 
-// startPartitionCase starts the cluster with extra flags and picks the
-// member; the client is closed when the test ends.
+// startPartitionCase starts the cluster with extra flags and picks a
+// member that is not the leader; the client is closed when the test ends.
 func startPartitionCase(t *testing.T, extra ...string) partitionCase {
+	t.Helper()
+	return startPartitionCaseOf(t, false, extra...)
+}
+
+// startPartitionCaseOf is startPartitionCase picking the metadata leader
+// when leader is set.
+func startPartitionCaseOf(t *testing.T, leader bool, extra ...string) partitionCase {
 	t.Helper()
 	pc := partitionCase{}
 	pc.nodes, pc.proxies, pc.listen = startProxiedCluster(t, extra...)
-	leader := pc.nodes[0].clusterStatus().Leader
-	pc.x = slices.IndexFunc(pc.nodes, func(nd *Node) bool { return nd.cfg.NodeID != leader })
+	id := pc.nodes[0].clusterStatus().Leader
+	pc.x = slices.IndexFunc(pc.nodes, func(nd *Node) bool { return (nd.cfg.NodeID == id) == leader })
 	pc.iso = pc.nodes[pc.x]
 	for i := 0; pc.key == ""; i++ {
 		if k := fmt.Sprintf("k%d", i); pc.iso.table().State(vbucket.Of([]byte(k), 64)) == vbmap.Active {

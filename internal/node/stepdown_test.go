@@ -3,13 +3,10 @@ package node
 import (
 	"context"
 	"fmt"
-	"slices"
 	"testing"
 	"time"
 
 	"shoal/client"
-	"shoal/internal/vbmap"
-	"shoal/internal/vbucket"
 )
 
 func TestLeaderUnasked(t *testing.T) {
@@ -47,16 +44,8 @@ func TestLeaderUnasked(t *testing.T) {
 // a new leader is elected by the two others, and the old one, now fenced
 // and unreachable, is failed over; its vBuckets take writes again.
 func TestOneWayPartitionOfTheLeader(t *testing.T) {
-	nodes, proxies, _ := startProxiedCluster(t, "--auto-failover")
-	leader := nodes[0].clusterStatus().Leader
-	x := slices.IndexFunc(nodes, func(nd *Node) bool { return nd.cfg.NodeID == leader })
-	iso := nodes[x]
-	key := ""
-	for i := 0; key == ""; i++ {
-		if k := fmt.Sprintf("k%d", i); iso.table().State(vbucket.Of([]byte(k), 64)) == vbmap.Active {
-			key = k
-		}
-	}
+	pc := startPartitionCaseOf(t, true, "--auto-failover")
+	x, iso, key, nodes, proxies := pc.x, pc.iso, pc.key, pc.nodes, pc.proxies
 	proxies[x].FreezeToTarget()
 	defer proxies[x].Thaw()
 	start := time.Now()
