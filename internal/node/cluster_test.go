@@ -375,6 +375,23 @@ type partitionCase struct {
 	c       *client.Client
 }
 
+// writeThrough waits until a routed write of key through node nd
+// succeeds (the cut-off member's vBuckets taken over by the others).
+func writeThrough(t *testing.T, nd *Node, key string) {
+	t.Helper()
+	c, err := client.Dial(t.Context(), nd.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, 10*time.Second, "a write to the cut-off member's vbucket through "+nd.cfg.NodeID, func() (bool, string) {
+		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+		defer cancel()
+		_, err := c.Put(ctx, "users", []byte(key), []byte("v2"))
+		return err == nil, fmt.Sprint(err)
+	})
+}
+
 // startPartitionCase starts the cluster with extra flags and picks a
 // member that is not the leader; the client is closed when the test ends.
 func startPartitionCase(t *testing.T, extra ...string) partitionCase {
@@ -427,17 +444,7 @@ func TestAutoFailoverOfAnIsolatedNode(t *testing.T) {
 		return false, "not listed"
 	})
 	t.Logf("isolated node failed over %v after the partition", time.Since(start).Round(time.Millisecond))
-	oc, err := client.Dial(t.Context(), other.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer oc.Close()
-	waitFor(t, 10*time.Second, "a write to the isolated node's vbucket through the others", func() (bool, string) {
-		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
-		defer cancel()
-		_, err := oc.Put(ctx, "users", []byte(key), []byte("v2"))
-		return err == nil, fmt.Sprint(err)
-	})
+	writeThrough(t, other, key)
 	if _, err := old.Put(t.Context(), "users", []byte(key), []byte("stale")); !errors.Is(err, client.ErrNotMyVBucket) {
 		t.Fatalf("the isolated node took a write: %v", err)
 	}
@@ -554,15 +561,5 @@ func TestAutoFailoverOneWayPartition(t *testing.T) {
 	if _, err := old.Put(t.Context(), "users", []byte(key), []byte("stale")); !errors.Is(err, client.ErrNotMyVBucket) {
 		t.Fatalf("the partitioned node took a write: %v", err)
 	}
-	oc, err := client.Dial(t.Context(), other.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer oc.Close()
-	waitFor(t, 10*time.Second, "a write to its vbucket through the others", func() (bool, string) {
-		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
-		defer cancel()
-		_, err := oc.Put(ctx, "users", []byte(key), []byte("v2"))
-		return err == nil, fmt.Sprint(err)
-	})
+	writeThrough(t, other, key)
 }

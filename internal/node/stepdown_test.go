@@ -1,12 +1,8 @@
 package node
 
 import (
-	"context"
-	"fmt"
 	"testing"
 	"time"
-
-	"shoal/client"
 )
 
 func TestLeaderUnasked(t *testing.T) {
@@ -60,15 +56,5 @@ func TestOneWayPartitionOfTheLeader(t *testing.T) {
 		return false, "not listed"
 	})
 	t.Logf("the one-way partitioned leader was replaced and failed over %v after the partition", time.Since(start).Round(time.Millisecond))
-	oc, err := client.Dial(t.Context(), other.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer oc.Close()
-	waitFor(t, 10*time.Second, "a write to its vbucket through the others", func() (bool, string) {
-		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
-		defer cancel()
-		_, err := oc.Put(ctx, "users", []byte(key), []byte("v2"))
-		return err == nil, fmt.Sprint(err)
-	})
+	writeThrough(t, other, key)
 }
