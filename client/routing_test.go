@@ -130,9 +130,17 @@ func addrOf(t *testing.T, m *client.ClusterMap, id string) string {
 // new map once every node applied it.
 func (tc *testCluster) swapChains(m *client.ClusterMap) *client.ClusterMap {
 	tc.t.Helper()
-	ci, err := tc.direct(0).Cluster(tc.t.Context())
-	if err != nil {
-		tc.t.Fatal(err)
+	var ci *client.ClusterInfo
+	deadline := time.Now().Add(10 * time.Second)
+	for { // an election may be under way (a loaded machine): wait for a leader
+		var err error
+		if ci, err = tc.direct(0).Cluster(tc.t.Context()); err != nil {
+			tc.t.Fatal(err)
+		}
+		if ci.LeaderAddr != "" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	chains := make([][]string, len(m.VBuckets))
 	for vb, v := range m.VBuckets {

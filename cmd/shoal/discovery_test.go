@@ -168,7 +168,7 @@ func TestWaitReady(t *testing.T) {
 	if d := time.Since(start); d < 600*time.Millisecond || d > 5*time.Second {
 		t.Fatalf("wait-ready --timeout 600ms took %v", d)
 	}
-	stdout, stderr, code := runShoal(t, "--addr", never, "wait-ready", "--timeout", "300ms")
+	stdout, stderr, code := runShoal(t, "--addr", never, "wait-ready", "--timeout", "2s") // a process: its start counts too
 	if code != 1 || stdout != "" || !strings.Contains(stderr, "127.0.0.1:7409 has not answered yet") {
 		t.Fatalf("the process: exit %d, %q %q", code, stdout, stderr)
 	}
