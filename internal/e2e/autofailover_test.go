@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -211,8 +212,10 @@ func TestAutoFailoverSIGSTOP(t *testing.T) {
 	t.Logf("SIGSTOP to the first write to a frozen node's vbucket: %v", took.Round(time.Millisecond))
 	if took < 400*time.Millisecond { // less than a failover can take: who took it? (seen once in a loaded run)
 		cs := cc.status(li).Cluster
-		t.Fatalf("a write to %s's vbucket %d succeeded %v after its SIGSTOP (the map at the start, revision %d, made it the active; now revision %d, failovers %d, leader %s, members %+v)",
-			vid, vbucket.Of([]byte(key), len(m.VBuckets)), took, m.Revision, cs.Revision, cs.Failovers, cs.Leader, cs.Nodes)
+		proc, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", victim.Pid()))
+		v, cas, gerr := wc.Gets(t.Context(), "users", []byte(key))
+		t.Fatalf("a write to %s's vbucket %d succeeded %v after its SIGSTOP (the map at the start, revision %d, made it the active; now revision %d, failovers %d, leader %s; the victim's /proc stat %q; the key now %q cas %d %v)",
+			vid, vbucket.Of([]byte(key), len(m.VBuckets)), took, m.Revision, cs.Revision, cs.Failovers, cs.Leader, proc, v, cas, gerr)
 	}
 	victim.Signal(syscall.SIGCONT)
 	deadline := time.Now().Add(2 * time.Second)

@@ -162,12 +162,47 @@ func StartIn(t testing.TB, dir string, args ...string) *Node {
 // Output returns what the node printed so far.
 func (n *Node) Output() string { return n.stderr.String() }
 
-// Signal sends sig to the node.
+// Signal sends sig to the node. For SIGSTOP it returns once the process
+// is stopped: the kernel stops a process only when one of its threads
+// takes the signal, and on a loaded machine that thread may wait for a
+// CPU while another one goes on serving (TestAutoFailoverSIGSTOP saw a
+// write answered 0.7 ms after kill returned).
 func (n *Node) Signal(sig syscall.Signal) {
 	n.t.Helper()
 	if err := n.cmd.Process.Signal(sig); err != nil {
 		n.t.Fatalf("signal %v: %v", sig, err)
 	}
+	if sig != syscall.SIGSTOP {
+		return
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !n.stopped() {
+		if time.Now().After(deadline) {
+			n.t.Fatalf("pid %d not stopped 10 s after SIGSTOP", n.Pid())
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// stopped reports whether every thread of the node's process is in the
+// stopped state (the state field of /proc/PID/task/TID/stat is T).
+func (n *Node) stopped() bool {
+	dir := fmt.Sprintf("/proc/%d/task", n.Pid())
+	tasks, err := os.ReadDir(dir)
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, task.Name(), "stat"))
+		if err != nil {
+			return false
+		}
+		i := bytes.LastIndexByte(b, ')') // the command name may hold anything
+		if i < 0 || i+2 >= len(b) || b[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }
 
 // Pid is the node's process id.
