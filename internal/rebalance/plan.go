@@ -193,20 +193,8 @@ func newPlanner(cur *vbmap.Map, nodes []vbmap.Node, replicas int, ideal [][]stri
 			p.zones = append(p.zones, []int{i})
 		}
 	}
-	h := 1
-	for {
-		sum := 0
-		for _, zn := range p.zones {
-			sum += min(len(zn), h)
-		}
-		if sum >= p.k {
-			break
-		}
-		h++
-	}
-	p.lo, p.hi = make([]int, len(p.zones)), make([]int, len(p.zones))
-	for z, zn := range p.zones {
-		p.lo[z], p.hi[z] = min(len(zn), h-1), min(len(zn), h)
+	p.lo, p.hi = vbmap.ZoneBounds(p.zones, p.k)
+	for z := range p.zones {
 		p.lower = p.lower || p.lo[z] > 0
 	}
 	// The current chains, restricted to the nodes.

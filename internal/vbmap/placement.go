@@ -164,20 +164,8 @@ func newPlacer(nodes []Node, vbuckets, replicas int) (*placer, error) {
 			p.act[a]++
 		}
 	}
-	h := 1
-	for {
-		sum := 0
-		for _, zn := range p.zones {
-			sum += min(len(zn), h)
-		}
-		if sum >= p.k {
-			break
-		}
-		h++
-	}
-	p.lo, p.hi = make([]int, len(p.zones)), make([]int, len(p.zones))
-	for z, zn := range p.zones {
-		p.lo[z], p.hi[z] = min(len(zn), h-1), min(len(zn), h)
+	p.lo, p.hi = ZoneBounds(p.zones, p.k)
+	for _, zn := range p.zones {
 		p.unequal = p.unequal || len(zn) != len(p.zones[0])
 	}
 	return p, nil
@@ -932,4 +920,28 @@ func (g *flowNet) parentCycles(par []step, mark []int) (cycles [][]step) {
 		cycles = append(cycles, cyc)
 	}
 	return cycles
+}
+
+// ZoneBounds returns, for chains of k copies over zones (each a list of
+// nodes), the fewest (lo) and the most (hi) copies of one vBucket each
+// zone holds when the copies are spread as evenly as the zones allow: h
+// is the least per-zone cap whose sum over the zones reaches k, and a
+// zone holds between h-1 and h copies, never more than its nodes.
+func ZoneBounds(zones [][]int, k int) (lo, hi []int) {
+	h := 1
+	for most := 0; ; h++ {
+		sum := 0
+		for _, zn := range zones {
+			sum += min(len(zn), h)
+			most = max(most, len(zn))
+		}
+		if sum >= k || h >= most {
+			break
+		}
+	}
+	lo, hi = make([]int, len(zones)), make([]int, len(zones))
+	for z, zn := range zones {
+		lo[z], hi[z] = min(len(zn), h-1), min(len(zn), h)
+	}
+	return lo, hi
 }
