@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"shoal/internal/vbmap"
@@ -63,6 +64,13 @@ type VBucketChain struct {
 	// Chain is the ids of the nodes that hold the vBucket, the active
 	// first, then the replicas; empty when no node holds it.
 	Chain []string `json:"chain"`
+	// Pending are the nodes a rebalance is building a copy on (they
+	// serve nothing of it yet).
+	Pending []string `json:"pending,omitempty"`
+	// Frozen is set during a rebalance's takeover of the vBucket: its
+	// active answers `not my vbucket` for a moment, until the map naming
+	// the new active commits; the client retries meanwhile.
+	Frozen bool `json:"frozen,omitempty"`
 }
 
 // Active returns the id of the vBucket's active node, "" when it has none.
@@ -171,12 +179,12 @@ func decodeClusterMap(b []byte) (*ClusterMap, error) {
 	m.Revision, m.Replicas = vm.Revision, vm.Replicas
 	m.VBuckets = make([]VBucketChain, len(vm.VBuckets))
 	for vb, v := range vm.VBuckets {
-		for _, id := range v.Chain {
+		for _, id := range slices.Concat(v.Chain, v.Pending) {
 			if _, ok := m.Node(id); !ok {
 				return nil, fmt.Errorf("vbucket %d is held by %q, which is not a member", vb, id)
 			}
 		}
-		m.VBuckets[vb] = VBucketChain{Epoch: v.Epoch, Chain: v.Chain}
+		m.VBuckets[vb] = VBucketChain{Epoch: v.Epoch, Chain: v.Chain, Pending: v.Pending, Frozen: v.Frozen}
 	}
 	return m, nil
 }

@@ -27,6 +27,14 @@ const (
 	maxRouteBackoff = time.Second
 )
 
+// While the map says a vBucket is frozen (a rebalance's takeover), a
+// routed request retries after 2 ms, 4 ms, ... at most 50 ms: the
+// takeover ends in milliseconds, and the client must not add 100 ms to it.
+const (
+	frozenStep    = 2 * time.Millisecond
+	maxFrozenWait = 50 * time.Millisecond
+)
+
 // refreshTimeout bounds one refresh of the map (every node tried).
 const refreshTimeout = 5 * time.Second
 
@@ -384,7 +392,8 @@ type routedResult struct {
 
 // routed runs a request of vBucket vb on vb's active by the current map.
 // On `not my vbucket` it installs the map the node sent, or fetches one,
-// and tries again: at once when the map names another active, else after
+// and tries again: at once when the map names another active, after a
+// few milliseconds while the map says a takeover froze vb, else after
 // 100 ms, 200 ms, ... (at most 1 s), until ctx ends; then it returns the
 // last `not my vbucket`, or ErrUnavailable when the vBucket has no
 // reachable active. rt is the table to start with.
@@ -395,6 +404,7 @@ func (c *Client) routed(ctx context.Context, rt *routeTable, vb uint16, op wire.
 	ctx, cancel := c.ctx(ctx)
 	defer cancel()
 	var last error
+	frozen := 0
 	for attempt := 1; ; attempt++ {
 		n := rt.actives[vb]
 		if n == nil {
@@ -432,6 +442,13 @@ func (c *Client) routed(ctx context.Context, rt *routeTable, vb uint16, op wire.
 			continue // the new map names another active: try it at once
 		}
 		wait := min(time.Duration(attempt)*routeBackoff, maxRouteBackoff)
+		if int(vb) < len(rt.m.VBuckets) && rt.m.VBuckets[vb].Frozen {
+			// A rebalance's takeover: the new active is named within
+			// milliseconds. Such waits are not failed attempts.
+			frozen++
+			attempt--
+			wait = min(frozenStep<<min(frozen-1, 5), maxFrozenWait)
+		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
 			return routedResult{err: last, node: n}
 		}

@@ -75,7 +75,7 @@ func clusterCommands(g *globals) []*cobra.Command {
 			}
 			for _, m := range ci.Nodes {
 				if m.ID == id && m.Active+m.Replica > 0 {
-					return fmt.Errorf("node %s is active for %d and replica for %d vbuckets: it cannot leave before they move to other nodes, which needs a rebalance (not available yet)", id, m.Active, m.Replica)
+					return fmt.Errorf("node %s is active for %d and replica for %d vbuckets: it cannot leave before they move to other nodes, `shoal remove %s` moves them, then removes it", id, m.Active, m.Replica, id)
 				}
 			}
 			if err := c.RemoveNode(ctx, id); err != nil {

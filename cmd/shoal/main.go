@@ -121,7 +121,7 @@ func rootCommand(g *globals) *cobra.Command {
 	root.AddCommand(dumpCommands(g)...)
 	root.AddCommand(clusterCommands(g)...)
 	root.AddCommand(failoverCommands(g)...)
-	root.AddCommand(rebalanceCommand(g))
+	root.AddCommand(rebalanceCommand(g), removeCommand(g))
 	root.AddCommand(discoveryCommands(g)...)
 	root.AddCommand(benchCommand(g))
 	root.AddCommand(versionCommand())

@@ -5,31 +5,84 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"shoal/client"
+	"shoal/internal/config"
 	"shoal/internal/rebalance"
 	"shoal/internal/vbmap"
 )
 
-// rebalanceCommand is `shoal rebalance plan [--without NODE]... [--json]`:
-// the moves a rebalance would make, computed here from the map of the
-// node asked (the online moves themselves are not built yet).
+// rebalanceCommand is `shoal rebalance [--wait] | --status | --stop` and
+// `shoal rebalance plan`.
 func rebalanceCommand(g *globals) *cobra.Command {
+	var (
+		status, stop, wait, outJSON bool
+		moves                       int
+		rate                        string
+	)
 	root := &cobra.Command{
 		Use:   "rebalance",
-		Short: "Rebalance the vBuckets over the members (only `rebalance plan` exists yet: the moves it would make)",
+		Short: "Rebalance the vBuckets over the members (--status, --stop, --wait; `plan` prints the moves only)",
 		Long: "Rebalance gives new members their share of the vBuckets and restores the replica count\n" +
-			"after failovers. The online moves (a copy built by a stream, then a takeover) are not\n" +
-			"built yet: `shoal rebalance plan` prints the moves a rebalance would make from the current\n" +
-			"map, and changes nothing.",
+			"after failovers, while clients read and write. The metadata leader runs it (any member may\n" +
+			"be asked): a few vBuckets at a time (--moves, default the leader's --rebalance-moves, 4),\n" +
+			"each copied to its new node by a stream from its active, then, where the active changes,\n" +
+			"taken over: the old active pauses the vBucket's requests for the moment the last\n" +
+			"mutations drain, and the map naming the new active commits (clients retry meanwhile).\n" +
+			"It returns once started; --wait follows it to the end with a progress line. --status\n" +
+			"prints the progress (done/total, bytes, rate, ETA), --stop stops it: copies being built\n" +
+			"are dropped, takeovers under way finish, the map stays consistent and a later rebalance\n" +
+			"continues from it. `shoal rebalance plan` prints what a rebalance would move.",
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return &exitError{code: exitOther, msg: "online rebalance is not available yet: `shoal rebalance plan` prints the moves it would make"}
-		},
+		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, _ []string) error {
+			ctx, out := cmd.Context(), cmd.OutOrStdout()
+			var st *client.RebalanceStatus
+			var err error
+			switch {
+			case status && stop:
+				return &exitError{code: exitUsage, msg: "--status and --stop do not go together"}
+			case status:
+				st, err = c.RebalanceStatus(ctx)
+			case stop:
+				st, err = c.StopRebalance(ctx)
+			default:
+				o := client.RebalanceOptions{Moves: moves}
+				if rate != "" {
+					sz, perr := config.ParseSize(rate)
+					if perr != nil {
+						return &exitError{code: exitUsage, msg: fmt.Sprintf("--rate: %v", perr)}
+					}
+					o.Rate = int64(sz)
+					if o.Rate == 0 {
+						o.Rate = -1 // unlimited, whatever the leader's default
+					}
+				}
+				st, err = c.Rebalance(ctx, o)
+			}
+			if err != nil {
+				return clusterErr(c, err)
+			}
+			if wait {
+				return waitRebalance(cmd, c, st, outJSON)
+			}
+			if outJSON {
+				return printJSONOf(out, st)
+			}
+			printRebalanceStatus(out, st)
+			return nil
+		}),
 	}
+	root.Flags().BoolVar(&status, "status", false, "print the progress of the running or last rebalance")
+	root.Flags().BoolVar(&stop, "stop", false, "stop the running rebalance (the map stays consistent; a later rebalance continues)")
+	root.Flags().BoolVar(&wait, "wait", false, "follow the rebalance until it ends, with a progress line; exit 4 if it stopped before the end")
+	root.Flags().BoolVar(&outJSON, "json", false, "print the status as JSON")
+	root.Flags().IntVar(&moves, "moves", 0, "vBuckets moved at once (default: the leader's --rebalance-moves)")
+	root.Flags().StringVar(&rate, "rate", "", "bytes per second the new copies may receive, e.g. 50MB; 0: unlimited (default: the leader's --rebalance-rate)")
 	var (
 		without []string
 		asJSON  bool
@@ -66,6 +119,39 @@ func rebalanceCommand(g *globals) *cobra.Command {
 	plan.Flags().BoolVar(&asJSON, "json", false, "print the plan, every move included, as JSON")
 	root.AddCommand(plan)
 	return root
+}
+
+// removeCommand is `shoal remove NODE`: a rebalance that moves every
+// vBucket off NODE, then NODE leaves the cluster.
+func removeCommand(g *globals) *cobra.Command {
+	var moves int
+	cmd := &cobra.Command{
+		Use:   "remove NODE",
+		Short: "Move every vBucket off a member, then remove it from the cluster",
+		Long: "Remove member NODE (its id) while clients keep working: a rebalance moves each of its\n" +
+			"vBuckets to the other members (progress as `shoal rebalance --wait` shows it), then NODE\n" +
+			"leaves and the leader takes it out of the metadata group. If the rebalance stops before\n" +
+			"the end, NODE stays a member (exit 4); run the command again to continue. NODE must not be\n" +
+			"the metadata leader when it is taken out (the leader hands over first).",
+		Args: cobra.ExactArgs(1),
+		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, a []string) error {
+			ctx, id := cmd.Context(), a[0]
+			st, err := c.Rebalance(ctx, client.RebalanceOptions{Without: []string{id}, Moves: moves})
+			if err != nil {
+				return clusterErr(c, err)
+			}
+			if err := waitRebalance(cmd, c, st, false); err != nil {
+				return err
+			}
+			if err := c.RemoveNode(ctx, id); err != nil {
+				return clusterErr(c, err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "node %s holds no vbucket and is leaving; the leader takes it out of the metadata group\n", id)
+			return nil
+		}),
+	}
+	cmd.Flags().IntVar(&moves, "moves", 0, "vBuckets moved at once (default: the leader's --rebalance-moves)")
+	return cmd
 }
 
 // rebalancePlanDoc is what `shoal rebalance plan` prints.
@@ -186,5 +272,82 @@ func printRebalancePlan(w io.Writer, d *rebalancePlanDoc) {
 	if d.Fallback {
 		fmt.Fprintln(w, "the current chains could not be kept within the placement rules: the plan is the first map's placement")
 	}
-	fmt.Fprintln(w, "nothing was changed (online moves are not built yet)")
+	fmt.Fprintln(w, "nothing was changed: `shoal rebalance` makes these moves")
+}
+
+// printRebalanceStatus writes a rebalance's status for people.
+func printRebalanceStatus(w io.Writer, st *client.RebalanceStatus) {
+	if st.State == "" {
+		fmt.Fprintf(w, "no rebalance has run since %s became the metadata leader\n", st.Leader)
+		return
+	}
+	fmt.Fprintf(w, "rebalance %s (leader %s): %s\n", st.State, st.Leader, rebalanceLine(st))
+	if st.Reason != "" {
+		fmt.Fprintf(w, "reason: %s\n", st.Reason)
+	}
+	for _, m := range st.InFlight {
+		fmt.Fprintf(w, "  vbucket %d %s: %s -> %s\n", m.VBucket, m.Phase, strings.Join(m.From, ","), strings.Join(m.To, ","))
+	}
+	if !st.Running && st.MapMoving > 0 {
+		fmt.Fprintf(w, "the map still shows %s moving: the leader clears them\n", plural(st.MapMoving, "vbucket"))
+	}
+}
+
+// rebalanceLine is the one-line progress of a rebalance.
+func rebalanceLine(st *client.RebalanceStatus) string {
+	pct := 100.0
+	if st.Total > 0 {
+		pct = float64(st.Done) * 100 / float64(st.Total)
+	}
+	line := fmt.Sprintf("%d/%d vbuckets (%.0f%%), %d moving, %d abandoned, %.1f MB at %.1f MB/s",
+		st.Done, st.Total, pct, st.Moving, st.Abandoned, float64(st.Bytes)/1e6, st.Rate/1e6)
+	switch {
+	case st.State == "done":
+		line += fmt.Sprintf(", took %v", (time.Duration(st.ElapsedMillis) * time.Millisecond).Round(time.Millisecond))
+	case st.ETAMillis >= 0:
+		line += fmt.Sprintf(", ETA %v", (time.Duration(st.ETAMillis) * time.Millisecond).Round(time.Second))
+	}
+	return line
+}
+
+// waitRebalance follows a rebalance until it ends: a progress line
+// rewritten in place on a terminal, one every 5 s otherwise.
+func waitRebalance(cmd *cobra.Command, c *client.Client, st *client.RebalanceStatus, asJSON bool) error {
+	ctx, out := cmd.Context(), cmd.OutOrStdout()
+	tty := isTerminal(out)
+	var lastLine time.Time
+	for st.Running {
+		switch {
+		case asJSON:
+		case tty:
+			fmt.Fprintf(out, "\r\033[Krebalance %s", rebalanceLine(st))
+		case time.Since(lastLine) >= 5*time.Second:
+			fmt.Fprintf(out, "rebalance %s\n", rebalanceLine(st))
+			lastLine = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+		next, err := c.RebalanceStatus(ctx)
+		if err != nil {
+			return clusterErr(c, err)
+		}
+		st = next
+	}
+	if tty && !asJSON {
+		fmt.Fprint(out, "\r\033[K")
+	}
+	if asJSON {
+		if err := printJSONOf(out, st); err != nil {
+			return err
+		}
+	} else {
+		printRebalanceStatus(out, st)
+	}
+	if st.State != "done" {
+		return quietExit(exitOther)
+	}
+	return nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"shoal/internal/discovery"
 	"shoal/internal/meta"
+	"shoal/internal/rebalance"
 )
 
 // Cluster holds the cluster membership and metadata settings (embedded in
@@ -50,6 +51,13 @@ type Cluster struct {
 	// AutoFailover turns a new cluster's automatic failover on (a cluster
 	// setting, changed later with shoal failover settings).
 	AutoFailover bool `toml:"auto_failover"`
+	// RebalanceMoves is how many vBuckets a rebalance this node runs (as
+	// the metadata leader) moves at once; RebalanceRate bounds the bytes
+	// per second its copies receive (0: unlimited). AutoRebalance starts a
+	// rebalance when a node joins.
+	RebalanceMoves int  `toml:"rebalance_moves"`
+	RebalanceRate  Size `toml:"rebalance_rate"`
+	AutoRebalance  bool `toml:"auto_rebalance"`
 	// Raft timeouts of the metadata group (LAN values by default).
 	RaftHeartbeatTimeout   Duration `toml:"raft_heartbeat_timeout"`
 	RaftElectionTimeout    Duration `toml:"raft_election_timeout"`
@@ -106,6 +114,7 @@ func defaultCluster() Cluster {
 		PeerUser:               "node",
 		FailoverTimeout:        Duration(meta.DefaultFailoverTimeout),
 		AutoFailover:           true,
+		RebalanceMoves:         rebalance.DefaultMaxMoves,
 		RaftHeartbeatTimeout:   Duration(meta.DefaultHeartbeatTimeout),
 		RaftElectionTimeout:    Duration(meta.DefaultElectionTimeout),
 		RaftLeaderLeaseTimeout: Duration(meta.DefaultLeaderLeaseTimeout),
@@ -133,6 +142,9 @@ func bindCluster(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.TLSCA, "tls-ca", c.TLSCA, "CA certificate (PEM) that signs the peers' TLS certificates (default: this node's own)")
 	fs.Var(&c.FailoverTimeout, "failover-timeout", "a new cluster's failover timeout: a node that hears no leader this long stops serving; a member unheard this long is failed over automatically when that is on (a cluster setting: shoal failover settings --timeout)")
 	fs.BoolVar(&c.AutoFailover, "auto-failover", c.AutoFailover, "a new cluster fails unreachable members over automatically (a cluster setting: shoal failover settings --enable|--disable)")
+	fs.IntVar(&c.RebalanceMoves, "rebalance-moves", c.RebalanceMoves, "how many vBuckets a rebalance moves at once (when this node runs it, as the metadata leader)")
+	fs.Var(&c.RebalanceRate, "rebalance-rate", "bytes per second a rebalance's copies may receive, e.g. 50MB (0: unlimited)")
+	fs.BoolVar(&c.AutoRebalance, "auto-rebalance", c.AutoRebalance, "start a rebalance when a node joins (when this node is the metadata leader)")
 	fs.Var(&c.RaftHeartbeatTimeout, "raft-heartbeat-timeout", "metadata group: a follower that hears no leader this long starts an election")
 	fs.Var(&c.RaftElectionTimeout, "raft-election-timeout", "metadata group: how long a candidate waits for votes")
 	fs.Var(&c.RaftLeaderLeaseTimeout, "raft-leader-lease-timeout", "metadata group: a leader that cannot reach a majority this long steps down")
@@ -175,6 +187,12 @@ func (c *Config) validateCluster() []error {
 		if _, _, err := net.SplitHostPort(c.Advertise); err != nil {
 			errs = append(errs, fmt.Errorf("advertise %q: %w", c.Advertise, err))
 		}
+	}
+	if c.RebalanceMoves < 1 || c.RebalanceMoves > 64 {
+		errs = append(errs, fmt.Errorf("rebalance-moves %d: must be 1..64", c.RebalanceMoves))
+	}
+	if c.RebalanceRate < 0 {
+		errs = append(errs, fmt.Errorf("rebalance-rate %d: must not be negative", c.RebalanceRate))
 	}
 	if c.PeerSecretFile != "" && c.PeerUser == "" {
 		errs = append(errs, fmt.Errorf("peer-secret-file needs --peer-user"))

@@ -3,17 +3,20 @@ package e2e
 import (
 	"encoding/json"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"shoal/internal/testproc"
+	"shoal/internal/vbmap"
 )
 
 // TestRebalancePlanOfAJoin: a fourth node joins three; `shoal rebalance
 // plan` (any member asked) gives it its share — a quarter of the copies
 // and of the actives, built exactly at the lower bounds — and changes
-// nothing; planned without it, nothing moves; `shoal rebalance` alone
-// says the online moves are not there yet (exit 4).
+// nothing; planned without it, nothing moves. `shoal rebalance --wait`
+// then makes those moves: the map has the plan's counts, nothing shows
+// moving, and planning again moves nothing.
 func TestRebalancePlanOfAJoin(t *testing.T) {
 	nodes, _ := startCluster(t, 3)
 	addrs := make([]string, 3)
@@ -39,6 +42,10 @@ func TestRebalancePlanOfAJoin(t *testing.T) {
 		MinBuilt  int `json:"copies_built_lower_bound"`
 		Takeovers int `json:"takeovers"`
 		MinTake   int `json:"takeovers_lower_bound"`
+		Detail    []struct {
+			VBucket  uint16
+			From, To []string
+		} `json:"detail"`
 	}
 	plan := func(addr string, args ...string) planDoc {
 		t.Helper()
@@ -70,7 +77,45 @@ func TestRebalancePlanOfAJoin(t *testing.T) {
 	if _, after := clusterMap(t, nodes[0].Addr); after.Revision != before.Revision {
 		t.Fatalf("a plan changed the map: revision %d -> %d", before.Revision, after.Revision)
 	}
-	if r := testproc.CLI(t, nodes[0].Addr, "", "rebalance"); r.Code != 4 {
-		t.Fatalf("shoal rebalance: %+v, want exit 4", r)
+	r := testproc.CLI(t, nodes[0].Addr, "", "rebalance", "--wait")
+	if r.Code != 0 || !strings.Contains(r.Stdout, "rebalance done") {
+		t.Fatalf("shoal rebalance --wait: %+v", r)
+	}
+	t.Logf("shoal rebalance --wait: %s", strings.TrimSpace(r.Stdout))
+	var st struct {
+		State     string `json:"state"`
+		Done      int    `json:"done"`
+		Total     int    `json:"total"`
+		MapMoving int    `json:"map_moving"`
+		Revision  uint64 `json:"revision"`
+	}
+	r = testproc.CLI(t, fourth.Addr, "", "rebalance", "--status", "--json")
+	if err := json.Unmarshal([]byte(r.Stdout), &st); err != nil || st.State != "done" || st.Done != d.Moves || st.Total != d.Moves || st.MapMoving != 0 {
+		t.Fatalf("rebalance --status --json: %v %+v\n%s", err, st, r.Stdout)
+	}
+	// The node asked may apply the last commits a moment after the
+	// leader: its map is read until it has the run's last revision.
+	var after *vbmap.Map
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if _, after = clusterMap(t, nodes[0].Addr); after.Revision >= st.Revision || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	counts := map[string][2]int{}
+	for _, v := range after.VBuckets {
+		for i, id := range v.Chain {
+			c := counts[id]
+			c[min(i, 1)]++
+			counts[id] = c
+		}
+	}
+	for _, n := range d.Nodes {
+		if got := counts[n.ID]; got != [2]int{n.After.Active, n.After.Replica} {
+			t.Errorf("node %s after the rebalance: %v active/replica, the plan said %+v", n.ID, got, n.After)
+		}
+	}
+	if again := plan(nodes[2].Addr); again.Moves != 0 {
+		t.Fatalf("planned after the rebalance: %d moves", again.Moves)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"shoal/internal/engine"
+	"shoal/internal/vbmap"
 )
 
 // Op names a command of the FSM.
@@ -40,6 +41,10 @@ const (
 	// OpRecover makes a failed NodeID active again with Chains as the map
 	// (it may be a replica in them), if the map is still at ExpectRevision.
 	OpRecover Op = "recover"
+	// OpMoves applies a rebalance's edits of some vBuckets (pending
+	// copies, freezes, new chains; vbmap.Map.Edit) if the map is still at
+	// ExpectRevision and every node they name is an active member.
+	OpMoves Op = "moves"
 	// OpFailoverReset sets the count of automatic failovers to 0 (shoal
 	// failover reset-count).
 	OpFailoverReset Op = "failover-reset"
@@ -65,8 +70,11 @@ type Command struct {
 	State  NodeState `json:"state,omitempty"`
 	Voter  bool      `json:"voter,omitempty"`
 	// OpMap, OpFailover, OpRecover.
-	Chains         [][]string `json:"chains,omitempty"`
-	ExpectRevision uint64     `json:"expect_revision,omitempty"`
+	Chains [][]string `json:"chains,omitempty"`
+	// OpMap, OpFailover, OpRecover, OpMoves.
+	ExpectRevision uint64 `json:"expect_revision,omitempty"`
+	// OpMoves.
+	Edits []vbmap.Edit `json:"edits,omitempty"`
 	// OpFailover: decided by the automatic failover (it counts towards
 	// the settings' MaxFailovers).
 	Auto bool `json:"auto,omitempty"`

@@ -97,6 +97,8 @@ func (s *State) apply(idx uint64, c *Command) error {
 		return nil
 	case OpFailover, OpRecover:
 		return s.failover(idx, c)
+	case OpMoves:
+		return s.moves(idx, c)
 	case OpChannelCreate:
 		if !engine.ValidChannelString(c.Channel) || c.Kind.String() == "unknown" {
 			return badCommand("channel %q of kind %d", c.Channel, c.Kind)
@@ -166,6 +168,33 @@ func (s *State) failover(idx uint64, c *Command) error {
 	if c.Op == OpFailover && c.Auto {
 		s.Failovers++
 	}
+	return nil
+}
+
+// moves applies OpMoves: the edits must name only active members, the
+// map must still be the one they were made from.
+func (s *State) moves(idx uint64, c *Command) error {
+	if c.ExpectRevision != s.Map.Revision {
+		return fmt.Errorf("%w: revision %d, the moves were made at %d", ErrStaleMap, s.Map.Revision, c.ExpectRevision)
+	}
+	if len(c.Edits) == 0 || len(c.Edits) > s.VBuckets {
+		return badCommand("moves with %d edits for %d vbuckets", len(c.Edits), s.VBuckets)
+	}
+	for _, e := range c.Edits {
+		for _, id := range slices.Concat(e.Chain, e.Pending) {
+			if m, ok := s.Node(id); ok && m.State != Active {
+				return fmt.Errorf("%w: vbucket %d would go to %s, which is %s", ErrStaleMap, e.VBucket, id, m.State)
+			}
+		}
+	}
+	m, err := s.Map.Edit(idx, c.Edits)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrBadCommand, err)
+	}
+	if err := m.Validate(func(id string) bool { _, ok := s.Node(id); return ok }); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadCommand, err)
+	}
+	s.Map = m
 	return nil
 }
 

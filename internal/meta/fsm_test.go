@@ -3,6 +3,7 @@ package meta
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -244,5 +245,79 @@ func TestApplyFailoverAndRecover(t *testing.T) {
 	}
 	if a, _ := c.st.Node("a"); a.State != Active {
 		t.Fatalf("after recover: %+v", a)
+	}
+}
+
+// TestApplyMoves: a rebalance's edits apply to the vBuckets they name,
+// only on the map they were made from and only onto active members; the
+// state with moves encodes and decodes.
+func TestApplyMoves(t *testing.T) {
+	c := newCluster(t, 3, "a", "b", "c")
+	apply := func(cmd *Command) error {
+		t.Helper()
+		c.idx++
+		next, err := c.st.Apply(c.idx, cmd)
+		c.st = next
+		return err
+	}
+	m := c.st.Map
+	chain := m.VBuckets[0].Chain
+	other := ""
+	for _, id := range []string{"a", "b", "c"} {
+		if !slices.Contains(chain, id) {
+			other = id
+		}
+	}
+	if other == "" {
+		t.Fatalf("vbucket 0's chain %v holds every node", chain)
+	}
+	build := []vbmap.Edit{{VBucket: 0, Pending: []string{other}}}
+	for _, tc := range []struct {
+		cmd  *Command
+		want error
+	}{
+		{&Command{Op: OpMoves, ExpectRevision: m.Revision + 1, Edits: build}, ErrStaleMap},
+		{&Command{Op: OpMoves, ExpectRevision: m.Revision}, ErrBadCommand},
+		{&Command{Op: OpMoves, ExpectRevision: m.Revision, Edits: []vbmap.Edit{{VBucket: 0, Pending: []string{"zz"}}}}, ErrBadCommand},
+		{&Command{Op: OpMoves, ExpectRevision: m.Revision, Edits: []vbmap.Edit{{VBucket: 0, Pending: []string{chain[0]}}}}, ErrBadCommand},
+		{&Command{Op: OpMoves, ExpectRevision: m.Revision, Edits: []vbmap.Edit{{VBucket: 9999}}}, ErrBadCommand},
+	} {
+		if err := apply(tc.cmd); !errors.Is(err, tc.want) {
+			t.Errorf("%+v: %v, want %v", tc.cmd.Edits, err, tc.want)
+		}
+	}
+	if c.st.Map != m {
+		t.Fatal("a refused command changed the map")
+	}
+	if err := apply(&Command{Op: OpMoves, ExpectRevision: m.Revision, Edits: build}); err != nil {
+		t.Fatal(err)
+	}
+	if s := c.st.Map.StateOf(other, 0); s != vbmap.Pending || c.st.Map.Revision != c.idx {
+		t.Fatalf("after the build: %s at revision %d", s, c.st.Map.Revision)
+	}
+	b, err := EncodeState(c.st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := DecodeState(b); err != nil || got.Map.StateOf(other, 0) != vbmap.Pending {
+		t.Fatalf("a state with moves: %v", err)
+	}
+	// The takeover: the pending copy becomes the active, the epoch rises.
+	epoch := c.st.Map.VBuckets[0].Epoch
+	take := []vbmap.Edit{{VBucket: 0, Chain: []string{other, chain[0]}}}
+	if err := apply(&Command{Op: OpNodeState, NodeID: other, State: Failed}); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(&Command{Op: OpMoves, ExpectRevision: c.st.Map.Revision, Edits: take}); !errors.Is(err, ErrStaleMap) {
+		t.Fatalf("moves onto a failed node: %v", err)
+	}
+	if err := apply(&Command{Op: OpNodeState, NodeID: other, State: Active}); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(&Command{Op: OpMoves, ExpectRevision: c.st.Map.Revision, Edits: take}); err != nil {
+		t.Fatal(err)
+	}
+	if v := c.st.Map.VBuckets[0]; v.Active() != other || v.Epoch != epoch+1 || v.Moving() {
+		t.Fatalf("after the takeover: %+v", v)
 	}
 }

@@ -115,6 +115,7 @@ func (n *Node) autoFailoverLoop(ctx context.Context) {
 		case <-time.After(tickOf(timeout)):
 		}
 		n.autoTick(ctx, time.Now(), timeout)
+		n.clearLeftMoves(ctx)
 	}
 }
 
@@ -181,7 +182,7 @@ func (n *Node) autoTick(ctx context.Context, now time.Time, timeout time.Duratio
 	a.reports[n.cfg.NodeID] = failover.Report{View: view, At: a.tick}
 	d := a.decider.Step(failover.Input{
 		Tick: a.tick, Self: n.cfg.NodeID, Members: members, Voters: voters,
-		Reports: a.reports, Count: st.Failovers, Map: st.Map,
+		Reports: a.reports, Count: st.Failovers, Map: st.Map, Rebalancing: n.rebalancing(),
 	})
 	if d.Phase == failover.PhaseHalfDown {
 		a.downAt = now
@@ -283,33 +284,8 @@ func (a *autoFailover) record(ev FailoverEvent) {
 // (heartbeats, replication frames) for window, and its readiness.
 func (n *Node) autoView(now time.Time, members []string, window time.Duration) failover.View {
 	var v failover.View
-	n.auto.mu.Lock()
-	if n.auto.seen == nil {
-		n.auto.seen = map[string]time.Time{}
-	}
-	heard := make(map[string]time.Time, len(members))
-	for _, m := range members {
-		if _, ok := n.auto.seen[m]; !ok {
-			n.auto.seen[m] = now
-		}
-		heard[m] = n.auto.heard[m]
-		if heard[m].IsZero() {
-			heard[m] = n.auto.seen[m]
-		}
-	}
-	n.auto.mu.Unlock()
-	for _, m := range members {
-		if m == n.cfg.NodeID {
-			continue
-		}
-		last := heard[m]
-		if s := n.rep.spy.LastHeard(m); s.After(last) {
-			last = s
-		}
-		if now.Sub(last) > window {
-			v.Inactive = append(v.Inactive, m)
-		}
-	}
+	heard := n.heardTimes(now, members)
+	v.Inactive = n.silentMembers(now, heard, window)
 	var failed []string
 	for _, c := range n.readiness(now) {
 		if !c.OK {
@@ -326,6 +302,47 @@ func (n *Node) autoView(now time.Time, members []string, window time.Duration) f
 		v.NotReady, v.Why = true, strings.Join(failed, "; ")
 	}
 	return v
+}
+
+// heardTimes returns, per member, when it was last heard by heartbeat
+// (when this node first counted it, for a member never heard).
+func (n *Node) heardTimes(now time.Time, members []string) map[string]time.Time {
+	n.auto.mu.Lock()
+	defer n.auto.mu.Unlock()
+	if n.auto.seen == nil {
+		n.auto.seen = map[string]time.Time{}
+	}
+	heard := make(map[string]time.Time, len(members))
+	for _, m := range members {
+		if _, ok := n.auto.seen[m]; !ok {
+			n.auto.seen[m] = now
+		}
+		heard[m] = n.auto.heard[m]
+		if heard[m].IsZero() {
+			heard[m] = n.auto.seen[m]
+		}
+	}
+	return heard
+}
+
+// silentMembers returns the members of heard (but this node) heard from
+// neither by heartbeat (heard) nor by replication frames for window,
+// sorted.
+func (n *Node) silentMembers(now time.Time, heard map[string]time.Time, window time.Duration) []string {
+	var out []string
+	for m, last := range heard {
+		if m == n.cfg.NodeID {
+			continue
+		}
+		if s := n.rep.spy.LastHeard(m); s.After(last) {
+			last = s
+		}
+		if now.Sub(last) > window {
+			out = append(out, m)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // heard records that member id was heard now (a heartbeat received or

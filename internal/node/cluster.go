@@ -173,6 +173,8 @@ func (n *Node) setupCluster() error {
 	})
 	n.srv.HandleCluster(clusterAdmin{n})
 	n.srv.HandleFailover(failoverAdmin{n})
+	n.srv.HandleRebalance(n.rebalanceRequest)
+	n.srv.HandlePeer(wire.OpMoveStatus, maxMoveStatusBody, n.moveStatus)
 	n.stats.Add(stats.SourceFunc(n.reportCluster))
 	if !c.meta.HasState() && !n.joins() && n.cfg.BootstrapExpect <= 1 {
 		self := meta.Peer{ID: n.cfg.NodeID, Addr: c.addr, HTTP: addrString(n.HTTPAddr()), Zone: n.cfg.Zone, Expect: 1}

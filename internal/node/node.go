@@ -68,6 +68,7 @@ type Node struct {
 	logStore  *logstore.Store // the log engine (log.go)
 	dumps     dumper          // the kv dumps (dump.go)
 	auto      autoFailover    // heartbeats and the automatic failover (autofailover.go)
+	rb        rebalancer      // the rebalance this node runs as the leader (rebalance.go)
 	hist      histograms      // of /metrics (observe.go)
 	events    eventLog        // recent failovers and refusals, for the console (observe.go)
 

@@ -16,6 +16,7 @@ import (
 	"shoal/internal/catalog"
 	"shoal/internal/engine"
 	"shoal/internal/liveness"
+	"shoal/internal/meta"
 	"shoal/internal/repl"
 	"shoal/internal/server"
 	"shoal/internal/stats"
@@ -56,6 +57,11 @@ type replication struct {
 	// when it becomes active for a vBucket, the copies left there go.
 	removedMu sync.Mutex
 	removed   map[string]engine.Kind
+
+	// handedOverVBs are the vBuckets the map being applied takes from
+	// this node as their active by a rebalance's takeover (frozen in the
+	// map before): their copies here are complete (handedOver).
+	handedOverVBs atomic.Pointer[map[uint16]bool]
 
 	mu      sync.Mutex
 	feeds   map[string]*feed // by producer node id
@@ -145,7 +151,7 @@ func (n *Node) newFeedReplicator(b repl.Bucket, addr string, vbs []uint16, o rep
 	return repl.New(repl.Config{
 		Name: n.cfg.NodeID, Addr: addr, Bucket: b.Name, Engine: eng, Logs: b.Logs, VBuckets: vbs, Standby: rp.standby,
 		Options: o, Dial: rp.peers.dialConn, Handshake: repl.Handshake(n.cfg.NodeID, rp.user, rp.secret, n.cfg.VBuckets),
-		Spy: rp.spy, ApplyHook: rp.applyHook, Logger: n.replLogger(),
+		Spy: rp.spy, ApplyHook: rp.applyHook, Complete: rp.handedOver, Logger: n.replLogger(),
 	})
 }
 
@@ -172,13 +178,13 @@ func (c cataloged) Apply(m *engine.Mutation) error {
 }
 
 // replicaFeeds returns, per producer node, the vBuckets t makes this node
-// a replica of, sorted, with the producer's address. A vBucket whose
+// a replica or a pending copy of, sorted, with the producer's address. A vBucket whose
 // active is unknown or has no address is fed by nobody.
 func replicaFeeds(t *vbmap.Table) map[string]*feed {
 	out := map[string]*feed{}
 	m := t.Map()
 	for vb := range m.Len() {
-		if t.State(uint16(vb)) != vbmap.Replica {
+		if s := t.State(uint16(vb)); s != vbmap.Replica && s != vbmap.Pending {
 			continue
 		}
 		active := m.Active(uint16(vb))
@@ -269,6 +275,92 @@ func (rp *replication) reconcile(t *vbmap.Table, start bool) error {
 		rp.feeds[id] = w
 	}
 	return nil
+}
+
+// handedOver reports whether this node just handed vb over to a new
+// active by a takeover (repl.Config.Complete).
+func (rp *replication) handedOver(vb uint16) bool {
+	p := rp.handedOverVBs.Load()
+	return p != nil && (*p)[vb]
+}
+
+// dropsCopies reports whether the node drops the copies of the vBuckets
+// its map gives it no part in: only a cluster member in state active. A
+// failed-over node keeps them for its recovery (delta, from its failover
+// logs), a standby or a lone server holds no map of its own.
+func (n *Node) dropsCopies() bool {
+	if n.cluster == nil || n.cluster.meta == nil || !n.inCluster() { // a restart's first map: the group is not open yet
+		return false
+	}
+	self, ok := n.cluster.known().Node(n.cfg.NodeID)
+	return ok && self.State == meta.Active
+}
+
+// dropDelay is how long after applying a map a node waits before it
+// drops the copies that map no longer gives it: the other nodes apply
+// the map in their own time, and a node that has not yet may still
+// stream from this copy — the new active of a takeover that has not
+// applied the commit would roll back with it.
+const dropDelay = 2 * time.Second
+
+// scheduleDrops drops, dropDelay from now, the copies the map the node
+// then serves by gives it no part in (dropLeft). One drop is pending at
+// a time; it reads the map when it runs. routing.mu is held.
+func (n *Node) scheduleDrops() {
+	if n.routing.dropping {
+		return
+	}
+	n.routing.dropping = true
+	time.AfterFunc(dropDelay, func() {
+		n.routing.mu.Lock()
+		defer n.routing.mu.Unlock()
+		n.routing.dropping = false
+		if n.rep.ctx.Err() != nil || n.routing.table == nil || !n.dropsCopies() {
+			return
+		}
+		n.dropLeft(n.routing.table.Map())
+	})
+}
+
+// dropLeft drops, in every engine, the records of the vBuckets m gives
+// this node no part in (a rebalance moved them away, the replica count
+// fell) and resets their failover logs: a vBucket built here again later
+// starts from nothing. A vBucket without any copy in m is left alone
+// (what this node holds of it may be all there is), as are the vBuckets
+// it holds nothing of (the usual case: nothing is done for them).
+func (n *Node) dropLeft(m *vbmap.Map) {
+	rp := n.rep
+	var dropped []uint16
+	for vb := range uint16(m.Len()) {
+		v := &m.VBuckets[vb]
+		if len(v.Chain) == 0 || m.StateOf(n.cfg.NodeID, vb) != vbmap.Dead {
+			continue
+		}
+		held := false
+		for _, b := range rp.buckets {
+			held = held || b.Engine.HighSeqno(vb) > 0
+		}
+		if !held {
+			continue
+		}
+		for _, b := range rp.buckets {
+			if err := b.Engine.DropVBucket(vb); err != nil {
+				n.log.Error("cannot drop a vbucket this node no longer holds", "vbucket", vb, "bucket", b.Name, "err", err)
+				continue
+			}
+			b.Logs.Reset(vb)
+		}
+		dropped = append(dropped, vb)
+	}
+	if len(dropped) == 0 {
+		return
+	}
+	for _, b := range rp.buckets {
+		if err := b.Logs.Save(); err != nil {
+			n.log.Error("cannot save the failover logs after dropping vbuckets", "bucket", b.Name, "err", err)
+		}
+	}
+	n.log.Info("dropped the copies of vbuckets the map no longer gives this node", "revision", m.Revision, "vbuckets", len(dropped))
 }
 
 // rememberRemoved records that the cluster removed channel name.

@@ -38,18 +38,23 @@ type routing struct {
 	peerFenced map[uint16]bool
 	peerRev    uint64
 	peerAsking atomic.Bool // a peer's map is being fetched
+	dropping   bool        // a drop of the copies left is scheduled (scheduleDrops), under mu
+	// appliedAt is when the node last published the table of a new map
+	// (unix nanoseconds): a takeover's freeze holds from freezeGrace after.
+	appliedAt atomic.Int64
 }
 
 // publish makes t the server's routing table, without its active
-// vBuckets while the node is fenced. routing.mu is held.
+// vBuckets while the node is fenced, and without those a takeover froze.
+// routing.mu is held.
 func (n *Node) publish(t *vbmap.Table) {
 	if t == nil && n.routing.fenced { // before any map: a lone server's view, fenced
 		t = vbmap.NewTable(n.cfg.NodeID, vbmap.Solo(n.cfg.NodeID, n.cfg.VBuckets), nil)
 	}
-	if t != nil && (n.routing.fenced || len(n.routing.peerFenced) > 0) {
-		all, some := n.routing.fenced, n.routing.peerFenced
+	if t != nil && (n.routing.fenced || len(n.routing.peerFenced) > 0 || t.Map().Moving() > 0) {
+		all, some, vbs := n.routing.fenced, n.routing.peerFenced, t.Map().VBuckets
 		t = t.Override(func(vb uint16, s vbmap.State) vbmap.State {
-			if s == vbmap.Active && (all || some[vb]) {
+			if s == vbmap.Active && (all || some[vb] || vbs[vb].Frozen) {
 				return vbmap.Dead
 			}
 			return s
@@ -105,9 +110,12 @@ func (n *Node) servedTable() *vbmap.Table { return n.routing.served.Load() }
 //     engine's failover logs (all or nothing: on failure the node goes
 //     back to the previous map and the error is returned);
 //  4. every engine's vBucket states;
-//  5. the routing table of m: the server answers by it;
-//  6. the feeds of its new replica vBuckets start: new feeds, and new
-//     vBuckets requested on the running sessions of the others.
+//  5. the routing table of m: the server answers by it (without the
+//     vBuckets a takeover froze: their engines are Dead meanwhile);
+//  6. the copies of vBuckets m gives the node no part in are dropped a
+//     moment later (scheduleDrops), when the node is an active member;
+//  7. the feeds of its new replica and pending vBuckets start: new feeds,
+//     and new vBuckets requested on the running sessions of the others.
 func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 	n.routing.mu.Lock()
 	defer n.routing.mu.Unlock()
@@ -124,6 +132,7 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 	next := vbmap.NewTable(n.cfg.NodeID, m, addrs)
 	var promoted []uint16
 	demoting := false
+	handedOver := map[uint16]bool{}
 	for vb := range uint16(m.Len()) {
 		was, now := stateOf(vb), next.State(vb)
 		switch {
@@ -131,8 +140,13 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 			promoted = append(promoted, vb)
 		case was == vbmap.Active && now != vbmap.Active:
 			demoting = true
+			if now == vbmap.Replica && old != nil && old.Map().VBuckets[vb].Frozen {
+				handedOver[vb] = true
+			}
 		}
 	}
+	n.rep.handedOverVBs.Store(&handedOver)
+	defer n.rep.handedOverVBs.Store(nil)
 	if demoting {
 		isPromoted := make(map[uint16]bool, len(promoted))
 		for _, vb := range promoted {
@@ -155,7 +169,11 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 	}
 	for _, b := range n.rep.buckets {
 		for vb := range uint16(m.Len()) {
-			if s := next.State(vb); b.Engine.State(vb) != s {
+			s := next.State(vb)
+			if s == vbmap.Active && m.VBuckets[vb].Frozen {
+				s = vbmap.Dead // no pop, no round-robin write, no expiry while it drains
+			}
+			if b.Engine.State(vb) != s {
 				if err := b.Engine.SetState(vb, s); err != nil {
 					panic(fmt.Sprintf("node: %s engine refused a state of its own range: %v", b.Name, err))
 				}
@@ -166,10 +184,12 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 		n.routing.peerFenced = nil // this map is at least as new as the peer's that fenced them
 	}
 	n.publish(next)
+	n.routing.appliedAt.Store(time.Now().UnixNano())
 	n.routing.table = next
 	if len(promoted) > 0 {
 		n.removeLeftovers()
 	}
+	n.scheduleDrops()
 	if err := n.rep.reconcile(next, true); err != nil {
 		return fmt.Errorf("map revision %d applied, but replication did not start: %w", m.Revision, err)
 	}

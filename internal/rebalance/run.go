@@ -615,3 +615,43 @@ func (r *Run) Progress() Progress {
 	}
 	return p
 }
+
+// Phase names where a move under way is (InFlight).
+type Phase string
+
+// The phases of a move under way.
+const (
+	PhaseBuilding   Phase = "building"   // its new copies are streamed
+	PhaseFreezing   Phase = "freezing"   // Freeze sent to the old active
+	PhaseDraining   Phase = "draining"   // the old active is frozen
+	PhaseCommitting Phase = "committing" // its chain was proposed
+)
+
+// InFlight is one move under way and its phase.
+type InFlight struct {
+	Move
+	Phase Phase
+}
+
+// InFlight returns the moves under way, in the order they started: the
+// node observes their copies (ObsProgress, ObsFrozen, ObsDrained).
+func (r *Run) InFlight() []InFlight {
+	var out []InFlight
+	for _, m := range r.moves[:r.next] {
+		var ph Phase
+		switch m.phase {
+		case building:
+			ph = PhaseBuilding
+		case freezing:
+			ph = PhaseFreezing
+		case draining:
+			ph = PhaseDraining
+		case committing:
+			ph = PhaseCommitting
+		default:
+			continue
+		}
+		out = append(out, InFlight{Move: m.Move, Phase: ph})
+	}
+	return out
+}

@@ -274,8 +274,9 @@ func (p *Producer) accept(b Bucket) func(stream.ConsumerInfo, stream.Request) ([
 var ErrNotInChain = errors.New("repl: not in the vbucket's chain")
 
 // CheckChain returns nil when a producer whose view of the map is t may
-// stream vb to consumer c: it is vb's active, and c is in vb's chain or a
-// standby. Consumers retry refused requests; the answer names the map
+// stream vb to consumer c: it is vb's active (frozen by a takeover or
+// not: the takeover drains through these streams), and c is in vb's
+// chain, a pending copy of it, or a standby. Consumers retry refused requests; the answer names the map
 // revision, so a consumer whose map is older can tell.
 func CheckChain(t *vbmap.Table, c stream.ConsumerInfo, vb uint16) error {
 	if t == nil {
@@ -286,11 +287,11 @@ func CheckChain(t *vbmap.Table, c stream.ConsumerInfo, vb uint16) error {
 		return fmt.Errorf("%w: no vbucket %d", ErrNotInChain, vb)
 	}
 	v := m.VBuckets[vb]
-	if t.State(vb) != vbmap.Active {
+	if t.State(vb) != vbmap.Active && !(v.Frozen && v.Active() == t.Self()) {
 		return fmt.Errorf("%w: node %s is not the active of vbucket %d (map revision %d, epoch %d: active %q)",
 			ErrNotInChain, t.Self(), vb, m.Revision, v.Epoch, v.Active())
 	}
-	if c.Features&stream.FeatureStandby != 0 || slices.Contains(v.Chain[1:], c.Name) {
+	if c.Features&stream.FeatureStandby != 0 || slices.Contains(v.Chain[1:], c.Name) || slices.Contains(v.Pending, c.Name) {
 		return nil
 	}
 	return fmt.Errorf("%w: consumer %s is not in the chain %v of vbucket %d (map revision %d, epoch %d)",
@@ -389,4 +390,58 @@ func openBucket(body []byte) string {
 		return ""
 	}
 	return string(b)
+}
+
+// Copy is what a producer knows of one consumer's copy of a vBucket:
+// per bucket (in the producer's order) the highest seqno it applied, and
+// the bytes streamed to it by the open streams.
+type Copy struct {
+	Applied []uint64 `json:"applied"`
+	Bytes   int64    `json:"bytes"`
+	// Streaming: every bucket has a stream of the vBucket open to it.
+	Streaming bool `json:"streaming"`
+}
+
+// Copies returns, for each vBucket of want, what the producer knows of
+// the copies of the consumers want names (a rebalance's progress and
+// drain). A consumer without an open stream of a bucket counts as having
+// applied nothing of it.
+func (p *Producer) Copies(want map[uint16][]string) map[uint16]map[string]*Copy {
+	out := make(map[uint16]map[string]*Copy, len(want))
+	streams := make(map[uint16]map[string]int, len(want))
+	for vb, names := range want {
+		out[vb] = make(map[string]*Copy, len(names))
+		streams[vb] = map[string]int{}
+		for _, n := range names {
+			out[vb][n] = &Copy{Applied: make([]uint64, len(p.buckets))}
+		}
+	}
+	for bi, b := range p.buckets {
+		for _, cs := range p.byName[b.Name].Status() {
+			for _, s := range cs.Streams {
+				c := out[s.VBucket][cs.Consumer]
+				if c == nil || s.Ended {
+					continue
+				}
+				c.Applied[bi] = max(c.Applied[bi], s.Applied, s.Acked)
+				c.Bytes += s.Bytes
+				streams[s.VBucket][cs.Consumer]++
+			}
+		}
+	}
+	for vb, cs := range out {
+		for n, c := range cs {
+			c.Streaming = streams[vb][n] >= len(p.buckets)
+		}
+	}
+	return out
+}
+
+// Buckets returns the names of the producer's buckets, in its order.
+func (p *Producer) Buckets() []string {
+	out := make([]string, len(p.buckets))
+	for i, b := range p.buckets {
+		out[i] = b.Name
+	}
+	return out
 }

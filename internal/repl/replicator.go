@@ -110,6 +110,12 @@ type Config struct {
 	// ApplyHook, if set, runs before each mutation is applied; an error
 	// fails the apply (ApplyFailpoint; tests).
 	ApplyHook func(*engine.Mutation) error
+	// Complete, if set, reports the vBuckets whose copy here is complete
+	// up to the engine's high seqno (it was their active until a
+	// rebalance's takeover drained it to the new one): an unordered
+	// engine's such vBucket resumes from its seqno instead of being
+	// copied again from 0.
+	Complete func(vb uint16) bool
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -259,13 +265,14 @@ func checkVBuckets(vbs []uint16) ([]uint16, error) {
 
 // addState returns vbs with a fresh state for vb, which starts from the
 // engine's high seqno. The queue engine's snapshots do not come in seqno
-// order, so a queue vBucket holding data is copied again from 0.
+// order, so a queue vBucket holding data is copied again from 0, unless
+// Config.Complete says it holds no partial snapshot.
 func (r *Replicator) addState(vbs []*vbState, vb uint16) []*vbState {
 	if int(vb) >= len(vbs) {
 		vbs = append(vbs, make([]*vbState, int(vb)+1-len(vbs))...)
 	}
 	st := &vbState{seqno: r.cfg.Engine.HighSeqno(vb)}
-	st.resync = !r.ordered && st.seqno > 0
+	st.resync = !r.ordered && st.seqno > 0 && (r.cfg.Complete == nil || !r.cfg.Complete(vb))
 	vbs[vb] = st
 	return vbs
 }

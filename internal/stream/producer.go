@@ -352,7 +352,7 @@ func (pc *pconn) status() ConnStatus {
 	send.mu.Lock()
 	st.UnackedBytes = send.out
 	for _, p := range send.track.streams {
-		st.Streams = append(st.Streams, StreamStatus{VBucket: p.vb, Sent: p.sent, Acked: p.acked, UnackedBytes: p.unacked, Ended: p.ended,
+		st.Streams = append(st.Streams, StreamStatus{VBucket: p.vb, Sent: p.sent, Acked: p.acked, UnackedBytes: p.unacked, Bytes: p.bytes, Ended: p.ended,
 			Applied: p.applied, Persisted: p.persisted})
 	}
 	send.mu.Unlock()

@@ -13,6 +13,7 @@ type progress struct {
 	sent    uint64 // the highest mutation seqno queued
 	acked   uint64 // the highest mutation seqno in a packet the consumer acknowledged
 	unacked int64  // bytes of its messages queued or sent and not acknowledged
+	bytes   int64  // bytes of every message of the stream queued
 
 	announcedHigh, announcedBehind uint64 // the last seqno message
 	announced                      bool
@@ -69,6 +70,7 @@ func (t *tracker) end(p *progress) {
 // being filled.
 func (t *tracker) note(p *progress, seqno uint64, n int) {
 	p.unacked += int64(n)
+	p.bytes += int64(n)
 	if seqno > p.sent {
 		p.sent = seqno
 	}
@@ -122,6 +124,9 @@ type StreamStatus struct {
 	// UnackedBytes are the bytes of the stream's messages queued or sent
 	// and not acknowledged yet.
 	UnackedBytes int64
+	// Bytes are the bytes of every message of the stream queued so far
+	// (a rebalance's progress).
+	Bytes int64
 	// Ended: the stream's end is queued; it is listed until its last
 	// bytes are acknowledged.
 	Ended bool

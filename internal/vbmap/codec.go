@@ -7,8 +7,12 @@ import (
 	"slices"
 )
 
-// mapVersion is the version byte of AppendMap's layout.
-const mapVersion = 1
+// The version bytes of AppendMap's layouts: 1 for a map without moves,
+// 2 when some vBucket has pending copies or a freeze.
+const (
+	mapVersion      = 1
+	mapVersionMoves = 2
+)
 
 // ErrCorrupt is wrapped by DecodeMap's errors.
 var ErrCorrupt = errors.New("vbmap: corrupt map encoding")
@@ -52,10 +56,22 @@ func encodable(m *Map) ([]string, error) {
 //	N ×  str8 node id
 //	V ×  { u64 epoch; u8 chain length L (0..1+replicas); L × u16 node index (< N) }
 //
-// The node table holds exactly the nodes that appear in some chain,
+// While a rebalance moves vBuckets (some vBucket has pending copies or a
+// freeze) the version is 2, N is at most V*2*(1+replicas), and each
+// vBucket's entry is
+//
+//	{ u64 epoch; u8 flags (bit 0: frozen; the others 0); u8 chain length L;
+//	  L × u16 node index; u8 pending count P (0..1+replicas); P × u16 node index }
+//
+// A version-2 map is never sent to a reader that does not know it: a map
+// has moves only during a rebalance, which every node of a cluster runs
+// the same version for.
+//
+// The node table holds exactly the nodes that appear in some chain or
+// pending list,
 // sorted by their bytes, each once; a chain names its nodes by their
-// index in that table, active first, each at most once; an epoch is 0
-// only for an empty chain. So a map has one encoding, which DecodeMap
+// index in that table, active first, each at most once (in the chain and
+// the pending list together); an epoch is 0 only for an empty chain. So a map has one encoding, which DecodeMap
 // reads back.
 //
 // m must be encodable (CheckEncodable); AppendMap panics otherwise.
@@ -68,7 +84,12 @@ func AppendMap(b []byte, m *Map) []byte {
 	for i, id := range nodes {
 		index[id] = uint16(i)
 	}
-	b = append(b, mapVersion)
+	moves := m.Moving() > 0
+	if moves {
+		b = append(b, mapVersionMoves)
+	} else {
+		b = append(b, mapVersion)
+	}
 	b = binary.LittleEndian.AppendUint64(b, m.Revision)
 	b = append(b, uint8(m.Replicas))
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(m.VBuckets)))
@@ -79,13 +100,29 @@ func AppendMap(b []byte, m *Map) []byte {
 	}
 	for _, v := range m.VBuckets {
 		b = binary.LittleEndian.AppendUint64(b, v.Epoch)
+		if moves {
+			var flags uint8
+			if v.Frozen {
+				flags |= flagFrozen
+			}
+			b = append(b, flags)
+		}
 		b = append(b, uint8(len(v.Chain)))
 		for _, id := range v.Chain {
 			b = binary.LittleEndian.AppendUint16(b, index[id])
 		}
+		if moves {
+			b = append(b, uint8(len(v.Pending)))
+			for _, id := range v.Pending {
+				b = binary.LittleEndian.AppendUint16(b, index[id])
+			}
+		}
 	}
 	return b
 }
+
+// flagFrozen is bit 0 of a version-2 vBucket entry's flags.
+const flagFrozen = 1
 
 // DecodeMap decodes a map encoded by AppendMap at the start of b and
 // returns it with the number of bytes it took; the bytes after it are
@@ -99,8 +136,14 @@ func AppendMap(b []byte, m *Map) []byte {
 // allocates at most a small multiple of its size.
 func DecodeMap(b []byte) (*Map, int, error) {
 	d := decoder{b: b}
-	if v := d.u8("version"); d.err == nil && v != mapVersion {
-		return nil, 0, fmt.Errorf("%w: version %d (want %d)", ErrCorrupt, v, mapVersion)
+	version := d.u8("version")
+	if d.err == nil && version != mapVersion && version != mapVersionMoves {
+		return nil, 0, fmt.Errorf("%w: version %d (want %d or %d)", ErrCorrupt, version, mapVersion, mapVersionMoves)
+	}
+	moves := version == mapVersionMoves
+	lists, entry := 1, 9 // the node lists per vBucket, and the least bytes of its entry
+	if moves {
+		lists, entry = 2, 11
 	}
 	rev := d.u64("revision")
 	replicas := int(d.u8("replicas"))
@@ -114,8 +157,8 @@ func DecodeMap(b []byte) (*Map, int, error) {
 		return nil, 0, fmt.Errorf("%w: %d replicas (0..%d)", ErrCorrupt, replicas, MaxReplicas)
 	case nvb == 0:
 		return nil, 0, fmt.Errorf("%w: 0 vbuckets", ErrCorrupt)
-	case nn > nvb*(1+replicas):
-		return nil, 0, fmt.Errorf("%w: %d nodes for %d vbuckets of %d copies", ErrCorrupt, nn, nvb, 1+replicas)
+	case nn > nvb*lists*(1+replicas):
+		return nil, 0, fmt.Errorf("%w: %d nodes for %d vbuckets of %d copies", ErrCorrupt, nn, nvb, lists*(1+replicas))
 	case nn*2 > d.left():
 		return nil, 0, fmt.Errorf("%w: truncated: %d node ids in %d bytes", ErrCorrupt, nn, d.left())
 	}
@@ -134,15 +177,22 @@ func DecodeMap(b []byte) (*Map, int, error) {
 			return nil, 0, fmt.Errorf("%w: node ids %q, %q not in increasing order", ErrCorrupt, nodes[i-1], nodes[i])
 		}
 	}
-	if nvb*9 > d.left() {
+	if nvb*entry > d.left() {
 		return nil, 0, fmt.Errorf("%w: truncated: %d vbuckets in %d bytes", ErrCorrupt, nvb, d.left())
 	}
 	m := &Map{Revision: rev, Replicas: replicas, VBuckets: make([]VBucket, nvb)}
 	used := make([]bool, nn)
-	var idx [1 + MaxReplicas]uint16
+	var idx [2 * (1 + MaxReplicas)]uint16
 	for vb := range m.VBuckets {
 		v := &m.VBuckets[vb]
 		v.Epoch = d.u64("epoch")
+		if moves {
+			flags := d.u8("flags")
+			if d.err == nil && flags&^flagFrozen != 0 {
+				return nil, 0, fmt.Errorf("%w: vbucket %d has unknown flags %#x", ErrCorrupt, vb, flags)
+			}
+			v.Frozen = flags&flagFrozen != 0
+		}
 		l := int(d.u8("chain length"))
 		if d.err != nil {
 			return nil, 0, d.err
@@ -153,27 +203,36 @@ func DecodeMap(b []byte) (*Map, int, error) {
 		if l > 0 && v.Epoch == 0 {
 			return nil, 0, fmt.Errorf("%w: vbucket %d has a chain but epoch 0", ErrCorrupt, vb)
 		}
-		if l == 0 {
-			continue
+		if !d.indexes(idx[:0], l, nn, vb, nodes) {
+			return nil, 0, d.err
 		}
-		for i := range l {
-			x := d.u16("node index")
-			if d.err != nil {
+		p := 0
+		if moves {
+			p = int(d.u8("pending count"))
+			if d.err == nil && p > 1+replicas {
+				return nil, 0, fmt.Errorf("%w: vbucket %d has %d pending copies for %d replicas", ErrCorrupt, vb, p, replicas)
+			}
+			if d.err != nil || !d.indexes(idx[:l], p, nn, vb, nodes) {
 				return nil, 0, d.err
 			}
-			if int(x) >= nn {
-				return nil, 0, fmt.Errorf("%w: vbucket %d names node %d of %d", ErrCorrupt, vb, x, nn)
-			}
-			if slices.Contains(idx[:i], x) {
-				return nil, 0, fmt.Errorf("%w: vbucket %d holds node %q twice", ErrCorrupt, vb, nodes[x])
-			}
-			idx[i] = x
 		}
-		v.Chain = make([]string, l)
-		for i, x := range idx[:l] {
-			v.Chain[i] = nodes[x]
+		if l > 0 {
+			v.Chain = make([]string, l)
+		}
+		if p > 0 {
+			v.Pending = make([]string, p)
+		}
+		for i, x := range idx[:l+p] {
+			if i < l {
+				v.Chain[i] = nodes[x]
+			} else {
+				v.Pending[i-l] = nodes[x]
+			}
 			used[x] = true
 		}
+	}
+	if moves && m.Moving() == 0 {
+		return nil, 0, fmt.Errorf("%w: version %d without a pending copy or a freeze (a map without moves is version %d)", ErrCorrupt, mapVersionMoves, mapVersion)
 	}
 	if i := slices.Index(used, false); i >= 0 {
 		return nil, 0, fmt.Errorf("%w: node %q is in no chain", ErrCorrupt, nodes[i])
@@ -226,4 +285,25 @@ func (d *decoder) u64(what string) uint64 {
 		return binary.LittleEndian.Uint64(p)
 	}
 	return 0
+}
+
+// indexes reads n node indexes into have[len(have):len(have)+n] (have
+// is a prefix of a fixed array with room), checking each is below nn and
+// not already in have; false (with err set) on the first that is not.
+func (d *decoder) indexes(have []uint16, n, nn, vb int, nodes []string) bool {
+	for range n {
+		x := d.u16("node index")
+		switch {
+		case d.err != nil:
+			return false
+		case int(x) >= nn:
+			d.err = fmt.Errorf("%w: vbucket %d names node %d of %d", ErrCorrupt, vb, x, nn)
+			return false
+		case slices.Contains(have, x):
+			d.err = fmt.Errorf("%w: vbucket %d holds node %q twice", ErrCorrupt, vb, nodes[x])
+			return false
+		}
+		have = append(have, x)
+	}
+	return true
 }

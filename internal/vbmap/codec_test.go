@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -161,7 +162,7 @@ func TestDecodeMapCorrupt(t *testing.T) {
 	}{
 		{"empty", nil, "truncated"},
 		{"version 0", edit(0, 0), "version"},
-		{"version 2", edit(0, 2), "version"},
+		{"version 3", edit(0, 3), "version"},
 		{"4 replicas", edit(offReplicas, 4), "replicas"},
 		{"0 vbuckets", edit(offVBuckets, 0, 0), "0 vbuckets"},
 		{"more nodes than copies", edit(offNodes, 7, 0), "nodes for"},
@@ -202,5 +203,78 @@ func TestAppendMapUnencodable(t *testing.T) {
 	}
 	if err := CheckEncodable(placedMap(t, 8, 256)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// movingMap is a map in the middle of a rebalance: pending copies, a
+// freeze, a node (d) that is only pending.
+func movingMap() *Map {
+	return &Map{Revision: 7, Replicas: 1, VBuckets: []VBucket{
+		{Chain: []string{"a", "b"}, Epoch: 2, Pending: []string{"c"}},
+		{Chain: []string{"b", "a"}, Epoch: 3, Pending: []string{"d"}, Frozen: true},
+		{Chain: []string{"c"}, Epoch: 1},
+		{Epoch: 4},
+	}}
+}
+
+func TestMapWithMovesRoundTrips(t *testing.T) {
+	m := movingMap()
+	b := AppendMap(nil, m)
+	if b[0] != mapVersionMoves {
+		t.Fatalf("version %d, want %d", b[0], mapVersionMoves)
+	}
+	got, n, err := DecodeMap(b)
+	if err != nil || n != len(b) {
+		t.Fatalf("decode: %v (%d of %d bytes)", err, n, len(b))
+	}
+	if !reflect.DeepEqual(got, m) {
+		t.Fatalf("decoded %+v, want %+v", got, m)
+	}
+	if got.StateOf("d", 1) != Pending || got.StateOf("b", 1) != Active || got.StateOf("d", 0) != Dead {
+		t.Fatal("states of a moving map")
+	}
+	if c := got.Counts(); c["d"] != (Counts{}) || c["c"].Active != 1 {
+		t.Fatalf("a pending copy is counted: %v", c)
+	}
+	// Without moves the same map is version 1, and a version 2 without
+	// moves is refused (one encoding per map).
+	done, _ := m.Edit(8, []Edit{{VBucket: 0}, {VBucket: 1}})
+	b = AppendMap(nil, done)
+	if b[0] != mapVersion {
+		t.Fatalf("a map without moves is version %d", b[0])
+	}
+	b[0] = mapVersionMoves
+	if _, _, err := DecodeMap(b); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("version 2 without moves: %v", err)
+	}
+}
+
+func TestEdit(t *testing.T) {
+	m := movingMap()
+	next, err := m.Edit(9, []Edit{{VBucket: 1, Chain: []string{"d", "a"}}, {VBucket: 0, Pending: []string{"c"}, Frozen: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := next.VBuckets[1]; v.Epoch != 4 || v.Frozen || v.Pending != nil || v.Active() != "d" {
+		t.Fatalf("takeover edit: %+v", v)
+	}
+	if v := next.VBuckets[0]; v.Epoch != 2 || !v.Frozen || !reflect.DeepEqual(v.Chain, []string{"a", "b"}) {
+		t.Fatalf("freeze edit: %+v", v)
+	}
+	if !reflect.DeepEqual(next.VBuckets[2], m.VBuckets[2]) || m.VBuckets[1].Active() != "b" {
+		t.Fatal("Edit changed what it was not asked to, or its input")
+	}
+	if err := next.Validate(nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Edit(10, []Edit{{VBucket: 4}}); err == nil {
+		t.Fatal("an edit out of range")
+	}
+	bad, _ := m.Edit(10, []Edit{{VBucket: 0, Pending: []string{"b"}}})
+	if err := bad.Validate(nil); err == nil {
+		t.Fatal("a chain member pending too passed Validate")
+	}
+	if next := m.Next(11, 1, m.Chains()); next.Moving() != 0 {
+		t.Fatal("Next kept the moves")
 	}
 }

@@ -16,6 +16,7 @@ func FuzzDecodeMap(f *testing.F) {
 	f.Add(AppendMap(nil, &Map{Revision: 1, Replicas: 3, VBuckets: []VBucket{{Epoch: 9}, {Chain: []string{"x", "y", "z", "w"}, Epoch: 1}}}))
 	f.Add(append(AppendMap(nil, Solo("a", 1)), 0xde, 0xad))
 	f.Add([]byte{})
+	f.Add(AppendMap(nil, movingMap()))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, n, err := DecodeMap(b)
 		if err != nil {

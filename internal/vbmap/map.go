@@ -15,7 +15,21 @@ type VBucket struct {
 	// sees a higher epoch than its own for a vBucket it is active for has
 	// been replaced.
 	Epoch uint64
+	// Pending are the nodes a rebalance is building a copy on (state
+	// Pending): filled by a stream from the active like a replica, but not
+	// in the chain, so neither a failover nor a durable write counts on
+	// them. Never in Chain; empty unless a rebalance is moving the vBucket.
+	Pending []string
+	// Frozen is set while a rebalance takes the vBucket over from its
+	// active: the active takes no client requests (they are answered `not
+	// my vbucket`) so that its last mutations drain to the new active
+	// before the map that names it commits.
+	Frozen bool
 }
+
+// Moving reports whether a rebalance is moving the vBucket (pending
+// copies or a freeze).
+func (v VBucket) Moving() bool { return len(v.Pending) > 0 || v.Frozen }
 
 // Active returns the vBucket's active node id, "" when it has none.
 func (v VBucket) Active() string {
@@ -52,18 +66,34 @@ func (m *Map) Active(vb uint16) string {
 }
 
 // StateOf is the state the map gives node for vb: Active at the head of
-// the chain, Replica further down, Dead when node is not in it.
+// the chain (frozen or not), Replica further down, Pending for a copy
+// being built, Dead when node holds none of these.
 func (m *Map) StateOf(node string, vb uint16) State {
 	if int(vb) >= len(m.VBuckets) {
 		return Dead
 	}
-	switch i := slices.Index(m.VBuckets[vb].Chain, node); {
+	v := &m.VBuckets[vb]
+	switch i := slices.Index(v.Chain, node); {
 	case i == 0:
 		return Active
 	case i > 0:
 		return Replica
 	}
+	if slices.Contains(v.Pending, node) {
+		return Pending
+	}
 	return Dead
+}
+
+// Moving counts the vBuckets a rebalance is moving (VBucket.Moving).
+func (m *Map) Moving() int {
+	n := 0
+	for _, v := range m.VBuckets {
+		if v.Moving() {
+			n++
+		}
+	}
+	return n
 }
 
 // Counts are how many vBuckets a node holds in a map.
@@ -90,11 +120,20 @@ func (m *Map) Counts() map[string]Counts {
 	return out
 }
 
-// Nodes returns the ids of every node that holds a vBucket, sorted.
+// Nodes returns the ids of every node that holds a vBucket (in a chain or
+// as a pending copy), sorted.
 func (m *Map) Nodes() []string {
+	seen := map[string]bool{}
 	var out []string
-	for n := range m.Counts() {
-		out = append(out, n)
+	for _, v := range m.VBuckets {
+		for _, list := range [2][]string{v.Chain, v.Pending} {
+			for _, n := range list {
+				if !seen[n] {
+					seen[n] = true
+					out = append(out, n)
+				}
+			}
+		}
 	}
 	slices.Sort(out)
 	return out
@@ -105,8 +144,10 @@ var ErrInvalid = errors.New("vbmap: invalid map")
 
 // Validate checks the map's invariants: 1..65535 vBuckets, a replica
 // count of 0..3, chains no longer than 1+Replicas, no empty id or node
-// twice in a chain, an epoch above 0 wherever a chain is not empty, and,
-// when known is not nil, only nodes for which known returns true.
+// twice in a chain, an epoch above 0 wherever a chain is not empty,
+// pending copies and freezes only where a chain is, at most 1+Replicas
+// pending copies, none of them a chain member or named twice, and, when
+// known is not nil, only nodes for which known returns true.
 func (m *Map) Validate(known func(id string) bool) error {
 	if len(m.VBuckets) < 1 || len(m.VBuckets) > 65535 {
 		return fmt.Errorf("%w: %d vbuckets", ErrInvalid, len(m.VBuckets))
@@ -132,6 +173,22 @@ func (m *Map) Validate(known func(id string) bool) error {
 				return fmt.Errorf("%w: vbucket %d names unknown node %s", ErrInvalid, vb, n)
 			}
 		}
+		if len(v.Chain) == 0 && v.Moving() {
+			return fmt.Errorf("%w: vbucket %d has no chain but pending copies or a freeze", ErrInvalid, vb)
+		}
+		if len(v.Pending) > 1+m.Replicas {
+			return fmt.Errorf("%w: vbucket %d has %d pending copies for %d replicas", ErrInvalid, vb, len(v.Pending), m.Replicas)
+		}
+		for i, n := range v.Pending {
+			switch {
+			case n == "":
+				return fmt.Errorf("%w: vbucket %d has an empty pending node id", ErrInvalid, vb)
+			case slices.Index(v.Pending, n) != i || slices.Contains(v.Chain, n):
+				return fmt.Errorf("%w: vbucket %d holds node %s twice", ErrInvalid, vb, n)
+			case known != nil && !known(n):
+				return fmt.Errorf("%w: vbucket %d names unknown node %s", ErrInvalid, vb, n)
+			}
+		}
 	}
 	return nil
 }
@@ -142,7 +199,9 @@ const MaxReplicas = 3
 // Next returns the map that follows m at revision rev with the given
 // chains (one per vBucket, copied): a vBucket whose active changes gets
 // the epoch above its previous one, the others keep theirs. m may be nil
-// (the first map: every vBucket with a chain starts at epoch 1).
+// (the first map: every vBucket with a chain starts at epoch 1). Pending
+// copies and freezes are not carried over: a map made by Next (a
+// failover, a recovery) ends every move of a rebalance (Edit keeps them).
 func (m *Map) Next(rev uint64, replicas int, chains [][]string) *Map {
 	out := &Map{Revision: rev, Replicas: replicas, VBuckets: make([]VBucket, len(chains))}
 	for vb, c := range chains {
@@ -158,6 +217,42 @@ func (m *Map) Next(rev uint64, replicas int, chains [][]string) *Map {
 		out.VBuckets[vb] = v
 	}
 	return out
+}
+
+// Edit is a change of one vBucket's entry made by a rebalance: its new
+// chain (nil: unchanged), pending copies and freeze.
+type Edit struct {
+	VBucket uint16   `json:"vb"`
+	Chain   []string `json:"chain,omitempty"`
+	Pending []string `json:"pending,omitempty"`
+	Frozen  bool     `json:"frozen,omitempty"`
+}
+
+// Edit returns the map that follows m at revision rev with the given
+// edits applied (the other vBuckets unchanged): an edited vBucket takes
+// the edit's pending copies and freeze, and its chain when the edit has
+// one, with the epoch raised when the active changes. It does not
+// validate: the caller does.
+func (m *Map) Edit(rev uint64, edits []Edit) (*Map, error) {
+	out := &Map{Revision: rev, Replicas: m.Replicas, VBuckets: slices.Clone(m.VBuckets)}
+	for _, e := range edits {
+		if int(e.VBucket) >= len(out.VBuckets) {
+			return nil, fmt.Errorf("%w: an edit of vbucket %d of %d", ErrInvalid, e.VBucket, len(out.VBuckets))
+		}
+		v := &out.VBuckets[e.VBucket]
+		prev := v.Active()
+		if e.Chain != nil {
+			v.Chain = slices.Clone(e.Chain)
+		}
+		v.Pending, v.Frozen = slices.Clone(e.Pending), e.Frozen
+		if len(v.Pending) == 0 {
+			v.Pending = nil
+		}
+		if v.Active() != prev || (v.Epoch == 0 && len(v.Chain) > 0) {
+			v.Epoch++
+		}
+	}
+	return out, nil
 }
 
 // Chains returns a copy of every vBucket's chain, to edit and pass to Next.

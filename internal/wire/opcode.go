@@ -78,6 +78,8 @@ const (
 	OpHeartbeat        Opcode = 0x68 // str8 node id, u8 flags, str8 why, u16 n, n x str8 inactive node -> empty (between nodes, every tick)
 	OpFailoverSettings Opcode = 0x69 // JSON settings change -> JSON settings; admin
 	OpMapNotify        Opcode = 0x65 // empty -> stream of u64 map revisions, one at once and one per map applied
+	OpRebalance        Opcode = 0x6A // JSON rebalance request -> JSON rebalance status; admin or peer (forwarded to the leader)
+	OpMoveStatus       Opcode = 0x6B // JSON vbuckets and copies -> JSON seqnos (from the leader to a moving vbucket's active, between nodes)
 )
 
 // OpRESPForward carries a RESP command from the node a Redis client is
@@ -106,7 +108,7 @@ var opNames = map[Opcode]string{
 	OpPush: "Push", OpPop: "Pop", OpConsume: "Consume", OpProduce: "Produce", OpQueues: "Queues", OpSubscribers: "Subscribers", OpUnsubscribe: "Unsubscribe",
 	OpLogPut: "LogPut", OpLogPutBatch: "LogPutBatch", OpLogRange: "LogRange",
 	OpStreamOpen: "StreamOpen", OpRaftOpen: "RaftOpen",
-	OpGetClusterMap: "GetClusterMap", OpCluster: "Cluster", OpJoin: "Join", OpMetaPropose: "MetaPropose", OpNodeRemove: "NodeRemove", OpRecover: "Recover", OpLeaseRenew: "LeaseRenew", OpHeartbeat: "Heartbeat", OpFailoverSettings: "FailoverSettings",
+	OpGetClusterMap: "GetClusterMap", OpCluster: "Cluster", OpJoin: "Join", OpMetaPropose: "MetaPropose", OpNodeRemove: "NodeRemove", OpRecover: "Recover", OpLeaseRenew: "LeaseRenew", OpHeartbeat: "Heartbeat", OpFailoverSettings: "FailoverSettings", OpRebalance: "Rebalance", OpMoveStatus: "MoveStatus",
 	OpMapNotify: "MapNotify",
 	OpDumpNow:   "DumpNow", OpReplica: "Replica", OpPromote: "Promote", OpStatus: "Status",
 	OpFailover: "Failover", OpRESPForward: "RESPForward",
