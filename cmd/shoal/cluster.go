@@ -63,8 +63,8 @@ func clusterCommands(g *globals) []*cobra.Command {
 		Use:   "remove ID",
 		Short: "Remove a member that holds no vBucket (needs the admin credential when auth is on)",
 		Long: "Make member ID leave the cluster: it is set leaving, and the leader takes it out of the\n" +
-			"metadata group. The member must hold no vBucket (moving its vBuckets to other nodes is a\n" +
-			"rebalance, a later feature) and must not be the metadata group's leader (stop it first:\n" +
+			"metadata group. The member must hold no vBucket (`shoal remove ID` moves them to the other\n" +
+			"members first, then removes it) and must not be the metadata group's leader (stop it first:\n" +
 			"another node takes over). Any member may be asked.",
 		Args: cobra.ExactArgs(1),
 		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, a []string) error {
@@ -75,7 +75,7 @@ func clusterCommands(g *globals) []*cobra.Command {
 			}
 			for _, m := range ci.Nodes {
 				if m.ID == id && m.Active+m.Replica > 0 {
-					return fmt.Errorf("node %s is active for %d and replica for %d vbuckets: it cannot leave before they move to other nodes, `shoal remove %s` moves them, then removes it", id, m.Active, m.Replica, id)
+					return fmt.Errorf("node %s is active for %d and replica for %d vbuckets: it cannot leave before a rebalance moves them to other nodes: `shoal remove %s` does both", id, m.Active, m.Replica, id)
 				}
 			}
 			if err := c.RemoveNode(ctx, id); err != nil {

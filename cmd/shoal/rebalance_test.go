@@ -111,8 +111,14 @@ func TestRebalancePlanOnOneNode(t *testing.T) {
 		t.Fatalf("plan without the only node: %v", err)
 	}
 	var ee *exitError
-	if _, err := runRebalanceCLI(t, addr); !errors.As(err, &ee) || ee.code != exitOther {
-		t.Fatalf("rebalance: %v, want exit %d", err, exitOther)
+	if out, err := runRebalanceCLI(t, addr, "--wait"); err != nil || !strings.Contains(out, "rebalance done") || !strings.Contains(out, "0/0 vbuckets") {
+		t.Fatalf("rebalance --wait of a balanced map: %v\n%s", err, out)
+	}
+	if out, err := runRebalanceCLI(t, addr, "--status", "--json"); err != nil || !strings.Contains(out, `"state": "done"`) {
+		t.Fatalf("rebalance --status --json: %v\n%s", err, out)
+	}
+	if _, err := runRebalanceCLI(t, addr, "--status", "--stop"); !errors.As(err, &ee) || ee.code != exitUsage {
+		t.Fatalf("--status --stop: %v", err)
 	}
 	if _, err := runRebalanceCLI(t, addr, "plan", "--without", "nobody"); !errors.As(err, &ee) || ee.code != exitNegative {
 		t.Fatalf("plan --without nobody: %v", err)

@@ -255,4 +255,5 @@ func (n *Node) reportCluster(f *stats.Fields) {
 	f.Histogram("failover_decision_duration_seconds", "Time a failover took on the leader: asking the survivors for their seqnos, planning, waiting out the node's lease, committing the map.", &n.hist.failover)
 	f.Histogram("failover_detection_duration_seconds", "Automatic failover: time from the down set's first sighting to the decision.", &n.hist.detection)
 	n.reportAutoFailover(f)
+	n.reportRebalance(f)
 }

@@ -399,7 +399,9 @@ func (n *Node) leaderDuties(ctx context.Context) {
 		case meta.RemoveServer:
 			err = c.meta.RemoveServer(a.ID, proposeTimeout)
 		case meta.MarkActive:
-			_, err = n.propose(pctx, &meta.Command{Op: meta.OpNodeState, NodeID: a.ID, State: meta.Active})
+			if _, err = n.propose(pctx, &meta.Command{Op: meta.OpNodeState, NodeID: a.ID, State: meta.Active}); err == nil && n.cfg.AutoRebalance {
+				go n.autoRebalance("node " + a.ID + " joined")
+			}
 		case meta.MarkVoter, meta.MarkNonvoter:
 			_, err = n.propose(pctx, &meta.Command{Op: meta.OpNodeVoter, NodeID: a.ID, Voter: a.Kind == meta.MarkVoter})
 		case meta.Forget:

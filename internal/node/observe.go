@@ -307,6 +307,10 @@ type Status struct {
 	// Events are the recent failovers and refusals this node saw, newest
 	// first.
 	Events []Event `json:"events"`
+	// Rebalance is the rebalance this node runs or ran as the metadata
+	// leader (on another member: no state, the map's moving count only;
+	// `shoal rebalance --status` asks the leader).
+	Rebalance *RebalanceStatus `json:"rebalance,omitempty"`
 	// Map is the vBucket map this node applied (/status?map=1 only).
 	Map *MapStatus `json:"map,omitempty"`
 	// Copies are the high seqnos of every member's copies, by node id and
@@ -355,5 +359,9 @@ func (n *Node) Status() Status {
 	st.Discovery = n.discoveryStatus()
 	st.Readiness = n.nodeReadiness()
 	st.Events = n.events.list()
+	if n.inCluster() {
+		rb := n.rebalanceStatus()
+		st.Rebalance = &rb
+	}
 	return st
 }

@@ -13,6 +13,7 @@ import (
 	"shoal/internal/meta"
 	"shoal/internal/rebalance"
 	"shoal/internal/repl"
+	"shoal/internal/stats"
 	"shoal/internal/vbmap"
 	"shoal/internal/wire"
 )
@@ -80,6 +81,7 @@ type rebalancer struct {
 	run     *rebalance.Run
 	status  RebalanceStatus // of the current or last run
 	stopReq string          // a stop asked for, not yet given to the run
+	again   string          // --auto-rebalance: why another run is due when this one ends
 	done    chan struct{}   // closed when the current run's loop ends
 }
 
@@ -159,6 +161,9 @@ func (n *Node) startRebalance(req RebalanceRequest) error {
 	if !st.Initialized() {
 		return fmt.Errorf("%w: the cluster is not initialized yet", meta.ErrNotInitialized)
 	}
+	if n.rebalancing() {
+		return fmt.Errorf("%w: %w", meta.ErrRefused, errRebalanceRunning)
+	}
 	if m := st.Map.Moving(); m > 0 {
 		return fmt.Errorf("%w: the map still shows %d vbuckets moving from an earlier run; they are being cleared, try again in a moment", meta.ErrRefused, m)
 	}
@@ -204,6 +209,23 @@ func (n *Node) startRebalance(req RebalanceRequest) error {
 	n.events.add("rebalance started", "", fmt.Sprintf("%d vbuckets to move (%d copies, %d takeovers)", len(plan.Moves), plan.Built, plan.Takeovers))
 	go n.rebalanceLoop(run, st.Map.Revision, rb.done)
 	return nil
+}
+
+// autoRebalance starts a rebalance for --auto-rebalance (a node joined);
+// while one runs, another is started when it ends.
+func (n *Node) autoRebalance(why string) {
+	err := n.startRebalance(RebalanceRequest{})
+	switch {
+	case errors.Is(err, errRebalanceRunning):
+		n.rb.mu.Lock()
+		n.rb.again = why
+		n.rb.mu.Unlock()
+		n.log.Info("automatic rebalance: one is running; another follows it", "why", why)
+	case err != nil:
+		n.log.Warn("automatic rebalance not started", "why", why, "err", err)
+	default:
+		n.log.Info("automatic rebalance started", "why", why)
+	}
 }
 
 // stopRebalance asks the run to stop: no move starts any more, builds
@@ -308,7 +330,12 @@ func (n *Node) endRebalance(run *rebalance.Run) {
 	p := run.Progress()
 	now := time.Now()
 	n.rb.status.Ended = &now
+	again := n.rb.again
+	n.rb.again = ""
 	n.rb.mu.Unlock()
+	if again != "" {
+		defer func() { go n.autoRebalance(again) }()
+	}
 	ctx, cancel := context.WithTimeout(n.rep.ctx, 10*time.Second)
 	defer cancel()
 	n.clearMoves(ctx)
@@ -644,4 +671,20 @@ func (n *Node) moveStatus(dst, body []byte) ([]byte, wire.Status) {
 		return append(dst, err.Error()...), wire.StatusInternal
 	}
 	return append(dst, b...), wire.StatusOK
+}
+
+// reportRebalance reports the rebalance for /metrics and stats.log.
+func (n *Node) reportRebalance(f *stats.Fields) {
+	st := n.rebalanceStatus()
+	running := 0.0
+	if st.Running {
+		running = 1
+	}
+	f.Gauge("rebalance/running", "rebalance_running", "1 while a rebalance this node runs (as the metadata leader) changes the map.", running)
+	f.Gauge("rebalance/vbuckets_total", "rebalance_vbuckets_total", "vBuckets the running or last rebalance of this node moves.", float64(st.Total))
+	f.Gauge("rebalance/vbuckets_done", "rebalance_vbuckets_done", "vBuckets the running or last rebalance of this node moved.", float64(st.Done))
+	f.Gauge("rebalance/vbuckets_moving", "rebalance_vbuckets_moving", "vBuckets being moved now.", float64(st.Moving))
+	f.Gauge("rebalance/bytes", "rebalance_bytes", "Bytes streamed to the new copies by the running or last rebalance.", float64(st.Bytes))
+	f.Gauge("rebalance/eta_seconds", "rebalance_eta_seconds", "Time the running rebalance still needs at its pace so far (-1: unknown).", float64(st.ETAMillis)/1000)
+	f.Gauge("rebalance/map_moving", "rebalance_map_vbuckets_moving", "vBuckets the committed map shows moving (pending copies, freezes).", float64(st.MapMoving))
 }

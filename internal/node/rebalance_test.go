@@ -255,3 +255,83 @@ func activeNode(nodes []*Node, m *vbmap.Map, vb uint16) *Node {
 	}
 	return nodes[0]
 }
+
+// waitRebalanceEnd polls the rebalance's status until it no longer
+// runs and returns the last.
+func waitRebalanceEnd(t *testing.T, c *client.Client, within time.Duration) *client.RebalanceStatus {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		st, err := c.RebalanceStatus(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Running {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the rebalance did not end within %v: %+v", within, st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRebalanceStopAndContinue: a rebalance stopped early leaves a map
+// without moves (the copies being built dropped); a second one continues
+// from that map and completes the plan. With --auto-rebalance the join
+// itself starts it.
+func TestRebalanceStopAndContinue(t *testing.T) {
+	nodes, _ := startCluster(t, 2, "--auto-rebalance")
+	ctx := t.Context()
+	c, err := client.Dial(ctx, nodes[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 2000 {
+		if _, err := c.Put(ctx, "kv", fmt.Appendf(nil, "k%d", i), make([]byte, 200)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	third := joinNode(t, nodes, "--auto-rebalance")
+	var st *client.RebalanceStatus
+	waitFor(t, 10*time.Second, "the join to start a rebalance", func() (bool, string) {
+		st, err = c.RebalanceStatus(ctx)
+		return err == nil && st.State != "", fmt.Sprintf("%+v %v", st, err)
+	})
+	if st, err = c.StopRebalance(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st = waitRebalanceEnd(t, c, 30*time.Second)
+	if st.State != "stopped" && st.State != "done" {
+		t.Fatalf("after --stop: %+v", st)
+	}
+	t.Logf("stopped: %d of %d done, reason %q", st.Done, st.Total, st.Reason)
+	waitFor(t, 10*time.Second, "the map to show no moves", func() (bool, string) {
+		st, err = c.RebalanceStatus(ctx)
+		return err == nil && st.MapMoving == 0, fmt.Sprintf("%+v %v", st, err)
+	})
+	for st.State == "stopped" {
+		// Another run may have started meanwhile (--auto-rebalance follows
+		// up on a join it saw while one ran): then it is waited for.
+		if _, err = c.Rebalance(ctx, client.RebalanceOptions{Moves: 2}); err != nil && !errors.Is(err, client.ErrRefused) {
+			t.Fatal(err)
+		}
+		if st = waitRebalanceEnd(t, c, 60*time.Second); st.State == "stopped" && st.Reason != "stopped by an operator" {
+			t.Fatalf("the second rebalance: %+v", st)
+		}
+	}
+	if st.Abandoned != 0 {
+		t.Fatalf("the last rebalance: %+v", st)
+	}
+	waitFor(t, 5*time.Second, "the new node's share in the map", func() (bool, string) {
+		m := third.cluster.known().Map // the node asked may apply the last commit a moment later
+		cn := m.Counts()[third.cfg.NodeID]
+		return m.Revision >= st.Revision && cn.Active >= m.Len()/3 && cn.Active <= m.Len()/3+1, fmt.Sprintf("revision %d: active for %d of %d vbuckets", m.Revision, cn.Active, m.Len())
+	})
+	for i := range 2000 {
+		if _, err := c.Get(ctx, "kv", fmt.Appendf(nil, "k%d", i)); err != nil {
+			t.Fatalf("k%d: %v", i, err)
+		}
+	}
+}

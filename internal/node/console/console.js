@@ -374,10 +374,20 @@ function lagText(e) {
 
 function renderEvents(st) {
   const c = st.cluster || {};
-  if (c.rebalance) {
+  const r = st.rebalance;
+  if (r && (r.state || r.map_moving)) {
     $("rebalance-section").hidden = false;
-    const r = c.rebalance;
-    $("rebalance-line").textContent = typeof r === "object" ? Object.entries(r).map(([k, v]) => k.replace(/_/g, " ") + " " + (typeof v === "object" ? JSON.stringify(v) : v)).join(" · ") : String(r);
+    const parts = [];
+    if (r.state) {
+      const pct = r.total ? Math.floor(r.done * 100 / r.total) : 100;
+      parts.push(r.state + (r.reason ? " (" + r.reason + ")" : ""), r.done + "/" + r.total + " vBuckets (" + pct + "%)",
+        r.moving + " moving", r.abandoned + " abandoned", (r.bytes / 1e6).toFixed(1) + " MB at " + ((r.rate_bytes_per_s || 0) / 1e6).toFixed(1) + " MB/s");
+      if (r.running && r.eta_ms >= 0) parts.push("ETA " + duration(r.eta_ms / 1000));
+    } else {
+      parts.push("run by the leader " + (r.leader || "?"));
+    }
+    if (r.map_moving) parts.push(r.map_moving + " vBuckets moving in the map");
+    $("rebalance-line").textContent = parts.join(" · ");
   } else {
     $("rebalance-section").hidden = true;
   }
