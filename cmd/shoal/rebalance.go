@@ -146,7 +146,7 @@ func removeCommand(g *globals) *cobra.Command {
 			if err := c.RemoveNode(ctx, id); err != nil {
 				return clusterErr(c, err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "node %s holds no vbucket and is leaving; the leader takes it out of the metadata group\n", id)
+			fmt.Fprintf(cmd.OutOrStdout(), "node %s holds no vbucket and is leaving: the leader takes it out of the metadata group, and the node exits\n", id)
 			return nil
 		}),
 	}

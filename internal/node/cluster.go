@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -40,6 +42,8 @@ type cluster struct {
 	addr  string // the advertised data address
 
 	changed chan struct{} // signalled after every metadata change
+	left    chan struct{} // closed once the node knows it was removed (leaseLoop)
+	leftOne sync.Once
 
 	admitting sync.Mutex // serialises the leader's admissions (admit)
 
@@ -102,7 +106,7 @@ func (n *Node) advertised() string {
 // --join, --discovery or --bootstrap-expect bootstraps a cluster of its
 // own.
 func (n *Node) setupCluster() error {
-	c := &cluster{dir: filepath.Join(n.cfg.Data, "meta"), addr: n.advertised(), changed: make(chan struct{}, 1), peerSeen: map[string]discovered{}, grants: map[string]time.Time{}, revoking: map[string]bool{}}
+	c := &cluster{dir: filepath.Join(n.cfg.Data, "meta"), addr: n.advertised(), changed: make(chan struct{}, 1), left: make(chan struct{}), peerSeen: map[string]discovered{}, grants: map[string]time.Time{}, revoking: map[string]bool{}}
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		return fmt.Errorf("cannot create the metadata directory: %w", err)
 	}
@@ -466,6 +470,9 @@ func (n *Node) clusterLoop(ctx context.Context, fatal chan<- error) {
 		case n.inCluster():
 			n.setPhase("member", "")
 			delay = 200 * time.Millisecond
+			if n.leaving() {
+				n.checkRemoved(ctx)
+			}
 			if c.meta.IsLeader() {
 				n.leaderDuties(ctx)
 				wait = 250 * time.Millisecond
@@ -529,6 +536,9 @@ func (n *Node) leaseLoop(ctx context.Context) {
 		default:
 			if !now.Before(next) {
 				got, err := n.renewLease(ctx, now)
+				if isStatus(err, wire.StatusNotFound) && n.leaving() {
+					n.cluster.leftOne.Do(func() { close(n.cluster.left) })
+				}
 				if err == nil {
 					until, next, lastErr = got, now.Add(got.Sub(now)/4), ""
 				} else {
@@ -654,6 +664,50 @@ func leaderUnasked(now, since, lastTry time.Time, lease time.Duration, self stri
 	return held < len(voters)/2+1
 }
 
+// leaving reports whether this node's metadata has it leaving (shoal
+// nodes remove, shoal remove): once the leader says it is no member any
+// more, it has been removed and exits.
+func (n *Node) leaving() bool {
+	me, ok := n.cluster.known().Node(n.cfg.NodeID)
+	return ok && me.State == meta.Leaving
+}
+
+// checkRemoved asks the other members, as a node that is leaving,
+// whether the cluster still lists it: one that answers for the same
+// cluster without it means it was removed (the leader took it out of
+// the raft group first, so its own metadata never hears of it).
+func (n *Node) checkRemoved(ctx context.Context) {
+	st := n.cluster.known()
+	for _, m := range st.Nodes {
+		if m.ID == n.cfg.NodeID {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		b, err := n.cluster.peers.call(cctx, m.Addr, wire.OpCluster, nil)
+		cancel()
+		if err != nil {
+			continue
+		}
+		var doc struct {
+			ClusterID string       `json:"cluster_id"`
+			Nodes     []memberName `json:"nodes"`
+		}
+		if json.Unmarshal(b, &doc) != nil || doc.ClusterID != st.ClusterID || len(doc.Nodes) == 0 {
+			continue
+		}
+		if !slices.Contains(doc.Nodes, memberName{n.cfg.NodeID}) {
+			n.log.Info("a member no longer lists this node: it was removed", "member", m.ID)
+			n.cluster.leftOne.Do(func() { close(n.cluster.left) })
+		}
+		return
+	}
+}
+
+// memberName is a member's id in a cluster document.
+type memberName struct {
+	ID string `json:"id"`
+}
+
 // grantLease is the leader's side of renewLease: it confirms its
 // leadership, records until when the lease may last (awaitLease waits it
 // out) and returns its commit index and the lease's length.
@@ -669,6 +723,9 @@ func (n *Node) grantLease(node string) (idx uint64, length time.Duration, err er
 	now := time.Now()
 	if err := c.meta.VerifyLeader(); err != nil {
 		return 0, 0, err
+	}
+	if _, ok := c.meta.State().Node(node); !ok {
+		return 0, 0, fmt.Errorf("%w: %q is not a member", meta.ErrUnknownNode, node)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -280,7 +280,9 @@ func (n *Node) Run(ctx context.Context) error {
 	n.startDumps()
 	n.startRepl(bg, &wg)
 	fatal := make(chan error, 1)
+	var left <-chan struct{}
 	if n.cluster != nil {
+		left = n.cluster.left
 		wg.Add(2)
 		go func() { defer wg.Done(); n.clusterLoop(bg, fatal) }()
 		go func() { defer wg.Done(); n.leaseLoop(bg) }()
@@ -303,6 +305,8 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Error("a listener failed; shutting down", "err", runErr)
 	case runErr = <-fatal:
 		n.log.Error("this node cannot be in the cluster; shutting down", "err", runErr)
+	case <-left:
+		n.log.Info("this node was removed from the cluster (it holds no vbucket); shutting down. Its data directory belongs to that cluster: empty it before starting the node again")
 	}
 	drained := n.stopRepl()
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -22,6 +22,14 @@ import (
 // that applied the cluster's map.
 func joinNode(t *testing.T, nodes []*Node, extra ...string) *Node {
 	t.Helper()
+	nd, _ := joinNodeDone(t, nodes, extra...)
+	return nd
+}
+
+// joinNodeDone is joinNode, also returning the channel its Run's result
+// arrives on (read by the test's cleanup when the test did not).
+func joinNodeDone(t *testing.T, nodes []*Node, extra ...string) (*Node, <-chan error) {
+	t.Helper()
 	var join []string
 	for _, nd := range nodes {
 		join = append(join, nd.Addr().String())
@@ -37,8 +45,12 @@ func joinNode(t *testing.T, nodes []*Node, extra ...string) *Node {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- nd.Run(ctx) }()
+	done, result := make(chan error, 1), make(chan error, 1)
+	go func() {
+		err := nd.Run(ctx)
+		done <- err
+		result <- err
+	}()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -54,7 +66,7 @@ func joinNode(t *testing.T, nodes []*Node, extra ...string) *Node {
 		}
 		return false, fmt.Sprintf("%+v", cs)
 	})
-	return nd
+	return nd, result
 }
 
 // TestRebalanceOfAJoin: a third node joins two that hold kv records,
@@ -330,6 +342,62 @@ func TestRebalanceStopAndContinue(t *testing.T) {
 		return m.Revision >= st.Revision && cn.Active >= m.Len()/3 && cn.Active <= m.Len()/3+1, fmt.Sprintf("revision %d: active for %d of %d vbuckets", m.Revision, cn.Active, m.Len())
 	})
 	for i := range 2000 {
+		if _, err := c.Get(ctx, "kv", fmt.Appendf(nil, "k%d", i)); err != nil {
+			t.Fatalf("k%d: %v", i, err)
+		}
+	}
+}
+
+// TestRemoveNode: `shoal remove` is a rebalance without the node, then
+// its removal: it holds nothing, is no member any more, and its Run
+// returns without an error (it exits by itself); every record is still
+// served by the others.
+func TestRemoveNode(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	ctx := t.Context()
+	c, err := client.Dial(ctx, nodes[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	third, exited := joinNodeDone(t, nodes)
+	if _, err := c.Rebalance(ctx, client.RebalanceOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if st := waitRebalanceEnd(t, c, 30*time.Second); st.State != "done" {
+		t.Fatalf("the join's rebalance: %+v", st)
+	}
+	for i := range 1000 {
+		if _, err := c.Put(ctx, "kv", fmt.Appendf(nil, "k%d", i), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id := third.cfg.NodeID
+	if _, err := c.Rebalance(ctx, client.RebalanceOptions{Without: []string{id}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := waitRebalanceEnd(t, c, 30*time.Second); st.State != "done" {
+		t.Fatalf("the rebalance without %s: %+v", id, st)
+	}
+	waitFor(t, 5*time.Second, "the map to give the node nothing", func() (bool, string) {
+		cn := nodes[0].cluster.known().Map.Counts()[id]
+		return cn == (vbmap.Counts{}), fmt.Sprintf("%+v", cn)
+	})
+	if err := c.RemoveNode(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("the removed node's Run: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the removed node did not exit within 20s")
+	}
+	if _, ok := nodes[0].cluster.known().Node(id); ok {
+		t.Fatal("the removed node is still a member")
+	}
+	for i := range 1000 {
 		if _, err := c.Get(ctx, "kv", fmt.Appendf(nil, "k%d", i)); err != nil {
 			t.Fatalf("k%d: %v", i, err)
 		}
