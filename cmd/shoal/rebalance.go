@@ -43,6 +43,7 @@ func rebalanceCommand(g *globals) *cobra.Command {
 			ctx, out := cmd.Context(), cmd.OutOrStdout()
 			var st *client.RebalanceStatus
 			var err error
+			var start func() (*client.RebalanceStatus, error)
 			switch {
 			case status && stop:
 				return &exitError{code: exitUsage, msg: "--status and --stop do not go together"}
@@ -62,13 +63,14 @@ func rebalanceCommand(g *globals) *cobra.Command {
 						o.Rate = -1 // unlimited, whatever the leader's default
 					}
 				}
-				st, err = c.Rebalance(ctx, o)
+				start = func() (*client.RebalanceStatus, error) { return c.Rebalance(ctx, o) }
+				st, err = start()
 			}
 			if err != nil {
 				return clusterErr(c, err)
 			}
 			if wait {
-				return waitRebalance(cmd, c, st, outJSON)
+				return waitRebalance(cmd, c, st, outJSON, start)
 			}
 			if outJSON {
 				return printJSONOf(out, st)
@@ -136,11 +138,14 @@ func removeCommand(g *globals) *cobra.Command {
 		Args: cobra.ExactArgs(1),
 		RunE: g.runCmd(func(cmd *cobra.Command, c *client.Client, a []string) error {
 			ctx, id := cmd.Context(), a[0]
-			st, err := c.Rebalance(ctx, client.RebalanceOptions{Without: []string{id}, Moves: moves})
+			start := func() (*client.RebalanceStatus, error) {
+				return c.Rebalance(ctx, client.RebalanceOptions{Without: []string{id}, Moves: moves})
+			}
+			st, err := start()
 			if err != nil {
 				return clusterErr(c, err)
 			}
-			if err := waitRebalance(cmd, c, st, false); err != nil {
+			if err := waitRebalance(cmd, c, st, false, start); err != nil {
 				return err
 			}
 			if err := c.RemoveNode(ctx, id); err != nil {
@@ -311,12 +316,38 @@ func rebalanceLine(st *client.RebalanceStatus) string {
 }
 
 // waitRebalance follows a rebalance until it ends: a progress line
-// rewritten in place on a terminal, one every 5 s otherwise.
-func waitRebalance(cmd *cobra.Command, c *client.Client, st *client.RebalanceStatus, asJSON bool) error {
+// rewritten in place on a terminal, one every 5 s otherwise. A run ends
+// when the metadata leader changes (the new leader clears its moves from
+// the map); with start (the rebalance this command started) it is then
+// started again on the new leader, which plans from the map as it is, up
+// to maxLeaderChanges times.
+func waitRebalance(cmd *cobra.Command, c *client.Client, st *client.RebalanceStatus, asJSON bool, start func() (*client.RebalanceStatus, error)) error {
 	ctx, out := cmd.Context(), cmd.OutOrStdout()
 	tty := isTerminal(out)
 	var lastLine time.Time
-	for st.Running {
+	restarts := 0
+	var refusedSince time.Time
+	for {
+		if !st.Running {
+			if start == nil || !leaderChanged(st) || restarts >= maxLeaderChanges || (!refusedSince.IsZero() && time.Since(refusedSince) > 30*time.Second) {
+				break
+			}
+			next, err := start()
+			switch {
+			case err == nil:
+				restarts, refusedSince, st = restarts+1, time.Time{}, next
+				if !asJSON {
+					fmt.Fprintf(out, "\r\033[Kthe metadata leader changed during the rebalance; %s starts it again from the map as it is\n", st.Leader)
+				}
+				continue
+			case errors.Is(err, client.ErrRefused): // the new leader still clears the old moves: ask again
+				if refusedSince.IsZero() {
+					refusedSince = time.Now()
+				}
+			default:
+				return clusterErr(c, err)
+			}
+		}
 		switch {
 		case asJSON:
 		case tty:
@@ -336,6 +367,9 @@ func waitRebalance(cmd *cobra.Command, c *client.Client, st *client.RebalanceSta
 		}
 		st = next
 	}
+	if restarts > 0 && st.State == "" {
+		st.State, st.Reason = "stopped", "the metadata leader kept changing"
+	}
 	if tty && !asJSON {
 		fmt.Fprint(out, "\r\033[K")
 	}
@@ -350,4 +384,16 @@ func waitRebalance(cmd *cobra.Command, c *client.Client, st *client.RebalanceSta
 		return quietExit(exitOther)
 	}
 	return nil
+}
+
+// maxLeaderChanges bounds how often waitRebalance starts a rebalance
+// again after the metadata leader changed.
+const maxLeaderChanges = 5
+
+// leaderChanged reports whether a status that is not running says the
+// rebalance ended with a change of the metadata leader: the old leader's
+// run stopped for it (it saw itself replaced, or its proposal failed),
+// or the new leader has run none.
+func leaderChanged(st *client.RebalanceStatus) bool {
+	return st.State == "" || strings.Contains(st.Reason, "no longer the metadata leader") || strings.Contains(st.Reason, "the map could not be changed")
 }

@@ -82,7 +82,15 @@ type rebalancer struct {
 	status  RebalanceStatus // of the current or last run
 	stopReq string          // a stop asked for, not yet given to the run
 	again   string          // --auto-rebalance: why another run is due when this one ends
-	done    chan struct{}   // closed when the current run's loop ends
+	// looping is set from a run's start until its loop has ended and
+	// cleared what the map still showed moving: no other run starts,
+	// nothing else clears the map meanwhile.
+	looping bool
+	// leftRev and leftSince: the revision of a map with moves that no run
+	// of this node made, and since when this node has seen it
+	// (clearLeftMoves).
+	leftRev   uint64
+	leftSince time.Time
 }
 
 // rebalancing reports whether a run of this node changes the map
@@ -90,7 +98,7 @@ type rebalancer struct {
 func (n *Node) rebalancing() bool {
 	n.rb.mu.Lock()
 	defer n.rb.mu.Unlock()
-	return n.rb.run != nil && n.rb.run.Rebalancing()
+	return n.rb.looping
 }
 
 // rebalanceRequest answers OpRebalance: on the leader it starts, stops
@@ -103,18 +111,30 @@ func (n *Node) rebalanceRequest(body []byte) ([]byte, error) {
 	if !n.inCluster() {
 		return nil, fmt.Errorf("%w: this node is in no cluster", meta.ErrBadCommand)
 	}
-	if !n.cluster.meta.IsLeader() {
-		_, addr := n.cluster.meta.Leader()
-		if addr == "" {
-			return nil, fmt.Errorf("%w: no metadata leader to run the rebalance", meta.ErrNoQuorum)
+	// Another node forwards to the leader; while none is known (an
+	// election) or the leader cannot be reached, it tries again for a few
+	// seconds.
+	deadline := time.Now().Add(5 * time.Second)
+	for !n.cluster.meta.IsLeader() {
+		var err error
+		if _, addr := n.cluster.meta.Leader(); addr == "" {
+			err = fmt.Errorf("%w: no metadata leader to run the rebalance", meta.ErrNoQuorum)
+		} else {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ans, ferr := n.cluster.peers.call(ctx, addr, wire.OpRebalance, body)
+			cancel()
+			if ferr == nil {
+				return ans, nil
+			}
+			if !isStatus(ferr, wire.StatusNoQuorum) && !retryable(ferr) {
+				return nil, peerToMeta(ferr)
+			}
+			err = peerToMeta(ferr)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		ans, err := n.cluster.peers.call(ctx, addr, wire.OpRebalance, body)
-		if err != nil {
-			return nil, peerToMeta(err)
+		if time.Now().After(deadline) {
+			return nil, err
 		}
-		return ans, nil
+		time.Sleep(50 * time.Millisecond)
 	}
 	var err error
 	switch req.Action {
@@ -137,7 +157,7 @@ func (n *Node) rebalanceStatus() RebalanceStatus {
 	n.rb.mu.Lock()
 	st := n.rb.status
 	if r := n.rb.run; r != nil {
-		st.Progress, st.Running = r.Progress(), r.Rebalancing()
+		st.Progress, st.Running = r.Progress(), n.rb.looping
 		st.InFlight = nil
 		for _, m := range r.InFlight() {
 			st.InFlight = append(st.InFlight, MoveStatus{VBucket: m.VBucket, Phase: m.Phase, From: m.From, To: m.To})
@@ -199,15 +219,15 @@ func (n *Node) startRebalance(req RebalanceRequest) error {
 	rb := &n.rb
 	rb.mu.Lock()
 	defer rb.mu.Unlock()
-	if rb.run != nil && rb.run.Rebalancing() {
+	if rb.looping {
 		return fmt.Errorf("%w: %w", meta.ErrRefused, errRebalanceRunning)
 	}
-	rb.run, rb.stopReq, rb.done = run, "", make(chan struct{})
+	rb.run, rb.stopReq, rb.looping = run, "", true
 	rb.status = RebalanceStatus{MaxMoves: max(cfg.MaxMoves, 0), RateLimit: cfg.Rate, Without: req.Without, Started: time.Now()}
 	n.log.Info("rebalance started", "revision", st.Map.Revision, "moves", len(plan.Moves), "copies", plan.Built,
 		"takeovers", plan.Takeovers, "max_moves", cfg.MaxMoves, "rate", cfg.Rate, "without", req.Without)
 	n.events.add("rebalance started", "", fmt.Sprintf("%d vbuckets to move (%d copies, %d takeovers)", len(plan.Moves), plan.Built, plan.Takeovers))
-	go n.rebalanceLoop(run, st.Map.Revision, rb.done)
+	go n.rebalanceLoop(run, st.Map.Revision)
 	return nil
 }
 
@@ -251,8 +271,7 @@ const (
 // rebalanceLoop carries run out until it ends: each step feeds it what
 // the sources report and the nodes down, and commits its actions as one
 // OpMoves. rev is the map revision the run was planned from.
-func (n *Node) rebalanceLoop(run *rebalance.Run, rev uint64, done chan struct{}) {
-	defer close(done)
+func (n *Node) rebalanceLoop(run *rebalance.Run, rev uint64) {
 	ctx, cancel := context.WithCancel(n.rep.ctx)
 	defer cancel()
 	start := time.Now()
@@ -273,6 +292,10 @@ func (n *Node) rebalanceLoop(run *rebalance.Run, rev uint64, done chan struct{})
 			end = fmt.Sprintf("the map changed outside the rebalance (revision %d, the rebalance's %d): a failover or an operator", st.Map.Revision, rev)
 		}
 		n.rb.mu.Lock()
+		flying := run.InFlight()
+		n.rb.mu.Unlock()
+		down := n.downObservations(st, flying) // not under rb.mu: it takes the failover's lock, which holds rb.mu in turn
+		n.rb.mu.Lock()
 		if end != "" {
 			run.Abort(end) // its actions cannot be committed any more: the map is cleared instead
 		} else {
@@ -280,8 +303,7 @@ func (n *Node) rebalanceLoop(run *rebalance.Run, rev uint64, done chan struct{})
 				n.rb.stopReq = ""
 				acts = append(acts, run.Stop(why)...)
 			}
-			obs = append(obs, n.downObservations(st, run)...)
-			acts = append(acts, run.Step(now, obs)...)
+			acts = append(acts, run.Step(now, append(obs, down...))...)
 		}
 		n.rb.mu.Unlock()
 		obs = nil
@@ -302,7 +324,7 @@ func (n *Node) rebalanceLoop(run *rebalance.Run, rev uint64, done chan struct{})
 		}
 		n.rb.mu.Lock()
 		over := !run.Rebalancing()
-		var flying []rebalance.InFlight
+		flying = nil
 		if !over {
 			flying = run.InFlight()
 		}
@@ -326,16 +348,24 @@ func (n *Node) rebalanceLoop(run *rebalance.Run, rev uint64, done chan struct{})
 // moving and, after a run that completed, resets the count of automatic
 // failovers (the cluster is whole again).
 func (n *Node) endRebalance(run *rebalance.Run) {
+	n.settleRun(run)
 	n.rb.mu.Lock()
-	p := run.Progress()
-	now := time.Now()
-	n.rb.status.Ended = &now
+	n.rb.looping = false
 	again := n.rb.again
 	n.rb.again = ""
 	n.rb.mu.Unlock()
 	if again != "" {
-		defer func() { go n.autoRebalance(again) }()
+		go n.autoRebalance(again)
 	}
+}
+
+// settleRun is endRebalance's work before another run may start.
+func (n *Node) settleRun(run *rebalance.Run) {
+	n.rb.mu.Lock()
+	p := run.Progress()
+	now := time.Now()
+	n.rb.status.Ended = &now
+	n.rb.mu.Unlock()
 	ctx, cancel := context.WithTimeout(n.rep.ctx, 10*time.Second)
 	defer cancel()
 	n.clearMoves(ctx)
@@ -381,32 +411,46 @@ func (n *Node) clearMoves(ctx context.Context) {
 	}
 }
 
-// clearLeftMoves is the leader's tick: a map that shows moves while no
-// run of this node is under way (the leader that ran it is gone, or the
-// run could not clear them) is cleared.
+// clearLeftMoves is the leader's tick: a map that has shown moves for
+// leftMovesAfter while no run of this node is under way (the leader that
+// ran it is gone, or the run could not clear them) is cleared. The wait
+// lets a leader that lost the leadership for a moment — it notices within
+// a step and stops its run, clearing the map itself if it leads again —
+// finish first: a run changes the map every few milliseconds, what a
+// dead run left does not change.
 func (n *Node) clearLeftMoves(ctx context.Context) {
-	if st := n.cluster.meta.State(); !n.cluster.meta.IsLeader() || !st.Initialized() || st.Map.Moving() == 0 {
+	st := n.cluster.meta.State()
+	if !n.cluster.meta.IsLeader() || !st.Initialized() || st.Map.Moving() == 0 {
 		return
 	}
 	n.rb.mu.Lock()
-	running := n.rb.done != nil
-	if running {
-		select {
-		case <-n.rb.done:
-			running = false
-		default:
-		}
+	if n.rb.looping {
+		n.rb.mu.Unlock()
+		return
 	}
+	if n.rb.leftRev != st.Map.Revision {
+		n.rb.leftRev, n.rb.leftSince = st.Map.Revision, time.Now()
+	}
+	if time.Since(n.rb.leftSince) < leftMovesAfter {
+		n.rb.mu.Unlock()
+		return
+	}
+	n.rb.looping = true // no run starts while the map is cleared
 	n.rb.mu.Unlock()
-	if !running {
-		n.clearMoves(ctx)
-	}
+	n.clearMoves(ctx)
+	n.rb.mu.Lock()
+	n.rb.looping = false
+	n.rb.mu.Unlock()
 }
+
+// leftMovesAfter is how long a map's moves must stay unchanged, with no
+// run of the leader's own, before the leader clears them.
+const leftMovesAfter = 2 * time.Second
 
 // downObservations are the nodes of the run's moves that are down: not
 // an active member any more, or not heard within half the failover
 // timeout (the automatic failover waits for the run to stop).
-func (n *Node) downObservations(st *meta.State, run *rebalance.Run) []rebalance.Observation {
+func (n *Node) downObservations(st *meta.State, flying []rebalance.InFlight) []rebalance.Observation {
 	var obs []rebalance.Observation
 	seen := map[string]bool{}
 	silent := map[string]bool{}
@@ -420,7 +464,7 @@ func (n *Node) downObservations(st *meta.State, run *rebalance.Run) []rebalance.
 	for _, id := range n.silentMembers(now, n.heardTimes(now, members), n.failoverTimeout()/2) {
 		silent[id] = true
 	}
-	for _, m := range run.InFlight() {
+	for _, m := range flying {
 		for _, id := range slices.Concat(m.From, m.To) {
 			if seen[id] {
 				continue
