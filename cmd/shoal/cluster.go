@@ -272,8 +272,11 @@ func printVBMap(w io.Writer, m *client.ClusterMap) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\n", n.ID, n.Addr, n.State, a, r)
 	}
 	tw.Flush()
-	var none, short int
+	var none, short, moving int
 	for _, v := range m.VBuckets {
+		if len(v.Pending) > 0 || v.Frozen {
+			moving++
+		}
 		switch {
 		case len(v.Chain) == 0:
 			none++
@@ -286,6 +289,9 @@ func printVBMap(w io.Writer, m *client.ClusterMap) {
 	}
 	if short > 0 {
 		fmt.Fprintf(w, "%s with fewer than %d copies\n", plural(short, "vbucket"), 1+m.Replicas)
+	}
+	if moving > 0 {
+		fmt.Fprintf(w, "%s being moved by a rebalance (shoal rebalance --status)\n", plural(moving, "vbucket"))
 	}
 }
 
@@ -317,7 +323,14 @@ func oneVBucket(m *client.ClusterMap, vb int, key string) vbucketDoc {
 			role = "active"
 		}
 		n, _ := m.Node(id)
+		if i == 0 && v.Frozen {
+			role = "active (frozen: being taken over)"
+		}
 		doc.Chain = append(doc.Chain, chainNode{ID: id, Role: role, Addr: n.Addr, State: n.State})
+	}
+	for _, id := range v.Pending {
+		n, _ := m.Node(id)
+		doc.Chain = append(doc.Chain, chainNode{ID: id, Role: "pending (a copy being built)", Addr: n.Addr, State: n.State})
 	}
 	return doc
 }
