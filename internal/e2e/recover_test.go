@@ -23,7 +23,9 @@ var recoverMissed = flag.Int("recover-missed", 10000, "kv writes a failed-over n
 // the queue's are reported, not checked (a queue vBucket rolls back
 // whenever a pop followed the seqno it asks for, docs/design.md §7).
 // Every record then has its two copies. The figures: how many vBuckets
-// resumed and how many were copied (rolled back), per engine.
+// resumed and how many were copied (rolled back), per engine. Then `shoal
+// rebalance --wait` gives it its share of actives again, and every
+// record is still there.
 func TestRecoverAfterMissedWrites(t *testing.T) {
 	c := startChains(t, 1, nil, nil)
 	var w written
@@ -111,4 +113,13 @@ func TestRecoverAfterMissedWrites(t *testing.T) {
 			t.Errorf("%s: %d vbuckets copied again, want every one resumed from its failover log (delta recovery after a clean stop)", b, copied[b])
 		}
 	}
+	if r := testproc.CLI(t, seed.Addr, "", "rebalance", "--wait"); r.Code != 0 {
+		t.Fatalf("shoal rebalance --wait after the recovery: %+v", r)
+	}
+	c.connect()
+	if active, _ := c.m.Counts(vid); active < len(c.m.VBuckets)/3 {
+		t.Fatalf("after the rebalance the recovered node is active for %d of %d vbuckets", active, len(c.m.VBuckets))
+	}
+	c.waitCaughtUp(60 * time.Second)
+	c.checkRecords(&w)
 }
