@@ -412,7 +412,7 @@ func nodeID(dir string) (string, error) {
 	if b, err := os.ReadFile(path); err == nil {
 		if id := strings.TrimSpace(string(b)); id != "" {
 			if !vbmap.ValidNodeID(id) {
-				return "", fmt.Errorf("%s holds %q, not a node id (1..%d of A-Z a-z 0-9 . _ -)", path, id, vbmap.MaxNodeIDLen)
+				return "", fmt.Errorf("%s holds %q, not a node id (1..%d of A-Z a-z 0-9 . _ -): the file is damaged; `shoal check %s` looks at the rest of the directory, and --node-id ID starts the node with the id it had (the cluster knows it)", path, id, vbmap.MaxNodeIDLen, dir)
 			}
 			return id, nil
 		}
