@@ -42,29 +42,11 @@ func startClusterWith(t testing.TB, n int, before func(i int, nd *Node), extra .
 	nodes = make([]*Node, n)
 	stops := make([]func(), n)
 	for i := range nodes {
-		cfg, err := newConfig(t.TempDir(), append([]string{"--listen", addrs[i], "--join", join, "--bootstrap-expect", strconv.Itoa(n),
-			"--raft-heartbeat-timeout", "200ms", "--raft-election-timeout", "200ms", "--raft-leader-lease-timeout", "100ms"}, extra...)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		nd, err := New(cfg, "test")
-		if err != nil {
-			t.Fatal(err)
-		}
+		var hook func(*Node)
 		if before != nil {
-			before(i, nd)
+			hook = func(nd *Node) { before(i, nd) }
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- nd.Run(ctx) }()
-		stops[i] = sync.OnceFunc(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("node %d: %v", i, err)
-			}
-		})
-		t.Cleanup(stops[i])
-		nodes[i] = nd
+		nodes[i], stops[i], _ = runNode(t, hook, append([]string{"--listen", addrs[i], "--join", join, "--bootstrap-expect", strconv.Itoa(n)}, extra...)...)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for _, nd := range nodes {
@@ -79,6 +61,40 @@ func startClusterWith(t testing.TB, n int, before func(i int, nd *Node), extra .
 		}
 	}
 	return nodes, func(i int) { stops[i]() }
+}
+
+// runNode starts an in-process node of a test cluster (the fast raft
+// timeouts, then args), running before(node) between New and Run when
+// not nil. stop stops it cleanly, at most once (the test's cleanup calls
+// it too; an error of Run fails the test); exited yields Run's result
+// when the node stops by itself.
+func runNode(t testing.TB, before func(*Node), args ...string) (nd *Node, stop func(), exited <-chan error) {
+	t.Helper()
+	cfg, err := newConfig(t.TempDir(), append([]string{"--raft-heartbeat-timeout", "200ms", "--raft-election-timeout", "200ms", "--raft-leader-lease-timeout", "100ms"}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nd, err = New(cfg, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if before != nil {
+		before(nd)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done, result := make(chan error, 1), make(chan error, 1)
+	go func() {
+		err := nd.Run(ctx)
+		result <- err
+		done <- err
+	}()
+	stop = sync.OnceFunc(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("node %s: %v", nd.cfg.NodeID, err)
+		}
+	})
+	t.Cleanup(stop)
+	return nd, stop, result
 }
 
 // TestClusterWithTLSAndCredentials: three nodes with TLS and credentials
@@ -337,20 +353,7 @@ func startProxiedCluster(t *testing.T, extra ...string) (nodes []*Node, proxies 
 	join := strings.Join(advertised, ",")
 	nodes = make([]*Node, 3)
 	for i := range nodes {
-		cfg, err := newConfig(t.TempDir(), append([]string{"--listen", listen[i], "--advertise", advertised[i], "--join", join, "--bootstrap-expect", "3",
-			"--failover-timeout", "1s", "--raft-heartbeat-timeout", "200ms", "--raft-election-timeout", "200ms", "--raft-leader-lease-timeout", "100ms"}, extra...)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		nd, err := New(cfg, "test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- nd.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
-		nodes[i] = nd
+		nodes[i], _, _ = runNode(t, nil, append([]string{"--listen", listen[i], "--advertise", advertised[i], "--join", join, "--bootstrap-expect", "3", "--failover-timeout", "1s"}, extra...)...)
 	}
 	for _, nd := range nodes {
 		waitFor(t, 20*time.Second, "a cluster of three serving", func() (bool, string) {

@@ -27,36 +27,14 @@ func joinNode(t *testing.T, nodes []*Node, extra ...string) *Node {
 }
 
 // joinNodeDone is joinNode, also returning the channel its Run's result
-// arrives on (read by the test's cleanup when the test did not).
+// arrives on when the node stops by itself.
 func joinNodeDone(t *testing.T, nodes []*Node, extra ...string) (*Node, <-chan error) {
 	t.Helper()
 	var join []string
 	for _, nd := range nodes {
 		join = append(join, nd.Addr().String())
 	}
-	addr := testproc.FreePorts(t, 1)[0]
-	cfg, err := newConfig(t.TempDir(), append([]string{"--listen", addr, "--join", strings.Join(join, ","),
-		"--raft-heartbeat-timeout", "200ms", "--raft-election-timeout", "200ms", "--raft-leader-lease-timeout", "100ms"}, extra...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nd, err := New(cfg, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done, result := make(chan error, 1), make(chan error, 1)
-	go func() {
-		err := nd.Run(ctx)
-		done <- err
-		result <- err
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("joined node: %v", err)
-		}
-	})
+	nd, _, exited := runNode(t, nil, append([]string{"--listen", testproc.FreePorts(t, 1)[0], "--join", strings.Join(join, ",")}, extra...)...)
 	waitFor(t, 20*time.Second, "the new node to be an active member", func() (bool, string) {
 		cs := nd.clusterStatus()
 		for _, m := range cs.Nodes {
@@ -66,7 +44,7 @@ func joinNodeDone(t *testing.T, nodes []*Node, extra ...string) (*Node, <-chan e
 		}
 		return false, fmt.Sprintf("%+v", cs)
 	})
-	return nd, result
+	return nd, exited
 }
 
 // TestRebalanceOfAJoin: a third node joins two that hold kv records,
