@@ -285,15 +285,18 @@ func (rp *replication) handedOver(vb uint16) bool {
 }
 
 // dropsCopies reports whether the node drops the copies of the vBuckets
-// its map gives it no part in: only a cluster member in state active. A
-// failed-over node keeps them for its recovery (delta, from its failover
-// logs), a standby or a lone server holds no map of its own.
+// its map gives it no part in: only a cluster member in state active or
+// leaving (`shoal remove`: the rebalance moved everything off it, and its
+// drop, two seconds after the last map, mostly runs once the member is
+// leaving — it used to keep every copy). A failed-over node keeps them
+// for its recovery (delta, from its failover logs), a standby or a lone
+// server holds no map of its own.
 func (n *Node) dropsCopies() bool {
 	if n.cluster == nil || n.cluster.meta == nil || !n.inCluster() { // a restart's first map: the group is not open yet
 		return false
 	}
 	self, ok := n.cluster.known().Node(n.cfg.NodeID)
-	return ok && self.State == meta.Active
+	return ok && (self.State == meta.Active || self.State == meta.Leaving)
 }
 
 // dropDelay is how long after applying a map a node waits before it
