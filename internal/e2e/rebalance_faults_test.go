@@ -809,6 +809,7 @@ func TestRebalanceLeaderRestarted(t *testing.T) {
 		watched = make(chan struct{})
 		stopW   = make(chan struct{})
 	)
+	addrs := rc.addrs() // a restarted node keeps its address; rc.nodes changes
 	go func() {
 		defer close(watched)
 		for {
@@ -817,14 +818,14 @@ func TestRebalanceLeaderRestarted(t *testing.T) {
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
-			for i, n := range rc.nodes {
+			for i, addr := range addrs {
 				mu.Lock()
 				skip := down[i]
 				mu.Unlock()
 				if skip {
 					continue
 				}
-				m, err := mapAt(n.Addr)
+				m, err := mapAt(addr)
 				if err != nil {
 					continue // starting, or the one killed
 				}
