@@ -324,7 +324,7 @@ func (tr *traffic) requireClean() {
 	}
 }
 
-// rebalanceStatus reads `shoal rebalance --status --json` at addr.
+// rebalanceStatusCLI reads `shoal rebalance --status --json` at addr.
 func rebalanceStatusCLI(t *testing.T, addr string) client.RebalanceStatus {
 	t.Helper()
 	r := testproc.CLI(t, addr, "", "rebalance", "--status", "--json")
@@ -492,6 +492,9 @@ func (rc *rbCluster) checkBalanced() *vbmap.Map {
 func (rc *rbCluster) checkRecords(tr *traffic) {
 	t := rc.t
 	t.Helper()
+	// One cluster with a leader first: on the loaded machine a stall of
+	// every process has cost an election of 20 s (connect waits 20 s).
+	waitCluster(t, rc.nodes, formTimeout)
 	cc := &chainCluster{t: t, nodes: rc.nodes, ids: rc.ids}
 	cc.connect()
 	cc.waitCaughtUp(60 * time.Second)
@@ -725,7 +728,7 @@ func TestRebalanceSourceKilledInTakeover(t *testing.T) {
 	var victim string
 	st := startRebalance(t, sc, "a takeover from a node that is not the leader", func(st *client.RebalanceStatus) bool {
 		for _, m := range st.InFlight {
-			if (m.Phase == "freezing" || m.Phase == "draining") && m.From[0] != leader && m.From[0] != rc.ids[3] {
+			if (m.Phase == "freezing" || m.Phase == "draining") && len(m.From) > 0 && m.From[0] != leader && m.From[0] != rc.ids[3] {
 				victim = m.From[0]
 				return true
 			}
