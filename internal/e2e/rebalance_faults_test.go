@@ -365,22 +365,38 @@ func rebalanceWait(t *testing.T, addr string) {
 }
 
 // startRebalance starts a rebalance through c and waits until cond holds
-// of its status (polled every 5 ms), which it returns.
+// of its status (polled every 5 ms), which it returns. The leadership
+// may move on the loaded machine (the automatic failover's clusters run
+// raft at 200 ms): a status that cannot be read is asked again, and a
+// run that ended before cond held (a new leader aborts it) is started
+// again, as an operator would.
 func startRebalance(t *testing.T, c *client.Client, what string, cond func(*client.RebalanceStatus) bool) *client.RebalanceStatus {
 	t.Helper()
-	st, err := c.Rebalance(t.Context(), client.RebalanceOptions{})
-	if err != nil {
-		t.Fatalf("starting the rebalance: %v", err)
-	}
-	for deadline := time.Now().Add(60 * time.Second); !cond(st); time.Sleep(5 * time.Millisecond) {
-		if !st.Running || time.Now().After(deadline) {
-			t.Fatalf("the rebalance: not %s: %+v", what, st)
+	deadline := time.Now().Add(60 * time.Second)
+	started := false
+	for {
+		st, err := c.RebalanceStatus(t.Context())
+		switch {
+		case time.Now().After(deadline):
+			t.Fatalf("the rebalance: not %s within 60 s: %v %+v", what, err, st)
+		case err != nil:
+			time.Sleep(50 * time.Millisecond)
+		case st.Running && cond(st):
+			return st
+		case st.Running:
+			started = true
+			time.Sleep(5 * time.Millisecond)
+		default:
+			if started {
+				t.Logf("the rebalance ended before %s (%s: %s); starting again", what, st.State, st.Reason)
+			}
+			if _, err := c.Rebalance(t.Context(), client.RebalanceOptions{}); err != nil {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			started = true
 		}
-		if st, err = c.RebalanceStatus(t.Context()); err != nil {
-			t.Fatalf("rebalance status: %v", err)
-		}
 	}
-	return st
 }
 
 // mapAt reads the map node addr serves (GetClusterMap), without failing
