@@ -316,54 +316,74 @@ func (n *Node) scheduleDrops() {
 	n.routing.dropping = true
 	time.AfterFunc(dropDelay, func() {
 		n.routing.mu.Lock()
-		defer n.routing.mu.Unlock()
 		n.routing.dropping = false
-		if n.rep.ctx.Err() != nil || n.routing.table == nil || !n.dropsCopies() {
-			return
-		}
-		n.dropLeft(n.routing.table.Map())
+		n.routing.mu.Unlock()
+		n.dropLeft()
 	})
 }
 
-// dropLeft drops, in every engine, the records of the vBuckets m gives
-// this node no part in (a rebalance moved them away, the replica count
-// fell) and resets their failover logs: a vBucket built here again later
-// starts from nothing. A vBucket without any copy in m is left alone
-// (what this node holds of it may be all there is), as are the vBuckets
-// it holds nothing of (the usual case: nothing is done for them).
-func (n *Node) dropLeft(m *vbmap.Map) {
-	rp := n.rep
+// dropLeft drops, in every engine, the records of the vBuckets the map
+// gives this node no part in (a rebalance moved them away, the replica
+// count fell) and resets their failover logs: a vBucket built here again
+// later starts from nothing. A vBucket without any copy in the map is
+// left alone (what this node holds of it may be all there is), as are
+// the vBuckets it holds nothing of (the usual case: nothing is done for
+// them). Each vBucket is dropped under routing.mu by the map applied
+// then, and the lock is released between them: a log engine rewrites
+// every file that holds the vBucket, and a map change waiting for all of
+// them kept a node from applying the metadata log for seconds — its
+// lease ran out and the automatic failover took it for down
+// (TestRebalanceSourceKilledInTakeover under -race).
+func (n *Node) dropLeft() {
 	var dropped []uint16
-	for vb := range uint16(m.Len()) {
-		v := &m.VBuckets[vb]
-		if len(v.Chain) == 0 || m.StateOf(n.cfg.NodeID, vb) != vbmap.Dead {
-			continue
+	var rev uint64
+	for vb := uint16(0); ; vb++ {
+		n.routing.mu.Lock()
+		if n.rep.ctx.Err() != nil || n.routing.table == nil || !n.dropsCopies() || int(vb) >= n.routing.table.Map().Len() {
+			n.routing.mu.Unlock()
+			break
 		}
-		held := false
-		for _, b := range rp.buckets {
-			held = held || b.Engine.HighSeqno(vb) > 0
+		m := n.routing.table.Map()
+		if n.dropOne(m, vb) {
+			dropped, rev = append(dropped, vb), m.Revision
 		}
-		if !held {
-			continue
-		}
-		for _, b := range rp.buckets {
-			if err := b.Engine.DropVBucket(vb); err != nil {
-				n.log.Error("cannot drop a vbucket this node no longer holds", "vbucket", vb, "bucket", b.Name, "err", err)
-				continue
-			}
-			b.Logs.Reset(vb)
-		}
-		dropped = append(dropped, vb)
+		n.routing.mu.Unlock()
 	}
 	if len(dropped) == 0 {
 		return
 	}
-	for _, b := range rp.buckets {
+	n.routing.mu.Lock()
+	for _, b := range n.rep.buckets {
 		if err := b.Logs.Save(); err != nil {
 			n.log.Error("cannot save the failover logs after dropping vbuckets", "bucket", b.Name, "err", err)
 		}
 	}
-	n.log.Info("dropped the copies of vbuckets the map no longer gives this node", "revision", m.Revision, "vbuckets", len(dropped))
+	n.routing.mu.Unlock()
+	n.log.Info("dropped the copies of vbuckets the map no longer gives this node", "revision", rev, "vbuckets", len(dropped))
+}
+
+// dropOne drops vb's records and failover logs in every engine if map m
+// gives this node no part in it while another node holds it, and reports
+// whether it did. routing.mu is held.
+func (n *Node) dropOne(m *vbmap.Map, vb uint16) bool {
+	if len(m.VBuckets[vb].Chain) == 0 || m.StateOf(n.cfg.NodeID, vb) != vbmap.Dead {
+		return false
+	}
+	held := false
+	for _, b := range n.rep.buckets {
+		held = held || b.Engine.HighSeqno(vb) > 0
+	}
+	if !held {
+		return false
+	}
+	for _, b := range n.rep.buckets {
+		if err := b.Engine.DropVBucket(vb); err != nil {
+			n.log.Error("cannot drop a vbucket this node no longer holds", "vbucket", vb, "bucket", b.Name, "err", err)
+			continue
+		}
+		b.Logs.Reset(vb)
+	}
+	return true
 }
 
 // rememberRemoved records that the cluster removed channel name.
