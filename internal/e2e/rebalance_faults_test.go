@@ -728,24 +728,29 @@ func TestRebalanceReceiverKilled(t *testing.T) {
 	rc.checkRecords(tr)
 }
 
+// rbAutoArgs turn the automatic failover on at 2 s, with the raft
+// timeouts of slowArgs: at autoArgs' 200 ms the leadership moved over and
+// over under -race on the loaded machine (13 runs aborted by a new leader
+// in one test), which is not what the test is about.
+var rbAutoArgs = []string{"--auto-failover", "--failover-timeout", "2s"}
+
 // TestRebalanceSourceKilledInTakeover: four nodes with automatic failover
-// (1 s); a rebalance after the fourth joined, and the old active of a
+// (rbAutoArgs); a rebalance after the fourth joined, and the old active of a
 // vBucket being taken over is killed (kill -9) mid-takeover. The run stops
 // first (naming the node), the automatic failover follows; the node,
 // restarted and recovered (`shoal recover`), takes part in a later
 // rebalance that completes. No majority write acknowledged is lost.
 func TestRebalanceSourceKilledInTakeover(t *testing.T) {
-	rc := startRebalanceCluster(t, 3, autoArgs...)
+	rc := startRebalanceCluster(t, 3, rbAutoArgs...)
 	rc.load(rbCISizes)
-	rc.join(autoArgs...)
+	rc.join(rbAutoArgs...)
 	tr := rc.startTraffic(rbCISizes, client.Majority)
-	leader := cliCluster(t, rc.nodes[0].Addr).Leader
-	sc := dialShort(t, rc.nodes[rc.index(leader)].Addr)
-	var victim string
+	sc := rc.dial() // routing: the leader may move before the kill
+	var victim, leader string
 	st := startRebalance(t, sc, "a takeover from a node that is not the leader", func(st *client.RebalanceStatus) bool {
 		for _, m := range st.InFlight {
-			if (m.Phase == "freezing" || m.Phase == "draining") && len(m.From) > 0 && m.From[0] != leader && m.From[0] != rc.ids[3] {
-				victim = m.From[0]
+			if (m.Phase == "freezing" || m.Phase == "draining") && len(m.From) > 0 && m.From[0] != st.Leader && m.From[0] != rc.ids[3] {
+				victim, leader = m.From[0], st.Leader
 				return true
 			}
 		}
