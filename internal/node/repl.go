@@ -328,15 +328,17 @@ func (n *Node) scheduleDrops() {
 // later starts from nothing. A vBucket without any copy in the map is
 // left alone (what this node holds of it may be all there is), as are
 // the vBuckets it holds nothing of (the usual case: nothing is done for
-// them). Each vBucket is dropped under routing.mu by the map applied
-// then, and the lock is released between them: a log engine rewrites
-// every file that holds the vBucket, and a map change waiting for all of
-// them kept a node from applying the metadata log for seconds — its
-// lease ran out and the automatic failover took it for down
-// (TestRebalanceSourceKilledInTakeover under -race).
+// them). Each vBucket is dropped under routing.mu, and the lock is
+// released between them: a log engine rewrites every file that holds the
+// vBucket, and a map change waiting for all of them kept a node from
+// applying the metadata log for seconds — its lease ran out and the
+// automatic failover took it for down (TestRebalanceSourceKilledInTakeover
+// under -race). A vBucket is dropped only if both the map of the start
+// and the map of the moment give it none: one that a map applied
+// meanwhile took away waits for that map's own drop, dropDelay later.
 func (n *Node) dropLeft() {
 	var dropped []uint16
-	var rev uint64
+	var start *vbmap.Map
 	for vb := uint16(0); ; vb++ {
 		n.routing.mu.Lock()
 		if n.rep.ctx.Err() != nil || n.routing.table == nil || !n.dropsCopies() || int(vb) >= n.routing.table.Map().Len() {
@@ -344,8 +346,11 @@ func (n *Node) dropLeft() {
 			break
 		}
 		m := n.routing.table.Map()
-		if n.dropOne(m, vb) {
-			dropped, rev = append(dropped, vb), m.Revision
+		if start == nil {
+			start = m
+		}
+		if start.StateOf(n.cfg.NodeID, vb) == vbmap.Dead && n.dropOne(m, vb) {
+			dropped = append(dropped, vb)
 		}
 		n.routing.mu.Unlock()
 	}
@@ -359,7 +364,7 @@ func (n *Node) dropLeft() {
 		}
 	}
 	n.routing.mu.Unlock()
-	n.log.Info("dropped the copies of vbuckets the map no longer gives this node", "revision", rev, "vbuckets", len(dropped))
+	n.log.Info("dropped the copies of vbuckets the map no longer gives this node", "revision", start.Revision, "vbuckets", len(dropped))
 }
 
 // dropOne drops vb's records and failover logs in every engine if map m
