@@ -291,10 +291,7 @@ func (n *Node) rebalanceLoop(run *rebalance.Run, rev uint64) {
 		case st.Map.Revision != rev:
 			end = fmt.Sprintf("the map changed outside the rebalance (revision %d, the rebalance's %d): a failover or an operator", st.Map.Revision, rev)
 		}
-		n.rb.mu.Lock()
-		flying := run.InFlight()
-		n.rb.mu.Unlock()
-		down := n.downObservations(st, flying) // not under rb.mu: it takes the failover's lock, which holds rb.mu in turn
+		silent := n.silentSet(st) // before rb.mu: the automatic failover holds its lock when it asks rebalancing()
 		n.rb.mu.Lock()
 		if end != "" {
 			run.Abort(end) // its actions cannot be committed any more: the map is cleared instead
@@ -303,7 +300,8 @@ func (n *Node) rebalanceLoop(run *rebalance.Run, rev uint64) {
 				n.rb.stopReq = ""
 				acts = append(acts, run.Stop(why)...)
 			}
-			acts = append(acts, run.Step(now, append(obs, down...))...)
+			obs = append(obs, downObservations(st, run, silent)...)
+			acts = append(acts, run.Step(now, obs)...)
 		}
 		n.rb.mu.Unlock()
 		obs = nil
@@ -324,7 +322,7 @@ func (n *Node) rebalanceLoop(run *rebalance.Run, rev uint64) {
 		}
 		n.rb.mu.Lock()
 		over := !run.Rebalancing()
-		flying = nil
+		var flying []rebalance.InFlight
 		if !over {
 			flying = run.InFlight()
 		}
@@ -447,13 +445,10 @@ func (n *Node) clearLeftMoves(ctx context.Context) {
 // run of the leader's own, before the leader clears them.
 const leftMovesAfter = 2 * time.Second
 
-// downObservations are the nodes of the run's moves that are down: not
-// an active member any more, or not heard within half the failover
-// timeout (the automatic failover waits for the run to stop).
-func (n *Node) downObservations(st *meta.State, flying []rebalance.InFlight) []rebalance.Observation {
-	var obs []rebalance.Observation
-	seen := map[string]bool{}
-	silent := map[string]bool{}
+// silentSet returns the active members not heard within half the
+// failover timeout. It takes the automatic failover's lock, whose tick
+// takes rb.mu (rebalancing): it must not be called under rb.mu.
+func (n *Node) silentSet(st *meta.State) map[string]bool {
 	var members []string
 	for _, m := range st.Nodes {
 		if m.State == meta.Active {
@@ -461,10 +456,21 @@ func (n *Node) downObservations(st *meta.State, flying []rebalance.InFlight) []r
 		}
 	}
 	now := time.Now()
+	silent := map[string]bool{}
 	for _, id := range n.silentMembers(now, n.heardTimes(now, members), n.failoverTimeout()/2) {
 		silent[id] = true
 	}
-	for _, m := range flying {
+	return silent
+}
+
+// downObservations are the nodes of the run's moves that are down: not
+// an active member any more, or silent (silentSet: not heard within half
+// the failover timeout; the automatic failover waits for the run to
+// stop).
+func downObservations(st *meta.State, run *rebalance.Run, silent map[string]bool) []rebalance.Observation {
+	var obs []rebalance.Observation
+	seen := map[string]bool{}
+	for _, m := range run.InFlight() {
 		for _, id := range slices.Concat(m.From, m.To) {
 			if seen[id] {
 				continue

@@ -285,15 +285,18 @@ func (rp *replication) handedOver(vb uint16) bool {
 }
 
 // dropsCopies reports whether the node drops the copies of the vBuckets
-// its map gives it no part in: only a cluster member in state active. A
-// failed-over node keeps them for its recovery (delta, from its failover
-// logs), a standby or a lone server holds no map of its own.
+// its map gives it no part in: only a cluster member in state active or
+// leaving (`shoal remove`: the rebalance moved everything off it, and its
+// drop, two seconds after the last map, mostly runs once the member is
+// leaving — it used to keep every copy). A failed-over node keeps them
+// for its recovery (delta, from its failover logs), a standby or a lone
+// server holds no map of its own.
 func (n *Node) dropsCopies() bool {
 	if n.cluster == nil || n.cluster.meta == nil || !n.inCluster() { // a restart's first map: the group is not open yet
 		return false
 	}
 	self, ok := n.cluster.known().Node(n.cfg.NodeID)
-	return ok && self.State == meta.Active
+	return ok && (self.State == meta.Active || self.State == meta.Leaving)
 }
 
 // dropDelay is how long after applying a map a node waits before it
@@ -303,64 +306,94 @@ func (n *Node) dropsCopies() bool {
 // applied the commit would roll back with it.
 const dropDelay = 2 * time.Second
 
-// scheduleDrops drops, dropDelay from now, the copies the map the node
-// then serves by gives it no part in (dropLeft). One drop is pending at
-// a time; it reads the map when it runs. routing.mu is held.
-func (n *Node) scheduleDrops() {
-	if n.routing.dropping {
-		return
+// scheduleDrops has the copies m (just applied) gives this node no part
+// in dropped dropDelay from now, if the map then still gives it none
+// (dropLeft). routing.mu is held.
+func (n *Node) scheduleDrops(m *vbmap.Map) {
+	n.routing.drops = append(n.routing.drops, appliedMap{m: m, at: time.Now()})
+	if len(n.routing.drops) == 1 {
+		time.AfterFunc(dropDelay, n.dropLeft)
 	}
-	n.routing.dropping = true
-	time.AfterFunc(dropDelay, func() {
-		n.routing.mu.Lock()
-		defer n.routing.mu.Unlock()
-		n.routing.dropping = false
-		if n.rep.ctx.Err() != nil || n.routing.table == nil || !n.dropsCopies() {
-			return
-		}
-		n.dropLeft(n.routing.table.Map())
-	})
 }
 
-// dropLeft drops, in every engine, the records of the vBuckets m gives
-// this node no part in (a rebalance moved them away, the replica count
-// fell) and resets their failover logs: a vBucket built here again later
-// starts from nothing. A vBucket without any copy in m is left alone
-// (what this node holds of it may be all there is), as are the vBuckets
-// it holds nothing of (the usual case: nothing is done for them).
-func (n *Node) dropLeft(m *vbmap.Map) {
-	rp := n.rep
+// dropLeft drops, in every engine, the records of the vBuckets that the
+// newest map applied at least dropDelay ago and the map of the moment
+// both give this node no part in (a rebalance moved them away, the
+// replica count fell), and resets their failover logs: a vBucket built
+// here again later starts from nothing. A vBucket without any copy in the
+// map is left alone (what this node holds of it may be all there is), as
+// are the vBuckets it holds nothing of (the usual case: nothing is done
+// for them). Each vBucket is dropped under routing.mu, and the lock is
+// released between them: a log engine rewrites every file that holds the
+// vBucket, and a map change waiting for all of them kept a node from
+// applying the metadata log for seconds — its lease ran out and the
+// automatic failover took it for down (TestRebalanceSourceKilledInTakeover
+// under -race). The maps applied since wait for their own turn.
+func (n *Node) dropLeft() {
+	n.routing.mu.Lock()
+	now := time.Now()
+	var due *vbmap.Map
+	for len(n.routing.drops) > 0 && now.Sub(n.routing.drops[0].at) >= dropDelay {
+		due = n.routing.drops[0].m
+		n.routing.drops = n.routing.drops[1:]
+	}
+	if len(n.routing.drops) > 0 {
+		time.AfterFunc(n.routing.drops[0].at.Add(dropDelay).Sub(now), n.dropLeft)
+	}
+	n.routing.mu.Unlock()
+	if due == nil {
+		return
+	}
 	var dropped []uint16
-	for vb := range uint16(m.Len()) {
-		v := &m.VBuckets[vb]
-		if len(v.Chain) == 0 || m.StateOf(n.cfg.NodeID, vb) != vbmap.Dead {
+	for vb := range uint16(due.Len()) {
+		if due.StateOf(n.cfg.NodeID, vb) != vbmap.Dead {
 			continue
 		}
-		held := false
-		for _, b := range rp.buckets {
-			held = held || b.Engine.HighSeqno(vb) > 0
+		n.routing.mu.Lock()
+		if n.rep.ctx.Err() != nil || n.routing.table == nil || !n.dropsCopies() {
+			n.routing.mu.Unlock()
+			break
 		}
-		if !held {
-			continue
+		if n.dropOne(n.routing.table.Map(), vb) {
+			dropped = append(dropped, vb)
 		}
-		for _, b := range rp.buckets {
-			if err := b.Engine.DropVBucket(vb); err != nil {
-				n.log.Error("cannot drop a vbucket this node no longer holds", "vbucket", vb, "bucket", b.Name, "err", err)
-				continue
-			}
-			b.Logs.Reset(vb)
-		}
-		dropped = append(dropped, vb)
+		n.routing.mu.Unlock()
 	}
 	if len(dropped) == 0 {
 		return
 	}
-	for _, b := range rp.buckets {
+	n.routing.mu.Lock()
+	for _, b := range n.rep.buckets {
 		if err := b.Logs.Save(); err != nil {
 			n.log.Error("cannot save the failover logs after dropping vbuckets", "bucket", b.Name, "err", err)
 		}
 	}
-	n.log.Info("dropped the copies of vbuckets the map no longer gives this node", "revision", m.Revision, "vbuckets", len(dropped))
+	n.routing.mu.Unlock()
+	n.log.Info("dropped the copies of vbuckets the map no longer gives this node", "revision", due.Revision, "vbuckets", len(dropped))
+}
+
+// dropOne drops vb's records and failover logs in every engine if map m
+// gives this node no part in it while another node holds it, and reports
+// whether it did. routing.mu is held.
+func (n *Node) dropOne(m *vbmap.Map, vb uint16) bool {
+	if len(m.VBuckets[vb].Chain) == 0 || m.StateOf(n.cfg.NodeID, vb) != vbmap.Dead {
+		return false
+	}
+	held := false
+	for _, b := range n.rep.buckets {
+		held = held || b.Engine.HighSeqno(vb) > 0
+	}
+	if !held {
+		return false
+	}
+	for _, b := range n.rep.buckets {
+		if err := b.Engine.DropVBucket(vb); err != nil {
+			n.log.Error("cannot drop a vbucket this node no longer holds", "vbucket", vb, "bucket", b.Name, "err", err)
+			continue
+		}
+		b.Logs.Reset(vb)
+	}
+	return true
 }
 
 // rememberRemoved records that the cluster removed channel name.

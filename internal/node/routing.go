@@ -38,10 +38,19 @@ type routing struct {
 	peerFenced map[uint16]bool
 	peerRev    uint64
 	peerAsking atomic.Bool // a peer's map is being fetched
-	dropping   bool        // a drop of the copies left is scheduled (scheduleDrops), under mu
+	// drops are the maps applied whose copies left are not dropped yet,
+	// oldest first, with when each was applied; a timer is set while
+	// there are any (scheduleDrops). Under mu.
+	drops []appliedMap
 	// appliedAt is when the node last published the table of a new map
 	// (unix nanoseconds): a takeover's freeze holds from freezeGrace after.
 	appliedAt atomic.Int64
+}
+
+// appliedMap is a map and when the node applied it.
+type appliedMap struct {
+	m  *vbmap.Map
+	at time.Time
 }
 
 // publish makes t the server's routing table, without its active
@@ -189,7 +198,7 @@ func (n *Node) applyMap(m *vbmap.Map, addrs map[string]string) error {
 	if len(promoted) > 0 {
 		n.removeLeftovers()
 	}
-	n.scheduleDrops()
+	n.scheduleDrops(m)
 	if err := n.rep.reconcile(next, true); err != nil {
 		return fmt.Errorf("map revision %d applied, but replication did not start: %w", m.Revision, err)
 	}
