@@ -148,8 +148,16 @@ func removeCommand(g *globals) *cobra.Command {
 			if err := waitRebalance(cmd, c, st, false, start); err != nil {
 				return err
 			}
-			if err := c.RemoveNode(ctx, id); err != nil {
-				return clusterErr(c, err)
+			// The rebalance is done; an election under way is waited out.
+			for deadline := time.Now().Add(10 * time.Second); ; {
+				err := c.RemoveNode(ctx, id)
+				if err == nil {
+					break
+				}
+				if !errors.Is(err, client.ErrNoQuorum) || time.Now().After(deadline) {
+					return clusterErr(c, err)
+				}
+				time.Sleep(200 * time.Millisecond)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "node %s holds no vbucket and is leaving: the leader takes it out of the metadata group, and the node exits\n", id)
 			return nil

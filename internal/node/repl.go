@@ -345,6 +345,7 @@ func (n *Node) dropLeft() {
 		return
 	}
 	var dropped []uint16
+	streamed := 0
 	for vb := range uint16(due.Len()) {
 		if due.StateOf(n.cfg.NodeID, vb) != vbmap.Dead {
 			continue
@@ -354,10 +355,22 @@ func (n *Node) dropLeft() {
 			n.routing.mu.Unlock()
 			break
 		}
-		if n.dropOne(n.routing.table.Map(), vb) {
+		switch dropped1, kept := n.dropOne(n.routing.table.Map(), vb); {
+		case dropped1:
 			dropped = append(dropped, vb)
+		case kept:
+			streamed++
 		}
 		n.routing.mu.Unlock()
+	}
+	if streamed > 0 {
+		// Still streamed from: tried again dropDelay from now.
+		n.routing.mu.Lock()
+		if n.routing.table != nil {
+			n.scheduleDrops(n.routing.table.Map())
+		}
+		n.routing.mu.Unlock()
+		n.log.Debug("copies the map no longer gives this node are still streamed from: kept for now", "vbuckets", streamed)
 	}
 	if len(dropped) == 0 {
 		return
@@ -374,17 +387,22 @@ func (n *Node) dropLeft() {
 
 // dropOne drops vb's records and failover logs in every engine if map m
 // gives this node no part in it while another node holds it, and reports
-// whether it did. routing.mu is held.
-func (n *Node) dropOne(m *vbmap.Map, vb uint16) bool {
+// whether it did; kept reports a copy left because a consumer still
+// streams it (one that has not applied the map yet: the new active of a
+// takeover, a replica). routing.mu is held.
+func (n *Node) dropOne(m *vbmap.Map, vb uint16) (dropped, kept bool) {
 	if len(m.VBuckets[vb].Chain) == 0 || m.StateOf(n.cfg.NodeID, vb) != vbmap.Dead {
-		return false
+		return false, false
 	}
 	held := false
 	for _, b := range n.rep.buckets {
 		held = held || b.Engine.HighSeqno(vb) > 0
 	}
 	if !held {
-		return false
+		return false, false
+	}
+	if n.rep.producer.Streaming(vb) {
+		return false, true
 	}
 	for _, b := range n.rep.buckets {
 		if err := b.Engine.DropVBucket(vb); err != nil {
@@ -393,7 +411,7 @@ func (n *Node) dropOne(m *vbmap.Map, vb uint16) bool {
 		}
 		b.Logs.Reset(vb)
 	}
-	return true
+	return true, false
 }
 
 // rememberRemoved records that the cluster removed channel name.

@@ -437,6 +437,23 @@ func (p *Producer) Copies(want map[uint16][]string) map[uint16]map[string]*Copy 
 	return out
 }
 
+// Streaming reports whether some consumer has a stream of vb open, in
+// any bucket: a node keeps a copy that is still streamed from (a
+// consumer that has not applied the map that moved the vBucket away
+// reads it, and dropping it would end its stream with a rollback).
+func (p *Producer) Streaming(vb uint16) bool {
+	for _, b := range p.buckets {
+		for _, cs := range p.byName[b.Name].Status() {
+			for _, s := range cs.Streams {
+				if s.VBucket == vb && !s.Ended {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
 // Buckets returns the names of the producer's buckets, in its order.
 func (p *Producer) Buckets() []string {
 	out := make([]string, len(p.buckets))
