@@ -27,12 +27,15 @@ const (
 	maxRouteBackoff = time.Second
 )
 
-// While the map says a vBucket is frozen (a rebalance's takeover), a
-// routed request retries after 2 ms, 4 ms, ... at most 50 ms: the
-// takeover ends in milliseconds, and the client must not add 100 ms to it.
+// While the map says a vBucket is frozen (a rebalance's takeover), or the
+// node asked answered `not my vbucket` by a map older than the client's
+// (it applies the client's in a moment), a routed request retries every
+// 5 ms, 40 times, then every 50 ms: both end within tens of
+// milliseconds, and a doubling wait would add as much again to them.
 const (
-	frozenStep    = 2 * time.Millisecond
-	maxFrozenWait = 50 * time.Millisecond
+	quickStep    = 5 * time.Millisecond
+	quickTries   = 40
+	maxQuickWait = 50 * time.Millisecond
 )
 
 // refreshTimeout bounds one refresh of the map (every node tried).
@@ -404,8 +407,9 @@ func (c *Client) routed(ctx context.Context, rt *routeTable, vb uint16, op wire.
 	ctx, cancel := c.ctx(ctx)
 	defer cancel()
 	var last error
-	frozen := 0
+	quick := 0
 	for attempt := 1; ; attempt++ {
+		behind := false // the node answered by a map older than the client's
 		n := rt.actives[vb]
 		if n == nil {
 			last = unavailable(vb, "", fmt.Sprintf("map revision %d has no active node for it", rt.m.Revision))
@@ -420,6 +424,8 @@ func (c *Client) routed(ctx context.Context, rt *routeTable, vb uint16, op wire.
 				if last, stop = c.answerFailed(ctx, rt, vb, n, err, pol); stop {
 					return routedResult{err: last, node: n, notStored: pol.moveOn && last == err && isNotStored(err)}
 				}
+				var e *Error
+				behind = errors.As(last, &e) && e.Status == uint16(wire.StatusNotMyVBucket) && e.Revision < rt.m.Revision
 			} else {
 				switch {
 				case ctx.Err() != nil:
@@ -442,12 +448,17 @@ func (c *Client) routed(ctx context.Context, rt *routeTable, vb uint16, op wire.
 			continue // the new map names another active: try it at once
 		}
 		wait := min(time.Duration(attempt)*routeBackoff, maxRouteBackoff)
-		if int(vb) < len(rt.m.VBuckets) && rt.m.VBuckets[vb].Frozen {
-			// A rebalance's takeover: the new active is named within
-			// milliseconds. Such waits are not failed attempts.
-			frozen++
+		if behind || (int(vb) < len(rt.m.VBuckets) && rt.m.VBuckets[vb].Frozen) {
+			// A rebalance's takeover (the new active is named within
+			// milliseconds), or a node about to apply the client's map
+			// (the new active of a takeover, just after the old one):
+			// such waits are short, and not failed attempts.
+			quick++
 			attempt--
-			wait = min(frozenStep<<min(frozen-1, 5), maxFrozenWait)
+			wait = quickStep
+			if quick > quickTries {
+				wait = maxQuickWait
+			}
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
 			return routedResult{err: last, node: n}
