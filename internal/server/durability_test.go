@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"shoal/internal/queue"
 	"shoal/internal/vbmap"
 	"shoal/internal/wire"
 )
@@ -15,15 +16,17 @@ type fakeWaits struct {
 	mu       sync.Mutex
 	pending  []func(error)
 	seqnos   []uint64
+	persist  []bool
 	chains   [][]string
 	canceled int
 	arrived  chan struct{}
 }
 
-func (f *fakeWaits) wait(bucket string, vb uint16, seqno uint64, chain []string, timeout time.Duration, done func(error)) func() {
+func (f *fakeWaits) wait(bucket string, vb uint16, seqno uint64, persist bool, chain []string, timeout time.Duration, done func(error)) func() {
 	f.mu.Lock()
 	f.pending = append(f.pending, done)
 	f.seqnos = append(f.seqnos, seqno)
+	f.persist = append(f.persist, persist)
 	f.chains = append(f.chains, chain)
 	f.mu.Unlock()
 	f.arrived <- struct{}{}
@@ -153,5 +156,50 @@ func TestDurableAnswers(t *testing.T) {
 	r2 := dialRaw(t, ts.addr)
 	if st, v := r2.get("c", "k"); st != wire.StatusOK || v != "v3" {
 		t.Fatalf("after the connection's end: %v %q", st, v)
+	}
+}
+
+// TestPersistMajorityPush: a persist-majority push is refused by a queue
+// without a journal; with a journal fsynced every hour its wait is a
+// persist one, registered only once the push is on the active's disk.
+func TestPersistMajorityPush(t *testing.T) {
+	persist := func(body []byte) []byte {
+		return append(wire.AppendDurablePrefix(nil, wire.DurabilityPersistMajority, time.Second), body...)
+	}
+	chains := make([][]string, testVBuckets)
+	for vb := range chains {
+		chains[vb] = []string{"test-node", "b"}
+	}
+	setup := func(ts *testServer) *fakeWaits {
+		ts.s.SetTable(vbmap.NewTable("test-node", (*vbmap.Map)(nil).Next(2, 1, chains), map[string]string{"test-node": ts.addr, "b": "10.0.0.1:7400"}))
+		f := &fakeWaits{arrived: make(chan struct{}, 16)}
+		ts.s.SetDurableWait(f.wait)
+		return f
+	}
+	mem := startServer(t, Config{})
+	setup(mem)
+	r := dialRaw(t, mem.addr)
+	r.sendFlags(wire.OpPush, vbOf("key"), wire.FlagDurable, persist(pushBody([]string{"q"}, "key", "x")))
+	if h, msg := r.read(); h.Status != wire.StatusUnsupported {
+		t.Fatalf("persist-majority push to a memory queue: %v %s", h.Status, msg)
+	}
+
+	jnl := startServerWith(t, Config{}, queue.Config{Durability: queue.DurabilityJournal, FsyncInterval: time.Hour})
+	f := setup(jnl)
+	r = dialRaw(t, jnl.addr)
+	id := r.sendFlags(wire.OpPush, vbOf("key"), wire.FlagDurable, persist(pushBody([]string{"q"}, "key", "x")))
+	done := f.next(t)
+	if written, synced, _ := jnl.q.Marks(); synced != written {
+		t.Fatalf("wait registered with the push not on disk: marks %d %d", written, synced)
+	}
+	f.mu.Lock()
+	p := f.persist[0]
+	f.mu.Unlock()
+	if !p {
+		t.Fatal("the wait of a persist-majority push is not a persist wait")
+	}
+	done(nil)
+	if h, _ := r.read(); h.ID != id || h.Status != wire.StatusOK {
+		t.Fatalf("persist-majority push answered %v", h)
 	}
 }

@@ -190,20 +190,20 @@ func (c *conn) queuePush(h wire.Header, body []byte) {
 	} else {
 		err = c.s.eng.Queue.Push(doneCtx, names, val, key)
 	}
+	vb := h.VBucket
+	if len(key) > 0 {
+		vb = vbucket.Of(key, c.s.cfg.VBuckets)
+	}
 	switch {
+	case err == nil && c.dur.level == wire.DurabilityPersistMajority:
+		// The journal's interval fsync has not covered it yet: the
+		// active's copy is made durable first, as in fsync-always mode.
+		c.ackWhenDurable(durableAck{h: h, dur: c.dur, vb: vb})
 	case err == nil && c.dur.level != wire.DurabilityNone:
-		vb := h.VBucket
-		if len(key) > 0 {
-			vb = vbucket.Of(key, c.s.cfg.VBuckets)
-		}
-		c.waitDurable(h, vb, "queue", c.s.eng.Queue.HighSeqno(vb), c.dur.timeout, "", nil)
+		c.waitDurable(h, vb, "queue", c.s.eng.Queue.HighSeqno(vb), c.dur, "", nil)
 	case err == nil:
 		c.reply(h, wire.StatusOK, nil)
 	case errors.Is(err, context.Canceled) && c.dur.level != wire.DurabilityNone:
-		vb := h.VBucket
-		if len(key) > 0 {
-			vb = vbucket.Of(key, c.s.cfg.VBuckets)
-		}
 		c.ackWhenDurable(durableAck{h: h, dur: c.dur, vb: vb})
 	case errors.Is(err, context.Canceled):
 		c.ackWhenDurable(durableAck{h: h})
@@ -520,7 +520,7 @@ func (s *Server) ackLoop() {
 			case err != nil:
 				c.queueFail(a.h, fmt.Errorf("stored, but the journal could not be made durable: %w", err))
 			case a.dur.level != wire.DurabilityNone:
-				c.waitDurable(a.h, a.vb, "queue", s.eng.Queue.HighSeqno(a.vb), a.dur.timeout, "", nil)
+				c.waitDurable(a.h, a.vb, "queue", s.eng.Queue.HighSeqno(a.vb), a.dur, "", nil)
 			case a.h.Opcode == wire.OpProduce:
 				b, off := c.begin(a.h, wire.StatusOK, 0)
 				c.end(wire.AppendU64(b, a.stored), off)
