@@ -304,3 +304,59 @@ func TestPersistMajority(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestDurablePop: a majority pop is answered once the replica of the
+// popped record's vBucket holds the pop; with the replica's feeds
+// stopped it is ErrAmbiguous, with the value.
+func TestDurablePop(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	ctx := t.Context()
+	c, err := client.Dial(ctx, nodes[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	key := []byte("route")
+	vb := vbucket.Of(key, nodes[0].cfg.VBuckets)
+	active, replica := nodes[0], nodes[1]
+	if active.table().State(vb) != vbmap.Active {
+		active, replica = replica, active
+	}
+	push := func(v string) {
+		t.Helper()
+		if err := c.Push(ctx, []string{"jobs"}, []byte(v), client.WithRoutingKey(key), client.WithPushDurability(client.Majority, 5*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "a majority push", func() (bool, string) {
+		err := c.Push(ctx, []string{"warmup"}, []byte("w"), client.WithRoutingKey(key), client.WithPushDurability(client.Majority, time.Second))
+		return err == nil, fmt.Sprint(err)
+	})
+	push("one")
+	v, err := c.Pop(ctx, "jobs", client.WithPopDurability(client.Majority, 5*time.Second))
+	if err != nil || string(v) != "one" {
+		t.Fatalf("durable pop: %q %v", v, err)
+	}
+	if a, r := active.queue.HighSeqno(vb), replica.queue.HighSeqno(vb); r < a {
+		t.Fatalf("durable pop answered, the replica holds %d of %d", r, a)
+	}
+
+	rc, err := client.Dial(ctx, replica.Addr().String(), client.WithNoRouting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := rc.ReplicaStop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Push(ctx, []string{"jobs"}, []byte("two"), client.WithRoutingKey(key)); err != nil {
+		t.Fatal(err)
+	}
+	v, err = c.Pop(ctx, "jobs", client.WithPopDurability(client.Majority, 500*time.Millisecond))
+	if !errors.Is(err, client.ErrAmbiguous) || string(v) != "two" {
+		t.Fatalf("durable pop with the replica stopped: %q %v", v, err)
+	}
+	if err := rc.ReplicaStart(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

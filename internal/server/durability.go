@@ -65,12 +65,15 @@ type durability struct {
 type connDurable struct {
 	level   wire.Durability
 	timeout time.Duration
+	// valueOnAmbiguous: the ambiguous answer's body is the ok answer's (a
+	// pop's value: the record was taken on the active), not a message.
+	valueOnAmbiguous bool
 }
 
 // durableOps are the requests that may carry FlagDurable.
 var durableOps = map[wire.Opcode]bool{
 	wire.OpPut: true, wire.OpUpdate: true, wire.OpRemove: true, wire.OpExpire: true,
-	wire.OpPush: true, wire.OpLogPut: true, wire.OpLogPutBatch: true,
+	wire.OpPush: true, wire.OpPop: true, wire.OpLogPut: true, wire.OpLogPutBatch: true,
 }
 
 // kvOps are the durable requests of the kv engine.
@@ -129,7 +132,7 @@ func (c *conn) prepareDurable(h wire.Header, body []byte) ([]byte, bool) {
 			case kvOps[h.Opcode]:
 				c.replyf(h, wire.StatusUnsupported, "persist-majority cannot be honoured for kv: its records live in memory and reach disk only in periodic dumps, so no fsync can cover a write; use majority")
 				return nil, false
-			case h.Opcode == wire.OpPush && (c.s.eng.Queue == nil || !c.s.eng.Queue.Journaled()):
+			case (h.Opcode == wire.OpPush || h.Opcode == wire.OpPop) && (c.s.eng.Queue == nil || !c.s.eng.Queue.Journaled()):
 				c.replyf(h, wire.StatusUnsupported, "persist-majority cannot be honoured for this node's queues: they have no journal (memory mode: records reach disk only at shutdown); use majority, or run the nodes with --queue-durability journal")
 				return nil, false
 			}
@@ -208,9 +211,12 @@ func (c *conn) waitDurable(h wire.Header, vb uint16, bucket string, seqno uint64
 				sd.mu.Unlock()
 				sd.inflight.Add(-1)
 			}
-			if err != nil {
+			switch {
+			case err != nil && d.valueOnAmbiguous:
+				c.reply(h, wire.StatusAmbiguous, ans)
+			case err != nil:
 				c.replyf(h, wire.StatusAmbiguous, "applied by the active, not acknowledged by a majority of the chain %v within %v: it may or may not survive a failover (%v)", chain, timeout, err)
-			} else {
+			default:
 				c.reply(h, wire.StatusOK, ans)
 			}
 			go func() {

@@ -17,6 +17,7 @@ type fakeWaits struct {
 	pending  []func(error)
 	seqnos   []uint64
 	persist  []bool
+	vbs      []uint16
 	chains   [][]string
 	canceled int
 	arrived  chan struct{}
@@ -27,6 +28,7 @@ func (f *fakeWaits) wait(bucket string, vb uint16, seqno uint64, persist bool, c
 	f.pending = append(f.pending, done)
 	f.seqnos = append(f.seqnos, seqno)
 	f.persist = append(f.persist, persist)
+	f.vbs = append(f.vbs, vb)
 	f.chains = append(f.chains, chain)
 	f.mu.Unlock()
 	f.arrived <- struct{}{}
@@ -201,5 +203,45 @@ func TestPersistMajorityPush(t *testing.T) {
 	done(nil)
 	if h, _ := r.read(); h.ID != id || h.Status != wire.StatusOK {
 		t.Fatalf("persist-majority push answered %v", h)
+	}
+}
+
+// TestDurablePop: a durable pop waits on the vBucket of the record it
+// popped, answers its value once the wait ends, and an ambiguous answer
+// carries the value too; persist-majority pops need a journal.
+func TestDurablePop(t *testing.T) {
+	ts := startServer(t, Config{})
+	chains := make([][]string, testVBuckets)
+	for vb := range chains {
+		chains[vb] = []string{"test-node", "b"}
+	}
+	ts.s.SetTable(vbmap.NewTable("test-node", (*vbmap.Map)(nil).Next(2, 1, chains), map[string]string{"test-node": ts.addr, "b": "10.0.0.1:7400"}))
+	f := &fakeWaits{arrived: make(chan struct{}, 16)}
+	ts.s.SetDurableWait(f.wait)
+	r := dialRaw(t, ts.addr)
+	for _, v := range []string{"first", "second"} {
+		if h, _ := r.call(wire.OpPush, vbOf("key"), pushBody([]string{"q"}, "key", v)); h.Status != wire.StatusOK {
+			t.Fatalf("push: %v", h.Status)
+		}
+	}
+	id := r.sendFlags(wire.OpPop, 0, wire.FlagDurable, durable(wire.AppendStr8(nil, "q")))
+	f.next(t)(nil)
+	if h, body := r.read(); h.ID != id || h.Status != wire.StatusOK || string(body) != "first" {
+		t.Fatalf("durable pop answered %v %q", h.Status, body)
+	}
+	f.mu.Lock()
+	vb := f.vbs[0]
+	f.mu.Unlock()
+	if vb != vbOf("key") {
+		t.Fatalf("durable pop waited on vbucket %d, the record's is %d", vb, vbOf("key"))
+	}
+	r.sendFlags(wire.OpPop, 0, wire.FlagDurable, durable(wire.AppendStr8(nil, "q")))
+	f.next(t)(errors.New("timed out"))
+	if h, body := r.read(); h.Status != wire.StatusAmbiguous || string(body) != "second" {
+		t.Fatalf("ambiguous durable pop answered %v %q", h.Status, body)
+	}
+	r.sendFlags(wire.OpPop, 0, wire.FlagDurable, append(wire.AppendDurablePrefix(nil, wire.DurabilityPersistMajority, 0), wire.AppendStr8(nil, "q")...))
+	if h, _ := r.read(); h.Status != wire.StatusUnsupported {
+		t.Fatalf("persist-majority pop without a journal: %v", h.Status)
 	}
 }
