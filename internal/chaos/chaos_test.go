@@ -24,6 +24,8 @@ var (
 	chaosSeed     = flag.Uint64("chaos.seed", 1, "seed of the fault schedule and the clients' choices")
 	chaosLevel    = flag.String("chaos.durability", "majority", "durability of the clients' writes: majority (loss fails the run) or none (loss is counted)")
 	chaosReport   = flag.String("chaos.report", "", "directory for the report (default: a temporary one, kept on a violation)")
+	chaosNodes    = flag.Int("chaos.nodes", 3, "shoald processes in the cluster")
+	chaosReplicas = flag.Int("chaos.replicas", 1, "replicas of every vBucket (--replicas), below -chaos.nodes")
 )
 
 func TestMain(m *testing.M) {
@@ -230,8 +232,11 @@ func harness(t *testing.T, d time.Duration, seed uint64, level client.Durability
 	start := time.Now()
 	r := &run{hist: NewHistory(), stats: map[string]int{}}
 	r.tl = NewTimeline(start, os.Stdout)
-	r.tl.Add("seed %d, durability %v, duration %v, report %s", seed, level, d, report)
-	c := startCluster(t, r.tl)
+	r.tl.Add("seed %d, durability %v, duration %v, %d nodes, %d replicas, report %s", seed, level, d, *chaosNodes, *chaosReplicas, report)
+	if *chaosNodes < 2 || *chaosReplicas < 1 || *chaosReplicas >= *chaosNodes {
+		t.Fatalf("-chaos.nodes %d -chaos.replicas %d: want at least 2 nodes and 1 to nodes-1 replicas", *chaosNodes, *chaosReplicas)
+	}
+	c := startCluster(t, r.tl, *chaosNodes, *chaosReplicas)
 	rng := rand.New(rand.NewPCG(seed, 0xc4a05))
 	ctx, stop := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
@@ -338,7 +343,7 @@ func harness(t *testing.T, d time.Duration, seed uint64, level client.Durability
 		t.Error(err)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %d, durability %v, ran %v of faults (%v in all)\n", seed, level, d, time.Since(start).Round(time.Second))
+	fmt.Fprintf(&b, "seed %d, durability %v, %d nodes, %d replicas, ran %v of faults (%v in all)\n", seed, level, *chaosNodes, *chaosReplicas, d, time.Since(start).Round(time.Second))
 	fmt.Fprintf(&b, "faults injected: %v\n", byKind)
 	fmt.Fprintf(&b, "failovers (nodes failed over, then recovered): %d\n", c.failovers)
 	fmt.Fprintf(&b, "kv operations checked: %d (%v)\n", len(ops), r.stats)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,9 +19,9 @@ import (
 	"shoal/internal/testproc"
 )
 
-// cluster is three shoald processes, each behind a faultnet proxy that
-// the cluster advertises (peers and clients reach a node only through
-// it), with automatic failover at 1 s.
+// cluster is n shoald processes (three by default, -chaos.nodes), each
+// behind a faultnet proxy that the cluster advertises (peers and clients
+// reach a node only through it), with automatic failover at 1 s.
 type cluster struct {
 	t       *testing.T
 	tl      *Timeline
@@ -34,9 +35,8 @@ type cluster struct {
 	failovers int // nodes failed over (and recovered by heal)
 }
 
-func startCluster(t *testing.T, tl *Timeline) *cluster {
+func startCluster(t *testing.T, tl *Timeline, n, replicas int) *cluster {
 	t.Helper()
-	const n = 3
 	listen := testproc.FreePorts(t, n)
 	c := &cluster{t: t, tl: tl, nodes: make([]*testproc.Node, n), args: make([][]string, n), proxies: make([]*faultnet.Proxy, n),
 		ids: make([]string, n), down: make([]bool, n), stopped: make([]bool, n)}
@@ -50,8 +50,8 @@ func startCluster(t *testing.T, tl *Timeline) *cluster {
 		c.proxies[i], adv[i] = p, p.Addr()
 	}
 	for i := range c.nodes {
-		c.args[i] = []string{"--listen", listen[i], "--advertise", adv[i], "--join", strings.Join(adv, ","), "--bootstrap-expect", "3",
-			"--vbuckets", "64", "--replicas", "1", "--auto-failover", "--failover-timeout", "1s",
+		c.args[i] = []string{"--listen", listen[i], "--advertise", adv[i], "--join", strings.Join(adv, ","), "--bootstrap-expect", strconv.Itoa(n),
+			"--vbuckets", "64", "--replicas", strconv.Itoa(replicas), "--auto-failover", "--failover-timeout", "1s",
 			"--raft-heartbeat-timeout", "200ms", "--raft-election-timeout", "200ms", "--raft-leader-lease-timeout", "100ms"}
 		c.nodes[i] = testproc.Start(t, c.args[i]...)
 	}
@@ -63,7 +63,7 @@ func startCluster(t *testing.T, tl *Timeline) *cluster {
 		}
 		c.ids[i] = st.Cluster.Self
 	}
-	tl.Add("cluster of 3 formed: %v", c.ids)
+	tl.Add("cluster of %d formed (%d replicas): %v", n, replicas, c.ids)
 	return c
 }
 
