@@ -207,6 +207,29 @@ func (c *cluster) cont(i int) {
 	c.stopped[i] = false
 }
 
+// resetCount resets the cluster's automatic failover count.
+func (c *cluster) resetCount(ctx context.Context, admin *client.Client) {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := admin.FailoverSettings(rctx, client.FailoverSettingsChange{ResetCount: true}); err != nil {
+		c.tl.Add("reset of the failover count: %v", err)
+	}
+}
+
+// failoverCount returns the cluster's automatic failover count by the
+// metadata leader, which applied the last reset before it answered (0 if
+// it does not answer).
+func (c *cluster) failoverCount() int {
+	i := c.leader()
+	if i < 0 || c.down[i] || c.stopped[i] {
+		return 0
+	}
+	if st, err := status(c.nodes[i].HTTP); err == nil && st.Cluster.AutoFailover != nil {
+		return st.Cluster.AutoFailover.Count
+	}
+	return 0
+}
+
 // leader returns the index of the metadata leader, -1 if unknown.
 func (c *cluster) leader() int {
 	for i, nd := range c.nodes {
@@ -258,13 +281,23 @@ func (c *cluster) heal(ctx context.Context) {
 				if err == nil {
 					c.failovers++ // every failover ends with its node recovered
 					c.tl.Add("recovered %s", id)
-					rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-					admin.FailoverSettings(rctx, client.FailoverSettingsChange{ResetCount: true})
-					cancel()
+					c.resetCount(ctx, admin)
+				} else {
+					c.tl.Add("recover %s: %v", id, err)
 				}
 			}
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	// A recover whose call failed (no quorum for 10 s) may still commit
+	// once the quorum is back: the node is active again, but the failover
+	// count was not reset, and at max-count 1 no automatic failover would
+	// happen any more (the 60-minute run of 2026-12-04 lost them that way
+	// after 8 minutes). Reset what is left.
+	if n := c.failoverCount(); n > 0 {
+		c.failovers += n
+		c.tl.Add("failover count %d left by failovers the harness did not see recovered: reset", n)
+		c.resetCount(ctx, admin)
 	}
 	c.tl.Add("healthy: every member active, replicas caught up (failovers so far %d)", c.failovers)
 }
