@@ -16,7 +16,10 @@ import (
 // vBuckets), a popper, and log appends of unique values, all at the
 // run's level; at the end the queue is drained and the log read whole.
 // A record popped again after a pop of it was acknowledged durable
-// (majority) is a violation: a failover must not give it back.
+// (majority) is a violation: a failover must not give it back. A durable
+// pop whose answer is lost may have consumed a record nobody sees (at
+// most once): acknowledged pushes missing at the end are a violation
+// only beyond the number of such pops.
 type queueLog struct {
 	mu         sync.Mutex
 	pushAcked  []string
@@ -29,6 +32,7 @@ type queueLog struct {
 	durPopped  map[string]bool // records whose durable pop was acknowledged
 	repopped   []string        // records popped again after that
 	popsUnk    int             // pops answered ambiguous (the value came back)
+	popsGone   int             // durable pops without an answer (ambiguous, no value): each may have consumed a record
 }
 
 func newQueueLog() *queueLog {
@@ -81,6 +85,11 @@ func (q *queueLog) popper(ctx context.Context, c *client.Client, level client.Du
 		case errors.Is(err, client.ErrAmbiguous) && v != nil:
 			q.notePop(string(v), false)
 			q.popsUnk++
+		case errors.Is(err, client.ErrAmbiguous):
+			// The answer was lost (the node died or the call timed out
+			// after the pop went out): the record it may have taken is
+			// gone for good if the pop reached a majority.
+			q.popsGone++
 		case errors.Is(err, client.ErrEmpty):
 		default:
 			q.popsFailed++
