@@ -218,7 +218,9 @@ func notStored(err error, sent bool) bool {
 // popped record's vBucket holds the pop, so that a failover does not give
 // the record again (at most once for acknowledged durable pops). An
 // ambiguous durable pop returns the value with ErrAmbiguous: the record
-// was taken on the active, and may be popped again after a failover.
+// was taken on the active, and may be popped again after a failover. One
+// whose answer is lost (the node died, ctx ended) returns ErrAmbiguous
+// without a value: if the pop reached a majority, the record is gone.
 func (c *Client) Pop(ctx context.Context, channel string, opts ...PopOption) ([]byte, error) {
 	if !wire.ValidChannelString(channel) {
 		return nil, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
