@@ -65,7 +65,8 @@ func BenchmarkDurability(b *testing.B) {
 // on one vBucket) through a routing client, each level for
 // SHOAL_BENCH_SECONDS (default 3), with the log fsynced every 100 ms (the
 // default) and then always. persist-majority waits for the active's Sync
-// of its group and for the replica's next fsync.
+// of its group and for the replica's next fsync. After each level it waits
+// until the replicas have caught up and logs how long that took.
 //
 //	SHOAL_BENCH_SECONDS=3 go test ./internal/node -run '^$' -bench LogDurability -benchtime 1x
 func BenchmarkLogDurability(b *testing.B) {
@@ -87,6 +88,13 @@ func BenchmarkLogDurability(b *testing.B) {
 				b.Logf("log-fsync %-6s %-16v %8.0f appends/s  p50 %6dµs  p99 %6dµs  p99.9 %6dµs", fsync, level, ops,
 					lat.ValueAtQuantile(50), lat.ValueAtQuantile(99), lat.ValueAtQuantile(99.9))
 				b.ReportMetric(ops, fsync+"-"+level.String()+"-appends/s")
+				// The next level starts with the replicas caught up: how
+				// long that takes is the backlog this level left.
+				t0 := time.Now()
+				for !caughtUp(nodes) && time.Since(t0) < 2*time.Minute {
+					time.Sleep(50 * time.Millisecond)
+				}
+				b.Logf("log-fsync %-6s %-16v replicas caught up %v after the level", fsync, level, time.Since(t0).Round(10*time.Millisecond))
 			}
 			c.Close()
 			for i := range nodes {
@@ -94,6 +102,16 @@ func BenchmarkLogDurability(b *testing.B) {
 			}
 		}
 	}
+}
+
+// caughtUp reports whether no node's replicas are behind.
+func caughtUp(nodes []*Node) bool {
+	for _, nd := range nodes {
+		if l := nd.Status().Replication.Lag; l != nil && (l.Seqnos > 0 || l.VBuckets > 0) {
+			return false
+		}
+	}
+	return true
 }
 
 // redisSideBySide runs the Redis rows of BenchmarkDurability.
