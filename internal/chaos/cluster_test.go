@@ -289,8 +289,8 @@ func (c *cluster) heal(ctx context.Context) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	// A recover whose call failed (no quorum for 10 s) may still commit
-	// once the quorum is back: the node is active again, but the failover
+	// A recover whose call failed (its leader lost the quorum meanwhile)
+	// may still commit in the next term: the node is active again, but the failover
 	// count was not reset, and at max-count 1 no automatic failover would
 	// happen any more (the 60-minute run of 2026-12-04 lost them that way
 	// after 8 minutes). Reset what is left.
