@@ -23,8 +23,10 @@ const (
 	// it in memory (0 replicas: the active; 1: active and replica; 2: two
 	// of three), so it survives the failure of any one node.
 	Majority Durability = Durability(wire.DurabilityMajority)
-	// PersistMajority: on disk on a majority. Refused (ErrUnsupported) by
-	// kv, whose records live in memory.
+	// PersistMajority: fsynced on a majority of the chain (the active's
+	// own fsync included): log appends, and pushes to a node whose queues
+	// keep a journal. Refused (ErrUnsupported) by kv, whose records live in
+	// memory, and by queues without a journal.
 	PersistMajority Durability = Durability(wire.DurabilityPersistMajority)
 )
 

@@ -27,6 +27,21 @@ type pushOptions struct {
 	dur        writeOptions // durability.go
 }
 
+// PopOption is an option of Pop.
+type PopOption func(*popOptions)
+
+type popOptions struct {
+	dur writeOptions // durability.go
+}
+
+// WithPopDurability makes a Pop durable at level d (Majority, or
+// PersistMajority on nodes whose queues keep a journal): it is answered
+// once a majority of the popped record's vBucket holds the pop
+// (ErrAmbiguous, with the value, after timeout; 0: the node's 10 s).
+func WithPopDurability(d Durability, timeout time.Duration) PopOption {
+	return func(o *popOptions) { o.dur = writeOptions{durability: d, durabilitySet: true, durTimeout: timeout} }
+}
+
 // WithRoutingKey makes the node put the record in the vBucket of key (as a
 // kv key would be) instead of picking one round-robin.
 func WithRoutingKey(key []byte) PushOption {
@@ -116,6 +131,11 @@ func (c *Client) spreadFlags(ctx context.Context, rt *routeTable, op wire.Opcode
 // try runs one request on node n. sent is false when the request certainly
 // did not reach the node (no connection could be had).
 func (c *Client) try(ctx context.Context, n *node, op wire.Opcode, body []byte) (r []byte, sent bool, err error) {
+	return c.tryFlags(ctx, n, op, 0, body)
+}
+
+// tryFlags is try with header flags (wire.FlagDurable).
+func (c *Client) tryFlags(ctx context.Context, n *node, op wire.Opcode, flags byte, body []byte) (r []byte, sent bool, err error) {
 	if c.closed.Load() {
 		return nil, false, ErrClosed
 	}
@@ -125,7 +145,7 @@ func (c *Client) try(ctx context.Context, n *node, op wire.Opcode, body []byte) 
 	if err != nil {
 		return nil, false, err
 	}
-	r, err = cn.do(ctx, op, 0, body)
+	r, err = cn.doFlags(ctx, op, 0, flags, body)
 	return r, true, err
 }
 
@@ -193,19 +213,40 @@ func notStored(err error, sent bool) bool {
 // has subscribers), joined. A member that is active for no vBucket any
 // more (it answers `not my vbucket`: the map changed) is skipped and the
 // map fetched again.
-func (c *Client) Pop(ctx context.Context, channel string) ([]byte, error) {
+//
+// WithPopDurability makes the pop durable: answered once a majority of the
+// popped record's vBucket holds the pop, so that a failover does not give
+// the record again (at most once for acknowledged durable pops). An
+// ambiguous durable pop returns the value with ErrAmbiguous: the record
+// was taken on the active, and may be popped again after a failover. One
+// whose answer is lost (the node died, ctx ended) returns ErrAmbiguous
+// without a value: if the pop reached a majority, the record is gone.
+func (c *Client) Pop(ctx context.Context, channel string, opts ...PopOption) ([]byte, error) {
 	if !wire.ValidChannelString(channel) {
 		return nil, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
 	}
+	var o popOptions
+	for _, fn := range opts {
+		fn(&o)
+	}
 	body := wire.AppendStr8(nil, channel)
+	flags, prefix := o.dur.durablePrefix()
+	if prefix != nil {
+		body = append(prefix, body...)
+	}
 	var errs []error
 	nodes := c.members()
 	first := c.start(len(nodes))
 	for i := range nodes {
-		v, _, err := c.try(ctx, nodes[(first+i)%len(nodes)], wire.OpPop, body)
+		n := nodes[(first+i)%len(nodes)]
+		v, sent, err := c.tryFlags(ctx, n, wire.OpPop, flags, body)
 		switch {
 		case err == nil:
 			return v, nil
+		case prefix != nil && errors.Is(err, ErrAmbiguous):
+			return v, fmt.Errorf("%w: pop from %s: taken on the active, not acknowledged by a majority of its vbucket's chain in time; it may be popped again after a failover", ErrAmbiguous, n.addr)
+		case prefix != nil && sent && durableOutcome(err) != err:
+			return nil, durableOutcome(err) // it may have been popped: never pop elsewhere too
 		case ctx.Err() != nil:
 			return nil, err
 		case errors.Is(err, ErrEmpty):

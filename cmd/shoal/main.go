@@ -64,6 +64,9 @@ const (
 	exitUsage    = 2 // a mistake in the command line
 	exitCluster  = 3 // the cluster cannot be reached, or it refused (auth, no quorum, unavailable)
 	exitOther    = 4 // any other error: the node's (bad request, out of memory, internal) or a local one
+	// exitAmbiguous: a durable write (--durability) may or may not have
+	// been applied: read it back to know.
+	exitAmbiguous = 5
 )
 
 // exitHelp is the part of `shoal --help` about exit statuses.
@@ -75,7 +78,11 @@ const exitHelp = `Exit status:
   3  the cluster cannot be reached, or it refused: connection refused or
      timed out, authentication, no quorum, unavailable, not my vbucket
   4  any other error: one the node answered with (bad request, out of
-     memory, internal error, ...) or a local one (a file that cannot be read)`
+     memory, internal error, ...) or a local one (a file that cannot be read)
+  5  ambiguous: a durable write (--durability) was applied by the active
+     but not acknowledged by a majority in time, or its connection broke
+     or --timeout passed before the answer: it may or may not have been
+     applied (read it back to know)`
 
 func main() {
 	root := rootCommand(&globals{})
@@ -167,6 +174,8 @@ func exitCode(err error) int {
 		return ee.code
 	case isUsage(err), isCobraUsage(err):
 		return exitUsage
+	case errors.Is(err, client.ErrAmbiguous): // before the cluster's: it may wrap a broken connection or a timeout
+		return exitAmbiguous
 	case errors.Is(err, client.ErrNotFound), errors.Is(err, client.ErrEmpty), errors.Is(err, client.ErrExists):
 		return exitNegative
 	case errors.Is(err, client.ErrDisconnected), errors.Is(err, client.ErrUnavailable), errors.Is(err, client.ErrNotMyVBucket),

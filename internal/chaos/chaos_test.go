@@ -24,6 +24,8 @@ var (
 	chaosSeed     = flag.Uint64("chaos.seed", 1, "seed of the fault schedule and the clients' choices")
 	chaosLevel    = flag.String("chaos.durability", "majority", "durability of the clients' writes: majority (loss fails the run) or none (loss is counted)")
 	chaosReport   = flag.String("chaos.report", "", "directory for the report (default: a temporary one, kept on a violation)")
+	chaosNodes    = flag.Int("chaos.nodes", 3, "shoald processes in the cluster")
+	chaosReplicas = flag.Int("chaos.replicas", 1, "replicas of every vBucket (--replicas), below -chaos.nodes")
 )
 
 func TestMain(m *testing.M) {
@@ -230,8 +232,11 @@ func harness(t *testing.T, d time.Duration, seed uint64, level client.Durability
 	start := time.Now()
 	r := &run{hist: NewHistory(), stats: map[string]int{}}
 	r.tl = NewTimeline(start, os.Stdout)
-	r.tl.Add("seed %d, durability %v, duration %v, report %s", seed, level, d, report)
-	c := startCluster(t, r.tl)
+	r.tl.Add("seed %d, durability %v, duration %v, %d nodes, %d replicas, report %s", seed, level, d, *chaosNodes, *chaosReplicas, report)
+	if *chaosNodes < 2 || *chaosReplicas < 1 || *chaosReplicas >= *chaosNodes {
+		t.Fatalf("-chaos.nodes %d -chaos.replicas %d: want at least 2 nodes and 1 to nodes-1 replicas", *chaosNodes, *chaosReplicas)
+	}
+	c := startCluster(t, r.tl, *chaosNodes, *chaosReplicas)
 	rng := rand.New(rand.NewPCG(seed, 0xc4a05))
 	ctx, stop := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
@@ -260,7 +265,7 @@ func harness(t *testing.T, d time.Duration, seed uint64, level client.Durability
 	defer qc.Close()
 	for _, fn := range []func(){
 		func() { ql.pusher(ctx, 0, qc, level) },
-		func() { ql.popper(ctx, qc) },
+		func() { ql.popper(ctx, qc, level) },
 		func() { ql.appender(ctx, 0, qc, level) },
 	} {
 		wg.Add(1)
@@ -338,15 +343,18 @@ func harness(t *testing.T, d time.Duration, seed uint64, level client.Durability
 		t.Error(err)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %d, durability %v, ran %v of faults (%v in all)\n", seed, level, d, time.Since(start).Round(time.Second))
+	fmt.Fprintf(&b, "seed %d, durability %v, %d nodes, %d replicas, ran %v of faults (%v in all)\n", seed, level, *chaosNodes, *chaosReplicas, d, time.Since(start).Round(time.Second))
 	fmt.Fprintf(&b, "faults injected: %v\n", byKind)
 	fmt.Fprintf(&b, "failovers (nodes failed over, then recovered): %d\n", c.failovers)
 	fmt.Fprintf(&b, "kv operations checked: %d (%v)\n", len(ops), r.stats)
 	fmt.Fprintf(&b, "linearizability per key: %v\n", res)
 	fmt.Fprintf(&b, "set: %d acknowledged, %d found, %d lost %v; %d indeterminate, %d of them found\n",
 		set.Acknowledged, set.Found, len(set.Lost), firstN(set.Lost, 10), set.Unknown, set.UnknownFound)
-	fmt.Fprintf(&b, "queue: %d pushes acknowledged, %d lost %v, %d indeterminate (%d of them popped); %d records popped more than once (pops are not durable), %d pops failed (first: %s)\n",
-		push.Acknowledged, len(push.Lost), firstN(push.Lost, 10), push.Unknown, push.UnknownFound, dup, ql.popsFailed, ql.popErr)
+	// Each durable pop whose answer was lost may have taken one of the
+	// missing records: only what is missing beyond them is lost.
+	pushLost := max(len(push.Lost)-ql.popsGone, 0)
+	fmt.Fprintf(&b, "queue: %d pushes acknowledged, %d missing %v, %d indeterminate (%d of them popped); %d durable pops lost their answer (each may have taken a record: %d missing pushes left unexplained); %d records popped more than once, %d of them after an acknowledged durable pop %v; %d pops ambiguous with their value, %d failed (first: %s)\n",
+		push.Acknowledged, len(push.Lost), firstN(push.Lost, 10), push.Unknown, push.UnknownFound, ql.popsGone, pushLost, dup, len(ql.repopped), firstN(ql.repopped, 10), ql.popsUnk, ql.popsFailed, ql.popErr)
 	fmt.Fprintf(&b, "log: %d appends acknowledged, %d lost %v, %d indeterminate (%d of them found)\n",
 		app.Acknowledged, len(app.Lost), firstN(app.Lost, 10), app.Unknown, app.UnknownFound)
 	if set.Acknowledged > 0 {
@@ -356,7 +364,9 @@ func harness(t *testing.T, d time.Duration, seed uint64, level client.Durability
 	if err := WriteReport(report, summary, r.tl); err != nil {
 		t.Error(err)
 	}
-	return summary, len(set.Lost) + len(push.Lost) + len(app.Lost), res == porcupine.Illegal
+	// A record popped again after an acknowledged durable pop counts as a
+	// lost write: the pop was.
+	return summary, len(set.Lost) + pushLost + len(app.Lost) + len(ql.repopped), res == porcupine.Illegal
 }
 
 func firstN(s []string, n int) []string { return s[:min(n, len(s))] }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,9 +19,9 @@ import (
 	"shoal/internal/testproc"
 )
 
-// cluster is three shoald processes, each behind a faultnet proxy that
-// the cluster advertises (peers and clients reach a node only through
-// it), with automatic failover at 1 s.
+// cluster is n shoald processes (three by default, -chaos.nodes), each
+// behind a faultnet proxy that the cluster advertises (peers and clients
+// reach a node only through it), with automatic failover at 1 s.
 type cluster struct {
 	t       *testing.T
 	tl      *Timeline
@@ -34,9 +35,8 @@ type cluster struct {
 	failovers int // nodes failed over (and recovered by heal)
 }
 
-func startCluster(t *testing.T, tl *Timeline) *cluster {
+func startCluster(t *testing.T, tl *Timeline, n, replicas int) *cluster {
 	t.Helper()
-	const n = 3
 	listen := testproc.FreePorts(t, n)
 	c := &cluster{t: t, tl: tl, nodes: make([]*testproc.Node, n), args: make([][]string, n), proxies: make([]*faultnet.Proxy, n),
 		ids: make([]string, n), down: make([]bool, n), stopped: make([]bool, n)}
@@ -50,8 +50,8 @@ func startCluster(t *testing.T, tl *Timeline) *cluster {
 		c.proxies[i], adv[i] = p, p.Addr()
 	}
 	for i := range c.nodes {
-		c.args[i] = []string{"--listen", listen[i], "--advertise", adv[i], "--join", strings.Join(adv, ","), "--bootstrap-expect", "3",
-			"--vbuckets", "64", "--replicas", "1", "--auto-failover", "--failover-timeout", "1s",
+		c.args[i] = []string{"--listen", listen[i], "--advertise", adv[i], "--join", strings.Join(adv, ","), "--bootstrap-expect", strconv.Itoa(n),
+			"--vbuckets", "64", "--replicas", strconv.Itoa(replicas), "--auto-failover", "--failover-timeout", "1s",
 			"--raft-heartbeat-timeout", "200ms", "--raft-election-timeout", "200ms", "--raft-leader-lease-timeout", "100ms"}
 		c.nodes[i] = testproc.Start(t, c.args[i]...)
 	}
@@ -63,7 +63,7 @@ func startCluster(t *testing.T, tl *Timeline) *cluster {
 		}
 		c.ids[i] = st.Cluster.Self
 	}
-	tl.Add("cluster of 3 formed: %v", c.ids)
+	tl.Add("cluster of %d formed (%d replicas): %v", n, replicas, c.ids)
 	return c
 }
 
@@ -207,6 +207,29 @@ func (c *cluster) cont(i int) {
 	c.stopped[i] = false
 }
 
+// resetCount resets the cluster's automatic failover count.
+func (c *cluster) resetCount(ctx context.Context, admin *client.Client) {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := admin.FailoverSettings(rctx, client.FailoverSettingsChange{ResetCount: true}); err != nil {
+		c.tl.Add("reset of the failover count: %v", err)
+	}
+}
+
+// failoverCount returns the cluster's automatic failover count by the
+// metadata leader, which applied the last reset before it answered (0 if
+// it does not answer).
+func (c *cluster) failoverCount() int {
+	i := c.leader()
+	if i < 0 || c.down[i] || c.stopped[i] {
+		return 0
+	}
+	if st, err := status(c.nodes[i].HTTP); err == nil && st.Cluster.AutoFailover != nil {
+		return st.Cluster.AutoFailover.Count
+	}
+	return 0
+}
+
 // leader returns the index of the metadata leader, -1 if unknown.
 func (c *cluster) leader() int {
 	for i, nd := range c.nodes {
@@ -258,13 +281,23 @@ func (c *cluster) heal(ctx context.Context) {
 				if err == nil {
 					c.failovers++ // every failover ends with its node recovered
 					c.tl.Add("recovered %s", id)
-					rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-					admin.FailoverSettings(rctx, client.FailoverSettingsChange{ResetCount: true})
-					cancel()
+					c.resetCount(ctx, admin)
+				} else {
+					c.tl.Add("recover %s: %v", id, err)
 				}
 			}
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	// A recover whose call failed (its leader lost the quorum meanwhile)
+	// may still commit in the next term: the node is active again, but the failover
+	// count was not reset, and at max-count 1 no automatic failover would
+	// happen any more (the 60-minute run of 2026-12-04 lost them that way
+	// after 8 minutes). Reset what is left.
+	if n := c.failoverCount(); n > 0 {
+		c.failovers += n
+		c.tl.Add("failover count %d left by failovers the harness did not see recovered: reset", n)
+		c.resetCount(ctx, admin)
 	}
 	c.tl.Add("healthy: every member active, replicas caught up (failovers so far %d)", c.failovers)
 }

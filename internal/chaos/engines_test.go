@@ -15,6 +15,11 @@ import (
 // values (a routing key of a few, so that the pushes collide in
 // vBuckets), a popper, and log appends of unique values, all at the
 // run's level; at the end the queue is drained and the log read whole.
+// A record popped again after a pop of it was acknowledged durable
+// (majority) is a violation: a failover must not give it back. A durable
+// pop whose answer is lost may have consumed a record nobody sees (at
+// most once): acknowledged pushes missing at the end are a violation
+// only beyond the number of such pops.
 type queueLog struct {
 	mu         sync.Mutex
 	pushAcked  []string
@@ -23,10 +28,28 @@ type queueLog struct {
 	appAcked   []string
 	appUnk     []string
 	popsFailed int
-	popErr     string // the first pop error
+	popErr     string          // the first pop error
+	durPopped  map[string]bool // records whose durable pop was acknowledged
+	repopped   []string        // records popped again after that
+	popsUnk    int             // pops answered ambiguous (the value came back)
+	popsGone   int             // durable pops without an answer (ambiguous, no value): each may have consumed a record
 }
 
-func newQueueLog() *queueLog { return &queueLog{popped: map[string]int{}} }
+func newQueueLog() *queueLog {
+	return &queueLog{popped: map[string]int{}, durPopped: map[string]bool{}}
+}
+
+// notePop records a pop of v (mu held); acked says it was an acknowledged
+// durable pop.
+func (q *queueLog) notePop(v string, acked bool) {
+	q.popped[v]++
+	if q.durPopped[v] {
+		q.repopped = append(q.repopped, v)
+	}
+	if acked {
+		q.durPopped[v] = true
+	}
+}
 
 func (q *queueLog) pusher(ctx context.Context, id int, c *client.Client, level client.Durability) {
 	for n := 0; ctx.Err() == nil; n++ {
@@ -46,15 +69,27 @@ func (q *queueLog) pusher(ctx context.Context, id int, c *client.Client, level c
 	}
 }
 
-func (q *queueLog) popper(ctx context.Context, c *client.Client) {
+func (q *queueLog) popper(ctx context.Context, c *client.Client, level client.Durability) {
+	var opts []client.PopOption
+	if level != client.None {
+		opts = append(opts, client.WithPopDurability(level, durTimeout))
+	}
 	for ctx.Err() == nil {
 		octx, cancel := context.WithTimeout(context.Background(), opTimeout)
-		v, err := c.Pop(octx, "jobs")
+		v, err := c.Pop(octx, "jobs", opts...)
 		cancel()
 		q.mu.Lock()
 		switch {
 		case err == nil:
-			q.popped[string(v)]++
+			q.notePop(string(v), level != client.None)
+		case errors.Is(err, client.ErrAmbiguous) && v != nil:
+			q.notePop(string(v), false)
+			q.popsUnk++
+		case errors.Is(err, client.ErrAmbiguous):
+			// The answer was lost (the node died or the call timed out
+			// after the pop went out): the record it may have taken is
+			// gone for good if the pop reached a majority.
+			q.popsGone++
 		case errors.Is(err, client.ErrEmpty):
 		default:
 			q.popsFailed++
@@ -97,7 +132,7 @@ func (q *queueLog) finish(t *testing.T, c *client.Client) (push, app SetResult, 
 		v, err := c.Pop(t.Context(), "jobs")
 		switch {
 		case err == nil:
-			q.popped[string(v)]++
+			q.notePop(string(v), false)
 			empties = 0
 		case errors.Is(err, client.ErrEmpty):
 			empties++ // every node answered empty; twice more to be sure

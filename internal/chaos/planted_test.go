@@ -46,7 +46,7 @@ func killDuringWrites(t *testing.T, failpoints string) SetResult {
 	t.Setenv(repl.FailpointsEnv, failpoints)
 	tl := NewTimeline(time.Now(), os.Stdout)
 	tl.Add("%s=%s", repl.FailpointsEnv, failpoints)
-	c := startCluster(t, tl)
+	c := startCluster(t, tl, 3, 1)
 	r := &run{hist: NewHistory(), tl: tl, stats: map[string]int{}}
 	ctx, stop := context.WithCancel(t.Context())
 	var wg sync.WaitGroup

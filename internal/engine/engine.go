@@ -156,3 +156,21 @@ func CheckApply(vb uint16, s vbmap.State) error {
 	}
 	return fmt.Errorf("%w: vbucket %d is %v", ErrNotReplica, vb, s)
 }
+
+// Persister is implemented by an engine that can tell which of its writes
+// are on disk. Marks are positions in the engine's own write order, so a
+// write is durable once the synced mark reaches the written mark read
+// after it returned. A replicator uses them to tell its active what it has
+// fsynced (stream.PersistHandler).
+type Persister interface {
+	// Marks returns the mark after every write returned so far and the
+	// mark the last successful fsync covered; ok is false when the engine
+	// does not fsync its writes (the queue engine in memory mode), so that
+	// none is ever durable.
+	Marks() (written, synced uint64, ok bool)
+	// SyncedMoved returns a channel closed once the synced mark may have
+	// grown: at least at every periodic fsync (interval mode). Writes in
+	// fsync-always mode return fsynced, so an engine may leave those out;
+	// the channel of an engine without periodic fsyncs may never close.
+	SyncedMoved() <-chan struct{}
+}

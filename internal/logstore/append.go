@@ -284,6 +284,7 @@ func (s *Store) commit(reqs []*request, b *batch) error {
 		return err
 	}
 	s.publish(b)
+	s.committed()
 	return nil
 }
 
@@ -365,6 +366,7 @@ func (s *Store) syncWriter(sf *segFile) error {
 	err := sf.w.f.Sync()
 	s.observeFsync(time.Since(t0))
 	if err != nil {
+		s.marks.failed.Store(true)
 		return fmt.Errorf("cannot fsync segment %q: %w", sf.path, noSpace(err))
 	}
 	sf.w.dirty = false
@@ -390,6 +392,7 @@ func (s *Store) rollback(b *batch) {
 			s.log.Error("cannot cut back a failed append; the segment takes no more appends",
 				"file", sf.path, "size", sf.size, "err", err)
 			sf.broken = true
+			s.marks.failed.Store(true) // its earlier records may not be on disk
 			_ = sf.w.f.Close()
 			s.dropWriter(sf)
 		}
@@ -579,6 +582,7 @@ func (s *Store) dropWriter(sf *segFile) {
 func (s *Store) Sync() error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
+	mark := s.marks.written.Load() // no batch is being written: writeMu
 	var first error
 	for _, sf := range s.open {
 		if err := s.syncWriter(sf); err != nil {
@@ -587,6 +591,9 @@ func (s *Store) Sync() error {
 				first = err
 			}
 		}
+	}
+	if first == nil {
+		s.syncedTo(mark)
 	}
 	return first
 }

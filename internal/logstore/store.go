@@ -83,6 +83,8 @@ type Store struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 	st   counters
+
+	marks marks // engine.Persister (persist.go)
 }
 
 // channel is one log channel: its directory and segments.

@@ -24,8 +24,8 @@ func (n *Node) setupDurability(acks *repl.Acks) {
 			acks.SetSkipWait(true)
 		}
 	}
-	n.srv.SetDurableWait(func(bucket string, vb uint16, seqno uint64, chain []string, timeout time.Duration, done func(error)) func() {
-		return acks.Wait(bucket, vb, seqno, chain, timeout, done).Cancel
+	n.srv.SetDurableWait(func(bucket string, vb uint16, seqno uint64, persist bool, chain []string, timeout time.Duration, done func(error)) func() {
+		return acks.Wait(bucket, vb, seqno, persist, chain, timeout, done).Cancel
 	})
 	n.stats.Add(stats.SourceFunc(func(f *stats.Fields) {
 		for _, b := range []string{"kv", "queue", "log"} {

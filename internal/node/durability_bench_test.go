@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os/exec"
@@ -41,7 +42,10 @@ func BenchmarkDurability(b *testing.B) {
 		d := benchSeconds()
 		for round := range 2 {
 			for _, level := range []client.Durability{client.None, client.Majority} {
-				ops, lat := durabilityRun(b, c, level, d)
+				ops, lat := durabilityRun(b, level, d, func(key, value []byte, level client.Durability) error {
+					_, err := c.Put(context.Background(), "bench", key, value, client.WithDurability(level))
+					return err
+				})
 				b.Logf("round %d %-8v %8.0f writes/s  p50 %6dµs  p99 %6dµs  p99.9 %6dµs", round, level, ops,
 					lat.ValueAtQuantile(50), lat.ValueAtQuantile(99), lat.ValueAtQuantile(99.9))
 				if round == 1 {
@@ -53,6 +57,61 @@ func BenchmarkDurability(b *testing.B) {
 		c.Close()
 		redisSideBySide(b, d)
 	}
+}
+
+// BenchmarkLogDurability measures log appends at the three levels: three
+// in-process nodes on loopback, one replica, 64 writers of 100-byte
+// records (each with a routing key of its own, so that its appends wait
+// on one vBucket) through a routing client, each level for
+// SHOAL_BENCH_SECONDS (default 3), with the log fsynced every 100 ms (the
+// default) and then always. persist-majority waits for the active's Sync
+// of its group and for the replica's next fsync. After each level it waits
+// until the replicas have caught up and logs how long that took.
+//
+//	SHOAL_BENCH_SECONDS=3 go test ./internal/node -run '^$' -bench LogDurability -benchtime 1x
+func BenchmarkLogDurability(b *testing.B) {
+	for range b.N {
+		for _, fsync := range []string{"100ms", "always"} {
+			nodes, stop := startClusterWith(b, 3, nil, "--replicas", "1", "--log-level", "warn", "--log-fsync", fsync)
+			var seeds []string
+			for _, nd := range nodes {
+				seeds = append(seeds, nd.Addr().String())
+			}
+			c, err := client.Dial(b.Context(), strings.Join(seeds, ","), client.WithConnections(2))
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, level := range []client.Durability{client.None, client.Majority, client.PersistMajority} {
+				ops, lat := durabilityRun(b, level, benchSeconds(), func(key, value []byte, level client.Durability) error {
+					return c.LogPut(context.Background(), "bench", 1, value, client.RoutingKey(key[:bytes.IndexByte(key, '-')]), client.LogDurability(level, 0))
+				})
+				b.Logf("log-fsync %-6s %-16v %8.0f appends/s  p50 %6dµs  p99 %6dµs  p99.9 %6dµs", fsync, level, ops,
+					lat.ValueAtQuantile(50), lat.ValueAtQuantile(99), lat.ValueAtQuantile(99.9))
+				b.ReportMetric(ops, fsync+"-"+level.String()+"-appends/s")
+				// The next level starts with the replicas caught up: how
+				// long that takes is the backlog this level left.
+				t0 := time.Now()
+				for !caughtUp(nodes) && time.Since(t0) < 2*time.Minute {
+					time.Sleep(50 * time.Millisecond)
+				}
+				b.Logf("log-fsync %-6s %-16v replicas caught up %v after the level", fsync, level, time.Since(t0).Round(10*time.Millisecond))
+			}
+			c.Close()
+			for i := range nodes {
+				stop(i)
+			}
+		}
+	}
+}
+
+// caughtUp reports whether no node's replicas are behind.
+func caughtUp(nodes []*Node) bool {
+	for _, nd := range nodes {
+		if l := nd.Status().Replication.Lag; l != nil && (l.Seqnos > 0 || l.VBuckets > 0) {
+			return false
+		}
+	}
+	return true
 }
 
 // redisSideBySide runs the Redis rows of BenchmarkDurability.
@@ -144,7 +203,7 @@ func redisRun(b *testing.B, rc *redis.Client, wait bool, d time.Duration) (float
 	return float64(n) / time.Since(start).Seconds(), lat
 }
 
-func durabilityRun(b *testing.B, c *client.Client, level client.Durability, d time.Duration) (float64, *hdrhistogram.Histogram) {
+func durabilityRun(b *testing.B, level client.Durability, d time.Duration, write func(key, value []byte, level client.Durability) error) (float64, *hdrhistogram.Histogram) {
 	const workers = 64
 	lat := hdrhistogram.New(1, 10_000_000, 3)
 	var mu sync.Mutex
@@ -162,7 +221,7 @@ func durabilityRun(b *testing.B, c *client.Client, level client.Durability, d ti
 			for i := 0; time.Since(start) < d; i++ {
 				key = fmt.Appendf(key[:0], "w%d-%d", w, i%2000)
 				t0 := time.Now()
-				if _, err := c.Put(context.Background(), "bench", key, value, client.WithDurability(level)); err != nil {
+				if err := write(key, value, level); err != nil {
 					b.Error(err)
 					return
 				}

@@ -225,3 +225,138 @@ func TestDurablePushAndAppend(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPersistMajority: with the log and the queue journal fsynced every
+// hour (so only when the test says), a persist-majority append or push is
+// answered only once the replica has fsynced it — a majority one at once
+// —, and ErrAmbiguous when the replica is cut off, whatever it fsyncs.
+func TestPersistMajority(t *testing.T) {
+	nodes, _ := startCluster(t, 2, "--log-fsync", "1h", "--queue-durability", "journal", "--queue-fsync-interval", "1h")
+	ctx := t.Context()
+	c, err := client.Dial(ctx, nodes[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	key := []byte("route")
+	vb := vbucket.Of(key, nodes[0].cfg.VBuckets)
+	replica := nodes[1]
+	if replica.table().State(vb) != vbmap.Replica {
+		replica = nodes[0]
+	}
+	writes := []struct {
+		name  string
+		write func(d client.Durability, timeout time.Duration) error
+		sync  func() error
+	}{
+		{"append", func(d client.Durability, timeout time.Duration) error {
+			return c.LogPut(ctx, "events", 1, []byte("e"), client.RoutingKey(key), client.LogDurability(d, timeout))
+		}, replica.logStore.Sync},
+		{"push", func(d client.Durability, timeout time.Duration) error {
+			return c.Push(ctx, []string{"jobs"}, []byte("j"), client.WithRoutingKey(key), client.WithPushDurability(d, timeout))
+		}, replica.queue.Sync},
+	}
+	for _, w := range writes {
+		waitFor(t, 10*time.Second, "a majority "+w.name, func() (bool, string) {
+			err := w.write(client.Majority, time.Second)
+			return err == nil, fmt.Sprint(err)
+		})
+		got := make(chan error, 1)
+		go func() { got <- w.write(client.PersistMajority, 10*time.Second) }()
+		select {
+		case err := <-got:
+			t.Fatalf("persist-majority %s answered before the replica fsynced: %v", w.name, err)
+		case <-time.After(300 * time.Millisecond):
+		}
+		if err := w.sync(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Fatalf("persist-majority %s after the replica's fsync: %v", w.name, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("persist-majority %s not answered 5 s after the replica's fsync", w.name)
+		}
+	}
+
+	rc, err := client.Dial(ctx, replica.Addr().String(), client.WithNoRouting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := rc.ReplicaStop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range writes {
+		got := make(chan error, 1)
+		go func() { got <- w.write(client.PersistMajority, 500*time.Millisecond) }()
+		time.Sleep(100 * time.Millisecond)
+		if err := w.sync(); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-got; !errors.Is(err, client.ErrAmbiguous) {
+			t.Fatalf("persist-majority %s with the replica cut off: %v", w.name, err)
+		}
+	}
+	if err := rc.ReplicaStart(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDurablePop: a majority pop is answered once the replica of the
+// popped record's vBucket holds the pop; with the replica's feeds
+// stopped it is ErrAmbiguous, with the value.
+func TestDurablePop(t *testing.T) {
+	nodes, _ := startCluster(t, 2)
+	ctx := t.Context()
+	c, err := client.Dial(ctx, nodes[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	key := []byte("route")
+	vb := vbucket.Of(key, nodes[0].cfg.VBuckets)
+	active, replica := nodes[0], nodes[1]
+	if active.table().State(vb) != vbmap.Active {
+		active, replica = replica, active
+	}
+	push := func(v string) {
+		t.Helper()
+		if err := c.Push(ctx, []string{"jobs"}, []byte(v), client.WithRoutingKey(key), client.WithPushDurability(client.Majority, 5*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "a majority push", func() (bool, string) {
+		err := c.Push(ctx, []string{"warmup"}, []byte("w"), client.WithRoutingKey(key), client.WithPushDurability(client.Majority, time.Second))
+		return err == nil, fmt.Sprint(err)
+	})
+	push("one")
+	v, err := c.Pop(ctx, "jobs", client.WithPopDurability(client.Majority, 5*time.Second))
+	if err != nil || string(v) != "one" {
+		t.Fatalf("durable pop: %q %v", v, err)
+	}
+	if a, r := active.queue.HighSeqno(vb), replica.queue.HighSeqno(vb); r < a {
+		t.Fatalf("durable pop answered, the replica holds %d of %d", r, a)
+	}
+
+	rc, err := client.Dial(ctx, replica.Addr().String(), client.WithNoRouting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := rc.ReplicaStop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Push(ctx, []string{"jobs"}, []byte("two"), client.WithRoutingKey(key)); err != nil {
+		t.Fatal(err)
+	}
+	v, err = c.Pop(ctx, "jobs", client.WithPopDurability(client.Majority, 500*time.Millisecond))
+	if !errors.Is(err, client.ErrAmbiguous) || string(v) != "two" {
+		t.Fatalf("durable pop with the replica stopped: %q %v", v, err)
+	}
+	if err := rc.ReplicaStart(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

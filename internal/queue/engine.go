@@ -347,3 +347,31 @@ func (s *Store) endStreams(vb uint16, err error) {
 	}
 	s.vbs[vb].streams = nil
 }
+
+// Marks implements engine.Persister: in journal mode, the journal bytes
+// appended (a push, pop or Apply that returned is in them) and those an
+// fsync or a checkpoint covered; in memory mode ok is false (nothing is
+// on disk before the shutdown's save).
+func (s *Store) Marks() (written, synced uint64, ok bool) {
+	if s.journal == nil {
+		return 0, 0, false
+	}
+	written, synced, _ = s.journal.marks()
+	return written, synced, true
+}
+
+// SyncedMoved implements engine.Persister: a channel closed at the
+// journal's next fsync or checkpoint (never in memory mode).
+func (s *Store) SyncedMoved() <-chan struct{} {
+	if s.journal == nil {
+		return nil
+	}
+	_, _, moved := s.journal.marks()
+	return moved
+}
+
+// Journaled reports whether the store keeps a journal (journal mode): only
+// then can a push be made durable on disk.
+func (s *Store) Journaled() bool { return s.journal != nil }
+
+var _ engine.Persister = (*Store)(nil)

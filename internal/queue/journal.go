@@ -536,3 +536,11 @@ func (j *journal) close() {
 		j.w.f = nil
 	}
 }
+
+// marks returns the bytes appended and those an fsync (or a checkpoint)
+// covered, and a channel closed at the next fsync or checkpoint.
+func (j *journal) marks() (written, synced uint64, moved <-chan struct{}) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.appended, j.synced, j.syncedCh
+}

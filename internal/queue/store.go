@@ -219,6 +219,7 @@ type Store struct {
 	states          *vbmap.States
 	nextQueueID     uint64
 	journal         *journal // nil in memory mode
+	takenVB         uint16   // the vBucket of the first record the last take popped (mu)
 	sinceCheckpoint int64
 	checkpointAt    int64
 	garbage         []string // files to delete after the next state write
@@ -522,32 +523,40 @@ func (s *Store) push(vb uint16, targets []pushTarget, value []byte, log bool) (u
 // ErrSubscribed when the channel has subscribers. In journal mode with
 // FsyncInterval 0 it returns only after the pop is on disk.
 func (s *Store) Pop(channel string, dst []byte) ([]byte, error) {
+	v, _, err := s.PopVB(channel, dst)
+	return v, err
+}
+
+// PopVB is Pop that also returns the vBucket of the record popped (a
+// durable pop waits for that vBucket's replicas).
+func (s *Store) PopVB(channel string, dst []byte) ([]byte, uint16, error) {
 	if !engine.ValidChannelString(channel) {
-		return dst, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
+		return dst, 0, fmt.Errorf("%w: %q", ErrBadChannelName, channel)
 	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return dst, ErrClosed
+		return dst, 0, ErrClosed
 	}
 	ch := s.channels[channel]
 	if ch == nil {
 		s.mu.Unlock()
-		return dst, ErrEmpty
+		return dst, 0, ErrEmpty
 	}
 	if ch.subscribed {
 		s.mu.Unlock()
-		return dst, ErrSubscribed
+		return dst, 0, ErrSubscribed
 	}
 	dst, n, lsn, err := s.take(ch.queues[0], dst, 0, false)
+	vb := s.takenVB
 	s.mu.Unlock()
 	if err != nil {
-		return dst, err
+		return dst, 0, err
 	}
 	if n == 0 {
-		return dst, ErrEmpty
+		return dst, 0, ErrEmpty
 	}
-	return dst, s.durable(context.Background(), lsn)
+	return dst, vb, s.durable(context.Background(), lsn)
 }
 
 // take pops up to maxBytes of values (at least one record) from q into dst,
@@ -568,6 +577,7 @@ func (s *Store) take(q *queue, dst []byte, maxBytes int, framed bool) ([]byte, i
 		s.vbs[items[i].vb].seqno++
 		items[i].popSeqno = s.vbs[items[i].vb].seqno
 	}
+	s.takenVB = items[0].vb
 	var lsn uint64
 	if s.journal != nil {
 		pops := make([]popRef, len(items))

@@ -12,7 +12,8 @@ import (
 
 // Acks is what an active knows of its replicas' copies: per engine
 // (bucket), vBucket and consumer, the highest seqno the consumer has
-// acknowledged applying (stream.FeatureAcks). Durable writes wait on it
+// acknowledged applying (stream.FeatureAcks) and the highest it said it
+// has on disk (persisted, 0 when it cannot tell). Durable writes wait on it
 // (Wait): a per-vBucket list of waiters, woken by the acknowledgements
 // that arrive, each with a timer for its timeout — no goroutine per write.
 // It also samples the replication lag: the time from a live mutation
@@ -33,13 +34,18 @@ type ackKey struct {
 
 // vbAcks is one vBucket of one engine.
 type vbAcks struct {
-	by      map[string]uint64 // consumer → applied seqno
+	by      map[string]ackPos // by consumer
 	waiters []*Waiter
 	// The lag sample: a live mutation's seqno and when it was handed to a
 	// stream. Each consumer's acknowledgement that first covers it observes
 	// the lag once.
 	sampleSeqno uint64
 	sampleAt    time.Time
+}
+
+// ackPos is what one consumer acknowledged of a vBucket.
+type ackPos struct {
+	applied, persisted uint64
 }
 
 // ErrNotDurable is the outcome of a wait that ran out of time (or was
@@ -69,7 +75,7 @@ func (a *Acks) vbLocked(bucket string, vb uint16) *vbAcks {
 	k := ackKey{bucket, vb}
 	v := a.vbs[k]
 	if v == nil {
-		v = &vbAcks{by: make(map[string]uint64, 2)}
+		v = &vbAcks{by: make(map[string]ackPos, 2)}
 		a.vbs[k] = v
 	}
 	return v
@@ -90,14 +96,14 @@ func (a *Acks) Sample(bucket string, vb uint16, seqno uint64, now time.Time) {
 	a.mu.Unlock()
 }
 
-// Note records that consumer holds vb of bucket up to applied, and wakes
-// the waits it completes.
-func (a *Acks) Note(bucket, consumer string, vb uint16, applied uint64) {
+// Note records that consumer holds vb of bucket up to applied, and on
+// disk up to persisted, and wakes the waits it completes.
+func (a *Acks) Note(bucket, consumer string, vb uint16, applied, persisted uint64) {
 	now := time.Now()
 	a.mu.Lock()
 	v := a.vbLocked(bucket, vb)
-	prev := v.by[consumer]
-	v.by[consumer] = applied
+	prev := v.by[consumer].applied
+	v.by[consumer] = ackPos{applied, min(persisted, applied)}
 	if h := a.lag[bucket]; h != nil && v.sampleSeqno > prev && v.sampleSeqno <= applied {
 		h.Observe(now.Sub(v.sampleAt))
 	}
@@ -128,25 +134,29 @@ func (a *Acks) Forget(bucket, consumer string, vb uint16) {
 	a.mu.Unlock()
 }
 
-// Acked returns what consumer acknowledged for vb of bucket.
-func (a *Acks) Acked(bucket, consumer string, vb uint16) uint64 {
+// Acked returns what consumer acknowledged for vb of bucket: applied and
+// persisted.
+func (a *Acks) Acked(bucket, consumer string, vb uint16) (applied, persisted uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if v := a.vbs[ackKey{bucket, vb}]; v != nil {
-		return v.by[consumer]
+		p := v.by[consumer]
+		return p.applied, p.persisted
 	}
-	return 0
+	return 0, 0
 }
 
 // Need is how many replicas of a chain of n copies (the active first)
 // must hold a write for a majority: the active counts as one.
 func Need(n int) int { return max(n/2+1-1, 0) }
 
-// holds reports whether enough of w's replicas hold its seqno.
+// holds reports whether enough of w's replicas hold its seqno (on disk,
+// for a persist wait).
 func (v *vbAcks) holds(w *Waiter) bool {
 	got := 0
 	for _, r := range w.replicas {
-		if v.by[r] >= w.seqno {
+		p := v.by[r]
+		if w.persist && p.persisted >= w.seqno || !w.persist && p.applied >= w.seqno {
 			got++
 		}
 	}
@@ -158,6 +168,7 @@ type Waiter struct {
 	a        *Acks
 	key      ackKey
 	seqno    uint64
+	persist  bool // the replicas must have it on disk
 	replicas []string
 	need     int
 	done     func(error)
@@ -196,13 +207,15 @@ func (a *Acks) remove(w *Waiter) {
 }
 
 // Wait calls done(nil) once a majority of chain (the vBucket's chain, this
-// node, the active, first) holds vb of bucket up to seqno, or
-// done(ErrNotDurable) after timeout. done runs at most once, on the
-// goroutine of the acknowledgement or the timer, or on Wait's own when the
-// majority is there already (a chain of one, or fast replicas); it must
-// not block. The Waiter cancels the wait.
-func (a *Acks) Wait(bucket string, vb uint16, seqno uint64, chain []string, timeout time.Duration, done func(error)) *Waiter {
-	w := &Waiter{a: a, key: ackKey{bucket, vb}, seqno: seqno, done: done}
+// node, the active, first) holds vb of bucket up to seqno — with persist,
+// on disk: the replicas' persisted seqnos count, and the caller has made
+// sure the active's own copy is on disk —, or done(ErrNotDurable) after
+// timeout. done runs at most once, on the goroutine of the
+// acknowledgement or the timer, or on Wait's own when the majority is
+// there already (a chain of one, or fast replicas); it must not block.
+// The Waiter cancels the wait.
+func (a *Acks) Wait(bucket string, vb uint16, seqno uint64, persist bool, chain []string, timeout time.Duration, done func(error)) *Waiter {
+	w := &Waiter{a: a, key: ackKey{bucket, vb}, seqno: seqno, persist: persist, done: done}
 	if len(chain) > 1 {
 		w.replicas = chain[1:]
 	}

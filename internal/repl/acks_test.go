@@ -16,9 +16,24 @@ func TestNeed(t *testing.T) {
 
 // waitResult runs Acks.Wait and returns a channel with its outcome.
 func waitResult(a *Acks, vb uint16, seqno uint64, chain []string, timeout time.Duration) (<-chan error, *Waiter) {
+	return waitIn(a, "kv", vb, seqno, false, chain, timeout)
+}
+
+// waitIn is waitResult for any bucket and level.
+func waitIn(a *Acks, bucket string, vb uint16, seqno uint64, persist bool, chain []string, timeout time.Duration) (<-chan error, *Waiter) {
 	ch := make(chan error, 2)
-	w := a.Wait("kv", vb, seqno, chain, timeout, func(err error) { ch <- err })
+	w := a.Wait(bucket, vb, seqno, persist, chain, timeout, func(err error) { ch <- err })
 	return ch, w
+}
+
+// notYet fails if ch has an outcome within 20 ms.
+func notYet(t *testing.T, ch <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-ch:
+		t.Fatalf("%s: done early: %v", what, err)
+	case <-time.After(20 * time.Millisecond):
+	}
 }
 
 func outcome(t *testing.T, ch <-chan error) error {
@@ -49,15 +64,11 @@ func TestAcksWait(t *testing.T) {
 	}
 	// Two replicas: one of them is enough; an outsider's ack is not.
 	ch, _ = waitResult(a, 1, 5, []string{"a", "b", "c"}, time.Hour)
-	a.Note("kv", "x", 1, 9)
-	a.Note("kv", "b", 1, 4)
-	a.Note("kv", "kv-other", 1, 9)
-	select {
-	case err := <-ch:
-		t.Fatalf("done early: %v", err)
-	case <-time.After(20 * time.Millisecond):
-	}
-	a.Note("kv", "c", 1, 5)
+	a.Note("kv", "x", 1, 9, 0)
+	a.Note("kv", "b", 1, 4, 0)
+	a.Note("kv", "kv-other", 1, 9, 0)
+	notYet(t, ch, "majority of three")
+	a.Note("kv", "c", 1, 5, 0)
 	if err := outcome(t, ch); err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +79,7 @@ func TestAcksWait(t *testing.T) {
 	}
 	// Another engine's acks do not count.
 	ch, _ = waitResult(a, 1, 5, []string{"a", "c"}, 30*time.Millisecond)
-	a.Note("queue", "c", 2, 9)
+	a.Note("queue", "c", 2, 9, 0)
 	if err := outcome(t, ch); err != nil {
 		t.Fatal(err)
 	}
@@ -95,6 +106,38 @@ func TestAcksWait(t *testing.T) {
 	}
 }
 
+// TestAcksPersistWait: a persist wait counts the replicas' persisted
+// seqnos, never their applied ones; a persisted seqno above the applied
+// one is not believed; a chain of one (the caller fsynced the active's
+// copy) is done at once.
+func TestAcksPersistWait(t *testing.T) {
+	a := NewAcks("log")
+	ch, _ := waitIn(a, "log", 1, 5, true, []string{"a"}, time.Hour)
+	if err := outcome(t, ch); err != nil {
+		t.Fatal(err)
+	}
+	ch, _ = waitIn(a, "log", 1, 5, true, []string{"a", "b", "c"}, time.Hour)
+	plain, _ := waitIn(a, "log", 1, 5, false, []string{"a", "b", "c"}, time.Hour)
+	a.Note("log", "b", 1, 9, 4)
+	if err := outcome(t, plain); err != nil {
+		t.Fatal(err)
+	}
+	notYet(t, ch, "applied 9, persisted 4")
+	a.Note("log", "c", 1, 3, 7) // persisted above applied: 3
+	notYet(t, ch, "persisted above applied")
+	if applied, persisted := a.Acked("log", "c", 1); applied != 3 || persisted != 3 {
+		t.Fatalf("acked %d persisted %d", applied, persisted)
+	}
+	a.Note("log", "b", 1, 9, 5)
+	if err := outcome(t, ch); err != nil {
+		t.Fatal(err)
+	}
+	ch, _ = waitIn(a, "log", 1, 6, true, []string{"a", "b"}, 30*time.Millisecond)
+	if err := outcome(t, ch); !errors.Is(err, ErrNotDurable) {
+		t.Fatalf("persist wait past the persisted seqno: %v", err)
+	}
+}
+
 // TestAcksFromAReplica: a replicator's acknowledgements reach the
 // producer's Acks: a wait for the latest write ends once the replica
 // applied it, and the lag histogram has samples.
@@ -113,7 +156,8 @@ func TestAcksFromAReplica(t *testing.T) {
 		}
 		ch, _ := waitResult(acks, 3, seq, []string{"node-a", "node-b"}, 10*time.Second)
 		if err := outcome(t, ch); err != nil {
-			t.Fatalf("write %d (seqno %d): %v; acked %d", i, seq, err, acks.Acked("kv", "node-b", 3))
+			applied, _ := acks.Acked("kv", "node-b", 3)
+			t.Fatalf("write %d (seqno %d): %v; acked %d", i, seq, err, applied)
 		}
 		if got := b.kv.HighSeqno(3); got < seq {
 			t.Fatalf("replica holds %d, the wait for %d ended", got, seq)

@@ -204,8 +204,8 @@ func (p *Producer) onApplied(bucket string) func(stream.ConsumerInfo, uint16, ui
 	if p.acks == nil {
 		return nil
 	}
-	return func(ci stream.ConsumerInfo, vb uint16, applied, _ uint64) {
-		p.acks.Note(bucket, ci.Name, vb, applied)
+	return func(ci stream.ConsumerInfo, vb uint16, applied, persisted uint64) {
+		p.acks.Note(bucket, ci.Name, vb, applied, persisted)
 	}
 }
 

@@ -475,7 +475,7 @@ func (r *Replicator) noteErr(err error) {
 func (r *Replicator) connect(ctx context.Context) (*session, error) {
 	r.setState(StateConnecting)
 	opts := r.Options()
-	s := &session{r: r, restart: make(chan error, 1)}
+	s := &session{r: r, restart: make(chan error, 1), persist: newSessionPersist(r.cfg.Engine)}
 	dctx, cancel := context.WithTimeout(ctx, r.cfg.OpenTimeout)
 	defer cancel()
 	c, err := stream.Dial(dctx, stream.ConsumerConfig{
@@ -522,6 +522,9 @@ var errRetuned = errors.New("repl: options changed")
 // restart it, the options changed, or ctx ended), closes it and returns
 // why.
 func (r *Replicator) follow(ctx context.Context, s *session) (cause error, retuned bool) {
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go s.watchPersisted(wctx)
 	select {
 	case <-ctx.Done():
 		cause = ctx.Err()
@@ -574,6 +577,7 @@ type session struct {
 	c          *stream.Consumer
 	restart    chan error // the handler asks the loop to reopen the session
 	progressed atomic.Bool
+	persist    *sessionPersist // what the engine fsynced (persist.go)
 
 	mu      sync.Mutex // also serialises request with remove
 	retries map[uint16]*time.Timer
@@ -763,6 +767,7 @@ func (s *session) Started(vb uint16, log []stream.FailoverEntry) error {
 	s.mu.Lock()
 	delete(s.tries, vb)
 	s.mu.Unlock()
+	s.persist.forget(vb)
 	s.r.cfg.Logs.Replace(vb, log)
 	s.progressed.Store(true)
 	return nil

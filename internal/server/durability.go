@@ -28,10 +28,12 @@ import (
 // tries again. Nothing else changes for other keys.
 
 // DurableWait waits until a majority of chain (the vBucket's chain, the
-// active first) holds vb of bucket ("kv", "queue", "log") up to seqno, then
-// calls done(nil); done(err) after timeout or cancel. done runs at most
-// once and must not block. repl.Acks implements it in the node.
-type DurableWait func(bucket string, vb uint16, seqno uint64, chain []string, timeout time.Duration, done func(error)) (cancel func())
+// active first) holds vb of bucket ("kv", "queue", "log") up to seqno —
+// with persist, on disk: the server has fsynced the active's copy
+// already —, then calls done(nil); done(err) after timeout or cancel.
+// done runs at most once and must not block. repl.Acks implements it in
+// the node.
+type DurableWait func(bucket string, vb uint16, seqno uint64, persist bool, chain []string, timeout time.Duration, done func(error)) (cancel func())
 
 // SetDurableWait sets how durable writes wait for their replicas. Without
 // it (a lone server, tests) a majority write is answered at once, as its
@@ -63,12 +65,15 @@ type durability struct {
 type connDurable struct {
 	level   wire.Durability
 	timeout time.Duration
+	// valueOnAmbiguous: the ambiguous answer's body is the ok answer's (a
+	// pop's value: the record was taken on the active), not a message.
+	valueOnAmbiguous bool
 }
 
 // durableOps are the requests that may carry FlagDurable.
 var durableOps = map[wire.Opcode]bool{
 	wire.OpPut: true, wire.OpUpdate: true, wire.OpRemove: true, wire.OpExpire: true,
-	wire.OpPush: true, wire.OpLogPut: true, wire.OpLogPutBatch: true,
+	wire.OpPush: true, wire.OpPop: true, wire.OpLogPut: true, wire.OpLogPutBatch: true,
 }
 
 // kvOps are the durable requests of the kv engine.
@@ -123,12 +128,14 @@ func (c *conn) prepareDurable(h wire.Header, body []byte) ([]byte, bool) {
 			return nil, false
 		}
 		if level == wire.DurabilityPersistMajority {
-			if kvOps[h.Opcode] {
+			switch {
+			case kvOps[h.Opcode]:
 				c.replyf(h, wire.StatusUnsupported, "persist-majority cannot be honoured for kv: its records live in memory and reach disk only in periodic dumps, so no fsync can cover a write; use majority")
-			} else {
-				c.replyf(h, wire.StatusUnsupported, "persist-majority is not honoured yet: replicas do not report what they have fsynced; use majority")
+				return nil, false
+			case (h.Opcode == wire.OpPush || h.Opcode == wire.OpPop) && (c.s.eng.Queue == nil || !c.s.eng.Queue.Journaled()):
+				c.replyf(h, wire.StatusUnsupported, "persist-majority cannot be honoured for this node's queues: they have no journal (memory mode: records reach disk only at shutdown); use majority, or run the nodes with --queue-durability journal")
+				return nil, false
 			}
-			return nil, false
 		}
 		c.dur = connDurable{level: level, timeout: timeout}
 		body = rest
@@ -160,18 +167,20 @@ func (c *conn) holdAnswer(h wire.Header, bucket string, seqno uint64, key string
 	if c.dur.level == wire.DurabilityNone {
 		return false
 	}
-	timeout := c.dur.timeout
+	d := c.dur
 	c.dur = connDurable{}
-	c.waitDurable(h, h.VBucket, bucket, seqno, timeout, key, answer)
+	c.waitDurable(h, h.VBucket, bucket, seqno, d, key, answer)
 	return true
 }
 
 // waitDurable answers h with answer once a majority of vb's chain holds
-// seqno of bucket, `ambiguous` after timeout or at the connection's end.
+// seqno of bucket (on disk, for persist-majority: the caller fsynced the
+// active's copy), `ambiguous` after d's timeout or at the connection's end.
 // Any goroutine of the connection may call it; the answer may be
 // appended before it returns (a chain of one), and the caller flushes
 // as it would have after its own answer.
-func (c *conn) waitDurable(h wire.Header, vb uint16, bucket string, seqno uint64, timeout time.Duration, key string, answer []byte) {
+func (c *conn) waitDurable(h wire.Header, vb uint16, bucket string, seqno uint64, d connDurable, key string, answer []byte) {
+	timeout := d.timeout
 	wp := c.s.dur.wait.Load()
 	chain := c.s.chain(vb)
 	if wp == nil || len(chain) <= 1 {
@@ -179,15 +188,15 @@ func (c *conn) waitDurable(h wire.Header, vb uint16, bucket string, seqno uint64
 		return
 	}
 	ans := append([]byte(nil), answer...)
-	d := &c.s.dur
+	sd := &c.s.dur
 	if key != "" {
-		d.mu.Lock()
-		if d.keys == nil {
-			d.keys = make(map[string]int)
+		sd.mu.Lock()
+		if sd.keys == nil {
+			sd.keys = make(map[string]int)
 		}
-		d.keys[key]++
-		d.mu.Unlock()
-		d.inflight.Add(1)
+		sd.keys[key]++
+		sd.mu.Unlock()
+		sd.inflight.Add(1)
 	}
 	c.swg.Add(1)
 	hw := &heldWrite{}
@@ -195,16 +204,19 @@ func (c *conn) waitDurable(h wire.Header, vb uint16, bucket string, seqno uint64
 	done := func(err error) {
 		once.Do(func() {
 			if key != "" {
-				d.mu.Lock()
-				if d.keys[key]--; d.keys[key] <= 0 {
-					delete(d.keys, key)
+				sd.mu.Lock()
+				if sd.keys[key]--; sd.keys[key] <= 0 {
+					delete(sd.keys, key)
 				}
-				d.mu.Unlock()
-				d.inflight.Add(-1)
+				sd.mu.Unlock()
+				sd.inflight.Add(-1)
 			}
-			if err != nil {
+			switch {
+			case err != nil && d.valueOnAmbiguous:
+				c.reply(h, wire.StatusAmbiguous, ans)
+			case err != nil:
 				c.replyf(h, wire.StatusAmbiguous, "applied by the active, not acknowledged by a majority of the chain %v within %v: it may or may not survive a failover (%v)", chain, timeout, err)
-			} else {
+			default:
 				c.reply(h, wire.StatusOK, ans)
 			}
 			go func() {
@@ -220,7 +232,7 @@ func (c *conn) waitDurable(h wire.Header, vb uint16, bucket string, seqno uint64
 			}()
 		})
 	}
-	cancel := (*wp)(bucket, vb, seqno, chain, timeout, done)
+	cancel := (*wp)(bucket, vb, seqno, d.level == wire.DurabilityPersistMajority, chain, timeout, done)
 	hw.mu.Lock()
 	if !hw.over {
 		hw.cancel = cancel

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"shoal/internal/queue"
 	"shoal/internal/vbmap"
 	"shoal/internal/wire"
 )
@@ -15,15 +16,19 @@ type fakeWaits struct {
 	mu       sync.Mutex
 	pending  []func(error)
 	seqnos   []uint64
+	persist  []bool
+	vbs      []uint16
 	chains   [][]string
 	canceled int
 	arrived  chan struct{}
 }
 
-func (f *fakeWaits) wait(bucket string, vb uint16, seqno uint64, chain []string, timeout time.Duration, done func(error)) func() {
+func (f *fakeWaits) wait(bucket string, vb uint16, seqno uint64, persist bool, chain []string, timeout time.Duration, done func(error)) func() {
 	f.mu.Lock()
 	f.pending = append(f.pending, done)
 	f.seqnos = append(f.seqnos, seqno)
+	f.persist = append(f.persist, persist)
+	f.vbs = append(f.vbs, vb)
 	f.chains = append(f.chains, chain)
 	f.mu.Unlock()
 	f.arrived <- struct{}{}
@@ -153,5 +158,90 @@ func TestDurableAnswers(t *testing.T) {
 	r2 := dialRaw(t, ts.addr)
 	if st, v := r2.get("c", "k"); st != wire.StatusOK || v != "v3" {
 		t.Fatalf("after the connection's end: %v %q", st, v)
+	}
+}
+
+// TestPersistMajorityPush: a persist-majority push is refused by a queue
+// without a journal; with a journal fsynced every hour its wait is a
+// persist one, registered only once the push is on the active's disk.
+func TestPersistMajorityPush(t *testing.T) {
+	persist := func(body []byte) []byte {
+		return append(wire.AppendDurablePrefix(nil, wire.DurabilityPersistMajority, time.Second), body...)
+	}
+	chains := make([][]string, testVBuckets)
+	for vb := range chains {
+		chains[vb] = []string{"test-node", "b"}
+	}
+	setup := func(ts *testServer) *fakeWaits {
+		ts.s.SetTable(vbmap.NewTable("test-node", (*vbmap.Map)(nil).Next(2, 1, chains), map[string]string{"test-node": ts.addr, "b": "10.0.0.1:7400"}))
+		f := &fakeWaits{arrived: make(chan struct{}, 16)}
+		ts.s.SetDurableWait(f.wait)
+		return f
+	}
+	mem := startServer(t, Config{})
+	setup(mem)
+	r := dialRaw(t, mem.addr)
+	r.sendFlags(wire.OpPush, vbOf("key"), wire.FlagDurable, persist(pushBody([]string{"q"}, "key", "x")))
+	if h, msg := r.read(); h.Status != wire.StatusUnsupported {
+		t.Fatalf("persist-majority push to a memory queue: %v %s", h.Status, msg)
+	}
+
+	jnl := startServerWith(t, Config{}, queue.Config{Durability: queue.DurabilityJournal, FsyncInterval: time.Hour})
+	f := setup(jnl)
+	r = dialRaw(t, jnl.addr)
+	id := r.sendFlags(wire.OpPush, vbOf("key"), wire.FlagDurable, persist(pushBody([]string{"q"}, "key", "x")))
+	done := f.next(t)
+	if written, synced, _ := jnl.q.Marks(); synced != written {
+		t.Fatalf("wait registered with the push not on disk: marks %d %d", written, synced)
+	}
+	f.mu.Lock()
+	p := f.persist[0]
+	f.mu.Unlock()
+	if !p {
+		t.Fatal("the wait of a persist-majority push is not a persist wait")
+	}
+	done(nil)
+	if h, _ := r.read(); h.ID != id || h.Status != wire.StatusOK {
+		t.Fatalf("persist-majority push answered %v", h)
+	}
+}
+
+// TestDurablePop: a durable pop waits on the vBucket of the record it
+// popped, answers its value once the wait ends, and an ambiguous answer
+// carries the value too; persist-majority pops need a journal.
+func TestDurablePop(t *testing.T) {
+	ts := startServer(t, Config{})
+	chains := make([][]string, testVBuckets)
+	for vb := range chains {
+		chains[vb] = []string{"test-node", "b"}
+	}
+	ts.s.SetTable(vbmap.NewTable("test-node", (*vbmap.Map)(nil).Next(2, 1, chains), map[string]string{"test-node": ts.addr, "b": "10.0.0.1:7400"}))
+	f := &fakeWaits{arrived: make(chan struct{}, 16)}
+	ts.s.SetDurableWait(f.wait)
+	r := dialRaw(t, ts.addr)
+	for _, v := range []string{"first", "second"} {
+		if h, _ := r.call(wire.OpPush, vbOf("key"), pushBody([]string{"q"}, "key", v)); h.Status != wire.StatusOK {
+			t.Fatalf("push: %v", h.Status)
+		}
+	}
+	id := r.sendFlags(wire.OpPop, 0, wire.FlagDurable, durable(wire.AppendStr8(nil, "q")))
+	f.next(t)(nil)
+	if h, body := r.read(); h.ID != id || h.Status != wire.StatusOK || string(body) != "first" {
+		t.Fatalf("durable pop answered %v %q", h.Status, body)
+	}
+	f.mu.Lock()
+	vb := f.vbs[0]
+	f.mu.Unlock()
+	if vb != vbOf("key") {
+		t.Fatalf("durable pop waited on vbucket %d, the record's is %d", vb, vbOf("key"))
+	}
+	r.sendFlags(wire.OpPop, 0, wire.FlagDurable, durable(wire.AppendStr8(nil, "q")))
+	f.next(t)(errors.New("timed out"))
+	if h, body := r.read(); h.Status != wire.StatusAmbiguous || string(body) != "second" {
+		t.Fatalf("ambiguous durable pop answered %v %q", h.Status, body)
+	}
+	r.sendFlags(wire.OpPop, 0, wire.FlagDurable, append(wire.AppendDurablePrefix(nil, wire.DurabilityPersistMajority, 0), wire.AppendStr8(nil, "q")...))
+	if h, _ := r.read(); h.Status != wire.StatusUnsupported {
+		t.Fatalf("persist-majority pop without a journal: %v", h.Status)
 	}
 }

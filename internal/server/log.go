@@ -14,6 +14,7 @@ import (
 
 	"shoal/internal/engine"
 	"shoal/internal/logstore"
+	"shoal/internal/vbucket"
 	"shoal/internal/wire"
 )
 
@@ -57,13 +58,14 @@ type appends struct {
 // with one routing key (or one vBucket the client chose), committed by one
 // Append.
 type appendGroup struct {
-	name   string
-	key    []byte
-	vb     int // the FlagVBucket vBucket; -1: none (the key's, or round-robin)
-	recs   []logstore.Rec
-	bytes  int
-	weight int64
-	reqs   []appendReq
+	name    string
+	key     []byte
+	vb      int // the FlagVBucket vBucket; -1: none (the key's, or round-robin)
+	recs    []logstore.Rec
+	bytes   int
+	weight  int64
+	reqs    []appendReq
+	persist bool // a request is persist-majority: the group is fsynced
 }
 
 // appendReq is one request of a group.
@@ -276,6 +278,7 @@ func (c *conn) queueAppend(h wire.Header, start time.Time, size int, name string
 	}
 	g.weight += weight
 	g.reqs = append(g.reqs, appendReq{h: h, start: start, count: count, dur: c.dur})
+	g.persist = g.persist || c.dur.level == wire.DurabilityPersistMajority
 	if len(g.recs) >= groupRecords || g.bytes >= groupBytes {
 		c.commitAppends()
 	}
@@ -303,6 +306,18 @@ func (c *conn) commitAppends() {
 		} else {
 			err = c.s.eng.Log.Append(context.Background(), g.name, g.recs, routingKey(g.key))
 		}
+		if err == nil && g.persist {
+			// In interval mode the append is written, not fsynced: a
+			// persist-majority append makes the active's copy durable
+			// before it waits for the replicas' (one fsync per group).
+			if serr := c.s.eng.Log.Sync(); serr != nil {
+				err = fmt.Errorf("appended, but the log could not be made durable: %w", serr)
+			}
+		}
+		vb := uint16(g.vb) // the records' vBucket: named, or the routing key's
+		if g.vb < 0 && len(g.key) > 0 {
+			vb = vbucket.Of(g.key, c.s.cfg.VBuckets)
+		}
 		for _, r := range g.reqs {
 			if err != nil {
 				c.logFail(r.h, err)
@@ -311,7 +326,7 @@ func (c *conn) commitAppends() {
 				if r.h.Opcode == wire.OpLogPutBatch {
 					ans = wire.AppendU32(nil, r.count)
 				}
-				c.waitDurable(r.h, r.h.VBucket, "log", c.s.eng.Log.HighSeqno(r.h.VBucket), r.dur.timeout, "", ans)
+				c.waitDurable(r.h, vb, "log", c.s.eng.Log.HighSeqno(vb), r.dur, "", ans)
 			} else {
 				b, off := c.begin(r.h, wire.StatusOK, 0)
 				if r.h.Opcode == wire.OpLogPutBatch {

@@ -56,8 +56,9 @@ type durableAck struct {
 	c      *conn
 	h      wire.Header
 	stored uint64
-	dur    connDurable // a durable push then waits for its majority (durability.go)
+	dur    connDurable // a durable push or pop then waits for its majority (durability.go)
 	vb     uint16      // its vBucket
+	answer []byte      // the body of its ok answer (a pop's value)
 }
 
 func (s *Server) registerQueue() {
@@ -190,20 +191,20 @@ func (c *conn) queuePush(h wire.Header, body []byte) {
 	} else {
 		err = c.s.eng.Queue.Push(doneCtx, names, val, key)
 	}
+	vb := h.VBucket
+	if len(key) > 0 {
+		vb = vbucket.Of(key, c.s.cfg.VBuckets)
+	}
 	switch {
+	case err == nil && c.dur.level == wire.DurabilityPersistMajority:
+		// The journal's interval fsync has not covered it yet: the
+		// active's copy is made durable first, as in fsync-always mode.
+		c.ackWhenDurable(durableAck{h: h, dur: c.dur, vb: vb})
 	case err == nil && c.dur.level != wire.DurabilityNone:
-		vb := h.VBucket
-		if len(key) > 0 {
-			vb = vbucket.Of(key, c.s.cfg.VBuckets)
-		}
-		c.waitDurable(h, vb, "queue", c.s.eng.Queue.HighSeqno(vb), c.dur.timeout, "", nil)
+		c.waitDurable(h, vb, "queue", c.s.eng.Queue.HighSeqno(vb), c.dur, "", nil)
 	case err == nil:
 		c.reply(h, wire.StatusOK, nil)
 	case errors.Is(err, context.Canceled) && c.dur.level != wire.DurabilityNone:
-		vb := h.VBucket
-		if len(key) > 0 {
-			vb = vbucket.Of(key, c.s.cfg.VBuckets)
-		}
 		c.ackWhenDurable(durableAck{h: h, dur: c.dur, vb: vb})
 	case errors.Is(err, context.Canceled):
 		c.ackWhenDurable(durableAck{h: h})
@@ -234,12 +235,23 @@ func (c *conn) queuePop(h wire.Header, body []byte) {
 	// The value goes through a buffer of the connection: in journal mode
 	// Pop may wait for an fsync, which must not happen while holding the
 	// output buffer that streams and acknowledgements also write to.
-	v, err := c.s.eng.Queue.Pop(name, c.q.buf[:0])
+	v, vb, err := c.s.eng.Queue.PopVB(name, c.q.buf[:0])
 	switch {
 	case errors.Is(err, queue.ErrEmpty):
 		c.reply(h, wire.StatusEmpty, nil)
 	case err != nil:
 		c.queueFail(h, err)
+	case c.dur.level != wire.DurabilityNone:
+		// A durable pop: answered, value included, once a majority of the
+		// popped record's vBucket holds the pop (an ambiguous answer
+		// carries the value too: the record is taken on the active).
+		d := c.dur
+		d.valueOnAmbiguous = true
+		if d.level == wire.DurabilityPersistMajority {
+			c.ackWhenDurable(durableAck{h: h, dur: d, vb: vb, answer: append([]byte(nil), v...)})
+		} else {
+			c.waitDurable(h, vb, "queue", c.s.eng.Queue.HighSeqno(vb), d, "", v)
+		}
 	default:
 		c.reply(h, wire.StatusOK, v)
 	}
@@ -520,7 +532,7 @@ func (s *Server) ackLoop() {
 			case err != nil:
 				c.queueFail(a.h, fmt.Errorf("stored, but the journal could not be made durable: %w", err))
 			case a.dur.level != wire.DurabilityNone:
-				c.waitDurable(a.h, a.vb, "queue", s.eng.Queue.HighSeqno(a.vb), a.dur.timeout, "", nil)
+				c.waitDurable(a.h, a.vb, "queue", s.eng.Queue.HighSeqno(a.vb), a.dur, "", a.answer)
 			case a.h.Opcode == wire.OpProduce:
 				b, off := c.begin(a.h, wire.StatusOK, 0)
 				c.end(wire.AppendU64(b, a.stored), off)

@@ -15,22 +15,28 @@ import (
 // a snapshot is complete once its last seqno was applied (a live mutation
 // is a snapshot of its own, so every live mutation completes one) or the
 // next marker arrived. The persisted seqno comes from the handler when it
-// implements PersistHandler, else 0 (not said).
+// implements PersistHandler, else 0 (not said); when what is on disk grows
+// without a packet (an interval fsync), the handler's owner calls
+// Consumer.NotePersisted, which sends the new persisted seqnos with the
+// applied ones last sent. Both only grow on a stream: the messages of a
+// connection are composed and queued under its lock.
 
 // PersistHandler is implemented by a Handler that can tell how much of a
-// vBucket is on disk: Persisted returns the highest seqno of vb whose
-// mutations, and every one before, are durable on the consumer (0 when it
-// cannot tell). It is called on the connection's reader goroutine after a
-// packet, for the vBuckets that packet moved.
+// vBucket is on disk: Persisted returns the highest seqno of vb, at most
+// applied (the seqno being acknowledged), whose mutations and every one
+// before are durable on the consumer (0 when it cannot tell). It is
+// called after a packet for the vBuckets that packet moved, and by
+// NotePersisted, with the connection's lock held: it must not block.
 type PersistHandler interface {
-	Persisted(vb uint16) uint64
+	Persisted(vb uint16, applied uint64) uint64
 }
 
 // ackState is a consumer stream's acknowledgement bookkeeping.
 type ackState struct {
-	applied uint64 // the end of the last complete snapshot
-	told    uint64 // the applied seqno last sent
-	dirty   bool   // listed in cconn.moved
+	applied   uint64 // the end of the last complete snapshot (the reader's)
+	told      uint64 // the applied seqno last sent (cconn.mu)
+	persisted uint64 // the persisted seqno last sent (cconn.mu)
+	dirty     bool   // listed in cconn.moved (the reader's)
 }
 
 // noteApplied records that st's snapshots are complete up to seqno and
@@ -52,45 +58,74 @@ func (cc *cconn) sendApplied() error {
 	if len(cc.moved) == 0 {
 		return nil
 	}
-	acks := cc.ackBuf[:0]
+	ph, _ := cc.c.cfg.Handler.(PersistHandler)
 	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if err := cc.send.lock(context.Background()); err != nil {
+		return err
+	}
 	for _, vb := range cc.moved {
 		st := cc.streams[vb]
 		if st == nil {
 			continue
 		}
 		st.ack.dirty = false
-		if st.ack.applied > st.ack.told {
-			st.ack.told = st.ack.applied
-			acks = append(acks, vbAck{vb: vb, applied: st.ack.applied})
+		if st.ack.applied <= st.ack.told {
+			continue
 		}
-	}
-	cc.mu.Unlock()
-	cc.moved = cc.moved[:0]
-	if len(acks) == 0 {
-		return nil
-	}
-	ph, _ := cc.c.cfg.Handler.(PersistHandler)
-	for i := range acks {
+		st.ack.told = st.ack.applied
 		if ph != nil {
-			acks[i].persisted = min(ph.Persisted(acks[i].vb), acks[i].applied)
+			st.ack.persisted = max(st.ack.persisted, min(ph.Persisted(vb, st.ack.told), st.ack.told))
 		}
-	}
-	if err := cc.send.lock(context.Background()); err != nil {
-		return err
-	}
-	for _, a := range acks {
-		cc.send.pending = appendApplied(cc.send.pending, a.vb, a.applied, a.persisted)
+		cc.send.pending = appendApplied(cc.send.pending, vb, st.ack.told, st.ack.persisted)
 	}
 	cc.send.unlock()
-	cc.ackBuf = acks[:0]
+	cc.moved = cc.moved[:0]
 	return nil
 }
 
-// vbAck is one applied message to send.
-type vbAck struct {
-	vb                 uint16
-	applied, persisted uint64
+// NotePersisted tells the producer what the handler (a PersistHandler)
+// now has on disk of every stream whose persisted seqno lags its applied
+// one. Any goroutine may call it, at any time; it does nothing without
+// FeatureAcks or a PersistHandler.
+func (c *Consumer) NotePersisted() {
+	ph, ok := c.cfg.Handler.(PersistHandler)
+	if !ok {
+		return
+	}
+	for _, cc := range c.conns {
+		if cc.acks {
+			cc.sendPersisted(ph)
+		}
+	}
+}
+
+// sendPersisted appends an applied message, with the applied seqno last
+// sent, for every stream of cc whose persisted seqno grew.
+func (cc *cconn) sendPersisted(ph PersistHandler) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	locked := false
+	for vb, st := range cc.streams {
+		if st.ack.persisted >= st.ack.told {
+			continue
+		}
+		p := min(ph.Persisted(vb, st.ack.told), st.ack.told)
+		if p <= st.ack.persisted {
+			continue
+		}
+		if !locked {
+			if cc.send.lock(context.Background()) != nil {
+				return // the connection is ending
+			}
+			locked = true
+		}
+		st.ack.persisted = p
+		cc.send.pending = appendApplied(cc.send.pending, vb, st.ack.told, p)
+	}
+	if locked {
+		cc.send.unlock()
+	}
 }
 
 // applied handles a consumer's applied message on a producer connection.

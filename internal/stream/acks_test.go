@@ -3,6 +3,7 @@ package stream
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -37,7 +38,71 @@ type persister struct {
 	upTo uint64
 }
 
-func (p persister) Persisted(uint16) uint64 { return p.upTo }
+func (p persister) Persisted(uint16, uint64) uint64 { return p.upTo }
+
+// movingPersister is a recorder whose disk holds every vBucket up to a
+// seqno the test moves.
+type movingPersister struct {
+	*recorder
+	upTo atomic.Uint64
+}
+
+func (p *movingPersister) Persisted(_ uint16, applied uint64) uint64 {
+	return min(p.upTo.Load(), applied)
+}
+
+// TestNotePersisted: what reaches the disk after its packet (an interval
+// fsync) is told by NotePersisted, with the applied seqno last sent; the
+// persisted seqnos only grow and never pass the applied ones.
+func TestNotePersisted(t *testing.T) {
+	const vbs, n = 4, 30
+	log := &ackLog{applied: map[uint16]uint64{}}
+	srv := newServer(t, ProducerConfig{OnApplied: log.note})
+	srv.eng.fill(vbs, n, 10)
+	h := &movingPersister{recorder: newRecorder()}
+	c := dial(t, srv.addr(), ConsumerConfig{Handler: h, Acks: true})
+	for vb := range uint16(vbs) {
+		if err := c.Request(Request{VBucket: vb}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	status := func(vb uint16) StreamStatus {
+		for _, cs := range srv.prod.Status() {
+			for _, s := range cs.Streams {
+				if s.VBucket == vb {
+					return s
+				}
+			}
+		}
+		return StreamStatus{}
+	}
+	for vb := range uint16(vbs) {
+		waitFor(t, "the backfill's ack", func() bool { return status(vb).Applied == n })
+		if p := status(vb).Persisted; p != 0 {
+			t.Fatalf("vbucket %d persisted %d before anything was on disk", vb, p)
+		}
+	}
+	for _, upTo := range []uint64{10, 10, n, n + 100} {
+		h.upTo.Store(upTo)
+		c.NotePersisted()
+		for vb := range uint16(vbs) {
+			waitFor(t, "the persisted seqno", func() bool { return status(vb).Persisted == min(upTo, n) })
+			if s := status(vb); s.Applied != n {
+				t.Fatalf("vbucket %d: applied %d after NotePersisted", vb, s.Applied)
+			}
+		}
+	}
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	if log.back {
+		t.Fatal("an acknowledgement went backwards or persisted above applied")
+	}
+	// 1 backfill ack + 2 persisted moves per vBucket (10, then n; the
+	// repeated 10 and n+100 send nothing).
+	if log.calls != vbs*3 {
+		t.Fatalf("%d applied messages, want %d", log.calls, vbs*3)
+	}
+}
 
 // TestAppliedAcks: with FeatureAcks the producer learns, per vBucket, the
 // end of every snapshot the consumer completed (the backfill's at the next

@@ -432,9 +432,8 @@ type cconn struct {
 	dead    bool
 
 	// Seqno acknowledgements (acks.go), the reader's alone.
-	acks   bool     // FeatureAcks was granted
-	moved  []uint16 // vBuckets whose applied seqno the current packet moved
-	ackBuf []vbAck
+	acks  bool     // FeatureAcks was granted
+	moved []uint16 // vBuckets whose applied seqno the current packet moved
 }
 
 // cstream is the consumer's state of one vBucket stream.
