@@ -359,7 +359,7 @@ func (n *Node) Status() Status {
 	st.Discovery = n.discoveryStatus()
 	st.Readiness = n.nodeReadiness()
 	st.Events = n.events.list()
-	if n.inCluster() {
+	if n.cluster != nil && n.inCluster() { // a standby has no cluster
 		rb := n.rebalanceStatus()
 		st.Rebalance = &rb
 	}

@@ -731,7 +731,7 @@ func (n *Node) reportRebalance(f *stats.Fields) {
 		running = 1
 	}
 	f.Gauge("rebalance/running", "rebalance_running", "1 while a rebalance this node runs (as the metadata leader) changes the map.", running)
-	f.Gauge("rebalance/vbuckets_total", "rebalance_vbuckets_total", "vBuckets the running or last rebalance of this node moves.", float64(st.Total))
+	f.Gauge("rebalance/vbuckets_to_move", "rebalance_vbuckets_to_move", "vBuckets the running or last rebalance of this node moves.", float64(st.Total))
 	f.Gauge("rebalance/vbuckets_done", "rebalance_vbuckets_done", "vBuckets the running or last rebalance of this node moved.", float64(st.Done))
 	f.Gauge("rebalance/vbuckets_moving", "rebalance_vbuckets_moving", "vBuckets being moved now.", float64(st.Moving))
 	f.Gauge("rebalance/bytes", "rebalance_bytes", "Bytes streamed to the new copies by the running or last rebalance.", float64(st.Bytes))
