@@ -12,6 +12,31 @@ import (
 	"shoal/internal/vbucket"
 )
 
+// durableCluster is the setup of the durability tests: two in-process
+// nodes (with extra flags), a routing client, and key's vBucket with its
+// active and its replica.
+type durableCluster struct {
+	nodes           []*Node
+	c               *client.Client
+	vb              uint16
+	active, replica *Node
+}
+
+func startDurableCluster(t *testing.T, key string, extra ...string) durableCluster {
+	t.Helper()
+	nodes, _ := startCluster(t, 2, extra...)
+	c, err := client.Dial(t.Context(), nodes[0].Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	d := durableCluster{nodes: nodes, c: c, vb: vbucket.Of([]byte(key), nodes[0].cfg.VBuckets), active: nodes[0], replica: nodes[1]}
+	if d.active.table().State(d.vb) != vbmap.Active {
+		d.active, d.replica = d.replica, d.active
+	}
+	return d
+}
+
 // TestDurableWrites: in a cluster of two (one replica), a majority write
 // is answered once the replica holds it; with the replica's feeds stopped
 // it is answered ErrAmbiguous after its timeout (applied on the active,
@@ -20,19 +45,8 @@ import (
 // persist-majority is refused for kv; once the feeds run again majority
 // writes succeed.
 func TestDurableWrites(t *testing.T) {
-	nodes, _ := startCluster(t, 2)
-	ctx := t.Context()
-	c, err := client.Dial(ctx, nodes[0].Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	key := []byte("durable-key")
-	vb := vbucket.Of(key, nodes[0].cfg.VBuckets)
-	active, replica := nodes[0], nodes[1]
-	if active.table().State(vb) != vbmap.Active {
-		active, replica = replica, active
-	}
+	d := startDurableCluster(t, "durable-key")
+	ctx, c, nodes, key, vb, replica := t.Context(), d.c, d.nodes, []byte("durable-key"), d.vb, d.replica
 	var cas uint64
 	waitFor(t, 10*time.Second, "a first majority write", func() (bool, string) {
 		var err error
@@ -114,13 +128,8 @@ func TestDurableWrites(t *testing.T) {
 // (failover settings, in the metadata group) makes plain writes wait for
 // their majority; none, which a write can ask for explicitly, does not.
 func TestDefaultDurabilityFromSettings(t *testing.T) {
-	nodes, _ := startCluster(t, 2)
-	ctx := t.Context()
-	c, err := client.Dial(ctx, nodes[0].Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	d := startDurableCluster(t, "default-key")
+	ctx, c, nodes, key, replica := t.Context(), d.c, d.nodes, []byte("default-key"), d.replica
 	bad := "persist-majority"
 	if _, err := c.FailoverSettings(ctx, client.FailoverSettingsChange{Durability: &bad}); err == nil {
 		t.Fatal("persist-majority accepted as the default")
@@ -128,12 +137,6 @@ func TestDefaultDurabilityFromSettings(t *testing.T) {
 	majority := "majority"
 	if _, err := c.FailoverSettings(ctx, client.FailoverSettingsChange{Durability: &majority}); err != nil {
 		t.Fatal(err)
-	}
-	key := []byte("default-key")
-	vb := vbucket.Of(key, nodes[0].cfg.VBuckets)
-	replica := nodes[1]
-	if replica.table().State(vb) != vbmap.Replica {
-		replica = nodes[0]
 	}
 	waitFor(t, 10*time.Second, "the setting applied on every node", func() (bool, string) {
 		for _, nd := range nodes {
@@ -171,19 +174,8 @@ func TestDefaultDurabilityFromSettings(t *testing.T) {
 // durability are answered once the replica holds them, ErrAmbiguous with
 // the replica's feeds stopped; persist-majority is refused.
 func TestDurablePushAndAppend(t *testing.T) {
-	nodes, _ := startCluster(t, 2)
-	ctx := t.Context()
-	c, err := client.Dial(ctx, nodes[0].Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	key := []byte("route")
-	vb := vbucket.Of(key, nodes[0].cfg.VBuckets)
-	replica := nodes[1]
-	if replica.table().State(vb) != vbmap.Replica {
-		replica = nodes[0]
-	}
+	d := startDurableCluster(t, "route")
+	ctx, c, key, vb, replica := t.Context(), d.c, []byte("route"), d.vb, d.replica
 	push := func(d client.Durability, timeout time.Duration) error {
 		return c.Push(ctx, []string{"jobs"}, []byte("j"), client.WithRoutingKey(key), client.WithPushDurability(d, timeout))
 	}
@@ -231,19 +223,8 @@ func TestDurablePushAndAppend(t *testing.T) {
 // answered only once the replica has fsynced it — a majority one at once
 // —, and ErrAmbiguous when the replica is cut off, whatever it fsyncs.
 func TestPersistMajority(t *testing.T) {
-	nodes, _ := startCluster(t, 2, "--log-fsync", "1h", "--queue-durability", "journal", "--queue-fsync-interval", "1h")
-	ctx := t.Context()
-	c, err := client.Dial(ctx, nodes[0].Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	key := []byte("route")
-	vb := vbucket.Of(key, nodes[0].cfg.VBuckets)
-	replica := nodes[1]
-	if replica.table().State(vb) != vbmap.Replica {
-		replica = nodes[0]
-	}
+	d := startDurableCluster(t, "route", "--log-fsync", "1h", "--queue-durability", "journal", "--queue-fsync-interval", "1h")
+	ctx, c, key, replica := t.Context(), d.c, []byte("route"), d.replica
 	writes := []struct {
 		name  string
 		write func(d client.Durability, timeout time.Duration) error
@@ -309,19 +290,8 @@ func TestPersistMajority(t *testing.T) {
 // popped record's vBucket holds the pop; with the replica's feeds
 // stopped it is ErrAmbiguous, with the value.
 func TestDurablePop(t *testing.T) {
-	nodes, _ := startCluster(t, 2)
-	ctx := t.Context()
-	c, err := client.Dial(ctx, nodes[0].Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	key := []byte("route")
-	vb := vbucket.Of(key, nodes[0].cfg.VBuckets)
-	active, replica := nodes[0], nodes[1]
-	if active.table().State(vb) != vbmap.Active {
-		active, replica = replica, active
-	}
+	d := startDurableCluster(t, "route")
+	ctx, c, key, vb, active, replica := t.Context(), d.c, []byte("route"), d.vb, d.active, d.replica
 	push := func(v string) {
 		t.Helper()
 		if err := c.Push(ctx, []string{"jobs"}, []byte(v), client.WithRoutingKey(key), client.WithPushDurability(client.Majority, 5*time.Second)); err != nil {
