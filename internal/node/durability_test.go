@@ -37,6 +37,21 @@ func startDurableCluster(t *testing.T, key string, extra ...string) durableClust
 	return d
 }
 
+// stopFeeds stops nd's replication feeds (`shoal replica stop`) and
+// returns the client that did, to start them again.
+func stopFeeds(t *testing.T, nd *Node) *client.Client {
+	t.Helper()
+	rc, err := client.Dial(t.Context(), nd.Addr().String(), client.WithNoRouting())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rc.Close() })
+	if err := rc.ReplicaStop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return rc
+}
+
 // TestDurableWrites: in a cluster of two (one replica), a majority write
 // is answered once the replica holds it; with the replica's feeds stopped
 // it is answered ErrAmbiguous after its timeout (applied on the active,
@@ -60,14 +75,7 @@ func TestDurableWrites(t *testing.T) {
 		t.Fatalf("persist-majority on kv: %v", err)
 	}
 
-	rc, err := client.Dial(ctx, replica.Addr().String(), client.WithNoRouting())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	if err := rc.ReplicaStop(ctx); err != nil {
-		t.Fatal(err)
-	}
+	rc := stopFeeds(t, replica)
 	start := time.Now()
 	got := make(chan error, 1)
 	go func() {
@@ -147,16 +155,9 @@ func TestDefaultDurabilityFromSettings(t *testing.T) {
 		time.Sleep(600 * time.Millisecond) // a tick of the automatic failover applies it to the server
 		return true, ""
 	})
-	rc, err := client.Dial(ctx, replica.Addr().String(), client.WithNoRouting())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	if err := rc.ReplicaStop(ctx); err != nil {
-		t.Fatal(err)
-	}
+	rc := stopFeeds(t, replica)
 	sctx, cancel := context.WithTimeout(ctx, 12*time.Second)
-	_, err = c.Put(sctx, "d", key, []byte("v"))
+	_, err := c.Put(sctx, "d", key, []byte("v"))
 	cancel()
 	if !errors.Is(err, client.ErrAmbiguous) {
 		t.Fatalf("plain write under a majority default with the replica stopped: %v", err)
@@ -196,14 +197,7 @@ func TestDurablePushAndAppend(t *testing.T) {
 	if err := push(client.PersistMajority, 0); !errors.Is(err, client.ErrUnsupported) {
 		t.Fatalf("persist-majority push: %v", err)
 	}
-	rc, err := client.Dial(ctx, replica.Addr().String(), client.WithNoRouting())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	if err := rc.ReplicaStop(ctx); err != nil {
-		t.Fatal(err)
-	}
+	rc := stopFeeds(t, replica)
 	if err := push(client.Majority, 500*time.Millisecond); !errors.Is(err, client.ErrAmbiguous) {
 		t.Fatalf("push with the replica stopped: %v", err)
 	}
@@ -262,14 +256,7 @@ func TestPersistMajority(t *testing.T) {
 		}
 	}
 
-	rc, err := client.Dial(ctx, replica.Addr().String(), client.WithNoRouting())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	if err := rc.ReplicaStop(ctx); err != nil {
-		t.Fatal(err)
-	}
+	rc := stopFeeds(t, replica)
 	for _, w := range writes {
 		got := make(chan error, 1)
 		go func() { got <- w.write(client.PersistMajority, 500*time.Millisecond) }()
@@ -311,14 +298,7 @@ func TestDurablePop(t *testing.T) {
 		t.Fatalf("durable pop answered, the replica holds %d of %d", r, a)
 	}
 
-	rc, err := client.Dial(ctx, replica.Addr().String(), client.WithNoRouting())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	if err := rc.ReplicaStop(ctx); err != nil {
-		t.Fatal(err)
-	}
+	rc := stopFeeds(t, replica)
 	if err := c.Push(ctx, []string{"jobs"}, []byte("two"), client.WithRoutingKey(key)); err != nil {
 		t.Fatal(err)
 	}

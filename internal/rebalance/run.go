@@ -60,16 +60,15 @@ type ActionKind string
 const (
 	// Build: Node starts a pending copy of VBucket, streamed from Source
 	// (backfill, then live), and reports its lag (ObsProgress). The copy
-	// takes no client writes. The node drops it by itself if no commit
-	// names it within Lease milliseconds (a leader that vanished).
+	// takes no client writes.
 	Build ActionKind = "build"
 	// Cancel: Node drops its pending copy of VBucket (a move rolled back).
 	Cancel ActionKind = "cancel"
 	// Freeze: Node, VBucket's active, stops taking writes for it
 	// (requests answered not my vbucket, state dead for writes) and
-	// reports its high seqnos (ObsFrozen). If no commit follows within
-	// Lease milliseconds it takes writes again by itself: a vBucket is
-	// never left without an active.
+	// reports its high seqnos (ObsFrozen). The node carries the actions
+	// out as map changes, so a leader that vanishes leaves a map its
+	// successor clears: a vBucket is never left without an active.
 	Freeze ActionKind = "freeze"
 	// Thaw: Node takes writes for VBucket again (a takeover rolled back).
 	Thaw ActionKind = "thaw"
@@ -95,8 +94,6 @@ type Action struct {
 	Chain []string
 	// Rate is a Build's share of Config.Rate (bytes/s; 0: unlimited).
 	Rate int64
-	// Lease is how long a Build or Freeze holds without a commit (ms).
-	Lease int64
 }
 
 // String is the action for logs and scenario tests.
@@ -271,9 +268,9 @@ func (r *Run) Stop(reason string) []Action {
 	return r.reachable(acts)
 }
 
-// reachable drops the actions for nodes down: their leases undo their
-// pending copies and freezes, and a node that comes back follows the
-// committed map.
+// reachable drops the actions for nodes down: the map change that ends
+// the run undoes their pending copies and freezes, and a node that comes
+// back follows the committed map.
 func (r *Run) reachable(acts []Action) []Action {
 	return slices.DeleteFunc(acts, func(a Action) bool { return a.Node != "" && r.down[a.Node] })
 }
@@ -281,11 +278,11 @@ func (r *Run) reachable(acts []Action) []Action {
 // Abort ends the run at once, for a node that is no longer the raft
 // leader (it cannot commit): moves building roll back, takeovers frozen
 // but not yet committing are thawed; a move whose commit was proposed is
-// left to the leases — its outcome is unknown here, and a thaw arriving
+// left to the map — its outcome is unknown here, and a thaw arriving
 // before the old active applied a committed map would let two nodes take
-// writes (the old active's freeze ends with that map, or with its lease,
-// longer than the fence of a node cut off from the leader). The run is
-// then stopped; a new leader plans again from the committed map.
+// writes (the old active's freeze ends with the map that commits or
+// clears it). The run is then stopped; a new leader plans again from the
+// committed map.
 func (r *Run) Abort(reason string) []Action {
 	if r.state != Running && r.state != Stopping {
 		return nil
@@ -484,7 +481,7 @@ func (r *Run) advance() []Action {
 		}
 		if m.Takeover && len(m.From) > 0 {
 			m.phase, m.since, m.frozen = freezing, r.now, true
-			acts = append(acts, Action{Kind: Freeze, VBucket: m.VBucket, Node: m.From[0], Lease: r.lease()})
+			acts = append(acts, Action{Kind: Freeze, VBucket: m.VBucket, Node: m.From[0]})
 			continue
 		}
 		acts = append(acts, r.commit(m)...)
@@ -506,10 +503,6 @@ func (r *Run) commit(m *move) []Action {
 	m.phase = committing
 	return []Action{{Kind: Commit, VBucket: m.VBucket, Chain: slices.Clone(m.To)}}
 }
-
-// lease is how long a Build or Freeze holds without a commit: past the
-// timeouts of the phases that follow, with room for the commit.
-func (r *Run) lease() int64 { return 2*(r.cfg.DrainTimeout+r.cfg.BuildTimeout) + 10_000 }
 
 // startMoves starts queued moves while fewer than MaxMoves are in flight
 // and the byte budget allows.
@@ -533,7 +526,7 @@ func (r *Run) startMoves() []Action {
 			src = m.From[0]
 		}
 		for _, n := range m.Build {
-			acts = append(acts, Action{Kind: Build, VBucket: m.VBucket, Node: n, Source: src, Rate: share, Lease: r.lease()})
+			acts = append(acts, Action{Kind: Build, VBucket: m.VBucket, Node: n, Source: src, Rate: share})
 		}
 		if src == "" {
 			// No copy left to stream from: the new copies start empty.
@@ -548,7 +541,7 @@ func (r *Run) startMoves() []Action {
 func (r *Run) advanceOne(m *move) []Action {
 	if m.Takeover && len(m.From) > 0 {
 		m.phase, m.since, m.frozen = freezing, r.now, true
-		return []Action{{Kind: Freeze, VBucket: m.VBucket, Node: m.From[0], Lease: r.lease()}}
+		return []Action{{Kind: Freeze, VBucket: m.VBucket, Node: m.From[0]}}
 	}
 	return r.commit(m)
 }
