@@ -39,7 +39,7 @@ func checkStore(s *Store) error {
 }
 
 func checkTable(t *table, vb uint16, nvb int) error {
-	count, live, liveBytes := 0, 0, int64(0)
+	count, live, timed, liveBytes := 0, 0, 0, int64(0)
 	used := make([]int, len(t.chunks))
 	if (t.count+0)*5 > len(t.slots)*4 || len(t.slots) < minSlots {
 		return fmt.Errorf("%d entries in %d slots", t.count, len(t.slots))
@@ -69,13 +69,16 @@ func checkTable(t *table, vb uint16, nvb int) error {
 		if (sl>>hintShift)&hintMask != mix(h)>>(64-hintBits) {
 			return fmt.Errorf("slot %d: bad hint", i)
 		}
+		if r.flags&flagTime != 0 {
+			timed++
+		}
 		if !r.tomb() {
 			live++
 			liveBytes += int64(len(r.key) + len(r.value))
 		}
 	}
-	if count != t.count || live != t.live || liveBytes != t.liveBytes {
-		return fmt.Errorf("counted %d/%d/%d, table says %d/%d/%d", count, live, liveBytes, t.count, t.live, t.liveBytes)
+	if count != t.count || live != t.live || liveBytes != t.liveBytes || timed != t.timed {
+		return fmt.Errorf("counted %d/%d/%d/%d timed, table says %d/%d/%d/%d", count, live, liveBytes, timed, t.count, t.live, t.liveBytes, t.timed)
 	}
 	var chunkMem, data int64
 	free := map[int]bool{}

@@ -77,6 +77,7 @@ type table struct {
 	slots     []uint64
 	count     int   // occupied slots: live records, expired ones not yet swept, tombstones
 	live      int   // records that are not tombstones
+	timed     int   // records with a time stamp: tombstones and records that expire
 	liveBytes int64 // key+value bytes of those
 	chunks    []chunk
 	free      []int32 // indices of freed chunks, reused first
@@ -438,8 +439,12 @@ func (t *table) drop(i int) {
 	t.settle()
 }
 
-// account adds (sign 1) or removes (sign -1) r from the live statistics.
+// account adds (sign 1) or removes (sign -1) r from the live statistics
+// and the count of timed records (what the sweeper looks for).
 func (t *table) account(r *rec, sign int) {
+	if r.flags&flagTime != 0 {
+		t.timed += sign
+	}
 	if r.flags&flagTomb == 0 {
 		t.live += sign
 		t.liveBytes += int64(sign * (len(r.key) + len(r.value)))
