@@ -25,8 +25,7 @@ func (s *Server) Table() *vbmap.Table { return s.table.Load() }
 // makes).
 // When it may, the route holds only the state (no address look-up).
 func (s *Server) ActiveRoute(vb uint16, now time.Time) (vbmap.Route, bool) {
-	t := s.table.Load()
-	if (t == nil || t.State(vb) == vbmap.Active) && s.leased(now) {
+	if s.state(vb) == vbmap.Active && s.leased(now) {
 		return vbmap.Route{State: vbmap.Active}, true
 	}
 	r := s.route(vb)

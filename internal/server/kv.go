@@ -96,11 +96,11 @@ func (c *conn) checkKey(h wire.Header, key []byte, replica bool) bool {
 // `not my vbucket` with the active's address, vb's epoch and the map's
 // revision (and the map, when this connection has not had it).
 func (c *conn) checkRoute(h wire.Header, vb uint16, replica bool) bool {
-	r := c.s.route(vb)
-	if (r.State == vbmap.Active && c.s.leased(c.now)) || (replica && r.State == vbmap.Replica) {
+	st := c.s.state(vb)
+	if (st == vbmap.Active && c.s.leased(c.now)) || (replica && st == vbmap.Replica) {
 		return true
 	}
-	c.notMyVBucket(h, r)
+	c.notMyVBucket(h, c.s.route(vb))
 	return false
 }
 
@@ -256,7 +256,7 @@ func (c *conn) kvGetReplica(h wire.Header, body []byte) {
 		return
 	}
 	source := uint8(wire.SourceReplica)
-	if c.s.route(h.VBucket).State == vbmap.Active {
+	if c.s.state(h.VBucket) == vbmap.Active {
 		source = wire.SourceActive
 	}
 	b, off := c.begin(h, wire.StatusOK, 0)

@@ -307,6 +307,16 @@ func (s *Server) route(vb uint16) vbmap.Route {
 	return t.Route(vb)
 }
 
+// state is the node's state for vb, without the route's address look-up
+// (the check every request makes).
+func (s *Server) state(vb uint16) vbmap.State {
+	t := s.table.Load()
+	if t == nil {
+		return vbmap.Active
+	}
+	return t.State(vb)
+}
+
 // serving reports whether the node is active for some vBucket: requests
 // that place records round-robin (queue Pop/Consume/Produce, keyless
 // pushes and appends, RemoveChannel) need one.
