@@ -24,6 +24,11 @@
 #   4. tool check (pinned placement, when redis-benchmark is installed and
 #      CHECK is not 0): redis-benchmark and `shoal bench --target redis://`
 #      alternately against the same Redis, SET/GET at 50 x 1 and 50 x 16;
+#   5. where the time goes (pinned placement, when perf is installed and
+#      PROFILE is not 0): for a few rows, each server's CPU per request split
+#      into user and kernel time, and its system calls and context switches
+#      per request, counted by `perf stat` on syscall tracepoints for 2 s in
+#      the middle of a run;
 # then prints the medians, the ratios shoal/Redis and the goals of issue 18
 # (met or missed, by how much), and writes them with the machine and the
 # commands into docs/performance.md between the markers
@@ -35,10 +40,11 @@
 #         PLACEMENTS ("pinned shared"), LOG_DURATION (5s), LOG=0 skips step 3,
 #         DOC (docs/performance.md; DOC=- prints only), CHECK=0 skips the tool
 #         check, N_CHECK1 / N_CHECK16 (200000 / 1000000) requests per check run,
-#         QUEUE_RING (2GiB) the ring size given to shoald.
+#         QUEUE_RING (2GiB) the ring size given to shoald, PROFILE=0 skips step 5.
 # Needs:  go (builds shoal and shoald), redis-server and redis-cli (Debian:
 #         redis-server redis-tools), awk, curl, dd; taskset (util-linux) for
-#         the pinned placement; redis-benchmark (redis-tools) for the tool check.
+#         the pinned placement; redis-benchmark (redis-tools) for the tool check;
+#         perf (linux-perf) with access to tracepoints for step 5.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,6 +59,7 @@ CHECK=${CHECK:-1}
 N_CHECK1=${N_CHECK1:-200000}
 N_CHECK16=${N_CHECK16:-1000000}
 QUEUE_RING=${QUEUE_RING:-2GiB}
+PROFILE=${PROFILE:-1}
 DOC=${DOC:-$ROOT/docs/performance.md}
 HOST=127.0.0.1
 
@@ -191,6 +198,8 @@ echo "placement,target,rss_per_record,engine_per_record" >"$MEM"
 echo "placement,target,label,conns,pipeline,rep,ops_per_sec,p50_ms,p99_ms,errors,cpu_us_per_req,hit_pct" >"$RAW"
 echo "placement,size,rep,shoal_bytes,shoal_seconds,shoal_mb_s,dd_mb_s,records_per_sec,cpu_us_per_record" >"$LOGRAW"
 echo "tool,label,conns,pipeline,rep,ops_per_sec,cpu_us_per_req" >"$CHECK_RAW"
+PROF_RAW=$WORK/profile.csv
+echo "target,label,conns,pipeline,ops_per_sec,user_us,kernel_us,syscalls,reads,eagain,writes,epoll,futex_sleep,ctx_switches" >"$PROF_RAW"
 
 # measure_memory PLACEMENT loads the key space into both servers.
 measure_memory() {
@@ -309,6 +318,73 @@ run_check() {
   done
 }
 
+# run_profile counts, for a few rows and both servers, CPU time and system
+# calls per request during PROF_WINDOW seconds in the middle of a run.
+PROF_WINDOW=2
+PROF_EVENTS=raw_syscalls:sys_enter,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_futex,syscalls:sys_enter_nanosleep,syscalls:sys_enter_clock_nanosleep,context-switches
+# served TARGET prints how many requests the server has answered so far.
+served() {
+  if [ "$1" = redis ]; then
+    rcli info stats | tr -d '\r' | awk -F: '$1=="total_commands_processed"{print $2}'
+  else
+    curl -s "http://$HOST:$HPORT/metrics" | awk '/^shoal_request_duration_seconds_count/{s+=$2} END{printf "%d", s}'
+  fi
+}
+# prof_window TARGET PID prints the requests TARGET served during
+# PROF_WINDOW seconds and PID's user and system CPU ticks before and after.
+prof_window() {
+  local r0 r1 c0 c1
+  r0=$(served "$1")
+  c0=$(awk '{sub(/^.*\) /, ""); print $12, $13}' "/proc/$2/stat")
+  sleep "$PROF_WINDOW"
+  r1=$(served "$1")
+  c1=$(awk '{sub(/^.*\) /, ""); print $12, $13}' "/proc/$2/stat")
+  echo "$((r1 - r0)) $c0 $c1"
+}
+run_profile() {
+  export -f prof_window served rcli
+  export HOST RPORT HPORT PROF_WINDOW
+  local cfg label workload conns pipeline t pid win ops
+  for cfg in "GET get 50 1" "SET set 50 1" "GET get 50 16" "SET set 50 16" "push push 50 16"; do
+    read -r label workload conns pipeline <<<"$cfg"
+    for t in redis shoal; do
+      pid=$RPID
+      if [ "$t" = shoal ]; then pid=$SPID; fi
+      bench "$t" --workload "$workload" --conns "$conns" --pipeline "$pipeline" --keys "$N_KEYS" \
+        --value-size 100 --duration $((PROF_WINDOW + 2))s --warmup 0s --cleanup=false >"$WORK/prof.json" &
+      sleep 1
+      # The EAGAIN filter applies to the -e before it (sys_exit_read alone).
+      # perf counts while prof_window runs, which reads the request and CPU
+      # counters at both ends of its sleep.
+      win=$(perf stat -x, -o "$WORK/perf.txt" -e "$PROF_EVENTS" -e syscalls:sys_exit_read --filter 'ret == -11' \
+        -p "$pid" -- bash -c 'prof_window "$0" "$1"' "$t" "$pid" 2>/dev/null) || win=
+      wait $! || true
+      ops=$(json_field ops_per_sec <"$WORK/prof.json")
+      awk -F, -v t="$t" -v l="$label" -v c="$conns" -v p="$pipeline" -v ops="${ops:-0}" -v win="$win" -v hz="$HZ" '
+        { v[$3] = $1 }
+        END {
+          split(win, a, " "); n = a[1]
+          if (n <= 0 || !("raw_syscalls:sys_enter" in v)) exit
+          printf "%s,%s,%s,%s,%.0f,%.2f,%.2f", t, l, c, p, ops, (a[4]-a[2]) / hz * 1e6 / n, (a[5]-a[3]) / hz * 1e6 / n
+          split("raw_syscalls:sys_enter syscalls:sys_enter_read syscalls:sys_exit_read syscalls:sys_enter_write", k, " ")
+          for (i = 1; i <= 4; i++) printf ",%.2f", v[k[i]] / n
+          printf ",%.3f", (v["syscalls:sys_enter_epoll_wait"] + v["syscalls:sys_enter_epoll_pwait"]) / n
+          printf ",%.3f", (v["syscalls:sys_enter_futex"] + v["syscalls:sys_enter_nanosleep"] + v["syscalls:sys_enter_clock_nanosleep"]) / n
+          printf ",%.3f\n", v["context-switches"] / n
+        }' "$WORK/perf.txt" >>"$PROF_RAW"
+      echo "profile $label ${conns}x$pipeline $t: $(tail -1 "$PROF_RAW")" >&2
+    done
+  done
+}
+
+PROF_NOTE=
+if [ "$PROFILE" = 0 ]; then
+  PROF_NOTE="Where the time goes: skipped (PROFILE=0)."
+elif ! command -v perf >/dev/null || ! perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+  PROF_NOTE="Where the time goes: skipped, perf with access to syscall tracepoints is not available (Debian: linux-perf; root or kernel.perf_event_paranoid=-1)."
+elif [[ " $PLACEMENTS " != *" pinned "* ]]; then
+  PROF_NOTE="Where the time goes: skipped, it runs in the pinned placement."
+fi
 CHECK_NOTE=
 if [ "$CHECK" = 0 ]; then
   CHECK_NOTE="Tool check skipped (CHECK=0)."
@@ -323,6 +399,7 @@ for placement in $PLACEMENTS; do
   run_rows "$placement"
   if [ "$LOG" != 0 ]; then run_log "$placement"; fi
   if [ -z "$CHECK_NOTE" ] && [ "$placement" = pinned ]; then run_check; fi
+  if [ -z "$PROF_NOTE" ] && [ "$placement" = pinned ]; then run_profile; fi
   stop_servers
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -434,6 +511,14 @@ if [ -z "$CHECK_NOTE" ]; then
     done
   } >"$CHECK_TABLE"
 fi
+PROF_TABLE=$WORK/profile-table.md
+if [ -z "$PROF_NOTE" ]; then
+  {
+    echo "| workload | server | ops/s | CPU µs/request: user + kernel | system calls/request | reads (EAGAIN) | writes | epoll waits | futex + sleeps | context switches |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F, 'NR>1 {printf "| %s %s x %s | %s | %s | %.2f + %.2f | %s | %s (%s) | %s | %s | %s | %s |\n", $2, $3, $4, ($1=="redis" ? "Redis" : "shoal"), $5, $6, $7, $8, $9, $10, $11, $12, $13, $14}' "$PROF_RAW"
+  } >"$PROF_TABLE"
+fi
 ERRS=$(awk -F, 'NR>1 && $10!="" {s+=$10} END{print s+0}' "$RAW")
 CPU=$(awk -F': *' '/^model name/{print $2; exit}' /proc/cpuinfo)
 
@@ -473,6 +558,13 @@ SECTION=$WORK/section.md
   echo "The Redis CPU per request is the figure that noise does not move: equal, the two tools load Redis alike."
   echo
   if [ -n "$CHECK_NOTE" ]; then echo "$CHECK_NOTE"; else cat "$CHECK_TABLE"; fi
+  echo
+  echo "Where the time goes (pinned; one run of $((PROF_WINDOW + 2)) s per row, counted over $PROF_WINDOW s in its middle: CPU time from"
+  echo "/proc/PID/stat, system calls and context switches from \`perf stat -e raw_syscalls:sys_enter,syscalls:sys_enter_read,...\`"
+  echo "on the server's process; every figure per request the server counted in that time: Redis total_commands_processed,"
+  echo "shoal the requests of /metrics shoal_request_duration_seconds; the tracepoints make system calls slower, not fewer):"
+  echo
+  if [ -n "$PROF_NOTE" ]; then echo "$PROF_NOTE"; else cat "$PROF_TABLE"; fi
   echo
   echo "Commands (PORTs are free ports picked by the script; PIN is \`taskset -c 0\` for servers and \`taskset -c 1\`"
   echo "for the load generator in the pinned placement, nothing in the shared one):"
