@@ -40,7 +40,13 @@ NAME-queue for push and pop, NAME-log for append, NAME-range for range.
 the queue and log workloads (push, pop, append, range) and off for the kv
 ones, whose records a later get run reads. A run where more than 10% of
 the gets (or pops) missed says so on stderr (and in --json's warnings):
-fill the key space first with --workload load.`,
+fill the key space first with --workload load.
+
+Against shoal it also reads every node's request counter and CPU time
+(Info) when the measured time starts and ends, and prints each node's
+ops/s and CPU per request (--json: "nodes"), lines of their own when the
+cluster has more than one node. They count every request a node answered,
+the run's and any other client's.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f := cmd.Flags()

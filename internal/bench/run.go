@@ -35,6 +35,9 @@ type Result struct {
 	P99Ms          float64 `json:"p99_ms"`
 	P999Ms         float64 `json:"p999_ms"`
 	MaxMs          float64 `json:"max_ms"`
+	// Nodes is each node's share of the measured time, for a target that
+	// counts per node (a shoal node or cluster); see NodeResult.
+	Nodes []NodeResult `json:"nodes,omitempty"`
 	// FirstError is the first error seen, for the record.
 	FirstError string `json:"first_error,omitempty"`
 	// Warnings say what makes the figures doubtful (most gets missed) or
@@ -139,7 +142,9 @@ func Run(ctx context.Context, t Target, o Options) (Result, error) {
 	if o.Workload == Load {
 		warmup = 0
 	}
+	var counts map[string]NodeCount
 	if warmup == 0 {
+		counts = readNodeCounts(ctx, t)
 		r.phase.Store(phaseMeasure)
 	}
 	start := time.Now()
@@ -157,6 +162,7 @@ func Run(ctx context.Context, t Target, o Options) (Result, error) {
 		case <-stopped:
 		case <-ctx.Done():
 		}
+		counts = readNodeCounts(ctx, t)
 		start = time.Now()
 		r.phase.Store(phaseMeasure)
 	}
@@ -195,6 +201,9 @@ wait:
 		fmt.Fprintln(o.Progress, progressLine(string(o.Workload), t.String(), time.Since(start), r.done.Load(), r.failed.Load()))
 	}
 	res := r.result(start, tallies)
+	if counts != nil {
+		res.Nodes = nodeResults(counts, readNodeCounts(parent, t), res.Seconds)
+	}
 	if w := missWarning(o, res); w != "" {
 		res.Warnings = append(res.Warnings, w)
 	}
@@ -541,6 +550,9 @@ latency   mean %.3f ms, p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms, max %.3f ms
 `, res.Target, res.Workload, res.Conns, res.Pipeline, res.Keys, res.ValueSize,
 		res.Requests, res.Seconds, res.Errors, res.Misses, thousands(int64(res.OpsPerSec)),
 		res.MeanMs, res.P50Ms, res.P99Ms, res.P999Ms, res.MaxMs)
+	if err == nil && len(res.Nodes) > 1 {
+		err = writeNodes(w, res.Nodes)
+	}
 	if err == nil && res.FirstError != "" {
 		_, err = fmt.Fprintf(w, "first error: %s\n", res.FirstError)
 	}

@@ -280,8 +280,13 @@ func TestShoal(t *testing.T) {
 	}
 	ctx := t.Context()
 	res, err := Run(ctx, s, quick(Load))
-	if err != nil || res.Requests != 50 || res.Errors != 0 || dials != 3 {
+	// One dial per connection, and one for each reading of the node's
+	// counters (when the measured time starts and when it ends).
+	if err != nil || res.Requests != 50 || res.Errors != 0 || dials != 3+2 {
 		t.Fatalf("load: %+v, %v, %d dials", res, err, dials)
+	}
+	if len(res.Nodes) != 1 || res.Nodes[0].Addr != addr || res.Nodes[0].Requests < 50 || res.Nodes[0].CPUMicrosPerRequest <= 0 {
+		t.Errorf("nodes %+v, want the node with at least the run's 50 requests and its CPU time", res.Nodes)
 	}
 	c, err := client.Dial(ctx, addr)
 	if err != nil {

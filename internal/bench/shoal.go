@@ -38,6 +38,30 @@ func (s *Shoal) Open(ctx context.Context, pipeline int) (Conn, error) {
 	return &shoalConn{c: c}, nil
 }
 
+// NodeCounts implements NodeCounter: the "requests" and "cpu_seconds" of
+// every member's Info.
+func (s *Shoal) NodeCounts(ctx context.Context) (map[string]NodeCount, error) {
+	c, err := s.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	info, err := c.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]NodeCount, len(info))
+	for addr, m := range info {
+		reqs, ok := m["requests"].(float64)
+		if !ok {
+			continue // a node of an older version
+		}
+		cpu, _ := m["cpu_seconds"].(float64)
+		out[addr] = NodeCount{Requests: uint64(reqs), CPUSeconds: cpu}
+	}
+	return out, nil
+}
+
 // shoalConn is one Client.
 type shoalConn struct {
 	c *client.Client

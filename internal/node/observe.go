@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -277,7 +278,17 @@ func (n *Node) info() map[string]any {
 		"memory_limit": int64(n.cfg.MemoryLimit),
 
 		"queue_durability": n.cfg.QueueDurability,
+		"cpu_seconds":      processCPUSeconds(),
 	}
+}
+
+// processCPUSeconds is the user and system CPU time the process has used.
+func processCPUSeconds() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 // Status is the /status document.

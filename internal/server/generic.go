@@ -127,6 +127,7 @@ func (c *conn) info(h wire.Header, _ []byte) {
 		"max_value_size": c.s.cfg.MaxValueSize,
 		"auth":           c.s.cfg.Credentials != nil,
 		"tls":            c.s.cfg.TLS != nil,
+		"requests":       c.s.Requests(),
 	}
 	if c.s.cfg.Info != nil {
 		for k, v := range c.s.cfg.Info() {

@@ -189,6 +189,16 @@ func (s *Server) countAnswer(op wire.Opcode, st wire.Status) {
 	}
 }
 
+// Requests returns how many requests the server has answered since it
+// started, every kind together (what `shoal bench` divides per node).
+func (s *Server) Requests() uint64 {
+	var n uint64
+	for op := range s.ops {
+		n += s.ops[op].lat.Count()
+	}
+	return n
+}
+
 // New returns a server for eng.
 func New(cfg Config, eng Engines) *Server {
 	cfg.setDefaults()
