@@ -360,6 +360,10 @@ func (s *Store) durable(ctx context.Context, lsn uint64) error {
 	return classify(s.journal.wait(ctx, lsn))
 }
 
+// PopWaits reports whether a Pop waits for an fsync of the journal
+// (journal mode with an fsync per write) before it returns.
+func (s *Store) PopWaits() bool { return s.journal != nil && s.journal.interval == 0 }
+
 // classify marks a full disk with ErrNoSpace.
 func classify(err error) error {
 	if err != nil && errors.Is(err, syscall.ENOSPC) && !errors.Is(err, ErrNoSpace) {

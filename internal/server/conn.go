@@ -78,6 +78,8 @@ type conn struct {
 
 	dur connDurable // the durability of the request being handled (durability.go)
 
+	lc loopConn // the event loop serving the connection, if any (loop_linux.go)
+
 	// mapRev is the highest map revision this connection was sent
 	// (GetClusterMap, a map in `not my vbucket`, MapNotify): a `not my
 	// vbucket` carries the map only while it is below the node's.
@@ -102,39 +104,63 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return c
 }
 
-type countingReader struct {
-	r io.Reader
-	s *Server
-}
+// connReader is what the read buffer reads from: the connection, or,
+// while an event loop serves it, the socket itself without waiting. It
+// counts the bytes.
+type connReader struct{ c *conn }
 
-func (r countingReader) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	r.s.bytesIn.Add(uint64(n))
+func (r connReader) Read(p []byte) (int, error) {
+	c := r.c
+	var n int
+	var err error
+	if c.lc.loop != nil {
+		n, err = c.rawRead(p)
+	} else {
+		n, err = c.nc.Read(p)
+	}
+	c.s.bytesIn.Add(uint64(n))
 	return n, err
 }
 
-// serve runs the connection until it closes.
+// serve runs the connection until it closes or goes to an event loop.
 func (c *conn) serve() {
-	defer c.finish()
 	if c.s.cfg.TLS != nil {
 		tc := tls.Server(c.nc, c.s.cfg.TLS)
 		tc.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		c.setReadDeadline(time.Now().Add(10 * time.Second))
 		if err := tc.Handshake(); err != nil {
 			c.s.cfg.Logger.Debug("TLS handshake failed", "remote", c.nc.RemoteAddr(), "err", err)
+			c.retire()
 			return
 		}
 		tc.SetWriteDeadline(time.Time{})
 		c.setReadDeadline(time.Time{})
 		c.nc = tc
 	}
-	c.br = bufio.NewReaderSize(countingReader{c.nc, c.s}, readBufSize)
-	c.readLoop()
+	c.br = bufio.NewReaderSize(connReader{c}, readBufSize)
+	c.run()
+}
+
+// run reads requests until the connection ends (then it finishes it) or
+// goes to an event loop. An event loop hands a connection back to a
+// goroutine of its own with run too.
+func (c *conn) run() {
+	if c.readLoop() {
+		return
+	}
+	c.retire()
+}
+
+// retire finishes the connection and forgets it.
+func (c *conn) retire() {
+	c.finish()
+	c.s.connDone(c)
 }
 
 // readLoop reads and dispatches frames until the connection fails, the
-// client closes it, or the server shuts down.
-func (c *conn) readLoop() {
+// client closes it, or the server shuts down; then it returns false. It
+// returns true when it handed the idle connection to an event loop.
+func (c *conn) readLoop() (looped bool) {
 	framing := false // a read deadline is set for an unfinished frame
 	// A frame that has begun must be complete within FrameTimeout; an idle
 	// connection (nothing buffered) may wait forever.
@@ -147,20 +173,23 @@ func (c *conn) readLoop() {
 		if c.br.Buffered() == 0 {
 			c.commitAppends()
 			if !c.flush() {
-				return
+				return false
 			}
 			if framing {
 				c.setReadDeadline(time.Time{})
 				framing = false
 			}
+			if c.toLoop() {
+				return true
+			}
 			if _, err := c.br.Peek(1); err != nil {
 				c.readFailed(err)
-				return
+				return false
 			}
 			c.clock = time.Time{} // the wait was not part of any request
 		}
 		if !c.waitRoom() {
-			return
+			return false
 		}
 		if c.br.Buffered() < wire.HeaderLen {
 			partial()
@@ -168,7 +197,7 @@ func (c *conn) readLoop() {
 		hb, err := c.br.Peek(wire.HeaderLen)
 		if err != nil {
 			c.readFailed(err)
-			return
+			return false
 		}
 		h, err := wire.ParseHeader(hb)
 		if err == nil && h.Magic != wire.MagicRequest {
@@ -183,7 +212,7 @@ func (c *conn) readLoop() {
 			c.reply(h, st, []byte(err.Error()))
 			c.flush()
 			c.s.cfg.Logger.Info("closing connection after a bad frame", "remote", c.nc.RemoteAddr(), "err", err)
-			return
+			return false
 		}
 		n := int(h.BodyLen)
 		if c.br.Buffered() < wire.HeaderLen+n {
@@ -195,7 +224,7 @@ func (c *conn) readLoop() {
 			c.br.Discard(wire.HeaderLen)
 			if _, err := io.CopyN(io.Discard, c.br, int64(n)); err != nil {
 				c.readFailed(err)
-				return
+				return false
 			}
 			st := wire.StatusValueTooBig
 			c.replyf(h, st, "request body of %d bytes is over the limit of %d for %s", n, hd.limit, h.Opcode)
@@ -209,7 +238,7 @@ func (c *conn) readLoop() {
 			b, err := c.br.Peek(wire.HeaderLen + n)
 			if err != nil {
 				c.readFailed(err)
-				return
+				return false
 			}
 			body = b[wire.HeaderLen:]
 			c.dispatch(h, body)
@@ -222,7 +251,7 @@ func (c *conn) readLoop() {
 			body = c.big[:n]
 			if _, err := io.ReadFull(c.br, body); err != nil {
 				c.readFailed(err)
-				return
+				return false
 			}
 			c.dispatch(h, body)
 			if cap(c.big) > 4<<20 {
@@ -231,7 +260,7 @@ func (c *conn) readLoop() {
 		}
 		if c.takeover != nil {
 			c.handOver()
-			return
+			return false
 		}
 	}
 }
@@ -425,6 +454,7 @@ func (c *conn) flush() bool {
 				c.s.cfg.Logger.Info("dropping a client that does not read its answers", "remote", c.nc.RemoteAddr(), "timeout", c.s.cfg.WriteTimeout)
 			}
 			c.nc.Close()
+			c.kickLoop() // an event loop would not hear of it: the socket left its epoll set
 		}
 		c.wcond.Broadcast()
 	}

@@ -41,7 +41,7 @@ func (s *Server) features() uint32 {
 func (s *Server) registerGeneric() {
 	s.handle(wire.OpHello, handler{fn: (*conn).hello, open: true})
 	s.handle(wire.OpAuth, handler{fn: (*conn).auth, open: true})
-	s.handle(wire.OpNoop, handler{fn: func(c *conn, h wire.Header, _ []byte) { c.reply(h, wire.StatusOK, nil) }, open: true})
+	s.handle(wire.OpNoop, handler{loop: true, fn: func(c *conn, h wire.Header, _ []byte) { c.reply(h, wire.StatusOK, nil) }, open: true})
 	s.handle(wire.OpInfo, handler{fn: (*conn).info})
 	s.handle(wire.OpGetNumConnections, handler{fn: func(c *conn, h wire.Header, _ []byte) {
 		b, off := c.begin(h, wire.StatusOK, 0)

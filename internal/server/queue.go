@@ -62,8 +62,8 @@ type durableAck struct {
 }
 
 func (s *Server) registerQueue() {
-	s.handle(wire.OpPush, handler{fn: (*conn).queuePush, limit: s.singleLimit() + 255*256})
-	s.handle(wire.OpPop, handler{fn: (*conn).queuePop})
+	s.handle(wire.OpPush, handler{loop: true, fn: (*conn).queuePush, limit: s.singleLimit() + 255*256})
+	s.handle(wire.OpPop, handler{loop: true, fn: (*conn).queuePop})
 	s.handle(wire.OpConsume, handler{fn: (*conn).queueConsume})
 	s.handle(wire.OpProduce, handler{fn: (*conn).queueProduce, limit: s.batchLimit()})
 	s.handle(wire.OpQueues, handler{fn: (*conn).queueList})

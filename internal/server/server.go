@@ -72,6 +72,12 @@ type Config struct {
 	// Channels, when set, creates and removes channels cluster-wide
 	// (cluster.go); without it the catalog is the node's own.
 	Channels ChannelDirectory
+	// NoEventLoop keeps every connection on a goroutine of its own. By
+	// default an idle plain-TCP connection waits in an event loop (epoll,
+	// one per GOMAXPROCS, Linux only) instead, which serves its plain
+	// requests without a goroutine wake-up and a failed read per request
+	// (loop_linux.go).
+	NoEventLoop bool
 	// Logger receives connection and request errors.
 	Logger *slog.Logger
 }
@@ -118,6 +124,7 @@ type handler struct {
 	open  bool // allowed before authentication
 	admin bool // needs the admin credential when auth is on
 	peer  bool // needs the admin or the peer ("node") credential when auth is on
+	loop  bool // may run in an event loop: answers at once, never waits (loop.go)
 	async bool // answers from a goroutine of its own, which calls requestDone
 }
 
@@ -131,6 +138,7 @@ type Server struct {
 	maps     mapWatch     // wakes the MapNotify streams at every new map revision
 	cluster  Cluster      // the cluster requests (HandleCluster); nil on a standby
 	takeover map[wire.Opcode]TakeoverFunc
+	loops    loops // event loops of idle plain-TCP connections (loop_linux.go)
 	start    time.Time
 
 	mu      sync.Mutex
@@ -415,14 +423,7 @@ func (s *Server) startConn(nc net.Conn) {
 	s.conns[c] = struct{}{}
 	s.connWG.Add(1)
 	s.mu.Unlock()
-	go func() {
-		defer s.connWG.Done()
-		c.serve()
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		s.nconns.Add(-1)
-	}()
+	go c.serve() // c.retire (connDone) forgets it
 }
 
 // refuse answers an over-limit connection with StatusTooManyConnections and
@@ -452,6 +453,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		c.beginShutdown()
 	}
 	s.mu.Unlock()
+	s.shutdownLoops() // their connections go back to goroutines, which end
 	done := make(chan struct{})
 	go func() { s.connWG.Wait(); close(done) }()
 	select {
