@@ -411,7 +411,7 @@ func (r *restorer) skip(p ofPos) error {
 }
 
 func (r *restorer) ringItem(vb uint16, seqno uint64, value []byte) error {
-	r.q.ring.push(vb, seqno, value, true)
+	r.q.ring.push(vb, seqno, value)
 	return nil
 }
 
