@@ -118,3 +118,25 @@ func BenchmarkPushBigRing(b *testing.B) { benchPush(b, 4<<30) }
 // BenchmarkPushOverflow pushes into a full 64 KiB ring: every record goes
 // to the disk overflow.
 func BenchmarkPushOverflow(b *testing.B) { benchPush(b, 64<<10) }
+
+// BenchmarkPushBatchOverflow is BenchmarkPushOverflow in batches of 16
+// pushes (PushBatch, as a server pushes a pipelined read batch).
+func BenchmarkPushBatchOverflow(b *testing.B) {
+	s := mustOpen(b, Config{Dir: b.TempDir(), RingSize: 64 << 10, IndexInterval: -1, Logger: quiet})
+	defer s.Close()
+	batch := make([]BatchPush, 16)
+	for i := range batch {
+		batch[i] = BatchPush{Channels: []string{"bench"}, Value: make([]byte, 100), VBucket: -1}
+	}
+	var errs []error
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := 0; n < b.N; n += len(batch) {
+		errs = s.PushBatch(context.Background(), batch[:min(len(batch), b.N-n)], errs)
+		for _, err := range errs {
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}

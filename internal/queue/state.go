@@ -571,7 +571,7 @@ func (s *Store) replay(typ byte, body []byte) error {
 	}
 	switch e.typ {
 	case entryPush:
-		_, err = s.push(e.vb, e.targets, e.value, false)
+		_, err = s.push(e.vb, e.targets, e.value, false, nil)
 	case entryPop:
 		err = s.replayPop(e)
 	case entryApplyPop:
