@@ -618,7 +618,7 @@ func (b *pushBatch) reset() {
 
 // push stores value at the targets, all or nothing, and journals it when
 // log is set. Its overflow records are written before it returns, or, in a
-// batch (b not nil), by endBatch, which also commits it.
+// batch (b not nil), by writeBatch; commitBatch then commits it.
 func (s *Store) push(vb uint16, targets []pushTarget, value []byte, log bool, b *pushBatch) (uint64, error) {
 	marks := s.marks[:0]
 	var created []*channel

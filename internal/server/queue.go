@@ -34,18 +34,19 @@ type queueConn struct {
 	names    []string            // channel names of the Push being handled
 	buf      []byte              // a popped value
 	// Pushes without durability read in one batch, pushed together by
-	// pushBatch: their headers, and channel names, routing keys and values
-	// copied into arena (offsets in spans).
-	held   []heldPush
-	arena  []byte
-	pushes []queue.BatchPush
-	errs   []error
+	// pushBatch: their headers, and their channel names, routing keys and
+	// values copied into heldNames and arena.
+	held      []heldPush
+	heldNames []string
+	arena     []byte
+	pushes    []queue.BatchPush
+	errs      []error
 }
 
 // heldPush is a Push waiting for pushBatch.
 type heldPush struct {
 	h          wire.Header
-	names      []string
+	names      [2]int // span of heldNames
 	key, value [2]int // spans of arena
 	vb         int    // FlagVBucket's, or -1
 }
@@ -203,7 +204,8 @@ func (c *conn) queuePush(h wire.Header, body []byte) {
 	if c.dur.level == wire.DurabilityNone {
 		// Pushed with the others of its batch, in one go (pushBatch).
 		a := c.q.arena
-		hp := heldPush{h: h, names: append([]string(nil), names...), vb: flagVBucket(h, key)}
+		hp := heldPush{h: h, names: [2]int{len(c.q.heldNames), len(c.q.heldNames) + len(names)}, vb: flagVBucket(h, key)}
+		c.q.heldNames = append(c.q.heldNames, names...)
 		hp.key = [2]int{len(a), len(a) + len(key)}
 		a = append(a, key...)
 		hp.value = [2]int{len(a), len(a) + len(val)}
@@ -252,7 +254,7 @@ func (c *conn) pushBatch() {
 	}
 	for _, hp := range q.held {
 		q.pushes = append(q.pushes, queue.BatchPush{
-			Channels: hp.names, VBucket: hp.vb,
+			Channels: q.heldNames[hp.names[0]:hp.names[1]], VBucket: hp.vb,
 			RoutingKey: q.arena[hp.key[0]:hp.key[1]], Value: q.arena[hp.value[0]:hp.value[1]],
 		})
 	}
@@ -267,10 +269,10 @@ func (c *conn) pushBatch() {
 			c.queueFail(hp.h, err)
 		}
 	}
-	clear(q.held)
+	clear(q.heldNames)
 	clear(q.pushes)
 	clear(q.errs)
-	q.held, q.pushes, q.errs = q.held[:0], q.pushes[:0], q.errs[:0]
+	q.held, q.heldNames, q.pushes, q.errs = q.held[:0], q.heldNames[:0], q.pushes[:0], q.errs[:0]
 	if cap(q.arena) > 4<<20 {
 		q.arena = nil
 	}
