@@ -259,12 +259,3 @@ func (r *ring) remove(off int, h itemHeader) {
 	r.live--
 	r.liveBytes -= int64(h.vlen)
 }
-
-// allocated is the bytes of the ring's chunks.
-func (r *ring) allocated() int {
-	n := len(r.spare)
-	for _, c := range r.chunks {
-		n += len(c)
-	}
-	return n
-}

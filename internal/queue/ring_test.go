@@ -123,3 +123,12 @@ func TestRingGrowsByChunks(t *testing.T) {
 		t.Fatalf("%d chunks left holding 40 × 100 kB", n)
 	}
 }
+
+// allocated is the bytes of the ring's chunks.
+func (r *ring) allocated() int {
+	n := len(r.spare)
+	for _, c := range r.chunks {
+		n += len(c)
+	}
+	return n
+}
