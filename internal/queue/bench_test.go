@@ -93,3 +93,50 @@ func BenchmarkConsume(b *testing.B) { benchConsume(b, DefaultRingSize) }
 // BenchmarkConsumeOverflow reads almost everything from the disk overflow
 // (a 1 MiB ring).
 func BenchmarkConsumeOverflow(b *testing.B) { benchConsume(b, 1<<20) }
+
+// benchPush pushes b.N 100-byte records to one channel from one goroutine,
+// nothing popping them.
+func benchPush(b *testing.B, ringSize int64) {
+	s := mustOpen(b, Config{Dir: b.TempDir(), RingSize: ringSize, IndexInterval: -1, Logger: quiet})
+	defer s.Close()
+	value := make([]byte, 100)
+	ch := []string{"bench"}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if err := s.Push(context.Background(), ch, value, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+}
+
+// BenchmarkPushBigRing pushes into a 4 GiB ring growing from empty (b.N
+// records: 2 million are about 230 MB).
+func BenchmarkPushBigRing(b *testing.B) { benchPush(b, 4<<30) }
+
+// BenchmarkPushOverflow pushes into a full 64 KiB ring: every record goes
+// to the disk overflow.
+func BenchmarkPushOverflow(b *testing.B) { benchPush(b, 64<<10) }
+
+// BenchmarkPushBatchOverflow is BenchmarkPushOverflow in batches of 16
+// pushes (PushBatch, as a server pushes a pipelined read batch).
+func BenchmarkPushBatchOverflow(b *testing.B) {
+	s := mustOpen(b, Config{Dir: b.TempDir(), RingSize: 64 << 10, IndexInterval: -1, Logger: quiet})
+	defer s.Close()
+	batch := make([]BatchPush, 16)
+	for i := range batch {
+		batch[i] = BatchPush{Channels: []string{"bench"}, Value: make([]byte, 100), VBucket: -1}
+	}
+	var errs []error
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := 0; n < b.N; n += len(batch) {
+		errs = s.PushBatch(context.Background(), batch[:min(len(batch), b.N-n)], errs)
+		for _, err := range errs {
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}

@@ -79,7 +79,7 @@ func (s *Store) Apply(m *engine.Mutation) error {
 			err = fmt.Errorf("%w: %d bytes", ErrValueTooBig, len(m.Value))
 			break
 		}
-		lsn, err = s.push(m.VBucket, []pushTarget{{channel: m.Channel, seqno: m.Seqno}}, m.Value, true)
+		lsn, err = s.push(m.VBucket, []pushTarget{{channel: m.Channel, seqno: m.Seqno}}, m.Value, true, nil)
 	case m.Op == engine.OpPop:
 		if !validSubscriber(string(m.Key)) {
 			err = fmt.Errorf("%w: %q", ErrBadSubscriber, m.Key)

@@ -25,6 +25,10 @@ const segSuffix = ".seg"
 // frameRecord is the frame type of an overflow record.
 const frameRecord = 'P'
 
+// maxPending is the size at which an overflow's buffered records are
+// written without waiting for the end of the batch.
+const maxPending = 64 << 10
+
 // segment is one overflow segment file.
 type segment struct {
 	n    uint64 // its number, also its name
@@ -50,7 +54,7 @@ type ofRecord struct {
 type ofMark struct {
 	rotated bool
 	prev    appender // the tail writer before a rotation
-	size    int64    // the tail's size before the append
+	size    int64    // the tail's size before the append, buffered bytes included
 	vlen    int
 	newDir  bool // the append created the queue's overflow directory
 }
@@ -82,6 +86,10 @@ type overflow struct {
 	dirty    bool               // appended since the last sync
 	newSegs  bool               // segments created since the last directory sync
 	enc      []byte
+	// pending holds record frames appended to the last segment but not yet
+	// written: they count in records and bytes, not in the segment's size.
+	// The store writes them (flush) or rolls them back before it unlocks.
+	pending []byte
 }
 
 func (o *overflow) segPath(n uint64) string {
@@ -106,23 +114,28 @@ func decodeRecord(typ byte, body []byte) (vb uint16, seqno uint64, value []byte,
 	return binary.LittleEndian.Uint16(body), binary.LittleEndian.Uint64(body[2:]), body[10:], nil
 }
 
-// append stores a record at the tail. It either stores all of it or
+// append stores a record at the tail: it buffers it in pending when its
+// segment has room, for the caller to flush. It either stores all of it or
 // nothing; the caller then calls commit or rollback with the mark.
 func (o *overflow) append(vb uint16, seqno uint64, value []byte) (ofMark, error) {
-	m := ofMark{size: o.w.size, vlen: len(value)}
+	m := ofMark{size: o.w.size + int64(len(o.pending)), vlen: len(value)}
 	if !o.dirReady {
 		if err := o.fs.MkdirAll(o.dir, 0o755); err != nil {
 			return m, fmt.Errorf("cannot create overflow directory %q: %w", o.dir, err)
 		}
 		o.dirReady, m.newDir = true, true
 	}
-	if len(o.segs) > 0 && o.w.size < o.segSize {
-		o.enc = appendRecord(o.enc[:0], vb, seqno, value)
-		if err := o.w.write(o.enc); err != nil {
+	if len(o.segs) > 0 && m.size < o.segSize {
+		if len(o.pending) >= maxPending {
+			if err := o.flush(); err != nil {
+				return m, err
+			}
+		}
+		o.pending = appendRecord(o.pending, vb, seqno, value)
+	} else {
+		if err := o.flush(); err != nil { // the records before it, into their segment
 			return m, err
 		}
-		o.segs[len(o.segs)-1].size = o.w.size
-	} else {
 		n := o.lastSeg + 1
 		path := o.segPath(n)
 		f, err := o.fs.Create(path)
@@ -162,10 +175,31 @@ func (o *overflow) commit(m ofMark) {
 	_ = m.prev.f.Close()
 }
 
+// flush writes the pending records in one call. On failure they stay
+// pending (for rollback) and the segment keeps no part of them.
+func (o *overflow) flush() error {
+	if len(o.pending) == 0 {
+		return nil
+	}
+	if err := o.w.write(o.pending); err != nil {
+		return err
+	}
+	o.segs[len(o.segs)-1].size = o.w.size
+	o.pending = o.pending[:0]
+	if cap(o.pending) > 2*maxPending {
+		o.pending = nil
+	}
+	return nil
+}
+
 // rollback undoes an append.
 func (o *overflow) rollback(m ofMark) {
 	o.records--
 	o.bytes -= int64(m.vlen)
+	if !m.rotated && m.size >= o.w.size { // still pending
+		o.pending = o.pending[:m.size-o.w.size]
+		return
+	}
 	if m.rotated {
 		path := o.segPath(o.lastSeg)
 		_ = o.w.f.Close()
@@ -175,11 +209,13 @@ func (o *overflow) rollback(m ofMark) {
 		o.segs = o.segs[:len(o.segs)-1]
 		o.w = m.prev
 		o.lastSeg--
+		o.pending = o.pending[:0] // what was buffered for the segment rolled back
 		if len(o.segs) <= 1 {
 			o.closeReader()
 		}
 		return
 	}
+	o.pending = o.pending[:0] // pushed after the mark: flushed by a later append
 	if err := o.w.rollback(m.size); err != nil {
 		o.log.Warn("cannot cut rolled back overflow record; retried before the next write", "err", err)
 	}
@@ -304,6 +340,7 @@ func (o *overflow) drain() {
 		*o.garbage = append(*o.garbage, o.segPath(s.n))
 	}
 	o.segs, o.headOff, o.skip, o.records, o.bytes, o.dirty = nil, 0, nil, 0, 0, false
+	o.pending = nil
 }
 
 // dropCorrupt gives up the rest of the head segment and recounts.
@@ -461,6 +498,9 @@ type ofState struct {
 }
 
 func (o *overflow) state() ofState {
+	if len(o.pending) > 0 {
+		panic("queue: overflow state with records not written")
+	}
 	st := ofState{lastSeg: o.lastSeg, headSeg: o.lastSeg, tailSeg: o.lastSeg, records: o.records, bytes: o.bytes}
 	if len(o.segs) > 0 {
 		st.headSeg, st.headOff = o.segs[0].n, o.headOff

@@ -88,7 +88,7 @@ func (q *queue) records() int64 { return int64(q.ring.live) + q.of.records }
 func (q *queue) push(vb uint16, seqno uint64, value []byte) (qMark, error) {
 	if q.of.records == 0 && q.ring.fits(len(value)) {
 		m := qMark{q: q, toRing: true, ring: q.ring.mark()}
-		q.ring.push(vb, seqno, value, false)
+		q.ring.push(vb, seqno, value)
 		return m, nil
 	}
 	om, err := q.of.append(vb, seqno, value)
@@ -190,7 +190,7 @@ func (q *queue) refill() error {
 		if err != nil || r == nil || !q.ring.fits(len(r.value)) {
 			return err
 		}
-		q.ring.push(r.vb, r.seqno, r.value, false)
+		q.ring.push(r.vb, r.seqno, r.value)
 		q.of.pop()
 	}
 	return nil

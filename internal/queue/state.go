@@ -411,7 +411,7 @@ func (r *restorer) skip(p ofPos) error {
 }
 
 func (r *restorer) ringItem(vb uint16, seqno uint64, value []byte) error {
-	r.q.ring.push(vb, seqno, value, true)
+	r.q.ring.push(vb, seqno, value)
 	return nil
 }
 
@@ -571,7 +571,7 @@ func (s *Store) replay(typ byte, body []byte) error {
 	}
 	switch e.typ {
 	case entryPush:
-		_, err = s.push(e.vb, e.targets, e.value, false)
+		_, err = s.push(e.vb, e.targets, e.value, false, nil)
 	case entryPop:
 		err = s.replayPop(e)
 	case entryApplyPop:

@@ -227,6 +227,7 @@ type Store struct {
 	targets         []pushTarget // Push's scratch, under mu
 	items           []popItem
 	marks           []qMark
+	batch           pushBatch // PushBatch's, under mu
 
 	pushedRecords, pushedBytes atomic.Uint64
 	poppedRecords, poppedBytes atomic.Uint64
@@ -423,34 +424,7 @@ func (s *Store) pushTo(ctx context.Context, channels []string, value []byte, wan
 		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrValueTooBig, len(value), s.cfg.MaxValueSize)
 	}
 	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		return ErrClosed
-	}
-	targets := s.targets[:0]
-	var vb uint16
-	switch {
-	case want < 0:
-		var ok bool
-		if vb, ok = s.states.NextActive(s.rr); !ok {
-			s.mu.Unlock()
-			return engine.ErrNoActiveVBucket
-		}
-		s.rr = uint32(vb) + 1
-	case active && s.states.Get(uint16(want)) != vbmap.Active:
-		s.mu.Unlock()
-		return fmt.Errorf("queue: push to vbucket %d: %w", want, engine.ErrNotActive)
-	default:
-		vb = uint16(want)
-	}
-	for i, name := range channels {
-		targets = append(targets, pushTarget{channel: name, seqno: s.vbs[vb].seqno + 1 + uint64(i)})
-		if ch := s.channels[name]; ch != nil {
-			ch.removed = false // made again after its removal
-		}
-	}
-	lsn, err := s.push(vb, targets, value, true)
-	s.targets = targets[:0]
+	lsn, err := s.pushLocked(channels, value, want, active, nil)
 	s.mu.Unlock()
 	if err != nil {
 		return err
@@ -460,9 +434,196 @@ func (s *Store) pushTo(ctx context.Context, channels []string, value []byte, wan
 	return s.durable(ctx, lsn)
 }
 
+// pushLocked is pushTo's part under mu, with the arguments checked.
+func (s *Store) pushLocked(channels []string, value []byte, want int, active bool, b *pushBatch) (uint64, error) {
+	if s.closed {
+		return 0, ErrClosed
+	}
+	targets := s.targets[:0]
+	var vb uint16
+	switch {
+	case want < 0:
+		var ok bool
+		if vb, ok = s.states.NextActive(s.rr); !ok {
+			return 0, engine.ErrNoActiveVBucket
+		}
+		s.rr = uint32(vb) + 1
+	case active && s.states.Get(uint16(want)) != vbmap.Active:
+		return 0, fmt.Errorf("queue: push to vbucket %d: %w", want, engine.ErrNotActive)
+	default:
+		vb = uint16(want)
+	}
+	for i, name := range channels {
+		targets = append(targets, pushTarget{channel: name, seqno: s.vbs[vb].seqno + 1 + uint64(i)})
+		if ch := s.channels[name]; ch != nil {
+			ch.removed = false // made again after its removal
+		}
+	}
+	lsn, err := s.push(vb, targets, value, true, b)
+	s.targets = targets[:0]
+	return lsn, err
+}
+
+// BatchPush is one push of a PushBatch.
+type BatchPush struct {
+	Channels   []string
+	Value      []byte
+	RoutingKey []byte // as Push's, when VBucket is negative
+	VBucket    int    // >= 0: PushVB to this vBucket
+}
+
+// pushBatch is what PushBatch defers to the end of the batch: the marks to
+// commit or roll back, what to undo on rollback, and what to emit after
+// the commit.
+type pushBatch struct {
+	marks   []qMark
+	seqnos  []vbSeqno // each vBucket's seqno before a push of the batch
+	created []*channel
+	emits   []engine.Mutation
+	newDir  bool
+}
+
+type vbSeqno struct {
+	vb    uint16
+	seqno uint64
+}
+
+// PushBatch does the pushes given, in order, and returns the error of each
+// (in errs, reused), as if each were a Push (routing key) or a PushVB
+// (VBucket set) with ctx. In memory mode it stores them all under one hold
+// of the lock and writes the records that go to a queue's disk overflow in
+// one call per overflow: a server pushes the requests it read together
+// this way. When a write fails (or anything but a push's own arguments or
+// vBucket fails), none of them is kept and each is pushed again on its
+// own, to fail or succeed alone (ErrNoSpace on a full disk).
+func (s *Store) PushBatch(ctx context.Context, pushes []BatchPush, errs []error) []error {
+	errs = errs[:0]
+	push := func(p BatchPush) error {
+		if p.VBucket >= 0 {
+			return s.PushVB(ctx, p.Channels, p.Value, uint16(p.VBucket))
+		}
+		return s.Push(ctx, p.Channels, p.Value, p.RoutingKey)
+	}
+	if s.journal != nil || len(pushes) == 1 {
+		for _, p := range pushes {
+			errs = append(errs, push(p))
+		}
+		return errs
+	}
+	for _, p := range pushes {
+		var err error
+		switch {
+		case len(p.Channels) == 0:
+			err = ErrNoChannels
+		case len(p.Channels) > engine.MaxPushChannels:
+			err = ErrTooManyChannels
+		case len(p.Value) > s.cfg.MaxValueSize:
+			err = fmt.Errorf("%w: %d bytes, the limit is %d", ErrValueTooBig, len(p.Value), s.cfg.MaxValueSize)
+		case p.VBucket >= len(s.vbs):
+			err = fmt.Errorf("%w: %d", ErrBadVBucket, p.VBucket)
+		}
+		for _, name := range p.Channels {
+			if err == nil && !engine.ValidChannelString(name) {
+				err = fmt.Errorf("%w: %q", ErrBadChannelName, name)
+			}
+		}
+		errs = append(errs, err)
+	}
+	s.mu.Lock()
+	b := &s.batch
+	var failed error
+	for i, p := range pushes {
+		if errs[i] != nil {
+			continue
+		}
+		want, active := p.VBucket, true
+		if want < 0 {
+			active = false
+			if len(p.RoutingKey) > 0 {
+				want = int(vbucket.Of(p.RoutingKey, len(s.vbs)))
+			}
+		}
+		_, err := s.pushLocked(p.Channels, p.Value, want, active, b)
+		if err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, engine.ErrNoActiveVBucket) && !errors.Is(err, engine.ErrNotActive) {
+			failed = err // perhaps writing the records of others
+			break
+		}
+		errs[i] = err
+	}
+	if failed == nil {
+		failed = s.writeBatch(b)
+	}
+	if failed != nil {
+		s.rollbackBatch(b)
+		s.mu.Unlock()
+		s.log.Warn("cannot store a batch of pushes; pushing them one by one", "err", failed)
+		for i, p := range pushes {
+			if errs[i] == nil {
+				errs[i] = push(p)
+			}
+		}
+		return errs
+	}
+	s.commitBatch(b)
+	s.mu.Unlock()
+	for i, p := range pushes {
+		if errs[i] == nil {
+			s.pushedRecords.Add(uint64(len(p.Channels)))
+			s.pushedBytes.Add(uint64(len(p.Channels) * len(p.Value)))
+		}
+	}
+	return errs
+}
+
+// writeBatch writes the overflow records of the batch.
+func (s *Store) writeBatch(b *pushBatch) error {
+	for _, m := range b.marks {
+		if err := m.q.of.flush(); err != nil {
+			return classify(fmt.Errorf("cannot push to channel %q: %w", m.q.ch.name, err))
+		}
+	}
+	return nil
+}
+
+// commitBatch makes the written batch final.
+func (s *Store) commitBatch(b *pushBatch) {
+	for _, m := range b.marks {
+		m.commit()
+	}
+	for _, m := range b.emits {
+		s.emit(m)
+	}
+	if b.newDir {
+		s.writeIndex()
+	}
+	b.reset()
+}
+
+// rollbackBatch undoes every push of the batch.
+func (s *Store) rollbackBatch(b *pushBatch) {
+	for i := len(b.marks) - 1; i >= 0; i-- {
+		b.marks[i].rollback()
+	}
+	for i := len(b.seqnos) - 1; i >= 0; i-- {
+		s.vbs[b.seqnos[i].vb].seqno = b.seqnos[i].seqno
+	}
+	for _, ch := range b.created {
+		s.forget(ch, ErrChannelRemoved)
+	}
+	b.reset()
+}
+
+func (b *pushBatch) reset() {
+	clear(b.marks)
+	clear(b.created)
+	clear(b.emits)
+	b.marks, b.seqnos, b.created, b.emits, b.newDir = b.marks[:0], b.seqnos[:0], b.created[:0], b.emits[:0], false
+}
+
 // push stores value at the targets, all or nothing, and journals it when
-// log is set.
-func (s *Store) push(vb uint16, targets []pushTarget, value []byte, log bool) (uint64, error) {
+// log is set. Its overflow records are written before it returns, or, in a
+// batch (b not nil), by writeBatch; commitBatch then commits it.
+func (s *Store) push(vb uint16, targets []pushTarget, value []byte, log bool, b *pushBatch) (uint64, error) {
 	marks := s.marks[:0]
 	var created []*channel
 	fail := func(err error) (uint64, error) {
@@ -488,6 +649,13 @@ func (s *Store) push(vb uint16, targets []pushTarget, value []byte, log bool) (u
 			marks = append(marks, m)
 		}
 	}
+	if b == nil {
+		for _, m := range marks {
+			if err := m.q.of.flush(); err != nil {
+				return fail(fmt.Errorf("cannot push to channel %q: %w", m.q.ch.name, err))
+			}
+		}
+	}
 	var lsn uint64
 	if log && s.journal != nil {
 		s.enc = appendPushEntry(s.enc[:0], vb, targets, value)
@@ -498,10 +666,19 @@ func (s *Store) push(vb uint16, targets []pushTarget, value []byte, log bool) (u
 	}
 	newDir := false
 	for _, m := range marks {
-		m.commit()
 		newDir = newDir || m.of.newDir
+		if b == nil {
+			m.commit()
+		} else {
+			b.marks = append(b.marks, m)
+		}
 	}
 	s.marks = marks[:0]
+	if b != nil {
+		b.seqnos = append(b.seqnos, vbSeqno{vb, s.vbs[vb].seqno})
+		b.created = append(b.created, created...)
+		b.newDir = b.newDir || newDir
+	}
 	for _, t := range targets {
 		ch := s.channels[t.channel]
 		ch.setVB(vb)
@@ -509,9 +686,18 @@ func (s *Store) push(vb uint16, targets []pushTarget, value []byte, log bool) (u
 		for _, q := range ch.queues {
 			q.notify()
 		}
-		if s.streaming(vb) {
-			s.emit(engine.Mutation{VBucket: vb, Seqno: t.seqno, Op: engine.OpPush, Channel: t.channel, Value: value})
+		if !s.streaming(vb) {
+			continue
 		}
+		m := engine.Mutation{VBucket: vb, Seqno: t.seqno, Op: engine.OpPush, Channel: t.channel, Value: value}
+		if b == nil {
+			s.emit(m)
+		} else {
+			b.emits = append(b.emits, m)
+		}
+	}
+	if b != nil {
+		return lsn, nil
 	}
 	if newDir && s.journal == nil {
 		s.writeIndex()

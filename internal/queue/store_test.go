@@ -402,7 +402,7 @@ func TestIdleConsumerDoesNotBuffer(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 	s.mu.Lock()
-	buf := len(s.channels["ch"].queues[0].ring.buf)
+	buf := s.channels["ch"].queues[0].ring.allocated()
 	s.mu.Unlock()
 	if buf > 1<<10 {
 		t.Fatalf("ring buffer %d bytes, over its 1 KiB size", buf)

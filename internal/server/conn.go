@@ -165,12 +165,14 @@ func (c *conn) readLoop() (looped bool) {
 	// A frame that has begun must be complete within FrameTimeout; an idle
 	// connection (nothing buffered) may wait forever.
 	partial := func() {
+		c.pushBatch()
 		c.commitAppends() // do not hold appends while the frame arrives
 		c.setReadDeadline(time.Now().Add(c.s.cfg.FrameTimeout))
 		framing = true
 	}
 	for {
 		if c.br.Buffered() == 0 {
+			c.pushBatch()
 			c.commitAppends()
 			if !c.flush() {
 				return false
@@ -209,6 +211,7 @@ func (c *conn) readLoop() (looped bool) {
 			if errors.Is(err, wire.ErrFrameTooBig) {
 				st = wire.StatusFrameTooBig
 			}
+			c.pushBatch()
 			c.reply(h, st, []byte(err.Error()))
 			c.flush()
 			c.s.cfg.Logger.Info("closing connection after a bad frame", "remote", c.nc.RemoteAddr(), "err", err)
@@ -227,6 +230,7 @@ func (c *conn) readLoop() (looped bool) {
 				return false
 			}
 			st := wire.StatusValueTooBig
+			c.pushBatch()
 			c.replyf(h, st, "request body of %d bytes is over the limit of %d for %s", n, hd.limit, h.Opcode)
 			if h.Opcode == wire.OpProduce {
 				c.produceRefused(h)
@@ -284,6 +288,9 @@ func (c *conn) readFailed(err error) {
 // dispatch runs the handler of one request.
 func (c *conn) dispatch(h wire.Header, body []byte) {
 	op := h.Opcode
+	if op != wire.OpPush {
+		c.pushBatch() // answers stay in order
+	}
 	hd := &c.s.handlers[op]
 	if hd.fn == nil {
 		if fn, ok := c.s.takeover[op]; ok {
@@ -350,6 +357,7 @@ func (s *Server) requestDone(op wire.Opcode, start time.Time) {
 // handOver gives the connection to a takeover function (replication),
 // with any bytes already read after the takeover frame.
 func (c *conn) handOver() {
+	c.pushBatch()
 	c.commitAppends()
 	c.appends.wg.Wait()
 	if !c.flush() {
@@ -513,6 +521,7 @@ func (c *conn) finish() {
 		c.cancel()
 		return
 	}
+	c.pushBatch() // before the wait: it may leave answers to durable acks
 	c.cancel()
 	c.endStreams()
 	c.swg.Wait()

@@ -33,6 +33,22 @@ type queueConn struct {
 	produces map[uint32]*produce // open Produce requests by id
 	names    []string            // channel names of the Push being handled
 	buf      []byte              // a popped value
+	// Pushes without durability read in one batch, pushed together by
+	// pushBatch: their headers, and their channel names, routing keys and
+	// values copied into heldNames and arena.
+	held      []heldPush
+	heldNames []string
+	arena     []byte
+	pushes    []queue.BatchPush
+	errs      []error
+}
+
+// heldPush is a Push waiting for pushBatch.
+type heldPush struct {
+	h          wire.Header
+	names      [2]int // span of heldNames
+	key, value [2]int // spans of arena
+	vb         int    // FlagVBucket's, or -1
 }
 
 // durableAcks are the answers of every connection that wait for the
@@ -185,6 +201,19 @@ func (c *conn) queuePush(h wire.Header, body []byte) {
 		return
 	}
 	c.q.names = names[:0]
+	if c.dur.level == wire.DurabilityNone {
+		// Pushed with the others of its batch, in one go (pushBatch).
+		a := c.q.arena
+		hp := heldPush{h: h, names: [2]int{len(c.q.heldNames), len(c.q.heldNames) + len(names)}, vb: flagVBucket(h, key)}
+		c.q.heldNames = append(c.q.heldNames, names...)
+		hp.key = [2]int{len(a), len(a) + len(key)}
+		a = append(a, key...)
+		hp.value = [2]int{len(a), len(a) + len(val)}
+		c.q.arena = append(a, val...)
+		c.q.held = append(c.q.held, hp)
+		return
+	}
+	c.pushBatch() // answers stay in order
 	var err error
 	if vb := flagVBucket(h, key); vb >= 0 {
 		err = c.s.eng.Queue.PushVB(doneCtx, names, val, uint16(vb))
@@ -211,6 +240,43 @@ func (c *conn) queuePush(h wire.Header, body []byte) {
 	default:
 		c.queueFail(h, err)
 	}
+}
+
+// pushBatch does the pushes queuePush held, in one Store.PushBatch, and
+// answers them: the store then takes its lock once and writes their
+// overflow records in one call per overflow. It runs before any other
+// request of the connection is handled and before answers are sent, so
+// answers keep their order and a push is answered only once done.
+func (c *conn) pushBatch() {
+	q := &c.q
+	if len(q.held) == 0 {
+		return
+	}
+	for _, hp := range q.held {
+		q.pushes = append(q.pushes, queue.BatchPush{
+			Channels: q.heldNames[hp.names[0]:hp.names[1]], VBucket: hp.vb,
+			RoutingKey: q.arena[hp.key[0]:hp.key[1]], Value: q.arena[hp.value[0]:hp.value[1]],
+		})
+	}
+	q.errs = c.s.eng.Queue.PushBatch(doneCtx, q.pushes, q.errs)
+	for i, hp := range q.held {
+		switch err := q.errs[i]; {
+		case err == nil:
+			c.reply(hp.h, wire.StatusOK, nil)
+		case errors.Is(err, context.Canceled):
+			c.ackWhenDurable(durableAck{h: hp.h})
+		default:
+			c.queueFail(hp.h, err)
+		}
+	}
+	clear(q.heldNames)
+	clear(q.pushes)
+	clear(q.errs)
+	q.held, q.heldNames, q.pushes, q.errs = q.held[:0], q.heldNames[:0], q.pushes[:0], q.errs[:0]
+	if cap(q.arena) > 4<<20 {
+		q.arena = nil
+	}
+	q.arena = q.arena[:0]
 }
 
 // queuePop: str8 channel -> value (rest).

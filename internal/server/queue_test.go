@@ -463,3 +463,50 @@ func TestQueueDiskFull(t *testing.T) {
 		}
 	}
 }
+
+// TestQueuePipelinedPushes sends many pushes (past a small ring, into the
+// overflow) and pops in single writes: the pushes of a read batch are
+// stored together (Store.PushBatch), answered in order, and a pop in the
+// same write sees the pushes before it.
+func TestQueuePipelinedPushes(t *testing.T) {
+	ts := startServerWith(t, Config{}, queue.Config{RingSize: 4 << 10})
+	r := dialRaw(t, ts.addr)
+	var want []string
+	for round := range 20 {
+		var out []byte
+		var ids []uint32
+		for i := range 50 {
+			v := fmt.Sprintf("%02d-%02d-%s", round, i, strings.Repeat("x", 90))
+			want = append(want, v)
+			r.id++
+			ids = append(ids, r.id)
+			out = append(out, frame(wire.OpPush, 0, r.id, pushBody([]string{"pipe", "pipe2"}, "", v))...)
+		}
+		r.id++
+		ids = append(ids, r.id)
+		out = append(out, frame(wire.OpPop, 0, r.id, wire.AppendStr8(nil, "pipe"))...)
+		if _, err := r.nc.Write(out); err != nil {
+			t.Fatal(err)
+		}
+		for i, id := range ids {
+			h, b := r.read()
+			if h.ID != id || h.Status != wire.StatusOK {
+				t.Fatalf("round %d answer %d: %v, want id %d ok", round, i, h, id)
+			}
+			if h.Opcode == wire.OpPop && string(b) != want[round] {
+				t.Fatalf("round %d: popped %.8q, want %.8q", round, b, want[round])
+			}
+		}
+	}
+	for _, ch := range []string{"pipe", "pipe2"} {
+		skip := 0
+		if ch == "pipe" {
+			skip = 20
+		}
+		for i, v := range want[skip:] {
+			if st, got := r.pop(ch); st != wire.StatusOK || got != v {
+				t.Fatalf("pop %d of %s: %v %.8q, want %.8q", i, ch, st, got, v)
+			}
+		}
+	}
+}
