@@ -59,6 +59,7 @@ func (c *conn) serveEvent() eventResult {
 	if c.br.Buffered() > 0 {
 		return eventPromote // the start of a frame
 	}
+	c.pushBatch()
 	return c.flushNow()
 }
 
