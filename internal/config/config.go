@@ -52,6 +52,10 @@ type Config struct {
 	MemoryLimit Size `toml:"memory_limit"`
 	// MaxConnections caps open client connections.
 	MaxConnections int `toml:"max_connections"`
+	// EventLoop serves idle plain-TCP connections from epoll event loops
+	// (Linux) instead of a goroutine each; off keeps every connection on
+	// its goroutine.
+	EventLoop bool `toml:"event_loop"`
 	// VBuckets is the number of vBuckets (fixed when a cluster is created).
 	VBuckets int `toml:"vbuckets"`
 	// NodeID names the node; default: generated once and kept in DATA/node-id.
@@ -122,6 +126,7 @@ func Default() Config {
 		QueueSubscriberIdle: Duration(time.Hour),
 		MaxValueSize:        1 << 20,
 		MaxConnections:      5000,
+		EventLoop:           true,
 		VBuckets:            vbucket.Default,
 		Console:             true,
 		HTTPAuth:            HTTPAuthOff,
@@ -207,6 +212,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.Var(&c.MaxValueSize, "max-value-size", "largest value of a record (e.g. 1MiB)")
 	fs.Var(&c.MemoryLimit, "memory-limit", "kv memory limit (e.g. 4GiB; 0 = none)")
 	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections, "most open client connections")
+	fs.BoolVar(&c.EventLoop, "event-loop", c.EventLoop, "serve idle plain-TCP connections from epoll event loops, one per core (Linux); false: a goroutine per connection")
 	fs.IntVar(&c.VBuckets, "vbuckets", c.VBuckets, "number of vBuckets")
 	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "node name (default: generated and kept in DATA/node-id)")
 	fs.BoolVar(&c.Console, "console", c.Console, "print a status line when stdout is a terminal")

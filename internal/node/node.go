@@ -142,6 +142,7 @@ func New(cfg config.Config, version string, opts ...Option) (_ *Node, err error)
 		VBuckets:       cfg.VBuckets,
 		MaxValueSize:   int(cfg.MaxValueSize),
 		MaxConnections: cfg.MaxConnections,
+		NoEventLoop:    !cfg.EventLoop,
 		Logger:         n.log.With("part", "server"),
 		Info:           n.info,
 		Dumps:          n.dumps.mgr,

@@ -4,7 +4,6 @@ package server
 
 import (
 	"errors"
-	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -121,11 +120,11 @@ func (c *conn) toLoop() bool {
 		return false
 	}
 	if c.lc.rc == nil {
-		tc, ok := c.nc.(*net.TCPConn)
+		sc, ok := c.nc.(syscall.Conn)
 		if !ok {
 			return false
 		}
-		rc, err := tc.SyscallConn()
+		rc, err := sc.SyscallConn()
 		if err != nil {
 			return false
 		}
@@ -161,6 +160,7 @@ func (l *eventLoop) add(c *conn) bool {
 		return false
 	}
 	l.conns[id] = c
+	l.s.looped.Add(1)
 	return true
 }
 
@@ -286,6 +286,7 @@ func (l *eventLoop) release(c *conn) bool {
 		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 	})
 	c.lc.loop = nil
+	l.s.looped.Add(-1)
 	return true
 }
 

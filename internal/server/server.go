@@ -138,7 +138,8 @@ type Server struct {
 	maps     mapWatch     // wakes the MapNotify streams at every new map revision
 	cluster  Cluster      // the cluster requests (HandleCluster); nil on a standby
 	takeover map[wire.Opcode]TakeoverFunc
-	loops    loops // event loops of idle plain-TCP connections (loop_linux.go)
+	loops    loops        // event loops of idle plain-TCP connections (loop_linux.go)
+	looped   atomic.Int64 // connections in an event loop
 	start    time.Time
 
 	mu      sync.Mutex
@@ -481,6 +482,7 @@ func (s *Server) Report(f *stats.Fields) {
 	n := s.nconns.Load()
 	f.Gauge("handling_connections", "connections", "Open client connections.", float64(n))
 	f.Gauge("handling_connections_pcnt", "connections_ratio", "Open connections as a share (0..1) of --max-connections.", float64(n)/float64(s.cfg.MaxConnections))
+	f.Gauge("event_loop_connections", "event_loop_connections", "Open client connections served by an event loop (the others have a goroutine each: TLS, streams being set up, requests that wait).", float64(s.looped.Load()))
 	f.Counter("connections_accepted", "connections_accepted_total", "Connections accepted.", float64(s.accepted.Load()))
 	f.Counter("connections_refused", "connections_refused_total", "Connections refused over --max-connections.", float64(s.refused.Load()))
 	f.Counter("kv/hits", "kv_hits_total", "kv reads (Get, GetReplica) that found their record.", float64(s.kvHits.Load()))

@@ -209,7 +209,7 @@ func TestHalfFrameStallIsDropped(t *testing.T) {
 // TestPipelineBatches sends many requests in one write and checks that
 // they are answered in order, with far fewer writes than requests.
 func TestPipelineBatches(t *testing.T) {
-	ts := startServer(t, Config{})
+	ts := startServer(t, Config{NoEventLoop: true}) // the counts are of net.Conn calls (TestEventLoop for the loop)
 	r := dialRaw(t, ts.addr)
 	r.put("c", "warm", "v")
 	const n = 200
