@@ -6,7 +6,11 @@ package server
 // handlers of the requests it reads); one goroutine per stream (stream.go);
 // one per committed group of log appends (log.go); Server.ackLoop, at most
 // one per server, with one short-lived goroutine per connection it answers
-// (queue.go); and whoever calls Shutdown.
+// (queue.go); the event loops (loop_linux.go), each of which plays the
+// reader of the connections registered with it; and whoever calls
+// Shutdown. A connection has one reader at a time: its goroutine until it
+// registers with a loop (the loop's mutex orders the hand-over), the loop
+// until it hands it back (with a go statement).
 //
 // The locks, each with what it guards:
 //
@@ -20,6 +24,7 @@ package server
 //	                    on it for credit, a resume, a stop or the end
 //	durableAcks.mu      the answers waiting for the queue journal, and
 //	                    whether ackLoop runs
+//	eventLoop.mu        a loop's connections, kicked ones and closing
 //	appends.sem         (a semaphore) the log appends in flight of a
 //	                    connection; only the reader acquires it, never while
 //	                    holding a lock
@@ -35,6 +40,7 @@ package server
 //	Server.mu  ->  conn.shutOnce (beginShutdown, under Server.mu)
 //	conn.wmu   ->  the kv engine's partition read lock (kvGet copies the
 //	               value straight into out between begin and end)
+//	conn.wmu   ->  eventLoop.mu (a failed flush kicks the loop)
 //
 // conn.smu, stream.mu and durableAcks.mu are leaves: nothing is taken
 // under them but the contexts' own locks (endStreams cancels the streams'
@@ -59,4 +65,6 @@ package server
 // connections (raw, not the TLS ones) under Server.mu. The one exception
 // is flush closing nc under conn.wmu after a failed write: for a TLS
 // connection, Close first writes the close_notify alert, a few bytes that
-// crypto/tls gives at most 5 s.
+// crypto/tls gives at most 5 s. An event loop's write (flushNow) runs
+// under conn.wmu too, but never waits: the socket is non-blocking and what
+// it does not take goes back to the connection's goroutine.
