@@ -8,7 +8,8 @@
 #      values over KEYS keys) against one shoald and against a cluster of
 #      three shoald processes (--bootstrap-expect 3, the default 1024
 #      vBuckets and one replica) through the routing client, whose --addr
-#      names one seed; one node and three alternating, REPS times.
+#      names one seed; one node and three alternating, REPS times; with
+#      each node's ops/s and CPU per request as shoal bench reports them.
 # It prints the load average before and after, and every raw line; it
 # stops exactly the processes it started (by PID), also on error or
 # Ctrl-C. Nothing is written to the docs: copy the FIGURE lines.
@@ -132,6 +133,11 @@ run() { # label addr workload conns pipeline
     match($0, /"requests":[0-9]+/); n = substr($0, RSTART + 11, RLENGTH - 11)
     match($0, /"warmup_requests":[0-9]+/); w = substr($0, RSTART + 18, RLENGTH - 18)
     printf "RUN %s: %.0f ops/s, p99 %s ms, %s errors, nodes %.2f us CPU/request, client %.2f us CPU/request\n", l, ops, p99, e, srv / tick * 1e6 / (n + w), cli * 1e6 / (n + w) }'
+  # Each node's share, as shoal bench reports it (requests it answered in
+  # the measured time, its CPU per request).
+  echo "$out" | grep -o '{"addr":[^}]*}' | sed 's/[{}"]//g; s/,/ /g' | awk -v l="$1 $3 $4x$5" '{
+    for (i = 1; i <= NF; i++) { split($i, kv, ":"); if (kv[1] == "addr") a = kv[2] ":" kv[3]; else v[kv[1]] = kv[2] }
+    printf "NODE %s %s: %.0f ops/s, %.2f us CPU/request\n", l, a, v["ops_per_sec"], v["cpu_us_per_request"] }'
 }
 for rep in $(seq 1 "$REPS"); do
   for w in get set; do
