@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"shoal/internal/auth"
+	"shoal/internal/logstore"
 	"shoal/internal/wire"
 )
 
@@ -44,7 +45,8 @@ type conn struct {
 	admin  bool
 	peer   bool // the admin or the peer credential ("node"): raft, joins, streams
 
-	big []byte // body buffer for frames larger than the read buffer
+	big     []byte         // body buffer for frames larger than the read buffer
+	logRecs []logstore.Rec // LogPutBatch: the records being parsed (values in the read buffer)
 
 	clock time.Time // end of the previous request of this read batch (reader only)
 	now   time.Time // when the request being handled started (reader only)

@@ -20,15 +20,16 @@ import (
 
 // Log requests. An append waits for the log engine's group commit (with
 // fsync=always, for the fsync), so it does not run on the connection's
-// reader. The handler validates the request and copies what the append
-// keeps; consecutive appends of the connection to one channel (with one
-// routing key) are gathered into a group until the reader has handled
-// everything that arrived together, and then a goroutine commits the group
-// with one Append and answers each of its requests into the shared output
-// buffer, with one write. Other requests of the connection are answered
-// meanwhile, so an answer to an append may come after answers to later
-// requests. The records of a group are stored in request order; appends
-// of different groups in flight at once may be stored in any order.
+// reader. The handler validates the request and copies the key and the
+// values into the open group's slab; consecutive appends of the connection
+// to one channel (with one routing key) are gathered into a group until
+// the reader has handled everything that arrived together, and then a
+// goroutine commits the group with one Append and answers each of its
+// requests into the shared output buffer, with one write. Other requests
+// of the connection are answered meanwhile, so an answer to an append may
+// come after answers to later requests. The records of a group are stored
+// in request order; appends of different groups in flight at once may be
+// stored in any order.
 
 // Bounds of the appends one connection may have in flight: a request
 // weighs its body plus appendOverhead, and the reader stops reading while
@@ -65,7 +66,47 @@ type appendGroup struct {
 	bytes   int
 	weight  int64
 	reqs    []appendReq
-	persist bool // a request is persist-majority: the group is fsynced
+	persist bool   // a request is persist-majority: the group is fsynced
+	slab    []byte // holds the key and the values of recs
+}
+
+// Groups are recycled with their slabs and slices once committed: the log
+// engine does not keep the values of an Append after it returns (it copies
+// what its streams send), so the next group can reuse the memory, and
+// appends allocate nothing per request (the node's heap, and with it the
+// garbage collector's work, stays small under a stream of appends).
+var groups = sync.Pool{New: func() any { return new(appendGroup) }}
+
+// A group's first slab is slabSize bytes, or a request's size if more;
+// a full slab is followed by one twice its size. Slabs over maxPooledSlab
+// are not kept for the next group.
+const (
+	slabSize      = 64 << 10
+	maxPooledSlab = 1 << 20
+)
+
+// hold copies b into g's slab and returns the copy (capped: appending to
+// it cannot overwrite what follows).
+func (g *appendGroup) hold(b []byte) []byte {
+	if len(g.slab)+len(b) > cap(g.slab) {
+		// The values held so far stay where they are, kept by g.recs.
+		g.slab = make([]byte, 0, max(slabSize, len(b), 2*cap(g.slab)))
+	}
+	n := len(g.slab)
+	g.slab = append(g.slab, b...)
+	return g.slab[n:len(g.slab):len(g.slab)]
+}
+
+// release returns a committed group to groups.
+func (g *appendGroup) release() {
+	clear(g.recs) // no references to slabs that will not be reused
+	clear(g.reqs)
+	slab := g.slab[:0]
+	if cap(slab) > maxPooledSlab {
+		slab = nil
+	}
+	*g = appendGroup{recs: g.recs[:0], reqs: g.reqs[:0], slab: slab}
+	groups.Put(g)
 }
 
 // appendReq is one request of a group.
@@ -176,12 +217,8 @@ func (c *conn) logPut(h wire.Header, body []byte) {
 		if !ok {
 			break
 		}
-		// The body lives in the read buffer: copy what the append keeps.
-		own := make([]byte, len(key)+len(val))
-		copy(own, key)
-		copy(own[len(key):], val)
-		rec := [1]logstore.Rec{{Timestamp: ts, Value: own[len(key):]}}
-		c.queueAppend(h, start, len(body), name, rec[:], own[:len(key)], flagVBucket(h, key), 0)
+		rec := [1]logstore.Rec{{Timestamp: ts, Value: val}}
+		c.queueAppend(h, start, len(body), name, rec[:], key, flagVBucket(h, key), 0)
 		return
 	}
 	c.s.requestDone(h.Opcode, start)
@@ -215,17 +252,11 @@ func (c *conn) parseLogPutBatch(h wire.Header, body []byte, start time.Time) boo
 	if !c.needsVBucket(h, key) || !c.checkRoutingKey(h, key) {
 		return false
 	}
-	// Copy what the append keeps (the key and the records), then read the
-	// records out of the copy.
-	rest := body[len(body)-d.Len():]
-	own := make([]byte, len(key)+len(rest))
-	copy(own, key)
-	copy(own[len(key):], rest)
-	key, rd := own[:len(key)], wire.NewDecoder(own[len(key):])
-	recs := make([]logstore.Rec, n)
-	for i := range recs {
-		ts, val := rd.U64(), rd.Bytes32()
-		if rd.Err() != nil {
+	// The records' values stay in the read buffer: queueAppend copies them.
+	recs := c.logRecs[:0]
+	for i := range n {
+		ts, val := d.U64(), d.Bytes32()
+		if d.Err() != nil {
 			c.replyf(h, wire.StatusBadRequest, "malformed LogPutBatch: record %d of %d", i, n)
 			return false
 		}
@@ -233,9 +264,12 @@ func (c *conn) parseLogPutBatch(h wire.Header, body []byte, start time.Time) boo
 			c.replyf(h, wire.StatusValueTooBig, "record %d: value of %d bytes; the limit is %d", i, len(val), c.s.cfg.MaxValueSize)
 			return false
 		}
-		recs[i] = logstore.Rec{Timestamp: ts, Value: val}
+		recs = append(recs, logstore.Rec{Timestamp: ts, Value: val})
 	}
-	if rd.Finish() != nil {
+	if cap(recs) <= groupRecords { // no huge scratch kept for the connection
+		c.logRecs = recs
+	}
+	if d.Finish() != nil {
 		c.replyf(h, wire.StatusBadRequest, "malformed LogPutBatch: bytes after record %d", n)
 		return false
 	}
@@ -249,7 +283,8 @@ func (c *conn) parseLogPutBatch(h wire.Header, body []byte, start time.Time) boo
 
 // queueAppend adds an append (request h, of size body bytes) to the
 // connection's open group, committing the open group first if it is for
-// another channel, key or vBucket (vb, -1 for none) or full. The reader
+// another channel, key or vBucket (vb, -1 for none) or full. The key and
+// the values may be in the read buffer: the group keeps copies. The reader
 // blocks here while the connection's appends in flight are at their bound.
 func (c *conn) queueAppend(h wire.Header, start time.Time, size int, name string, recs []logstore.Rec, key []byte, vb int, count uint32) {
 	a := &c.appends
@@ -269,12 +304,14 @@ func (c *conn) queueAppend(h wire.Header, start time.Time, size int, name string
 	}
 	g := a.open
 	if g == nil {
-		g = &appendGroup{name: name, key: key, vb: vb, recs: make([]logstore.Rec, 0, max(64, 2*len(recs)))}
+		g = groups.Get().(*appendGroup)
+		g.name, g.vb = name, vb
+		g.key = g.hold(key)
 		a.open = g
 	}
-	g.recs = append(g.recs, recs...)
-	for i := range recs {
-		g.bytes += len(recs[i].Value)
+	for _, r := range recs {
+		g.recs = append(g.recs, logstore.Rec{Timestamp: r.Timestamp, Value: g.hold(r.Value)})
+		g.bytes += len(r.Value)
 	}
 	g.weight += weight
 	g.reqs = append(g.reqs, appendReq{h: h, start: start, count: count, dur: c.dur})
@@ -298,6 +335,7 @@ func (c *conn) commitAppends() {
 	go func() {
 		defer a.wg.Done()
 		defer a.sem.Release(g.weight)
+		defer g.release()
 		// Not c.ctx: a request the node has received is carried out even
 		// if the connection closes meanwhile; shutdown waits for it.
 		var err error

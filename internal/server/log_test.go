@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -452,4 +453,91 @@ func FuzzLogConnection(f *testing.F) {
 		}
 		r.nc.Close()
 	})
+}
+
+// TestLogAppendsRecycleGroups appends from several connections at once,
+// each writing many pipelined LogPuts and LogPutBatches to alternating
+// channels (so that every read batch holds several groups, some larger
+// than a slab), and reads every record back: a group's memory is reused
+// only after its records are stored, never while another group uses it.
+func TestLogAppendsRecycleGroups(t *testing.T) {
+	ls := startLogServer(t, Config{})
+	const conns, rounds, perBatch = 4, 30, 200
+	want := map[string]map[string]bool{"even": {}, "odd": {}}
+	value := func(c, round, i int) string {
+		n := (c*97 + round*31 + i*13) % 900 // batches over the read buffer's size
+		if round%3 == 0 {
+			n %= 40 // batches within it
+		}
+		return fmt.Sprintf("c%d-r%d-i%d-", c, round, i) + strings.Repeat(string(rune('a'+(c+round+i)%26)), n)
+	}
+	var frames [conns][]byte
+	var requests [conns]int
+	for c := range conns {
+		r := &raw{}
+		for round := range rounds {
+			ch := [2]string{"even", "odd"}[round%2]
+			var recs []logRec
+			for i := range perBatch {
+				v := value(c, round, i)
+				recs = append(recs, logRec{uint64(round + 1), v})
+				want[ch][fmt.Sprintf("%d:%s", round+1, v)] = true
+			}
+			r.id++
+			frames[c] = append(frames[c], frame(wire.OpLogPutBatch, 0, r.id, logBatchBody(ch, "", recs...))...)
+			v := value(c, round, perBatch)
+			want[ch][fmt.Sprintf("%d:%s", round+1, v)] = true
+			r.id++
+			frames[c] = append(frames[c], frame(wire.OpLogPut, 0, r.id, logPutBody(ch, uint64(round+1), "", v))...)
+		}
+		requests[c] = int(r.id)
+	}
+	errs := make(chan error, conns)
+	for c := range conns {
+		r := dialRaw(t, ls.addr)
+		go func() {
+			if _, err := r.nc.Write(frames[c]); err != nil {
+				errs <- err
+				return
+			}
+			r.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			for range requests[c] {
+				var hb [wire.HeaderLen]byte
+				if _, err := io.ReadFull(r.br, hb[:]); err != nil {
+					errs <- err
+					return
+				}
+				h, _ := wire.ParseHeader(hb[:])
+				body := make([]byte, h.BodyLen)
+				if _, err := io.ReadFull(r.br, body); err != nil {
+					errs <- err
+					return
+				}
+				if h.Status != wire.StatusOK {
+					errs <- fmt.Errorf("append %d: %v %s", h.ID, h.Status, body)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range conns {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := dialRaw(t, ls.addr)
+	for ch, w := range want {
+		bs, st, msg := r.logRange(rangeReq{ch: ch, to: ^uint64(0), credit: 1 << 30})
+		got := values(bs)
+		if st != wire.StatusOK || len(got) != len(w) {
+			t.Fatalf("channel %s: %v %s, %d records, want %d", ch, st, msg, len(got), len(w))
+		}
+		for _, v := range got {
+			if !w[v] {
+				t.Fatalf("channel %s holds a record that was not appended (reused memory?): %.60q", ch, v)
+			}
+			delete(w, v)
+		}
+	}
 }
