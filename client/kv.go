@@ -13,12 +13,18 @@ import (
 	"shoal/internal/wire"
 )
 
+// bufPool recycles request bodies.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 func getBuf() *[]byte { return bufPool.Get().(*[]byte) }
 
+// maxPooledBuf bounds the buffers bufPool keeps: log batches of a few
+// hundred KiB are common, and allocating one per request (zeroed, then
+// collected) cost the client more than the request itself.
+const maxPooledBuf = 1 << 20
+
 func putBuf(b *[]byte) {
-	if cap(*b) <= 64<<10 {
+	if cap(*b) <= maxPooledBuf {
 		*b = (*b)[:0]
 		bufPool.Put(b)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
 	"shoal/internal/vbucket"
 	"shoal/internal/wire"
@@ -80,7 +81,12 @@ func (c *Client) LogPutBatch(ctx context.Context, channel string, recs []LogReco
 	if err != nil {
 		return 0, err
 	}
+	size := 1 + len(channel) + 1 + len(key) + 4
+	for _, r := range recs {
+		size += 12 + len(r.Value)
+	}
 	r, err := c.logAppend(ctx, wire.OpLogPutBatch, channel, key, func(b []byte) []byte {
+		b = slices.Grow(b, size) // one allocation at most, not one per doubling
 		b = wire.AppendStr8(b, channel)
 		b = wire.AppendBytes8(b, key)
 		b = wire.AppendU32(b, uint32(len(recs)))
