@@ -153,7 +153,7 @@ func (s *Store) RemoveChannel(ch string) error {
 func (s *Store) deleteChannelFiles(c *channel) error {
 	for _, sf := range c.segs {
 		if sf.w != nil {
-			_ = sf.w.f.Close()
+			_ = s.closeFile(sf.w)
 			s.dropWriter(sf)
 		}
 	}
@@ -338,7 +338,7 @@ func (s *Store) deleteBucket(c *channel, start uint64) error {
 	var paths []string
 	for _, sf := range segs {
 		if sf.w != nil {
-			_ = sf.w.f.Close()
+			_ = s.closeFile(sf.w)
 			s.dropWriter(sf)
 		}
 		paths = append(paths, sf.path)

@@ -47,7 +47,7 @@ func noSpace(err error) error {
 //
 // Locks, always taken in this order: maintMu serialises maintenance
 // (retention, channel removal, vBucket drop), which replaces and deletes
-// files; writeMu is held by whoever writes files (the committer for one
+// files; syncMu serialises Sync; writeMu is held by whoever writes files (the committer for one
 // batch, maintenance while it swaps files); mu guards the in-memory index.
 // The index (channels, their segment lists, seqnos, tombstones) changes
 // only with both writeMu and mu held, so a writer may read it under
@@ -62,6 +62,7 @@ type Store struct {
 	maintMu  sync.Mutex
 	maintGen uint64 // bumped under maintMu whenever maintenance replaces or deletes files
 
+	syncMu  sync.Mutex // serialises Sync (taken before writeMu)
 	writeMu sync.Mutex
 	open    []*segFile // segments with an open writer
 	useTick uint64     // batch counter, for LRU eviction of writers
@@ -114,9 +115,11 @@ type segFile struct {
 
 // writer is a segment file open for appends.
 type writer struct {
-	f     vfs.File
-	dirty bool // written since the last fsync
-	used  uint64
+	f       vfs.File
+	dirty   bool // written since the last fsync
+	used    uint64
+	syncing bool // Sync is fsyncing f without writeMu
+	orphan  bool // closed while syncing: Sync closes f once its fsync is done
 }
 
 func (sf *segFile) compressed() bool { return sf.hdr.Flags&segment.FlagCompressed != 0 }
