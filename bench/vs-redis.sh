@@ -40,7 +40,9 @@
 #         PLACEMENTS ("pinned shared"), LOG_DURATION (5s), LOG=0 skips step 3,
 #         DOC (docs/performance.md; DOC=- prints only), CHECK=0 skips the tool
 #         check, N_CHECK1 / N_CHECK16 (200000 / 1000000) requests per check run,
-#         QUEUE_RING (2GiB) the ring size given to shoald, PROFILE=0 skips step 5.
+#         QUEUE_RING (2GiB) the ring size given to shoald, PROFILE=0 skips step 5,
+#         DRIVER (frames) how shoal bench speaks to shoald: frames, as cheap
+#         per request as its RESP client for Redis, or client (the Go client).
 # Needs:  go (builds shoal and shoald), redis-server and redis-cli (Debian:
 #         redis-server redis-tools), awk, curl, dd; taskset (util-linux) for
 #         the pinned placement; redis-benchmark (redis-tools) for the tool check;
@@ -60,6 +62,7 @@ N_CHECK1=${N_CHECK1:-200000}
 N_CHECK16=${N_CHECK16:-1000000}
 QUEUE_RING=${QUEUE_RING:-2GiB}
 PROFILE=${PROFILE:-1}
+DRIVER=${DRIVER:-frames}
 DOC=${DOC:-$ROOT/docs/performance.md}
 HOST=127.0.0.1
 
@@ -163,7 +166,7 @@ start_servers() {
 rcli() { redis-cli -h "$HOST" -p "$RPORT" "$@"; }
 # target_args NAME prints the shoal bench arguments of target NAME.
 target_args() {
-  if [ "$1" = redis ]; then echo "--target redis://$HOST:$RPORT"; else echo "--addr $HOST:$SPORT"; fi
+  if [ "$1" = redis ]; then echo "--target redis://$HOST:$RPORT"; else echo "--addr $HOST:$SPORT --driver $DRIVER"; fi
 }
 # json_field FIELD reads one number of the JSON object on stdin.
 json_field() { sed -n "s/.*\"$1\":\\([-0-9.e+]*\\).*/\\1/p"; }
@@ -534,8 +537,14 @@ SECTION=$WORK/section.md
   echo "100-byte values. Latencies are per request, from the start of its pipelined batch to its answer."
   echo "Server CPU per request is the server process's user+system CPU time over the run (/proc/PID/stat)"
   echo "divided by the requests answered, warmup included: the figure that other work on the machine moves least."
-  echo "shoal is loaded through its Go client (one connection per conn, a client.Pipeline of P requests in one"
-  echo "write, then their P answers), Redis through the tool's own RESP2 client (P commands in one write)."
+  if [ "$DRIVER" = frames ]; then
+    echo "shoal is loaded through the tool's frames driver (\`--driver frames\`: P request frames in one write, then their"
+    echo "P answers, on one goroutine per connection), Redis through the tool's RESP2 client (P commands in one write, the same way):"
+    echo "load generators of about the same cost per request, so that the rows compare the servers."
+  else
+    echo "shoal is loaded through its Go client (\`--driver client\`: one connection per conn, a client.Pipeline of P requests"
+    echo "in one write, then their P answers), Redis through the tool's own RESP2 client (P commands in one write)."
+  fi
   echo "In the pinned placement shoald runs with GOMAXPROCS 1 (Go reads the affinity), Redis is single-threaded;"
   echo "shared, shoald uses both CPUs, as on the box a user has. shoald runs with --queue-ring-size $QUEUE_RING,"
   echo "so that the queue rows, like Redis, hold their whole backlog in memory; each pop row pops as many records as"
@@ -574,8 +583,8 @@ SECTION=$WORK/section.md
   echo "PIN shoald --listen 127.0.0.1:SPORT --http 127.0.0.1:HPORT --data TMPDIR/data --console=false --stats-interval 0 --queue-ring-size $QUEUE_RING --log-fsync 100ms"
   echo "# memory: VmRSS of /proc/PID/status, redis-cli info memory (used_memory), /metrics shoal_kv_memory_bytes around"
   echo "PIN shoal bench --target redis://127.0.0.1:RPORT ${LOAD_ARGS[*]} --json --quiet"
-  echo "PIN shoal bench --addr 127.0.0.1:SPORT ${LOAD_ARGS[*]} --json --quiet"
-  echo "# every row, for TARGET in --target redis://127.0.0.1:RPORT and --addr 127.0.0.1:SPORT:"
+  echo "PIN shoal bench --addr 127.0.0.1:SPORT --driver $DRIVER ${LOAD_ARGS[*]} --json --quiet"
+  echo "# every row, for TARGET in --target redis://127.0.0.1:RPORT and --addr 127.0.0.1:SPORT --driver $DRIVER:"
   echo "PIN shoal bench TARGET --workload W --conns C --pipeline P --keys $N_KEYS --value-size 100 --duration $DURATION --warmup $WARMUP --cleanup=false --json --quiet"
   echo "# pop rows: --requests PUSHED --warmup 0 instead of --duration and --warmup"
   echo "# log rows, then dd of the bytes the log files grew by:"

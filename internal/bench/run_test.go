@@ -340,3 +340,52 @@ func (s *syncBuilder) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestFrames runs the workloads of the frames driver against a node and
+// checks what they stored; a range is refused as unsupported.
+func TestFrames(t *testing.T) {
+	addr := startNode(t)
+	f := NewFrames(addr, func(ctx context.Context) (*client.Client, error) { return client.Dial(ctx, addr) })
+	if f.String() != "shoal "+addr+" (frames)" {
+		t.Errorf("name %q", f)
+	}
+	ctx := t.Context()
+	if res, err := Run(ctx, f, quick(Load)); err != nil || res.Requests != 50 || res.Errors != 0 || len(res.Nodes) != 1 {
+		t.Fatalf("load: %+v, %v", res, err)
+	}
+	c, err := client.Dial(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if v, err := c.Get(ctx, "bench-kv", []byte("key:000000000049")); err != nil || string(v) != "xxxxxxxxxx" {
+		t.Errorf("key 49: %q, %v", v, err)
+	}
+	for _, w := range []Workload{Get, Set, Mix} {
+		res, err := Run(ctx, f, quick(w))
+		if err != nil || res.Requests != 600 || res.Errors != 0 || res.Misses != 0 || res.P50Ms <= 0 {
+			t.Errorf("%s: %+v, %v", w, res, err)
+		}
+	}
+	o := quick(Get)
+	o.Channel = "empty"
+	if res, err := Run(ctx, f, o); err != nil || res.Misses != 600 {
+		t.Errorf("get of missing keys: %+v, %v", res, err)
+	}
+	o = quick(Push)
+	o.Cleanup = false
+	if res, err := Run(ctx, f, o); err != nil || res.Errors != 0 || res.Requests == 0 {
+		t.Errorf("push: %+v, %v", res, err)
+	}
+	if q, err := c.Queues(ctx); err != nil || len(q) != 1 || q[0].Records == 0 {
+		t.Errorf("after the pushes: %+v, %v", q, err)
+	}
+	for _, w := range []Workload{Pop, Append} {
+		if res, err := Run(ctx, f, quick(w)); err != nil || res.Errors != 0 || res.Requests == 0 {
+			t.Errorf("%s: %+v, %v", w, res, err)
+		}
+	}
+	if _, err := Run(ctx, f, quick(Range)); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("range: %v, want ErrUnsupported", err)
+	}
+}
