@@ -128,10 +128,10 @@ func (c *framesConn) Do(ctx context.Context, reqs []Request, out []Outcome) erro
 			return c.fail(reqs, out, answered, fmt.Errorf("cannot read an answer: %w", err))
 		}
 		h, err := wire.ParseHeader(hb[:])
-		i := int(h.ID - first)
+		i := int(h.ID - first) // ids wrap around: the difference does too
 		switch {
 		case err != nil:
-		case h.Magic != wire.MagicResponse || h.ID < first || i >= len(reqs) || answered[i]:
+		case h.Magic != wire.MagicResponse || i >= len(reqs) || answered[i]:
 			err = fmt.Errorf("unexpected answer %v", h)
 		case h.BodyLen > framesMaxAnswer:
 			err = fmt.Errorf("answer of %d bytes to %s", h.BodyLen, reqs[i].Op)
