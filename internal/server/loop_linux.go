@@ -55,6 +55,19 @@ type loopConn struct {
 	loop *eventLoop // the loop serving it; nil outside one
 	id   int32
 	rc   syscall.RawConn
+	// The system calls rawRead and rawWrite make through rc, with their
+	// arguments and results, made once with rc: a closure handed to an
+	// interface method escapes, and a new one per call cost the node two
+	// allocations per request.
+	read, write rawIO
+}
+
+// rawIO is one direction's system call through a RawConn.
+type rawIO struct {
+	p   []byte
+	n   int
+	err error
+	fn  func(fd uintptr) bool
 }
 
 // startLoops starts the server's loops once, unless Shutdown came first,
@@ -131,6 +144,23 @@ func (c *conn) toLoop() bool {
 			return false
 		}
 		c.lc.rc = rc
+		r, w := &c.lc.read, &c.lc.write
+		r.fn = func(fd uintptr) bool {
+			for {
+				r.n, r.err = syscall.Read(int(fd), r.p)
+				if r.err != syscall.EINTR {
+					return true
+				}
+			}
+		}
+		w.fn = func(fd uintptr) bool {
+			for {
+				w.n, w.err = syscall.Write(int(fd), w.p)
+				if w.err != syscall.EINTR {
+					return true
+				}
+			}
+		}
 	}
 	all := s.startLoops()
 	if len(all) == 0 {
@@ -273,17 +303,21 @@ func (l *eventLoop) waiter() func([]unix.EpollEvent) (int, error) {
 	if err != nil {
 		return block
 	}
+	// One closure for every wait (see loopConn.read): the loop's goroutine
+	// alone calls it.
+	var events []unix.EpollEvent
+	var n int
+	var werr error
+	try := func(uintptr) bool {
+		n, werr = unix.EpollWait(l.epfd, events, 0)
+		return n != 0 || werr != nil
+	}
 	return func(ev []unix.EpollEvent) (int, error) {
-		var n int
-		var err error
-		cerr := rc.Read(func(uintptr) bool {
-			n, err = unix.EpollWait(l.epfd, ev, 0)
-			return n != 0 || err != nil
-		})
-		if cerr != nil {
+		events = ev
+		if cerr := rc.Read(try); cerr != nil {
 			return block(ev)
 		}
-		return n, err
+		return n, werr
 	}
 }
 
@@ -336,16 +370,11 @@ func (l *eventLoop) release(c *conn) bool {
 // race detector syscall's reads and writes order the memory of their
 // callers, as Go's own network reads do.
 func (c *conn) rawRead(p []byte) (int, error) {
-	var n int
-	var err error
-	cerr := c.lc.rc.Read(func(fd uintptr) bool {
-		for {
-			n, err = syscall.Read(int(fd), p)
-			if err != syscall.EINTR {
-				return true
-			}
-		}
-	})
+	r := &c.lc.read
+	r.p = p
+	cerr := c.lc.rc.Read(r.fn)
+	n, err := r.n, r.err
+	r.p, r.err = nil, nil
 	switch {
 	case cerr != nil:
 		return 0, cerr
@@ -361,16 +390,11 @@ func (c *conn) rawRead(p []byte) (int, error) {
 
 // rawWrite writes p to c's socket once, without waiting.
 func (c *conn) rawWrite(p []byte) (int, error) {
-	var n int
-	var err error
-	cerr := c.lc.rc.Write(func(fd uintptr) bool {
-		for {
-			n, err = syscall.Write(int(fd), p)
-			if err != syscall.EINTR {
-				return true
-			}
-		}
-	})
+	w := &c.lc.write
+	w.p = p
+	cerr := c.lc.rc.Write(w.fn)
+	n, err := w.n, w.err
+	w.p, w.err = nil, nil
 	if cerr != nil {
 		return 0, cerr
 	}
