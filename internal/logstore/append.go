@@ -595,8 +595,8 @@ func (s *Store) dropWriter(sf *segFile) {
 // fsyncs: it holds writeMu only to pick the files and to record the
 // outcome (a file closed meanwhile is closed once its fsync is done).
 // Holding writeMu throughout, as it once did, stopped every append for
-// the length of an interval's fsync: with 4 KiB records, a third of the
-// time.
+// the length of each interval's fsync (with 4 KiB records, 15 ms on
+// average every 100 ms).
 func (s *Store) Sync() error {
 	s.syncMu.Lock()
 	defer s.syncMu.Unlock()

@@ -57,8 +57,8 @@ type loopConn struct {
 	rc   syscall.RawConn
 	// The system calls rawRead and rawWrite make through rc, with their
 	// arguments and results, made once with rc: a closure handed to an
-	// interface method escapes, and a new one per call cost the node two
-	// allocations per request.
+	// interface method escapes, and a new one per call (with what it
+	// captured) cost the node six heap allocations per request.
 	read, write rawIO
 }
 
@@ -287,7 +287,8 @@ func (l *eventLoop) run() {
 // epoll_wait itself: a goroutine blocked in a system call keeps its P
 // until the runtime's monitor (sysmon) takes it away, and a busy loop that
 // waits a few microseconds at a time keeps sysmon waking every 20 µs to
-// do so, a few per cent of the core. Instead the loop asks epoll without
+// do so (GET 50 x 1 on two shared cores: 12.8 µs of node CPU per request
+// with the blocking wait, 11.4 µs without). Instead the loop asks epoll without
 // waiting, and when nothing is ready it parks on the epoll descriptor's
 // readiness in Go's own poller (an epoll descriptor is readable when it
 // has events), which then wakes it like any goroutine waiting for a
