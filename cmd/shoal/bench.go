@@ -51,7 +51,7 @@ the run's and any other client's.
 --driver picks how shoal is spoken to: client (the default) uses the Go
 client, as an application does; frames writes a batch's frames in one
 write and reads the answers on the same goroutine, like the built-in RESP
-client does for Redis, and costs the load generator about 2 µs less per
+client does for Redis, and costs the load generator 1–2.5 µs less per
 request: use it to compare servers (one node of a one-node cluster, no
 TLS or authentication; get, set, mix, load, push, pop and append).`,
 		Args: cobra.NoArgs,

@@ -17,7 +17,7 @@ import (
 // the frames of a batch in one write and then reads their answers on the
 // same goroutine, as the RESP driver does for Redis. The Go client (the
 // Shoal target) multiplexes calls over a connection with a writer and a
-// reader goroutine, which costs the load generator about 2 µs more per
+// reader goroutine, which costs the load generator 1–2.5 µs more per
 // request; on a machine where the load generator has a core of its own,
 // that, not the node, bounds a run at pipeline 1. Frames makes the load
 // generator as cheap for shoal as for Redis, so that a comparison measures

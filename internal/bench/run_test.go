@@ -296,20 +296,7 @@ func TestShoal(t *testing.T) {
 	if sz, err := c.ChannelSize(ctx, "bench-kv"); err != nil || sz.Records != 50 {
 		t.Errorf("after load: %+v, %v", sz, err)
 	}
-	if v, err := c.Get(ctx, "bench-kv", []byte("key:000000000049")); err != nil || string(v) != "xxxxxxxxxx" {
-		t.Errorf("key 49: %q, %v", v, err)
-	}
-	for _, w := range []Workload{Get, Set, Mix} {
-		res, err := Run(ctx, s, quick(w))
-		if err != nil || res.Requests != 600 || res.Errors != 0 || res.Misses != 0 || res.P50Ms <= 0 {
-			t.Errorf("%s: %+v, %v", w, res, err)
-		}
-	}
-	o := quick(Get)
-	o.Channel = "empty"
-	if res, err := Run(ctx, s, o); err != nil || res.Misses != 600 {
-		t.Errorf("get of missing keys: %+v, %v", res, err)
-	}
+	checkKV(t, s, c)
 	// Queue and log: pushes then pops (some miss once the queue is empty),
 	// appends then ranges over what was appended.
 	for _, w := range []Workload{Push, Pop, Append, Range} {
@@ -320,6 +307,28 @@ func TestShoal(t *testing.T) {
 	}
 	if q, err := c.Queues(ctx); err != nil || len(q) == 0 {
 		t.Errorf("no queue after the push workload: %+v, %v", q, err)
+	}
+}
+
+// checkKV checks, after the load workload, a key it stored (through c),
+// then runs the kv workloads against target: every get hits, and a get of
+// a channel with nothing in it misses.
+func checkKV(t *testing.T, target Target, c *client.Client) {
+	t.Helper()
+	ctx := t.Context()
+	if v, err := c.Get(ctx, "bench-kv", []byte("key:000000000049")); err != nil || string(v) != "xxxxxxxxxx" {
+		t.Errorf("key 49: %q, %v", v, err)
+	}
+	for _, w := range []Workload{Get, Set, Mix} {
+		res, err := Run(ctx, target, quick(w))
+		if err != nil || res.Requests != 600 || res.Errors != 0 || res.Misses != 0 || res.P50Ms <= 0 {
+			t.Errorf("%s: %+v, %v", w, res, err)
+		}
+	}
+	o := quick(Get)
+	o.Channel = "empty"
+	if res, err := Run(ctx, target, o); err != nil || res.Misses != 600 {
+		t.Errorf("get of missing keys: %+v, %v", res, err)
 	}
 }
 
@@ -358,21 +367,8 @@ func TestFrames(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if v, err := c.Get(ctx, "bench-kv", []byte("key:000000000049")); err != nil || string(v) != "xxxxxxxxxx" {
-		t.Errorf("key 49: %q, %v", v, err)
-	}
-	for _, w := range []Workload{Get, Set, Mix} {
-		res, err := Run(ctx, f, quick(w))
-		if err != nil || res.Requests != 600 || res.Errors != 0 || res.Misses != 0 || res.P50Ms <= 0 {
-			t.Errorf("%s: %+v, %v", w, res, err)
-		}
-	}
-	o := quick(Get)
-	o.Channel = "empty"
-	if res, err := Run(ctx, f, o); err != nil || res.Misses != 600 {
-		t.Errorf("get of missing keys: %+v, %v", res, err)
-	}
-	o = quick(Push)
+	checkKV(t, f, c)
+	o := quick(Push)
 	o.Cleanup = false
 	if res, err := Run(ctx, f, o); err != nil || res.Errors != 0 || res.Requests == 0 {
 		t.Errorf("push: %+v, %v", res, err)
